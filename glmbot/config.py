@@ -1,0 +1,309 @@
+"""glmbot.toml -> typed settings.
+
+Every section is a dataclass whose fields carry their help text. Unknown keys and values of the
+wrong type or range raise `ConfigError` naming the key and the file, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from glmbot.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CONFIG_ENV = "GLMBOT_CONFIG"
+DB_URL_ENV = "GLMBOT_DB_URL"
+CONFIG_FILENAME = "glmbot.toml"
+DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class ModelSettings:
+    base_model: str = field(default="builtin:tiny", metadata=_help(
+        "'builtin:tiny', a local ChatGLM2-6B folder, or a Hub id such as THUDM/chatglm2-6b"))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata=_help(
+        "weights dtype; auto = bfloat16 on CUDA, float32 on CPU"))
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N"))
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class RegistrySettings:
+    db_url: str = field(default="", metadata=_help(
+        "SQLAlchemy URL; empty = SQLite at <adapters_dir>/registry.db; GLMBOT_DB_URL overrides"))
+    adapters_dir: str = field(default="adapters", metadata=_help(
+        "folder of adapter files, relative to glmbot.toml"))
+
+
+@dataclass
+class TrainSettings:
+    pre_seq_len: int = field(default=16, metadata=_help("prefix length P"))
+    prefix_projection: bool = field(default=False, metadata=_help(
+        "reparameterise the prefix through a 2-layer MLP (official option)"))
+    learning_rate: float = field(default=2e-2, metadata=_help("AdamW learning rate"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    warmup_ratio: float = field(default=0.05, metadata=_help("share of steps with linear warm-up"))
+    max_steps: int = field(default=300, metadata=_help("optimizer steps; 0 = use epochs"))
+    epochs: float = field(default=0.0, metadata=_help("passes over the data when max_steps = 0"))
+    batch_size: int = field(default=16, metadata=_help("micro-batch size"))
+    grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
+    max_source_length: int = field(default=64, metadata=_help("prompt tokens kept (official 64)"))
+    max_target_length: int = field(default=128, metadata=_help("answer tokens kept (official 128)"))
+    gradient_checkpointing: bool = field(default=False, metadata=_help(
+        "recompute activations in backward to save memory"))
+    seed: int = field(default=42, metadata=_help("random seed"))
+    checkpoint_every: int = field(default=100, metadata=_help("steps between checkpoints; 0 = off"))
+    runs_dir: str = field(default="runs", metadata=_help("where run folders go, relative to glmbot.toml"))
+
+    def __post_init__(self) -> None:
+        positive = ("pre_seq_len", "batch_size", "grad_accum", "max_source_length", "max_target_length")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps < 0 or self.epochs < 0:
+            raise ValueError("max_steps and epochs must be >= 0")
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ValueError("set max_steps or epochs (both are 0)")
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = field(default=256, metadata=_help("tokens generated at most per answer"))
+    do_sample: bool = field(default=True, metadata=_help("sample (official default) or greedy"))
+    temperature: float = field(default=0.8, metadata=_help("official chat default 0.8"))
+    top_p: float = field(default=0.8, metadata=_help("official chat default 0.8"))
+    top_k: int = field(default=0, metadata=_help("0 = off"))
+    repetition_penalty: float = field(default=1.0, metadata=_help("1.0 = off"))
+    max_length: int = field(default=8192, metadata=_help("prompt + answer tokens at most (official 8192)"))
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
+
+
+@dataclass
+class ServingSettings:
+    prefix_cache_mib: float = field(default=512.0, metadata=_help(
+        "device memory for cached prefix KV (3.5 MiB per P=128 adapter in bf16)"))
+    max_batch_size: int = field(default=64, metadata=_help("rows decoded together at most"))
+    pin: list[str] = field(default_factory=list, metadata=_help("adapters kept resident, e.g. ['support']"))
+
+
+@dataclass
+class RoutingSettings:
+    fallback: str = field(default="base", metadata=_help(
+        "where unmatched chat goes: 'base' (plain model) or a domain name"))
+    min_score: float = field(default=0.25, metadata=_help(
+        "classifier score under which the fallback is used"))
+    sticky: bool = field(default=True, metadata=_help("keep a conversation on its first route"))
+
+
+@dataclass
+class PluginSettings:
+    paths: list[str] = field(default_factory=lambda: ["plugins"], metadata=_help(
+        "folders of plugin modules, relative to glmbot.toml"))
+    enabled: list[str] = field(default_factory=list, metadata=_help("load only these; empty = all"))
+    sensitive_words: list[str] = field(default_factory=list, metadata=_help(
+        "words the sensitive-word plugin masks in answers"))
+
+
+@dataclass
+class DomainSettings:
+    description: str = field(default="", metadata=_help("what the domain covers"))
+    data: str = field(default="", metadata=_help("training JSONL file or 'builtin:NAME'"))
+    dev_data: str = field(default="", metadata=_help("dev JSONL file or 'builtin:NAME'"))
+    format: Literal["chat", "advertisegen"] = field(default="chat", metadata=_help(
+        "chat: prompt/response/history columns; advertisegen: content/summary"))
+    prompt_column: str = field(default="", metadata=_help("override the prompt column name"))
+    response_column: str = field(default="", metadata=_help("override the answer column name"))
+    history_column: str = field(default="", metadata=_help("override the history column name"))
+    keywords: list[str] = field(default_factory=list, metadata=_help("routing: any keyword routes here"))
+    patterns: list[str] = field(default_factory=list, metadata=_help("routing: regular expressions"))
+    train: dict[str, Any] = field(default_factory=dict, metadata=_help("overrides of [train] keys"))
+
+    def __post_init__(self) -> None:
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainSettings)}
+        if unknown:
+            raise ValueError(f"unknown [train] override(s) {sorted(unknown)}")
+
+
+@dataclass
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    plugins: PluginSettings = field(default_factory=PluginSettings)
+    domains: dict[str, DomainSettings] = field(default_factory=dict)
+    # Where relative paths are resolved from (the folder of the file, or the cwd).
+    root: Path = field(default_factory=Path.cwd, metadata={"internal": True})
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def path(self, value: str) -> Path:
+        """Resolve a path setting against the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.path(self.registry.adapters_dir)
+
+    @property
+    def db_url(self) -> str:
+        url = os.environ.get(DB_URL_ENV) or self.registry.db_url
+        return url or f"sqlite:///{self.adapters_dir / 'registry.db'}"
+
+    def train_for(self, domain: str | None = None, **overrides: Any) -> TrainSettings:
+        """[train] with the domain's overrides, then explicit ones (None values are ignored)."""
+        values = dataclasses.asdict(self.train)
+        if domain is not None and domain in self.domains:
+            values.update(self.domains[domain].train)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return TrainSettings(**values)
+        except ValueError as exc:
+            raise ConfigError(f"bad training setting for domain {domain!r}: {exc}") from None
+
+
+def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check `value` against a (simple) annotation; ints are accepted where floats are."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            choices = ", ".join(repr(c) for c in typing.get_args(annotation))
+            raise ConfigError(f"{source}: {key} = {value!r} is not one of {choices}")
+        return value
+    if origin in (list, dict):
+        if not isinstance(value, origin):
+            raise ConfigError(f"{source}: {key} must be a {origin.__name__}, got {value!r}")
+        if origin is list:
+            (item_type,) = typing.get_args(annotation)
+            return [_check_type(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, key, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: {key} has the wrong type: {value!r}")
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{source}: {key} must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
+    """Build dataclass `cls` from a TOML table, refusing unknown keys by name."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]!r} (known keys: {known})")
+    kwargs = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{prefix}{name}] must be a table")
+            kwargs[name] = _build(annotation, value, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _check_type(value, annotation, f"{prefix}{name}", source)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [{prefix.rstrip('.') or 'top'}] {exc}") from None
+
+
+def settings_from_dict(data: dict, *, root: Path | None = None, source: str = "<dict>") -> Settings:
+    """Typed settings from an already parsed TOML document."""
+    data = dict(data)
+    domains_raw = data.pop("domains", {})
+    if not isinstance(domains_raw, dict):
+        raise ConfigError(f"{source}: [domains] must be a table of tables")
+    settings: Settings = _build(Settings, data, "", source)
+    for name, table in domains_raw.items():
+        if not DOMAIN_NAME_RE.match(name):
+            raise ConfigError(
+                f"{source}: domain name {name!r} is invalid: use lowercase letters, digits, '-' and '_'")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [domains.{name}] must be a table")
+        settings.domains[name] = _build(DomainSettings, table, f"domains.{name}.", source)
+    settings.root = root if root is not None else Path.cwd()
+    settings.source = source
+    return settings
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """$GLMBOT_CONFIG, else the nearest glmbot.toml in `start` (cwd) or a parent folder."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}={env} does not exist: point it at a glmbot.toml file")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_FILENAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load glmbot.toml (explicit path, $GLMBOT_CONFIG, or the nearest one); defaults if none."""
+    file = Path(path) if path is not None else find_config_file()
+    if file is None:
+        return Settings()
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return settings_from_dict(data, root=file.resolve().parent, source=str(file))

@@ -1,0 +1,65 @@
+"""The library's exception types.
+
+Every message says what was wrong (the bad value, where it came from) and what to do next.
+Only the CLI turns these into exit codes and one-line messages.
+"""
+
+from __future__ import annotations
+
+
+class GlmbotError(Exception):
+    """Base class of every error glmbot raises on purpose."""
+
+
+class ConfigError(GlmbotError, ValueError):
+    """glmbot.toml (or an override) holds an unknown key or a bad value."""
+
+
+class ModelLoadError(GlmbotError):
+    """A base model could not be found or read."""
+
+
+class CheckpointMismatchError(ModelLoadError):
+    """Weights in a checkpoint do not fit the model its config describes."""
+
+
+class PrefixCheckpointError(GlmbotError):
+    """A P-Tuning v2 prefix checkpoint cannot be used with this base."""
+
+
+class TokenizerError(GlmbotError):
+    """A tokenizer file is missing or does not fit the model."""
+
+
+class RegistryError(GlmbotError):
+    """The adapter registry refused an operation."""
+
+
+class UnknownDomainError(RegistryError, KeyError):
+    """A domain name that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownAdapterError(RegistryError, KeyError):
+    """An adapter reference that matches no registered adapter."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class AdapterIntegrityError(RegistryError):
+    """An adapter's stored files do not match the hashes recorded at registration."""
+
+
+class DatabaseError(RegistryError):
+    """The registry database is locked, unreachable or not writable."""
+
+
+class DataError(GlmbotError, ValueError):
+    """Training or evaluation data is missing or malformed."""
+
+
+class GenerationError(GlmbotError):
+    """A request could not be generated (bad parameters, non-finite logits, ...)."""

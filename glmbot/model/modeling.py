@@ -1,0 +1,339 @@
+"""ChatGLM2 written for current torch and transformers (see CHATGLM2_SPEC.md).
+
+Module and parameter names follow the official checkpoint (`transformer.encoder.layers.{i}...`),
+so official weights load as they are. Activations are batch-first: (B, T, hidden); attention
+tensors are (B, heads, T, head_dim); the KV cache holds (B, groups, T, head_dim) per layer and
+never the prefix: P-Tuning v2 prefixes come in through `prefix` (a `PrefixKV`, one per row) and
+are prepended to each layer's keys/values after rotary, taking no positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from glmbot.model.configuration import ChatGLMConfig
+from glmbot.model.prefix import PrefixEncoder, PrefixKV
+
+# transformers 5.x names the cache `cache`; earlier releases `past_key_values`.
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+class RMSNorm(nn.Module):
+    """Official RMSNorm: mean square in fp32, result cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        return (self.weight * (x * torch.rsqrt(variance + self.eps))).to(x.dtype)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, rot_pairs: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the official rotary table at `position_ids` (B, T) -> each (B, 1, T, rot_pairs).
+
+    Like the official code, frequencies, positions and their product are computed in the model
+    dtype (exact in fp32; bit-equal to the official table in fp16/bf16), cos/sin in fp32, and the
+    table cast back to the model dtype. Computed on the fly: no buffer to go stale after loading.
+    """
+    n_elem = 2 * rot_pairs
+    theta = 1.0 / (10000 ** (torch.arange(0, n_elem, 2, dtype=dtype, device=position_ids.device) / n_elem))
+    angles = (position_ids.to(dtype)[..., None] * theta).float()  # (B, T, rot_pairs)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    if dtype in (torch.float16, torch.bfloat16):
+        cos, sin = cos.to(dtype), sin.to(dtype)
+    return cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of the first 2*rot_pairs dims; the rest pass."""
+    rot_dim = 2 * cos.shape[-1]
+    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
+    pairs = x_rot.unflatten(-1, (-1, 2))  # (B, H, T, rot_pairs, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated.to(x.dtype), x_pass), dim=-1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-query attention: 32 query heads share 2 KV groups (heads 0-15 -> group 0)."""
+
+    def __init__(self, config: ChatGLMConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.groups = config.kv_groups
+        self.head_dim = config.kv_channels
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.groups * self.head_dim
+        self.query_key_value = nn.Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.add_bias_linear or config.add_qkv_bias)
+        self.dense = nn.Linear(self.q_size, config.hidden_size, bias=config.add_bias_linear)
+        self.dropout = config.attention_dropout
+
+    def forward(self, x, cos, sin, mask, cache: Cache | None, prefix: PrefixKV | None):
+        B, T, _ = x.shape
+        q, k, v = self.query_key_value(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.groups, self.head_dim).transpose(1, 2)  # (B, G, T, D)
+        v = v.view(B, T, self.groups, self.head_dim).transpose(1, 2)  # (B, G, T, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, G, past+T, D)
+        if prefix is not None:
+            pk, pv = prefix.layer(self.layer_idx)  # (B, G, P, D), never rotated
+            k = torch.cat((pk.to(k.dtype), k), dim=2)
+            v = torch.cat((pv.to(v.dtype), v), dim=2)
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.groups != self.num_heads,
+        )  # (B, H, T, D)
+        return self.dense(out.transpose(1, 2).reshape(B, T, self.q_size))
+
+
+class MLP(nn.Module):
+    """SwiGLU: dense_h_to_4h gives [a | b]; silu(a) * b; dense_4h_to_h."""
+
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, 2 * config.ffn_hidden_size, bias=config.add_bias_linear)
+        self.dense_4h_to_h = nn.Linear(config.ffn_hidden_size, config.hidden_size, bias=config.add_bias_linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.dense_h_to_4h(x).chunk(2, dim=-1)
+        return self.dense_4h_to_h(F.silu(a) * b)
+
+
+class GLMBlock(nn.Module):
+    """Pre-norm residual block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
+
+    def __init__(self, config: ChatGLMConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon)
+        self.self_attention = SelfAttention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon)
+        self.mlp = MLP(config)
+        self.hidden_dropout = config.hidden_dropout
+
+    def forward(self, x, cos, sin, mask, cache, prefix):
+        attn = self.self_attention(self.input_layernorm(x), cos, sin, mask, cache, prefix)
+        x = x + F.dropout(attn, self.hidden_dropout, self.training)
+        mlp = self.mlp(self.post_attention_layernorm(x))
+        return x + F.dropout(mlp, self.hidden_dropout, self.training)
+
+
+class GLMTransformer(nn.Module):
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([GLMBlock(config, i) for i in range(config.num_layers)])
+        self.final_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon) if config.post_layer_norm else None
+        self.gradient_checkpointing = False
+
+    def forward(self, x, cos, sin, mask, cache, prefix):
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, cache, prefix, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, prefix)
+        return self.final_layernorm(x) if self.final_layernorm is not None else x
+
+
+class Embedding(nn.Module):
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | None,
+    prefix_mask: torch.Tensor | None,
+    prefix_len: int,
+    query_len: int,
+    past_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Additive mask (B or 1, 1, T, P + past + T), built once per forward and shared by all layers.
+
+    Every query sees the valid prefix slots, earlier real tokens, and itself (so left-padding
+    queries never see an empty row). Returns None when plain causal attention is exact.
+    """
+    has_padding = attention_mask is not None and not bool(attention_mask.all())
+    if not has_padding and prefix_mask is None and prefix_len == 0 and (past_len == 0 or query_len == 1):
+        return None  # SDPA's is_causal (T > 1) or no mask at all (T == 1)
+    total = past_len + query_len
+    q_pos = torch.arange(past_len, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    allowed = (k_pos <= q_pos)[None]  # (1, T, past+T)
+    if has_padding:
+        keep = attention_mask[:, -total:].bool()  # (B, past+T)
+        allowed = (allowed & keep[:, None, :]) | (k_pos == q_pos)[None]
+    if prefix_len:
+        if prefix_mask is None:
+            pre = torch.ones(1, query_len, prefix_len, dtype=torch.bool, device=device)
+        else:
+            pre = prefix_mask[:, None, :].expand(-1, query_len, -1)
+        batch = max(pre.shape[0], allowed.shape[0])
+        allowed = torch.cat((pre.expand(batch, -1, -1), allowed.expand(batch, -1, -1)), dim=-1)
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    additive.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return additive[:, None]  # (B, 1, T, P+past+T)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor | None, batch: int, query_len: int, past_len: int,
+                           device: torch.device) -> torch.Tensor:
+    """Positions count real tokens from 0 at [gMASK]; left padding gets position 0 (as official)."""
+    if attention_mask is None:
+        return torch.arange(past_len, past_len + query_len, device=device).expand(batch, -1)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return positions[:, -query_len:]
+
+
+class ChatGLMPreTrainedModel(PreTrainedModel):
+    config_class = ChatGLMConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GLMBlock"]
+    _supports_sdpa = True
+    # The official files carry the rotary buffer; this model computes the table on the fly.
+    _keys_to_ignore_on_load_unexpected = [r"rotary_pos_emb\.inv_freq"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+
+class ChatGLMModel(nn.Module):
+    """The `transformer` of the official checkpoint: embedding, encoder, output layer, prefix encoder."""
+
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        config.check_supported()
+        self.config = config
+        self.embedding = Embedding(config)
+        self.encoder = GLMTransformer(config)
+        self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        self.rot_pairs = config.kv_channels // 4  # rotary on the first half of each head, in pairs
+        self.prefix_encoder = None
+        if config.pre_seq_len:
+            self.prefix_encoder = PrefixEncoder(config, config.pre_seq_len, config.prefix_projection)
+            self.prefix_dropout = nn.Dropout(0.1)
+
+    def builtin_prefix(self, batch: int, dtype: torch.dtype) -> PrefixKV:
+        """The official P-tuned model's own prefix on every row (dropout 0.1 in training only)."""
+        kv = PrefixKV.repeat(self.prefix_encoder.kv(dtype), batch)
+        return PrefixKV(self.prefix_dropout(kv)) if self.training else kv
+
+    def forward(self, input_ids, position_ids, attention_mask, cache, prefix, inputs_embeds=None):
+        x = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, hidden)
+        B, T, _ = x.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if prefix is None and self.prefix_encoder is not None:
+            prefix = self.builtin_prefix(B, x.dtype)
+        if prefix is not None and prefix.batch_size != B:
+            if B % prefix.batch_size:
+                raise ValueError(f"prefix has {prefix.batch_size} rows but the batch has {B}")
+            # generate() expanded the rows (num_return_sequences, beams): repeat each prefix row.
+            prefix = prefix.select(torch.arange(prefix.batch_size, device=x.device).repeat_interleave(B // prefix.batch_size))
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask, B, T, past, x.device)
+        cos, sin = rotary_cos_sin(position_ids, self.rot_pairs, x.dtype)
+        mask = build_attention_mask(
+            attention_mask, None if prefix is None else prefix.mask,
+            0 if prefix is None else prefix.length, T, past, x.dtype, x.device)
+        return self.encoder(x, cos, sin, mask, cache, prefix)  # (B, T, hidden)
+
+
+class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
+    """Causal LM with the official checkpoint layout; `generate()` compatible."""
+
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__(config)
+        self.transformer = ChatGLMModel(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.embedding.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.embedding.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.transformer.output_layer
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        self.transformer.encoder.gradient_checkpointing = enable
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        prefix: PrefixKV | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """input_ids (B, T) -> logits (B, T, vocab); `prefix` gives each row its prefix KV (or none)."""
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        hidden = self.transformer(input_ids, position_ids, attention_mask, cache if use_cache else None, prefix,
+                                  inputs_embeds=inputs_embeds)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.transformer.output_layer(hidden)
+        loss = None
+        if labels is not None:
+            # Labels are not shifted by the data code: shift here, fp32 cross-entropy (official).
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:].to(logits.device)
+            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                                   ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of the base (prefix encoder excluded), as the spec counts them."""
+    return sum(p.numel() for name, p in model.named_parameters() if "prefix_encoder" not in name)
+
+
+__all__ = [
+    "ChatGLMForConditionalGeneration",
+    "ChatGLMModel",
+    "ChatGLMPreTrainedModel",
+    "GLMBlock",
+    "RMSNorm",
+    "apply_rotary",
+    "build_attention_mask",
+    "count_parameters",
+    "rotary_cos_sin",
+]

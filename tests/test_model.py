@@ -1,0 +1,182 @@
+"""The model computes the spec's function: against a literal reference, incrementally, per row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache
+
+from glmbot.model.modeling import rotary_cos_sin
+from glmbot.model.prefix import PrefixEncoder, PrefixKV, flat_to_kv
+from tests.chatglm_reference import reference_logits, rope_cache
+from tests.conftest import small_config, small_model
+
+ATOL = 1e-5
+
+
+def left_padded(lengths, vocab=600, seed=1):
+    """Random ids with left padding: (input_ids, attention_mask), each (B, max(lengths))."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for r, n in enumerate(lengths):
+        ids[r, T - n:] = torch.randint(3, vocab, (n,), generator=g)
+        mask[r, T - n:] = 1
+    return ids, mask
+
+
+def random_encoder(config, p, projection=False, seed=0):
+    torch.manual_seed(seed)
+    enc = PrefixEncoder(config, p, projection)
+    with torch.no_grad():
+        enc.embedding.weight.normal_(0, 0.5)
+    return enc
+
+
+def test_full_forward_matches_reference_without_prefix(model):
+    ids, mask = left_padded([9, 5, 7])
+    ours = model(ids, attention_mask=mask, use_cache=False).logits
+    ref = reference_logits(model.state_dict(), model.config, ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], ref[real], atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_per_row_prefixes_match_reference(model, projection):
+    cfg = model.config
+    encoders = [random_encoder(cfg, 6, projection, 1), None, random_encoder(cfg, 3, projection, 2)]
+    ids, mask = left_padded([8, 6, 4])
+    prefix = PrefixKV.stack([e.kv() if e else None for e in encoders])
+    assert prefix.length == 6 and prefix.mask is not None
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask, prefix=prefix, use_cache=False).logits
+        ref = reference_logits(model.state_dict(), cfg, ids, mask, [e() if e else None for e in encoders])
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], ref[real], atol=ATOL, rtol=1e-5)
+
+
+def test_prefix_changes_logits_and_prefix_layout_is_official(model):
+    cfg = model.config
+    enc = random_encoder(cfg, 4)
+    kv = enc.kv()  # (2L, G, P, D)
+    flat = enc()
+    l, which, g, d, p = 1, 1, 1, 5, 2  # layer 1 value, group 1, dim 5, position 2
+    assert kv[2 * l + which, g, p, d] == flat[p, ((l * 2 + which) * cfg.kv_groups + g) * cfg.kv_channels + d]
+    ids, mask = left_padded([5])
+    with torch.no_grad():
+        plain = model(ids, use_cache=False).logits
+        pre = model(ids, prefix=PrefixKV.repeat(kv, 1), use_cache=False).logits
+    assert (plain - pre).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_incremental_decoding_equals_full_forward(model, with_prefix):
+    cfg = model.config
+    ids, mask = left_padded([10, 7, 4], seed=3)
+    prefix = None
+    if with_prefix:
+        prefix = PrefixKV.stack([random_encoder(cfg, 5).kv(), None, random_encoder(cfg, 2, seed=4).kv()])
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, prefix=prefix, use_cache=False).logits
+        cache = DynamicCache()
+        split = 4  # a prompt chunk, then one token at a time
+        steps = [model(ids[:, :split], attention_mask=mask[:, :split], prefix=prefix, cache=cache, use_cache=True).logits]
+        for t in range(split, ids.shape[1]):
+            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], prefix=prefix, cache=cache, use_cache=True)
+            steps.append(out.logits)
+    inc = torch.cat(steps, dim=1)
+    real = mask.bool()
+    torch.testing.assert_close(inc[real], full[real], atol=ATOL, rtol=1e-5)
+
+
+def greedy(model, ids, mask, prefix, n):
+    out = model.generate(input_ids=ids, attention_mask=mask, prefix=prefix, max_new_tokens=n, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[:, ids.shape[1]:]
+
+
+def test_mixed_prefix_batch_equals_rows_alone(model):
+    cfg = model.config
+    kvs = [random_encoder(cfg, 7, seed=5).kv(), None, random_encoder(cfg, 3, True, seed=6).kv(),
+           random_encoder(cfg, 1, seed=7).kv()]
+    lengths = [6, 9, 3, 5]
+    ids, mask = left_padded(lengths, seed=8)
+    with torch.no_grad():
+        batch_logits = model(ids, attention_mask=mask, prefix=PrefixKV.stack(kvs), use_cache=False).logits
+        batch_tokens = greedy(model, ids, mask, PrefixKV.stack(kvs), 8)
+        for r, (kv, n) in enumerate(zip(kvs, lengths)):
+            solo_ids = ids[r:r + 1, -n:]
+            solo_prefix = PrefixKV.stack([kv])
+            solo_logits = model(solo_ids, prefix=solo_prefix, use_cache=False).logits
+            torch.testing.assert_close(batch_logits[r:r + 1, -n:], solo_logits, atol=ATOL, rtol=1e-5)
+            solo_tokens = greedy(model, solo_ids, torch.ones_like(solo_ids), solo_prefix, 8)
+            assert batch_tokens[r].tolist() == solo_tokens[0].tolist(), f"row {r}"
+
+
+def test_generate_equals_manual_greedy_loop(model):
+    kv = random_encoder(model.config, 4).kv()
+    ids, mask = left_padded([6], seed=9)
+    prefix = PrefixKV.repeat(kv, 1)
+    with torch.no_grad():
+        gen = greedy(model, ids, mask, prefix, 6)[0].tolist()
+        seq = ids
+        manual = []
+        for _ in range(6):
+            nxt = model(seq, prefix=prefix, use_cache=False).logits[0, -1].argmax().item()
+            manual.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
+    assert gen == manual
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rotary_table_is_bit_equal_to_official(dtype):
+    positions = torch.tensor([[0, 1, 2, 255, 256, 257, 1000, 2047, 2049, 5000]])
+    cos, sin = rotary_cos_sin(positions, 32, dtype)
+    table = rope_cache(8192, 128, dtype)[positions[0]]  # (T, 32, 2)
+    assert torch.equal(cos[0, 0], table[..., 0]) and torch.equal(sin[0, 0], table[..., 1])
+
+
+def test_only_the_prefix_trains(model):
+    model.requires_grad_(False)
+    model.train()
+    enc = random_encoder(model.config, 4)
+    ids, _ = left_padded([6, 6])
+    labels = ids.clone()
+    labels[:, :3] = -100
+    out = model(ids, prefix=PrefixKV.repeat(enc.kv(), 2), labels=labels, use_cache=False)
+    out.loss.backward()
+    assert enc.embedding.weight.grad is not None and enc.embedding.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_loss_is_shifted_cross_entropy(model):
+    ids, _ = left_padded([7])
+    labels = ids.clone()
+    labels[0, :3] = -100
+    out = model(ids, labels=labels, use_cache=False)
+    logits = out.logits[0, :-1]
+    target = labels[0, 1:]
+    keep = target != -100
+    expected = torch.nn.functional.cross_entropy(logits[keep], target[keep])
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_official_ptuned_model_applies_its_own_prefix():
+    base = small_model(seed=2)
+    tuned = small_model(seed=2, pre_seq_len=5)
+    tuned.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        tuned.transformer.prefix_encoder.embedding.weight.normal_(0, 0.5)
+    ids, mask = left_padded([6, 4])
+    with torch.no_grad():
+        own = tuned(ids, attention_mask=mask, use_cache=False).logits
+        explicit = base(ids, attention_mask=mask, use_cache=False,
+                        prefix=PrefixKV.repeat(tuned.transformer.prefix_encoder.kv(), 2)).logits
+    torch.testing.assert_close(own, explicit)
+
+
+def test_flat_to_kv_shape():
+    cfg = small_config()
+    flat = torch.randn(3, cfg.prefix_width)
+    assert flat_to_kv(flat, cfg.num_layers, cfg.kv_groups, cfg.kv_channels).shape == (2 * cfg.num_layers, 2, 3, 16)
