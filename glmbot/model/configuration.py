@@ -47,6 +47,7 @@ class ChatGLMConfig(PretrainedConfig):
         pre_seq_len: int | None = None,  # P-Tuning v2 prefix length; None = no prefix
         prefix_projection: bool = False,
         initializer_range: float = 0.02,
+        use_cache: bool = True,
         eos_token_id: int = 2,
         pad_token_id: int = 0,
         tie_word_embeddings: bool = False,
@@ -78,6 +79,7 @@ class ChatGLMConfig(PretrainedConfig):
         self.pre_seq_len = pre_seq_len
         self.prefix_projection = prefix_projection
         self.initializer_range = initializer_range
+        self.use_cache = use_cache
         super().__init__(
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
