@@ -57,13 +57,13 @@ class RegistrySettings:
 
 @dataclass
 class TrainSettings:
-    pre_seq_len: int = field(default=16, metadata=_help("prefix length P"))
-    prefix_projection: bool = field(default=False, metadata=_help(
-        "reparameterise the prefix through a 2-layer MLP (official option)"))
-    learning_rate: float = field(default=2e-2, metadata=_help("AdamW learning rate"))
+    pre_seq_len: int = field(default=32, metadata=_help("prefix length P (official: 128)"))
+    prefix_projection: bool = field(default=True, metadata=_help(
+        "reparameterise the prefix through a 2-layer MLP (official option; official default false)"))
+    learning_rate: float = field(default=6e-3, metadata=_help("AdamW learning rate (official: 2e-2)"))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     warmup_ratio: float = field(default=0.05, metadata=_help("share of steps with linear warm-up"))
-    max_steps: int = field(default=300, metadata=_help("optimizer steps; 0 = use epochs"))
+    max_steps: int = field(default=300, metadata=_help("optimizer steps; 0 = use epochs (official: 3000)"))
     epochs: float = field(default=0.0, metadata=_help("passes over the data when max_steps = 0"))
     batch_size: int = field(default=16, metadata=_help("micro-batch size"))
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))

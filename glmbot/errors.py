@@ -63,3 +63,7 @@ class DataError(GlmbotError, ValueError):
 
 class GenerationError(GlmbotError):
     """A request could not be generated (bad parameters, non-finite logits, ...)."""
+
+
+class RoutingError(GlmbotError, ValueError):
+    """A router or plugin router was registered or answered wrongly."""

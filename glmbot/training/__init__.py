@@ -1,0 +1,1 @@
+"""Training: data loading, the prefix training loop, metrics and the forgetting probe."""

@@ -1,0 +1,90 @@
+"""Training data: official layout, per-batch padding, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from glmbot.errors import DataError
+from glmbot.training.data import Example, collate, encode_all, encode_example, length_grouped_batches, load_examples
+
+
+@pytest.fixture
+def tok(sp_model_file):
+    from glmbot.model.tokenizer import ChatGLMTokenizer
+
+    return ChatGLMTokenizer(sp_model_file)
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l, ensure_ascii=False) for l in lines),
+                    encoding="utf-8")
+    return path
+
+
+def test_official_layout(tok):
+    enc = encode_example(tok, Example("你好", "你好！"), 64, 128)
+    prompt = tok.encode("[Round 1]\n\n问：你好\n\n答：")
+    answer = tok.encode("你好！", add_special_tokens=False)
+    assert enc.input_ids == prompt + answer + [tok.eos_token_id]
+    assert enc.labels == [-100] * len(prompt) + answer + [tok.eos_token_id]
+
+
+def test_truncation_keeps_current_question_and_cuts_answers(tok):
+    history = tuple((f"问题{i}再见再见", "回答谢谢谢谢") for i in range(6))
+    enc = encode_example(tok, Example("请问订单什么时候发货？", "退货需要几天到账？" * 5, history), 40, 6)
+    assert enc.prompt_truncated and enc.answer_truncated
+    prompt = [t for t, l in zip(enc.input_ids, enc.labels) if l == -100]
+    assert len(prompt) <= 40 and tok.decode(prompt).endswith("问：请问订单什么时候发货？\n\n答：")
+    assert enc.answer_tokens == 7  # 6 answer tokens + eos
+
+
+def test_batches_are_padded_per_batch_and_grouped_by_length(tok):
+    texts = ["好", "你好你好你好你好你好你好你好你好", "谢谢", "请问订单什么时候发货？请问订单什么时候发货？"]
+    encoded, summary = encode_all(tok, [Example(t, t) for t in texts], 64, 128)
+    batches = length_grouped_batches([len(e.input_ids) for e in encoded], 2, seed=0)
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3]
+    short = next(b for b in batches if 0 in b)
+    assert 2 in short  # the two short rows share a batch
+    batch = collate([encoded[i] for i in short], tok.pad_token_id)
+    assert batch["input_ids"].shape[1] == max(len(encoded[i].input_ids) for i in short)
+    assert summary.samples == 4 and summary.answer_tokens == sum(e.answer_tokens for e in encoded)
+
+
+def test_chat_and_advertisegen_shapes(tmp_path):
+    chat = write_lines(tmp_path / "chat.jsonl", [{"prompt": "a", "response": "b", "history": [["q", "r"]]}])
+    assert load_examples(chat) == [Example("a", "b", (("q", "r"),))]
+    ads = write_lines(tmp_path / "ads.jsonl", [{"content": "类型#裙", "summary": "好看"}])
+    assert load_examples(ads, "advertisegen") == [Example("类型#裙", "好看")]
+    assert len(load_examples("builtin:support")) >= 200
+
+
+@pytest.mark.parametrize("lines,fmt,message", [
+    (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], "chat", r"x.jsonl:2: malformed JSON"),
+    (['{"question": "a", "answer": "b"}'], "chat", r"missing column 'prompt'; columns found: answer, question"),
+    ([""], "chat", "holds no examples"),
+    (['{"prompt": "a", "response": "b", "history": ["q", "r"]}'], "chat", "history must be a list of"),
+    (['["a", "b"]'], "chat", "must be a JSON object"),
+    (['{"content": "a"}'], "advertisegen", "missing column 'summary'"),
+])
+def test_bad_files_give_one_clear_error(tmp_path, lines, fmt, message):
+    path = write_lines(tmp_path / "x.jsonl", lines)
+    with pytest.raises(DataError, match=message):
+        load_examples(path, fmt)
+
+
+def test_missing_file_and_non_utf8(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_examples(tmp_path / "nope.jsonl")
+    bad = tmp_path / "gbk.jsonl"
+    bad.write_bytes('{"prompt": "a", "response": "b"}\n'.encode() + '{"prompt": "你好"}'.encode("gbk"))
+    with pytest.raises(DataError, match=r"gbk.jsonl:2: not UTF-8"):
+        load_examples(bad)
+    with pytest.raises(DataError, match="builtin:support"):
+        load_examples("builtin:nothing")
+
+
+def test_all_answers_truncated_away(tok):
+    with pytest.raises(DataError, match="every answer is empty"):
+        encode_all(tok, [Example("你好", "")], 64, 128)
