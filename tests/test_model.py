@@ -180,3 +180,16 @@ def test_flat_to_kv_shape():
     cfg = small_config()
     flat = torch.randn(3, cfg.prefix_width)
     assert flat_to_kv(flat, cfg.num_layers, cfg.kv_groups, cfg.kv_channels).shape == (2 * cfg.num_layers, 2, 3, 16)
+
+
+def test_additive_4d_mask_matches_the_2d_path(model):
+    from glmbot.model.modeling import build_attention_mask, position_ids_from_mask
+
+    prefix = PrefixKV.stack([random_encoder(model.config, 3).kv(), None])
+    ids, mask = left_padded([7, 4], seed=11)
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask, prefix=prefix, use_cache=False).logits
+        additive = build_attention_mask(mask, prefix.mask, prefix.length, 7, 0, torch.float32, ids.device)
+        positions = position_ids_from_mask(mask, 2, 7, 0, ids.device)
+        got = model(ids, attention_mask=additive, position_ids=positions, prefix=prefix, use_cache=False).logits
+    torch.testing.assert_close(got, expected)

@@ -258,12 +258,19 @@ class ChatGLMModel(nn.Module):
                 raise ValueError(f"prefix has {prefix.batch_size} rows but the batch has {B}")
             # generate() expanded the rows (num_return_sequences, beams): repeat each prefix row.
             prefix = prefix.select(torch.arange(prefix.batch_size, device=x.device).repeat_interleave(B // prefix.batch_size))
-        if position_ids is None:
-            position_ids = position_ids_from_mask(attention_mask, B, T, past, x.device)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # A caller that manages its own KV slots (the serving engine) gives the additive mask
+            # (B, 1, T, P + slots) and the positions itself.
+            if position_ids is None:
+                raise ValueError("a 4D attention_mask needs explicit position_ids")
+            mask = attention_mask.to(x.dtype)
+        else:
+            if position_ids is None:
+                position_ids = position_ids_from_mask(attention_mask, B, T, past, x.device)
+            mask = build_attention_mask(
+                attention_mask, None if prefix is None else prefix.mask,
+                0 if prefix is None else prefix.length, T, past, x.dtype, x.device)
         cos, sin = rotary_cos_sin(position_ids, self.rot_pairs, x.dtype)
-        mask = build_attention_mask(
-            attention_mask, None if prefix is None else prefix.mask,
-            0 if prefix is None else prefix.length, T, past, x.dtype, x.device)
         return self.encoder(x, cos, sin, mask, cache, prefix)  # (B, T, hidden)
 
 
@@ -301,7 +308,11 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """input_ids (B, T) -> logits (B, T, vocab); `prefix` gives each row its prefix KV (or none)."""
+        """input_ids (B, T) -> logits (B, T, vocab); `prefix` gives each row its prefix KV (or none).
+
+        attention_mask is (B, past + T) with 1 for real tokens, or a ready additive (B, 1, T, keys)
+        mask with explicit position_ids for callers that manage their own cache slots.
+        """
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
