@@ -266,7 +266,7 @@ def settings_from_dict(data: dict, *, root: Path | None = None, source: str = "<
         raise ConfigError(f"{source}: [domains] must be a table of tables")
     settings: Settings = _build(Settings, data, "", source)
     for name, table in domains_raw.items():
-        if not DOMAIN_NAME_RE.match(name):
+        if not DOMAIN_NAME_RE.fullmatch(name):
             raise ConfigError(
                 f"{source}: domain name {name!r} is invalid: use lowercase letters, digits, '-' and '_'")
         if not isinstance(table, dict):

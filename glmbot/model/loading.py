@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Iterator
@@ -133,12 +134,8 @@ def iter_tensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
             if not isinstance(state, dict):
                 raise ModelLoadError(f"{file} does not hold a state dict")
             yield from state.items()
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, IndexError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"{file} is corrupt or truncated ({type(exc).__name__}: {exc}); download it again") from None
-    except Exception as exc:  # unpickling errors come in many types
-        if type(exc).__module__ in ("pickle", "_pickle"):
-            raise ModelLoadError(f"{file} is corrupt or not a weights file ({exc}); download it again") from None
-        raise
 
 
 def _default_device() -> torch.device:

@@ -8,6 +8,7 @@ and, with projection, `transformer.prefix_encoder.trans.{0,2}.{weight,bias}`; gl
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, IndexError, pickle.UnpicklingError) as exc:
         raise PrefixCheckpointError(f"{path} is not a readable weights file ({type(exc).__name__}: {exc}); "
                                     "re-export it or point at the right file") from None
 

@@ -1,0 +1,201 @@
+"""`glmbot adapters ...`: list, inspect, promote, roll back, import, export, verify and clean adapters.
+
+Command bodies parse, call `Registry`, print. Library errors propagate: the main app turns them
+into one-line messages and exit code 1.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from glmbot.cli import common
+from glmbot.model.fingerprint import base_fingerprint
+from glmbot.registry import STATUSES
+
+app = typer.Typer(help="Registered P-Tuning v2 adapters (one versioned prefix family per domain).",
+                  no_args_is_help=True)
+
+STATUS_STYLE = {"active": "bold green", "candidate": "yellow", "archived": "dim"}
+Ref = Annotated[str, typer.Argument(help="DOMAIN (its active adapter), DOMAIN@vN, or an adapter id",
+                                    show_default=False)]
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"  # not reached
+
+
+def age(when: datetime | None, now: datetime | None = None) -> str:
+    """'42s', '5m', '3h', '12d' ago."""
+    if when is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(timezone.utc)) - when).total_seconds()))
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds // span}{unit}"
+    return f"{seconds}s"
+
+
+# Shown first when an adapter has more metrics than fit (the official P-Tuning v2 evaluation's).
+KEY_METRICS = ("rouge-l", "bleu-4", "rouge-1", "rouge-2")
+
+
+def format_metrics(metrics: dict[str, float], limit: int = 3) -> str:
+    order = sorted(metrics, key=lambda n: (KEY_METRICS.index(n) if n in KEY_METRICS else len(KEY_METRICS), n))
+    shown = [f"{name} {metrics[name]:.4g}" for name in order[:limit]]
+    more = len(metrics) - limit
+    return ", ".join(shown) + (f" (+{more})" if more > 0 else "") if shown else "-"
+
+
+def status_text(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, '')}]{status}[/]"
+
+
+@app.command("list")
+def list_adapters(
+    domain: Annotated[str | None, typer.Option("--domain", "-d", help="only this domain")] = None,
+    status: Annotated[str | None, typer.Option("--status", "-s",
+                                               help=f"only this status ({', '.join(STATUSES)})")] = None,
+) -> None:
+    """List adapters: domain, version, status, prefix length, metrics, size, age."""
+    adapters = common.get_registry().list_adapters(domain, status)
+    if not adapters:
+        common.console.print("No adapters registered yet. Train one (glmbot train DOMAIN) or import one "
+                             "(glmbot adapters import PATH --domain DOMAIN).")
+        return
+    table = Table(title="Adapters", header_style="bold")
+    for column, justify in (("domain", "left"), ("version", "right"), ("status", "left"), ("P", "right"),
+                            ("metrics", "left"), ("size", "right"), ("age", "right"), ("id", "right")):
+        table.add_column(column, justify=justify)
+    for a in adapters:
+        table.add_row(a.domain, f"v{a.version}", status_text(a.status), str(a.pre_seq_len), format_metrics(a.metrics),
+                      human_size(a.size_bytes), age(a.created_at), str(a.id))
+    common.console.print(table)
+
+
+@app.command("show")
+def show(ref: Ref) -> None:
+    """Everything the registry knows about one adapter."""
+    registry = common.get_registry()
+    a = registry.resolve(ref)
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    rows = [("adapter", f"{a.ref} (id {a.id})"), ("status", status_text(a.status)), ("path", str(a.path)),
+            ("base model", a.base_model), ("base fingerprint", a.base_fingerprint),
+            ("prefix length P", str(a.pre_seq_len)), ("prefix projection", "yes" if a.prefix_projection else "no"),
+            ("dtype", a.dtype), ("size", human_size(a.size_bytes)), ("source", a.source),
+            ("created", f"{a.created_at:%Y-%m-%d %H:%M:%S} UTC ({age(a.created_at)} ago)"),
+            ("activated", f"{a.activated_at:%Y-%m-%d %H:%M:%S} UTC" if a.activated_at else "-"),
+            ("dataset", f"{a.dataset_sha256 or '-'} ({a.sample_count if a.sample_count is not None else '?'} samples)"),
+            ("hyper-parameters", ", ".join(f"{k}={v}" for k, v in sorted(a.hyperparams.items())) or "-"),
+            ("provenance", ", ".join(f"{k}={v}" for k, v in sorted(a.provenance.items())) or "-"),
+            ("metrics", format_metrics(a.metrics, limit=20))]
+    for key, value in rows:
+        facts.add_row(key, value)
+    common.console.print(facts)
+    files = Table("file", "sha256", title="Files", header_style="bold")
+    for name, sha in sorted(a.files.items()):
+        files.add_row(name, sha)
+    common.console.print(files)
+    evaluations = registry.evaluations(a.id)
+    if evaluations:
+        table = Table("kind", "metrics", "dataset sha256", "age", title="Evaluations", header_style="bold")
+        for e in evaluations:
+            table.add_row(e.kind, format_metrics(e.metrics, limit=20), (e.dataset_sha256 or "-")[:16],
+                          age(e.created_at))
+        common.console.print(table)
+
+
+@app.command("promote")
+def promote(ref: Ref) -> None:
+    """Make REF the active adapter of its domain (the previous one is archived)."""
+    a = common.get_registry().promote(ref)
+    common.console.print(f"{a.ref} is now the active adapter of [bold]{a.domain}[/] "
+                         f"(undo with: glmbot adapters rollback {a.domain}).")
+
+
+@app.command("rollback")
+def rollback(domain: Annotated[str, typer.Argument(help="the domain to roll back", show_default=False)]) -> None:
+    """Re-activate the version that was active before the current one."""
+    a = common.get_registry().rollback(domain)
+    common.console.print(f"Rolled back [bold]{domain}[/]: {a.ref} is active again.")
+
+
+@app.command("archive")
+def archive(ref: Ref) -> None:
+    """Retire an adapter (kept on disk; promote brings it back)."""
+    a = common.get_registry().archive(ref)
+    common.console.print(f"Archived {a.ref}.")
+
+
+@app.command("rm")
+def remove(
+    ref: Ref,
+    force: Annotated[bool, typer.Option("--force", "-f", help="also remove the active adapter")] = False,
+) -> None:
+    """Delete an adapter's row, evaluations and files."""
+    a = common.get_registry().remove(ref, force=force)
+    common.console.print(f"Removed {a.ref} ({human_size(a.size_bytes)} freed).")
+
+
+@app.command("import")
+def import_adapter(
+    path: Annotated[Path, typer.Argument(help="official checkpoint-N folder, or an exported glmbot adapter folder",
+                                         show_default=False)],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="register it under this domain", show_default=False)],
+    create_domain: Annotated[bool, typer.Option("--create-domain", help="create the domain if missing")] = False,
+    allow_base_mismatch: Annotated[bool, typer.Option(
+        "--allow-base-mismatch", help="import a prefix trained on another base of the same shape")] = False,
+) -> None:
+    """Register a P-Tuning v2 prefix from a folder as a new candidate version of DOMAIN."""
+    model, _tokenizer = common.load_base_model()
+    a = common.get_registry().import_path(
+        path, domain, config=model.config, base_model=common.get_settings().model.base_model,
+        base_fingerprint=base_fingerprint(model), create_domain=create_domain, allow_base_mismatch=allow_base_mismatch)
+    common.console.print(f"Imported {path} as {a.ref} (candidate, P={a.pre_seq_len}); make it live with: "
+                         f"glmbot adapters promote {a.ref}")
+
+
+@app.command("export")
+def export(ref: Ref, dest: Annotated[Path, typer.Argument(help="a new folder", show_default=False)]) -> None:
+    """Copy an adapter's verified files (weights, config, model card, metrics) into a new folder."""
+    registry = common.get_registry()
+    out = registry.export(ref, dest)
+    common.console.print(f"Exported {registry.resolve(ref).ref} to {out} ({len(list(out.iterdir()))} files); "
+                         "import it elsewhere with: glmbot adapters import PATH --domain DOMAIN")
+
+
+@app.command("verify")
+def verify(ref: Annotated[str | None, typer.Argument(help="one adapter (default: all)", show_default=False)] = None,
+           ) -> None:
+    """Re-hash every stored file against the registry; exit code 1 when any differs."""
+    results = common.get_registry().verify(ref)
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        for problem in r.problems:
+            common.err_console.print(f"[red]MISMATCH[/] {r.adapter.ref}: {problem.describe()}")
+    summary = f"{len(results) - len(bad)} of {len(results)} adapter(s) intact"
+    if bad:
+        common.err_console.print(f"{summary}; fix: restore the files from an export, or remove the damaged "
+                                 "version (glmbot adapters rm REF --force) and register it again")
+        raise typer.Exit(1)
+    common.console.print(f"[green]OK[/] {summary}.")
+
+
+@app.command("gc")
+def gc() -> None:
+    """Remove adapter folders that no registry row points to (crash leftovers, temp folders)."""
+    removed = common.get_registry().gc()
+    for path in removed:
+        common.console.print(f"removed {path}")
+    common.console.print(f"Removed {len(removed)} folder(s)." if removed else "Nothing to clean.")
