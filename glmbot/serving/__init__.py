@@ -1,0 +1,1 @@
+"""Serving: routing, prefix cache and the engine. Kept import-light: import submodules directly."""

@@ -1,0 +1,438 @@
+"""Route each chat message to a domain's prefix, or to the plain base model.
+
+The first stage that decides wins, and every decision carries its reason and score:
+explicit domain/adapter > the conversation's sticky route > plugin routers > keyword rules >
+regex rules > a TF-IDF classifier over each domain's training prompts > fallback.
+General chat falls through to the fallback (the plain base model by default), so greetings
+never reach a prefix that may have forgotten how to say hello.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass, field, replace
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+from glmbot.config import DOMAIN_NAME_RE, Settings
+from glmbot.errors import ConfigError, UnknownDomainError
+
+BASE = "base"  # the plain base model, in `explicit` and `fallback`
+REASONS = ("explicit", "sticky", "plugin", "keyword", "pattern", "classifier", "fallback")
+# Measured on glmbot/data/samples/routing_heldout.jsonl (support/ads training prompts, ads keywords):
+# accuracy is flat at 55/60 for min_score 0.20..0.30; 0.25 sits in the middle of that plateau.
+DEFAULT_MIN_SCORE = 0.25
+# A domain scores the mean cosine of its TOP_K nearest prompts, so one short prompt sharing a single
+# everyday word ("你喜欢什么颜色？" vs "颜色买错了可以换吗？") is not enough; 2 (not 3) keeps a message
+# equal to a training prompt of a domain without paraphrases at 0.5, above min_score.
+TOP_K = 2
+STICKY_CAPACITY = 10_000
+
+# Greeting phrases are cut out of the text before segmentation (jieba splits 晚上好 into 晚上/好,
+# and 晚上 alone is a real word); a message left with no content words goes to the fallback.
+_GREETINGS = re.compile("|".join(sorted((
+    "你好", "您好", "你们好", "大家好", "哈喽", "哈啰", "哈罗", "在吗", "在不在", "有人吗", "谢谢", "多谢",
+    "感谢", "再见", "拜拜", "早上好", "上午好", "中午好", "下午好", "晚上好", "早安", "午安", "晚安", "好的",
+    "嗯嗯", "哦哦", "嗨"), key=len, reverse=True)))
+_STOP_WORDS = frozenset((
+    "的 了 吗 呢 吧 啊 呀 嘛 哦 嗯 啦 喽 么 呗 哈 喂 我 你 您 他 她 它 我们 你们 他们 咱们 是 在 有 和 与 就 也 都 还 很 "
+    "这 那 这个 那个 这些 那些 一下 请 请问 可以 能 会 要 想 给 帮 帮我 帮忙 把 被 让 对 吗 什么 怎么 怎么办 "
+    "如何 为什么 哪 哪里 哪儿 多少 几 一个 个 好 不 没 没有 自己 现在 就是 还是 或者 如果 因为 所以 但是 "
+    "hello hi hey thanks thank you bye ok okay please the a an is are to of and").split())
+_CONTENT_CHAR = re.compile(r"\w")  # a token with no letter, digit or CJK character is punctuation
+
+_jieba_lock = threading.Lock()
+_jieba: ModuleType | None = None
+
+
+def _jieba_module() -> ModuleType:
+    """jieba, silenced and with its dictionary loaded (once, on first use)."""
+    global _jieba
+    with _jieba_lock:
+        if _jieba is None:
+            import logging
+
+            import jieba
+
+            jieba.setLogLevel(logging.WARNING)
+            jieba.initialize()
+            _jieba = jieba
+    return _jieba
+
+
+def content_tokens(text: str) -> list[str]:
+    """jieba words of `text` without greetings, stop-words and punctuation (case-folded)."""
+    text = _GREETINGS.sub(" ", text.casefold())
+    return [w for w in _jieba_module().lcut(text)
+            if _CONTENT_CHAR.search(w) and w not in _STOP_WORDS]
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where one message goes: a domain's prefix (or None = the plain base), and why."""
+
+    domain: str | None                # None = the plain base model
+    adapter: str | None = None        # e.g. "support@v2"; None = the domain's active adapter
+    reason: str = "fallback"          # one of REASONS
+    score: float = 0.0                # confidence of the deciding stage (1.0 for rules and explicit)
+    scores: dict[str, float] = field(default_factory=dict, hash=False)  # classifier score per domain
+    detail: str = ""                  # short human text, e.g. the keyword matched
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"RouteDecision reason {self.reason!r} is not one of {', '.join(REASONS)}")
+
+
+@dataclass
+class DomainProfile:
+    """What the router knows about one domain."""
+
+    name: str
+    keywords: list[str] = field(default_factory=list)   # any of them in a message routes here
+    patterns: list[str] = field(default_factory=list)   # regular expressions, searched in the message
+    prompts: list[str] = field(default_factory=list)    # training prompts the classifier learns from
+    adapter_version: int | None = None                  # the active adapter's version, if known
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not DOMAIN_NAME_RE.fullmatch(self.name):
+            raise ConfigError(f"routing profile name {self.name!r} is not a valid domain name: "
+                              "use lowercase letters, digits, '-' and '_'")
+        if self.name == BASE:
+            raise ConfigError(f"domain name {BASE!r} is reserved for the plain base model in routing; "
+                              "rename the domain (e.g. 'general')")
+        for keyword in self.keywords:
+            if not isinstance(keyword, str) or not keyword.strip():
+                raise ConfigError(f"domain {self.name!r}: keyword {keyword!r} is empty; remove it "
+                                  "(an empty keyword would match every message)")
+
+
+class PromptClassifier:
+    """TF-IDF nearest-prompt classifier: a domain scores the mean cosine of its TOP_K closest prompts.
+
+    Cosine similarity is bounded in 0..1 whatever the corpus size, so one `min_score` works for
+    small and large domains; words never seen in training get the highest IDF, which pulls the
+    score of off-topic messages towards 0.
+    """
+
+    def __init__(self, prompts_by_domain: dict[str, list[str]], top_k: int = TOP_K) -> None:
+        self.domains = list(prompts_by_domain)
+        self.top_k = top_k
+        docs: list[tuple[str, list[str]]] = []
+        for domain, prompts in prompts_by_domain.items():
+            for prompt in dict.fromkeys(prompts):  # repeated prompts would count twice in the top-k
+                tokens = content_tokens(prompt)
+                if tokens:
+                    docs.append((domain, tokens))
+        document_frequency: Counter[str] = Counter()
+        for _, tokens in docs:
+            document_frequency.update(set(tokens))
+        n = len(docs)
+        # Smoothed IDF (as scikit-learn); unseen words get the largest value.
+        self._idf = {t: math.log((1 + n) / (1 + df)) + 1 for t, df in document_frequency.items()}
+        self._unseen_idf = math.log(1 + n) + 1
+        self._doc_domain = [domain for domain, _ in docs]
+        self._domain_size = Counter(self._doc_domain)
+        # Inverted index: token -> [(document, weight of the L2-normalised TF-IDF vector)].
+        self._postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for index, (_, tokens) in enumerate(docs):
+            for token, weight in self._unit_vector(tokens).items():
+                self._postings[token].append((index, weight))
+
+    def _unit_vector(self, tokens: list[str]) -> dict[str, float]:
+        vector = {t: count * self._idf.get(t, self._unseen_idf) for t, count in Counter(tokens).items()}
+        norm = math.sqrt(sum(w * w for w in vector.values()))
+        return {t: w / norm for t, w in vector.items()}
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Score 0..1 of every domain for `text`; all 0 when it has no content words."""
+        return self.token_scores(content_tokens(text))
+
+    def token_scores(self, tokens: list[str]) -> dict[str, float]:
+        """Score 0..1 of every domain for already extracted content tokens."""
+        if not tokens:
+            return {domain: 0.0 for domain in self.domains}
+        dots: dict[int, float] = defaultdict(float)
+        for token, weight in self._unit_vector(tokens).items():
+            for index, doc_weight in self._postings.get(token, ()):
+                dots[index] += weight * doc_weight
+        nearest: dict[str, list[float]] = defaultdict(list)
+        for index, cosine in dots.items():
+            nearest[self._doc_domain[index]].append(cosine)
+        result = {}
+        for domain in self.domains:
+            k = min(self.top_k, self._domain_size[domain]) or 1
+            result[domain] = sum(sorted(nearest[domain], reverse=True)[:k]) / k
+        return result
+
+
+class StickyRoutes:
+    """Bounded, thread-safe memory of each conversation's route; the least recently used goes first."""
+
+    def __init__(self, capacity: int = STICKY_CAPACITY) -> None:
+        if capacity <= 0:
+            raise ValueError(f"sticky capacity must be > 0, got {capacity}")
+        self.capacity = capacity
+        self._routes: OrderedDict[str, RouteDecision] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, conversation_id: str) -> RouteDecision | None:
+        with self._lock:
+            decision = self._routes.get(conversation_id)
+            if decision is not None:
+                self._routes.move_to_end(conversation_id)
+            return decision
+
+    def put(self, conversation_id: str, decision: RouteDecision) -> None:
+        with self._lock:
+            self._routes[conversation_id] = decision
+            self._routes.move_to_end(conversation_id)
+            while len(self._routes) > self.capacity:
+                self._routes.popitem(last=False)
+
+    def forget(self, conversation_id: str) -> bool:
+        """Drop one conversation's route; True if there was one."""
+        with self._lock:
+            return self._routes.pop(conversation_id, None) is not None
+
+    def keep_domains(self, names: Iterable[str]) -> None:
+        """Drop routes to domains not in `names` (routes to the plain base stay)."""
+        keep = set(names)
+        with self._lock:
+            for cid in [c for c, d in self._routes.items() if d.domain is not None and d.domain not in keep]:
+                del self._routes[cid]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._routes)
+
+
+PluginRouter = Callable[[str, Any], "RouteDecision | None"]
+
+
+@dataclass(frozen=True)
+class _RoutingTable:
+    """Everything derived from the profiles; replaced whole, so readers never see half an update."""
+
+    profiles: dict[str, DomainProfile]
+    keywords: list[tuple[str, str, str]]               # (domain, keyword, case-folded), longest first
+    patterns: list[tuple[str, str, re.Pattern[str]]]  # (domain, source, compiled)
+    classifier: PromptClassifier
+
+
+def _build_table(profiles: Iterable[DomainProfile]) -> _RoutingTable:
+    by_name: dict[str, DomainProfile] = {}
+    keywords, patterns = [], []
+    for profile in profiles:
+        if profile.name in by_name:
+            raise ConfigError(f"domain {profile.name!r} is listed twice in the routing profiles; keep one")
+        # A copy, so a caller editing its profile later cannot desynchronise the compiled table.
+        profile = replace(profile, keywords=list(profile.keywords), patterns=list(profile.patterns),
+                          prompts=list(profile.prompts))
+        by_name[profile.name] = profile
+        keywords += [(profile.name, keyword, keyword.casefold()) for keyword in profile.keywords]
+        for source in profile.patterns:
+            try:
+                patterns.append((profile.name, source, re.compile(source)))
+            except re.error as exc:
+                raise ConfigError(f"domain {profile.name!r}: pattern {source!r} is not a valid regular "
+                                  f"expression: {exc}") from None
+    # The longest matching keyword is the most specific one; the stable sort keeps profile order on ties.
+    keywords.sort(key=lambda entry: -len(entry[1]))
+    classifier = PromptClassifier({name: p.prompts for name, p in by_name.items()})
+    return _RoutingTable(by_name, keywords, patterns, classifier)
+
+
+class Router:
+    """Decide, for each message, which domain's prefix answers it (see the module docstring for the order)."""
+
+    def __init__(self, profiles: list[DomainProfile], *, fallback: str = BASE,
+                 min_score: float = DEFAULT_MIN_SCORE, sticky: bool = True,
+                 sticky_capacity: int = STICKY_CAPACITY) -> None:
+        if not 0.0 <= min_score <= 1.0:
+            raise ConfigError(f"routing.min_score must be in 0..1 (a cosine similarity), got {min_score}")
+        self.fallback = fallback
+        self.min_score = min_score
+        self.sticky = sticky
+        self._table = _build_table(profiles)
+        self._check_fallback(self._table)
+        self._memory = StickyRoutes(sticky_capacity)
+        self._plugins: tuple[PluginRouter, ...] = ()
+        self._lock = threading.Lock()  # serialises writers; readers take one snapshot of _table
+
+    @classmethod
+    def from_settings(cls, settings: Settings, prompts_by_domain: dict[str, list[str]],
+                      versions: dict[str, int] | None = None) -> Router:
+        """A router for glmbot.toml's [domains] and [routing], plus domains only the registry knows."""
+        versions = versions or {}
+        names = list(settings.domains)
+        names += sorted((set(prompts_by_domain) | set(versions)) - set(names))
+        profiles = []
+        for name in names:
+            domain = settings.domains.get(name)
+            profiles.append(DomainProfile(
+                name, keywords=list(domain.keywords) if domain else [],
+                patterns=list(domain.patterns) if domain else [],
+                prompts=list(prompts_by_domain.get(name, [])), adapter_version=versions.get(name)))
+        routing = settings.routing
+        return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky)
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self._table.profiles)
+
+    @property
+    def remembered(self) -> int:
+        """How many conversations have a sticky route (at most the sticky capacity)."""
+        return len(self._memory)
+
+    def _check_fallback(self, table: _RoutingTable) -> None:
+        if self.fallback != BASE and self.fallback not in table.profiles:
+            raise ConfigError(f"routing.fallback = {self.fallback!r} is not a domain (known: "
+                              f"{', '.join(table.profiles) or 'none'}); use {BASE!r} or one of them")
+
+    # ------------------------------------------------------------------ changes
+
+    def add_plugin_router(self, fn: PluginRouter) -> None:
+        """Ask `fn(text, history) -> RouteDecision | None` after sticky routes and before the rules."""
+        if not callable(fn):
+            raise TypeError(f"plugin router must be callable as fn(text, history), got {fn!r}")
+        with self._lock:
+            if fn in self._plugins:
+                raise ValueError(f"plugin router {_name_of(fn)} is already registered")
+            self._plugins = (*self._plugins, fn)
+
+    def update_profiles(self, profiles: list[DomainProfile], *, remove: Iterable[str] = ()) -> None:
+        """Add or replace `profiles` (by name) and drop `remove`, e.g. after an adapter is promoted."""
+        with self._lock:
+            merged = dict(self._table.profiles)
+            for name in remove:
+                if name not in merged:
+                    raise UnknownDomainError(f"cannot remove unknown domain {name!r}; known domains: "
+                                             f"{', '.join(merged) or 'none'}")
+                del merged[name]
+            for profile in profiles:
+                merged[profile.name] = profile
+            table = _build_table(merged.values())
+            self._check_fallback(table)
+            self._table = table
+            self._memory.keep_domains(table.profiles)
+
+    def forget(self, conversation_id: str) -> bool:
+        """Forget a conversation's sticky route; True if it had one."""
+        return self._memory.forget(conversation_id)
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, text: str, *, conversation_id: str | None = None, history: Any = None,
+              explicit: str | None = None) -> RouteDecision:
+        """The route of one message: the first stage that decides, with its reason and score."""
+        if not isinstance(text, str):
+            raise TypeError(f"route() needs the message text as a str, got {type(text).__name__}")
+        table = self._table
+        if explicit is not None:
+            decision = self._explicit(explicit, table)
+        else:
+            remembered = self._sticky(conversation_id, table)
+            if remembered is not None:
+                return remembered
+            decision = (self._from_plugins(text, history, table) or self._from_rules(text, table)
+                        or self._from_classifier(text, table))
+        # A fallback is not remembered: a conversation that opens with "你好" must still reach the
+        # support prefix when its second message asks about a refund.
+        if self.sticky and conversation_id is not None and decision.reason != "fallback":
+            self._memory.put(conversation_id, decision)
+        return decision
+
+    def explain(self, text: str) -> list[tuple[str, float]]:
+        """Classifier score of every domain for `text`, best first."""
+        table = self._table
+        scores = table.classifier.scores(text)
+        order = {name: i for i, name in enumerate(table.profiles)}
+        return sorted(scores.items(), key=lambda item: (-item[1], order[item[0]]))
+
+    def _explicit(self, explicit: str, table: _RoutingTable) -> RouteDecision:
+        text = explicit.strip()
+        if text == BASE:
+            return RouteDecision(None, None, "explicit", 1.0, detail="plain base model requested")
+        domain, sep, _ = text.partition("@")
+        if domain not in table.profiles:
+            raise UnknownDomainError(f"unknown domain {domain!r} in {explicit!r}; known domains: "
+                                     f"{', '.join(table.profiles) or 'none'} (or {BASE!r} for the plain model)")
+        if not sep:
+            return RouteDecision(domain, None, "explicit", 1.0,
+                                 detail=f"domain {domain!r} requested{_active(table, domain)}")
+        # Imported here: the registry package pulls in SQLModel, which plain routing never needs.
+        from glmbot.registry.refs import parse_ref
+
+        ref = parse_ref(text)  # raises UnknownAdapterError on a bad version such as 'support@x'
+        adapter = f"{domain}@v{ref.version}"
+        return RouteDecision(domain, adapter, "explicit", 1.0, detail=f"adapter {adapter} requested")
+
+    def _sticky(self, conversation_id: str | None, table: _RoutingTable) -> RouteDecision | None:
+        if not self.sticky or conversation_id is None:
+            return None
+        first = self._memory.get(conversation_id)
+        if first is None or (first.domain is not None and first.domain not in table.profiles):
+            return None
+        return RouteDecision(first.domain, first.adapter, "sticky", first.score,
+                             detail=f"conversation {conversation_id!r} stays where {first.reason} sent it"
+                                    + (f" ({first.detail})" if first.detail else ""))
+
+    def _from_plugins(self, text: str, history: Any, table: _RoutingTable) -> RouteDecision | None:
+        for plugin in self._plugins:
+            decision = plugin(text, history)
+            if decision is None:
+                continue
+            if not isinstance(decision, RouteDecision):
+                raise TypeError(f"plugin router {_name_of(plugin)} returned {decision!r}; "
+                                "return a RouteDecision or None")
+            if decision.domain is not None and decision.domain not in table.profiles:
+                raise UnknownDomainError(
+                    f"plugin router {_name_of(plugin)} routed to unknown domain {decision.domain!r}; "
+                    f"known domains: {', '.join(table.profiles) or 'none'} (None = plain base model)")
+            return replace(decision, reason="plugin", detail=decision.detail or _name_of(plugin))
+        return None
+
+    def _from_rules(self, text: str, table: _RoutingTable) -> RouteDecision | None:
+        folded = text.casefold()
+        for domain, keyword, folded_keyword in table.keywords:
+            if folded_keyword in folded:
+                return RouteDecision(domain, None, "keyword", 1.0,
+                                     detail=f"keyword {keyword!r}{_active(table, domain)}")
+        for domain, source, pattern in table.patterns:
+            if match := pattern.search(text):
+                return RouteDecision(domain, None, "pattern", 1.0,
+                                     detail=f"pattern {source!r} matched {match.group(0)!r}"
+                                            f"{_active(table, domain)}")
+        return None
+
+    def _from_classifier(self, text: str, table: _RoutingTable) -> RouteDecision:
+        tokens = content_tokens(text)
+        scores = table.classifier.token_scores(tokens)
+        # max() keeps the first of equal scores, i.e. the domain listed first.
+        best = max(table.profiles, key=lambda name: scores[name], default=None)
+        best_score = scores[best] if best is not None else 0.0
+        if best is not None and best_score > 0 and best_score >= self.min_score:
+            return RouteDecision(best, None, "classifier", best_score, scores,
+                                 detail=f"nearest training prompts are {best!r}'s{_active(table, best)}")
+        if not tokens:
+            why = "only greetings, stop-words or punctuation"
+        elif best_score == 0.0:
+            why = "no word of the message occurs in any domain's training prompts"
+        else:
+            why = f"best classifier score {best_score:.3f} ({best}) < min_score {self.min_score}"
+        domain = None if self.fallback == BASE else self.fallback
+        return RouteDecision(domain, None, "fallback", best_score, scores, detail=why)
+
+
+def _active(table: _RoutingTable, domain: str) -> str:
+    """' (active vN)' when the domain's active adapter version is known, for the decision's detail."""
+    version = table.profiles[domain].adapter_version
+    return f" (active v{version})" if version is not None else ""
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
