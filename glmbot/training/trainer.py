@@ -126,7 +126,7 @@ class PrefixTrainer:
         return encoder, opt, sched, total
 
     def _micro_batches(self, encoded: list[Encoded], start_micro: int):
-        """Endless (micro_index, batch) stream; epoch e uses seed + e, so a resume sees the same order."""
+        """Endless (example indices, batch) stream; epoch e uses seed + e, so a resume sees the same order."""
         lengths = [len(e.input_ids) for e in encoded]
         micro, epoch = 0, 0
         while True:
@@ -135,7 +135,7 @@ class PrefixTrainer:
             batches = batches[self.rank::self.world_size] or batches[:1]
             for batch in batches:
                 if micro >= start_micro:
-                    yield micro, collate([encoded[i] for i in batch], self.pad_id)
+                    yield batch, collate([encoded[i] for i in batch], self.pad_id)
                 micro += 1
             epoch += 1
 
@@ -162,13 +162,15 @@ class PrefixTrainer:
         self.model.train()  # dropouts of the base are 0; train() only matters for checkpointing
         start = time.perf_counter()
         stream = self._micro_batches(encoded, step * s.grad_accum)
+        seen: set[int] = set()  # example indices this rank trained on (a manifest per rank)
         try:
             while step < total:
                 if self.should_stop():
                     raise TrainingInterrupted(f"stopped at step {step}")
                 window_loss, window_tokens = 0.0, 0
                 for _ in range(s.grad_accum):
-                    _, batch = next(stream)
+                    indices, batch = next(stream)
+                    seen.update(indices)
                     loss = self._loss(encoder, batch) / s.grad_accum
                     loss.backward()
                     window_loss += loss.item()
@@ -195,6 +197,9 @@ class PrefixTrainer:
                 self.model.gradient_checkpointing_disable()
         seconds = time.perf_counter() - start
         encoder.eval()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / f"data-rank{self.rank}.json",
+                          json.dumps({"rank": self.rank, "world_size": self.world_size, "examples": sorted(seen)}))
         if self.rank == 0:
             self._save_final(encoder, losses)
         return TrainResult(encoder, step, losses, real_tokens, seconds, self.run_dir, resumed_from)

@@ -1,0 +1,3 @@
+from glmbot.cli.main import run
+
+run()

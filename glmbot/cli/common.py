@@ -1,0 +1,53 @@
+"""What every command shares: consoles, the loaded settings, registry and base model.
+
+Each is created on first use and kept for the process, so a command that needs no model never
+loads one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from glmbot.config import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+_config_path: Path | None = None
+
+DomainOpt = Annotated[Optional[str], typer.Option("--domain", "-d", help="business domain, e.g. support")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="glmbot.toml to use", show_default=False)]
+
+
+def set_config_path(path: Path | None) -> None:
+    global _config_path
+    _config_path = path
+    get_settings.cache_clear()
+    get_registry.cache_clear()
+    load_base_model.cache_clear()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings(_config_path)
+
+
+@lru_cache(maxsize=1)
+def get_registry():
+    from glmbot.registry import Registry
+
+    return Registry.from_settings(get_settings())
+
+
+@lru_cache(maxsize=1)
+def load_base_model():
+    """(model, tokenizer) of the configured base, on the configured device and dtype."""
+    from glmbot.model import load_base
+
+    m = get_settings().model
+    return load_base(m.base_model, dtype=m.dtype, device=m.device)

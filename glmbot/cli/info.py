@@ -1,0 +1,47 @@
+"""`glmbot info`: the configuration in use and the base model it points at."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from rich.table import Table
+
+from glmbot import __version__
+from glmbot.cli import common
+from glmbot.model import count_parameters
+from glmbot.model.fingerprint import base_fingerprint
+
+
+def info() -> None:
+    """Show the config file, base model, device, dtype and parameter count."""
+    settings = common.get_settings()
+    model, tok = common.load_base_model()
+    cfg = model.config
+    table = Table(show_header=False, box=None)
+    rows = [
+        ("glmbot", __version__),
+        ("config", settings.source),
+        ("base model", settings.model.base_model),
+        ("fingerprint", base_fingerprint(model)),
+        ("device", str(model.device)),
+        ("dtype", str(model.dtype).removeprefix("torch.")),
+        ("parameters", f"{count_parameters(model):,}"),
+        ("layers x hidden", f"{cfg.num_layers} x {cfg.hidden_size} ({cfg.num_attention_heads} heads, "
+                            f"{cfg.kv_groups} KV groups)"),
+        ("vocabulary", f"{tok.vocab_size:,} (padded {cfg.padded_vocab_size:,})"),
+        ("registry", _safe_url(settings.db_url)),
+        ("domains", ", ".join(settings.domains) or "none configured"),
+        ("torch", f"{torch.__version__} (CUDA available: {torch.cuda.is_available()})"),
+        ("python", platform.python_version()),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", value)
+    common.console.print(table)
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,55 @@
+"""`glmbot route TEXT`: which domain's adapter would answer a message (or the plain base), and why."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from glmbot.cli import common
+from glmbot.errors import RegistryError
+from glmbot.serving.router import RouteDecision
+from glmbot.serving.routing_setup import build_router
+
+REASON_STYLE = {"explicit": "bold", "sticky": "bold", "plugin": "magenta", "keyword": "green", "pattern": "green",
+                "classifier": "cyan", "fallback": "yellow"}
+
+
+def route(
+    text: Annotated[str, typer.Argument(help="the chat message to route", show_default=False)],
+    domain: Annotated[Optional[str], typer.Option(
+        "--domain", "-d", help="route explicitly: a domain, DOMAIN@vN, or 'base' (the plain model)")] = None,
+) -> None:
+    """Show where TEXT would be routed, the reason and score, and every domain's classifier score."""
+    registry = common.get_registry()
+    router = build_router(common.get_settings(), registry)
+    decision = router.route(text, explicit=domain)
+    style = REASON_STYLE.get(decision.reason, "bold")
+    common.console.print(f"domain:  [bold]{decision.domain or 'base (plain model)'}[/]")
+    common.console.print(f"adapter: {adapter_label(registry, decision)}")
+    common.console.print(f"reason:  [{style}]{decision.reason}[/]    score: {decision.score:.3f}")
+    if decision.detail:
+        common.console.print(f"detail:  {decision.detail}", highlight=False)
+    scores = router.explain(text)
+    if not scores:
+        common.console.print("No routable domain: register and promote an adapter (glmbot adapters promote ...).")
+        return
+    table = Table("domain", "classifier score", "", title="Classifier scores", header_style="bold")
+    for name, score in scores:
+        passes = score > 0 and score >= router.min_score
+        mark = "chosen" if name == decision.domain else ("above min_score" if passes else "")
+        table.add_row(name, f"{score:.3f}", mark)
+    table.caption = f"min_score {router.min_score}; below it the message goes to fallback {router.fallback!r}"
+    common.console.print(table)
+
+
+def adapter_label(registry, decision: RouteDecision) -> str:  # noqa: ANN001 - glmbot.registry.Registry
+    """'support@v3 (active)' or 'support@v2 (archived)' for the decision; '-' for the plain base."""
+    if decision.domain is None:
+        return "-"
+    try:
+        info = registry.resolve(decision.adapter or decision.domain)
+    except RegistryError as exc:
+        return f"[red]none[/] ({exc})"
+    return f"{info.ref} ({info.status})"

@@ -1,0 +1,60 @@
+"""Evaluation of a prefix: dev-set predictions scored the official way, and the forgetting probe."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from glmbot.fileio import atomic_write_text
+from glmbot.model.generate import generate_answers
+from glmbot.model.modeling import ChatGLMForConditionalGeneration
+from glmbot.model.tokenizer import ChatGLMTokenizer
+from glmbot.training.data import SAMPLES_DIR, Example
+from glmbot.training.metrics import ProbeResult, probe_drift, score
+
+PROBE_FILE = SAMPLES_DIR / "general_probe.jsonl"
+PREDICTIONS_FILE = "generated_predictions.jsonl"
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    count: int
+    predictions: list[str]
+    predictions_path: Path | None = None
+
+
+def evaluate_prefix(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenizer, kv: torch.Tensor | None,
+                    examples: list[Example], out_dir: Path | None = None, max_new_tokens: int = 128) -> Evaluation:
+    """Greedy answers to `examples` with prefix `kv`, scored with ROUGE-1/2/L and BLEU-4.
+
+    Predictions are written as `{"labels": ..., "predict": ...}` lines (the official
+    generated_predictions.txt shape) so they can be re-scored or compared with other runs.
+    """
+    predictions = generate_answers(model, tok, [e.prompt for e in examples], kv,
+                                   histories=[e.history for e in examples], max_new_tokens=max_new_tokens)
+    references = [e.response for e in examples]
+    path = None
+    if out_dir is not None:
+        path = Path(out_dir) / PREDICTIONS_FILE
+        lines = (json.dumps({"labels": r, "predict": p}, ensure_ascii=False) for r, p in zip(references, predictions))
+        atomic_write_text(path, "\n".join(lines) + "\n")
+    return Evaluation(score(predictions, references), len(examples), predictions, path)
+
+
+def load_probe(path: Path = PROBE_FILE) -> tuple[list[str], list[str]]:
+    """The general prompts of the forgetting probe and their reference answers."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r["prompt"] for r in rows], [r["reference"] for r in rows]
+
+
+def forgetting_probe(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenizer, kv: torch.Tensor,
+                     path: Path = PROBE_FILE) -> ProbeResult:
+    """Answer general prompts with and without the prefix and measure how far the prefix moved them."""
+    prompts, references = load_probe(path)
+    base = generate_answers(model, tok, prompts, None, max_new_tokens=48)
+    tuned = generate_answers(model, tok, prompts, kv, max_new_tokens=48)
+    return probe_drift(base, tuned, references)
