@@ -193,3 +193,32 @@ def test_additive_4d_mask_matches_the_2d_path(model):
         positions = position_ids_from_mask(mask, 2, 7, 0, ids.device)
         got = model(ids, attention_mask=additive, position_ids=positions, prefix=prefix, use_cache=False).logits
     torch.testing.assert_close(got, expected)
+
+
+def test_answer_loss_equals_forward_loss(model):
+    ids, mask = left_padded([8, 5], seed=12)
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[mask == 0] = -100
+    prefix = PrefixKV.stack([random_encoder(model.config, 3).kv(), None])
+    from glmbot.model.modeling import answer_loss
+
+    full = model(ids, attention_mask=mask, labels=labels, prefix=prefix, use_cache=False).loss
+    torch.testing.assert_close(answer_loss(model, ids, mask, labels, prefix), full)
+
+
+def test_gradient_checkpointing_gives_the_same_prefix_gradient(model):
+    enc = random_encoder(model.config, 4)
+    ids, mask = left_padded([9, 6], seed=13)
+    labels = ids.clone()
+    model.requires_grad_(False)
+    model.train()
+    grads = []
+    for ckpt in (False, True):
+        model.gradient_checkpointing_enable() if ckpt else model.gradient_checkpointing_disable()
+        enc.zero_grad()
+        model(ids, attention_mask=mask, labels=labels, prefix=PrefixKV.repeat(enc.kv(), 2), use_cache=False).loss.backward()
+        grads.append(enc.embedding.weight.grad.clone())
+    model.gradient_checkpointing_disable()
+    assert model.transformer.encoder.gradient_checkpointing is False
+    torch.testing.assert_close(grads[0], grads[1])

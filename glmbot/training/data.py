@@ -168,9 +168,10 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return batches
 
 
-def collate(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its own longest row: input_ids, labels, attention_mask, each (B, T)."""
-    longest = max(len(r.input_ids) for r in rows)
+def collate(rows: list[Encoded], pad_id: int, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its own longest row (rounded up to pad_multiple): input_ids, labels,
+    attention_mask, each (B, T)."""
+    longest = -(-max(len(r.input_ids) for r in rows) // pad_multiple) * pad_multiple
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), longest), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from glmbot.config import TrainSettings
 from glmbot.errors import GlmbotError
 from glmbot.fileio import atomic_write_text
-from glmbot.model.modeling import ChatGLMForConditionalGeneration
+from glmbot.model.modeling import ChatGLMForConditionalGeneration, answer_loss
 from glmbot.model.prefix import PrefixEncoder, PrefixKV
 from glmbot.model.prefix_io import encoder_state
 from glmbot.training.data import Encoded, collate, length_grouped_batches
@@ -106,6 +106,8 @@ class PrefixTrainer:
         self.on_step = on_step
         self.should_stop = should_stop or (lambda: False)
         self.device = next(model.parameters()).device
+        # On CUDA, lengths padded to a multiple of 16: fewer distinct shapes for kernels and compile.
+        self.pad_multiple = 16 if self.device.type == "cuda" else 1
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
@@ -120,6 +122,8 @@ class PrefixTrainer:
         self.model.requires_grad_(False)
         if s.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if s.compile and self.device.type == "cuda":
+            self.model.compile_dense()
         total = total_steps(s, n_examples, self.world_size)
         opt = torch.optim.AdamW(encoder.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, s.warmup_ratio))
@@ -135,7 +139,7 @@ class PrefixTrainer:
             batches = batches[self.rank::self.world_size] or batches[:1]
             for batch in batches:
                 if micro >= start_micro:
-                    yield batch, collate([encoded[i] for i in batch], self.pad_id)
+                    yield batch, collate([encoded[i] for i in batch], self.pad_id, self.pad_multiple)
                 micro += 1
             epoch += 1
 
@@ -147,9 +151,7 @@ class PrefixTrainer:
             kv = encoder.kv(torch.bfloat16 if use_bf16 else self.model.dtype)
             prefix = PrefixKV.repeat(kv, B)
             prefix = PrefixKV(torch.nn.functional.dropout(prefix.kv, 0.1, training=True))  # official dropout
-            out = self.model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                             prefix=prefix, use_cache=False)
-        return out.loss
+            return answer_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], prefix)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, encoded: list[Encoded], resume: bool = False) -> TrainResult:
