@@ -137,6 +137,8 @@ class PluginSettings:
     enabled: list[str] = field(default_factory=list, metadata=_help("load only these; empty = all"))
     sensitive_words: list[str] = field(default_factory=list, metadata=_help(
         "words the sensitive-word plugin masks in answers"))
+    options: dict[str, Any] = field(default_factory=dict, metadata=_help(
+        "per-plugin settings: [plugins.options.NAME] tables"))
 
 
 @dataclass

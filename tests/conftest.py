@@ -12,6 +12,17 @@ from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.modeling import ChatGLMForConditionalGeneration
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["GLMBOT_ENTRY_POINTS"] = "0"  # tests never load installed plugins unless they ask
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin_manager():
+    """Each test starts without loaded plugins; the first get_manager() loads the configured ones."""
+    from glmbot.plugins import reset_manager
+
+    reset_manager()
+    yield
+    reset_manager()
 
 
 def small_config(**overrides) -> ChatGLMConfig:

@@ -67,9 +67,25 @@ def resolve_data_path(name: str | Path) -> Path:
             raise DataError(f"no builtin data set {name!r}; shipped ones: {', '.join('builtin:' + k for k in known)}")
         return path
     path = Path(name).expanduser()
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist; pass a JSONL file or builtin:support")
-    return path
+    if path.is_file():
+        return path
+    datasets = plugin_datasets()
+    if name in datasets:
+        path = Path(datasets[name]())
+        if not path.is_file():
+            raise DataError(f"plugin data set {name!r} gave {path}, which does not exist")
+        return path
+    named = f" or a plugin data set ({', '.join(sorted(datasets))})" if datasets else ""
+    raise DataError(f"data file {path} does not exist; pass a JSONL file, builtin:support{named}")
+
+
+def plugin_datasets() -> dict:
+    """Data sets that plugins registered (register_datasets): name -> loader() -> JSONL path."""
+    from glmbot.plugins import get_manager
+
+    found: dict = {}
+    get_manager().call("register_datasets", register=lambda name, loader: found.__setitem__(name, loader))
+    return found
 
 
 def file_sha256(path: Path) -> str:

@@ -160,13 +160,17 @@ def _register(model, registry, job: PreparedJob, result: TrainResult, outcome: T
         metrics["probe_kept"] = round(outcome.probe.kept, 4)
         metrics["probe_forgot"] = float(outcome.probe.forgot)
     metrics["train_loss"] = round(sum(result.losses[-10:]) / max(1, len(result.losses[-10:])), 4)
-    return registry.register_adapter(
+    adapter = registry.register_adapter(
         job.domain, encoder_state(result.encoder), base_model=str(model.config.name_or_path),
         base_fingerprint=base_fingerprint(model), architecture=architecture(model.config), source="trained",
         hyperparams={**_hyperparams(job.settings), "steps_run": result.steps}, dataset_sha256=job.summary.sha256,
         sample_count=job.summary.samples, metrics=metrics,
         provenance={"run_dir": str(job.run_dir), "data": job.summary.source},
         routing_prompts=sorted({e.prompt for e in job.train_examples}))
+    from glmbot.plugins import get_manager
+
+    get_manager().call("on_adapter_registered", adapter=adapter)
+    return adapter
 
 
 def _maybe_promote(registry, adapter, promote: Promote, metric: str) -> tuple[bool, str]:

@@ -1,0 +1,29 @@
+"""`glmbot plugins list`: every plugin, where it came from, its hooks, and whether it failed."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from glmbot.cli import common
+
+app = typer.Typer(help="Plugins (pluggy): entry points of group 'glmbot' and the [plugins] paths.",
+                  no_args_is_help=True)
+
+
+@app.command("list")
+def list_plugins() -> None:
+    """Show each plugin, its source, the hooks it implements, and load or hook errors."""
+    from glmbot.plugins import get_manager
+
+    manager = get_manager(common.get_settings())
+    if not manager.records:
+        common.console.print("No plugins loaded (check \\[plugins] paths in glmbot.toml and GLMBOT_LOAD_PLUGINS).")
+        return
+    table = Table(title="Plugins")
+    for col in ("name", "status", "hooks", "source"):
+        table.add_column(col, overflow="fold")
+    for rec in sorted(manager.records.values(), key=lambda r: r.name):
+        status = "[green]ok[/]" if rec.ok else f"[red]failed[/]: {rec.error}"
+        table.add_row(rec.name, status, ", ".join(rec.hooks) or "-", rec.source)
+    common.console.print(table)
