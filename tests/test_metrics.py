@@ -12,7 +12,6 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 
 from glmbot.errors import DataError
-from glmbot.training import metrics
 from glmbot.training.metrics import (FORGET_HINT, char_similarity, probe_drift, score,
                                      score_predictions_file)
 
@@ -69,7 +68,9 @@ def test_score_rejects_mismatched_or_missing_input():
 
 
 def test_jieba_stays_quiet_when_it_loads(monkeypatch, caplog):
-    monkeypatch.setattr(metrics, "_jieba", None)
+    from glmbot.segment import jieba_module
+
+    jieba_module.cache_clear()
     monkeypatch.setattr(jieba.dt, "initialized", False)  # force the dictionary load, which logs at DEBUG
     jieba.setLogLevel(logging.DEBUG)
     try:

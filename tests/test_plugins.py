@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from glmbot import hookspecs
 from glmbot.plugins import PluginManager, allowed_plugins, get_manager, reset_manager

@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from glmbot.registry import Registry
 from tests.cli_helpers import cli, cli_process, make_project

@@ -14,11 +14,11 @@ import re
 import threading
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
-from types import ModuleType
 from typing import Any, Callable, Iterable
 
 from glmbot.config import DOMAIN_NAME_RE, Settings
 from glmbot.errors import ConfigError, UnknownDomainError
+from glmbot.segment import jieba_module
 
 BASE = "base"  # the plain base model, in `explicit` and `fallback`
 REASONS = ("explicit", "sticky", "plugin", "keyword", "pattern", "classifier", "fallback")
@@ -44,29 +44,10 @@ _STOP_WORDS = frozenset((
     "hello hi hey thanks thank you bye ok okay please the a an is are to of and").split())
 _CONTENT_CHAR = re.compile(r"\w")  # a token with no letter, digit or CJK character is punctuation
 
-_jieba_lock = threading.Lock()
-_jieba: ModuleType | None = None
-
-
-def _jieba_module() -> ModuleType:
-    """jieba, silenced and with its dictionary loaded (once, on first use)."""
-    global _jieba
-    with _jieba_lock:
-        if _jieba is None:
-            import logging
-
-            import jieba
-
-            jieba.setLogLevel(logging.WARNING)
-            jieba.initialize()
-            _jieba = jieba
-    return _jieba
-
-
 def content_tokens(text: str) -> list[str]:
     """jieba words of `text` without greetings, stop-words and punctuation (case-folded)."""
     text = _GREETINGS.sub(" ", text.casefold())
-    return [w for w in _jieba_module().lcut(text)
+    return [w for w in jieba_module().lcut(text)
             if _CONTENT_CHAR.search(w) and w not in _STOP_WORDS]
 
 

@@ -12,13 +12,11 @@ and with reference answers, to catch a prefix that "forgot how to say hello".
 from __future__ import annotations
 
 import json
-import logging
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import ModuleType
 
 from glmbot.errors import DataError
+from glmbot.segment import jieba_module
 
 METRIC_KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 _ROUGE_KEYS = METRIC_KEYS[:3]
@@ -32,29 +30,12 @@ FORGET_HINT = ("lower the learning rate (e.g. 1e-4..2e-3), shorten training or m
 # Probe answers are short; the cap bounds the O(n*m) LCS cost of a runaway generation.
 MAX_PROBE_CHARS = 512
 
-_jieba_lock = threading.Lock()
-_jieba: ModuleType | None = None
-
-
-def _jieba_module() -> ModuleType:
-    """jieba, silenced and with its dictionary loaded (once, on first use: it takes ~1 s)."""
-    global _jieba
-    with _jieba_lock:
-        if _jieba is None:
-            import jieba
-
-            jieba.setLogLevel(logging.WARNING)  # it logs "Building prefix dict..." at DEBUG otherwise
-            jieba.initialize()
-            _jieba = jieba
-    return _jieba
-
-
 def _sample_scores(pred: str, ref: str) -> dict[str, float]:
     """The official per-sample scores (x 100, rounded to 4 decimals) of one prediction."""
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
     from rouge_chinese import Rouge
 
-    jieba = _jieba_module()
+    jieba = jieba_module()
     hypothesis = " ".join(jieba.cut(pred))
     reference = " ".join(jieba.cut(ref))
     if not hypothesis.split() or not reference.split():
