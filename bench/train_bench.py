@@ -81,7 +81,7 @@ def run_scenario(model, scenario: str, batches: list[dict], steps: int, P: int, 
     opt = torch.optim.AdamW(encoder.parameters(), lr=2e-2)
     model.train()
     if official:
-        model.gradient_checkpointing_enable()
+        model.set_checkpointing(True)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -107,7 +107,7 @@ def run_scenario(model, scenario: str, batches: list[dict], steps: int, P: int, 
             padded += batch["input_ids"].numel()
     _sync(device)
     seconds = time.perf_counter() - start
-    model.gradient_checkpointing_disable()
+    model.set_checkpointing(False)
     model.eval()
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {"scenario": scenario, "micro_batches": steps, "real_tokens": real, "seconds": seconds,

@@ -215,10 +215,10 @@ def test_gradient_checkpointing_gives_the_same_prefix_gradient(model):
     model.train()
     grads = []
     for ckpt in (False, True):
-        model.gradient_checkpointing_enable() if ckpt else model.gradient_checkpointing_disable()
+        model.set_checkpointing(ckpt)
         enc.zero_grad()
         model(ids, attention_mask=mask, labels=labels, prefix=PrefixKV.repeat(enc.kv(), 2), use_cache=False).loss.backward()
         grads.append(enc.embedding.weight.grad.clone())
-    model.gradient_checkpointing_disable()
+    model.set_checkpointing(False)
     assert model.transformer.encoder.gradient_checkpointing is False
     torch.testing.assert_close(grads[0], grads[1])

@@ -96,6 +96,13 @@ class SelfAttention(nn.Module):
             k = torch.cat((pk.to(k.dtype), k), dim=2)
             v = torch.cat((pv.to(v.dtype), v), dim=2)
         gqa = self.groups != self.num_heads
+        if gqa and T == 1:
+            # Decode: fold each group's query heads into the query axis, a plain attention over G
+            # heads that takes a mask in the fused kernels (grouped KV + a mask falls back to math).
+            out = F.scaled_dot_product_attention(
+                q.reshape(B, self.groups, self.num_heads // self.groups, self.head_dim), k, v, attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0)
+            return self.dense(out.reshape(B, 1, self.q_size))  # heads g*H/G.. are consecutive: (B, 1, H*D)
         if gqa and mask is not None and self.expand_kv_with_mask and q.is_cuda:
             # No fused SDPA kernel takes both grouped KV and a mask: expanding to all heads lets the
             # memory-efficient kernel run instead of the math path that materialises the scores.
@@ -300,7 +307,10 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         return self.transformer.output_layer
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
-        # Our encoder checkpoints each block itself (non-reentrant, so a frozen base works).
+        self.set_checkpointing(enable)
+
+    def set_checkpointing(self, enable: bool) -> None:
+        """Recompute each block in backward (non-reentrant, so a frozen base works); saves memory."""
         self.transformer.encoder.gradient_checkpointing = enable
 
     def compile_dense(self) -> None:

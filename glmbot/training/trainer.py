@@ -121,7 +121,7 @@ class PrefixTrainer:
             encoder.embedding.weight.normal_(0.0, PREFIX_INIT_STD)
         self.model.requires_grad_(False)
         if s.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            self.model.set_checkpointing(True)
         if s.compile and self.device.type == "cuda":
             self.model.compile_dense()
         total = total_steps(s, n_examples, self.world_size)
@@ -196,7 +196,7 @@ class PrefixTrainer:
         finally:
             self.model.eval()
             if s.gradient_checkpointing:
-                self.model.gradient_checkpointing_disable()
+                self.model.set_checkpointing(False)
         seconds = time.perf_counter() - start
         encoder.eval()
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,261 @@
+"""Serving benchmark: many concurrent streams of many domains on one base model, vs one at a time.
+
+    python bench/serving_bench.py                                   # builtin:tiny on CPU
+    python bench/serving_bench.py --full-size --cuda-graph --check  # ChatGLM2-6B shape, random bf16, CUDA
+
+Every stream has a prompt of --prompt-len random tokens, a prefix of --prefix-len positions (its
+domain's), and generates exactly --max-new-tokens tokens (greedy, eos ignored). Scenarios:
+
+  baseline      the streams one at a time through transformers' generate() with their prefix
+                (glmbot.model.generate's path, batch 1): what users run today. Ratios are vs this.
+  engine 1x1    the same streams one at a time through the engine (its batch-1 speed)
+  single 64     --streams streams of one domain, continuously batched
+  mixed 64      --streams streams over --domains domains: a different prefix on every few rows
+  mixed-P 64    the same with prefix lengths spread over [P/8, P] and some plain-base rows
+
+On CUDA it also prints the weight-read floor of a decode step (weights bytes / measured
+device-to-device copy bandwidth) and how close each decode step comes to it. --check compares the
+CUDA-graph engine's tokens with an eager engine at the same static shapes (they must be equal).
+Timings on a shared machine are noisy: run it alone; each scenario reports the fastest of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from glmbot.config import Settings
+from glmbot.model import ChatGLMConfig, ChatGLMForConditionalGeneration, load_base
+from glmbot.model.loading import resolve_base
+from glmbot.model.prefix import PrefixKV
+from glmbot.model.tokenizer import ChatGLMTokenizer
+from glmbot.serving.engine import Engine
+from glmbot.serving.requests import GenerationRequest
+
+console = Console(width=None if sys.stdout.isatty() else 160)  # tables unwrapped in logs
+
+
+@dataclass
+class Measured:
+    scenario: str
+    streams: int
+    tokens: int
+    seconds: float
+    step_ms: float | None  # mean decode step (None for the generate() baseline)
+    outputs: list[tuple[int, ...]]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def build_model(args: argparse.Namespace) -> tuple[ChatGLMForConditionalGeneration, ChatGLMTokenizer]:
+    if not args.full_size:
+        return load_base(args.model, device=args.device)
+    if not args.device.startswith("cuda"):
+        raise SystemExit("--full-size needs --device cuda (12.5 GB of bf16 weights)")
+    config = ChatGLMConfig()  # the official ChatGLM2-6B values
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(args.device):  # random init straight on the GPU: no checkpoint file
+            model = ChatGLMForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(old)
+    model.requires_grad_(False).eval()
+    # Ids of the built-in tokenizer are valid ids of the full vocabulary; the text is meaningless anyway.
+    return model, ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))
+
+
+def make_prefixes(model, domains: int, length: int, spread: bool) -> dict[str, torch.Tensor]:
+    """Random prefix KV (2L, G, P, D) per domain; spread: lengths from length/8 up to length."""
+    cfg, g = model.config, torch.Generator().manual_seed(0)
+    out = {}
+    for i in range(domains):
+        p = max(1, round(length * (1 + 7 * i / max(domains - 1, 1)) / 8)) if spread else length
+        kv = torch.randn(2 * cfg.num_layers, cfg.kv_groups, p, cfg.kv_channels, generator=g)
+        out[f"d{i}"] = kv.to(model.device, model.dtype)
+    return out
+
+
+def make_prompts(streams: int, length: int, tok: ChatGLMTokenizer) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    body = torch.randint(3, tok.sp_size, (streams, length - 2), generator=g).tolist()
+    return [[tok.gmask_id, tok.sop_id] + ids for ids in body]
+
+
+def requests_for(prompts, domains: list[str | None], max_new: int) -> list[GenerationRequest]:
+    return [GenerationRequest(prompt_ids=p, domain=domains[i % len(domains)], max_new_tokens=max_new,
+                              do_sample=False, ignore_eos=True) for i, p in enumerate(prompts)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def run_generate_baseline(model, prompts, prefixes: dict[str, torch.Tensor], max_new: int) -> Measured:
+    """One stream at a time through transformers' generate() with a per-row prefix (batch 1)."""
+    names = list(prefixes)
+    eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None  # like ignore_eos
+    sync(model.device)
+    start, outputs = time.perf_counter(), []
+    try:
+        for i, ids in enumerate(prompts):
+            x = torch.tensor([ids], device=model.device)
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x),
+                                 prefix=PrefixKV.stack([prefixes[names[i % len(names)]]]), max_new_tokens=max_new,
+                                 do_sample=False, pad_token_id=0)
+            outputs.append(tuple(out[0, x.shape[1]:].tolist()))
+        sync(model.device)
+    finally:
+        model.generation_config.eos_token_id = eos
+    seconds = time.perf_counter() - start
+    return Measured("baseline: generate(), one at a time", len(prompts), sum(map(len, outputs)), seconds, None, outputs)
+
+
+def run_engine(engine: Engine, name: str, requests: list[GenerationRequest], one_at_a_time: bool = False) -> Measured:
+    stats = engine.scheduler.stats
+    steps, decode_s = stats.decode_steps, stats.decode_s
+    start = time.perf_counter()
+    if one_at_a_time:
+        results = [engine.generate(r) for r in requests]
+    else:
+        results = engine.generate_many(requests)
+    seconds = time.perf_counter() - start
+    step_ms = 1e3 * (stats.decode_s - decode_s) / max(stats.decode_steps - steps, 1)
+    tokens = sum(r.usage.completion_tokens for r in results)
+    return Measured(name, len(requests), tokens, seconds, step_ms, [r.token_ids for r in results])
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 31) -> float:
+    """Bytes per second of a device-to-device copy, counting bytes read and written."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize(device)
+    return 2 * nbytes * 10 / (begin.elapsed_time(end) / 1e3)
+
+
+def print_table(rows: list[Measured], title: str) -> None:
+    base = rows[0].tokens_per_s
+    table = Table(title=title, header_style="bold")
+    for column in ("scenario", "streams", "tokens", "seconds", "tokens/s", "mean decode step ms", "vs baseline"):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for m in rows:
+        step = "-" if m.step_ms is None else f"{m.step_ms:.2f}"
+        table.add_row(m.scenario, str(m.streams), str(m.tokens), f"{m.seconds:.2f}", f"{m.tokens_per_s:,.0f}", step,
+                      f"{m.tokens_per_s / base:.2f}x")
+    console.print(table)
+
+
+def print_floor(model, rows: list[Measured]) -> None:
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = copy_bandwidth(model.device)
+    floor_ms = 1e3 * weights / bandwidth
+    table = Table(title=f"Decode step vs the weight-read floor: {weights / 1e9:.2f} GB / {bandwidth / 1e12:.2f} TB/s "
+                        f"= {floor_ms:.2f} ms", header_style="bold")
+    for column in ("scenario", "batch", "step ms", "floor / step", "tokens/s at this step"):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for m in rows:
+        if m.step_ms is not None:
+            batch = 1 if "one at a time" in m.scenario else m.streams
+            table.add_row(m.scenario, str(batch), f"{m.step_ms:.2f}", f"{floor_ms / m.step_ms:.2f}",
+                          f"{1e3 * batch / m.step_ms:,.0f}")
+    console.print(table)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="builtin:tiny", help="base model (ignored with --full-size)")
+    parser.add_argument("--full-size", action="store_true", help="random-weight ChatGLM2-6B shape in bf16 (CUDA)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--streams", type=int, default=64)
+    parser.add_argument("--domains", type=int, default=8)
+    parser.add_argument("--prefix-len", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--baseline-streams", type=int, default=8,
+                        help="streams run one at a time for the baselines (tokens/s is a rate: a subset suffices)")
+    parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from CUDA graphs")
+    parser.add_argument("--check", action="store_true", help="with --cuda-graph: tokens equal an eager static engine")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; the fastest is reported (noise)")
+    return parser.parse_args()
+
+
+def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured], Callable[[], list]]:
+    """Every scenario of the module docstring, in order; the baseline first."""
+    prompts = make_prompts(args.streams, args.prompt_len, tok)
+    prefixes = make_prefixes(model, args.domains, args.prefix_len, spread=False)
+    spread = make_prefixes(model, args.domains, args.prefix_len, spread=True)
+    settings = Settings()
+    settings.serving.prefix_cache_mib = 1 << 16
+
+    def new_engine(kvs, **kw) -> Engine:
+        return Engine(model, tok, prefixes=kvs, settings=settings, max_batch_size=args.streams,
+                      max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
+                      prefill_token_budget=1 << 15, **kw)
+
+    def best(run) -> Measured:  # noqa: ANN001 - the fastest of --repeat runs: a shared machine is noisy
+        return max((run() for _ in range(args.repeat)), key=lambda m: m.tokens_per_s)
+
+    names, few, new = list(prefixes), prompts[:args.baseline_streams], args.max_new_tokens
+    rows = [best(lambda: run_generate_baseline(model, few, prefixes, new))]
+    with new_engine(prefixes, cuda_graph=args.cuda_graph) as engine:
+        run_engine(engine, "warm-up", requests_for(prompts, names, 4))  # loads prefixes, warms kernels
+        rows.append(best(lambda: run_engine(engine, "engine, one at a time", requests_for(few, names, new), True)))
+        rows.append(best(lambda: run_engine(engine, f"engine, {args.streams} streams, 1 domain",
+                                            requests_for(prompts, names[:1], new))))
+        rows.append(best(lambda: run_engine(engine, f"engine, {args.streams} streams, {args.domains} domains",
+                                            requests_for(prompts, names, new))))
+    mixed_p = list(spread) + [None]
+    with new_engine(spread, cuda_graph=args.cuda_graph) as engine:
+        run_engine(engine, "warm-up", requests_for(prompts, mixed_p, 4))
+        shortest = min(v.shape[2] for v in spread.values())
+        name = f"engine, {args.streams} streams, {args.domains} domains of P {shortest}..{args.prefix_len} + plain base"
+        rows.append(best(lambda: run_engine(engine, name, requests_for(prompts, mixed_p, new))))
+
+    def check() -> list:
+        with new_engine(prefixes, static_shapes=True) as eager:
+            return run_engine(eager, "eager static", requests_for(prompts, names, new)).outputs
+    return rows, check
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
+    model, tok = build_model(args)
+    if args.compile:
+        model.compile_dense()  # fused rmsnorm and silu*mul; captured inside the CUDA graphs
+    console.print(f"{'ChatGLM2-6B shape, random bf16' if args.full_size else args.model} on {model.device} | "
+                  f"{args.streams} streams, {args.domains} domains, P={args.prefix_len}, prompt {args.prompt_len}, "
+                  f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}")
+    rows, check = run_scenarios(args, model, tok)
+    print_table(rows, "Serving throughput (greedy, eos ignored)")
+    same = sum(a == b for a, b in zip(rows[0].outputs, rows[1].outputs))
+    note = " (bf16: rounding differs between kernels and may flip a token)" if model.dtype != torch.float32 else ""
+    console.print(f"engine one-at-a-time tokens equal to generate(): {same}/{rows[0].streams} streams{note}")
+    if model.device.type == "cuda":
+        print_floor(model, rows)
+    if args.check and args.cuda_graph:
+        mixed, reference = rows[3].outputs, check()
+        equal = sum(a == b for a, b in zip(mixed, reference))
+        console.print(f"CUDA-graph tokens equal to the eager engine at the same shapes: {equal}/{len(mixed)} streams")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""The serving engine: one base model, many adapters, requests of all domains in the same batch.
+
+    with Engine(model, tokenizer, registry=registry, router=router, settings=settings) as engine:
+        handle = engine.submit(GenerationRequest(messages=[{"role": "user", "content": "怎么退货？"}]))
+        for delta in handle.stream():
+            ...
+        result = handle.result()  # text, finish_reason, usage, route, adapter, timings
+
+Threads: `submit` returns at once. A small pool of preparation threads validates, tokenizes and
+routes each request, resolves its domain's active adapter through the registry (every request,
+so a promotion is seen at once) and gets the adapter's prefix KV from the prefix cache, loading
+it on a miss there. Ready requests queue for the one engine thread, which admits them between
+decode steps (iteration-level batching) and runs the steps. So reading adapter files never
+stalls decoding. A request's problem (unknown domain, too long, damaged adapter, NaN logits)
+fails that request only; result() and stream() raise it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from glmbot.config import Settings
+from glmbot.errors import GenerationError, GlmbotError, UnknownDomainError
+from glmbot.model.prefix import PrefixEncoder
+from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
+                                         ResolvedAdapter, StaticPrefixSource)
+from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, chat_turns
+from glmbot.serving.router import BASE, RouteDecision
+from glmbot.serving.sampling import SamplingParams
+from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PREFIX_LEN = 128  # the official P; longer adapters need Engine(max_prefix_len=...)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    active_rows: int
+    queued: int
+    decode_steps: int
+    decode_tokens: int
+    mean_decode_step_ms: float
+    peak_rows: int
+    prefill_forwards: int
+    prefill_tokens: int
+    prefill_s: float
+    finished: dict[str, int]
+    slot_bytes: int
+    prefix_cache: PrefixCacheStats | None
+
+
+class Engine:
+    """Continuous batching over one base model with per-row P-Tuning v2 prefixes.
+
+    registry: a glmbot Registry (adapters by domain/REF), or prefixes: {name: prefix KV
+    (2L, G, P, D) or PrefixEncoder} held in memory. router: decides the domain of requests
+    that name none (without one, those go to the plain base model). max_len: prompt +
+    max_new_tokens per request (default [generation] max_length, at most the model's
+    seq_length); each row has max_prefix_len + max_len slots. cuda_graph: replay the decode step
+    from CUDA graphs (static shapes: batch buckets of powers of two, the full slot length).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, registry: Any = None, router: Any = None,
+                 settings: Settings | None = None, prefixes: Mapping[str, torch.Tensor | PrefixEncoder] | None = None,
+                 max_batch_size: int | None = None, max_len: int | None = None,
+                 max_prefix_len: int = DEFAULT_MAX_PREFIX_LEN, prefill_token_budget: int = 2048,
+                 static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2):
+        self.settings = settings or Settings()
+        config = model.config
+        if model.transformer.prefix_encoder is not None:
+            raise GenerationError(
+                f"this base carries its own P-Tuning prefix (pre_seq_len={config.pre_seq_len}); the engine serves "
+                "prefixes from the registry: load the base without pre_seq_len and import the prefix with "
+                "glmbot adapters import")
+        if model.training:
+            raise GenerationError("the model is in training mode (dropout on): call model.eval() before serving")
+        self.model, self.tokenizer, self.router = model, tokenizer, router
+        self.max_batch_size = max_batch_size or self.settings.serving.max_batch_size
+        self.max_len = max_len or min(self.settings.generation.max_length, config.seq_length)
+        self.max_prefix_len = max_prefix_len
+        for name, value in (("max_batch_size", self.max_batch_size), ("max_len", self.max_len),
+                            ("prepare_workers", prepare_workers), ("prefill_token_budget", prefill_token_budget)):
+            if not isinstance(value, int) or value <= 0:
+                raise GenerationError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_len > config.seq_length:
+            raise GenerationError(f"max_len={self.max_len} is beyond the model's seq_length={config.seq_length}")
+        if max_prefix_len < 0:
+            raise GenerationError(f"max_prefix_len must be >= 0, got {max_prefix_len}")
+        self.prefix_cache = self._build_prefix_cache(registry, prefixes)
+        with torch.no_grad():
+            self.scheduler = Scheduler(
+                model, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.decode,
+                max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
+                cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget)
+        log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,
+                 self.scheduler.slots.length, self.scheduler.slots.nbytes / MIB, model.device,
+                 ", CUDA graphs" if cuda_graph else "")
+        if self.prefix_cache is not None:
+            for ref in self.settings.serving.pin:
+                self.prefix_cache.pin(ref)
+        self._ready: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False  # close() began: no new requests
+        self._closing = False  # the engine thread may exit once nothing is left
+        self._handles: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
+        self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="glmbot-prepare")
+        self._thread = threading.Thread(target=self._run, name="glmbot-engine", daemon=True)
+        self._thread.start()
+
+    def _build_prefix_cache(self, registry: Any, prefixes: Mapping | None) -> PrefixCache | None:
+        if registry is not None and prefixes is not None:
+            raise GenerationError("give the engine a registry or in-memory prefixes, not both")
+        if registry is None and prefixes is None:
+            return None
+        source = RegistryPrefixSource(registry, self.model.config) if registry is not None \
+            else StaticPrefixSource(prefixes)
+        capacity = int(self.settings.serving.prefix_cache_mib * MIB)
+        return PrefixCache(source, capacity_bytes=capacity, device=self.model.device, dtype=self.model.dtype)
+
+    # ---- public API ------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a request; returns at once. Its errors come out of the handle's result()/stream()."""
+        if not isinstance(request, GenerationRequest):
+            raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
+        with self._cond:
+            if self._stopping:
+                raise GenerationError("the engine is closed; create a new Engine to serve more requests")
+            handle = RequestHandle(request, self._wake)
+            self._handles.add(handle)
+        self._pool.submit(self._prepare, handle)
+        return handle
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return self.submit(request).result()
+
+    def generate_many(self, requests: Sequence[GenerationRequest],
+                      return_exceptions: bool = False) -> list[GenerationResult | BaseException]:
+        """All requests batched together; results in order. With return_exceptions, a failed request
+        gives its exception in its place instead of raising it."""
+        handles = [self.submit(r) for r in requests]
+        results: list[GenerationResult | BaseException] = []
+        for handle in handles:
+            try:
+                results.append(handle.result())
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                results.append(exc)
+        return results
+
+    def invalidate_adapter(self, adapter_id: int | str) -> int:
+        """Forget a cached prefix (its adapter was archived, removed or replaced)."""
+        return self.prefix_cache.invalidate(adapter_id) if self.prefix_cache is not None else 0
+
+    def invalidate_domain(self, domain: str) -> int:
+        """Forget a domain's cached prefixes (after a promote or rollback)."""
+        return self.prefix_cache.invalidate_domain(domain) if self.prefix_cache is not None else 0
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler.stats
+        return EngineStats(
+            active_rows=len(self.scheduler.active), queued=len(self._ready), decode_steps=s.decode_steps,
+            decode_tokens=s.decode_tokens, mean_decode_step_ms=1e3 * s.decode_s / max(s.decode_steps, 1),
+            peak_rows=s.peak_rows,
+            prefill_forwards=s.prefill_forwards, prefill_tokens=s.prefill_tokens, prefill_s=s.prefill_s,
+            finished=dict(s.finished), slot_bytes=self.scheduler.slots.nbytes,
+            prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None)
+
+    def close(self, wait: bool = False) -> None:
+        """Stop the engine. wait=False cancels unfinished requests; wait=True lets them finish first."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+            open_handles = [h for h in self._handles if not h.done]
+        if not wait:
+            for handle in open_handles:
+                handle.cancel()
+        self._pool.shutdown(wait=True)  # every request is queued (or finished) after this
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- preparation (pool threads) ----------------------------------------------------------------
+
+    def _prepare(self, handle: RequestHandle) -> None:
+        try:
+            if handle.cancelled:
+                finish_without_row(handle, "cancelled")
+                return
+            with torch.no_grad():
+                job = self._make_job(handle)
+        except Exception as exc:  # noqa: BLE001 - every error belongs to this request only
+            if not isinstance(exc, GlmbotError):
+                log.exception("request %d failed while being prepared", handle.id)
+            finish_without_row(handle, "error", error=exc)
+            return
+        with self._cond:
+            self._ready.append(job)
+            self._cond.notify_all()
+
+    def _make_job(self, handle: RequestHandle) -> Job:
+        req = handle.request
+        gen = self.settings.generation
+        params = SamplingParams(
+            do_sample=gen.do_sample if req.do_sample is None else bool(req.do_sample),
+            temperature=gen.temperature if req.temperature is None else req.temperature,
+            top_p=gen.top_p if req.top_p is None else req.top_p,
+            top_k=gen.top_k if req.top_k is None else req.top_k,
+            repetition_penalty=gen.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
+            seed=req.seed)
+        max_new = gen.max_new_tokens if req.max_new_tokens is None else req.max_new_tokens
+        if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new <= 0:
+            raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new!r}")
+        if isinstance(req.stop, str) or not all(isinstance(s, str) and s for s in req.stop):
+            raise GenerationError(f"stop must be a list of non-empty strings, got {req.stop!r}")
+        query, history, prompt_ids = self._prompt(req)
+        n = len(prompt_ids)
+        if n + max_new > self.max_len:
+            raise GenerationError(
+                f"prompt of {n} tokens + max_new_tokens {max_new} = {n + max_new} tokens exceeds this engine's "
+                f"context limit max_len={self.max_len}; shorten the conversation (fewer history turns) or set "
+                f"max_new_tokens to at most {max(self.max_len - n, 0)}")
+        route = self._route(req, query, history)
+        adapter, prefix = self._prefix(route)
+        if prefix is not None and prefix.shape[2] > self.max_prefix_len:
+            raise GenerationError(f"adapter {adapter.ref} has a prefix of {prefix.shape[2]} positions but this engine "
+                                  f"holds at most max_prefix_len={self.max_prefix_len}; start the engine with "
+                                  f"max_prefix_len>={prefix.shape[2]}")
+        return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter)
+
+    def _prompt(self, req: GenerationRequest) -> tuple[str | None, list[tuple[str, str]], list[int]]:
+        if req.prompt_ids is None:
+            query, history = chat_turns(req)
+            return query, history, self.tokenizer.build_chat_input(query, history)
+        ids = [int(i) for i in req.prompt_ids]
+        vocab = self.model.config.padded_vocab_size
+        if not ids or min(ids) < 0 or max(ids) >= vocab:
+            raise GenerationError(f"prompt_ids must be a non-empty list of ids in [0, {vocab}), "
+                                  f"got {req.prompt_ids!r:.80}")
+        return None, [], ids
+
+    def _route(self, req: GenerationRequest, query: str | None, history: list) -> RouteDecision:
+        if req.adapter and req.domain and req.adapter.partition("@")[0].strip() != req.domain.strip():
+            raise GenerationError(f"adapter {req.adapter!r} does not belong to domain {req.domain!r}; give one of them")
+        explicit = req.adapter or req.domain
+        if self.router is not None and (query is not None or explicit is not None):
+            return self.router.route(query or "", conversation_id=req.conversation_id, history=history,
+                                     explicit=explicit)
+        if explicit is None:
+            return RouteDecision(None, None, "fallback", 0.0, detail="no router configured: plain base model")
+        explicit = explicit.strip()
+        if explicit == BASE:
+            return RouteDecision(None, None, "explicit", 1.0, detail="plain base model requested")
+        domain, sep, _ = explicit.partition("@")
+        return RouteDecision(domain, explicit if sep else None, "explicit", 1.0, detail=f"{explicit!r} requested")
+
+    def _prefix(self, route: RouteDecision) -> tuple[ResolvedAdapter | None, torch.Tensor | None]:
+        if route.domain is None:
+            return None, None
+        if self.prefix_cache is None:
+            raise UnknownDomainError(f"domain {route.domain!r} was requested but this engine has no adapters (it was "
+                                     "started without a registry or prefixes); omit the domain for the plain model")
+        adapter = self.prefix_cache.resolve(route.adapter or route.domain)
+        return adapter, self.prefix_cache.get(adapter)
+
+    # ---- the engine thread -----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        with torch.no_grad():
+            while True:
+                with self._cond:
+                    while not self._ready and not self.scheduler.active and not self._closing:
+                        self._cond.wait()
+                    if self._closing and not self._ready and not self.scheduler.active:
+                        return
+                    take = min(len(self._ready), self.scheduler.free_rows)
+                    jobs = [self._ready.popleft() for _ in range(take)]
+                self._iterate(jobs)
+
+    def _iterate(self, jobs: list[Job]) -> None:
+        """Admit `jobs` between steps, then run one decode step; errors fail the batch, not the engine."""
+        try:
+            self.scheduler.drop_cancelled()
+            if jobs:
+                self.scheduler.admit(jobs)
+            self.scheduler.step()
+        except Exception as exc:  # noqa: BLE001 - keep serving the requests that come next
+            log.exception("engine step failed")
+            error = GenerationError(f"the engine failed while generating ({type(exc).__name__}: {exc}); the requests "
+                                    "of this batch were stopped and the engine keeps serving")
+            self.scheduler.fail_all(error)
+            for job in jobs:
+                if not job.handle.done:
+                    finish_without_row(job.handle, "error", job=job, error=error)
+

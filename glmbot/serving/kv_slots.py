@@ -1,0 +1,146 @@
+"""Per-row KV slots of the serving engine, and the one forward that reads and writes them.
+
+Each batch row owns, in every layer, a line of key/value slots. Row r holds its adapter's
+prefix KV in slots [0, P_r) (copied as-is at admission: prefix keys are never rotated and take
+no positions), then its real tokens: token i (position i) lives in slot P_r + i. So the keys a
+query may see are always one contiguous range [0, limit), and the additive mask of any mix of
+adapters, prefix lengths and plain-base rows (P_r = 0) is just `slot < limit` per query.
+
+Writes of padding queries and idle rows go to one scratch slot past the last readable one, so
+they never touch live slots and shapes can stay static (CUDA graphs, see `GraphedDecode`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+SLOT_ALIGN = 16  # KV lengths are padded to a multiple of this (kernels and CUDA graphs like it)
+
+
+def round_up(n: int, multiple: int = SLOT_ALIGN) -> int:
+    return -(-n // multiple) * multiple
+
+
+class KVSlots:
+    """Key and value slot buffers of every layer: each (L, R, G, S + 1, D); slot S is scratch."""
+
+    def __init__(self, num_layers: int, rows: int, groups: int, head_dim: int, slots: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        self.rows = rows
+        self.length = round_up(slots)  # readable slots per row
+        self.scratch = self.length
+        shape = (num_layers, rows, groups, self.length + 1, head_dim)
+        # Zeros, never torch.empty: a masked slot still enters q @ k^T, and NaN garbage there would
+        # turn a whole row's attention into NaN despite the -inf-like mask.
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (L, R, G, S+1, D)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)  # (L, R, G, S+1, D)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+    def reset_row(self, row: int, prefix: torch.Tensor | None) -> None:
+        """Clear a row's slots (a failed request may have left NaN there) and copy in its prefix.
+
+        prefix: (2L, G, P, D), slot 2l = layer l's key and 2l + 1 its value, as PrefixEncoder.kv().
+        """
+        self.keys[:, row].zero_()
+        self.values[:, row].zero_()
+        if prefix is not None:
+            p = prefix.shape[2]
+            self.keys[:, row, :, :p] = prefix[0::2]  # (L, G, P, D)
+            self.values[:, row, :, :p] = prefix[1::2]
+
+
+class SlotCache:
+    """The `cache` object the model writes through (`update(k, v, layer) -> (k_all, v_all)`).
+
+    rows: (B,) slot rows of the batch, or None for rows 0..B-1 (decode: a view, no copy).
+    write_pos: (B, T) slot of each query's new key/value (scratch for padding and idle rows).
+    kv_len: how many slots attention reads, a multiple of SLOT_ALIGN.
+    """
+
+    def __init__(self, slots: KVSlots, rows: torch.Tensor | None, write_pos: torch.Tensor, kv_len: int):
+        self.slots = slots
+        self.rows = rows
+        self.write_pos = write_pos
+        self.kv_len = kv_len
+        batch = write_pos.shape[0]
+        index = rows if rows is not None else torch.arange(batch, device=write_pos.device)
+        self.row_index = index[:, None]  # (B, 1), broadcast against write_pos (B, T)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, G, T, D) after rotary -> all readable slots of these rows, each (B, G, kv_len, D)."""
+        keys, values = self.slots.keys[layer_idx], self.slots.values[layer_idx]  # (R, G, S+1, D)
+        # Advanced indices around a slice put the indexed dims first: the target is (B, T, G, D).
+        keys[self.row_index, :, self.write_pos] = k.transpose(1, 2)
+        values[self.row_index, :, self.write_pos] = v.transpose(1, 2)
+        if self.rows is None:
+            batch = self.write_pos.shape[0]
+            return keys[:batch, :, :self.kv_len], values[:batch, :, :self.kv_len]
+        return keys[self.rows, :, :self.kv_len], values[self.rows, :, :self.kv_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        # The model only uses this to derive positions and masks, which the engine passes itself.
+        return 0
+
+
+def slot_mask(limit: torch.Tensor, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """limit (B, T): each query sees slots [0, limit) -> additive mask (B, 1, T, kv_len), 0 / finfo.min."""
+    visible = torch.arange(kv_len, device=limit.device) < limit[..., None]  # (B, T, kv_len)
+    mask = torch.zeros(visible.shape, dtype=dtype, device=limit.device)
+    return mask.masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
+
+
+def forward_slots(model: torch.nn.Module, slots: KVSlots, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                  write_pos: torch.Tensor, limit: torch.Tensor, kv_len: int,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    """One forward of (B, T) queries over the rows' slots -> logits of each row's last query (B, V).
+
+    Prefill (T = prompt length, left-padded) and decode (T = 1) both run through here. The prefix
+    already sits in the slots, so the model gets prefix=None.
+    """
+    dtype = slots.keys.dtype
+    out = model(input_ids=input_ids, attention_mask=slot_mask(limit, kv_len, dtype), position_ids=position_ids,
+                cache=SlotCache(slots, rows, write_pos, kv_len), use_cache=True, prefix=None, logits_to_keep=1)
+    return out.logits[:, -1]  # (B, V)
+
+
+DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class GraphedDecode:
+    """The static-shape decode step captured once per batch bucket in a CUDA graph, then replayed.
+
+    `decode(input_ids, position_ids, write_pos, limit)`, each (n, 1), must read and write only
+    static tensors (the slot buffers) and use the full slot length, so a replay with new inputs
+    copied into the static buffers computes exactly what an eager call would.
+    """
+
+    def __init__(self, decode: DecodeFn, buckets: list[int], scratch: int, device: torch.device):
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        pool = torch.cuda.graph_pool_handle()
+        for n in sorted(buckets, reverse=True):  # the largest first: smaller ones reuse its pool
+            # Idle inputs: position 0, writes to scratch, attend to slot 0 only.
+            static = [torch.full((n, 1), value, dtype=torch.long, device=device) for value in (0, 0, scratch, 1)]
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: lazy initialisation must not happen during capture
+                    decode(*static)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: CUDA work of other threads (prefix loads) must not break this capture.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                logits = decode(*static)
+            self.graphs[n] = (graph, static, logits)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        n = inputs[0].shape[0]
+        graph, static, logits = self.graphs[n]
+        for buffer, value in zip(static, inputs):
+            buffer.copy_(value)
+        graph.replay()
+        return logits  # overwritten by the next replay: read it before then

@@ -1,0 +1,296 @@
+"""What goes into and comes out of the engine: requests, results, handles and streamed text.
+
+A `RequestHandle` is filled by the engine's thread and read by any thread or event loop:
+`stream()` (sync), `astream()` (async), `result()`; `cancel()` ends the request at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Literal, Mapping, Sequence
+
+from glmbot.errors import GenerationError
+
+if TYPE_CHECKING:
+    from glmbot.serving.router import RouteDecision
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+_ids = itertools.count(1)
+
+
+@dataclass
+class GenerationRequest:
+    """One chat turn to answer. Unset sampling fields take glmbot.toml's [generation] values.
+
+    Give `messages` (OpenAI style: role user/assistant/system, content) or `query` + `history`
+    ([(query, response), ...], the official ChatGLM2 form), or `prompt_ids` to skip the chat
+    template (benchmarks, raw completion; no text to route: only `domain`/`adapter` choose the
+    prefix). `adapter` ('support@v3') or `domain` ('support', or 'base' for the plain model)
+    bypass routing; otherwise the engine's router decides.
+    """
+
+    messages: Sequence[Mapping[str, str]] | None = None
+    query: str | None = None
+    history: Sequence[tuple[str, str]] = ()
+    conversation_id: str | None = None
+    domain: str | None = None
+    adapter: str | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    do_sample: bool | None = None
+    prompt_ids: Sequence[int] | None = None
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int  # real tokens of the prompt (prefix slots not counted)
+    completion_tokens: int  # tokens sampled, a final eos included
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds since submit(): admitted to a batch row, first token, finished."""
+
+    queued_s: float
+    first_token_s: float | None
+    total_s: float
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    route: RouteDecision | None
+    adapter: str | None  # 'support@v3', None for the plain base model
+    adapter_version: int | None
+    timings: Timings
+    token_ids: tuple[int, ...] = field(default=(), repr=False)  # the completion (an eos ends it, not in it)
+
+
+def chat_turns(request: GenerationRequest) -> tuple[str, list[tuple[str, str]]]:
+    """(query, history) of a request. A system message is put in front of the query, as the official
+    ChatGLM2 openai_api.py does: ChatGLM2 has no system role."""
+    if request.messages is None:
+        if request.query is None or not str(request.query).strip():
+            raise GenerationError("empty request: give messages=[{'role': 'user', 'content': ...}] or a query")
+        return str(request.query), [tuple(turn) for turn in request.history]
+    messages = list(request.messages)
+    if not messages:
+        raise GenerationError("empty messages: send at least one {'role': 'user', 'content': ...} message")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise GenerationError(f"messages[{i}] = {m!r:.80} is not a {{'role': 'system'|'user'|'assistant', "
+                                  "'content': str}} message")
+    system = messages.pop(0)["content"] if messages[0]["role"] == "system" else ""
+    if not messages or messages[-1]["role"] != "user":
+        raise GenerationError("the last message must come from the user (role 'user'); got "
+                              f"{messages[-1]['role'] if messages else 'only a system message'!r}")
+    history, pending = [], None
+    for m in messages[:-1]:
+        if m["role"] == "user" and pending is None:
+            pending = m["content"]
+        elif m["role"] == "assistant" and pending is not None:
+            history.append((pending, m["content"]))
+            pending = None
+        else:
+            raise GenerationError(f"messages must alternate user/assistant before the last user message; "
+                                  f"found a {m['role']!r} message out of turn (only one system message, first)")
+    if pending is not None:
+        raise GenerationError("messages must alternate user/assistant: two user messages in a row")
+    query = system + messages[-1]["content"]
+    if not query.strip():
+        raise GenerationError("the last user message is empty")
+    return query, history
+
+
+class TextStream:
+    """Turns a growing list of completion ids into text deltas that never need taking back.
+
+    Decoding uses a window of recent ids (the incremental scheme of vLLM/TGI), so a SentencePiece
+    piece's leading space and byte-fallback sequences come out right. Held back until more text
+    arrives: an incomplete UTF-8 sequence ('\\ufffd' at the end), trailing whitespace (the final
+    text is stripped, as the official chat() does), and a tail that could begin a stop string.
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = ()):
+        self.decode = decode
+        self.stop = tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far, leading whitespace removed
+        self.emitted = 0  # len of text handed out
+        self.stopped = False
+        self._prefix_offset = self._read_offset = 0
+
+    def push(self, token: int) -> str:
+        """Add one token; returns the text that became final (maybe ''). Sets `stopped` on a stop string."""
+        self.ids.append(token)
+        self._append(self._new_text(final=False))
+        return self._release()
+
+    def finish(self) -> str:
+        """The rest of the text once the request ends (incomplete bytes included)."""
+        if not self.stopped:
+            self._append(self._new_text(final=True))
+        self.text = self.text.rstrip()
+        delta = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return delta
+
+    def _new_text(self, final: bool) -> str:
+        prefix = self.decode(self.ids[self._prefix_offset:self._read_offset])
+        new = self.decode(self.ids[self._prefix_offset:])
+        if len(new) > len(prefix) and (final or not new.endswith("\ufffd")):
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+            return new[len(prefix):]
+        return ""
+
+    def _append(self, piece: str) -> None:
+        if not piece or self.stopped:
+            return
+        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
+        self.text = (self.text + piece) if self.text else piece.lstrip()
+        for s in self.stop:
+            cut = self.text.find(s, start)
+            if cut >= 0:
+                self.text, self.stopped = self.text[:cut], True
+                start = 0  # an earlier-starting stop string of the same piece wins: keep cutting
+
+    def _release(self) -> str:
+        safe = len(self.text)
+        if not self.stopped:
+            for s in self.stop:  # a tail that may grow into a stop string
+                for k in range(min(len(s) - 1, safe), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        safe = min(safe, len(self.text) - k)
+                        break
+        while safe > self.emitted and self.text[safe - 1].isspace():
+            safe -= 1
+        if safe <= self.emitted:
+            return ""
+        delta = self.text[self.emitted:safe]
+        self.emitted = safe
+        return delta
+
+
+class RequestHandle:
+    """The caller's side of a submitted request; thread-safe, usable from async code."""
+
+    def __init__(self, request: GenerationRequest, wake_engine: Callable[[], None] = lambda: None):
+        self.request = request
+        self.id = next(_ids)
+        self.submitted_at = time.perf_counter()
+        self._wake_engine = wake_engine
+        self._cond = threading.Condition()
+        self._chunks: list[str] = []
+        self._done = False
+        self._result: GenerationResult | None = None
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating at the next step; result() then has finish_reason 'cancelled'."""
+        self._cancelled.set()
+        self._wake_engine()
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """Wait for the end; raises the request's error (GenerationError, UnknownDomainError, ...)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._done, timeout):
+                raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def stream(self) -> Iterator[str]:
+        """Text deltas as they are generated; their concatenation is result().text."""
+        seen = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: len(self._chunks) > seen or self._done)
+                chunks, done = self._chunks[seen:], self._done  # every chunk is pushed before the finish
+            seen += len(chunks)
+            yield from chunks
+            if done:
+                break
+        if self._error is not None:
+            raise self._error
+
+    async def astream(self) -> AsyncIterator[str]:
+        """Async form of stream(), woken from the engine thread through the running loop."""
+        loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        with self._cond:
+            self._async_waiters.append((loop, wake))
+        try:
+            seen = 0
+            while True:
+                wake.clear()
+                with self._cond:
+                    chunks, done = self._chunks[seen:], self._done
+                seen += len(chunks)
+                for chunk in chunks:
+                    yield chunk
+                if done and not chunks:
+                    break
+                if not chunks:
+                    await wake.wait()
+        finally:
+            with self._cond:
+                self._async_waiters.remove((loop, wake))
+        if self._error is not None:
+            raise self._error
+
+    async def aresult(self) -> GenerationResult:
+        async for _ in self.astream():
+            pass
+        return self.result()
+
+    # ---- engine side ------------------------------------------------------------------------------
+
+    def _push(self, delta: str) -> None:
+        if delta:
+            with self._cond:
+                self._chunks.append(delta)
+                self._cond.notify_all()
+            self._wake_async()
+
+    def _finish(self, result: GenerationResult | None = None, error: BaseException | None = None) -> None:
+        with self._cond:
+            if self._done:
+                return
+            self._result, self._error, self._done = result, error, True
+            self._cond.notify_all()
+        self._wake_async()
+
+    def _wake_async(self) -> None:
+        with self._cond:
+            waiters = list(self._async_waiters)
+        for loop, wake in waiters:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # that loop is closed: its consumer is gone
+                pass

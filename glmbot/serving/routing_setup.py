@@ -1,0 +1,90 @@
+"""Build the Router that serving uses, from glmbot.toml and the registry (CLI, chat and HTTP share it).
+
+With a registry, the routable domains are those with an active adapter: a message is never
+routed to a domain that cannot answer. Each domain's classifier learns from its active adapter's
+`routing_prompts.json` (sha256-verified), else from the training prompts of its data file in
+glmbot.toml. Keywords and patterns come from glmbot.toml and from the registry's domain record.
+Without a registry, every domain of glmbot.toml is routable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from glmbot.config import Settings
+from glmbot.errors import ConfigError, DataError
+from glmbot.serving.router import BASE, DomainProfile, Router
+
+log = logging.getLogger(__name__)
+
+
+def build_router(settings: Settings, registry: Any = None) -> Router:
+    """A Router over the domains that can be served, with [routing]'s fallback, min_score and sticky."""
+    profiles = _registry_profiles(settings, registry) if registry is not None else _settings_profiles(settings)
+    fallback = settings.routing.fallback
+    if fallback != BASE and fallback not in {p.name for p in profiles}:
+        known = ", ".join(p.name for p in profiles) or "none"
+        why = "has no active adapter in the registry" if registry is not None else "is not a [domains] table"
+        raise ConfigError(f"{settings.source}: [routing] fallback = {fallback!r} {why} (routable domains: {known}); "
+                          f"promote one (glmbot adapters promote {fallback}@vN) or set fallback = {BASE!r}")
+    routing = settings.routing
+    return Router(profiles, fallback=fallback, min_score=routing.min_score, sticky=routing.sticky)
+
+
+def _settings_profiles(settings: Settings) -> list[DomainProfile]:
+    return [DomainProfile(name, keywords=list(d.keywords), patterns=list(d.patterns),
+                          prompts=settings_prompts(settings, name)) for name, d in settings.domains.items()]
+
+
+def _registry_profiles(settings: Settings, registry: Any) -> list[DomainProfile]:
+    profiles = []
+    for domain in registry.list_domains():
+        if domain.active_version is None:
+            log.info("domain %r has no active adapter: not routable", domain.name)
+            continue
+        info = registry.resolve(domain.name)
+        configured = settings.domains.get(domain.name)
+        keywords = _merge(configured.keywords if configured else (), domain.keywords)
+        patterns = _merge(configured.patterns if configured else (), domain.patterns)
+        prompts = adapter_routing_prompts(info)
+        if prompts is None:
+            prompts = settings_prompts(settings, domain.name)
+        profiles.append(DomainProfile(domain.name, keywords=keywords, patterns=patterns, prompts=prompts,
+                                      adapter_version=info.version))
+    return profiles
+
+
+def adapter_routing_prompts(info: Any) -> list[str] | None:
+    """The prompts stored with an adapter (routing_prompts.json), checked against their sha256; None if absent."""
+    from glmbot.registry import store
+    from glmbot.registry.api import integrity_error
+
+    expected = info.files.get(store.ROUTING)
+    if expected is None:
+        return None
+    data, problem = store.read_checked(info.path, store.ROUTING, expected)
+    if problem is not None:
+        raise integrity_error(info, [problem])
+    prompts = json.loads(data.decode("utf-8"))
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise DataError(f"{info.path / store.ROUTING} must hold a JSON list of strings")
+    return prompts
+
+
+def settings_prompts(settings: Settings, name: str) -> list[str]:
+    """Training prompts of the domain's data file in glmbot.toml; [] when it names none."""
+    domain = settings.domains.get(name)
+    if domain is None or not domain.data:
+        return []
+    from glmbot.training.data import load_examples
+
+    data = domain.data if domain.data.startswith("builtin:") else str(settings.path(domain.data))
+    examples = load_examples(data, domain.format, domain.prompt_column, domain.response_column,
+                             domain.history_column or None)
+    return [ex.prompt for ex in examples]
+
+
+def _merge(*lists) -> list[str]:  # noqa: ANN002 - sequences of str
+    return list(dict.fromkeys(item for items in lists for item in items))

@@ -1,0 +1,279 @@
+"""Iteration-level batching: rows join between decode steps, leave when done, and free their slots.
+
+The scheduler owns the KV slots and the batch rows. `admit` gives each ready request a free row,
+copies its prefix KV into the row's first slots and prefills its prompt (requests grouped by
+length, one forward per group); `step` runs ONE forward over all active rows, whatever adapter
+each uses, samples a token per row and ends the rows that are done. It is driven by one thread
+(the engine's); nothing here takes locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from glmbot.errors import GenerationError
+from glmbot.serving.kv_slots import GraphedDecode, KVSlots, forward_slots, round_up
+from glmbot.serving.prefix_cache import ResolvedAdapter
+from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
+                                     Usage)
+from glmbot.serving.router import RouteDecision
+from glmbot.serving.sampling import SamplingParams, choose_tokens
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """A request ready for a row: tokenized, routed, its prefix KV loaded (or None: plain base)."""
+
+    handle: RequestHandle
+    prompt_ids: list[int]
+    prefix: torch.Tensor | None  # (2L, G, P, D) on the serving device and dtype
+    params: SamplingParams
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    route: RouteDecision | None = None
+    adapter: ResolvedAdapter | None = None
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[2]
+
+
+class Row:
+    """A request being generated in batch row `slot`."""
+
+    def __init__(self, slot: int, job: Job, decode: Callable[[Sequence[int]], str]):
+        self.slot = slot
+        self.job = job
+        self.completion: list[int] = []  # eos excluded
+        self.sampled = 0  # tokens sampled, eos included
+        self.text = TextStream(decode, job.stop)
+        self.generator = job.params.generator()
+        self.admitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    @property
+    def seen(self) -> list[int]:
+        return self.job.prompt_ids + self.completion
+
+    def decode_inputs(self) -> tuple[int, int, int, int]:
+        """(token, position, write slot, slots visible) of this row's next decode query."""
+        position = len(self.job.prompt_ids) + len(self.completion) - 1
+        write = self.job.prefix_len + position
+        return self.completion[-1], position, write, write + 1
+
+
+@dataclass
+class SchedulerStats:
+    decode_steps: int = 0
+    decode_s: float = 0.0
+    decode_tokens: int = 0  # row-steps that produced a token
+    peak_rows: int = 0  # most rows decoded together in one step
+    prefill_forwards: int = 0
+    prefill_s: float = 0.0
+    prefill_tokens: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+class Scheduler:
+    """Rows, slots and the two kinds of forward (prefill, decode) of the serving engine."""
+
+    def __init__(self, model: torch.nn.Module, eos_token_id: int, pad_token_id: int,
+                 decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
+                 static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048):
+        cfg = model.config
+        self.model = model
+        self.eos, self.pad = eos_token_id, pad_token_id
+        self.decode_text = decode_text
+        self.device = model.device
+        self.slots = KVSlots(cfg.num_layers, max_rows, cfg.kv_groups, cfg.kv_channels, slot_len, model.dtype,
+                             self.device)
+        self.rows: list[Row | None] = [None] * max_rows
+        self.static_shapes = static_shapes or cuda_graph
+        self.buckets = sorted({min(1 << i, max_rows) for i in range(max_rows.bit_length() + 1)})
+        self.prefill_token_budget = prefill_token_budget
+        self.stats = SchedulerStats()
+        self.graphed = None
+        if cuda_graph:
+            if self.device.type != "cuda":
+                raise GenerationError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
+            self.graphed = GraphedDecode(self._decode_eager_static, self.buckets, self.slots.scratch, self.device)
+
+    @property
+    def active(self) -> list[Row]:
+        return [r for r in self.rows if r is not None]
+
+    @property
+    def free_rows(self) -> int:
+        return self.rows.count(None)
+
+    # ---- admission and prefill ------------------------------------------------------------------
+
+    def admit(self, jobs: Sequence[Job]) -> None:
+        """Give each job a free row, copy its prefix in and prefill its prompt (first token sampled)."""
+        new = []
+        for job in jobs:
+            if job.handle.cancelled:
+                finish_without_row(job.handle, "cancelled", job=job)
+                continue
+            need = job.prefix_len + len(job.prompt_ids) + job.max_new_tokens - 1  # the last token is never fed back
+            if need > self.slots.length:
+                finish_without_row(job.handle, "error", job=job, error=GenerationError(
+                    f"request needs {need} KV slots (prefix {job.prefix_len} + prompt {len(job.prompt_ids)} + "
+                    f"{job.max_new_tokens} new tokens - 1) but rows have {self.slots.length}"))
+                continue
+            slot = self.rows.index(None)  # the lowest free row keeps the decode batch compact
+            self.slots.reset_row(slot, job.prefix)
+            self.rows[slot] = row = Row(slot, job, self.decode_text)
+            new.append(row)
+        for group in self._prefill_groups(new):
+            try:
+                self._prefill(group)
+            except Exception as exc:  # noqa: BLE001 - one group's failure must not stop the engine
+                log.exception("prefill of %d request(s) failed", len(group))
+                for row in group:
+                    if self.rows[row.slot] is row:
+                        self._finish(row, "error", GenerationError(f"prefill failed: {type(exc).__name__}: {exc}"))
+
+    def _prefill_groups(self, rows: list[Row]) -> list[list[Row]]:
+        """Rows of similar prompt length together, each group within the prefill token budget."""
+        groups: list[list[Row]] = []
+        for row in sorted(rows, key=lambda r: len(r.job.prompt_ids)):
+            longest = len(row.job.prompt_ids)  # sorted: the newest is the longest of its group
+            if groups and (len(groups[-1]) + 1) * longest <= self.prefill_token_budget:
+                groups[-1].append(row)
+            else:
+                groups.append([row])
+        return groups
+
+    def _prefill(self, rows: list[Row]) -> None:
+        start = time.perf_counter()
+        width = max(len(r.job.prompt_ids) for r in rows)
+        # Left-padded so every row's last prompt token is the last query: (4, B, T) =
+        # token ids, positions, write slots (scratch for padding), slots visible (1 for padding).
+        table = torch.zeros(4, len(rows), width, dtype=torch.long)
+        table[0] = self.pad
+        table[2] = self.slots.scratch
+        table[3] = 1
+        for i, row in enumerate(rows):
+            n, p = len(row.job.prompt_ids), row.job.prefix_len
+            j = torch.arange(n)
+            table[0, i, width - n:] = torch.tensor(row.job.prompt_ids)
+            table[1, i, width - n:] = j
+            table[2, i, width - n:] = p + j
+            table[3, i, width - n:] = p + j + 1
+        table = table.to(self.device)
+        kv_len = round_up(max(len(r.job.prompt_ids) + r.job.prefix_len for r in rows))
+        slots = torch.tensor([r.slot for r in rows], device=self.device)
+        logits = forward_slots(self.model, self.slots, table[0], table[1], table[2], table[3], kv_len, rows=slots)
+        self._sample_and_advance(rows, logits)
+        self.stats.prefill_forwards += 1
+        self.stats.prefill_tokens += sum(len(r.job.prompt_ids) for r in rows)
+        self.stats.prefill_s += time.perf_counter() - start
+
+    # ---- decode ---------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One decode forward over every active row (rows 0..n-1; idle ones write to scratch)."""
+        rows = self.active
+        if not rows:
+            return
+        start = time.perf_counter()
+        hi = max(r.slot for r in rows) + 1
+        n = next(b for b in self.buckets if b >= hi) if self.static_shapes else hi
+        columns = [(0, 0, self.slots.scratch, 1)] * n  # idle rows: write to scratch, see slot 0
+        for row in rows:
+            columns[row.slot] = row.decode_inputs()
+        # (4, n, 1): token, position, write slot, slots visible; one host-to-device copy.
+        table = torch.tensor(columns, dtype=torch.long).T.unsqueeze(-1).contiguous().to(self.device)
+        if self.graphed is not None:
+            logits = self.graphed(table[0], table[1], table[2], table[3])
+        else:
+            kv_len = self.slots.length if self.static_shapes else round_up(max(c[3] for c in columns))
+            logits = forward_slots(self.model, self.slots, table[0], table[1], table[2], table[3], kv_len)
+        index = torch.tensor([r.slot for r in rows], device=self.device)
+        self._sample_and_advance(rows, logits[index])
+        self.stats.decode_steps += 1
+        self.stats.decode_tokens += len(rows)
+        self.stats.peak_rows = max(self.stats.peak_rows, len(rows))
+        self.stats.decode_s += time.perf_counter() - start
+
+    def _decode_eager_static(self, ids, positions, write, limit) -> torch.Tensor:  # noqa: ANN001 - (n, 1) each
+        return forward_slots(self.model, self.slots, ids, positions, write, limit, self.slots.length)
+
+    # ---- tokens, text and endings ---------------------------------------------------------------
+
+    def _sample_and_advance(self, rows: list[Row], logits: torch.Tensor) -> None:
+        """logits (B, V) of `rows` -> one token each; rows that are done leave the batch."""
+        params = [r.job.params for r in rows]
+        seen = [r.seen if r.job.params.repetition_penalty != 1.0 else () for r in rows]
+        tokens, finite = choose_tokens(logits, params, seen, [r.generator for r in rows])
+        now = time.perf_counter()
+        for row, token, ok in zip(rows, tokens, finite):
+            self._advance(row, token, ok, now)
+
+    def _advance(self, row: Row, token: int, finite: bool, now: float) -> None:
+        job = row.job
+        if not finite:
+            who = job.adapter.ref if job.adapter is not None else "the plain base model"
+            self._finish(row, "error", GenerationError(
+                f"request {job.handle.id} ({who}) stopped: the model produced NaN/Inf logits at completion token "
+                f"{row.sampled + 1}; other requests were not affected. A prefix holding NaN/Inf values (check it "
+                "with: glmbot adapters verify) or an overflowing dtype (try float32 or bfloat16) causes this"))
+            return
+        row.sampled += 1
+        row.first_token_at = row.first_token_at or now
+        if token == self.eos and not job.ignore_eos:
+            self._finish(row, "stop")
+            return
+        row.completion.append(token)
+        job.handle._push(row.text.push(token))
+        if row.text.stopped:
+            self._finish(row, "stop")
+        elif row.sampled >= job.max_new_tokens:
+            self._finish(row, "length")
+        elif job.handle.cancelled:
+            self._finish(row, "cancelled")
+
+    def drop_cancelled(self) -> None:
+        for row in self.active:
+            if row.job.handle.cancelled:
+                self._finish(row, "cancelled")
+
+    def fail_all(self, error: BaseException) -> None:
+        for row in self.active:
+            self._finish(row, "error", error)
+
+    def _finish(self, row: Row, reason: FinishReason, error: BaseException | None = None) -> None:
+        self.rows[row.slot] = None
+        job = row.job
+        if error is None:
+            job.handle._push(row.text.finish())
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+        finish_without_row(job.handle, reason, job=job, error=error, text=row.text.text, sampled=row.sampled,
+                           completion=row.completion, admitted_at=row.admitted_at, first_token_at=row.first_token_at)
+
+
+def finish_without_row(handle: RequestHandle, reason: FinishReason, *, job: Job | None = None,
+                       error: BaseException | None = None, text: str = "", sampled: int = 0,
+                       completion: Sequence[int] = (), admitted_at: float | None = None,
+                       first_token_at: float | None = None) -> None:
+    """Complete a handle with its result (or error), whether or not it ever had a row."""
+    now, t0 = time.perf_counter(), handle.submitted_at
+    adapter = job.adapter if job is not None else None
+    result = GenerationResult(
+        text=text, finish_reason="error" if error is not None else reason,
+        usage=Usage(len(job.prompt_ids) if job is not None else 0, sampled),
+        route=job.route if job is not None else None,
+        adapter=adapter.ref if adapter is not None else None,
+        adapter_version=adapter.version if adapter is not None else None,
+        timings=Timings((admitted_at or now) - t0, None if first_token_at is None else first_token_at - t0, now - t0),
+        token_ids=tuple(completion))
+    handle._finish(result, error)

@@ -1,0 +1,298 @@
+"""Serving engine on a small random ChatGLM2: batched = solo = the generate() oracle, continuous
+batching, cancelling, streaming, stop strings, seeds, NaN rows and per-request errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+from conftest import small_model
+
+from glmbot.config import Settings
+from glmbot.errors import GenerationError, UnknownAdapterError
+from glmbot.model.generate import generate_answers
+from glmbot.model.prefix import PrefixEncoder
+from glmbot.model.tokenizer import ChatGLMTokenizer
+from glmbot.serving.engine import Engine
+from glmbot.serving.requests import GenerationRequest, TextStream, chat_turns
+from glmbot.serving.sampling import SamplingParams, choose_tokens
+
+QUERIES = ["请问订单什么时候发货？", "退货需要几天到账？", "你好", "谢谢，再见。", "Hello world 123", "问：你好"]
+
+
+def random_kv(config, length: int, seed: int) -> torch.Tensor:
+    """A random prefix KV (2L, G, P, D), as a freshly initialised PrefixEncoder gives."""
+    torch.manual_seed(seed)
+    return PrefixEncoder(config, length).kv().detach()
+
+
+def greedy(query: str, domain: str | None = None, max_new_tokens: int = 10, **kw) -> GenerationRequest:
+    return GenerationRequest(query=query, domain=domain, max_new_tokens=max_new_tokens, do_sample=False, **kw)
+
+
+def oracle(model, tok, query: str, kv: torch.Tensor | None, max_new_tokens: int) -> str:
+    """glmbot.model.generate (transformers' generate with a per-row prefix), one request alone."""
+    return generate_answers(model, tok, [query], kv, max_new_tokens=max_new_tokens)[0]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def tok(sp_model_file) -> ChatGLMTokenizer:
+    return ChatGLMTokenizer(sp_model_file)
+
+
+@pytest.fixture(scope="module")
+def prefixes(base) -> dict[str, torch.Tensor]:
+    """Three adapters of different prefix lengths."""
+    return {"support": random_kv(base.config, 3, 1), "ads": random_kv(base.config, 7, 2),
+            "hr": random_kv(base.config, 12, 3)}
+
+
+@pytest.fixture
+def engine(base, tok, prefixes):
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96) as eng:
+        yield eng
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+# ---------------------------------------------------------------------------- correctness of batching
+
+@pytest.mark.parametrize("static_shapes", [False, True], ids=["dynamic", "static"])
+def test_mixed_batch_equals_each_request_alone_and_the_oracle(base, tok, prefixes, static_shapes):
+    plan = [("support", QUERIES[0]), ("ads", QUERIES[1]), ("hr", QUERIES[2]), (None, QUERIES[3]),
+            ("hr", QUERIES[4]), ("support", QUERIES[5])]
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, static_shapes=static_shapes) as eng:
+        batched = eng.generate_many([greedy(q, d, 12) for d, q in plan])
+        assert eng.stats().peak_rows == len(plan)  # one forward over all rows at once
+        alone = [eng.generate(greedy(q, d, 12)) for d, q in plan]
+    for (domain, query), b, a in zip(plan, batched, alone):
+        assert b.token_ids == a.token_ids and len(b.token_ids) > 0
+        assert b.text == a.text == oracle(base, tok, query, prefixes.get(domain), 12), (domain, query)
+        assert b.adapter == domain and b.finish_reason in ("length", "stop")
+        assert b.usage.prompt_tokens == len(tok.build_chat_input(query))
+    assert len({b.token_ids for b in batched}) == len(plan)  # the prefixes really change the answers
+
+
+def test_requests_arriving_during_decode_join_the_batch(engine, base, tok, prefixes):
+    early = [engine.submit(greedy(q, d, 40, ignore_eos=True))
+             for d, q in [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2])]]
+    wait_until(lambda: engine.stats().decode_steps >= 3)
+    late = [engine.submit(greedy(q, d, 6)) for d, q in [("ads", QUERIES[3]), ("support", QUERIES[4]),
+                                                          (None, QUERIES[5])]]
+    results = [h.result(timeout=60) for h in early + late]
+    assert engine.stats().peak_rows == 6  # the late ones decoded together with the early ones
+    assert engine.stats().prefill_forwards >= 2
+    for handle, result in zip(early + late, results):
+        solo = engine.generate(handle.request)
+        assert result.token_ids == solo.token_ids and result.text == solo.text
+    assert [len(r.token_ids) for r in results[:3]] == [40, 40, 40]
+
+
+def test_cancelling_one_request_leaves_the_others_intact(engine):
+    requests = [greedy(QUERIES[i], d, 30, ignore_eos=True) for i, d in enumerate(["support", "ads", None])]
+    handles = [engine.submit(r) for r in requests]
+    wait_until(lambda: engine.stats().decode_steps >= 2)
+    handles[1].cancel()
+    results = [h.result(timeout=60) for h in handles]
+    assert results[1].finish_reason == "cancelled" and len(results[1].token_ids) < 30
+    solo = [engine.generate(r) for r in requests]
+    assert results[1].token_ids == solo[1].token_ids[:len(results[1].token_ids)]
+    for i in (0, 2):
+        assert results[i].finish_reason == "length" and results[i].token_ids == solo[i].token_ids
+
+
+# ---------------------------------------------------------------------------- streaming and stop strings
+
+def test_stream_deltas_concatenate_to_the_text_sync_and_async(engine):
+    handle = engine.submit(greedy(QUERIES[0], "ads", 24))
+    deltas = list(handle.stream())
+    result = handle.result()
+    assert "".join(deltas) == result.text and result.text
+    assert len(deltas) > 1 and all(deltas)  # progressively, never an empty delta
+
+    async def both():
+        handles = [engine.submit(greedy(QUERIES[0], "ads", 24)), engine.submit(greedy(QUERIES[1], None, 16))]
+
+        async def collect(h):
+            return "".join([d async for d in h.astream()])
+        return await asyncio.gather(*(collect(h) for h in handles)), handles
+
+    texts, handles = asyncio.run(both())
+    assert texts == [h.result().text for h in handles] and texts[0] == result.text
+
+
+def test_text_stream_holds_back_incomplete_characters_whitespace_and_stop_prefixes(tok):
+    ids = tok.encode("  龙年好 END 再见", add_special_tokens=False)  # 龙 is not a piece: three byte tokens
+    assert len(ids) > len("  龙年好 END 再见") - 4
+    stream = TextStream(tok.decode, stop=["END"])
+    deltas = [stream.push(i) for i in ids]
+    deltas.append(stream.finish())
+    assert "".join(deltas) == stream.text == "龙年好"
+    assert stream.stopped and not any("\ufffd" in d for d in deltas)
+    plain = TextStream(tok.decode)
+    out = [plain.push(i) for i in ids] + [plain.finish()]
+    assert "".join(out) == tok.decode(ids).strip() and not any(d.endswith(" ") for d in out)
+
+
+def test_stop_strings_end_the_request_before_the_stop_text(engine):
+    def stop_candidate(text: str) -> int | None:
+        """Index of a visible character that first occurs there, not at the very start."""
+        return next((i for i in range(2, len(text) - 1) if text.find(text[i]) == i and text[i].isprintable()
+                     and not text[i].isspace() and text[i] not in "\ufffd\\"), None)
+
+    for query in QUERIES:  # a random model writes odd text: find an answer with a usable character
+        full = engine.generate(greedy(query, "hr", 30, ignore_eos=True))
+        k = stop_candidate(full.text)
+        if k is not None:
+            break
+    text = full.text
+    handle = engine.submit(greedy(query, "hr", 30, ignore_eos=True, stop=["never-there", text[k] + "never", text[k]]))
+    deltas = list(handle.stream())
+    cut = handle.result()
+    assert (cut.text, cut.finish_reason) == (text[:k].rstrip(), "stop")
+    assert "".join(deltas) == cut.text and len(cut.token_ids) < len(full.token_ids)
+    assert full.token_ids[:len(cut.token_ids)] == cut.token_ids
+
+
+# ---------------------------------------------------------------------------- sampling
+
+def test_seed_makes_sampling_reproducible_whatever_shares_the_batch(engine):
+    def sampled(seed):
+        return GenerationRequest(query=QUERIES[0], domain="support", max_new_tokens=16, do_sample=True,
+                                 temperature=1.0, top_p=0.95, seed=seed, ignore_eos=True)
+
+    alone = engine.generate(sampled(7))
+    mixed = engine.generate_many([greedy(QUERIES[2], "hr", 20), sampled(7), sampled(8), greedy(QUERIES[3], None, 5)])
+    assert mixed[1].token_ids == alone.token_ids
+    assert mixed[2].token_ids != alone.token_ids
+    unseeded = engine.generate_many([sampled(None), sampled(None)])
+    assert unseeded[0].token_ids != unseeded[1].token_ids
+
+
+def test_sampling_filters_follow_transformers_semantics():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]] * 3)
+    params = [SamplingParams(top_k=1, temperature=1.0), SamplingParams(top_p=1e-4, temperature=1.0),
+              SamplingParams(do_sample=False, repetition_penalty=10.0)]
+    gens = [p.generator() for p in params]
+    tokens, finite = choose_tokens(logits, params, [(), (), [1]], gens)
+    assert tokens == [1, 1, 3] and finite == [True] * 3  # penalty 10 pushes token 1 below token 3
+    bad = torch.tensor([[0.0, float("nan"), 1.0, 2.0]])
+    assert choose_tokens(bad, [SamplingParams()], [()], [SamplingParams().generator()])[1] == [False]
+    with pytest.raises(GenerationError, match="top_p"):
+        SamplingParams(top_p=0.0)
+
+
+# ---------------------------------------------------------------------------- failures stay per request
+
+def test_nan_logits_fail_only_that_request(base, tok, prefixes):
+    poisoned = dict(prefixes, broken=torch.full_like(prefixes["ads"], float("nan")))
+    with Engine(base, tok, prefixes=poisoned, max_batch_size=4, max_len=96) as eng:
+        handles = [eng.submit(greedy(QUERIES[0], d, 8)) for d in ("broken", "support", None)]
+        with pytest.raises(GenerationError, match="NaN/Inf logits"):
+            handles[0].result()
+        with pytest.raises(GenerationError, match="NaN"):
+            list(handles[0].stream())
+        good = [h.result() for h in handles[1:]]
+        # The broken request's slots are reused: nothing of it may leak into later rows.
+        again = eng.generate_many([greedy(QUERIES[0], d, 8) for d in ("support", None, "hr", "ads")])
+    assert [r.text for r in good] == [oracle(base, tok, QUERIES[0], prefixes["support"], 8),
+                                      oracle(base, tok, QUERIES[0], None, 8)]
+    assert [r.text for r in again] == [oracle(base, tok, QUERIES[0], prefixes.get(d), 8)
+                                       for d in ("support", None, "hr", "ads")]
+
+
+def test_bad_requests_fail_alone_with_clear_errors(engine):
+    bad = {
+        "too_long": greedy(QUERIES[0], "support", max_new_tokens=95),
+        "empty": GenerationRequest(messages=[]),
+        "unknown": greedy(QUERIES[0], "nosuch"),
+        "assistant_last": GenerationRequest(messages=[{"role": "user", "content": "a"},
+                                                      {"role": "assistant", "content": "b"}]),
+        "temperature": GenerationRequest(query="hi", temperature=-1.0),
+    }
+    handles = {name: engine.submit(r) for name, r in bad.items()}
+    ok = engine.submit(greedy(QUERIES[0], "support", 6))
+    errors = {}
+    for name, handle in handles.items():
+        with pytest.raises(Exception) as caught:
+            handle.result()
+        errors[name] = caught.value
+    prompt = len(engine.tokenizer.build_chat_input(QUERIES[0]))
+    assert isinstance(errors["too_long"], GenerationError)
+    assert f"prompt of {prompt} tokens + max_new_tokens 95 = {prompt + 95}" in str(errors["too_long"])
+    assert "max_len=96" in str(errors["too_long"])
+    assert "empty messages" in str(errors["empty"])
+    assert isinstance(errors["unknown"], UnknownAdapterError) and "ads, hr, support" in str(errors["unknown"])
+    assert "last message must come from the user" in str(errors["assistant_last"])
+    assert "temperature" in str(errors["temperature"])
+    assert ok.result().finish_reason in ("length", "stop")
+    assert engine.generate(greedy(QUERIES[1], "hr", 4)).token_ids  # still serving
+
+
+def test_messages_map_to_the_official_chat_prompt(engine):
+    messages = [{"role": "system", "content": "请简短。"}, {"role": "user", "content": "你好"},
+                {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "退货需要几天？"}]
+    query, history = chat_turns(GenerationRequest(messages=messages))
+    assert (query, history) == ("请简短。退货需要几天？", [("你好", "你好！")])
+    via_messages = engine.generate(GenerationRequest(messages=messages, domain="ads", max_new_tokens=6,
+                                                     do_sample=False))
+    via_query = engine.generate(greedy(query, "ads", 6, history=history))
+    assert via_messages.token_ids == via_query.token_ids
+    assert via_messages.usage.prompt_tokens == len(engine.tokenizer.build_chat_input(query, history))
+
+
+def test_defaults_come_from_settings_generation(base, tok):
+    settings = Settings()
+    settings.generation.max_new_tokens = 5
+    settings.generation.do_sample = False
+    with Engine(base, tok, settings=settings, max_batch_size=2, max_len=64) as eng:
+        result = eng.generate(GenerationRequest(query=QUERIES[0], ignore_eos=True))
+        closed = eng
+    assert len(result.token_ids) == 5 and result.finish_reason == "length" and result.route.domain is None
+    assert result.text == oracle(base, tok, QUERIES[0], None, 5)
+    with pytest.raises(GenerationError, match="closed"):
+        closed.submit(GenerationRequest(query="hi"))
+
+
+
+def test_close_cancels_unfinished_requests_or_waits_for_them(base, tok, prefixes):
+    eng = Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96)
+    running = [eng.submit(greedy(QUERIES[0], "hr", 60, ignore_eos=True)) for _ in range(3)]
+    wait_until(lambda: eng.stats().decode_steps >= 1)
+    eng.close()
+    assert {h.result().finish_reason for h in running} == {"cancelled"}
+    assert all(len(h.result().token_ids) < 60 for h in running)
+    eng = Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96)
+    running = [eng.submit(greedy(QUERIES[0], "hr", 20, ignore_eos=True)) for _ in range(3)]
+    eng.close(wait=True)
+    assert [len(h.result().token_ids) for h in running] == [20, 20, 20]
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decode_equals_eager_and_the_oracle(tok):
+    model = small_model().cuda()
+    kvs = {"support": random_kv(model.config, 3, 1).cuda(), "hr": random_kv(model.config, 12, 3).cuda()}
+    plan = [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2]), ("hr", QUERIES[3]),
+            ("support", QUERIES[4])]
+    outputs = {}
+    for mode in ("eager", "static", "graph"):
+        with Engine(model, tok, prefixes=kvs, max_batch_size=8, max_len=96, static_shapes=mode == "static",
+                    cuda_graph=mode == "graph") as eng:
+            outputs[mode] = [r.token_ids for r in eng.generate_many([greedy(q, d, 12) for d, q in plan])]
+            late = eng.generate(greedy(QUERIES[5], "support", 12))  # a later batch of another size
+    assert outputs["graph"] == outputs["static"] == outputs["eager"]
+    for (domain, query), result in zip(plan, outputs["graph"]):
+        assert tok.decode(list(result)).strip() == oracle(model, tok, query, kvs.get(domain), 12)
+    assert tok.decode(list(late.token_ids)).strip() == oracle(model, tok, QUERIES[5], kvs["support"], 12)

@@ -1,0 +1,198 @@
+"""The engine over a real Registry (SQLite in tmp_path): routing to each domain's active adapter,
+the prefix cache under a small budget, damaged and foreign adapters, promotions, `glmbot route`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import typer
+from conftest import small_config, small_model
+from test_engine import QUERIES, greedy, oracle
+from typer.testing import CliRunner
+
+from glmbot.config import Settings, settings_from_dict
+from glmbot.errors import AdapterIntegrityError, ConfigError, PrefixCheckpointError, UnknownAdapterError
+from glmbot.model.fingerprint import architecture
+from glmbot.model.prefix import PrefixEncoder
+from glmbot.model.prefix_io import encoder_state
+from glmbot.model.tokenizer import ChatGLMTokenizer
+from glmbot.registry import Registry
+from glmbot.serving.engine import Engine
+from glmbot.serving.prefix_cache import MIB
+from glmbot.serving.requests import GenerationRequest
+from glmbot.serving.routing_setup import build_router
+
+KEYWORDS = {"support": "refund", "ads": "slogan", "hr": "salary", "legal": "contract", "it": "laptop"}
+LENGTHS = {"support": 4, "ads": 6, "hr": 2, "legal": 4, "it": 4}
+
+
+@pytest.fixture(scope="module")
+def base():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def tok(sp_model_file) -> ChatGLMTokenizer:
+    return ChatGLMTokenizer(sp_model_file)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "adapters", busy_timeout_s=10)
+    yield reg
+    reg.close()
+
+
+def add_adapter(reg: Registry, domain: str, length: int, seed: int, config=None, promote: bool = True,
+                prompts: list[str] | None = None) -> torch.Tensor:
+    """Register (and promote) a random prefix; returns its KV (2L, G, P, D) for the oracle."""
+    config = config or small_config()
+    reg.ensure_domain(domain)
+    torch.manual_seed(seed)
+    encoder = PrefixEncoder(config, length)
+    info = reg.register_adapter(domain, encoder_state(encoder), base_model="builtin:test",
+                                base_fingerprint="sha256:0123456789abcdef", architecture=architecture(config),
+                                routing_prompts=prompts)
+    if promote:
+        reg.promote(info.ref)
+    return encoder.kv().detach()
+
+
+@pytest.fixture
+def five_domains(registry) -> dict[str, torch.Tensor]:
+    kvs = {}
+    for seed, (domain, keyword) in enumerate(KEYWORDS.items()):
+        registry.add_domain(domain, keywords=[keyword])
+        kvs[domain] = add_adapter(registry, domain, LENGTHS[domain], seed, prompts=[f"{keyword} 问题"])
+    return kvs
+
+
+def test_fifty_concurrent_requests_over_five_domains_are_routed_and_match_solo_runs(base, tok, registry,
+                                                                                   five_domains):
+    router = build_router(Settings(), registry)
+    assert router.domains == sorted(KEYWORDS)
+    plan = [(list(KEYWORDS)[i % 5], f"{list(KEYWORDS.values())[i % 5]} {QUERIES[i % 6]}") for i in range(50)]
+    with Engine(base, tok, registry=registry, router=router, max_batch_size=16, max_len=96) as engine:
+        results = engine.generate_many([greedy(text, None, 8) for _, text in plan])
+        solo = {text: engine.generate(greedy(text, None, 8)) for _, text in dict.fromkeys(plan)}
+        stats = engine.stats()
+    assert stats.peak_rows == 16 and stats.prefix_cache.misses == 5
+    for (domain, text), result in zip(plan, results):
+        assert (result.route.domain, result.route.reason) == (domain, "keyword")
+        assert (result.adapter, result.adapter_version) == (f"{domain}@v1", 1)
+        assert result.token_ids == solo[text].token_ids
+    for domain, text in plan[:5]:
+        assert solo[text].text == oracle(base, tok, text, five_domains[domain], 8)
+
+
+def test_lru_budget_of_two_prefixes_evicts_and_reloads_with_correct_outputs(base, tok, registry):
+    kvs = {d: add_adapter(registry, d, 4, seed) for seed, d in enumerate(["support", "ads", "hr", "legal"])}
+    settings = Settings()
+    entry = kvs["support"].numel() * 4  # fp32 on CPU
+    settings.serving.prefix_cache_mib = 2 * entry / MIB
+    with Engine(base, tok, registry=registry, settings=settings, max_batch_size=4, max_len=64) as engine:
+        rounds = [[engine.generate(greedy(QUERIES[0], d, 6)) for d in kvs] for _ in range(2)]
+        together = engine.generate_many([greedy(QUERIES[0], d, 6) for d in kvs])
+        stats = engine.stats().prefix_cache
+    assert stats.misses >= 8 and stats.evictions >= 6  # every domain reloaded in round two
+    assert stats.entries == 2 and stats.bytes == 2 * entry <= stats.capacity_bytes
+    for first, second, both, domain in zip(*rounds, together, kvs):
+        assert first.token_ids == second.token_ids == both.token_ids
+        assert first.text == oracle(base, tok, QUERIES[0], kvs[domain], 6)
+
+
+def test_pinned_adapters_from_settings_stay_resident_under_pressure(base, tok, registry):
+    kvs = {d: add_adapter(registry, d, 4, seed) for seed, d in enumerate(["support", "ads", "hr", "legal"])}
+    settings = Settings()
+    settings.serving.prefix_cache_mib = 2 * kvs["support"].numel() * 4 / MIB
+    settings.serving.pin = ["support"]
+    with Engine(base, tok, registry=registry, settings=settings, max_batch_size=2, max_len=64) as engine:
+        assert engine.stats().prefix_cache.pinned == 1  # loaded at start
+        for domain in ["ads", "hr", "legal", "support", "ads", "support"]:
+            engine.generate(greedy(QUERIES[0], domain, 2))
+        stats = engine.stats().prefix_cache
+    assert stats.pinned == 1 and stats.misses == 5 and stats.hits == 2  # support never reloaded
+
+
+def test_a_corrupted_adapter_fails_only_its_own_requests(base, tok, registry, five_domains, tmp_path):
+    weights = tmp_path / "adapters" / "legal" / "v1" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    domains = ["support", "legal", "ads", "legal", None]
+    with Engine(base, tok, registry=registry, max_batch_size=8, max_len=64) as engine:
+        results = engine.generate_many([greedy(QUERIES[1], d, 6) for d in domains], return_exceptions=True)
+    for domain, result in zip(domains, results):
+        if domain == "legal":
+            assert isinstance(result, AdapterIntegrityError) and "legal@v1" in str(result)
+            assert "adapter_model.safetensors" in str(result)
+        else:
+            assert result.text == oracle(base, tok, QUERIES[1], five_domains.get(domain), 6)
+
+
+def test_an_adapter_for_another_base_is_refused_with_a_clear_error(base, tok, registry, five_domains):
+    add_adapter(registry, "foreign", 4, 9, config=small_config(num_layers=3))
+    with Engine(base, tok, registry=registry, max_batch_size=4, max_len=64) as engine:
+        handles = [engine.submit(greedy(QUERIES[0], d, 4)) for d in ("foreign", "support")]
+        with pytest.raises(PrefixCheckpointError, match="does not fit this base"):
+            handles[0].result()
+        assert handles[1].result().adapter == "support@v1"
+        with pytest.raises(UnknownAdapterError, match="has no version v7"):
+            engine.generate(GenerationRequest(query="hi", adapter="support@v7", max_new_tokens=4))
+
+
+def test_a_promotion_is_seen_by_the_next_request(base, tok, registry, five_domains):
+    with Engine(base, tok, registry=registry, max_batch_size=4, max_len=64) as engine:
+        before = engine.generate(greedy(QUERIES[2], "support", 6))
+        new_kv = add_adapter(registry, "support", 5, 42)
+        after = engine.generate(greedy(QUERIES[2], "support", 6))
+        pinned_old = engine.generate(greedy(QUERIES[2], None, 6, adapter="support@v1"))
+        assert engine.invalidate_domain("support") == 2
+        assert engine.stats().prefix_cache.entries == 0
+    assert (before.adapter, after.adapter, pinned_old.adapter) == ("support@v1", "support@v2", "support@v1")
+    assert after.text == oracle(base, tok, QUERIES[2], new_kv, 6)
+    assert pinned_old.token_ids == before.token_ids
+
+
+def test_build_router_uses_adapter_prompts_then_config_data_and_skips_untrained(registry):
+    registry.add_domain("support", keywords=["转人工"])
+    add_adapter(registry, "support", 4, 1)  # no routing_prompts.json: glmbot.toml's data file
+    add_adapter(registry, "ads", 4, 2, prompts=["类型#裙*颜色#白色*风格#甜美", "类型#裤*版型#直筒"])
+    add_adapter(registry, "hr", 4, 3, promote=False, prompts=["年假有几天？"])
+    settings = settings_from_dict({"domains": {"support": {"data": "builtin:support", "keywords": ["人工客服"]}}})
+    router = build_router(settings, registry)
+    assert router.domains == ["ads", "support"]  # hr has no active adapter
+    assert router.route("类型#裙*颜色#白色").domain == "ads"
+    assert router.route("我的快递到哪了？退货运费谁出？").domain == "support"  # prompts of builtin:support
+    assert router.route("人工客服在吗").reason == "keyword" and router.route("转人工").domain == "support"
+    with pytest.raises(ConfigError, match="fallback = 'hr' has no active adapter"):
+        build_router(settings_from_dict({"routing": {"fallback": "hr"}}), registry)
+
+
+def test_route_command_prints_the_decision_and_every_score(tmp_path, monkeypatch):
+    from glmbot.cli import common
+    from glmbot.cli.route import route
+
+    (tmp_path / "glmbot.toml").write_text('[registry]\nadapters_dir = "adapters"\n', encoding="utf-8")
+    monkeypatch.delenv("GLMBOT_DB_URL", raising=False)
+    reg = Registry(f"sqlite:///{tmp_path / 'adapters' / 'registry.db'}", tmp_path / "adapters")
+    reg.add_domain("ads", keywords=["文案"])
+    add_adapter(reg, "ads", 4, 2, prompts=["类型#裙*颜色#白色*风格#甜美"])
+    reg.close()
+    app = typer.Typer()
+    app.command()(route)
+    common.set_config_path(tmp_path / "glmbot.toml")
+    try:
+        by_keyword = CliRunner().invoke(app, ["帮我写个文案"])
+        by_class = CliRunner().invoke(app, ["类型#裙*颜色#白色"])
+        explicit = CliRunner().invoke(app, ["你好", "--domain", "base"])
+    finally:
+        common.set_config_path(None)
+    assert by_keyword.exit_code == 0, by_keyword.output
+    assert "ads@v1 (active)" in by_keyword.output and "keyword" in by_keyword.output
+    assert "'文案'" in by_keyword.output and "Classifier scores" in by_keyword.output
+    assert "classifier" in by_class.output and "chosen" in by_class.output
+    assert "base (plain model)" in explicit.output and "explicit" in explicit.output
+    assert json.loads((tmp_path / "adapters" / "ads" / "v1" / "routing_prompts.json").read_text())
