@@ -114,6 +114,12 @@ def show(ref: Ref) -> None:
             table.add_row(e.kind, format_metrics(e.metrics, limit=20), (e.dataset_sha256 or "-")[:16],
                           age(e.created_at))
         common.console.print(table)
+    pushes = registry.pushes(a.id)
+    if pushes:
+        table = Table("repo", "branch", "commit", "tag", "age", title="Hub pushes", header_style="bold")
+        for p in pushes:
+            table.add_row(p.repo, p.revision, p.commit_sha[:12], p.tag or "-", age(p.pushed_at))
+        common.console.print(table)
 
 
 @app.command("promote")

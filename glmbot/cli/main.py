@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glmbot.cli import adapters, common, demo, domains, info, train
+from glmbot.cli import adapters, common, demo, domains, hub, info, plugins, route, train
 from glmbot.errors import GlmbotError
 
 app = typer.Typer(name="glmbot", help="Many P-Tuning v2 prefixes of ChatGLM2 on one shared base model.",
@@ -18,8 +18,12 @@ app.command()(info.info)
 app.command()(demo.demo)
 app.command()(train.train)
 app.command(name="eval")(train.evaluate)
+app.command()(hub.push)
+app.command()(hub.pull)
+app.command()(route.route)
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(domains.app, name="domains")
+app.add_typer(plugins.app, name="plugins")
 
 
 @app.callback()
@@ -48,10 +52,30 @@ def complete_optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+def load_plugin_commands(argv: list[str]) -> None:
+    """Let plugins add commands (register_commands) before the command line is parsed."""
+    from glmbot.config import load_settings
+    from glmbot.plugins import get_manager
+
+    config = None
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            config = argv[i + 1]
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+    try:
+        settings = load_settings(config)
+    except GlmbotError:
+        return  # the command itself reports the bad config
+    get_manager(settings).call("register_commands", cli=app)
+
+
 def run() -> None:
     """Console-script entry point: expected errors become one line on stderr and exit code 1."""
     try:
-        app(args=complete_optional_values(sys.argv[1:]))
+        argv = complete_optional_values(sys.argv[1:])
+        load_plugin_commands(argv)
+        app(args=argv)
     except GlmbotError as exc:
         common.err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

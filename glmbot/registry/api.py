@@ -248,14 +248,17 @@ class Registry(RecordsMixin):
 
     def import_path(self, path: str | Path, domain: str, *, config: ChatGLMConfig, base_model: str,
                     base_fingerprint: str, create_domain: bool = False,
-                    allow_base_mismatch: bool = False) -> AdapterInfo:
+                    allow_base_mismatch: bool = False, source: str = "imported",
+                    provenance: dict | None = None) -> AdapterInfo:
         """Register an official `checkpoint-N` folder or a glmbot/PEFT-style adapter folder.
 
-        `config` is the configured base's ChatGLMConfig: the prefix must fit it.
+        `config` is the configured base's ChatGLMConfig: the prefix must fit it. `source` and
+        `provenance` (merged over what the folder says) let callers such as the Hub pull say where
+        the folder came from.
         """
         return transfer.import_path(self, path, domain, config=config, base_model=base_model,
                                     base_fingerprint=base_fingerprint, create_domain=create_domain,
-                                    allow_base_mismatch=allow_base_mismatch)
+                                    allow_base_mismatch=allow_base_mismatch, source=source, provenance=provenance)
 
     def export(self, ref: str | int, dest: str | Path) -> Path:
         """Copy REF's verified files into a new folder `dest` that `import_path` accepts back."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from glmbot.registry.tables import (ACTIVE, ActivationRow, AdapterRow, DomainRow, EvaluationRow,
+from glmbot.registry.tables import (ACTIVE, ActivationRow, AdapterRow, DomainRow, EvaluationRow, HubPushRow,
                                     TrainingRunRow)
 
 
@@ -136,6 +136,25 @@ class RunInfo:
     def from_row(cls, row: TrainingRunRow, domain: str) -> RunInfo:
         return cls(row.id, domain, row.status, aware(row.started_at), aware(row.finished_at), row.last_checkpoint,
                    row.log_path, dict(row.hyperparams or {}), row.adapter_id, row.error)
+
+
+@dataclass(frozen=True)
+class PushInfo:
+    """One push of an adapter to a Hugging Face Hub repo (`commit_sha` is the commit on `revision`)."""
+
+    id: int
+    adapter_id: int
+    repo: str
+    revision: str
+    commit_sha: str
+    tag: str | None
+    endpoint: str
+    pushed_at: datetime
+
+    @classmethod
+    def from_row(cls, row: HubPushRow) -> PushInfo:
+        return cls(row.id, row.adapter_id, row.repo, row.revision, row.commit_sha, row.tag, row.endpoint,
+                   aware(row.pushed_at))
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,23 @@ def m001_create_tables(conn: Connection) -> None:
               sqlite_where=active, postgresql_where=active).create(conn)
 
 
+@migration(2, "record hub pushes")
+def m002_hub_pushes(conn: Connection) -> None:
+    # adapter_id is a plain integer (no foreign key), like activations: what was published stays
+    # on record after `rm` of the local adapter.
+    md = MetaData()
+    Table("hub_pushes", md,
+          Column("id", Integer, primary_key=True),
+          Column("adapter_id", Integer, nullable=False, index=True),
+          Column("repo", String(200), nullable=False),
+          Column("revision", String(255), nullable=False),
+          Column("commit_sha", String(64), nullable=False),
+          Column("tag", String(255)),
+          Column("endpoint", String, nullable=False),
+          _when("pushed_at"))
+    md.create_all(conn)
+
+
 def _lock(conn: Connection) -> None:
     """Serialise migrations across processes (SQLite: the caller's BEGIN IMMEDIATE already does)."""
     if conn.dialect.name == "postgresql":

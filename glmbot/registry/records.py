@@ -1,4 +1,4 @@
-"""Evaluation results and training runs: the part of `Registry` that records what happened to adapters.
+"""Evaluations, training runs and Hub pushes: the part of `Registry` that records what happened to adapters.
 
 A mixin so the Registry keeps one flat API while this module stays small; it uses the host's
 `_db`, `_resolve_row` and `_domain_row`.
@@ -10,15 +10,15 @@ from sqlmodel import select
 
 from glmbot.errors import RegistryError
 from glmbot.registry import checks
-from glmbot.registry.info import EvaluationInfo, RunInfo
+from glmbot.registry.info import EvaluationInfo, PushInfo, RunInfo
 from glmbot.registry.refs import check_domain_name
-from glmbot.registry.tables import RUN_STATUSES, DomainRow, EvaluationRow, TrainingRunRow, utcnow
+from glmbot.registry.tables import RUN_STATUSES, DomainRow, EvaluationRow, HubPushRow, TrainingRunRow, utcnow
 
 RUNNING = "running"
 
 
 class RecordsMixin:
-    """Evaluations per adapter and training runs per domain."""
+    """Evaluations and Hub pushes per adapter, training runs per domain."""
 
     # ---- evaluations ----------------------------------------------------------------------------
 
@@ -44,6 +44,32 @@ class RecordsMixin:
             row, _ = self._resolve_row(s, ref)
             rows = s.exec(select(EvaluationRow).where(EvaluationRow.adapter_id == row.id).order_by(EvaluationRow.id))
             return [EvaluationInfo.from_row(r) for r in rows]
+
+    # ---- Hub pushes -----------------------------------------------------------------------------
+
+    def record_push(self, ref: str | int, *, repo: str, revision: str, commit_sha: str, tag: str | None = None,
+                    endpoint: str = "") -> PushInfo:
+        """Record that REF was pushed to the Hub repo `repo` as commit `commit_sha` on branch `revision`."""
+        for name, value in (("repo", repo), ("revision", revision), ("commit_sha", commit_sha)):
+            if not isinstance(value, str) or not value.strip():
+                raise RegistryError(f"a push record needs a non-empty {name}, got {value!r}")
+        if tag is not None and (not isinstance(tag, str) or not tag.strip()):
+            raise RegistryError(f"a push record's tag must be a non-empty string or None, got {tag!r}")
+        with self._db.write() as s:
+            row, _ = self._resolve_row(s, ref)
+            push = HubPushRow(adapter_id=row.id, repo=repo, revision=revision, commit_sha=commit_sha, tag=tag,
+                              endpoint=str(endpoint or ""))
+            s.add(push)
+            s.flush()
+            return PushInfo.from_row(push)
+
+    def pushes(self, ref: str | int | None = None) -> list[PushInfo]:
+        """Hub pushes of REF (all adapters' when None), oldest first."""
+        with self._db.read() as s:
+            stmt = select(HubPushRow)
+            if ref is not None:
+                stmt = stmt.where(HubPushRow.adapter_id == self._resolve_row(s, ref)[0].id)
+            return [PushInfo.from_row(r) for r in s.exec(stmt.order_by(HubPushRow.id))]
 
     # ---- training runs --------------------------------------------------------------------------
 

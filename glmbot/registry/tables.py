@@ -132,4 +132,22 @@ class TrainingRunRow(SQLModel, table=True):
     error: str | None = None
 
 
-TABLES = (DomainRow, AdapterRow, ActivationRow, EvaluationRow, TrainingRunRow)
+class HubPushRow(SQLModel, table=True):
+    """One upload of an adapter to a Hugging Face Hub repo: where it went and which commit it made.
+
+    The adapter id is a plain integer (no foreign key), so the record survives `rm` of the adapter.
+    """
+
+    __tablename__ = "hub_pushes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_id: int = Field(index=True)
+    repo: str = Field(max_length=200)  # "org/name"
+    revision: str = Field(max_length=255)  # the branch committed to
+    commit_sha: str = Field(max_length=64)  # the commit the push made (or found, when nothing changed)
+    tag: str | None = Field(default=None, max_length=255)
+    endpoint: str = ""  # the Hub's URL, e.g. https://huggingface.co
+    pushed_at: datetime = Field(default_factory=utcnow, sa_type=_when())
+
+
+TABLES = (DomainRow, AdapterRow, ActivationRow, EvaluationRow, TrainingRunRow, HubPushRow)

@@ -44,21 +44,26 @@ class ImportSource:
 
 
 def import_path(registry, path: str | Path, domain: str, *, config: ChatGLMConfig, base_model: str,  # noqa: ANN001
-                base_fingerprint: str, create_domain: bool = False, allow_base_mismatch: bool = False) -> AdapterInfo:
-    """Read `path` (see the module doc), then register it as the next version of `domain`."""
+                base_fingerprint: str, create_domain: bool = False, allow_base_mismatch: bool = False,
+                source: str = "imported", provenance: dict | None = None) -> AdapterInfo:
+    """Read `path` (see the module doc), then register it as the next version of `domain`.
+
+    `provenance` entries are merged over the ones read from the folder.
+    """
     check_domain_name(domain)
     if not create_domain:
         registry.get_domain(domain)  # the unknown-domain error before reading any weights
     path = Path(path).expanduser()
     if (path / store.CONFIG).is_file():
-        source = read_adapter_folder(path, config, base_fingerprint, allow_base_mismatch)
+        read = read_adapter_folder(path, config, base_fingerprint, allow_base_mismatch)
     else:
-        source = read_official_checkpoint(path, config)
+        read = read_official_checkpoint(path, config)
     return registry.register_adapter(
-        domain, source.state, base_model=base_model, base_fingerprint=base_fingerprint,
-        architecture=architecture(config), source="imported", hyperparams=source.hyperparams,
-        dataset_sha256=source.dataset_sha256, sample_count=source.sample_count, metrics=source.metrics,
-        provenance=source.provenance, routing_prompts=source.routing_prompts, create_domain=create_domain)
+        domain, read.state, base_model=base_model, base_fingerprint=base_fingerprint,
+        architecture=architecture(config), source=source, hyperparams=read.hyperparams,
+        dataset_sha256=read.dataset_sha256, sample_count=read.sample_count, metrics=read.metrics,
+        provenance={**read.provenance, **(provenance or {})}, routing_prompts=read.routing_prompts,
+        create_domain=create_domain)
 
 
 def read_official_checkpoint(path: Path, config: ChatGLMConfig) -> ImportSource:
