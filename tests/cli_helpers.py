@@ -48,7 +48,8 @@ def cli(config: Path, *args: str, capsys) -> tuple[int, str, str]:
     return stop.value.code or 0, out.out, out.err
 
 
-def cli_process(config: Path, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "GLMBOT_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+def cli_process(config: Path, *args: str, timeout: float = 300, env_extra: dict | None = None,
+                **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "GLMBOT_CONFIG": str(config), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "glmbot", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=config.parent, **kwargs)

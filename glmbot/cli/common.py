@@ -30,6 +30,7 @@ def set_config_path(path: Path | None) -> None:
     get_settings.cache_clear()
     get_registry.cache_clear()
     load_base_model.cache_clear()
+    get_engine.cache_clear()
 
 
 @lru_cache(maxsize=1)
@@ -51,3 +52,14 @@ def load_base_model():
 
     m = get_settings().model
     return load_base(m.base_model, dtype=m.dtype, device=m.device)
+
+
+@lru_cache(maxsize=1)
+def get_engine(max_len: int | None = None):
+    """The serving engine over the configured base, registry, router and plugins."""
+    from glmbot.plugins import get_manager
+    from glmbot.serving.factory import build_engine
+
+    settings = get_settings()
+    model, tok = load_base_model()
+    return build_engine(settings, model, tok, get_registry(), get_manager(settings), max_len=max_len)

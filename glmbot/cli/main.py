@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glmbot.cli import adapters, common, demo, domains, hub, info, plugins, route, train
+from glmbot.cli import adapters, chat, common, demo, domains, hub, info, logs, plugins, route, train
 from glmbot.errors import GlmbotError
 
 app = typer.Typer(name="glmbot", help="Many P-Tuning v2 prefixes of ChatGLM2 on one shared base model.",
@@ -21,9 +21,11 @@ app.command(name="eval")(train.evaluate)
 app.command()(hub.push)
 app.command()(hub.pull)
 app.command()(route.route)
+app.command()(chat.chat)
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(domains.app, name="domains")
 app.add_typer(plugins.app, name="plugins")
+app.add_typer(logs.app, name="logs")
 
 
 @app.callback()

@@ -21,13 +21,14 @@ from glmbot.registry import checks, store, transfer
 from glmbot.registry.card import AdapterDescription, adapter_config, glmbot_version, json_bytes, model_card
 from glmbot.registry.database import Database
 from glmbot.registry.info import ActivationInfo, AdapterInfo, DomainInfo, FileProblem, VerifyResult
+from glmbot.registry.conversations import ConversationsMixin
 from glmbot.registry.records import RecordsMixin
 from glmbot.registry.refs import check_domain_name, parse_ref
 from glmbot.registry.tables import (ACTIVE, ARCHIVED, DEACTIVATE, PROMOTE, ROLLBACK, STATUSES, ActivationRow,
                                     AdapterRow, DomainRow, EvaluationRow, utcnow)
 
 
-class Registry(RecordsMixin):
+class Registry(RecordsMixin, ConversationsMixin):
     """Adapters of every domain: files under `adapters_dir`, rows in the database at `db_url`."""
 
     def __init__(self, db_url: str, adapters_dir: str | Path, *, busy_timeout_s: float = 30.0):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Column, Connection, DateTime, ForeignKey, Index, Integer,
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Connection, DateTime, Float, ForeignKey, Index, Integer,
                         MetaData, String, Table, UniqueConstraint, inspect, text)
 
 MIGRATIONS_TABLE = "_glmbot_migrations"
@@ -122,6 +122,33 @@ def m002_hub_pushes(conn: Connection) -> None:
           Column("tag", String(255)),
           Column("endpoint", String, nullable=False),
           _when("pushed_at"))
+    md.create_all(conn)
+
+
+@migration(3, "conversation log")
+def m003_conversation_log(conn: Connection) -> None:
+    md = MetaData()
+    Table("conversations", md,
+          Column("id", String(64), primary_key=True),
+          Column("source", String(20), nullable=False),
+          Column("title", String(200), nullable=False),
+          _when("started_at"))
+    Table("turns", md,
+          Column("id", Integer, primary_key=True),
+          Column("conversation_id", String(64), nullable=False, index=True),
+          Column("query", String, nullable=False),
+          Column("answer", String, nullable=False),
+          Column("domain", String(64)),
+          Column("adapter", String(80)),
+          Column("route_reason", String(20)),
+          Column("route_score", Float),
+          Column("prompt_tokens", Integer, nullable=False),
+          Column("completion_tokens", Integer, nullable=False),
+          Column("finish_reason", String(20), nullable=False),
+          Column("latency_s", Float, nullable=False),
+          Column("first_token_s", Float),
+          Column("error", String),
+          _when("created_at"))
     md.create_all(conn)
 
 

@@ -150,4 +150,37 @@ class HubPushRow(SQLModel, table=True):
     pushed_at: datetime = Field(default_factory=utcnow, sa_type=_when())
 
 
-TABLES = (DomainRow, AdapterRow, ActivationRow, EvaluationRow, TrainingRunRow, HubPushRow)
+class ConversationRow(SQLModel, table=True):
+    """A chat conversation (CLI, LangChain or HTTP); its turns are in `turns`."""
+
+    __tablename__ = "conversations"
+
+    id: str = Field(primary_key=True, max_length=64)
+    source: str = Field(max_length=20)  # cli | langchain | http
+    title: str = Field(max_length=200)  # the first question, shortened
+    started_at: datetime = Field(default_factory=utcnow, sa_type=_when())
+
+
+class TurnRow(SQLModel, table=True):
+    """One question and answer with the route that served it."""
+
+    __tablename__ = "turns"
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: str = Field(index=True, max_length=64)
+    query: str
+    answer: str
+    domain: str | None = Field(default=None, max_length=64)
+    adapter: str | None = Field(default=None, max_length=80)  # 'support@v3'; None = plain base
+    route_reason: str | None = Field(default=None, max_length=20)
+    route_score: float | None = None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = Field(max_length=20)
+    latency_s: float
+    first_token_s: float | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=_when())
+
+
+TABLES = (DomainRow, AdapterRow, ActivationRow, EvaluationRow, TrainingRunRow, HubPushRow, ConversationRow, TurnRow)

@@ -1,0 +1,225 @@
+"""The Rich terminal chat: streaming answers, the route of each turn, slash commands.
+
+Talks to the engine only. Interactive use shows a header, streams answers and keeps history;
+piped use (`echo 问题 | glmbot chat --domain support`) prints only the answers, one per line.
+Ctrl-C while an answer streams stops that answer, not the program.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from glmbot.errors import GlmbotError
+from glmbot.fileio import atomic_write_text
+from glmbot.serving.requests import GenerationRequest, GenerationResult
+from glmbot.serving.router import BASE
+from glmbot.serving.turn_log import new_conversation_id
+
+HELP = """commands:
+  /domain NAME   answer with NAME's active adapter (or 'base' for the plain model)
+  /auto          let the router choose the domain again
+  /adapters      list the domains and their active adapters
+  /reset         start a new conversation
+  /history       show this conversation
+  /retry         answer the last question again
+  /save FILE     write the conversation as JSON
+  /help          this help
+  /quit          leave (Ctrl-D works too)"""
+
+
+@dataclass
+class ChatOptions:
+    domain: str | None = None
+    adapter: str | None = None
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    system: str = ""
+    max_source_tokens: int = 0  # very long questions are cut to this many tokens (0: no limit)
+
+
+@dataclass
+class ChatSession:
+    """The state of one terminal conversation; the I/O lives in ChatClient."""
+
+    engine: object
+    options: ChatOptions
+    log: object | None = None  # TurnLogger
+    conversation_id: str = field(default_factory=new_conversation_id)
+    history: list[tuple[str, str]] = field(default_factory=list)
+    last_result: GenerationResult | None = None
+
+    def request(self, query: str) -> GenerationRequest:
+        messages = ([{"role": "system", "content": self.options.system}] if self.options.system else [])
+        for q, a in self.history:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": query})
+        o = self.options
+        return GenerationRequest(messages=messages, conversation_id=self.conversation_id, domain=o.domain,
+                                 adapter=o.adapter, temperature=o.temperature, max_new_tokens=o.max_new_tokens,
+                                 do_sample=None if o.temperature is None else o.temperature > 0)
+
+    def finish(self, request: GenerationRequest, query: str, result: GenerationResult) -> None:
+        self.last_result = result
+        if result.finish_reason != "cancelled":
+            self.history.append((query, result.text))
+        if self.log is not None:
+            self.log.record_turn(request, result)
+
+    def reset(self) -> None:
+        self.history.clear()
+        self.conversation_id = new_conversation_id()
+        self.last_result = None
+
+
+class ChatClient:
+    """Reads lines, runs slash commands, streams answers to a Rich console."""
+
+    def __init__(self, session: ChatSession, console: Console, err: Console, *, interactive: bool,
+                 known_domains: Callable[[], list[str]], tokenizer=None, header: str = ""):
+        self.s = session
+        self.console, self.err = console, err
+        self.interactive = interactive
+        self.known_domains = known_domains
+        self.tokenizer = tokenizer
+        self.header = header
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, read_line: Callable[[], str]) -> None:
+        if self.interactive:
+            self.console.print(self.header)
+            self.console.print("[dim]/help for commands, Ctrl-C stops an answer, /quit or Ctrl-D leaves[/]")
+        while True:
+            try:
+                line = read_line()
+            except EOFError:  # Ctrl-D or the end of piped input
+                break
+            except KeyboardInterrupt:
+                self.console.print("\n[dim](/quit to leave)[/]")
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if self.command(line) == "quit":
+                    break
+                continue
+            self.answer(line)
+
+    def answer(self, query: str) -> None:
+        query = self._fit(query)
+        request = self.s.request(query)
+        handle = self.s.engine.submit(request)
+        if self.interactive:
+            self.console.print("[bold green]glmbot[/] ", end="")
+        try:
+            for delta in handle.stream():
+                self.console.print(delta, end="", markup=False, highlight=False, soft_wrap=True)
+        except KeyboardInterrupt:
+            handle.cancel()
+            self.console.print(" [dim][stopped][/]")
+        except GlmbotError as exc:
+            self.console.print()
+            self.err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return
+        try:
+            result = handle.result()
+        except GlmbotError as exc:
+            self.err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return
+        self.console.print()
+        self.s.finish(request, query, result)
+        if self.interactive:
+            self.console.print(f"[dim]{route_line(result)}[/]")
+
+    def _fit(self, query: str) -> str:
+        limit = self.s.options.max_source_tokens
+        if not limit or self.tokenizer is None:
+            return query
+        ids = self.tokenizer.encode(query, add_special_tokens=False)
+        if len(ids) <= limit:
+            return query
+        cut = self.tokenizer.decode(ids[:limit])
+        self.err.print(f"[yellow]note:[/] your message had {len(ids)} tokens; kept the first {limit} "
+                       "(max_source_length)")
+        return cut
+
+    # -- slash commands ------------------------------------------------------------------------------
+    def command(self, line: str) -> str | None:
+        name, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        handler = {"domain": self._domain, "auto": self._auto, "adapters": self._adapters, "reset": self._reset,
+                   "history": self._history, "retry": self._retry, "save": self._save, "help": self._help,
+                   "quit": lambda _: "quit", "exit": lambda _: "quit"}.get(name)
+        if handler is None:
+            self.err.print(f"unknown command /{name}")
+            self.console.print(HELP, markup=False)
+            return None
+        return handler(arg)
+
+    def _domain(self, arg: str) -> None:
+        known = self.known_domains()
+        if not arg or (arg != BASE and arg not in known):
+            self.err.print(f"unknown domain {arg!r}; known: {', '.join([BASE, *known])}")
+            return
+        self.s.options.domain, self.s.options.adapter = arg, None
+        self.console.print(f"[dim]answering with {arg}[/]")
+
+    def _auto(self, _: str) -> None:
+        self.s.options.domain = self.s.options.adapter = None
+        self.console.print("[dim]routing automatically[/]")
+
+    def _adapters(self, _: str) -> None:
+        table = Table(title="domains")
+        table.add_column("domain")
+        for name in self.known_domains():
+            table.add_row(name)
+        self.console.print(table)
+
+    def _reset(self, _: str) -> None:
+        self.s.reset()
+        self.console.print("[dim]new conversation[/]")
+
+    def _history(self, _: str) -> None:
+        if not self.s.history:
+            self.console.print("[dim](empty)[/]")
+        for i, (q, a) in enumerate(self.s.history, start=1):
+            self.console.print(f"[bold]{i}. 问[/] {q}\n   [bold]答[/] {a}", highlight=False)
+
+    def _retry(self, _: str) -> None:
+        if not self.s.history:
+            self.err.print("nothing to retry yet")
+            return
+        query, _answer = self.s.history.pop()
+        self.answer(query)
+
+    def _save(self, arg: str) -> None:
+        if not arg:
+            self.err.print("usage: /save FILE")
+            return
+        path = Path(arg).expanduser()
+        data = {"conversation_id": self.s.conversation_id,
+                "turns": [{"query": q, "answer": a} for q, a in self.s.history]}
+        try:
+            atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
+        except OSError as exc:
+            self.err.print(f"cannot write {path}: {exc.strerror}")
+            return
+        self.console.print(f"[dim]saved {len(self.s.history)} turns to {path}[/]")
+
+    def _help(self, _: str) -> None:
+        self.console.print(HELP, markup=False)
+
+
+def route_line(result: GenerationResult) -> str:
+    """'support@v2 · keyword · 1.00 · matched 退货' for the status line under an answer."""
+    route = result.route
+    where = result.adapter or "base model"
+    if route is None:
+        return where
+    return " · ".join(x for x in (where, route.reason, f"{route.score:.2f}", route.detail) if x)

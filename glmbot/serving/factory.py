@@ -1,0 +1,24 @@
+"""One place that assembles a serving stack from glmbot.toml: base model, registry, router, plugins, engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glmbot.config import Settings
+from glmbot.serving.engine import Engine
+from glmbot.serving.routing_setup import build_router
+
+
+def build_engine(settings: Settings, model: Any, tokenizer: Any, registry: Any, plugins: Any = None,
+                 **engine_kwargs) -> Engine:
+    """An Engine over `model` serving the registry's active adapters, routed as configured.
+
+    On CUDA the decode step is replayed from CUDA graphs (static shapes) unless the caller says
+    otherwise in engine_kwargs.
+    """
+    router = build_router(settings, registry, plugins)
+    if model.device.type == "cuda":
+        engine_kwargs.setdefault("cuda_graph", True)
+        engine_kwargs.setdefault("static_shapes", True)
+    return Engine(model, tokenizer, registry=registry, router=router, settings=settings, plugins=plugins,
+                  **engine_kwargs)

@@ -1,0 +1,105 @@
+"""`glmbot chat` driven as a user would: a pseudo-terminal, pipes, and the conversation log."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pexpect
+import pytest
+import torch
+
+from glmbot import load_base
+from glmbot.model.fingerprint import architecture, base_fingerprint
+from glmbot.model.prefix import PrefixEncoder
+from glmbot.model.prefix_io import encoder_state
+from glmbot.registry import Registry
+from glmbot.serving.engine import Engine
+from glmbot.serving.requests import GenerationRequest
+from tests.cli_helpers import cli_process, make_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project with active support and ads adapters (random prefixes: fast, distinct answers)."""
+    root = tmp_path_factory.mktemp("chat")
+    config = make_project(root)
+    model, _ = load_base("builtin:tiny", device="cpu")
+    with Registry(f"sqlite:///{root / 'adapters' / 'registry.db'}", root / "adapters") as reg:
+        for i, domain in enumerate(("support", "ads")):
+            torch.manual_seed(i)
+            enc = PrefixEncoder(model.config, 8)
+            with torch.no_grad():
+                enc.embedding.weight.normal_(0, 0.5)
+            info = reg.register_adapter(domain, encoder_state(enc), base_model="builtin:tiny",
+                                 base_fingerprint=base_fingerprint(model), architecture=architecture(model.config),
+                                 create_domain=True, routing_prompts=["退货多久到账？"] if i == 0 else ["类型#裙"])
+            reg.promote(info.ref)
+    return config
+
+
+def registry_of(config):
+    return Registry(f"sqlite:///{config.parent / 'adapters' / 'registry.db'}", config.parent / "adapters")
+
+
+def engine_answer(config, query, domain):
+    model, tok = load_base("builtin:tiny", device="cpu")
+    with registry_of(config) as reg, Engine(model, tok, registry=reg) as engine:
+        return engine.generate(GenerationRequest(query=query, domain=domain, do_sample=False,
+                                                 max_new_tokens=256)).text
+
+
+def test_piped_mode_prints_exactly_the_answer(project):
+    done = cli_process(project, "chat", "--domain", "support", "--temperature", "0", input="退货多久到账？\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == engine_answer(project, "退货多久到账？", "support") + "\n"
+
+
+def test_closed_stdin_empty_lines_and_unknown_domain(project):
+    done = cli_process(project, "chat", input="")
+    assert done.returncode == 0 and done.stdout == ""
+    done = cli_process(project, "chat", "--domain", "support", "--temperature", "0", input="\n   \n")
+    assert done.returncode == 0 and done.stdout == ""
+    done = cli_process(project, "chat", "--domain", "hr", input="你好\n")
+    assert done.returncode == 1 and "unknown domain 'hr'" in done.stderr and "ads, support" in done.stderr
+
+
+def test_unknown_command_prints_help_and_long_input_is_cut(project):
+    done = cli_process(project, "chat", "--domain", "support", "--temperature", "0",
+                       input="/frobnicate\n" + "退货" * 200 + "\n")
+    assert done.returncode == 0
+    assert "unknown command /frobnicate" in done.stderr and "/domain NAME" in done.stdout
+    assert "kept the first 64" in done.stderr
+
+
+def test_unwritable_database_keeps_chatting_with_a_warning(project, tmp_path):
+    done = cli_process(project, "chat", "--domain", "support", "--temperature", "0", input="你好\n",
+                       env_extra={"GLMBOT_DB_URL": f"sqlite:///file:{project.parent / 'adapters' / 'registry.db'}?mode=ro&uri=true"})
+    assert done.returncode == 0, done.stderr
+    assert "conversation logging is off" in done.stderr and done.stdout.strip()
+
+
+def test_terminal_conversation_with_a_domain_switch_is_logged(project):
+    env = {**os.environ, "GLMBOT_CONFIG": str(project), "COLUMNS": "120", "TERM": "dumb"}
+    child = pexpect.spawn(sys.executable, ["-m", "glmbot", "chat", "--temperature", "0"], env=env,
+                          cwd=str(project.parent), encoding="utf-8", timeout=60, dimensions=(40, 120))
+    child.expect("你 > ")
+    child.sendline("退货多久到账？")
+    child.expect("support@v1")  # the status line under the answer: routed by the classifier
+    child.expect("你 > ")
+    child.sendline("/domain ads")
+    child.expect("answering with ads")
+    child.sendline("类型#裙*颜色#白色")
+    child.expect("ads@v1 · explicit")
+    child.expect("你 > ")
+    child.sendline("/history")
+    child.expect("2. 问")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    with registry_of(project) as reg:
+        conv = next(c for c in reg.list_conversations() if c.title == "退货多久到账？")
+        turns = reg.conversation_turns(conv.id)
+    assert [(t.adapter, t.route_reason) for t in turns] == [("support@v1", "classifier"), ("ads@v1", "explicit")]
+    assert all(t.completion_tokens > 0 and t.answer for t in turns)

@@ -1,0 +1,116 @@
+"""LangChain chat model over the in-process engine: LCEL, streaming, batch, message history."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.chat_history import InMemoryChatMessageHistory
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import ConfigurableField
+from langchain_core.runnables.history import RunnableWithMessageHistory
+
+from glmbot import load_base
+from glmbot.errors import GenerationError
+from glmbot.integrations.langchain import ChatGlmbot, GlmbotLLM
+from glmbot.model.prefix import PrefixEncoder
+from glmbot.serving.engine import Engine
+from glmbot.serving.requests import GenerationRequest
+
+GREEDY = {"do_sample": False, "max_new_tokens": 24}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    import torch
+
+    model, tok = load_base("builtin:tiny", device="cpu")
+    prefixes = {}
+    for i, name in enumerate(("support", "ads")):
+        torch.manual_seed(i)
+        enc = PrefixEncoder(model.config, 8 + 4 * i)
+        with torch.no_grad():
+            enc.embedding.weight.normal_(0, 0.5)
+        prefixes[name] = enc.kv().detach()
+    with Engine(model, tok, prefixes=prefixes, max_batch_size=8, max_len=256) as eng:
+        yield eng
+
+
+def direct(engine, messages, domain=None):
+    return engine.generate(GenerationRequest(messages=messages, domain=domain, **GREEDY)).text
+
+
+def test_lcel_chain_with_prompt_template_and_parser(engine):
+    prompt = ChatPromptTemplate.from_messages([("human", "请问{topic}？")])
+    chain = prompt | ChatGlmbot(engine=engine, domain="support", **GREEDY) | StrOutputParser()
+    assert chain.invoke({"topic": "多久发货"}) == direct(engine, [{"role": "user", "content": "请问多久发货？"}], "support")
+
+
+def test_metadata_carries_route_and_usage(engine):
+    msg = ChatGlmbot(engine=engine, **GREEDY).invoke("你好", domain="ads")
+    assert isinstance(msg, AIMessage)
+    assert msg.response_metadata["adapter"] == "ads" and msg.response_metadata["route_reason"] == "explicit"
+    assert msg.usage_metadata["input_tokens"] > 0 and msg.usage_metadata["output_tokens"] > 0
+
+
+def test_stream_and_astream_equal_invoke_and_fire_callbacks(engine):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self):
+            self.tokens = []
+
+        def on_llm_new_token(self, token, **kwargs):
+            self.tokens.append(token)
+
+    model = ChatGlmbot(engine=engine, domain="support", **GREEDY)
+    full = model.invoke("退货多久到账？").content
+    handler = Tokens()
+    chunks = list(model.stream("退货多久到账？", config={"callbacks": [handler]}))
+    assert "".join(c.content for c in chunks) == full == "".join(handler.tokens)
+    assert chunks[-1].usage_metadata["output_tokens"] > 0
+
+    async def collect():
+        return "".join([c.content async for c in model.astream("退货多久到账？")])
+
+    assert asyncio.run(collect()) == full
+
+
+def test_batch_of_mixed_domains_goes_through_the_engine(engine):
+    model = ChatGlmbot(engine=engine, **GREEDY)
+    bound = [model.bind(domain=d) for d in ("support", "ads", "base")]
+    answers = [b.invoke("在吗") for b in bound]
+    assert [a.content for a in answers] == [direct(engine, [{"role": "user", "content": "在吗"}], d)
+                                            for d in ("support", "ads", "base")]
+    configurable = model.configurable_fields(domain=ConfigurableField(id="domain"))
+    batch = configurable.batch(["在吗"] * 3, config=[{"configurable": {"domain": d}} for d in ("support", "ads", "base")])
+    assert [m.content for m in batch] == [a.content for a in answers]
+
+
+def test_message_history_maps_to_official_rounds(engine):
+    store: dict[str, InMemoryChatMessageHistory] = {}
+    prompt = ChatPromptTemplate.from_messages([MessagesPlaceholder("history"), ("human", "{q}")])
+    chain = RunnableWithMessageHistory(prompt | ChatGlmbot(engine=engine, domain="support", **GREEDY),
+                                       lambda sid: store.setdefault(sid, InMemoryChatMessageHistory()),
+                                       input_messages_key="q", history_messages_key="history")
+    cfg = {"configurable": {"session_id": "s1"}}
+    first = chain.invoke({"q": "你好"}, config=cfg).content
+    second = chain.invoke({"q": "退货多久到账？"}, config=cfg).content
+    assert second == direct(engine, [{"role": "user", "content": "你好"}, {"role": "assistant", "content": first},
+                                     {"role": "user", "content": "退货多久到账？"}], "support")
+    assert len(store["s1"].messages) == 4
+
+
+def test_system_message_goes_in_front_of_the_question(engine):
+    model = ChatGlmbot(engine=engine, domain="base", **GREEDY)
+    got = model.invoke([SystemMessage("请简短回答。"), HumanMessage("你好")]).content
+    assert got == direct(engine, [{"role": "user", "content": "请简短回答。你好"}], "base")
+
+
+def test_string_llm_and_bad_options(engine):
+    llm = GlmbotLLM(engine=engine, domain="support", do_sample=False, max_new_tokens=24)
+    assert llm.invoke("你好") == direct(engine, [{"role": "user", "content": "你好"}], "support")
+    with pytest.raises(GenerationError, match="unknown option"):
+        ChatGlmbot(engine=engine).invoke("你好", colour="red")
