@@ -110,15 +110,37 @@ class PluginManager:
             try:
                 result = impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:  # noqa: BLE001 - a plugin must not take glmbot down
-                log.warning("plugin %s failed in %s: %s: %s", impl.plugin_name, hook, type(exc).__name__, exc)
-                with self._lock:
-                    record = self.records.get(impl.plugin_name)
-                    if record is not None:
-                        record.error = f"{hook}: {type(exc).__name__}: {exc}"
+                self._hook_failed(impl.plugin_name, hook, exc)
                 continue
             if result is not None:
                 results.append(result)
         return results
+
+
+    def _hook_failed(self, name: str, hook: str, exc: Exception) -> None:
+        log.warning("plugin %s failed in %s: %s: %s", name, hook, type(exc).__name__, exc)
+        with self._lock:
+            record = self.records.get(name)
+            if record is not None:
+                record.error = f"{hook}: {type(exc).__name__}: {exc}"
+
+    def has_impls(self, hook: str) -> bool:
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
+    def chain(self, hook: str, value_arg: str, **kwargs) -> Any:
+        """Pass `kwargs[value_arg]` through every implementation in turn; a str result replaces it.
+
+        For rewriting hooks (after_generate): each plugin sees the previous plugin's output.
+        """
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:  # noqa: BLE001
+                self._hook_failed(impl.plugin_name, hook, exc)
+                continue
+            if isinstance(result, str):
+                kwargs[value_arg] = result
+        return kwargs[value_arg]
 
 
 def allowed_plugins(settings=None) -> set[str] | None:  # noqa: ANN001 - Settings

@@ -58,6 +58,14 @@ class EngineStats:
     prefix_cache: PrefixCacheStats | None
 
 
+class PluginAnswered(Exception):
+    """A before_generate plugin answered the request itself (no model call)."""
+
+    def __init__(self, text: str, route: RouteDecision | None, prompt_tokens: int):
+        super().__init__(text)
+        self.text, self.route, self.prompt_tokens = text, route, prompt_tokens
+
+
 class Engine:
     """Continuous batching over one base model with per-row P-Tuning v2 prefixes.
 
@@ -67,14 +75,18 @@ class Engine:
     max_new_tokens per request (default [generation] max_length, at most the model's
     seq_length); each row has max_prefix_len + max_len slots. cuda_graph: replay the decode step
     from CUDA graphs (static shapes: batch buckets of powers of two, the full slot length).
+    plugins: a PluginManager whose before_generate may answer or edit a request and whose
+    after_generate may rewrite the answer (then the stream sends the answer at the end, whole).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, registry: Any = None, router: Any = None,
                  settings: Settings | None = None, prefixes: Mapping[str, torch.Tensor | PrefixEncoder] | None = None,
                  max_batch_size: int | None = None, max_len: int | None = None,
                  max_prefix_len: int = DEFAULT_MAX_PREFIX_LEN, prefill_token_budget: int = 2048,
-                 static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2):
+                 static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2,
+                 plugins: Any = None):
         self.settings = settings or Settings()
+        self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
         config = model.config
         if model.transformer.prefix_encoder is not None:
             raise GenerationError(
@@ -207,6 +219,11 @@ class Engine:
                 return
             with torch.no_grad():
                 job = self._make_job(handle)
+        except PluginAnswered as answered:  # a plugin (e.g. a tool) answered without the model
+            handle._push(answered.text)
+            finish_without_row(handle, "stop", text=answered.text, route=answered.route,
+                               prompt_tokens=answered.prompt_tokens)
+            return
         except Exception as exc:  # noqa: BLE001 - every error belongs to this request only
             if not isinstance(exc, GlmbotError):
                 log.exception("request %d failed while being prepared", handle.id)
@@ -232,19 +249,38 @@ class Engine:
         if isinstance(req.stop, str) or not all(isinstance(s, str) and s for s in req.stop):
             raise GenerationError(f"stop must be a list of non-empty strings, got {req.stop!r}")
         query, history, prompt_ids = self._prompt(req)
+        route = self._route(req, query, history)
+        req.route = route
+        rewrite = None
+        if self.plugins is not None and query is not None:
+            prompt_ids, rewrite = self._plugins_before(req, query, prompt_ids)
         n = len(prompt_ids)
         if n + max_new > self.max_len:
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens {max_new} = {n + max_new} tokens exceeds this engine's "
                 f"context limit max_len={self.max_len}; shorten the conversation (fewer history turns) or set "
                 f"max_new_tokens to at most {max(self.max_len - n, 0)}")
-        route = self._route(req, query, history)
         adapter, prefix = self._prefix(route)
         if prefix is not None and prefix.shape[2] > self.max_prefix_len:
             raise GenerationError(f"adapter {adapter.ref} has a prefix of {prefix.shape[2]} positions but this engine "
                                   f"holds at most max_prefix_len={self.max_prefix_len}; start the engine with "
                                   f"max_prefix_len>={prefix.shape[2]}")
-        return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter)
+        return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter,
+                   rewrite)
+
+    def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
+        """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
+        answer = next(iter(self.plugins.call("before_generate", request=req)), None)
+        if answer is not None:
+            raise PluginAnswered(str(answer), req.route, len(prompt_ids))
+        edited, history = chat_turns(req)
+        if edited != query:
+            prompt_ids = self.tokenizer.build_chat_input(edited, history)
+        rewrite = None
+        if self.plugins.has_impls("after_generate"):
+            def rewrite(text: str) -> str:
+                return self.plugins.chain("after_generate", "response", request=req, response=text)
+        return prompt_ids, rewrite
 
     def _prompt(self, req: GenerationRequest) -> tuple[str | None, list[tuple[str, str]], list[int]]:
         if req.prompt_ids is None:

@@ -49,6 +49,8 @@ class GenerationRequest:
     do_sample: bool | None = None
     prompt_ids: Sequence[int] | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+    # Set by the engine once routed, for plugins' before_generate/after_generate to read.
+    route: RouteDecision | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,11 @@ from glmbot.serving.router import BASE, DomainProfile, Router
 log = logging.getLogger(__name__)
 
 
-def build_router(settings: Settings, registry: Any = None) -> Router:
-    """A Router over the domains that can be served, with [routing]'s fallback, min_score and sticky."""
+def build_router(settings: Settings, registry: Any = None, plugins: Any = None) -> Router:
+    """A Router over the domains that can be served, with [routing]'s fallback, min_score and sticky.
+
+    plugins: a PluginManager whose register_routers hooks add routers asked before the rules.
+    """
     profiles = _registry_profiles(settings, registry) if registry is not None else _settings_profiles(settings)
     fallback = settings.routing.fallback
     if fallback != BASE and fallback not in {p.name for p in profiles}:
@@ -30,7 +33,10 @@ def build_router(settings: Settings, registry: Any = None) -> Router:
         raise ConfigError(f"{settings.source}: [routing] fallback = {fallback!r} {why} (routable domains: {known}); "
                           f"promote one (glmbot adapters promote {fallback}@vN) or set fallback = {BASE!r}")
     routing = settings.routing
-    return Router(profiles, fallback=fallback, min_score=routing.min_score, sticky=routing.sticky)
+    router = Router(profiles, fallback=fallback, min_score=routing.min_score, sticky=routing.sticky)
+    if plugins is not None:
+        plugins.call("register_routers", register=router.add_plugin_router)
+    return router
 
 
 def _settings_profiles(settings: Settings) -> list[DomainProfile]:

@@ -40,6 +40,9 @@ class Job:
     ignore_eos: bool = False
     route: RouteDecision | None = None
     adapter: ResolvedAdapter | None = None
+    # Plugins' after_generate, applied to the final text; while set, streaming holds the text back
+    # (a rewrite cannot take back deltas already sent) and sends the rewritten answer at the end.
+    rewrite: Callable[[str], str] | None = None
 
     @property
     def prefix_len(self) -> int:
@@ -234,7 +237,9 @@ class Scheduler:
             self._finish(row, "stop")
             return
         row.completion.append(token)
-        job.handle._push(row.text.push(token))
+        delta = row.text.push(token)
+        if job.rewrite is None:
+            job.handle._push(delta)
         if row.text.stopped:
             self._finish(row, "stop")
         elif row.sampled >= job.max_new_tokens:
@@ -254,24 +259,28 @@ class Scheduler:
     def _finish(self, row: Row, reason: FinishReason, error: BaseException | None = None) -> None:
         self.rows[row.slot] = None
         job = row.job
+        text = row.text.text
         if error is None:
-            job.handle._push(row.text.finish())
+            tail = row.text.finish()
+            text = row.text.text if job.rewrite is None else job.rewrite(row.text.text)
+            job.handle._push(tail if job.rewrite is None else text)
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
-        finish_without_row(job.handle, reason, job=job, error=error, text=row.text.text, sampled=row.sampled,
+        finish_without_row(job.handle, reason, job=job, error=error, text=text, sampled=row.sampled,
                            completion=row.completion, admitted_at=row.admitted_at, first_token_at=row.first_token_at)
 
 
 def finish_without_row(handle: RequestHandle, reason: FinishReason, *, job: Job | None = None,
                        error: BaseException | None = None, text: str = "", sampled: int = 0,
                        completion: Sequence[int] = (), admitted_at: float | None = None,
-                       first_token_at: float | None = None) -> None:
+                       first_token_at: float | None = None, route: RouteDecision | None = None,
+                       prompt_tokens: int = 0) -> None:
     """Complete a handle with its result (or error), whether or not it ever had a row."""
     now, t0 = time.perf_counter(), handle.submitted_at
     adapter = job.adapter if job is not None else None
     result = GenerationResult(
         text=text, finish_reason="error" if error is not None else reason,
-        usage=Usage(len(job.prompt_ids) if job is not None else 0, sampled),
-        route=job.route if job is not None else None,
+        usage=Usage(len(job.prompt_ids) if job is not None else prompt_tokens, sampled),
+        route=job.route if job is not None else route,
         adapter=adapter.ref if adapter is not None else None,
         adapter_version=adapter.version if adapter is not None else None,
         timings=Timings((admitted_at or now) - t0, None if first_token_at is None else first_token_at - t0, now - t0),
