@@ -152,10 +152,17 @@ def allowed_plugins(settings=None) -> set[str] | None:  # noqa: ANN001 - Setting
     return set(enabled) or None
 
 
+def current_settings():
+    """The Settings the plugins were loaded with (defaults when loaded without any)."""
+    from glmbot.config import Settings
+
+    settings = _manager.settings if _manager is not None else None
+    return settings if settings is not None else Settings()
+
+
 def plugin_options(name: str) -> dict:
     """A plugin's own settings: the [plugins.options.NAME] table of glmbot.toml."""
-    settings = _manager.settings if _manager is not None else None
-    return dict(settings.plugins.options.get(name, {})) if settings is not None else {}
+    return dict(current_settings().plugins.options.get(name, {}))
 
 
 _manager: PluginManager | None = None

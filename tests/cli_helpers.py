@@ -53,3 +53,31 @@ def cli_process(config: Path, *args: str, timeout: float = 300, env_extra: dict 
     env = {**os.environ, "COLUMNS": "200", "GLMBOT_CONFIG": str(config), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "glmbot", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=config.parent, **kwargs)
+
+
+def project_with_adapters(root: Path, extra_toml: str = "") -> Path:
+    """A project whose support and ads domains have active adapters (random prefixes: fast)."""
+    import torch
+
+    from glmbot import load_base
+    from glmbot.model.fingerprint import architecture, base_fingerprint
+    from glmbot.model.prefix import PrefixEncoder
+    from glmbot.model.prefix_io import encoder_state
+    from glmbot.registry import Registry
+
+    config = make_project(root)
+    if extra_toml:
+        config.write_text(config.read_text(encoding="utf-8") + extra_toml, encoding="utf-8")
+    model, _ = load_base("builtin:tiny", device="cpu")
+    with Registry(f"sqlite:///{root / 'adapters' / 'registry.db'}", root / "adapters") as reg:
+        for i, domain in enumerate(("support", "ads")):
+            torch.manual_seed(i)
+            enc = PrefixEncoder(model.config, 8)
+            with torch.no_grad():
+                enc.embedding.weight.normal_(0, 0.5)
+            info = reg.register_adapter(domain, encoder_state(enc), base_model="builtin:tiny",
+                                        base_fingerprint=base_fingerprint(model),
+                                        architecture=architecture(model.config), create_domain=True,
+                                        routing_prompts=["退货多久到账？"] if i == 0 else ["类型#裙"])
+            reg.promote(info.ref)
+    return config

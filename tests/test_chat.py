@@ -7,35 +7,17 @@ import sys
 
 import pexpect
 import pytest
-import torch
 
 from glmbot import load_base
-from glmbot.model.fingerprint import architecture, base_fingerprint
-from glmbot.model.prefix import PrefixEncoder
-from glmbot.model.prefix_io import encoder_state
 from glmbot.registry import Registry
 from glmbot.serving.engine import Engine
 from glmbot.serving.requests import GenerationRequest
-from tests.cli_helpers import cli_process, make_project
+from tests.cli_helpers import cli_process, project_with_adapters
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A project with active support and ads adapters (random prefixes: fast, distinct answers)."""
-    root = tmp_path_factory.mktemp("chat")
-    config = make_project(root)
-    model, _ = load_base("builtin:tiny", device="cpu")
-    with Registry(f"sqlite:///{root / 'adapters' / 'registry.db'}", root / "adapters") as reg:
-        for i, domain in enumerate(("support", "ads")):
-            torch.manual_seed(i)
-            enc = PrefixEncoder(model.config, 8)
-            with torch.no_grad():
-                enc.embedding.weight.normal_(0, 0.5)
-            info = reg.register_adapter(domain, encoder_state(enc), base_model="builtin:tiny",
-                                 base_fingerprint=base_fingerprint(model), architecture=architecture(model.config),
-                                 create_domain=True, routing_prompts=["退货多久到账？"] if i == 0 else ["类型#裙"])
-            reg.promote(info.ref)
-    return config
+    return project_with_adapters(tmp_path_factory.mktemp("chat"))
 
 
 def registry_of(config):

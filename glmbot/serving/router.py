@@ -9,6 +9,7 @@ never reach a prefix that may have forgotten how to say hello.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -19,6 +20,8 @@ from typing import Any, Callable, Iterable
 from glmbot.config import DOMAIN_NAME_RE, Settings
 from glmbot.errors import ConfigError, UnknownDomainError
 from glmbot.segment import jieba_module
+
+log = logging.getLogger(__name__)
 
 BASE = "base"  # the plain base model, in `explicit` and `fallback`
 REASONS = ("explicit", "sticky", "plugin", "keyword", "pattern", "classifier", "fallback")
@@ -363,17 +366,23 @@ class Router:
                                     + (f" ({first.detail})" if first.detail else ""))
 
     def _from_plugins(self, text: str, history: Any, table: _RoutingTable) -> RouteDecision | None:
+        # A broken or misconfigured plugin router is skipped with a warning: routing goes on.
         for plugin in self._plugins:
-            decision = plugin(text, history)
+            try:
+                decision = plugin(text, history)
+            except Exception as exc:  # noqa: BLE001 - a plugin must not fail the request
+                log.warning("plugin router %s failed: %s: %s", _name_of(plugin), type(exc).__name__, exc)
+                continue
             if decision is None:
                 continue
             if not isinstance(decision, RouteDecision):
-                raise TypeError(f"plugin router {_name_of(plugin)} returned {decision!r}; "
-                                "return a RouteDecision or None")
+                log.warning("plugin router %s returned %r instead of a RouteDecision or None; ignored",
+                            _name_of(plugin), decision)
+                continue
             if decision.domain is not None and decision.domain not in table.profiles:
-                raise UnknownDomainError(
-                    f"plugin router {_name_of(plugin)} routed to unknown domain {decision.domain!r}; "
-                    f"known domains: {', '.join(table.profiles) or 'none'} (None = plain base model)")
+                log.warning("plugin router %s routed to unknown domain %r (known: %s); ignored", _name_of(plugin),
+                            decision.domain, ", ".join(table.profiles) or "none")
+                continue
             return replace(decision, reason="plugin", detail=decision.detail or _name_of(plugin))
         return None
 
