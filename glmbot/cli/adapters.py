@@ -69,7 +69,7 @@ def list_adapters(
     """List adapters: domain, version, status, prefix length, metrics, size, age."""
     adapters = common.get_registry().list_adapters(domain, status)
     if not adapters:
-        common.console.print("No adapters registered yet. Train one (glmbot train DOMAIN) or import one "
+        common.console.print("No adapters registered yet. Train one (glmbot train --domain DOMAIN) or import one "
                              "(glmbot adapters import PATH --domain DOMAIN).")
         return
     table = Table(title="Adapters", header_style="bold")

@@ -57,6 +57,51 @@ def demo(
                   f"loss curve in {Path(run_dir) / 'loss.png'}")
 
     _compare(model, tok, examples, train, result.encoder)
+    adapter = _register(model, domain, train, result, examples, summary)
+    single = [e.prompt for e in examples if not e.history]
+    _serve(settings, model, tok, ["你好", single[0], single[len(single) // 2], "订单 12345 到哪了？", "谢谢"])
+
+
+def _register(model, domain: str, train, result, examples, summary):
+    """Register the prefix and make it the domain's active adapter, as `glmbot train --promote` would."""
+    from dataclasses import asdict
+
+    from glmbot.model.fingerprint import architecture, base_fingerprint
+    from glmbot.model.prefix_io import encoder_state
+
+    registry = common.get_registry()
+    registry.ensure_domain(domain, common.get_settings().domains[domain].description)
+    adapter = registry.register_adapter(
+        domain, encoder_state(result.encoder), base_model=str(model.config.name_or_path),
+        base_fingerprint=base_fingerprint(model), architecture=architecture(model.config),
+        hyperparams={k: v for k, v in asdict(train).items() if k != "runs_dir"}, sample_count=summary.samples,
+        metrics={"train_loss": round(sum(result.losses[-10:]) / len(result.losses[-10:]), 4)},
+        provenance={"run_dir": str(result.run_dir), "made_by": "glmbot demo"},
+        routing_prompts=sorted({e.prompt for e in examples}))
+    registry.promote(adapter.ref)
+    common.console.rule(f"Registered {adapter.ref} (active); serving every domain from one base")
+    return adapter
+
+
+def _serve(settings, model, tok, messages: list[str]) -> None:
+    """One engine, one batch: the router sends each message to its adapter, the plain base or a tool."""
+    from glmbot.plugins import get_manager
+    from glmbot.serving.factory import build_engine
+    from glmbot.serving.requests import GenerationRequest
+
+    with build_engine(settings, model, tok, common.get_registry(), get_manager(settings), max_len=512) as engine:
+        results = engine.generate_many([GenerationRequest(query=m, do_sample=False) for m in messages])
+    table = Table(title="Routed and answered in one batch", show_lines=True)
+    for col in ("message", "route", "answered by", "answer"):
+        table.add_column(col, overflow="fold")
+    for m, r in zip(messages, results):
+        route = r.route
+        tool = r.usage.completion_tokens == 0
+        table.add_row(m, f"{route.reason} {route.score:.2f}", "a plugin tool" if tool else (r.adapter or "plain base"),
+                      r.text)
+    common.console.print(table)
+    common.console.print("Next: [bold]glmbot chat[/], [bold]glmbot adapters list[/], "
+                         "[bold]glmbot train --domain ads[/], [bold]glmbot serve[/].")
 
 
 def _domain(settings, name: str):
