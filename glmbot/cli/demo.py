@@ -57,7 +57,7 @@ def demo(
                   f"loss curve in {Path(run_dir) / 'loss.png'}")
 
     _compare(model, tok, examples, train, result.encoder)
-    adapter = _register(model, domain, train, result, examples, summary)
+    _register(model, domain, train, result, examples, summary)
     single = [e.prompt for e in examples if not e.history]
     _serve(settings, model, tok, ["你好", single[0], single[len(single) // 2], "订单 12345 到哪了？", "谢谢"])
 
