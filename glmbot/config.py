@@ -167,6 +167,28 @@ class DomainSettings:
 
 
 @dataclass
+class ServerSettings:
+    host: str = field(default="127.0.0.1", metadata=_help(
+        "address `glmbot serve` binds; any non-loopback address needs api_keys"))
+    port: int = field(default=8000, metadata=_help("TCP port (0 = any free port)"))
+    api_keys: list[str] = field(default_factory=list, metadata=_help(
+        "Bearer keys clients must send; GLMBOT_API_KEYS (comma-separated) adds more; empty = no key on loopback"))
+    max_body_bytes: int = field(default=1 << 20, metadata=_help("largest request body accepted (413 above)"))
+    max_tokens_limit: int = field(default=2048, metadata=_help("largest max_tokens a request may ask for (400 above)"))
+    log_conversations: bool = field(default=True, metadata=_help(
+        "write each HTTP turn to the registry's conversation log"))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_body_bytes <= 0 or self.max_tokens_limit <= 0:
+            raise ValueError(f"max_body_bytes and max_tokens_limit must be > 0, got {self.max_body_bytes} and "
+                             f"{self.max_tokens_limit}")
+        if any(not key.strip() for key in self.api_keys):
+            raise ValueError("api_keys holds an empty key; remove it")
+
+
+@dataclass
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
@@ -175,6 +197,7 @@ class Settings:
     serving: ServingSettings = field(default_factory=ServingSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     domains: dict[str, DomainSettings] = field(default_factory=dict)
     # Where relative paths are resolved from (the folder of the file, or the cwd).
     root: Path = field(default_factory=Path.cwd, metadata={"internal": True})

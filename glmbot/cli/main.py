@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from glmbot.cli import adapters, chat, common, demo, domains, hub, info, logs, plugins, route, train
+from glmbot.cli import adapters, chat, common, demo, domains, hub, info, logs, plugins, route, serve, train
 from glmbot.errors import GlmbotError
 
 app = typer.Typer(name="glmbot", help="Many P-Tuning v2 prefixes of ChatGLM2 on one shared base model.",
@@ -22,6 +23,7 @@ app.command()(hub.push)
 app.command()(hub.pull)
 app.command()(route.route)
 app.command()(chat.chat)
+app.command()(serve.serve)
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(domains.app, name="domains")
 app.add_typer(plugins.app, name="plugins")
@@ -78,8 +80,8 @@ def run() -> None:
         argv = complete_optional_values(sys.argv[1:])
         load_plugin_commands(argv)
         app(args=argv)
-    except GlmbotError as exc:
-        common.err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except GlmbotError as exc:  # messages name config tables like [server]: print them verbatim
+        common.err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         common.err_console.print("interrupted")

@@ -8,10 +8,16 @@ History maps to the official ChatGLM2 rounds. ChatGLM2 has no system role: a sys
 put in front of the user's question (as the official openai_api.py does). The route decision
 (domain, adapter, reason, score) comes back in `response_metadata`, token counts in
 `usage_metadata`. `batch`/`abatch` run requests concurrently, so the engine batches them.
+
+    chat = ChatGlmbot(base_url="http://127.0.0.1:8000", api_key=...)   # a `glmbot serve` instead
+
+With `base_url` (and no engine) the same model talks to glmbot's HTTP API (httpx; streaming
+through server-sent events) and returns the same metadata, read from the `glmbot` extension field.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, AsyncIterator, Iterator
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -19,9 +25,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.llms import LLM
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 
-from glmbot.errors import GenerationError
+from glmbot.errors import GenerationError, UnknownDomainError
 from glmbot.serving.requests import GenerationRequest, GenerationResult
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
@@ -64,7 +70,11 @@ class ChatGlmbot(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    engine: Any = Field(exclude=True, description="a glmbot.serving.engine.Engine")
+    engine: Any = Field(None, exclude=True, description="a glmbot.serving.engine.Engine (or give base_url)")
+    base_url: str | None = Field(None, description="a glmbot HTTP server instead of an engine, e.g. "
+                                                   "http://127.0.0.1:8000 (glmbot serve)")
+    api_key: SecretStr | None = Field(None, exclude=True, description="Bearer key of that server")
+    timeout: float = Field(300.0, description="seconds an HTTP call may take (base_url only)")
     domain: str | None = Field(None, description="domain to use ('base' = plain model); None = routed")
     adapter: str | None = Field(None, description="a specific adapter, e.g. support@v3")
     conversation_id: str | None = Field(None, description="keeps routing sticky across calls")
@@ -77,6 +87,13 @@ class ChatGlmbot(BaseChatModel):
     do_sample: bool | None = None
     turn_logger: Any = Field(None, exclude=True, description="object with record_turn(...) (conversation log)")
 
+    @model_validator(mode="after")
+    def _one_backend(self) -> ChatGlmbot:
+        if (self.engine is None) == (self.base_url is None):
+            raise GenerationError("ChatGlmbot needs exactly one backend: engine=Engine(...) for in-process serving, "
+                                  "or base_url='http://127.0.0.1:8000' for a glmbot server (glmbot serve)")
+        return self
+
     @property
     def _llm_type(self) -> str:
         return "glmbot"
@@ -84,6 +101,10 @@ class ChatGlmbot(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in REQUEST_FIELDS}
+
+    @property
+    def _http(self) -> _HttpBackend:
+        return _HttpBackend(self.base_url, self.api_key.get_secret_value() if self.api_key else None, self.timeout)
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> GenerationRequest:
         unknown = set(kwargs) - set(REQUEST_FIELDS)
@@ -99,6 +120,10 @@ class ChatGlmbot(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         request = self._request(messages, stop, kwargs)
+        if self.engine is None:
+            text, response_metadata, usage = self._http.complete(request)
+            message = AIMessage(content=text, response_metadata=response_metadata, usage_metadata=usage)
+            return ChatResult(generations=[ChatGeneration(message=message)])
         result = self.engine.generate(request)
         self._log(request, result)
         message = AIMessage(content=result.text, response_metadata=result_metadata(result),
@@ -108,6 +133,9 @@ class ChatGlmbot(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
+        if self.engine is None:
+            yield from self._chunks(self._http.stream(request), run_manager)
+            return
         handle = self.engine.submit(request)
         try:
             for delta in handle.stream():
@@ -126,6 +154,13 @@ class ChatGlmbot(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
+        if self.engine is None:
+            async for item in self._http.astream(request):
+                chunk = self._http_chunk(item)
+                if run_manager and isinstance(item, str):
+                    await run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+            return
         handle = self.engine.submit(request)
         try:
             async for delta in handle.astream():
@@ -140,6 +175,22 @@ class ChatGlmbot(BaseChatModel):
         result = handle.result()
         self._log(request, result)
         yield self._final_chunk(result)
+
+    def _chunks(self, items: Iterator[str | tuple[dict, dict]],
+                run_manager: CallbackManagerForLLMRun | None) -> Iterator[ChatGenerationChunk]:
+        for item in items:
+            chunk = self._http_chunk(item)
+            if run_manager and isinstance(item, str):
+                run_manager.on_llm_new_token(item, chunk=chunk)
+            yield chunk
+
+    @staticmethod
+    def _http_chunk(item: str | tuple[dict, dict]) -> ChatGenerationChunk:
+        """A text delta, or the closing (response_metadata, usage_metadata) of an HTTP stream."""
+        if isinstance(item, str):
+            return ChatGenerationChunk(message=AIMessageChunk(content=item))
+        return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=item[0],
+                                                          usage_metadata=item[1], chunk_position="last"))
 
     @staticmethod
     def _final_chunk(result: GenerationResult) -> ChatGenerationChunk:
@@ -171,3 +222,112 @@ class GlmbotLLM(LLM):
         fields = {f: kwargs.get(f, getattr(self, f)) for f in
                   ("domain", "adapter", "max_new_tokens", "temperature", "seed", "do_sample")}
         return self.engine.generate(GenerationRequest(query=prompt, stop=tuple(stop or ()), **fields)).text
+
+
+class _HttpBackend:
+    """ChatGlmbot's requests sent to a glmbot server's /v1/chat/completions (docs/HTTP_API.md)."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float):
+        self.url = base_url.rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
+        self.api_key, self.timeout = api_key, timeout
+
+    def payload(self, request: GenerationRequest, stream: bool) -> tuple[dict[str, Any], dict[str, str]]:
+        """The OpenAI body and headers of `request`: do_sample=False is temperature 0 (greedy)."""
+        body: dict[str, Any] = {"model": request.adapter or request.domain or "auto",
+                                "messages": list(request.messages), "stream": stream}
+        temperature = 0 if request.do_sample is False else request.temperature
+        optional = {"max_tokens": request.max_new_tokens, "temperature": temperature, "top_p": request.top_p,
+                    "top_k": request.top_k, "repetition_penalty": request.repetition_penalty, "seed": request.seed,
+                    "stop": list(request.stop) or None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        if request.conversation_id:
+            headers["X-Glmbot-Conversation"] = request.conversation_id
+        return body, headers
+
+    def complete(self, request: GenerationRequest) -> tuple[str, dict[str, Any], dict[str, int]]:
+        import httpx
+
+        body, headers = self.payload(request, stream=False)
+        with httpx.Client(timeout=self.timeout) as client:
+            response = client.post(self.url, json=body, headers=headers)
+        if response.status_code != 200:
+            raise self.error(response.status_code, response.content)
+        data = response.json()
+        choice = data["choices"][0]
+        return choice["message"]["content"], http_metadata(data["glmbot"]), http_usage(data["usage"])
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | tuple[dict, dict]]:
+        """Text deltas, then (response_metadata, usage_metadata); leaving early closes the connection,
+        which cancels the request on the server."""
+        import httpx
+
+        body, headers = self.payload(request, stream=True)
+        events = _StreamEvents()
+        with httpx.Client(timeout=self.timeout) as client, \
+                client.stream("POST", self.url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                raise self.error(response.status_code, response.read())
+            for line in response.iter_lines():
+                yield from events.feed(line)
+        yield events.closing()
+
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[str | tuple[dict, dict]]:
+        import httpx
+
+        body, headers = self.payload(request, stream=True)
+        events = _StreamEvents()
+        async with httpx.AsyncClient(timeout=self.timeout) as client, \
+                client.stream("POST", self.url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                raise self.error(response.status_code, await response.aread())
+            async for line in response.aiter_lines():
+                for item in events.feed(line):
+                    yield item
+        yield events.closing()
+
+    def error(self, status: int, content: bytes) -> GenerationError:
+        try:
+            message = json.loads(content)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = content[:200].decode("utf-8", "replace")
+        text = f"glmbot server {self.url} answered {status}: {message}"
+        return UnknownDomainError(text) if status == 404 else GenerationError(text)
+
+
+class _StreamEvents:
+    """Reads the server-sent events of one streamed completion."""
+
+    def __init__(self) -> None:
+        self.extension: dict[str, Any] | None = None
+        self.usage: dict[str, int] | None = None
+
+    def feed(self, line: str) -> list[str]:
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            return []
+        event = json.loads(line[5:])
+        if "error" in event:
+            raise GenerationError(f"glmbot server stopped the stream: {event['error'].get('message')}")
+        self.extension = event.get("glmbot", self.extension)
+        self.usage = event.get("usage") or self.usage
+        return [c["delta"]["content"] for c in event.get("choices", ()) if c["delta"].get("content")]
+
+    def closing(self) -> tuple[dict[str, Any], dict[str, int]]:
+        if self.extension is None or self.usage is None:
+            raise GenerationError("the glmbot server's stream ended before its last chunk (route and usage)")
+        return http_metadata(self.extension), http_usage(self.usage)
+
+
+def http_metadata(extension: dict[str, Any]) -> dict[str, Any]:
+    """The server's `glmbot` field -> the same response_metadata as result_metadata() gives."""
+    return {"model_name": extension["adapter"] or "base", "finish_reason": extension["finish_reason"],
+            "adapter": extension["adapter"], "adapter_version": extension["adapter_version"],
+            "domain": extension["domain"], "route_reason": extension["reason"], "route_score": extension["score"],
+            "route_detail": extension["detail"]}
+
+
+def http_usage(usage: dict[str, int]) -> dict[str, int]:
+    return {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"]}

@@ -1,0 +1,297 @@
+"""HTTP load benchmark: many concurrent streaming clients of several domains against `glmbot serve`'s app.
+
+    python bench/http_load.py                        # 200 clients, 4 domains, builtin:tiny on CPU
+    python bench/http_load.py --clients 400 --max-tokens 64
+
+A server process (the builtin tiny base, random prefixes for --domains domains, keyword routing,
+conversation log off) listens on 127.0.0.1; this process is the clients (asyncio + httpx), so
+they do not share the server's interpreter. Scenarios, each streaming with exactly --max-tokens
+tokens per answer (greedy, eos ignored):
+
+  one at a time   --baseline requests, each sent after the previous ended: what a client gets
+                  from a server that does not batch. Ratios are vs this.
+  concurrent      --clients clients at once, a quarter on model 'auto' (routed by keyword), the
+                  rest naming their domain; every --disconnect-every-th client leaves after 3
+                  chunks. /health is polled throughout.
+
+Checks (the run fails otherwise): every staying client gets all its tokens, [DONE] and the route
+it should (the `glmbot` extension); every leaving client's request is cancelled in the engine and
+its row freed; /health answers 200 throughout. Shared 2-core machines are noisy: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+DOMAINS = {"support": "退货", "ads": "文案", "hr": "工资", "legal": "合同", "it": "电脑", "sales": "报价"}
+QUESTIONS = ["请问多久能到账？", "帮我写一段介绍", "这个怎么处理比较好？", "能详细说说吗？"]
+
+
+# ---- the server process ------------------------------------------------------------------------------
+
+def serve(args: argparse.Namespace) -> None:
+    """Child process: the engine over the builtin tiny base with random prefixes, served on loopback."""
+    import torch
+
+    from glmbot import load_base
+    from glmbot.config import settings_from_dict
+    from glmbot.integrations.server import create_app, run_server
+    from glmbot.model.prefix import PrefixEncoder
+    from glmbot.serving.engine import Engine
+    from glmbot.serving.router import DomainProfile, Router
+
+    torch.set_num_threads(1)  # the machine's other core runs the clients
+    model, tok = load_base("builtin:tiny", device="cpu")
+    names = list(DOMAINS)[:args.domains]
+    prefixes = {}
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        encoder = PrefixEncoder(model.config, 16)
+        with torch.no_grad():
+            encoder.embedding.weight.normal_(0, 1.0)
+            prefixes[name] = encoder.kv()
+    router = Router([DomainProfile(name, keywords=[DOMAINS[name]]) for name in names])
+    settings = settings_from_dict({"server": {"log_conversations": False}, "serving": {"max_batch_size": args.rows}})
+    with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256) as engine:
+        run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--domains",
+                              str(args.domains), "--rows", str(args.rows)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return child, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    child.kill()
+    raise SystemExit("the server did not start within 60 s")
+
+
+# ---- the clients -------------------------------------------------------------------------------------
+
+@dataclass
+class Client:
+    model: str
+    text: str
+    expected: str  # the domain the route must name
+    leaves: bool = False
+    tokens: int = 0
+    chunks: int = 0
+    done: bool = False
+    route: dict | None = None
+    first_token_s: float | None = None
+    total_s: float | None = None
+    error: str | None = None
+
+
+def plan_clients(n: int, domains: int, disconnect_every: int) -> list[Client]:
+    names = list(DOMAINS)[:domains]
+    clients = []
+    for i in range(n):
+        domain, question = names[i % domains], QUESTIONS[i % len(QUESTIONS)]
+        if i % 4 == 3:  # routed: the keyword must send it to its domain
+            clients.append(Client("auto", f"{DOMAINS[domain]}：{question}", domain))
+        else:
+            clients.append(Client(domain, question, domain))
+        clients[-1].leaves = disconnect_every > 0 and i % disconnect_every == disconnect_every - 1
+    return clients
+
+
+async def run_client(http: httpx.AsyncClient, url: str, client: Client, max_tokens: int) -> None:
+    body = {"model": client.model, "messages": [{"role": "user", "content": client.text}], "stream": True,
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    async with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            client.error = f"{response.status_code}: {(await response.aread())[:200]!r}"
+            return
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                client.done = True
+                break
+            event = json.loads(line[6:])
+            if "error" in event:
+                client.error = event["error"]["message"]
+                return
+            client.route = event.get("glmbot", client.route)
+            client.tokens = (event.get("usage") or {}).get("completion_tokens", client.tokens)
+            if any(c["delta"].get("content") for c in event["choices"]):
+                client.chunks += 1
+                client.first_token_s = client.first_token_s or time.perf_counter() - started
+                if client.leaves and client.chunks >= 3:
+                    break  # leaving the block closes the connection mid-stream
+    client.total_s = time.perf_counter() - started
+
+
+@dataclass
+class HealthLog:
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+async def poll_health(http: httpx.AsyncClient, url: str, stop: asyncio.Event, log: HealthLog) -> None:
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            response = await http.get(url + "/health", timeout=10)
+            if response.status_code != 200:
+                log.failures.append(str(response.status_code))
+        except httpx.HTTPError as exc:
+            log.failures.append(type(exc).__name__)
+        log.latencies.append(time.perf_counter() - started)
+        await asyncio.sleep(0.2)
+
+
+async def run_load(url: str, clients: list[Client], max_tokens: int, timeout: float,
+                   concurrent: bool) -> tuple[float, HealthLog]:
+    limits = httpx.Limits(max_connections=len(clients) + 4, max_keepalive_connections=len(clients) + 4)
+    health, stop = HealthLog(), asyncio.Event()
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        poller = asyncio.create_task(poll_health(http, url, stop, health))
+        started = time.perf_counter()
+        if concurrent:
+            await asyncio.wait_for(asyncio.gather(*(run_client(http, url, c, max_tokens) for c in clients)), timeout)
+        else:
+            for c in clients:
+                await asyncio.wait_for(run_client(http, url, c, max_tokens), timeout)
+        seconds = time.perf_counter() - started
+        stop.set()
+        await poller
+    return seconds, health
+
+
+# ---- checks and report -------------------------------------------------------------------------------
+
+def check(clients: list[Client], max_tokens: int, health: HealthLog) -> list[str]:
+    problems = [f"{c.model} {c.text!r}: {c.error}" for c in clients if c.error]
+    stayed = [c for c in clients if not c.leaves and not c.error]
+    problems += [f"{c.model} {c.text!r}: ended without [DONE]" for c in stayed if not c.done]
+    problems += [f"{c.model}: {c.tokens} tokens, not {max_tokens}" for c in stayed if c.tokens != max_tokens]
+    problems += [f"{c.model} {c.text!r}: routed to {c.route and c.route['domain']}, not {c.expected}"
+                 for c in stayed if not c.route or c.route["domain"] != c.expected]
+    problems += [f"/health failed {len(health.failures)} time(s): {health.failures[:3]}"] if health.failures else []
+    return problems
+
+
+def wait_rows_freed(url: str, cancelled_before: int, leavers: int, timeout: float = 30) -> tuple[int, float]:
+    """(requests cancelled during the run, seconds until every row was free)."""
+    started = time.monotonic()
+    while True:
+        health = httpx.get(url + "/health", timeout=10).json()
+        cancelled = health["finished"].get("cancelled", 0) - cancelled_before
+        if (health["active_rows"] == 0 and health["queued"] == 0 and cancelled >= leavers) \
+                or time.monotonic() - started > timeout:
+            return cancelled, time.monotonic() - started
+        time.sleep(0.1)
+
+
+def engine_counters(url: str) -> dict[str, float]:
+    """The engine's decode counters from /metrics."""
+    names = ("glmbot_engine_decode_steps_total", "glmbot_engine_decode_tokens_total",
+             "glmbot_engine_decode_seconds_total")
+    lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+    return {name: float(line.split()[1]) for line in lines for name in names if line.startswith(name + " ")}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def row(table: Table, name: str, clients: list[Client], seconds: float, base_rps: float | None) -> float:
+    stayed = [c for c in clients if not c.leaves and c.done]
+    tokens = sum(c.tokens for c in stayed)
+    rps = len(stayed) / seconds
+    first = [c.first_token_s for c in stayed if c.first_token_s is not None]
+    total = [c.total_s for c in stayed]
+    table.add_row(name, str(len(clients)), str(len(stayed)), str(tokens), f"{seconds:.2f}", f"{rps:.1f}",
+                  f"{tokens / seconds:.0f}", f"{percentile(first, 50) * 1e3:.0f}", f"{percentile(first, 99) * 1e3:.0f}",
+                  f"{percentile(total, 50):.2f}", f"{percentile(total, 99):.2f}",
+                  "1.00x" if base_rps is None else f"{rps / base_rps:.2f}x")
+    return rps
+
+
+def main() -> None:
+    args = parse_args()
+    if args.serve:
+        serve(args)
+        return
+    server, url = start_server(args)
+    try:
+        baseline = plan_clients(args.baseline, args.domains, 0)
+        asyncio.run(run_load(url, plan_clients(4, args.domains, 0), args.max_tokens, args.timeout, True))  # warm-up
+        base_s, base_health = asyncio.run(run_load(url, baseline, args.max_tokens, args.timeout, concurrent=False))
+        clients = plan_clients(args.clients, args.domains, args.disconnect_every)
+        cancelled_before = httpx.get(url + "/health").json()["finished"].get("cancelled", 0)
+        engine_before = engine_counters(url)
+        load_s, health = asyncio.run(run_load(url, clients, args.max_tokens, args.timeout, concurrent=True))
+        leavers = sum(c.leaves and not c.error for c in clients)
+        cancelled, freed_s = wait_rows_freed(url, cancelled_before, leavers)
+        engine = {k: v - engine_before[k] for k, v in engine_counters(url).items()}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    table = Table("scenario", "clients", "completed", "tokens", "s", "req/s", "tokens/s", "TTFT p50 ms",
+                  "TTFT p99 ms", "latency p50 s", "latency p99 s", "vs one at a time",
+                  title=f"glmbot HTTP API, builtin:tiny on CPU, {args.domains} domains, {args.max_tokens} tokens "
+                        f"per answer, {args.rows} rows")
+    base_rps = row(table, "one at a time", baseline, base_s, None)
+    row(table, "concurrent", clients, load_s, base_rps)
+    console.print(table)
+    console.print(f"left mid-stream: {leavers} clients; cancelled in the engine: {cancelled}; all rows free "
+                  f"{freed_s:.2f} s after the last client ended")
+    steps = max(engine["glmbot_engine_decode_steps_total"], 1)
+    console.print(f"engine during the load: {engine['glmbot_engine_decode_steps_total']:.0f} decode steps, "
+                  f"{engine['glmbot_engine_decode_tokens_total'] / steps:.1f} rows per step on average, "
+                  f"{1e3 * engine['glmbot_engine_decode_seconds_total'] / steps:.1f} ms per step, "
+                  f"{engine['glmbot_engine_decode_seconds_total'] / load_s:.0%} of the wall time in decode steps")
+    lat = health.latencies
+    console.print(f"/health during the load: {len(lat)} polls, all 200: {not health.failures}, "
+                  f"p50 {percentile(lat, 50) * 1e3:.0f} ms, max {max(lat) * 1e3:.0f} ms")
+    problems = check(clients, args.max_tokens, health) + check(baseline, args.max_tokens, base_health)
+    if cancelled != leavers:
+        problems.append(f"{leavers} clients left mid-stream but the engine cancelled {cancelled} requests")
+    for problem in problems[:20]:
+        console.print(f"[red]FAIL[/] {problem}")
+    if problems:
+        raise SystemExit(f"{len(problems)} check(s) failed")
+    console.print("[green]all checks passed[/]: routes, token counts, [DONE], freed rows, /health")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=200, help="concurrent streaming clients")
+    parser.add_argument("--domains", type=int, default=4, choices=range(1, len(DOMAINS) + 1))
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (eos ignored)")
+    parser.add_argument("--disconnect-every", type=int, default=10, help="every N-th client leaves mid-stream")
+    parser.add_argument("--baseline", type=int, default=20, help="requests of the one-at-a-time baseline")
+    parser.add_argument("--rows", type=int, default=64, help="engine batch rows ([serving] max_batch_size)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds the whole load may take")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`glmbot serve`: the OpenAI-compatible HTTP API over the routed adapters (docs/HTTP_API.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Optional
+
+import typer
+
+from glmbot.cli import common
+
+Opt = typer.Option
+
+
+def serve(
+    host: Annotated[Optional[str], Opt(help="address to bind (default: server.host of glmbot.toml, 127.0.0.1); "
+                                            "any non-loopback address needs an API key")] = None,
+    port: Annotated[Optional[int], Opt(help="TCP port (default: server.port of glmbot.toml, 8000)")] = None,
+    api_key: Annotated[Optional[list[str]], Opt(
+        "--api-key", help="a Bearer key clients must send (repeatable); prefer GLMBOT_API_KEYS=k1,k2, "
+                          "which other users cannot read from the process list")] = None,
+    no_log: Annotated[bool, Opt("--no-log", help="do not store the conversations in the registry")] = False,
+) -> None:
+    """Serve /v1/chat/completions and /v1/models (OpenAI-compatible), /health and /metrics."""
+    from glmbot.integrations.server import check_bind, create_app, resolve_api_keys, run_server
+
+    settings = common.get_settings()
+    host = settings.server.host if host is None else host
+    port = settings.server.port if port is None else port
+    keys = resolve_api_keys(settings, api_key or ())
+    check_bind(host, keys)  # before minutes of model loading
+    if no_log:
+        settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, log_conversations=False))
+    registry = common.get_registry()
+    engine = common.get_engine()
+    app = create_app(engine, settings=settings, registry=registry, api_keys=keys)
+    models = [card["id"] for card in app.state.service.model_cards()]
+    shown_host = f"[{host}]" if ":" in host else host
+    common.console.print(
+        f"[bold]glmbot serve[/] · base {settings.model.base_model} · models: {', '.join(models)}\n"
+        f"OpenAI base_url: [bold]http://{shown_host}:{port or 'PORT'}/v1[/] · "
+        f"{f'{len(keys)} API key(s) required' if keys else 'no API key (loopback only)'} · "
+        f"conversation log {'on' if settings.server.log_conversations else 'off'}", highlight=False)
+    try:
+        run_server(app, host, port)
+    finally:
+        engine.close()
