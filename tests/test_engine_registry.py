@@ -196,3 +196,11 @@ def test_route_command_prints_the_decision_and_every_score(tmp_path, monkeypatch
     assert "classifier" in by_class.output and "chosen" in by_class.output
     assert "base (plain model)" in explicit.output and "explicit" in explicit.output
     assert json.loads((tmp_path / "adapters" / "ads" / "v1" / "routing_prompts.json").read_text())
+
+
+def test_a_domain_promoted_after_start_is_served_when_asked_for(base, tok, registry, five_domains):
+    with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_len=64) as engine:
+        kv = add_adapter(registry, "finance", 5, 11, prompts=["发票 问题"])
+        got = engine.generate(GenerationRequest(query="hello", domain="finance", do_sample=False, max_new_tokens=6))
+    assert got.adapter == "finance@v1" and got.route.reason == "explicit"
+    assert got.text == oracle(base, tok, "hello", kv, 6)

@@ -107,6 +107,7 @@ class Engine:
             raise GenerationError(f"max_len={self.max_len} is beyond the model's seq_length={config.seq_length}")
         if max_prefix_len < 0:
             raise GenerationError(f"max_prefix_len must be >= 0, got {max_prefix_len}")
+        self.registry = registry
         self.prefix_cache = self._build_prefix_cache(registry, prefixes)
         with torch.no_grad():
             self.scheduler = Scheduler(
@@ -298,8 +299,18 @@ class Engine:
             raise GenerationError(f"adapter {req.adapter!r} does not belong to domain {req.domain!r}; give one of them")
         explicit = req.adapter or req.domain
         if self.router is not None and (query is not None or explicit is not None):
-            return self.router.route(query or "", conversation_id=req.conversation_id, history=history,
-                                     explicit=explicit)
+            route = lambda: self.router.route(query or "", conversation_id=req.conversation_id,  # noqa: E731
+                                              history=history, explicit=explicit)
+            try:
+                return route()
+            except UnknownDomainError:
+                if explicit is None or self.registry is None:
+                    raise
+                # Promoted after this engine started? Re-read the registry's domains once, then retry.
+                from glmbot.serving.routing_setup import refresh_router
+
+                refresh_router(self.router, self.settings, self.registry)
+                return route()
         if explicit is None:
             return RouteDecision(None, None, "fallback", 0.0, detail="no router configured: plain base model")
         explicit = explicit.strip()

@@ -94,3 +94,10 @@ def settings_prompts(settings: Settings, name: str) -> list[str]:
 
 def _merge(*lists) -> list[str]:  # noqa: ANN002 - sequences of str
     return list(dict.fromkeys(item for items in lists for item in items))
+
+
+def refresh_router(router: Router, settings: Settings, registry: Any) -> None:
+    """Bring the router's domains up to date with the registry (a domain promoted after start)."""
+    profiles = _registry_profiles(settings, registry)
+    gone = set(router.domains) - {p.name for p in profiles}
+    router.update_profiles(profiles, remove=gone)
