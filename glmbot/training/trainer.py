@@ -261,14 +261,11 @@ def write_loss_curve(run_dir: Path, losses: list[float]) -> None:
     """loss.csv (step, loss) and loss.png beside it."""
     rows = ["step,loss"] + [f"{i},{v:.6f}" for i, v in enumerate(losses, start=1)]
     atomic_write_text(run_dir / "loss.csv", "\n".join(rows) + "\n")
-    try:
-        import matplotlib
+    import matplotlib  # imported here: it is slow to import and only the end of a run needs it
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the PNG is a convenience; the CSV holds the data
-        log.warning("matplotlib is not installed: wrote loss.csv only")
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(range(1, len(losses) + 1), losses, linewidth=1)
     ax.set_xlabel("step")
