@@ -209,3 +209,30 @@ def test_save_pretrained_round_trip(tmp_path, model):
     ids, mask = ids_and_mask()
     with torch.no_grad():
         assert torch.equal(again(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
+
+
+def test_hub_id_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelLoadError, match="THUDM/chatglm2-6b is not in the local Hub cache"):
+        load_base("THUDM/chatglm2-6b")
+
+
+def test_hub_id_loads_from_a_populated_cache_offline(tmp_path, monkeypatch, sp_model_file):
+    """The real huggingface_hub cache layout: refs/main -> snapshots/<commit>/ with the official files."""
+    import huggingface_hub.constants as hf_constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--chatglm2-mini"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    model = small_model(seed=6)
+    write_official(repo / "snapshots" / commit, model, sp_model_file, "bin")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded, _ = load_base("org/chatglm2-mini", device="cpu")
+    ids, mask = ids_and_mask()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
