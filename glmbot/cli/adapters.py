@@ -14,7 +14,6 @@ import typer
 from rich.table import Table
 
 from glmbot.cli import common
-from glmbot.model.fingerprint import base_fingerprint
 from glmbot.registry import STATUSES
 
 app = typer.Typer(help="Registered P-Tuning v2 adapters (one versioned prefix family per domain).",
@@ -164,6 +163,8 @@ def import_adapter(
         "--allow-base-mismatch", help="import a prefix trained on another base of the same shape")] = False,
 ) -> None:
     """Register a P-Tuning v2 prefix from a folder as a new candidate version of DOMAIN."""
+    from glmbot.model.fingerprint import base_fingerprint
+
     model, _tokenizer = common.load_base_model()
     a = common.get_registry().import_path(
         path, domain, config=model.config, base_model=common.get_settings().model.base_model,

@@ -10,16 +10,10 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
 from glmbot.cli import common
-from glmbot.cli.progress import TrainingProgress
-from glmbot.model import PrefixEncoder, count_parameters
-from glmbot.model.generate import generate_answers
-from glmbot.training.data import encode_all, load_examples
-from glmbot.training.trainer import PrefixTrainer, total_steps
 
 GREETINGS = ["你好", "你是谁", "谢谢"]
 SHOWN_QUESTIONS = 5
@@ -30,6 +24,12 @@ def demo(
     steps: Annotated[Optional[int], typer.Option(help="override [train] max_steps")] = None,
 ) -> None:
     """Load the base, train a prefix for DOMAIN, and compare answers before and after."""
+    from glmbot.cli.progress import TrainingProgress
+    from glmbot.model import count_parameters
+    from glmbot.model.generate import generate_answers
+    from glmbot.training.data import encode_all, load_examples
+    from glmbot.training.trainer import PrefixTrainer, total_steps
+
     console = common.console
     settings = common.get_settings()
     started = time.perf_counter()
@@ -114,7 +114,12 @@ def _domain(settings, name: str):
     return settings.domains[name]
 
 
-def _compare(model, tok, examples, train, encoder: PrefixEncoder) -> None:
+def _compare(model, tok, examples, train, encoder) -> None:
+    import torch
+
+    from glmbot.model import PrefixEncoder
+    from glmbot.model.generate import generate_answers
+
     console = common.console
     single = [e for e in examples if not e.history]
     questions = [e.prompt for e in single]

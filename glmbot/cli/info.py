@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import platform
 
-import torch
 from rich.table import Table
 
 from glmbot import __version__
 from glmbot.cli import common
-from glmbot.model import count_parameters
-from glmbot.model.fingerprint import base_fingerprint
 
 
 def info() -> None:
     """Show the config file, base model, device, dtype and parameter count."""
+    import torch
+
+    from glmbot.model import count_parameters
+    from glmbot.model.fingerprint import base_fingerprint
+
     settings = common.get_settings()
     model, tok = common.load_base_model()
     cfg = model.config

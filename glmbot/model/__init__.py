@@ -1,25 +1,37 @@
-"""ChatGLM2 model, tokenizer, P-Tuning v2 prefixes and base-model loading."""
+"""ChatGLM2 model, tokenizer, P-Tuning v2 prefixes and base-model loading.
 
-from glmbot.model.configuration import ChatGLMConfig
-from glmbot.model.fingerprint import base_fingerprint
-from glmbot.model.loading import load_base, load_base_config, resolve_base
-from glmbot.model.modeling import ChatGLMForConditionalGeneration, count_parameters
-from glmbot.model.prefix import PrefixEncoder, PrefixKV
-from glmbot.model.prefix_io import load_prefix_checkpoint, prefix_encoder_from_state
-from glmbot.model.tokenizer import ChatGLMTokenizer, build_prompt
+Names are imported on first use: code that needs only the prefix file format or a fingerprint
+(the registry, the CLI's registry commands) does not pay for importing transformers.
+"""
 
-__all__ = [
-    "ChatGLMConfig",
-    "ChatGLMForConditionalGeneration",
-    "ChatGLMTokenizer",
-    "PrefixEncoder",
-    "PrefixKV",
-    "base_fingerprint",
-    "build_prompt",
-    "count_parameters",
-    "load_base",
-    "load_base_config",
-    "load_prefix_checkpoint",
-    "prefix_encoder_from_state",
-    "resolve_base",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ChatGLMConfig": "glmbot.model.configuration",
+    "base_fingerprint": "glmbot.model.fingerprint",
+    "load_base": "glmbot.model.loading",
+    "load_base_config": "glmbot.model.loading",
+    "resolve_base": "glmbot.model.loading",
+    "ChatGLMForConditionalGeneration": "glmbot.model.modeling",
+    "count_parameters": "glmbot.model.modeling",
+    "PrefixEncoder": "glmbot.model.prefix",
+    "PrefixKV": "glmbot.model.prefix",
+    "load_prefix_checkpoint": "glmbot.model.prefix_io",
+    "prefix_encoder_from_state": "glmbot.model.prefix_io",
+    "ChatGLMTokenizer": "glmbot.model.tokenizer",
+    "build_prompt": "glmbot.model.tokenizer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'glmbot.model' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import torch
 
-from glmbot.model.configuration import ChatGLMConfig
+if TYPE_CHECKING:  # only for annotations: importing transformers costs ~1 s
+    from glmbot.model.configuration import ChatGLMConfig
+
 
 ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "kv_channels", "num_attention_heads",
                "multi_query_group_num", "padded_vocab_size")

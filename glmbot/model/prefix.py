@@ -8,11 +8,14 @@ different lengths, or none) padded to the longest and masked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from glmbot.model.configuration import ChatGLMConfig
+if TYPE_CHECKING:  # only for annotations: importing transformers costs ~1 s
+    from glmbot.model.configuration import ChatGLMConfig
+
 
 # ChatGLM-6B (v1) prefixes: 28 layers x (k, v) x 4096 full-width heads.
 V1_PREFIX_WIDTH = 28 * 2 * 4096

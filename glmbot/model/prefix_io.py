@@ -11,14 +11,17 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from glmbot.errors import PrefixCheckpointError
-from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.prefix import V1_PREFIX_WIDTH, PrefixEncoder
+
+if TYPE_CHECKING:  # only for annotations: importing transformers costs ~1 s
+    from glmbot.model.configuration import ChatGLMConfig
 
 PREFIX_KEY = "transformer.prefix_encoder."
 EMBEDDING_KEY = PREFIX_KEY + "embedding.weight"

@@ -9,23 +9,54 @@ SELECT ... FOR UPDATE elsewhere).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load as load_safetensors
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Session, delete, func, select
 
-from glmbot.errors import AdapterIntegrityError, RegistryError, UnknownAdapterError, UnknownDomainError
-from glmbot.model.configuration import ChatGLMConfig
+from glmbot.errors import (
+    AdapterIntegrityError,
+    RegistryError,
+    UnknownAdapterError,
+    UnknownDomainError,
+)
 from glmbot.registry import checks, store, transfer
-from glmbot.registry.card import AdapterDescription, adapter_config, glmbot_version, json_bytes, model_card
-from glmbot.registry.database import Database
-from glmbot.registry.info import ActivationInfo, AdapterInfo, DomainInfo, FileProblem, VerifyResult
+from glmbot.registry.card import (
+    AdapterDescription,
+    adapter_config,
+    glmbot_version,
+    json_bytes,
+    model_card,
+)
 from glmbot.registry.conversations import ConversationsMixin
+from glmbot.registry.database import Database
+from glmbot.registry.info import (
+    ActivationInfo,
+    AdapterInfo,
+    DomainInfo,
+    FileProblem,
+    VerifyResult,
+)
 from glmbot.registry.records import RecordsMixin
 from glmbot.registry.refs import check_domain_name, parse_ref
-from glmbot.registry.tables import (ACTIVE, ARCHIVED, DEACTIVATE, PROMOTE, ROLLBACK, STATUSES, ActivationRow,
-                                    AdapterRow, DomainRow, EvaluationRow, utcnow)
+from glmbot.registry.tables import (
+    ACTIVE,
+    ARCHIVED,
+    DEACTIVATE,
+    PROMOTE,
+    ROLLBACK,
+    STATUSES,
+    ActivationRow,
+    AdapterRow,
+    DomainRow,
+    EvaluationRow,
+    utcnow,
+)
+
+if TYPE_CHECKING:  # only for annotations: importing transformers costs ~1 s
+    from glmbot.model.configuration import ChatGLMConfig
 
 
 class Registry(RecordsMixin, ConversationsMixin):

@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import save
 
 from glmbot.errors import PrefixCheckpointError, RegistryError
-from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.fingerprint import ARCH_FIELDS
 from glmbot.model.prefix_io import EMBEDDING_KEY, PROJECTION_KEYS, PrefixSpec, check_prefix_fits, inspect_prefix, \
     prefix_state
@@ -82,8 +81,10 @@ def canonical_prefix(state: Mapping[str, torch.Tensor], architecture: dict[str, 
 
 
 @cache
-def _config_for(architecture: tuple[tuple[str, int], ...]) -> ChatGLMConfig:
+def _config_for(architecture: tuple[tuple[str, int], ...]):  # -> ChatGLMConfig
     """A config with these architecture fields (cached: building a PretrainedConfig is not free)."""
+    from glmbot.model.configuration import ChatGLMConfig  # transformers: imported only when needed
+
     return ChatGLMConfig(**dict(architecture))
 
 

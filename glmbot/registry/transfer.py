@@ -13,21 +13,30 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from glmbot.errors import AdapterIntegrityError, PrefixCheckpointError
-from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.fingerprint import architecture
-from glmbot.model.prefix_io import (EMBEDDING_KEY, check_prefix_fits, inspect_prefix, load_prefix_checkpoint,
-                                    prefix_state, read_state_file)
+from glmbot.model.prefix_io import (
+    EMBEDDING_KEY,
+    check_prefix_fits,
+    inspect_prefix,
+    load_prefix_checkpoint,
+    prefix_state,
+    read_state_file,
+)
 from glmbot.registry import store
 from glmbot.registry.card import PEFT_TYPE
 from glmbot.registry.checks import trained_for
 from glmbot.registry.info import AdapterInfo
 from glmbot.registry.refs import check_domain_name
+
+if TYPE_CHECKING:  # only for annotations: importing transformers costs ~1 s
+    from glmbot.model.configuration import ChatGLMConfig
 
 
 @dataclass
