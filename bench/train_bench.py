@@ -6,7 +6,6 @@
 Scenarios (same synthetic data: prompts <= 64 tokens, answers <= 128 of realistic, variable length):
   official  micro-batch 1, every row padded to 64 + 128 + 1, gradient checkpointing, full logits
   glmbot    micro-batch 32, length-grouped, padded per batch, logits only on answer tokens
-  glmbot+expand   the same, KV heads expanded under the mask (memory-efficient SDPA kernel)
   glmbot+compile(...)  compiled variants (--compile): dense parts or whole blocks
 Reported: real (non-pad) tokens/s, tokens/s counting padding, peak memory, and FLOP utilisation
 = real tokens/s x 4 x params / the bf16 matmul rate measured in the same run.
@@ -143,11 +142,6 @@ def compile_dense(model, whole_block: bool) -> None:
         layer.compile(dynamic=True)
 
 
-def set_expand_kv(model, on: bool) -> None:
-    for layer in model.transformer.encoder.layers:
-        layer.self_attention.expand_kv_with_mask = on
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-size", action="store_true")
@@ -157,8 +151,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--P", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also run the compiled variants")
-    ap.add_argument("--variants", default="dense,dense+expand,block+expand",
-                    help="compiled variants: dense|block, +expand = expand KV heads under a mask")
+    ap.add_argument("--variants", default="dense,block", help="compiled variants: dense (norms + MLP) or block")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,16 +164,12 @@ def main() -> None:
     rate = matmul_tflops(device)
     rows = [run_scenario(model, "official", batches_for("official", examples, 1), args.official_steps, args.P, device),
             run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P, device)]
-    set_expand_kv(model, True)
-    rows.append(run_scenario(model, "glmbot+expand", batches_for("glmbot", examples, args.batch), args.steps,
-                             args.P, device))
     for variant in (args.variants.split(",") if args.compile else []):
         torch._dynamo.reset()
         for layer in model.transformer.encoder.layers:  # undo an earlier variant's compile
             for m in layer.modules():
                 m._compiled_call_impl = None
         compile_dense(model, whole_block=variant.startswith("block"))
-        set_expand_kv(model, variant.endswith("+expand"))
         # extra warm-up: one compile per distinct padded length
         rows.append(run_scenario(model, f"glmbot+compile({variant})", batches_for("glmbot", examples, args.batch),
                                  args.steps, args.P, device, warmup=6))

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 import typer
-from conftest import small_config, small_model
-from test_engine import QUERIES, greedy, oracle
+from conftest import small_config
+from test_engine import QUERIES, base, greedy, oracle, tok  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
 from glmbot.config import Settings, settings_from_dict
@@ -17,7 +17,6 @@ from glmbot.errors import AdapterIntegrityError, ConfigError, PrefixCheckpointEr
 from glmbot.model.fingerprint import architecture
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
-from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.registry import Registry
 from glmbot.serving.engine import Engine
 from glmbot.serving.prefix_cache import MIB
@@ -26,16 +25,6 @@ from glmbot.serving.routing_setup import build_router
 
 KEYWORDS = {"support": "refund", "ads": "slogan", "hr": "salary", "legal": "contract", "it": "laptop"}
 LENGTHS = {"support": 4, "ads": 6, "hr": 2, "legal": 4, "it": 4}
-
-
-@pytest.fixture(scope="module")
-def base():
-    return small_model()
-
-
-@pytest.fixture(scope="module")
-def tok(sp_model_file) -> ChatGLMTokenizer:
-    return ChatGLMTokenizer(sp_model_file)
 
 
 @pytest.fixture

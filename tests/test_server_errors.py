@@ -10,7 +10,7 @@ import time
 import httpx
 import openai
 import pytest
-from test_server import MAX_LEN, open_registry, serving_engine, user, wait_for
+from test_server import MAX_LEN, engine, open_registry, registry, server, serving_engine, user, wait_for  # noqa: F401
 
 from glmbot.config import settings_from_dict
 from glmbot.errors import ConfigError
@@ -18,24 +18,6 @@ from glmbot.integrations.server import ServerThread, check_bind, create_app, is_
 
 CHAT = "/v1/chat/completions"
 LONG = {"max_tokens": 200, "ignore_eos": True, "temperature": 0}  # ~1 s of decoding on the tiny base
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    with open_registry(tmp_path_factory.mktemp("server-errors")) as reg:
-        yield reg
-
-
-@pytest.fixture(scope="module")
-def engine(registry):
-    with serving_engine(registry) as eng:
-        yield eng
-
-
-@pytest.fixture(scope="module")
-def server(engine, registry):
-    with ServerThread(create_app(engine, settings=engine.settings, registry=registry)) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

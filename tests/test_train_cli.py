@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
     config = make_project(tmp_path)
     code, out, err = cli(config, "train", "--domain", "support", "--promote", capsys=capsys)
     assert code == 0, err
-    assert "samples            224" in out.replace("  224", " 224") or "224" in out
+    assert re.search(r"^\s*samples\s+224\s*$", out, re.M) and re.search(r"^\s*dev samples\s+40\s*$", out, re.M)
     with registry_of(config) as reg:
         (adapter,) = reg.list_adapters("support")
         assert adapter.status == "active" and adapter.source == "trained" and adapter.sample_count == 224

@@ -20,10 +20,11 @@ Opt = typer.Option
 
 def _launch_torchrun(nproc: int) -> None:
     """Re-run this command under torchrun (the standard launcher) with `nproc` processes."""
-    args = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
-    if "--nproc" in sys.argv:  # "--nproc N" form: drop the value too
-        i = sys.argv.index("--nproc")
-        args = sys.argv[1:i] + sys.argv[i + 2:]
+    args = sys.argv[1:]
+    if "--nproc" in args:  # "--nproc N": drop the value too
+        i = args.index("--nproc")
+        del args[i:i + 2]
+    args = [a for a in args if not a.startswith("--nproc=")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "glmbot",
            *args]
     common.console.print(f"launching: {' '.join(cmd[1:])}")

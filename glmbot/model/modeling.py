@@ -80,7 +80,6 @@ class SelfAttention(nn.Module):
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.add_bias_linear or config.add_qkv_bias)
         self.dense = nn.Linear(self.q_size, config.hidden_size, bias=config.add_bias_linear)
         self.dropout = config.attention_dropout
-        self.expand_kv_with_mask = False  # see forward; the trainer turns it on for CUDA training
 
     def forward(self, x, cos, sin, mask, cache: Cache | None, prefix: PrefixKV | None):
         B, T, _ = x.shape
@@ -103,12 +102,6 @@ class SelfAttention(nn.Module):
                 q.reshape(B, self.groups, self.num_heads // self.groups, self.head_dim), k, v, attn_mask=mask,
                 dropout_p=self.dropout if self.training else 0.0)
             return self.dense(out.reshape(B, 1, self.q_size))  # heads g*H/G.. are consecutive: (B, 1, H*D)
-        if gqa and mask is not None and self.expand_kv_with_mask and q.is_cuda:
-            # No fused SDPA kernel takes both grouped KV and a mask: expanding to all heads lets the
-            # memory-efficient kernel run instead of the math path that materialises the scores.
-            k = k.repeat_interleave(self.num_heads // self.groups, dim=1)  # (B, H, S, D)
-            v = v.repeat_interleave(self.num_heads // self.groups, dim=1)
-            gqa = False
         out = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,

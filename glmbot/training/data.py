@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +52,6 @@ class DataSummary:
     longest: int
     sha256: str = ""
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_data_path(name: str | Path) -> Path:

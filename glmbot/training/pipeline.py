@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -74,7 +74,6 @@ class TrainOutcome:
     adapter: object | None = None  # glmbot.registry.AdapterInfo (rank 0)
     promoted: bool = False
     promote_reason: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def ensure_registered_domain(registry, settings: Settings, domain: str) -> None:

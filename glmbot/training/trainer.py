@@ -15,7 +15,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -63,7 +63,6 @@ class TrainResult:
     seconds: float
     run_dir: Path
     resumed_from: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
