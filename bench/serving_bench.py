@@ -151,6 +151,19 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 31) -> float:
     return 2 * nbytes * 10 / (begin.elapsed_time(end) / 1e3)
 
 
+def replay_ms(engine: Engine, batch: int, replays: int = 50) -> float:
+    """GPU time of one decode step alone: the captured graph of a batch bucket replayed back to back."""
+    graph = engine.scheduler.graphed.graphs[batch][0]
+    graph.replay()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return begin.elapsed_time(end) / replays
+
+
 def print_table(rows: list[Measured], title: str) -> None:
     base = rows[0].tokens_per_s
     table = Table(title=title, header_style="bold")
@@ -223,6 +236,9 @@ def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured],
                                             requests_for(prompts, names[:1], new))))
         rows.append(best(lambda: run_engine(engine, f"engine, {args.streams} streams, {args.domains} domains",
                                             requests_for(prompts, names, new))))
+        if args.cuda_graph:
+            console.print("GPU-only decode step (graph replay, no host work): " + ", ".join(
+                f"batch {b}: {replay_ms(engine, b):.2f} ms" for b in engine.scheduler.buckets if b in (1, args.streams)))
     mixed_p = list(spread) + [None]
     with new_engine(spread, cuda_graph=args.cuda_graph) as engine:
         run_engine(engine, "warm-up", requests_for(prompts, mixed_p, 4))

@@ -54,9 +54,10 @@ def prefixes(base) -> dict[str, torch.Tensor]:
             "hr": random_kv(base.config, 12, 3)}
 
 
-@pytest.fixture
-def engine(base, tok, prefixes):
-    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96) as eng:
+@pytest.fixture(params=[False, True], ids=["sync", "pipelined"])
+def engine(base, tok, prefixes, request):
+    """Every engine test runs with the decode step synchronous and pipelined (the CUDA default)."""
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, pipeline=request.param) as eng:
         yield eng
 
 
@@ -69,11 +70,13 @@ def wait_until(condition, timeout: float = 20.0) -> None:
 
 # ---------------------------------------------------------------------------- correctness of batching
 
+@pytest.mark.parametrize("pipeline", [False, True], ids=["sync", "pipelined"])
 @pytest.mark.parametrize("static_shapes", [False, True], ids=["dynamic", "static"])
-def test_mixed_batch_equals_each_request_alone_and_the_oracle(base, tok, prefixes, static_shapes):
+def test_mixed_batch_equals_each_request_alone_and_the_oracle(base, tok, prefixes, static_shapes, pipeline):
     plan = [("support", QUERIES[0]), ("ads", QUERIES[1]), ("hr", QUERIES[2]), (None, QUERIES[3]),
             ("hr", QUERIES[4]), ("support", QUERIES[5])]
-    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, static_shapes=static_shapes) as eng:
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, static_shapes=static_shapes,
+                pipeline=pipeline) as eng:
         batched = eng.generate_many([greedy(q, d, 12) for d, q in plan])
         assert eng.stats().peak_rows == len(plan)  # one forward over all rows at once
         alone = [eng.generate(greedy(q, d, 12)) for d, q in plan]
@@ -111,6 +114,34 @@ def test_cancelling_one_request_leaves_the_others_intact(engine):
     assert results[1].token_ids == solo[1].token_ids[:len(results[1].token_ids)]
     for i in (0, 2):
         assert results[i].finish_reason == "length" and results[i].token_ids == solo[i].token_ids
+
+
+def test_pipelined_decode_equals_synchronous_decode(base, tok, prefixes):
+    """Running a step ahead on device tokens changes nothing a caller sees: tokens, text, finish
+    reasons and usage equal the synchronous loop for rows ending at different steps (1, 2 and 3
+    tokens, eos, a stop string), seeded sampling, a repetition penalty and late arrivals."""
+    def plan():
+        return [greedy(QUERIES[0], "support", 1), greedy(QUERIES[1], "ads", 2, ignore_eos=True),
+                greedy(QUERIES[2], None, 3, ignore_eos=True), greedy(QUERIES[3], "hr", 40),
+                greedy(QUERIES[4], "hr", 30, ignore_eos=True, stop=["的", "了", "是"]),
+                GenerationRequest(query=QUERIES[5], domain="ads", max_new_tokens=25, do_sample=True,
+                                  temperature=1.0, seed=11, ignore_eos=True),
+                GenerationRequest(query=QUERIES[0], domain="hr", max_new_tokens=20, do_sample=False,
+                                  repetition_penalty=1.3, ignore_eos=True)]
+
+    runs = {}
+    for pipeline in (False, True):
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, pipeline=pipeline) as eng:
+            first = eng.generate_many(plan())
+            early = [eng.submit(greedy(q, "support", 30, ignore_eos=True)) for q in QUERIES[:2]]
+            wait_until(lambda: eng.stats().decode_steps >= 4)
+            late = [eng.submit(r) for r in plan()[:4]]
+            results = first + [h.result(timeout=60) for h in early + late]
+            runs[pipeline] = ([(r.token_ids, r.text, r.finish_reason, r.usage) for r in results],
+                              eng.stats().decode_tokens)
+    assert runs[True][0] == runs[False][0]
+    assert [len(r[0]) for r in runs[True][0][:3]] == [1, 2, 3]
+    assert runs[True][1] == runs[False][1]  # tokens computed for rows that had ended are not counted
 
 
 # ---------------------------------------------------------------------------- streaming and stop strings
@@ -196,9 +227,10 @@ def test_sampling_filters_follow_transformers_semantics():
 
 # ---------------------------------------------------------------------------- failures stay per request
 
-def test_nan_logits_fail_only_that_request(base, tok, prefixes):
+@pytest.mark.parametrize("pipeline", [False, True], ids=["sync", "pipelined"])
+def test_nan_logits_fail_only_that_request(base, tok, prefixes, pipeline):
     poisoned = dict(prefixes, broken=torch.full_like(prefixes["ads"], float("nan")))
-    with Engine(base, tok, prefixes=poisoned, max_batch_size=4, max_len=96) as eng:
+    with Engine(base, tok, prefixes=poisoned, max_batch_size=4, max_len=96, pipeline=pipeline) as eng:
         handles = [eng.submit(greedy(QUERIES[0], d, 8)) for d in ("broken", "support", None)]
         with pytest.raises(GenerationError, match="NaN/Inf logits"):
             handles[0].result()
@@ -287,9 +319,9 @@ def test_cuda_graph_decode_equals_eager_and_the_oracle(tok):
     plan = [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2]), ("hr", QUERIES[3]),
             ("support", QUERIES[4])]
     outputs = {}
-    for mode in ("eager", "static", "graph"):
+    for mode in ("eager", "static", "graph"):  # eager: synchronous; the others pipelined (the CUDA default)
         with Engine(model, tok, prefixes=kvs, max_batch_size=8, max_len=96, static_shapes=mode == "static",
-                    cuda_graph=mode == "graph") as eng:
+                    cuda_graph=mode == "graph", pipeline=mode != "eager") as eng:
             outputs[mode] = [r.token_ids for r in eng.generate_many([greedy(q, d, 12) for d, q in plan])]
             late = eng.generate(greedy(QUERIES[5], "support", 12))  # a later batch of another size
     assert outputs["graph"] == outputs["static"] == outputs["eager"]

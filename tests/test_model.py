@@ -8,7 +8,7 @@ from transformers.cache_utils import DynamicCache
 
 from glmbot.model.modeling import rotary_cos_sin
 from glmbot.model.prefix import PrefixEncoder, PrefixKV, flat_to_kv
-from tests.chatglm_reference import reference_logits, rope_cache
+from tests.chatglm_reference import apply_rope, reference_logits, rope_cache
 from tests.conftest import small_config, small_model
 
 ATOL = 1e-5
@@ -137,6 +137,19 @@ def test_rotary_table_is_bit_equal_to_official(dtype):
     assert torch.equal(cos[0, 0], table[..., 0]) and torch.equal(sin[0, 0], table[..., 1])
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_apply_rotary_is_bit_equal_to_the_official_formula(dtype):
+    from glmbot.model.modeling import apply_rotary, rotary_tables
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 5, 128, generator=g).to(dtype)  # (B, H, T, D)
+    positions = torch.tensor([[0, 1, 7, 300, 2047], [4, 5, 6, 7, 8]])
+    ours = apply_rotary(x, *rotary_tables(*rotary_cos_sin(positions, 32, dtype), 128))
+    rope = rope_cache(8192, 128, dtype)[positions].transpose(0, 1)  # (T, B, 32, 2)
+    official = apply_rope(x.permute(2, 0, 1, 3), rope).permute(1, 2, 0, 3)
+    assert torch.equal(ours, official)
+
 def test_only_the_prefix_trains(model):
     model.requires_grad_(False)
     model.train()
@@ -222,3 +235,87 @@ def test_gradient_checkpointing_gives_the_same_prefix_gradient(model):
     model.set_checkpointing(False)
     assert model.transformer.encoder.gradient_checkpointing is False
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def right_padded(lengths, vocab=600, seed=1):
+    """The trainer's layout: real tokens first, padding after (input_ids, attention_mask)."""
+    ids, mask = left_padded(lengths, vocab, seed)
+    order = torch.argsort(1 - mask, dim=1, stable=True)  # real tokens to the front, in order
+    return ids.gather(1, order), mask.gather(1, order)
+
+
+def test_training_layout_takes_the_lower_right_causal_path_and_equals_rows_alone(model):
+    """A shared prefix on right-padded rows needs no materialised mask (flash on CUDA), and every
+    real position's logits and the prefix gradient equal each row run alone."""
+    from torch.nn.attention.bias import CausalBias
+
+    from glmbot.model.modeling import answer_loss, build_attention_mask
+
+    enc = random_encoder(model.config, 5, projection=True, seed=3)
+    ids, mask = right_padded([9, 4, 7], seed=14)
+    prefix = PrefixKV.repeat(enc.kv(), 3)
+    built = build_attention_mask(mask, prefix.mask, prefix.length, 9, 0, torch.float32, ids.device)
+    assert isinstance(built, CausalBias)
+    # Left padding, a cache, or per-row prefix lengths still need the explicit mask.
+    assert isinstance(build_attention_mask(left_padded([9, 4])[1], None, 5, 9, 0, torch.float32, ids.device),
+                      torch.Tensor)
+    ragged = PrefixKV.stack([enc.kv(), None, enc.kv()])
+    assert isinstance(build_attention_mask(mask, ragged.mask, ragged.length, 9, 0, torch.float32, ids.device),
+                      torch.Tensor)
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask, prefix=prefix, use_cache=False).logits
+        for r in range(3):
+            n = int(mask[r].sum())
+            alone = model(ids[r:r + 1, :n], prefix=PrefixKV.repeat(enc.kv(), 1), use_cache=False).logits
+            torch.testing.assert_close(batched[r, :n], alone[0], atol=ATOL, rtol=1e-5)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :2] = -100
+    losses = []
+    for additive in (False, True):
+        enc.zero_grad()
+        if additive:  # the explicit additive mask the lower-right bias stands for
+            full = torch.cat((torch.ones(3, 5, dtype=mask.dtype), mask), dim=1)
+            allowed = torch.ones(9, 14).tril(5).bool()[None] & full.bool()[:, None]
+            attn = torch.zeros(3, 1, 9, 14).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+            positions = torch.arange(9).expand(3, -1)
+            logits = model(ids, attention_mask=attn, position_ids=positions, prefix=PrefixKV.repeat(enc.kv(), 3),
+                           use_cache=False).logits
+            keep = labels[:, 1:] != -100
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+        else:
+            loss = answer_loss(model, ids, mask, labels, PrefixKV.repeat(enc.kv(), 3))
+        loss.backward()
+        losses.append((loss.detach(), enc.embedding.weight.grad.clone()))
+    torch.testing.assert_close(losses[0][0], losses[1][0])
+    torch.testing.assert_close(losses[0][1], losses[1][1])
+
+
+def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
+    """compile_dense() traces each dense part once for every layer and every length (no per-layer
+    recompiles, which would hit dynamo's cache limit on 28 layers) and computes the same logits."""
+    model = small_model(num_layers=3)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    enc = random_encoder(model.config, 4, seed=5)
+    eager = []
+    with torch.no_grad():
+        for lengths in ([6, 3], [9, 9, 2]):
+            ids, mask = right_padded(lengths, seed=len(lengths))
+            eager.append(model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), len(lengths)),
+                               use_cache=False).logits)
+        torch._dynamo.reset()
+        model.compile_dense(backend=counting_backend)
+        try:
+            for i, lengths in enumerate(([6, 3], [9, 9, 2])):
+                ids, mask = right_padded(lengths, seed=len(lengths))
+                got = model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), len(lengths)),
+                            use_cache=False).logits
+                torch.testing.assert_close(got, eager[i])
+        finally:
+            model.uncompile_dense()
+            torch._dynamo.reset()
+    assert len(graphs) == 2, [g.code for g in graphs]

@@ -75,6 +75,8 @@ class Engine:
     max_new_tokens per request (default [generation] max_length, at most the model's
     seq_length); each row has max_prefix_len + max_len slots. cuda_graph: replay the decode step
     from CUDA graphs (static shapes: batch buckets of powers of two, the full slot length).
+    pipeline: queue each decode step before the previous step's tokens reach the host (default: on
+    CUDA), so the host's per-token work overlaps the device's forward.
     plugins: a PluginManager whose before_generate may answer or edit a request and whose
     after_generate may rewrite the answer (then the stream sends the answer at the end, whole).
     """
@@ -84,7 +86,7 @@ class Engine:
                  max_batch_size: int | None = None, max_len: int | None = None,
                  max_prefix_len: int = DEFAULT_MAX_PREFIX_LEN, prefill_token_budget: int = 2048,
                  static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2,
-                 plugins: Any = None):
+                 plugins: Any = None, pipeline: bool | None = None):
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
         config = model.config
@@ -113,7 +115,7 @@ class Engine:
             self.scheduler = Scheduler(
                 model, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.decode,
                 max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
-                cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget)
+                cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline)
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,
                  self.scheduler.slots.length, self.scheduler.slots.nbytes / MIB, model.device,
                  ", CUDA graphs" if cuda_graph else "")

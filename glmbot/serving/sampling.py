@@ -93,12 +93,18 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams], uniforms
     return order.gather(1, pick)[:, 0]
 
 
-def choose_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], seen: Sequence[Sequence[int]],
-                  generators: Sequence[torch.Generator | None]) -> tuple[list[int], list[bool]]:
-    """Next token of every row and whether its logits were finite.
+def draw_uniforms(params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]) -> torch.Tensor | None:
+    """One uniform number per sampling row from its own generator (None if every row is greedy)."""
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    return torch.cat([torch.rand(1, generator=generators[i]) for i in sampled]) if sampled else None
 
-    logits: (B, V) in any dtype; seen: each row's prompt + completion ids (repetition penalty);
-    generators: each sampling row's own generator (None for greedy rows). One device sync.
+
+def choose_tokens_on_device(logits: torch.Tensor, params: Sequence[SamplingParams], seen: Sequence[Sequence[int]],
+                            uniforms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token (B,) and whether the row's logits were finite (B,), both left on the device.
+
+    uniforms: `draw_uniforms` of the same rows. No host sync: the serving loop can queue the next
+    decode step on these tokens before reading them.
     """
     logits = logits.float()
     finite = torch.isfinite(logits).all(dim=-1)  # (B,)
@@ -106,11 +112,20 @@ def choose_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], seen: 
     logits = torch.where(finite[:, None], logits, torch.zeros((), device=logits.device))
     apply_repetition_penalty(logits, params, seen)
     tokens = logits.argmax(dim=-1)  # (B,)
-    sampled = [i for i, p in enumerate(params) if not p.greedy]
-    if sampled:
-        # One draw per row from its own generator: reproducible whatever else is in the batch.
-        uniforms = torch.cat([torch.rand(1, generator=generators[i]) for i in sampled])
+    if uniforms is not None:
+        sampled = [i for i, p in enumerate(params) if not p.greedy]
         index = torch.tensor(sampled, device=logits.device)
         tokens[index] = sample_rows(logits[index], [params[i] for i in sampled], uniforms)
+    return tokens, finite
+
+
+def choose_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], seen: Sequence[Sequence[int]],
+                  generators: Sequence[torch.Generator | None]) -> tuple[list[int], list[bool]]:
+    """Next token of every row and whether its logits were finite.
+
+    logits: (B, V) in any dtype; seen: each row's prompt + completion ids (repetition penalty);
+    generators: each sampling row's own generator (None for greedy rows). One device sync.
+    """
+    tokens, finite = choose_tokens_on_device(logits, params, seen, draw_uniforms(params, generators))
     both = torch.stack((tokens, finite.long())).tolist()
     return both[0], [bool(x) for x in both[1]]

@@ -22,7 +22,7 @@ from glmbot.serving.prefix_cache import ResolvedAdapter
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
                                      Usage)
 from glmbot.serving.router import RouteDecision
-from glmbot.serving.sampling import SamplingParams, choose_tokens
+from glmbot.serving.sampling import SamplingParams, choose_tokens, choose_tokens_on_device, draw_uniforms
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,25 @@ class Row:
     def seen(self) -> list[int]:
         return self.job.prompt_ids + self.completion
 
-    def decode_inputs(self) -> tuple[int, int, int, int]:
-        """(token, position, write slot, slots visible) of this row's next decode query."""
-        position = len(self.job.prompt_ids) + len(self.completion) - 1
+    def decode_inputs(self, ahead: int = 0) -> tuple[int, int, int, int]:
+        """(token, position, write slot, slots visible) of this row's next decode query.
+
+        ahead=1: the query of the step after, whose token is still on the device (pipelining);
+        the token field is then a placeholder.
+        """
+        position = len(self.job.prompt_ids) + len(self.completion) - 1 + ahead
         write = self.job.prefix_len + position
-        return self.completion[-1], position, write, write + 1
+        return (self.completion[-1] if not ahead else 0), position, write, write + 1
+
+
+@dataclass
+class Launched:
+    """A decode step queued on the device: its rows and their tokens, on the way to the host."""
+
+    rows: list[Row]
+    tokens: torch.Tensor  # (len(rows),) on the device
+    host: torch.Tensor  # (2, len(rows)) tokens and finite flags, filled asynchronously
+    ready: torch.cuda.Event | None  # recorded after the copy to `host` (None on CPU: already there)
 
 
 @dataclass
@@ -90,7 +104,8 @@ class Scheduler:
 
     def __init__(self, model: torch.nn.Module, eos_token_id: int, pad_token_id: int,
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
-                 static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048):
+                 static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
+                 pipeline: bool | None = None):
         cfg = model.config
         self.model = model
         self.eos, self.pad = eos_token_id, pad_token_id
@@ -103,6 +118,12 @@ class Scheduler:
         self.buckets = sorted({min(1 << i, max_rows) for i in range(max_rows.bit_length() + 1)})
         self.prefill_token_budget = prefill_token_budget
         self.stats = SchedulerStats()
+        # Pipelining: queue decode step N+1 on step N's tokens while they are still on the device,
+        # then do N's host work (text, stop strings, streaming) while the device runs N+1. A row that
+        # ended at N just has its N+1 token dropped. On by default where the device runs
+        # asynchronously (CUDA); on CPU it only reorders work (tests turn it on to check it).
+        self.pipeline = self.device.type == "cuda" if pipeline is None else pipeline
+        self.inflight: Launched | None = None
         self.graphed = None
         if cuda_graph:
             if self.device.type != "cuda":
@@ -184,29 +205,92 @@ class Scheduler:
     # ---- decode ---------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """One decode forward over every active row (rows 0..n-1; idle ones write to scratch)."""
-        rows = self.active
-        if not rows:
-            return
+        """One decode forward over every active row (rows 0..n-1; idle ones write to scratch).
+
+        Pipelined, the forward of the next step is queued before this step's tokens are read.
+        """
         start = time.perf_counter()
+        current, self.inflight = self.inflight, None
+        if current is None:
+            rows = self.active
+            if not rows:
+                return
+            current = self._launch(rows, None)
+            if current is None:
+                return
+        if self.pipeline and self._can_run_ahead():
+            self.inflight = self._launch(self.active, current)
+        self._collect(current)
+        self.stats.decode_s += time.perf_counter() - start
+
+    def _can_run_ahead(self) -> bool:
+        """Some row will likely still run after the current step, and no row's token choice needs
+        the previous token on the host (the repetition penalty reads the row's seen tokens)."""
+        rows = self.active
+        return (any(r.sampled + 1 < r.job.max_new_tokens for r in rows)
+                and all(r.job.params.repetition_penalty == 1.0 for r in rows))
+
+    def _launch(self, rows: list[Row], previous: Launched | None) -> Launched | None:
+        """Queue the decode forward of `rows` and the choice of their tokens; no host sync.
+
+        previous: the step still in flight; its rows (those still alive) feed it their token from
+        the device and query one position further; other rows (new ones) use their last token.
+        """
         hi = max(r.slot for r in rows) + 1
         n = next(b for b in self.buckets if b >= hi) if self.static_shapes else hi
-        columns = [(0, 0, self.slots.scratch, 1)] * n  # idle rows: write to scratch, see slot 0
+        # (5, n): token, position, write slot, slots visible, index of the token in `previous` (-1:
+        # the token given here). Idle rows write to scratch and see slot 0.
+        columns = [(0, 0, self.slots.scratch, 1, -1)] * n
+        ahead = {id(r): i for i, r in enumerate(previous.rows)} if previous is not None else {}
+        launched = []
         for row in rows:
-            columns[row.slot] = row.decode_inputs()
-        # (4, n, 1): token, position, write slot, slots visible; one host-to-device copy.
-        table = torch.tensor(columns, dtype=torch.long).T.unsqueeze(-1).contiguous().to(self.device)
+            i = ahead.get(id(row), -1)
+            if i >= 0 and row.sampled + 1 >= row.job.max_new_tokens:
+                continue  # the step in flight gives this row its last token
+            columns[row.slot] = (*row.decode_inputs(ahead=1 if i >= 0 else 0), i)
+            launched.append(row)
+        if not launched:
+            return None
+        table = torch.tensor(columns, dtype=torch.long).T.contiguous()
+        if self.device.type == "cuda":
+            table = table.pin_memory().to(self.device, non_blocking=True)
+        ids = table[0]
+        if previous is not None and ahead:
+            ids = torch.where(table[4] >= 0, previous.tokens[table[4].clamp(min=0)], ids)
+        ids, positions, write, limit = ids[:, None], table[1, :, None], table[2, :, None], table[3, :, None]
         if self.graphed is not None:
-            logits = self.graphed(table[0], table[1], table[2], table[3])
+            logits = self.graphed(ids, positions, write, limit)
         else:
             kv_len = self.slots.length if self.static_shapes else round_up(max(c[3] for c in columns))
-            logits = forward_slots(self.model, self.slots, table[0], table[1], table[2], table[3], kv_len)
-        index = torch.tensor([r.slot for r in rows], device=self.device)
-        self._sample_and_advance(rows, logits[index])
+            logits = forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len)
+        index = torch.tensor([r.slot for r in launched]).to(self.device, non_blocking=True)
+        params = [r.job.params for r in launched]
+        seen = [r.seen if r.job.params.repetition_penalty != 1.0 else () for r in launched]
+        tokens, finite = choose_tokens_on_device(logits[index], params, seen,
+                                                 draw_uniforms(params, [r.generator for r in launched]))
+        both = torch.stack((tokens, finite.long()))
+        if self.device.type != "cuda":
+            return Launched(launched, tokens, both, None)
+        host = torch.empty(both.shape, dtype=both.dtype, pin_memory=True)
+        host.copy_(both, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return Launched(launched, tokens, host, ready)
+
+    def _collect(self, launched: Launched) -> None:
+        """Wait for a launched step's tokens and advance its rows that are still alive."""
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        tokens, finite = launched.host.tolist()
+        now = time.perf_counter()
+        alive = 0
+        for row, token, ok in zip(launched.rows, tokens, finite):
+            if self.rows[row.slot] is row:  # not cancelled, failed or finished meanwhile
+                alive += 1
+                self._advance(row, token, bool(ok), now)
         self.stats.decode_steps += 1
-        self.stats.decode_tokens += len(rows)
-        self.stats.peak_rows = max(self.stats.peak_rows, len(rows))
-        self.stats.decode_s += time.perf_counter() - start
+        self.stats.decode_tokens += alive
+        self.stats.peak_rows = max(self.stats.peak_rows, alive)
 
     def _decode_eager_static(self, ids, positions, write, limit) -> torch.Tensor:  # noqa: ANN001 - (n, 1) each
         return forward_slots(self.model, self.slots, ids, positions, write, limit, self.slots.length)
@@ -253,6 +337,7 @@ class Scheduler:
                 self._finish(row, "cancelled")
 
     def fail_all(self, error: BaseException) -> None:
+        self.inflight = None
         for row in self.active:
             self._finish(row, "error", error)
 

@@ -1,0 +1,89 @@
+"""How fast the decode step's matmuls run at serving batch sizes, per kernel choice (CUDA only).
+
+    python bench/gemm_shapes.py                 # cuBLAS, cuBLASLt
+    python bench/gemm_shapes.py --autotune      # also inductor max-autotune (Triton templates)
+
+A decode step is a handful of skinny matmuls (M = batch rows) over all 12.5 GB of weights, so
+each should run at the copy bandwidth. Every timing cycles through enough copies of the weight
+to defeat the 50 MB L2 cache (as 28 distinct layers do) and replays the calls from a CUDA graph
+(no launch overhead). Reported: microseconds per call and weight bytes read per second vs the
+measured device-to-device copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+# (name, out features, in features) of ChatGLM2-6B's per-layer matmuls and the output layer.
+SHAPES = [("query_key_value", 4608, 4096), ("dense", 4096, 4096), ("dense_h_to_4h", 27392, 4096),
+          ("dense_4h_to_h", 4096, 13696), ("output_layer", 65024, 4096)]
+
+
+def copy_bandwidth(nbytes: int = 1 << 31) -> float:
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * nbytes / time_us(lambda: dst.copy_(src), calls=5) * 1e6
+
+
+def time_us(fn, calls: int = 1) -> float:
+    """Mean microseconds per fn() over CUDA-graph replays of `calls` consecutive calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(10):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return begin.elapsed_time(end) * 1e3 / (10 * calls)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default="1,16,64,128", help="batch rows (M) to time")
+    ap.add_argument("--autotune", action="store_true", help="also time torch.compile(mode='max-autotune-no-cudagraphs')")
+    ap.add_argument("--autotune-rows", default="1,64")
+    args = ap.parse_args()
+    rows = [int(r) for r in args.rows.split(",")]
+    bandwidth = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.version.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    print("| matmul | M | kernel | us | weight TB/s | of copy bw |")
+    print("|---|---|---|---|---|---|")
+    for name, n, k in SHAPES:
+        nbytes = n * k * 2
+        copies = max(2, -(-(256 << 20) // nbytes))  # > 5x the L2 cache in total
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+        for m in rows:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            kernels = [("cuBLAS", "cublas", F.linear), ("cuBLASLt", "cublaslt", F.linear)]
+            if args.autotune and str(m) in args.autotune_rows.split(","):
+                kernels.append(("max-autotune", "cublas",
+                                torch.compile(F.linear, mode="max-autotune-no-cudagraphs", dynamic=False)))
+            for label, library, linear in kernels:
+                torch.backends.cuda.preferred_blas_library(library)
+                try:
+                    us = time_us(lambda: [linear(x, w) for w in weights], calls=1) / copies
+                except Exception as exc:  # noqa: BLE001 - a kernel choice this build lacks: report it, go on
+                    print(f"| {name} | {m} | {label} | failed: {type(exc).__name__}: {str(exc)[:80]} | | |")
+                    continue
+                rate = nbytes / us * 1e6
+                print(f"| {name} {n}x{k} | {m} | {label} | {us:.1f} | {rate / 1e12:.2f} | {rate / bandwidth:.0%} |")
+        torch.backends.cuda.preferred_blas_library("cublas")
+        del weights
+
+
+if __name__ == "__main__":
+    main()

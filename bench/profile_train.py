@@ -1,0 +1,43 @@
+"""Which kernels a full-size prefix-training step spends its time in (CUDA only).
+
+    python bench/profile_train.py [--compile]
+
+Runs a few micro-batches of the train bench's glmbot layout (batch 32, P=128, ChatGLM2-6B shape,
+random bf16 weights) under torch.profiler and prints the CUDA kernels by total time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train_bench import batches_for, random_full_size, run_scenario, synthetic_examples  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=25)
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    model = random_full_size(device)
+    if args.compile:
+        model.compile_dense()
+    examples = synthetic_examples(32 * 12, model.config.padded_vocab_size)
+    batches = batches_for("glmbot", examples, 32)
+    run_scenario(model, "warm-up", batches[:8], 6, 128, device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        measured = run_scenario(model, "profiled", batches[8:8 + args.steps], args.steps, 128, device, warmup=0)
+    print(f"{measured['real_tok_s']:,.0f} real tokens/s under the profiler")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=80))
+
+
+if __name__ == "__main__":
+    main()
