@@ -13,19 +13,20 @@ measured device-to-device copy bandwidth.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serving_bench import copy_bandwidth  # noqa: E402
+
 # (name, out features, in features) of ChatGLM2-6B's per-layer matmuls and the output layer.
 SHAPES = [("query_key_value", 4608, 4096), ("dense", 4096, 4096), ("dense_h_to_4h", 27392, 4096),
           ("dense_4h_to_h", 4096, 13696), ("output_layer", 65024, 4096)]
-
-
-def copy_bandwidth(nbytes: int = 1 << 31) -> float:
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * nbytes / time_us(lambda: dst.copy_(src), calls=5) * 1e6
 
 
 def time_us(fn, calls: int = 1) -> float:
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--autotune-rows", default="1,64")
     args = ap.parse_args()
     rows = [int(r) for r in args.rows.split(",")]
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}, torch {torch.version.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     print("| matmul | M | kernel | us | weight TB/s | of copy bw |")
     print("|---|---|---|---|---|---|")

@@ -1,10 +1,10 @@
-"""Which kernels a full-size decode step spends its time in (CUDA only).
+"""Which kernels one full-size decode step spends its time in (CUDA only).
 
-    python bench/profile_decode.py --compile          # 64 streams over 8 domains, P=128
+    python bench/profile_decode.py --compile            # batch buckets 64 and 1, P=128 slots
 
-Runs the serving bench's mixed-domain scenario on an eager static-shape engine under
-torch.profiler and prints the CUDA kernels by total time: what a CUDA-graph replay of the same
-step executes, without the launch overhead.
+Builds the serving engine's static-shape decode step (what the CUDA graphs capture) on random
+ChatGLM2-6B weights, runs it --steps times per batch under torch.profiler and prints the CUDA
+kernels by time per step. Idle inputs: the kernels and shapes are those of a full batch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving_bench import build_model, make_prefixes, make_prompts, requests_for, run_engine  # noqa: E402
+from serving_bench import build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
@@ -26,29 +26,38 @@ from glmbot.serving.engine import Engine  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--streams", type=int, default=64)
-    ap.add_argument("--domains", type=int, default=8)
+    ap.add_argument("--batches", default="64,1")
     ap.add_argument("--prefix-len", type=int, default=128)
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--max-len", type=int, default=192, help="prompt + new tokens per row")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     args.full_size, args.device, args.model = True, "cuda", ""
     model, tok = build_model(args)
     if args.compile:
         model.compile_dense()
-    prompts = make_prompts(args.streams, args.prompt_len, tok)
-    prefixes = make_prefixes(model, args.domains, args.prefix_len, spread=False)
-    settings = Settings()
-    settings.serving.prefix_cache_mib = 1 << 16
-    with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
-                max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
-                prefill_token_budget=1 << 15, static_shapes=True) as engine:
-        names = list(prefixes)
-        run_engine(engine, "warm-up", requests_for(prompts, names, 8))
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            run_engine(engine, "profiled", requests_for(prompts, names, args.max_new_tokens))
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90))
+    with Engine(model, tok, settings=Settings(), max_batch_size=max(map(int, args.batches.split(","))),
+                max_len=args.max_len, max_prefix_len=args.prefix_len, static_shapes=True) as engine:
+        scheduler = engine.scheduler
+        for n in map(int, args.batches.split(",")):
+            inputs = [torch.full((n, 1), v, dtype=torch.long, device="cuda") for v in (0, 0, scheduler.slots.scratch, 1)]
+            with torch.no_grad():
+                for _ in range(3):
+                    scheduler._decode_eager_static(*inputs)
+                torch.cuda.synchronize()
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(args.steps):
+                        scheduler._decode_eager_static(*inputs)
+                    torch.cuda.synchronize()
+            events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+            total = sum(e.self_device_time_total for e in events) / args.steps
+            print(f"\nbatch {n}: {total / 1e3:.2f} ms of kernels per step, "
+                  f"{sum(e.count for e in events) / args.steps:.0f} kernels per step")
+            print("| kernel | us per step | calls per step |")
+            print("|---|---|---|")
+            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:args.rows]:
+                print(f"| {e.key[:110]} | {e.self_device_time_total / args.steps:.1f} | {e.count / args.steps:.0f} |")
 
 
 if __name__ == "__main__":

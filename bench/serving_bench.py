@@ -246,9 +246,16 @@ def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured],
         name = f"engine, {args.streams} streams, {args.domains} domains of P {shortest}..{args.prefix_len} + plain base"
         rows.append(best(lambda: run_engine(engine, name, requests_for(prompts, mixed_p, new))))
 
-    def check() -> list:
+    def check() -> tuple[list, list, list]:
+        """Tokens of an eager static engine, a CUDA-graph engine that does not pipeline, and the
+        pipelined CUDA-graph engine again (run-to-run control: which requests share a prefill
+        forward depends on thread timing, and bf16 rounding follows the batch shape)."""
         with new_engine(prefixes, static_shapes=True) as eager:
-            return run_engine(eager, "eager static", requests_for(prompts, names, new)).outputs
+            reference = run_engine(eager, "eager static", requests_for(prompts, names, new)).outputs
+        with new_engine(prefixes, cuda_graph=True, pipeline=False) as synchronous:
+            unpiped = run_engine(synchronous, "graphs, synchronous", requests_for(prompts, names, new)).outputs
+        with new_engine(prefixes, cuda_graph=True) as again:
+            return reference, unpiped, run_engine(again, "graphs, again", requests_for(prompts, names, new)).outputs
     return rows, check
 
 
@@ -269,9 +276,13 @@ def main() -> None:
     if model.device.type == "cuda":
         print_floor(model, rows)
     if args.check and args.cuda_graph:
-        mixed, reference = rows[3].outputs, check()
+        mixed, (reference, synchronous, again) = rows[3].outputs, check()
         equal = sum(a == b for a, b in zip(mixed, reference))
         console.print(f"CUDA-graph tokens equal to the eager engine at the same shapes: {equal}/{len(mixed)} streams")
+        same = sum(a == b for a, b in zip(mixed, synchronous))
+        control = sum(a == b for a, b in zip(mixed, again))
+        console.print(f"pipelined tokens equal to the same graphs run synchronously: {same}/{len(mixed)} streams; "
+                      f"to the pipelined engine run again: {control}/{len(mixed)} (run-to-run control)")
 
 if __name__ == "__main__":
     main()

@@ -145,7 +145,7 @@ def test_apply_rotary_is_bit_equal_to_the_official_formula(dtype):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 5, 128, generator=g).to(dtype)  # (B, H, T, D)
     positions = torch.tensor([[0, 1, 7, 300, 2047], [4, 5, 6, 7, 8]])
-    ours = apply_rotary(x, *rotary_tables(*rotary_cos_sin(positions, 32, dtype), 128))
+    ours = apply_rotary(x.transpose(1, 2), *rotary_tables(*rotary_cos_sin(positions, 32, dtype), 128)).transpose(1, 2)
     rope = rope_cache(8192, 128, dtype)[positions].transpose(0, 1)  # (T, B, 32, 2)
     official = apply_rope(x.permute(2, 0, 1, 3), rope).permute(1, 2, 0, 3)
     assert torch.equal(ours, official)
@@ -318,4 +318,5 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
         finally:
             model.uncompile_dense()
             torch._dynamo.reset()
-    assert len(graphs) == 2, [g.code for g in graphs]
+    # attention_inputs twice (the first block has no residual to add yet), block_outputs once.
+    assert len(graphs) == 3, [g.code for g in graphs]

@@ -24,30 +24,32 @@ def round_up(n: int, multiple: int = SLOT_ALIGN) -> int:
 
 
 class KVSlots:
-    """Key and value slot buffers of every layer: each (L, R, G, S + 1, D); slot S is scratch."""
+    """Key and value slots of every layer in one buffer (L, R, 2, G, S + 1, D); slot S is scratch.
+
+    Keys and values of a layer are interleaved per row ([.., 0] keys, [.., 1] values), so one
+    scatter writes both for a step. `keys` and `values` are (L, R, G, S + 1, D) views.
+    """
 
     def __init__(self, num_layers: int, rows: int, groups: int, head_dim: int, slots: int,
                  dtype: torch.dtype, device: torch.device | str):
         self.rows = rows
         self.length = round_up(slots)  # readable slots per row
         self.scratch = self.length
-        shape = (num_layers, rows, groups, self.length + 1, head_dim)
         # Zeros, never torch.empty: a masked slot still enters q @ k^T, and NaN garbage there would
         # turn a whole row's attention into NaN despite the -inf-like mask.
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (L, R, G, S+1, D)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)  # (L, R, G, S+1, D)
+        self.kv = torch.zeros((num_layers, rows, 2, groups, self.length + 1, head_dim), dtype=dtype, device=device)
+        self.keys, self.values = self.kv[:, :, 0], self.kv[:, :, 1]  # (L, R, G, S+1, D) each
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
+        return self.kv.numel() * self.kv.element_size()
 
     def reset_row(self, row: int, prefix: torch.Tensor | None) -> None:
         """Clear a row's slots (a failed request may have left NaN there) and copy in its prefix.
 
         prefix: (2L, G, P, D), slot 2l = layer l's key and 2l + 1 its value, as PrefixEncoder.kv().
         """
-        self.keys[:, row].zero_()
-        self.values[:, row].zero_()
+        self.kv[:, row].zero_()
         if prefix is not None:
             p = prefix.shape[2]
             self.keys[:, row, :, :p] = prefix[0::2]  # (L, G, P, D)
@@ -73,14 +75,16 @@ class SlotCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v: (B, G, T, D) after rotary -> all readable slots of these rows, each (B, G, kv_len, D)."""
-        keys, values = self.slots.keys[layer_idx], self.slots.values[layer_idx]  # (R, G, S+1, D)
-        # Advanced indices around a slice put the indexed dims first: the target is (B, T, G, D).
-        keys[self.row_index, :, self.write_pos] = k.transpose(1, 2)
-        values[self.row_index, :, self.write_pos] = v.transpose(1, 2)
-        if self.rows is None:
-            batch = self.write_pos.shape[0]
-            return keys[:batch, :, :self.kv_len], values[:batch, :, :self.kv_len]
-        return keys[self.rows, :, :self.kv_len], values[self.rows, :, :self.kv_len]
+        return self.update_kv(torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4), layer_idx)
+
+    def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv: (B, T, 2, G, D) keys (after rotary) and values of the new queries, written in one
+        scatter -> all readable key and value slots of these rows, each (B, G, kv_len, D)."""
+        layer = self.slots.kv[layer_idx]  # (R, 2, G, S+1, D)
+        # Advanced indices around slices put the indexed dims first: the target is (B, T, 2, G, D).
+        layer[self.row_index, :, :, self.write_pos] = kv
+        rows = layer[:self.write_pos.shape[0]] if self.rows is None else layer[self.rows]
+        return rows[:, 0, :, :self.kv_len], rows[:, 1, :, :self.kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         # The model only uses this to derive positions and masks, which the engine passes itself.
@@ -102,7 +106,7 @@ def forward_slots(model: torch.nn.Module, slots: KVSlots, input_ids: torch.Tenso
     Prefill (T = prompt length, left-padded) and decode (T = 1) both run through here. The prefix
     already sits in the slots, so the model gets prefix=None.
     """
-    dtype = slots.keys.dtype
+    dtype = slots.kv.dtype
     out = model(input_ids=input_ids, attention_mask=slot_mask(limit, kv_len, dtype), position_ids=position_ids,
                 cache=SlotCache(slots, rows, write_pos, kv_len), use_cache=True, prefix=None, logits_to_keep=1)
     return out.logits[:, -1]  # (B, V)

@@ -288,9 +288,10 @@ class Scheduler:
             if self.rows[row.slot] is row:  # not cancelled, failed or finished meanwhile
                 alive += 1
                 self._advance(row, token, bool(ok), now)
-        self.stats.decode_steps += 1
-        self.stats.decode_tokens += alive
-        self.stats.peak_rows = max(self.stats.peak_rows, alive)
+        if alive:  # a step run ahead for rows that had all ended gave nothing: not counted
+            self.stats.decode_steps += 1
+            self.stats.decode_tokens += alive
+            self.stats.peak_rows = max(self.stats.peak_rows, alive)
 
     def _decode_eager_static(self, ids, positions, write, limit) -> torch.Tensor:  # noqa: ANN001 - (n, 1) each
         return forward_slots(self.model, self.slots, ids, positions, write, limit, self.slots.length)
