@@ -6,7 +6,8 @@
 Scenarios (same synthetic data: prompts <= 64 tokens, answers <= 128 of realistic, variable length):
   official  micro-batch 1, every row padded to 64 + 128 + 1, gradient checkpointing, full logits
   glmbot    micro-batch 32, length-grouped, padded per batch, logits only on answer tokens
-  glmbot+compile  the same with each block's dense parts compiled (--compile; the trainer's CUDA default)
+  glmbot+compile  the same with each block's dense parts compiled (--compile; the trainer's CUDA default),
+                  then again with rotary kept out of the compiled graph (compile_dense(eager_rotary=True))
 Reported: real (non-pad) tokens/s, tokens/s counting padding, peak memory, and FLOP utilisation
 = real tokens/s x 4 x params / the bf16 matmul rate measured in the same run.
 """
@@ -154,11 +155,13 @@ def main() -> None:
     rate = matmul_tflops(device)
     rows = [run_scenario(model, "official", batches_for("official", examples, 1), args.official_steps, args.P, device),
             run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P, device)]
-    if args.compile:
-        model.compile_dense()
+    for eager_rotary in ([False, True] if args.compile else []):
+        torch._dynamo.reset()
+        model.compile_dense(eager_rotary=eager_rotary)
         # extra warm-up: the first lengths compile (dynamic shapes: once, then a few specialisations)
-        rows.append(run_scenario(model, "glmbot+compile", batches_for("glmbot", examples, args.batch),
-                                 args.steps, args.P, device, warmup=6))
+        name = "glmbot+compile" + (", eager rotary" if eager_rotary else "")
+        rows.append(run_scenario(model, name, batches_for("glmbot", examples, args.batch), args.steps, args.P, device,
+                                 warmup=6))
     base = rows[0]["real_tok_s"]
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {params / 1e9:.2f}B params, "
           f"P={args.P}, bf16 matmul {rate:.0f} TFLOP/s, ceiling {rate * 1e12 / (4 * params):,.0f} tokens/s")

@@ -320,3 +320,15 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
             torch._dynamo.reset()
     # attention_inputs twice (the first block has no residual to add yet), block_outputs once.
     assert len(graphs) == 3, [g.code for g in graphs]
+    # Rotary kept out of the compiled graphs (an option of the trainer's profile work): same logits.
+    torch._dynamo.reset()
+    model.compile_dense(eager_rotary=True, backend=counting_backend)
+    try:
+        with torch.no_grad():
+            ids, mask = right_padded([6, 3], seed=2)
+            got = model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), 2), use_cache=False).logits
+        torch.testing.assert_close(got, eager[0])
+    finally:
+        model.uncompile_dense()
+        torch._dynamo.reset()
+    assert not any("flip" in g.code for g in graphs[3:])  # the rotary's pair swap runs eagerly

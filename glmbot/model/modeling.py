@@ -91,7 +91,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, cos, sin, heads: int, groups: int,
-                     head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     head_dim: int, rotary: Callable = apply_rotary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The previous block's last residual add, RMSNorm, QKV projection and rotary of one block.
 
     x (B, T, hidden) + delta (the previous block's MLP output; None for the first block) -> the
@@ -108,8 +108,8 @@ def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, co
         x = x + delta
     qkv = F.linear(rms_norm(x, norm_weight, eps), qkv_weight, qkv_bias)
     q, k, v = qkv.split([heads * head_dim, groups * head_dim, groups * head_dim], dim=-1)
-    q = apply_rotary(q.view(B, T, heads, head_dim), cos, sin)
-    k = apply_rotary(k.view(B, T, groups, head_dim), cos, sin)
+    q = rotary(q.view(B, T, heads, head_dim), cos, sin)
+    k = rotary(k.view(B, T, groups, head_dim), cos, sin)
     return x, q, torch.stack((k, v.view(B, T, groups, head_dim)), dim=2)
 
 
@@ -131,6 +131,7 @@ class BlockKernels:
 
     attention_inputs: Callable = attention_inputs
     block_outputs: Callable = block_outputs
+    rotary: Callable = apply_rotary
 
 
 EAGER_KERNELS = BlockKernels()
@@ -216,7 +217,7 @@ class GLMBlock(nn.Module):
         attn, norm1, norm2, mlp = self.self_attention, self.input_layernorm, self.post_attention_layernorm, self.mlp
         x, q, kv = self.kernels.attention_inputs(
             x, delta, norm1.weight, norm1.eps, attn.query_key_value.weight, attn.query_key_value.bias, cos, sin,
-            attn.num_heads, attn.groups, attn.head_dim)
+            attn.num_heads, attn.groups, attn.head_dim, self.kernels.rotary)
         out = attn.attend(q, kv, mask, cache, prefix)
         return self.kernels.block_outputs(
             x, out, attn.dense.weight, attn.dense.bias, norm2.weight, norm2.eps, mlp.dense_h_to_4h.weight,
@@ -400,16 +401,19 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         """Recompute each block in backward (non-reentrant, so a frozen base works); saves memory."""
         self.transformer.encoder.gradient_checkpointing = enable
 
-    def compile_dense(self, **options) -> BlockKernels:
+    def compile_dense(self, eager_rotary: bool = False, **options) -> BlockKernels:
         """torch.compile the dense parts of every block: RMSNorm + QKV + rotary before attention,
         output projection + residual + RMSNorm + SwiGLU MLP + residual after it (attention stays SDPA).
 
         The parts are plain functions of tensors, so every layer shares one compiled graph of each
         (no per-layer recompiles); dynamic=True lets one graph serve every batch and sequence length.
-        `options` go to torch.compile (mode=..., backend=...). Measured 2x on prefix training.
+        `options` go to torch.compile (mode=..., backend=...). eager_rotary keeps rotary out of the
+        compiled graph (see PERFORMANCE.md: its compiled backward is slow under dynamic shapes).
         """
         options = {"dynamic": True, **options}
-        kernels = BlockKernels(torch.compile(attention_inputs, **options), torch.compile(block_outputs, **options))
+        rotary = torch.compiler.disable(apply_rotary) if eager_rotary else apply_rotary
+        kernels = BlockKernels(torch.compile(attention_inputs, **options), torch.compile(block_outputs, **options),
+                               rotary)
         for layer in self.transformer.encoder.layers:
             layer.kernels = kernels
         return kernels
