@@ -57,7 +57,7 @@ class KVSlots:
 
 
 class SlotCache:
-    """The `cache` object the model writes through (`update(k, v, layer) -> (k_all, v_all)`).
+    """The `cache` object the model writes through (`update_kv(kv, layer) -> (k_all, v_all)`).
 
     rows: (B,) slot rows of the batch, or None for rows 0..B-1 (decode: a view, no copy).
     write_pos: (B, T) slot of each query's new key/value (scratch for padding and idle rows).
@@ -72,10 +72,6 @@ class SlotCache:
         batch = write_pos.shape[0]
         index = rows if rows is not None else torch.arange(batch, device=write_pos.device)
         self.row_index = index[:, None]  # (B, 1), broadcast against write_pos (B, T)
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: (B, G, T, D) after rotary -> all readable slots of these rows, each (B, G, kv_len, D)."""
-        return self.update_kv(torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4), layer_idx)
 
     def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """kv: (B, T, 2, G, D) keys (after rotary) and values of the new queries, written in one
