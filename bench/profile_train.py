@@ -17,21 +17,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_bench import batches_for, random_full_size, run_scenario, synthetic_examples  # noqa: E402
+from train_bench import (COMPILE_VARIANTS, batches_for, random_full_size, run_scenario,  # noqa: E402
+                         synthetic_examples)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--variant", default="rotary fn", choices=list(COMPILE_VARIANTS), help="with --compile")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rows", type=int, default=25)
     args = ap.parse_args()
     device = torch.device("cuda")
     model = random_full_size(device)
+    multiple = 8
     if args.compile:
-        model.compile_dense()
+        rotary, multiple = COMPILE_VARIANTS[args.variant]
+        model.compile_dense(rotary)
     examples = synthetic_examples(32 * 12, model.config.padded_vocab_size)
-    batches = batches_for("glmbot", examples, 32)
+    batches = batches_for("glmbot", examples, 32, multiple)
     run_scenario(model, "warm-up", batches[:8], 6, 128, device)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         measured = run_scenario(model, "profiled", batches[8:8 + args.steps], args.steps, 128, device, warmup=0)

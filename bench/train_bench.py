@@ -7,7 +7,7 @@ Scenarios (same synthetic data: prompts <= 64 tokens, answers <= 128 of realisti
   official  micro-batch 1, every row padded to 64 + 128 + 1, gradient checkpointing, full logits
   glmbot    micro-batch 32, length-grouped, padded per batch, logits only on answer tokens
   glmbot+compile  the same with each block's dense parts compiled (--compile; the trainer's CUDA default),
-                  then again with rotary kept out of the compiled graph (compile_dense(eager_rotary=True))
+                  one row per --variants entry (rotary forms and padding, see COMPILE_VARIANTS)
 Reported: real (non-pad) tokens/s, tokens/s counting padding, peak memory, and FLOP utilisation
 = real tokens/s x 4 x params / the bf16 matmul rate measured in the same run.
 """
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glmbot.model.configuration import ChatGLMConfig  # noqa: E402
 from glmbot.model.loading import build_empty, load_base  # noqa: E402
-from glmbot.model.modeling import answer_loss, count_parameters  # noqa: E402
+from glmbot.model.modeling import (answer_loss, apply_rotary, count_parameters,  # noqa: E402
+                                   rotary_inverse_backward)
 from glmbot.model.prefix import PrefixEncoder, PrefixKV  # noqa: E402
 from glmbot.training.data import Encoded, collate, length_grouped_batches  # noqa: E402
 
@@ -64,15 +65,26 @@ def pad_to(batch: dict, length: int, pad_id: int = 0) -> dict:
     return {k: torch.nn.functional.pad(v, (0, extra), value=fill[k]) for k, v in batch.items()}
 
 
-def batches_for(scenario: str, examples: list[Encoded], batch: int) -> list[dict]:
+def batches_for(scenario: str, examples: list[Encoded], batch: int, multiple: int = 8) -> list[dict]:
     if scenario == "official":
         return [pad_to(collate([e], 0), MAX_SOURCE + MAX_TARGET + 1) for e in examples]
     groups = length_grouped_batches([len(e.input_ids) for e in examples], batch, seed=0)
     out = []
     for g in groups:
         b = collate([examples[i] for i in g], 0)
-        out.append(pad_to(b, -(-b["input_ids"].shape[1] // 8) * 8))  # as the trainer pads on CUDA
+        out.append(pad_to(b, -(-b["input_ids"].shape[1] // multiple) * multiple))  # the trainer pads to x8 on CUDA
     return out
+
+
+# Compiled-parts variants: name -> (rotary inside attention_inputs, pad lengths to a multiple of).
+COMPILE_VARIANTS = {
+    "inline rotary": (apply_rotary, 8),  # rotary compiled with the rest, autograd's backward
+    "rotary fn": (rotary_inverse_backward, 8),  # the trainer's: compiled, backward = the inverse rotation
+    "eager rotary": (torch.compiler.disable(apply_rotary), 8),
+    "eager rotary fn": (torch.compiler.disable(rotary_inverse_backward), 8),
+    "eager rotary fn + pad x1": (torch.compiler.disable(rotary_inverse_backward), 1),
+    "rotary fn + pad x1": (rotary_inverse_backward, 1),
+}
 
 
 def run_scenario(model, scenario: str, batches: list[dict], steps: int, P: int, device, warmup: int = 2) -> dict:
@@ -143,6 +155,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--P", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also run with the dense parts compiled (the trainer's CUDA default)")
+    ap.add_argument("--variants", default="rotary fn",
+                    help=f"comma-separated compiled variants: {', '.join(COMPILE_VARIANTS)}")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -155,12 +169,13 @@ def main() -> None:
     rate = matmul_tflops(device)
     rows = [run_scenario(model, "official", batches_for("official", examples, 1), args.official_steps, args.P, device),
             run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P, device)]
-    for eager_rotary in ([False, True] if args.compile else []):
+    for name in (args.variants.split(",") if args.compile else []):
+        rotary, multiple = COMPILE_VARIANTS[name]
         torch._dynamo.reset()
-        model.compile_dense(eager_rotary=eager_rotary)
+        model.compile_dense(rotary)
         # extra warm-up: the first lengths compile (dynamic shapes: once, then a few specialisations)
-        name = "glmbot+compile" + (", eager rotary" if eager_rotary else "")
-        rows.append(run_scenario(model, name, batches_for("glmbot", examples, args.batch), args.steps, args.P, device,
+        rows.append(run_scenario(model, f"glmbot+compile ({name})",
+                                 batches_for("glmbot", examples, args.batch, multiple), args.steps, args.P, device,
                                  warmup=6))
     base = rows[0]["real_tok_s"]
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {params / 1e9:.2f}B params, "

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
+from glmbot.model import modeling
 from glmbot.model.modeling import rotary_cos_sin
 from glmbot.model.prefix import PrefixEncoder, PrefixKV, flat_to_kv
 from tests.chatglm_reference import apply_rope, reference_logits, rope_cache
@@ -313,8 +314,10 @@ def test_lower_right_path_without_grouped_kv_support_expands_kv_heads_to_the_sam
 
 
 def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
-    """compile_dense() traces each dense part once for every layer and every length (no per-layer
-    recompiles, which would hit dynamo's cache limit on 28 layers) and computes the same logits."""
+    """compile_dense() traces each dense part for every layer at once (no per-layer recompiles,
+    which would hit dynamo's recompile limit on 28 layers): once for the first shape, once more
+    with batch and length symbolic, and never again; the model's dimensions stay constants. Same
+    logits as eager."""
     model = small_model(num_layers=3)
     graphs = []
 
@@ -323,28 +326,35 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
         return gm.forward
 
     enc = random_encoder(model.config, 4, seed=5)
+    shapes = ([6, 3], [9, 9, 2], [5, 4, 4, 7])
     eager = []
     with torch.no_grad():
-        for lengths in ([6, 3], [9, 9, 2]):
+        for lengths in shapes:
             ids, mask = right_padded(lengths, seed=len(lengths))
             eager.append(model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), len(lengths)),
                                use_cache=False).logits)
         torch._dynamo.reset()
         model.compile_dense(backend=counting_backend)
         try:
-            for i, lengths in enumerate(([6, 3], [9, 9, 2])):
+            for i, lengths in enumerate(shapes):
                 ids, mask = right_padded(lengths, seed=len(lengths))
                 got = model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), len(lengths)),
                             use_cache=False).logits
                 torch.testing.assert_close(got, eager[i])
+                if i == 1:
+                    after_two = len(graphs)
         finally:
             model.uncompile_dense()
             torch._dynamo.reset()
-    # attention_inputs twice (the first block has no residual to add yet), block_outputs once.
-    assert len(graphs) == 3, [g.code for g in graphs]
-    # Rotary kept out of the compiled graphs (an option of the trainer's profile work): same logits.
+    # Each part: a graph for the first shape, one with batch and length symbolic, none for the third.
+    assert after_two == len(graphs) == 4, [g.code for g in graphs]
+    placeholders = [n for n in graphs[-1].graph.nodes if n.op == "placeholder"]
+    symbolic = {str(s) for n in placeholders if isinstance(n.meta.get("example_value"), torch.Tensor)
+                for s in n.meta["example_value"].shape if not isinstance(s, int)}
+    assert len(symbolic) == 2, symbolic  # batch and length; hidden, heads and head_dim are constants
+    # Rotary kept out of the compiled graphs (a variant of the train bench): same logits.
     torch._dynamo.reset()
-    model.compile_dense(eager_rotary=True, backend=counting_backend)
+    model.compile_dense(torch.compiler.disable(modeling.apply_rotary), backend=counting_backend)
     try:
         with torch.no_grad():
             ids, mask = right_padded([6, 3], seed=2)
@@ -353,5 +363,5 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
     finally:
         model.uncompile_dense()
         torch._dynamo.reset()
-    compiled_again = graphs[3:]
+    compiled_again = graphs[4:]
     assert compiled_again and not any("flip" in g.code for g in compiled_again)  # the pair swap runs eagerly
