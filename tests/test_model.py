@@ -151,6 +151,22 @@ def test_apply_rotary_is_bit_equal_to_the_official_formula(dtype):
     official = apply_rope(x.permute(2, 0, 1, 3), rope).permute(1, 2, 0, 3)
     assert torch.equal(ours, official)
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rotary_inverse_backward_is_bit_equal_to_autograd(dtype):
+    """The trainer's rotary: same values, and its hand-written backward (the inverse rotation)
+    gives autograd's gradient of apply_rotary bit for bit."""
+    from glmbot.model.modeling import apply_rotary, rotary_inverse_backward, rotary_tables
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 3, 128, generator=g).to(dtype).requires_grad_()
+    grad = torch.randn(2, 5, 3, 128, generator=g).to(dtype)
+    cos, sin = rotary_tables(*rotary_cos_sin(torch.tensor([[0, 1, 9, 300, 2047], [3, 4, 5, 6, 7]]), 32, dtype), 128)
+    ours = rotary_inverse_backward(x, cos, sin)
+    reference = apply_rotary(x, cos, sin)
+    assert torch.equal(ours, reference)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(reference, x, grad)[0])
+
+
 def test_only_the_prefix_trains(model):
     model.requires_grad_(False)
     model.train()
