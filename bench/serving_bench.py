@@ -208,6 +208,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="with --cuda-graph: tokens equal an eager static engine")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
     parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; the fastest is reported (noise)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="as [serving] deterministic = true: bit-reproducible decode attention (default: "
+                             "cuDNN grouped KV, as glmbot serve runs on CUDA)")
     return parser.parse_args()
 
 
@@ -263,6 +266,7 @@ def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
     model, tok = build_model(args)
+    model.set_deterministic_decode(args.deterministic)
     if args.compile:
         model.compile_dense()  # fused rmsnorm and silu*mul; captured inside the CUDA graphs
     console.print(f"{'ChatGLM2-6B shape, random bf16' if args.full_size else args.model} on {model.device} | "

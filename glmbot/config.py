@@ -121,6 +121,10 @@ class ServingSettings:
     pin: list[str] = field(default_factory=list, metadata=_help("adapters kept resident, e.g. ['support']"))
     compile: bool = field(default=True, metadata=_help(
         "on CUDA, torch.compile each block's dense parts before the decode step is captured; ignored on CPU"))
+    deterministic: bool = field(default=False, metadata=_help(
+        "on CUDA, true keeps decode bit-reproducible (same inputs, same tokens, run after run); false uses "
+        "cuDNN's grouped-KV decode attention, ~4% faster per step on an H200, whose last bit varies from "
+        "run to run and can flip a near-tied token; CPU decode is always deterministic"))
 
 
 @dataclass

@@ -88,6 +88,54 @@ def test_mixed_batch_equals_each_request_alone_and_the_oracle(base, tok, prefixe
     assert len({b.token_ids for b in batched}) == len(plan)  # the prefixes really change the answers
 
 
+def test_compiled_dense_parts_serve_the_eager_tokens(base, tok, prefixes):
+    """The engine with compiled dense parts (batch buckets, prefill lengths and decode all through
+    the same few graphs) gives the eager engine's tokens."""
+    plan = [("support", QUERIES[0]), ("hr", QUERIES[2]), (None, QUERIES[3]), ("ads", QUERIES[1])]
+
+    def run():
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, static_shapes=True) as eng:
+            return [r.token_ids for r in eng.generate_many([greedy(q, d, 10) for d, q in plan])]
+
+    eager = run()
+    torch._dynamo.reset()
+    base.compile_dense(backend="aot_eager")  # dynamo + functionalization, as inductor gets it
+    try:
+        compiled = run()
+    finally:
+        base.uncompile_dense()
+        torch._dynamo.reset()
+    assert compiled == eager and all(eager)
+
+
+def test_grouped_kv_decode_attention_gives_the_folded_tokens(base, tok, prefixes):
+    """[serving] deterministic = false swaps the decode attention for one grouped-KV call (cuDNN's
+    kernel on CUDA): the same attention, so the same tokens here (fp32 on CPU)."""
+    plan = [("support", QUERIES[0]), ("hr", QUERIES[2]), (None, QUERIES[3]), ("ads", QUERIES[1])]
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        calls.append((q.shape[1], q.shape[2], kwargs.get("enable_gqa", False)))
+        return real_sdpa(q, k, v, *args, **kwargs)
+
+    def run():
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, static_shapes=True) as eng:
+            return [r.token_ids for r in eng.generate_many([greedy(q, d, 10) for d, q in plan])]
+
+    folded = run()
+    base.set_deterministic_decode(False)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+            grouped = run()
+    finally:
+        base.set_deterministic_decode(True)
+    assert grouped == folded and all(folded)
+    heads = base.config.num_attention_heads
+    assert (heads, 1, True) in calls  # decode queries: all heads, one position, grouped KV
+
+
 def test_requests_arriving_during_decode_join_the_batch(engine, base, tok, prefixes):
     early = [engine.submit(greedy(q, d, 40, ignore_eos=True))
              for d, q in [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2])]]

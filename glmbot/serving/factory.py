@@ -15,11 +15,13 @@ def build_engine(settings: Settings, model: Any, tokenizer: Any, registry: Any, 
 
     On CUDA the decode step is replayed from CUDA graphs (static shapes) unless the caller says
     otherwise in engine_kwargs, with each block's dense parts compiled first ([serving] compile).
+    [serving] deterministic picks the CUDA decode attention kernel (CPU decode is always deterministic).
     """
     router = build_router(settings, registry, plugins)
     if model.device.type == "cuda":
         engine_kwargs.setdefault("cuda_graph", True)
         engine_kwargs.setdefault("static_shapes", True)
+        model.set_deterministic_decode(settings.serving.deterministic)
         if settings.serving.compile:
             model.compile_dense()
     return Engine(model, tokenizer, registry=registry, router=router, settings=settings, plugins=plugins,

@@ -108,7 +108,8 @@ def forward_slots(model: torch.nn.Module, slots: KVSlots, input_ids: torch.Tenso
     return out.logits[:, -1]  # (B, V)
 
 
-DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+DecodeOutputs = tuple[torch.Tensor, ...]
+DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], DecodeOutputs]
 
 
 class GraphedDecode:
@@ -116,11 +117,12 @@ class GraphedDecode:
 
     `decode(input_ids, position_ids, write_pos, limit)`, each (n, 1), must read and write only
     static tensors (the slot buffers) and use the full slot length, so a replay with new inputs
-    copied into the static buffers computes exactly what an eager call would.
+    copied into the static buffers computes exactly what an eager call would. It returns a tuple
+    of tensors (the scheduler's: logits, greedy tokens, finite flags).
     """
 
     def __init__(self, decode: DecodeFn, buckets: list[int], scratch: int, device: torch.device):
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecodeOutputs]] = {}
         pool = torch.cuda.graph_pool_handle()
         for n in sorted(buckets, reverse=True):  # the largest first: smaller ones reuse its pool
             # Idle inputs: position 0, writes to scratch, attend to slot 0 only.
@@ -134,13 +136,13 @@ class GraphedDecode:
             graph = torch.cuda.CUDAGraph()
             # thread_local: CUDA work of other threads (prefix loads) must not break this capture.
             with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                logits = decode(*static)
-            self.graphs[n] = (graph, static, logits)
+                outputs = decode(*static)
+            self.graphs[n] = (graph, static, outputs)
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> DecodeOutputs:
         n = inputs[0].shape[0]
-        graph, static, logits = self.graphs[n]
+        graph, static, outputs = self.graphs[n]
         for buffer, value in zip(static, inputs):
             buffer.copy_(value)
         graph.replay()
-        return logits  # overwritten by the next replay: read it before then
+        return outputs  # overwritten by the next replay: read (or copy) them before then

@@ -3,7 +3,8 @@ repetition penalty and random generator, all rows of a step at once.
 
 Sampling draws one uniform number per row from the row's own CPU `torch.Generator` and inverts
 the row's filtered CDF with it, so a request with a `seed` gets the same tokens whatever else
-shares its batch. The order of the filters is transformers' (penalty, temperature, top-k, top-p).
+shares its batch (given the same logits: on CUDA, `[serving] deterministic = true` keeps those bit
+for bit from run to run). The order of the filters is transformers' (penalty, temperature, top-k, top-p).
 """
 
 from __future__ import annotations

@@ -259,15 +259,19 @@ class Scheduler:
             ids = torch.where(table[4] >= 0, previous.tokens[table[4].clamp(min=0)], ids)
         ids, positions, write, limit = ids[:, None], table[1, :, None], table[2, :, None], table[3, :, None]
         if self.graphed is not None:
-            logits = self.graphed(ids, positions, write, limit)
+            logits, greedy, finite = self.graphed(ids, positions, write, limit)
         else:
             kv_len = self.slots.length if self.static_shapes else round_up(max(c[3] for c in columns))
-            logits = forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len)
+            logits, greedy, finite = self._decode(ids, positions, write, limit, kv_len)
         index = torch.tensor([r.slot for r in launched]).to(self.device, non_blocking=True)
         params = [r.job.params for r in launched]
-        seen = [r.seen if r.job.params.repetition_penalty != 1.0 else () for r in launched]
-        tokens, finite = choose_tokens_on_device(logits[index], params, seen,
-                                                 draw_uniforms(params, [r.generator for r in launched]))
+        if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
+            # The step already chose them (inside the CUDA graph when there is one): no (B, V) work here.
+            tokens, finite = greedy[index], finite[index]
+        else:
+            seen = [r.seen if r.job.params.repetition_penalty != 1.0 else () for r in launched]
+            tokens, finite = choose_tokens_on_device(logits[index], params, seen,
+                                                     draw_uniforms(params, [r.generator for r in launched]))
         both = torch.stack((tokens, finite.long()))
         if self.device.type != "cuda":
             return Launched(launched, tokens, both, None)
@@ -293,8 +297,17 @@ class Scheduler:
             self.stats.decode_tokens += alive
             self.stats.peak_rows = max(self.stats.peak_rows, alive)
 
-    def _decode_eager_static(self, ids, positions, write, limit) -> torch.Tensor:  # noqa: ANN001 - (n, 1) each
-        return forward_slots(self.model, self.slots, ids, positions, write, limit, self.slots.length)
+    def _decode(self, ids, positions, write, limit, kv_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        """One decode forward of (n, 1) queries -> logits (n, V), greedy tokens (n,), finite rows (n,).
+
+        Greedy tokens are chosen here so that, in a CUDA graph, the common all-greedy step needs no
+        (n, V) work outside it (`choose_tokens_on_device` picks the same tokens from the logits).
+        """
+        logits = forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len)
+        return logits, logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+
+    def _decode_eager_static(self, ids, positions, write, limit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        return self._decode(ids, positions, write, limit, self.slots.length)
 
     # ---- tokens, text and endings ---------------------------------------------------------------
 
