@@ -260,6 +260,21 @@ def test_seed_makes_sampling_reproducible_whatever_shares_the_batch(engine):
     assert unseeded[0].token_ids != unseeded[1].token_ids
 
 
+def test_decode_step_picks_greedy_tokens_and_flags_non_finite_rows(base, monkeypatch):
+    """The decode step's own token choice (inside the CUDA graph on GPU) agrees with
+    choose_tokens_on_device: argmax per row, and a row with any NaN/Inf logit flagged."""
+    from glmbot.serving import scheduler as scheduler_module
+    from glmbot.serving.sampling import choose_tokens_on_device
+
+    logits = torch.tensor([[0.0, float("inf"), 1.0], [0.5, 2.0, 1.0], [float("nan"), 0.0, 1.0], [3.0, 2.0, 1.0]])
+    monkeypatch.setattr(scheduler_module, "forward_slots", lambda *args, **kwargs: logits)
+    sched = scheduler_module.Scheduler(base, 2, 0, str, max_rows=4, slot_len=16)
+    _, greedy_tokens, finite = sched._decode(None, None, None, None, 16)
+    tokens, expected_finite = choose_tokens_on_device(logits, [SamplingParams(do_sample=False)] * 4, [()] * 4, None)
+    assert finite.tolist() == expected_finite.tolist() == [False, True, False, True]
+    assert greedy_tokens[[1, 3]].tolist() == tokens[[1, 3]].tolist() == [1, 0]
+
+
 def test_sampling_filters_follow_transformers_semantics():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]] * 3)
     params = [SamplingParams(top_k=1, temperature=1.0), SamplingParams(top_p=1e-4, temperature=1.0),
