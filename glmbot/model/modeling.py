@@ -198,7 +198,9 @@ class SelfAttention(nn.Module):
         if hasattr(cache, "update_kv"):  # the serving engine's slots: keys and values in one write
             k, v = cache.update_kv(kv, self.layer_idx)  # (B, G, slots, D)
         else:
-            k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, G, T, D) views
+            # (B, G, T, D) views; unbind's backward stacks the two gradients in one kernel, where two
+            # selects would each zero-fill a (B, T, 2, G, D) gradient and then add them.
+            k, v = (t.transpose(1, 2) for t in kv.unbind(2))
             if cache is not None:
                 k, v = cache.update(k, v, self.layer_idx)  # (B, G, past+T, D)
         if prefix is not None:
