@@ -125,7 +125,8 @@ def rotary_inverse_backward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
 
 def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, cos, sin, heads: int, groups: int,
-                     head_dim: int, rotary: Callable = rotary_inverse_backward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     head_dim: int,
+                     rotary: Callable = rotary_inverse_backward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The previous block's last residual add, RMSNorm, QKV projection and rotary of one block.
 
     x (B, T, hidden) + delta (the previous block's MLP output; zeros for the first block) -> the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from glmbot.config import Settings
 from glmbot.serving.engine import Engine
 from glmbot.serving.routing_setup import build_router
@@ -21,7 +23,11 @@ def build_engine(settings: Settings, model: Any, tokenizer: Any, registry: Any, 
     if model.device.type == "cuda":
         engine_kwargs.setdefault("cuda_graph", True)
         engine_kwargs.setdefault("static_shapes", True)
-        model.set_deterministic_decode(settings.serving.deterministic)
+        # cuDNN's attention needs fp16/bf16 on an Ampere or newer GPU; elsewhere the grouped call
+        # would fall back to the math kernel, slower than the folded form.
+        half = model.dtype in (torch.float16, torch.bfloat16)
+        cudnn_ok = half and torch.cuda.get_device_capability(model.device) >= (8, 0)
+        model.set_deterministic_decode(settings.serving.deterministic or not cudnn_ok)
         if settings.serving.compile:
             model.compile_dense()
     return Engine(model, tokenizer, registry=registry, router=router, settings=settings, plugins=plugins,

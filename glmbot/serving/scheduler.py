@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from glmbot.errors import GenerationError
-from glmbot.serving.kv_slots import GraphedDecode, KVSlots, forward_slots, round_up
+from glmbot.serving.kv_slots import DecodeOutputs, GraphedDecode, KVSlots, forward_slots, round_up
 from glmbot.serving.prefix_cache import ResolvedAdapter
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
                                      Usage)
@@ -297,7 +297,7 @@ class Scheduler:
             self.stats.decode_tokens += alive
             self.stats.peak_rows = max(self.stats.peak_rows, alive)
 
-    def _decode(self, ids, positions, write, limit, kv_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def _decode(self, ids, positions, write, limit, kv_len: int) -> DecodeOutputs:  # noqa: ANN001 - (n, 1) each
         """One decode forward of (n, 1) queries -> logits (n, V), greedy tokens (n,), finite rows (n,).
 
         Greedy tokens are chosen here so that, in a CUDA graph, the common all-greedy step needs no
@@ -306,7 +306,7 @@ class Scheduler:
         logits = forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len)
         return logits, logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
 
-    def _decode_eager_static(self, ids, positions, write, limit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def _decode_eager_static(self, ids, positions, write, limit) -> DecodeOutputs:  # noqa: ANN001
         return self._decode(ids, positions, write, limit, self.slots.length)
 
     # ---- tokens, text and endings ---------------------------------------------------------------
