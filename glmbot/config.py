@@ -123,8 +123,8 @@ class ServingSettings:
         "on CUDA, torch.compile each block's dense parts before the decode step is captured; ignored on CPU"))
     deterministic: bool = field(default=False, metadata=_help(
         "on CUDA, true keeps decode bit-reproducible (same inputs, same tokens, run after run); false uses "
-        "cuDNN's grouped-KV decode attention, ~4% faster per step on an H200, whose last bit varies from "
-        "run to run and can flip a near-tied token; CPU decode is always deterministic"))
+        "cuDNN's grouped-KV decode attention (fp16/bf16 on Ampere or newer), ~4% faster per step on an H200, "
+        "whose last bit varies from run to run and can flip a near-tied token; CPU decode is always deterministic"))
 
 
 @dataclass
