@@ -1,10 +1,12 @@
 """Prefix-training attention, forward + backward, by SDPA backend (CUDA only).
 
     python bench/attention_train.py [--batch 32 --T 120 --P 128]
+    python bench/attention_train.py --device cpu --batch 2 --T 8 --P 4   # checks the script
 
 The trainer's attention: 32 query heads over 2 KV groups, every query sees the whole prefix and
 the earlier tokens (lower-right causal over P + T keys), gradients to q, k and v (the prefix's
-gradient flows through k and v). Prints ms per layer for each way of running it.
+gradient flows through k and v). Prints ms per layer for each way of running it, and how far its output and gradients are from
+the trainer's way (a backend whose gradients differ by more than bf16 rounding is not a candidate).
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, reps: int = 20) -> float:
     for _ in range(3):
         fn()
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t) / reps * 1e3
 
 
@@ -34,9 +41,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--T", type=int, default=120)
     ap.add_argument("--P", type=int, default=128)
+    ap.add_argument("--device", default="cuda", help="cpu only checks the script (tiny timings, few backends)")
     args = ap.parse_args()
     B, T, P, H, G, D = args.batch, args.T, args.P, 32, 2, 128
-    dev, dt = torch.device("cuda"), torch.bfloat16
+    dev, dt = torch.device(args.device), torch.bfloat16
     # Layouts as the model has them: q a transposed view of (B, T, H, D); k, v (B, G, P + T, D).
     q = torch.randn(B, T, H, D, device=dev, dtype=dt).transpose(1, 2).requires_grad_()
     k = torch.randn(B, G, P + T, D, device=dev, dtype=dt).requires_grad_()
@@ -65,9 +73,10 @@ def main() -> None:
             (SDPBackend.MATH, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=additive, enable_gqa=True)),
     }
     reference = None
-    print(f"B={B} T={T} P={P} H={H} G={G} D={D}")
-    print("| way | forward ms | forward + backward ms | max |out - glmbot| |")
-    print("|---|---|---|---|")
+    print(f"B={B} T={T} P={P} H={H} G={G} D={D}; differences are max abs against the first row, whose "
+          "gradients' max abs values are given in its row")
+    print("| way | forward ms | forward + backward ms | out diff | dq diff | dk diff | dv diff |")
+    print("|---|---|---|---|---|---|---|")
     for name, (backend, fn) in ways.items():
         def fwd():
             with torch.no_grad():
@@ -79,12 +88,17 @@ def main() -> None:
         try:
             with sdpa_kernel(backend) if backend else torch.enable_grad():
                 out = fwd()
+                grads = torch.autograd.grad(fn(), (q, k, v), grad)  # the prefix learns through dk, dv
                 f, fb = timed(fwd), timed(fwd_bwd)
         except Exception as exc:  # noqa: BLE001 - a backend that refuses this shape is a result too
-            print(f"| {name} | unsupported: {str(exc).splitlines()[0][:80]} | | |")
+            print(f"| {name} | unsupported: {str(exc).splitlines()[0][:80]} | | | | | |")
             continue
-        reference = out if reference is None else reference
-        print(f"| {name} | {f:.3f} | {fb:.3f} | {(out.float() - reference.float()).abs().max().item():.3g} |")
+        if reference is None:
+            reference = (out, *grads)
+            diffs = ["0"] + [f"0 (max {g.float().abs().max().item():.3g})" for g in grads]
+        else:
+            diffs = [f"{(a.float() - b.float()).abs().max().item():.3g}" for a, b in zip((out, *grads), reference)]
+        print(f"| {name} | {f:.3f} | {fb:.3f} | " + " | ".join(diffs) + " |")
 
 
 if __name__ == "__main__":
