@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kernel_table import print_kernel_table  # noqa: E402
 from serving_bench import build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
@@ -50,14 +51,8 @@ def main() -> None:
                     for _ in range(args.steps):
                         scheduler._decode_eager_static(*inputs)
                     torch.cuda.synchronize()
-            events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
-            total = sum(e.self_device_time_total for e in events) / args.steps
-            print(f"\nbatch {n}: {total / 1e3:.2f} ms of kernels per step, "
-                  f"{sum(e.count for e in events) / args.steps:.0f} kernels per step")
-            print("| kernel | us per step | calls per step |")
-            print("|---|---|---|")
-            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:args.rows]:
-                print(f"| {e.key[:110]} | {e.self_device_time_total / args.steps:.1f} | {e.count / args.steps:.0f} |")
+            print(f"\nbatch {n}:")
+            print_kernel_table(prof, args.steps, "step", args.rows)
 
 
 if __name__ == "__main__":

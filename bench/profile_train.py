@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kernel_table import print_kernel_table  # noqa: E402
 from train_bench import (COMPILE_VARIANTS, batches_for, random_full_size, run_scenario,  # noqa: E402
                          synthetic_examples)
 
@@ -39,15 +40,8 @@ def main() -> None:
     run_scenario(model, "warm-up", batches[:8], 6, 128, device)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         measured = run_scenario(model, "profiled", batches[8:8 + args.steps], args.steps, 128, device, warmup=0)
-    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
-    total = sum(e.self_device_time_total for e in events) / args.steps
-    print(f"{measured['real_tok_s']:,.0f} real tokens/s under the profiler; {total / 1e3:.1f} ms of kernels "
-          f"per micro-batch, {sum(e.count for e in events) / args.steps:.0f} kernels")
-    print("| kernel | ms per micro-batch | share | calls |")
-    print("|---|---|---|---|")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:args.rows]:
-        ms = e.self_device_time_total / args.steps / 1e3
-        print(f"| {e.key[:100]} | {ms:.2f} | {ms * 1e3 / total:.1%} | {e.count / args.steps:.0f} |")
+    print(f"{measured['real_tok_s']:,.0f} real tokens/s under the profiler")
+    print_kernel_table(prof, args.steps, "micro-batch", args.rows)
 
 
 if __name__ == "__main__":

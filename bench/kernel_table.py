@@ -1,0 +1,19 @@
+"""The CUDA kernels of a torch.profiler run as a markdown table (shared by the profile_* benches)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def print_kernel_table(prof: torch.profiler.profile, per: int, unit: str, rows: int) -> float:
+    """Kernels by total device time, divided over `per` units (steps, micro-batches); returns the
+    total ms of kernels per unit."""
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events) / per / 1e3
+    print(f"{total:.2f} ms of kernels per {unit}, {sum(e.count for e in events) / per:.0f} kernels")
+    print(f"| kernel | ms per {unit} | share | calls |")
+    print("|---|---|---|---|")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:rows]:
+        ms = e.self_device_time_total / per / 1e3
+        print(f"| {e.key[:100]} | {ms:.3f} | {ms / total:.1%} | {e.count / per:.0f} |")
+    return total
