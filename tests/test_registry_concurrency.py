@@ -89,6 +89,43 @@ def writer_holding_the_lock(db_url: str):
         engine.dispose()
 
 
+def test_switching_a_sqlite_registry_to_wal_waits_out_a_locked_moment():
+    """SQLite refuses the journal-mode pragma at once ("locked", no busy wait) while another
+    process is in the middle of opening or closing the file; the ranks of a torchrun opening one
+    registry hit that (one of two ranks failed in 3 of 4 runs of the gloo training test). The
+    switch retries until the busy timeout, and other errors pass through at once."""
+    from glmbot.registry.database import _use_wal
+
+    class Cursor:
+        def __init__(self, refusals: int, mode: str = "delete", error: str = "database is locked"):
+            self.refusals, self.mode, self.error, self.calls = refusals, mode, error, []
+
+        def execute(self, sql):
+            self.calls.append(sql)
+            if self.refusals:
+                self.refusals -= 1
+                raise sqlite3.OperationalError(self.error)
+            if sql == "PRAGMA journal_mode=WAL":
+                self.mode = "wal"
+            return self
+
+        def fetchone(self):
+            return (self.mode,)
+
+    cursor = Cursor(refusals=3)
+    _use_wal(cursor, busy_timeout_s=5)
+    assert cursor.mode == "wal" and cursor.calls[-1] == "PRAGMA journal_mode=WAL"
+    already = Cursor(refusals=0, mode="wal")
+    _use_wal(already, busy_timeout_s=5)
+    assert already.calls == ["PRAGMA journal_mode"]  # set once per file, then only checked
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _use_wal(Cursor(refusals=10**6), busy_timeout_s=0.1)
+    other = Cursor(refusals=1, error="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _use_wal(other, busy_timeout_s=5)
+    assert len(other.calls) == 1
+
+
 def test_locked_database_gives_one_clear_error(db_url: str, adapters_dir: Path):
     reg = Registry(db_url, adapters_dir, busy_timeout_s=0.2)
     reg.add_domain("support")

@@ -9,6 +9,8 @@ its password) and the fix.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +62,25 @@ def describe_db_error(url: str, exc: Exception, busy_timeout_s: float) -> Databa
 DRIVER_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
+def _use_wal(cursor, busy_timeout_s: float) -> None:  # noqa: ANN001 - a DBAPI cursor
+    """Put the database in WAL mode (persistent: set once per file, then only checked).
+
+    Asking for the journal mode needs a moment with no other connection switching it or closing
+    the file (the last one out checkpoints), and SQLite answers "locked" at once there instead of
+    waiting: processes opening the registry together (the ranks of one torchrun) retry within
+    the busy timeout."""
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_engine(url: str, busy_timeout_s: float) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:" and not path.startswith("file:"):
@@ -76,7 +97,7 @@ def _sqlite_engine(url: str, busy_timeout_s: float) -> Engine:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite driver would defer it).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor, busy_timeout_s)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
