@@ -204,12 +204,31 @@ def test_official_ptuned_model_applies_its_own_prefix():
         explicit = base(ids, attention_mask=mask, use_cache=False,
                         prefix=PrefixKV.repeat(tuned.transformer.prefix_encoder.kv(), 2)).logits
     torch.testing.assert_close(own, explicit)
+    # In training the official model drops out 10% of its prefix entries (scaled by 1/0.9).
+    tuned.train()
+    torch.manual_seed(0)
+    out = tuned(ids, attention_mask=mask, use_cache=False).logits
+    tuned.eval()
+    assert out.shape == own.shape and not torch.allclose(out, own)
 
 
 def test_flat_to_kv_shape():
     cfg = small_config()
     flat = torch.randn(3, cfg.prefix_width)
     assert flat_to_kv(flat, cfg.num_layers, cfg.kv_groups, cfg.kv_channels).shape == (2 * cfg.num_layers, 2, 3, 16)
+
+
+def test_prefix_layers_come_from_one_unbind_with_the_indexing_gradient():
+    """Every layer's prefix key/value is a view from one split of kv (one backward node, which
+    stacks the gradients, instead of a zero-filled whole-kv gradient per layer), and the gradient
+    reaching kv is each layer's own, in its slot."""
+    kv = torch.randn(6, 2, 2, 3, 4, requires_grad=True)
+    prefix = PrefixKV(kv * 1.0)
+    parts = [t for layer in range(3) for t in prefix.layer(layer)]
+    assert len({t.grad_fn for t in parts}) == 1
+    assert prefix.layer(1)[0] is parts[2]  # split once, not per call
+    grads = [torch.randn(2, 2, 3, 4) for _ in parts]
+    assert torch.equal(torch.autograd.grad(parts, kv, grads)[0], torch.stack(grads))
 
 
 def test_additive_4d_mask_matches_the_2d_path(model):
@@ -307,6 +326,110 @@ def test_training_layout_takes_the_lower_right_causal_path_and_equals_rows_alone
     torch.testing.assert_close(losses[0][1], losses[1][1])
 
 
+def test_cudnn_training_attention_uses_the_additive_form_of_the_lower_right_mask_with_the_same_training(
+        model, monkeypatch):
+    """set_training_attention("cudnn"): every layer gets the additive form of the training
+    layout's lower-right mask, built once per forward, in an SDPA call that asks cuDNN first (on
+    CPU SDPA runs its own kernels); loss and prefix gradient equal the flash path's."""
+    import glmbot.model.modeling as modeling
+
+    enc = random_encoder(model.config, 5, seed=8)
+    ids, mask = right_padded([9, 4, 7], seed=16)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :2] = -100
+    expected = torch.ones(9, 14).tril(5).bool()  # token i: the 5 prefix slots and tokens <= i
+    calls = []
+    real_sdpa = modeling.F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.shape, k.shape, attn_mask))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    results = []
+    for attention in ("flash", "cudnn"):
+        model.set_training_attention(attention)
+        if attention != "flash":  # (a CausalBias dispatches through SDPA's torch-function hook: not recorded)
+            monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", recording_sdpa)
+        enc.zero_grad()
+        loss = modeling.answer_loss(model, ids, mask, labels, PrefixKV.repeat(enc.kv(), 3))
+        loss.backward()
+        monkeypatch.undo()
+        results.append((loss.detach(), enc.embedding.weight.grad.clone()))
+    model.set_training_attention("flash")
+    assert len(calls) == model.config.num_layers and all(c[2] is calls[0][2] for c in calls)
+    groups, heads = model.config.kv_groups, model.config.num_attention_heads
+    q_shape, k_shape, additive = calls[0]
+    assert tuple(q_shape) == (3, heads, 9, 16) and tuple(k_shape) == (3, groups, 14, 16)
+    assert additive.shape == (1, 1, 9, 14)
+    assert torch.equal(additive[0, 0] == 0, expected)
+    assert bool((additive[0, 0][~expected] == torch.finfo(additive.dtype).min).all())
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_training_attention_names_the_kinds_it_takes(model):
+    with pytest.raises(ValueError, match="'cudnn2' is not one of flash, cudnn"):
+        model.set_training_attention("cudnn2")
+
+
+@pytest.mark.parametrize(("training", "multiple"), [(False, 1), (True, 1), (True, 4)])
+def test_training_layout_runs_the_dense_parts_on_the_real_tokens_only(model, training, multiple):
+    """Right-padded rows with a shared prefix: each block's dense parts see the N real tokens
+    (and filler rows up to a multiple of pack_multiple; attention sees the padded rows), real
+    positions keep their logits, padded ones come back zero; in training mode a batch without
+    padding is packed too (one layout for the compiled parts)."""
+    enc = random_encoder(model.config, 4, seed=9)
+    ids, mask = right_padded([6, 2, 5], seed=17)
+    rows_seen = []
+
+    def recording(fn):
+        def wrapped(x, *args):
+            rows_seen.append(tuple(x.shape))
+            return fn(x, *args)
+        return wrapped
+
+    kernels = modeling.BlockKernels(recording(modeling.attention_inputs), recording(modeling.block_outputs))
+    model.train(training)
+    model.transformer.pack_multiple = multiple
+    try:
+        with torch.no_grad():
+            alone = [model.transformer(ids[r:r + 1, :n], None, None, None, PrefixKV.repeat(enc.kv(), 1))[0]
+                     for r, n in enumerate(mask.sum(1).tolist())]  # no padding, no mask: not packed
+            for layer in model.transformer.encoder.layers:
+                layer.kernels = kernels
+            packed = model.transformer(ids, None, mask, None, PrefixKV.repeat(enc.kv(), 3))
+            full = torch.ones(2, 6, dtype=torch.long)
+            model.transformer(ids[:2], None, full, None, PrefixKV.repeat(enc.kv(), 2))
+    finally:
+        model.uncompile_dense()
+        model.eval()
+        model.transformer.pack_multiple = 1
+    for r, row in enumerate(alone):
+        torch.testing.assert_close(packed[r, :row.shape[0]], row, atol=ATOL, rtol=1e-5)
+    layers = model.config.num_layers
+    rows = 13 if multiple == 1 else 16  # 6 + 2 + 5 real tokens, filled up to a multiple
+    assert rows_seen[:2 * layers] == [(rows, model.config.hidden_size)] * 2 * layers
+    assert bool((packed[mask == 0] == 0).all())
+    unpadded = (12, model.config.hidden_size) if training else (2, 6, model.config.hidden_size)
+    assert rows_seen[2 * layers:] == [unpadded] * 2 * layers
+
+
+def test_filler_rows_of_the_packed_layout_leave_loss_and_prefix_gradient_unchanged(model):
+    enc = random_encoder(model.config, 4, seed=10)
+    ids, mask = right_padded([7, 3, 5], seed=18)
+    labels = ids.masked_fill(mask == 0, -100)
+    results = []
+    for multiple in (1, 8):
+        model.transformer.pack_multiple = multiple
+        enc.zero_grad()
+        loss = modeling.answer_loss(model, ids, mask, labels, PrefixKV.repeat(enc.kv(), 3))
+        loss.backward()
+        results.append((loss.detach(), enc.embedding.weight.grad.clone()))
+    model.transformer.pack_multiple = 1
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
 def test_lower_right_path_without_grouped_kv_support_expands_kv_heads_to_the_same_logits(model, monkeypatch):
     """torch releases whose CausalBias takes no enable_gqa get the KV groups expanded to all heads."""
     import glmbot.model.modeling as modeling
@@ -362,12 +485,14 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
         finally:
             model.uncompile_dense()
             torch._dynamo.reset()
-    # Each part: a graph for the first shape, one with batch and length symbolic, none for the third.
+    # Each part: a graph for the first shape, one with the token counts symbolic, none for the third.
     assert after_two == len(graphs) == 4, [g.code for g in graphs]
-    placeholders = [n for n in graphs[-1].graph.nodes if n.op == "placeholder"]
-    symbolic = {str(s) for n in placeholders if isinstance(n.meta.get("example_value"), torch.Tensor)
-                for s in n.meta["example_value"].shape if not isinstance(s, int)}
-    assert len(symbolic) == 2, symbolic  # batch and length; hidden, heads and head_dim are constants
+    # Only token counts are symbolic (packed, real, padded rows: the first dimension of each input);
+    # hidden size, heads and head_dim are constants.
+    shapes = [tuple(n.meta["example_value"].shape) for g in graphs[-2:] for n in g.graph.nodes
+              if n.op == "placeholder" and isinstance(n.meta.get("example_value"), torch.Tensor)]
+    assert any(not isinstance(shape[0], int) for shape in shapes), shapes
+    assert all(isinstance(d, int) for shape in shapes for d in shape[1:]), shapes
     # Rotary kept out of the compiled graphs (a variant of the train bench): same logits.
     torch._dynamo.reset()
     model.compile_dense(torch.compiler.disable(modeling.apply_rotary), backend=counting_backend)

@@ -9,6 +9,7 @@ are prepended to each layer's keys/values after rotary, taking no positions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from typing import Callable
@@ -17,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import CausalBias, causal_lower_right
+from torch.nn.attention.bias import CausalBias, CausalVariant, causal_lower_right
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from glmbot.model import kernels
 from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.prefix import PrefixEncoder, PrefixKV
 
@@ -37,6 +39,9 @@ _CAUSAL_BIAS_GQA = "enable_gqa" in inspect.signature(CausalBias._dispatch).param
 # backends keep the folded form.
 _CUDNN_FIRST = ([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                  SDPBackend.MATH] if "set_priority" in inspect.signature(sdpa_kernel).parameters else None)
+
+
+TRAINING_ATTENTION = ("flash", "cudnn")
 
 
 class RMSNorm(nn.Module):
@@ -124,48 +129,144 @@ def rotary_inverse_backward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     return _RotaryWithInverseBackward.apply(x, cos, sin)
 
 
+def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """(n, ...) -> (rows, ...), zero rows appended."""
+    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - t.shape[0]))
+
+
+class _PadRows(torch.autograd.Function):
+    """Packed rows (M, ...), the first N real -> a zero-filled (rows, ...) tensor holding those N at
+    `index` (N,); backward gathers them (zeros for the M - N filler rows)."""
+
+    @staticmethod
+    def forward(x, index, rows):
+        out = x.new_zeros((rows, *x.shape[1:]))
+        out[index] = x[:index.shape[0]]
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.packed = inputs[0].shape[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return _grow(grad[index], ctx.packed), None, None
+
+
+class _UnpadRows(torch.autograd.Function):
+    """The rows of x at `index` (distinct), then zero filler rows up to `rows`; backward writes
+    the gradient back to them in a zero-filled tensor (a plain scatter, where autograd's own
+    indexing backward accumulates)."""
+
+    @staticmethod
+    def forward(x, index, rows):
+        return _grow(x[index], rows)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.source_rows = inputs[0].shape[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.source_rows, *grad.shape[1:]))
+        out[index] = grad[:index.shape[0]]
+        return out, None, None
+
+
+def pad_rows(x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+    """Packed rows (M, ...) -> (rows, ...): row i < N of x at index[i] (N = len(index)), zeros elsewhere."""
+    return _PadRows.apply(x, index, rows)
+
+
+def unpad_rows(x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+    """x[index] then zero rows, `rows` packed rows in all; index distinct, its backward a plain scatter."""
+    return _UnpadRows.apply(x, index, rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """Right-padded rows with their real tokens packed: the dense parts of every block run on
+    the N real tokens (plus zero filler rows up to `rows`, a multiple that may suit the matrix
+    kernels better), (rows, hidden); attention runs on the padded (B, T) layout, its inputs
+    scattered there and its output gathered back. index: (N,) positions of the real tokens in
+    the flat B*T layout."""
+
+    index: torch.Tensor
+    batch: int
+    length: int
+    rows: int
+
+
 def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, cos, sin, heads: int, groups: int,
-                     head_dim: int,
-                     rotary: Callable = rotary_inverse_backward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     head_dim: int, rotary: Callable = rotary_inverse_backward, pad_index: torch.Tensor | None = None,
+                     padded_rows: int = 0,
+                     scatter: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The previous block's last residual add, RMSNorm, QKV projection and rotary of one block.
 
-    x (B, T, hidden) + delta (the previous block's MLP output; zeros for the first block) -> the
-    block input x, q (B, T, H, D) and the new keys and values together, kv (B, T, 2, G, D)
-    ([:, :, 0] keys after rotary, [:, :, 1] values). Doing the add here fuses it with the norm.
+    x (..., hidden) + delta (the previous block's MLP output; zeros for the first block) -> the
+    block input x, q (..., H, D) and the new keys and values together, kv (..., 2, G, D)
+    ([..., 0, :, :] keys after rotary, [..., 1, :, :] values). Doing the add here fuses it with
+    the norm. x is (B, T, hidden), or packed tokens (M, hidden) with `pad_index` (N,): then the
+    first N rows of q and kv come back scattered to rows `pad_index` of zero-filled
+    (padded_rows, ...) tensors, by `scatter` (kernels.rotary_scatter, rotary included) if given.
 
     A plain function of tensors (weights passed in), so one compiled graph serves every layer. It
-    keeps the projection's own (B, T, heads, D) layout: the caller's transpose to (B, heads, T, D)
+    keeps the projection's own (..., heads, D) layout: the caller's transpose to (B, heads, T, D)
     is a free view. Transposing inside made the compiled rotary kernels write across memory
     (on the H200 training bench, keeping the layout took 17.5k to 18.6k real tokens/s).
     """
-    B, T, _ = x.shape
+    lead = x.shape[:-1]
     x = x + delta
     qkv = F.linear(rms_norm(x, norm_weight, eps), qkv_weight, qkv_bias)
+    if pad_index is not None and scatter is not None:
+        q, kv = scatter(qkv, cos, sin, pad_index, padded_rows, heads, groups)
+        return x, q, kv
     q, k, v = qkv.split([heads * head_dim, groups * head_dim, groups * head_dim], dim=-1)
-    q = rotary(q.view(B, T, heads, head_dim), cos, sin)
-    k = rotary(k.view(B, T, groups, head_dim), cos, sin)
-    return x, q, torch.stack((k, v.view(B, T, groups, head_dim)), dim=2)
+    q = rotary(q.view(*lead, heads, head_dim), cos, sin)
+    k = rotary(k.view(*lead, groups, head_dim), cos, sin)
+    kv = torch.stack((k, v.view(*lead, groups, head_dim)), dim=-3)
+    if pad_index is not None:
+        q, kv = pad_rows(q, pad_index, padded_rows), pad_rows(kv, pad_index, padded_rows)
+    return x, q, kv
 
 
 def block_outputs(x, attn, dense_weight, dense_bias, norm_weight, eps: float, up_weight, up_bias, down_weight,
-                  down_bias, dropout: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rest of a block after attention (B, T, H*D): output projection + residual, RMSNorm,
-    SwiGLU MLP (dense_h_to_4h gives [a | b]; silu(a) * b; dense_4h_to_h).
+                  down_bias, dropout: float, training: bool, unpad_index: torch.Tensor | None = None,
+                  swiglu: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rest of a block after attention (..., H*D): output projection + residual, RMSNorm,
+    SwiGLU MLP (dense_h_to_4h gives [a | b]; silu(a) * b; dense_4h_to_h). With `unpad_index`,
+    attn is the padded (B*T, H*D) output whose rows `unpad_index` are x's first packed tokens,
+    and `swiglu` (kernels.swiglu), if given, computes silu(a) * b.
 
     Returns (x, mlp): the block's output is x + mlp, added by the next block's `attention_inputs`.
     """
+    if unpad_index is not None:
+        attn = unpad_rows(attn, unpad_index, x.shape[0])
     x = x + F.dropout(F.linear(attn, dense_weight, dense_bias), dropout, training)
-    a, b = F.linear(rms_norm(x, norm_weight, eps), up_weight, up_bias).chunk(2, dim=-1)
-    return x, F.dropout(F.linear(F.silu(a) * b, down_weight, down_bias), dropout, training)
+    h = F.linear(rms_norm(x, norm_weight, eps), up_weight, up_bias)
+    if unpad_index is not None and swiglu is not None:
+        act = swiglu(h)
+    else:
+        a, b = h.chunk(2, dim=-1)
+        act = F.silu(a) * b
+    return x, F.dropout(F.linear(act, down_weight, down_bias), dropout, training)
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockKernels:
-    """The dense parts of a block: eager by default, compiled by `compile_dense()` (shared by all layers)."""
+    """The dense parts of a block: eager by default, compiled by `compile_dense()` (shared by all
+    layers). On packed tokens (the training layout) SwiGLU and rotary + scatter run as the ops
+    of glmbot.model.kernels (Triton on CUDA); None leaves them to the parts' own code."""
 
     attention_inputs: Callable = attention_inputs
     block_outputs: Callable = block_outputs
     rotary: Callable = rotary_inverse_backward
+    swiglu: Callable | None = kernels.swiglu
+    rotary_scatter: Callable | None = kernels.rotary_scatter
 
 
 EAGER_KERNELS = BlockKernels()
@@ -210,6 +311,8 @@ class SelfAttention(nn.Module):
             v = torch.cat((pv.to(v.dtype), v), dim=2)
         dropout = self.dropout if self.training else 0.0
         gqa = self.groups != self.num_heads
+        if isinstance(mask, CudnnCausal):
+            return self._attend_cudnn(q, k, v, mask, dropout)
         if gqa and T == 1 and self.grouped_decode and _CUDNN_FIRST is not None and mask is not None:
             with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
@@ -228,6 +331,14 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout,
             **({"enable_gqa": True} if gqa else {}))  # (B, H, T, D); no enable_gqa kwarg for such a CausalBias
+        return out.transpose(1, 2).reshape(B, T, self.q_size)
+
+    def _attend_cudnn(self, q, k, v, mask: CudnnCausal, dropout: float) -> torch.Tensor:
+        """q (B, H, T, D), k/v (B, G, keys, D) -> (B, T, H*D) through SDPA asking cuDNN first."""
+        B, H, T, _ = q.shape
+        with sdpa_kernel(_CUDNN_FIRST, set_priority=True) if _CUDNN_FIRST else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.additive, dropout_p=dropout,
+                                                 enable_gqa=self.groups != H)
         return out.transpose(1, 2).reshape(B, T, self.q_size)
 
 
@@ -252,18 +363,25 @@ class GLMBlock(nn.Module):
         self.hidden_dropout = config.hidden_dropout
         self.kernels = EAGER_KERNELS
 
-    def forward(self, x, delta, cos, sin, mask, cache, prefix):
+    def forward(self, x, delta, cos, sin, mask, cache, prefix, packing: Packing | None = None):
         """(x, delta) -> (x, delta): the block's input and output are each x + delta (delta: zeros or
-        the previous block's MLP output, see `attention_inputs`)."""
+        the previous block's MLP output, see `attention_inputs`). x is (B, T, hidden), or (N, hidden)
+        packed tokens with `packing`."""
         attn, norm1, norm2, mlp = self.self_attention, self.input_layernorm, self.post_attention_layernorm, self.mlp
+        index = None if packing is None else packing.index
         x, q, kv = self.kernels.attention_inputs(
             x, delta, norm1.weight, norm1.eps, attn.query_key_value.weight, attn.query_key_value.bias, cos, sin,
-            attn.num_heads, attn.groups, attn.head_dim, self.kernels.rotary)
+            attn.num_heads, attn.groups, attn.head_dim, self.kernels.rotary, index,
+            0 if packing is None else packing.batch * packing.length, self.kernels.rotary_scatter)
+        if packing is not None:  # (B*T, ...) -> (B, T, ...) views
+            q, kv = (t.view(packing.batch, packing.length, *t.shape[1:]) for t in (q, kv))
         out = attn.attend(q, kv, mask, cache, prefix)
+        if packing is not None:
+            out = out.view(-1, out.shape[-1])  # (B*T, H*D)
         return self.kernels.block_outputs(
             x, out, attn.dense.weight, attn.dense.bias, norm2.weight, norm2.eps, mlp.dense_h_to_4h.weight,
             mlp.dense_h_to_4h.bias, mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias, self.hidden_dropout,
-            self.training)
+            self.training, index, self.kernels.swiglu)
 
 
 class GLMTransformer(nn.Module):
@@ -273,15 +391,15 @@ class GLMTransformer(nn.Module):
         self.final_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon) if config.post_layer_norm else None
         self.gradient_checkpointing = False
 
-    def forward(self, x, cos, sin, mask, cache, prefix):
+    def forward(self, x, cos, sin, mask, cache, prefix, packing: Packing | None = None):
         # The first block adds zeros: one variant of each compiled part instead of two (dynamo
         # recompiles per variant, and batch/length 1 specialisations already make four).
         delta = torch.zeros_like(x)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                x, delta = checkpoint(layer, x, delta, cos, sin, mask, cache, prefix, use_reentrant=False)
+                x, delta = checkpoint(layer, x, delta, cos, sin, mask, cache, prefix, packing, use_reentrant=False)
             else:
-                x, delta = layer(x, delta, cos, sin, mask, cache, prefix)
+                x, delta = layer(x, delta, cos, sin, mask, cache, prefix, packing)
         x = x + delta
         return self.final_layernorm(x) if self.final_layernorm is not None else x
 
@@ -337,6 +455,24 @@ def build_attention_mask(
     return additive[:, None]  # (B, 1, T, P+past+T)
 
 
+@dataclasses.dataclass(frozen=True)
+class CudnnCausal:
+    """The training layout's lower-right causal mask as an additive (1, 1, T, keys) tensor for
+    cuDNN (see `ChatGLMForConditionalGeneration.set_training_attention`)."""
+
+    additive: torch.Tensor
+
+
+def additive_causal(bias: CausalBias, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A lower-right CausalBias as the additive (1, 1, T, keys) mask it stands for (0 where
+    allowed, dtype min elsewhere)."""
+    if bias.variant is not CausalVariant.LOWER_RIGHT:
+        raise ValueError(f"only a lower-right CausalBias has an additive form here, got {bias.variant}")
+    T, keys = bias.seq_len_q, bias.seq_len_kv
+    allowed = torch.ones(T, keys, dtype=torch.bool, device=device).tril(keys - T)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
 def _right_padded(attention_mask: torch.Tensor) -> bool:
     """Every row is ones then zeros (B, T)."""
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
@@ -383,6 +519,8 @@ class ChatGLMModel(nn.Module):
         self.encoder = GLMTransformer(config)
         self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         self.rot_pairs = config.kv_channels // 4  # rotary on the first half of each head, in pairs
+        self.training_attention = "flash"  # see ChatGLMForConditionalGeneration.set_training_attention
+        self.pack_multiple = 1  # packed token rows of the training layout (see _packed)
         self.prefix_encoder = None
         if config.pre_seq_len:
             self.prefix_encoder = PrefixEncoder(config, config.pre_seq_len, config.prefix_projection)
@@ -391,7 +529,7 @@ class ChatGLMModel(nn.Module):
     def builtin_prefix(self, batch: int, dtype: torch.dtype) -> PrefixKV:
         """The official P-tuned model's own prefix on every row (dropout 0.1 in training only)."""
         kv = PrefixKV.repeat(self.prefix_encoder.kv(dtype), batch)
-        return PrefixKV(self.prefix_dropout(kv)) if self.training else kv
+        return PrefixKV(self.prefix_dropout(kv.kv)) if self.training else kv
 
     def forward(self, input_ids, position_ids, attention_mask, cache, prefix, inputs_embeds=None):
         x = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, hidden)
@@ -416,8 +554,35 @@ class ChatGLMModel(nn.Module):
             mask = build_attention_mask(
                 attention_mask, None if prefix is None else prefix.mask,
                 0 if prefix is None else prefix.length, T, past, x.dtype, x.device)
+            if isinstance(mask, CausalBias):
+                # Training packs even a batch without padding: one layout for the compiled parts.
+                if attention_mask is not None and (self.training or not bool(attention_mask.all())):
+                    return self._packed(x, position_ids, attention_mask, mask, prefix)
+                mask = self._training_mask(mask, x)
         cos, sin = rotary_tables(*rotary_cos_sin(position_ids, self.rot_pairs, x.dtype), self.config.kv_channels)
         return self.encoder(x, cos, sin, mask, cache, prefix)  # (B, T, hidden)
+
+    def _training_mask(self, bias: CausalBias, x: torch.Tensor) -> CausalBias | CudnnCausal:
+        if self.training_attention == "flash":
+            return bias
+        return CudnnCausal(additive_causal(bias, x.dtype, x.device))
+
+    def _packed(self, x, position_ids, attention_mask, bias: CausalBias, prefix: PrefixKV | None) -> torch.Tensor:
+        """The training layout (right-padded rows, whole prefix, no cache): the dense parts of
+        every block run on the real tokens only (see `Packing`); the padded positions of the
+        (B, T, hidden) result are zeros. On the H200 train bench padding was 7% of the tokens
+        (batches of 32 of similar length, padded to a multiple of 8), so of the matrix products.
+        The packed rows are padded to a multiple of `pack_multiple` with filler rows, which
+        attention never sees."""
+        B, T, _ = x.shape
+        index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) real tokens in the flat B*T layout
+        rows = -(-index.shape[0] // self.pack_multiple) * self.pack_multiple
+        packed = unpad_rows(x.reshape(B * T, -1), index, rows)
+        positions = _grow(position_ids.reshape(-1)[index], rows)[None]  # (1, rows); filler rows at 0
+        cos, sin = rotary_tables(*rotary_cos_sin(positions, self.rot_pairs, x.dtype), self.config.kv_channels)
+        out = self.encoder(packed, cos[0], sin[0], self._training_mask(bias, x), None, prefix,
+                           Packing(index, B, T, rows))
+        return pad_rows(out, index, B * T).view(B, T, -1)
 
 
 class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
@@ -444,7 +609,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         """Recompute each block in backward (non-reentrant, so a frozen base works); saves memory."""
         self.transformer.encoder.gradient_checkpointing = enable
 
-    def compile_dense(self, rotary: Callable | None = None, **options) -> BlockKernels:
+    def compile_dense(self, rotary: Callable | None = None, packed_kernels: bool = True, **options) -> BlockKernels:
         """torch.compile the dense parts of every block: RMSNorm + QKV + rotary before attention,
         output projection + residual + RMSNorm + SwiGLU MLP + residual after it (attention stays SDPA).
 
@@ -454,13 +619,16 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         dimensions symbolic; the model's own dimensions stay constants. (dynamic=True makes them
         symbolic too, and the kernels then divide by runtime sizes: on the H200 the rotary backward
         took 0.6 ms per layer of a 32 x 120 batch.) `rotary` replaces the rotary function (see the
-        train bench); `options` go to torch.compile (mode=..., backend=...).
+        train bench); packed_kernels=False leaves SwiGLU and rotary of the packed training layout
+        to torch.compile instead of glmbot.model.kernels; `options` go to torch.compile (mode=...,
+        backend=...).
         """
-        kernels = BlockKernels(torch.compile(attention_inputs, **options), torch.compile(block_outputs, **options),
-                               rotary or EAGER_KERNELS.rotary)
+        ops = {} if packed_kernels else {"swiglu": None, "rotary_scatter": None}
+        parts = BlockKernels(torch.compile(attention_inputs, **options), torch.compile(block_outputs, **options),
+                             rotary or EAGER_KERNELS.rotary, **ops)
         for layer in self.transformer.encoder.layers:
-            layer.kernels = kernels
-        return kernels
+            layer.kernels = parts
+        return parts
 
     def set_deterministic_decode(self, deterministic: bool) -> None:
         """Deterministic (the model's default; the serving engine on CUDA follows `[serving]
@@ -471,6 +639,21 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         """
         for layer in self.transformer.encoder.layers:
             layer.self_attention.grouped_decode = not deterministic
+
+    def set_training_attention(self, kind: str) -> None:
+        """How the training layout's attention runs (a shared prefix on right-padded rows, no cache).
+
+        "flash" (the default): a lower-right CausalBias in the flash kernel with grouped KV.
+        "cudnn": the same mask as an additive (1, 1, T, P + T) tensor, built once per forward, in
+        cuDNN with grouped KV (0.41 vs flash's 0.49 ms per layer fwd + bwd in
+        bench/attention_train.py on an H200 at the 6B shape, batch 32; within noise of it in the
+        whole training step). cuDNN, like flash's backward, does not promise bit-equal results
+        from run to run; where it cannot run (CPU, other dtypes, older GPUs) SDPA takes the next
+        backend that can.
+        """
+        if kind not in TRAINING_ATTENTION:
+            raise ValueError(f"training attention {kind!r} is not one of {', '.join(TRAINING_ATTENTION)}")
+        self.transformer.training_attention = kind
 
     def uncompile_dense(self) -> None:
         for layer in self.transformer.encoder.layers:

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 PREFIX_FILE = "adapter_model.safetensors"
 STATE_FILE = "trainer_state.pt"
 PREFIX_INIT_STD = 0.02  # small keys/values: the base's attention is barely disturbed at step 0
+# Training attention on CUDA (ChatGLMForConditionalGeneration.set_training_attention), chosen by
+# bench/train_bench.py on an H200 (docs/PERFORMANCE.md).
+TRAINING_ATTENTION_CUDA = "cudnn"
+TRAINER_PACK_MULTIPLE = 1  # packed token rows (the model's pack_multiple), chosen the same way
 
 
 
@@ -121,8 +125,11 @@ class PrefixTrainer:
         self.model.requires_grad_(False)
         if s.gradient_checkpointing:
             self.model.set_checkpointing(True)
-        if s.compile and self.device.type == "cuda":
-            self.model.compile_dense()
+        if self.device.type == "cuda":
+            self.model.set_training_attention(TRAINING_ATTENTION_CUDA)
+            self.model.transformer.pack_multiple = TRAINER_PACK_MULTIPLE
+            if s.compile:
+                self.model.compile_dense()
         total = total_steps(s, n_examples, self.world_size)
         opt = torch.optim.AdamW(encoder.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, s.warmup_ratio))

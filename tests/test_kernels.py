@@ -1,0 +1,97 @@
+"""glmbot.model.kernels: the ops equal the model's own math, forward and backward; their
+registrations (fake tensors for torch.compile, autograd) are consistent; on CUDA the Triton
+kernels equal the plain-torch implementations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glmbot.model import kernels
+from glmbot.model.modeling import apply_rotary, pad_rows, rotary_cos_sin, rotary_tables
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def packed_qkv(device, dtype, heads=4, groups=2, d=16, real=5, filler=3, rows=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = real + filler
+    qkv = torch.randn(m, (heads + 2 * groups) * d, generator=g).to(device, dtype)
+    positions = torch.cat((torch.randint(0, 200, (real,), generator=g), torch.zeros(filler, dtype=torch.long)))
+    cos, sin = rotary_tables(*rotary_cos_sin(positions[None].to(device), d // 4, dtype), d)
+    index = torch.randperm(rows, generator=g)[:real].to(device)
+    return qkv, cos[0], sin[0], index, rows, heads, groups
+
+
+def reference_scatter(qkv, cos, sin, index, rows, heads, groups):
+    """The model's own math: rotary on the packed rows (autograd's backward), then pad_rows."""
+    d = cos.shape[-1]
+    q, k, v = qkv.split([heads * d, groups * d, groups * d], dim=-1)
+    q = apply_rotary(q.reshape(len(qkv), heads, d), cos, sin)
+    k = apply_rotary(k.reshape(len(qkv), groups, d), cos, sin)
+    kv = torch.stack((k, v.reshape(len(qkv), groups, d)), dim=1)
+    return pad_rows(q, index, rows), pad_rows(kv, index, rows)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_swiglu_equals_silu_times_gate_forward_and_backward(device):
+    h = torch.randn(7, 2 * 24, device=device, requires_grad=True)
+    grad = torch.randn(7, 24, device=device)
+    a, b = h.chunk(2, dim=-1)
+    expected = F.silu(a) * b
+    got = kernels.swiglu(h)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, h, grad)[0], torch.autograd.grad(expected, h, grad)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_scatter_equals_rotary_then_padding_forward_and_backward(device):
+    qkv, cos, sin, index, rows, heads, groups = packed_qkv(device, torch.float32)
+    qkv.requires_grad_()
+    got = kernels.rotary_scatter(qkv, cos, sin, index, rows, heads, groups)
+    expected = reference_scatter(qkv, cos, sin, index, rows, heads, groups)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    padding = torch.ones(rows, dtype=torch.bool, device=device)
+    padding[index] = False
+    assert bool((got[0][padding] == 0).all()) and bool((got[1][padding] == 0).all())
+    grads = [torch.randn_like(t) for t in got]
+    own = torch.autograd.grad(got, qkv, grads)[0]
+    torch.testing.assert_close(own, torch.autograd.grad(expected, qkv, grads)[0])
+    assert bool((own[len(index):] == 0).all())  # filler rows get no gradient
+
+
+def test_op_registrations_are_consistent():
+    """torch.library.opcheck: the fake (meta) implementations give the real outputs' shapes and
+    the autograd registrations are sound, as torch.compile relies on."""
+    h = torch.randn(4, 12, requires_grad=True)
+    torch.library.opcheck(kernels.swiglu, (h,))
+    torch.library.opcheck(kernels.swiglu_backward, (h.detach(), torch.randn(4, 6)))
+    qkv, cos, sin, index, rows, heads, groups = packed_qkv("cpu", torch.float32)
+    torch.library.opcheck(kernels.rotary_scatter, (qkv.requires_grad_(), cos, sin, index, rows, heads, groups))
+    dq, dkv = torch.randn(rows, heads, 16), torch.randn(rows, 2, groups, 16)
+    torch.library.opcheck(kernels.rotary_gather, (dq, dkv, cos, sin, index))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or kernels.triton is None, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_kernels_equal_the_torch_implementations(dtype):
+    """The ChatGLM2-6B shapes (32 heads, 2 groups, head_dim 128; SwiGLU width 13696), bf16 and fp32:
+    the Triton kernels give the plain-torch implementations' values (both compute in fp32 and
+    round once; allowing one rounding step for a different order of the fp32 operations)."""
+    tol = {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
+    h = torch.randn(300, 2 * 13696, device="cuda", dtype=dtype)
+    grad = torch.randn(300, 13696, device="cuda", dtype=dtype)
+    torch.testing.assert_close(torch.ops.glmbot.swiglu(h), kernels._swiglu_torch(h), **tol)
+    torch.testing.assert_close(torch.ops.glmbot.swiglu_backward(h, grad), kernels._swiglu_backward_torch(h, grad),
+                               **tol)
+    qkv, cos, sin, index, rows, heads, groups = packed_qkv("cuda", dtype, heads=32, groups=2, d=128, real=300,
+                                                           filler=20, rows=400)
+    got = torch.ops.glmbot.rotary_scatter(qkv, cos, sin, index, rows, heads, groups)
+    for g, e in zip(got, kernels._rotary_scatter_torch(qkv, cos, sin, index, rows, heads, groups)):
+        torch.testing.assert_close(g, e, **tol)
+    dq, dkv = torch.randn_like(got[0]), torch.randn_like(got[1])
+    torch.testing.assert_close(torch.ops.glmbot.rotary_gather(dq, dkv, cos, sin, index),
+                               kernels._rotary_gather_torch(dq, dkv, cos, sin, index), **tol)
