@@ -12,12 +12,18 @@ the trainer's way (a backend whose gradients differ by more than bf16 rounding i
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
+
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch < 2.10
+    varlen_attn = None
 
 
 def sync() -> None:
@@ -34,6 +40,17 @@ def timed(fn, reps: int = 20) -> float:
         fn()
     sync()
     return (time.perf_counter() - t) / reps * 1e3
+
+
+def varlen_causal_gqa(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
+    """varlen_attn, lower-right causal, grouped KV, across the releases' two signatures."""
+    if varlen_attn is None:
+        raise RuntimeError(f"torch {torch.__version__} has no torch.nn.attention.varlen")
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = True
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
 def main() -> None:
@@ -58,6 +75,23 @@ def main() -> None:
     def expand(t):
         return t.repeat_interleave(rep, dim=1)
 
+    def packed():
+        """Packed rows (no padding) through varlen flash: row b's keys are its prefix then its tokens."""
+        out = varlen_causal_gqa(q.transpose(1, 2).reshape(B * T, H, D), k.transpose(1, 2).reshape(B * (P + T), G, D),
+                                v.transpose(1, 2).reshape(B * (P + T), G, D), cu_q, cu_k, T, P + T)
+        return out.view(B, T, H, D).transpose(1, 2)
+
+    # Folded heads: each KV group's H/G query heads become query rows (row t*H/G + h of group g is
+    # token t, head g*H/G + h), a plain G-head attention whose mask repeats each token's row H/G times.
+    folded_mask = additive.repeat_interleave(rep, dim=2)  # (1, 1, T*H/G, P+T)
+
+    def folded():
+        qf = q.transpose(1, 2).reshape(B, T, G, rep, D).transpose(1, 2).reshape(B, G, T * rep, D)
+        out = F.scaled_dot_product_attention(qf, k, v, attn_mask=folded_mask)
+        return out.view(B, G, T, rep, D).transpose(1, 2).reshape(B, T, H, D).transpose(1, 2)
+
+    cu_q = torch.arange(0, B * T + 1, T, device=dev, dtype=torch.int32)
+    cu_k = torch.arange(0, B * (P + T) + 1, P + T, device=dev, dtype=torch.int32)
     ways = {
         "flash, lower-right CausalBias, grouped KV (glmbot)":
             (None, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)),
@@ -69,6 +103,9 @@ def main() -> None:
             (SDPBackend.CUDNN_ATTENTION, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=additive, enable_gqa=True)),
         "efficient, additive mask, expanded KV":
             (SDPBackend.EFFICIENT_ATTENTION, lambda: F.scaled_dot_product_attention(q, expand(k), expand(v), attn_mask=additive)),
+        "cuDNN, additive mask, folded heads": (SDPBackend.CUDNN_ATTENTION, folded),
+        "efficient, additive mask, folded heads": (SDPBackend.EFFICIENT_ATTENTION, folded),
+        "flash varlen, packed rows, grouped KV": (None, packed),
         "math, additive mask, grouped KV":
             (SDPBackend.MATH, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=additive, enable_gqa=True)),
     }

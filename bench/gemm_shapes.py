@@ -2,6 +2,7 @@
 
     python bench/gemm_shapes.py                 # cuBLAS, cuBLASLt
     python bench/gemm_shapes.py --autotune      # also inductor max-autotune (Triton templates)
+    python bench/gemm_shapes.py --train 3622,4096   # training shapes instead: TFLOP/s at M tokens
 
 A decode step is a handful of skinny matmuls (M = batch rows) over all 12.5 GB of weights, so
 each should run at the copy bandwidth. Every timing cycles through enough copies of the weight
@@ -52,12 +53,39 @@ def time_us(fn, calls: int = 1) -> float:
     return begin.elapsed_time(end) * 1e3 / (10 * calls)
 
 
+def train_table(rows: list[int]) -> None:
+    """Prefix training's matmuls at micro-batch token counts M: the forward (M x in -> M x out) and
+    the backward's input gradient (M x out -> M x in; frozen weights get none), in TFLOP/s."""
+    print("| matmul | M | forward TFLOP/s | input-gradient TFLOP/s |")
+    print("|---|---|---|---|")
+    for name, n, k in SHAPES:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        for m in rows:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            g = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+            rates = []
+            for fn in (lambda: F.linear(x, w), lambda: g @ w):
+                for _ in range(3):
+                    fn()
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                for _ in range(20):
+                    fn()
+                end.record()
+                torch.cuda.synchronize()
+                rates.append(2 * m * n * k / (begin.elapsed_time(end) / 20 * 1e-3) / 1e12)
+            print(f"| {name} {n}x{k} | {m} | {rates[0]:.0f} | {rates[1]:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1,16,64,128", help="batch rows (M) to time")
     ap.add_argument("--autotune", action="store_true", help="also time torch.compile(mode='max-autotune-no-cudagraphs')")
     ap.add_argument("--autotune-rows", default="1,64")
+    ap.add_argument("--train", default="", help="instead, training token counts M to time (e.g. 3622,3840,4096)")
     args = ap.parse_args()
+    if args.train:
+        return train_table([int(r) for r in args.train.split(",")])
     rows = [int(r) for r in args.rows.split(",")]
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}, torch {torch.version.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+_GEMM = re.compile(r"gemm|nvjet|cutlass|xmma|cublas", re.IGNORECASE)
 
 
 def print_kernel_table(prof: torch.profiler.profile, per: int, unit: str, rows: int) -> float:
@@ -10,7 +14,9 @@ def print_kernel_table(prof: torch.profiler.profile, per: int, unit: str, rows: 
     total ms of kernels per unit."""
     events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in events) / per / 1e3
-    print(f"{total:.2f} ms of kernels per {unit}, {sum(e.count for e in events) / per:.0f} kernels")
+    gemm = sum(e.self_device_time_total for e in events if _GEMM.search(e.key) and "flash" not in e.key.lower()) / per / 1e3
+    print(f"{total:.2f} ms of kernels per {unit}, {sum(e.count for e in events) / per:.0f} kernels; "
+          f"matrix products (cuBLAS/CUTLASS) {gemm:.2f} ms, everything else {total - gemm:.2f} ms")
     print(f"| kernel | ms per {unit} | share | calls |")
     print("|---|---|---|---|")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:rows]:

@@ -5,11 +5,13 @@
 
 Scenarios (same synthetic data: prompts <= 64 tokens, answers <= 128 of realistic, variable length):
   official  micro-batch 1, every row padded to 64 + 128 + 1, gradient checkpointing, full logits
-  glmbot    micro-batch 32, length-grouped, padded per batch, logits only on answer tokens
+  glmbot    micro-batch 32, length-grouped, padded per batch, logits only on answer tokens, the
+            dense parts on the real tokens only (packed), the trainer's CUDA attention and kernels
   glmbot+compile  the same with each block's dense parts compiled (--compile; the trainer's CUDA default),
-                  one row per --variants entry (rotary forms and padding, see COMPILE_VARIANTS)
+                  one row per --variants entry (attention, packing, kernels: see COMPILE_VARIANTS)
 Reported: real (non-pad) tokens/s, tokens/s counting padding, peak memory, and FLOP utilisation
-= real tokens/s x 4 x params / the bf16 matmul rate measured in the same run.
+= real tokens/s x 4 x params / the bf16 matmul rate (mean of a measurement before and one after
+the scenarios: the rate drifts as the GPU heats, 820 -> 715 TFLOP/s in one H200 run).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glmbot.model.configuration import ChatGLMConfig  # noqa: E402
 from glmbot.model.loading import build_empty, load_base  # noqa: E402
-from glmbot.model.modeling import (answer_loss, apply_rotary, count_parameters,  # noqa: E402
-                                   rotary_inverse_backward)
+from glmbot.model.modeling import answer_loss, count_parameters  # noqa: E402
 from glmbot.model.prefix import PrefixEncoder, PrefixKV  # noqa: E402
 from glmbot.training.data import Encoded, collate, length_grouped_batches  # noqa: E402
+from glmbot.training.trainer import TRAINER_PACK_MULTIPLE, TRAINING_ATTENTION_CUDA  # noqa: E402
 
 MAX_SOURCE, MAX_TARGET = 64, 128
 
@@ -76,19 +78,53 @@ def batches_for(scenario: str, examples: list[Encoded], batch: int, multiple: in
     return out
 
 
-# Compiled-parts variants: name -> (rotary inside attention_inputs, pad lengths to a multiple of).
+# inductor: each input of a concatenation (e.g. the SwiGLU gradient [da | db]) written by its own
+# producer straight into its slice, instead of one kernel with masked loads (release-specific
+# option names: only those this torch has are passed).
+CONCAT_KERNELS = {"max_pointwise_cat_inputs": 0, "max_complex_pointwise_cat_inputs": 0}
+
+
+def concat_kernel_options() -> dict:
+    import torch._inductor.config as inductor_config
+    return {"options": {k: v for k, v in CONCAT_KERNELS.items() if hasattr(inductor_config, k)}}
+
+
+# Compiled-parts variants: name -> settings; unset ones are the trainer's. kernels: SwiGLU and
+# rotary + scatter as glmbot.model.kernels ops; pad: lengths padded to a multiple of; attention:
+# set_training_attention's kind; pack: packed token rows padded to a multiple of; compile:
+# torch.compile options.
 COMPILE_VARIANTS = {
-    "inline rotary": (apply_rotary, 8),  # rotary compiled with the rest, autograd's backward
-    "rotary fn": (rotary_inverse_backward, 8),  # the trainer's: compiled, backward = the inverse rotation
-    "eager rotary": (torch.compiler.disable(apply_rotary), 8),
-    "eager rotary fn": (torch.compiler.disable(rotary_inverse_backward), 8),
-    "eager rotary fn + pad x1": (torch.compiler.disable(rotary_inverse_backward), 1),
-    "rotary fn + pad x1": (rotary_inverse_backward, 1),
+    "trainer": {},  # the trainer's CUDA settings
+    "flash attention": {"attention": "flash"},
+    "pack x64": {"pack": 64},
+    "pack x128": {"pack": 128},
+    "compiled swiglu/rotary": {"kernels": False},  # no glmbot.model.kernels ops: torch.compile's own
+    "compiled swiglu/rotary + concat kernels": {"kernels": False, "compile": concat_kernel_options},
+    "tuned blocks": {"compile": lambda: {"options": {"coordinate_descent_tuning": True}}},
+    "autotune pointwise": {"compile": lambda: {"options": {"max_autotune_pointwise": True}}},
+    "pad x1": {"pad": 1},
 }
 
 
-def run_scenario(model, scenario: str, batches: list[dict], steps: int, P: int, device, warmup: int = 2) -> dict:
+def apply_variant(model, name: str, device) -> int:
+    """Compiles the model's dense parts as variant `name` says; returns its length multiple."""
+    v = COMPILE_VARIANTS[name]
+    torch._dynamo.reset()
+    model.compile_dense(None, v.get("kernels", True), **v.get("compile", dict)())
+    model.set_training_attention(training_attention(v.get("attention"), device))
+    model.transformer.pack_multiple = v.get("pack", TRAINER_PACK_MULTIPLE)
+    return v.get("pad", 8)
+
+
+def run_scenario(model, scenario: str, batches: list[dict], steps: int, P: int, device, warmup: int = 2,
+                 warm_timed: bool = True) -> dict:
+    """Times `steps` micro-batches after `warmup` others. The glmbot layouts (with warm_timed) first
+    run the timed batches once too: each new length compiles (torch.compile) and plans (cuDNN) once, a one-time
+    cost that a real run of thousands of steps over ~25 padded lengths spreads thin."""
     official = scenario == "official"
+    timed = batches[warmup:warmup + steps]
+    batches = batches[:warmup] + (timed if warm_timed and not official else []) + timed
+    warmup = len(batches) - len(timed)
     encoder = PrefixEncoder(model.config, P).to(device)
     opt = torch.optim.AdamW(encoder.parameters(), lr=2e-2)
     model.train()
@@ -99,7 +135,7 @@ def run_scenario(model, scenario: str, batches: list[dict], steps: int, P: int, 
         torch.cuda.reset_peak_memory_stats()
     real = padded = 0
     start = None
-    for i, batch in enumerate(batches[: warmup + steps]):
+    for i, batch in enumerate(batches):
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
@@ -124,6 +160,11 @@ def run_scenario(model, scenario: str, batches: list[dict], steps: int, P: int, 
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {"scenario": scenario, "micro_batches": steps, "real_tokens": real, "seconds": seconds,
             "real_tok_s": real / seconds, "padded_tok_s": padded / seconds, "peak_gib": peak}
+
+
+def training_attention(kind: str | None, device) -> str:
+    """The variant's attention, or the trainer's default on CUDA; flash (the model default) on CPU."""
+    return (kind or TRAINING_ATTENTION_CUDA) if device.type == "cuda" else "flash"
 
 
 def _sync(device):
@@ -155,7 +196,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--P", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also run with the dense parts compiled (the trainer's CUDA default)")
-    ap.add_argument("--variants", default="rotary fn",
+    ap.add_argument("--variants", default="trainer",
                     help=f"comma-separated compiled variants: {', '.join(COMPILE_VARIANTS)}")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -167,19 +208,23 @@ def main() -> None:
     params = count_parameters(model)
     examples = synthetic_examples(max(args.official_steps + 4, (args.steps + 6) * args.batch), model.config.padded_vocab_size)
     rate = matmul_tflops(device)
-    rows = [run_scenario(model, "official", batches_for("official", examples, 1), args.official_steps, args.P, device),
-            run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P, device)]
+    rows = [run_scenario(model, "official", batches_for("official", examples, 1), args.official_steps, args.P, device)]
+    model.set_training_attention(training_attention(None, device))  # as the trainer does
+    model.transformer.pack_multiple = TRAINER_PACK_MULTIPLE
+    rows.append(run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P, device))
     for name in (args.variants.split(",") if args.compile else []):
-        rotary, multiple = COMPILE_VARIANTS[name]
-        torch._dynamo.reset()
-        model.compile_dense(rotary)
+        multiple = apply_variant(model, name, device)
         # extra warm-up: the first lengths compile (dynamic shapes: once, then a few specialisations)
         rows.append(run_scenario(model, f"glmbot+compile ({name})",
                                  batches_for("glmbot", examples, args.batch, multiple), args.steps, args.P, device,
                                  warmup=6))
+    # The GPU's matmul rate drifts over a run (clocks, heat): the ceiling is the mean of a
+    # measurement before the scenarios and one after them.
+    rates = (rate, matmul_tflops(device))
+    rate = sum(rates) / 2
     base = rows[0]["real_tok_s"]
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {params / 1e9:.2f}B params, "
-          f"P={args.P}, bf16 matmul {rate:.0f} TFLOP/s, ceiling {rate * 1e12 / (4 * params):,.0f} tokens/s")
+          f"P={args.P}, bf16 matmul {rate:.0f} TFLOP/s (before {rates[0]:.0f}, after {rates[1]:.0f}), ceiling {rate * 1e12 / (4 * params):,.0f} tokens/s")
     print("| scenario | micro-batch | real tokens/s | tokens/s incl. padding | vs official | FLOP util. | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
