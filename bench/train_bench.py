@@ -33,7 +33,7 @@ from glmbot.model.loading import build_empty, load_base  # noqa: E402
 from glmbot.model.modeling import answer_loss, count_parameters  # noqa: E402
 from glmbot.model.prefix import PrefixEncoder, PrefixKV  # noqa: E402
 from glmbot.training.data import Encoded, collate, length_grouped_batches  # noqa: E402
-from glmbot.training.trainer import TRAINER_PACK_MULTIPLE, TRAINING_ATTENTION_CUDA  # noqa: E402
+from glmbot.training.trainer import TRAINING_ATTENTION_CUDA  # noqa: E402
 
 MAX_SOURCE, MAX_TARGET = 64, 128
 
@@ -112,7 +112,7 @@ def apply_variant(model, name: str, device) -> int:
     torch._dynamo.reset()
     model.compile_dense(None, v.get("kernels", True), **v.get("compile", dict)())
     model.set_training_attention(training_attention(v.get("attention"), device))
-    model.transformer.pack_multiple = v.get("pack", TRAINER_PACK_MULTIPLE)
+    model.transformer.pack_multiple = v.get("pack", 1)  # the model's default, the trainer's
     return v.get("pad", 8)
 
 
@@ -210,7 +210,6 @@ def main() -> None:
     rate = matmul_tflops(device)
     rows = [run_scenario(model, "official", batches_for("official", examples, 1), args.official_steps, args.P, device)]
     model.set_training_attention(training_attention(None, device))  # as the trainer does
-    model.transformer.pack_multiple = TRAINER_PACK_MULTIPLE
     rows.append(run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P, device))
     for name in (args.variants.split(",") if args.compile else []):
         multiple = apply_variant(model, name, device)

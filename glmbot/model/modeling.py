@@ -190,15 +190,13 @@ def unpad_rows(x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
 @dataclasses.dataclass(frozen=True)
 class Packing:
     """Right-padded rows with their real tokens packed: the dense parts of every block run on
-    the N real tokens (plus zero filler rows up to `rows`, a multiple that may suit the matrix
-    kernels better), (rows, hidden); attention runs on the padded (B, T) layout, its inputs
-    scattered there and its output gathered back. index: (N,) positions of the real tokens in
-    the flat B*T layout."""
+    the N real tokens (plus zero filler rows, see ChatGLMModel.pack_multiple); attention runs on
+    the padded (B, T) layout, its inputs scattered there and its output gathered back.
+    index: (N,) positions of the real tokens in the flat B*T layout."""
 
     index: torch.Tensor
     batch: int
     length: int
-    rows: int
 
 
 def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, cos, sin, heads: int, groups: int,
@@ -520,7 +518,7 @@ class ChatGLMModel(nn.Module):
         self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         self.rot_pairs = config.kv_channels // 4  # rotary on the first half of each head, in pairs
         self.training_attention = "flash"  # see ChatGLMForConditionalGeneration.set_training_attention
-        self.pack_multiple = 1  # packed token rows of the training layout (see _packed)
+        self.pack_multiple = 1  # packed token rows of the training layout (see _packed; x64 and x128 measured slower)
         self.prefix_encoder = None
         if config.pre_seq_len:
             self.prefix_encoder = PrefixEncoder(config, config.pre_seq_len, config.prefix_projection)
@@ -580,8 +578,7 @@ class ChatGLMModel(nn.Module):
         packed = unpad_rows(x.reshape(B * T, -1), index, rows)
         positions = _grow(position_ids.reshape(-1)[index], rows)[None]  # (1, rows); filler rows at 0
         cos, sin = rotary_tables(*rotary_cos_sin(positions, self.rot_pairs, x.dtype), self.config.kv_channels)
-        out = self.encoder(packed, cos[0], sin[0], self._training_mask(bias, x), None, prefix,
-                           Packing(index, B, T, rows))
+        out = self.encoder(packed, cos[0], sin[0], self._training_mask(bias, x), None, prefix, Packing(index, B, T))
         return pad_rows(out, index, B * T).view(B, T, -1)
 
 

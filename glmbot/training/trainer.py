@@ -38,7 +38,6 @@ PREFIX_INIT_STD = 0.02  # small keys/values: the base's attention is barely dist
 # Training attention on CUDA (ChatGLMForConditionalGeneration.set_training_attention), chosen by
 # bench/train_bench.py on an H200 (docs/PERFORMANCE.md).
 TRAINING_ATTENTION_CUDA = "cudnn"
-TRAINER_PACK_MULTIPLE = 1  # packed token rows (the model's pack_multiple), chosen the same way
 
 
 
@@ -127,7 +126,6 @@ class PrefixTrainer:
             self.model.set_checkpointing(True)
         if self.device.type == "cuda":
             self.model.set_training_attention(TRAINING_ATTENTION_CUDA)
-            self.model.transformer.pack_multiple = TRAINER_PACK_MULTIPLE
             if s.compile:
                 self.model.compile_dense()
         total = total_steps(s, n_examples, self.world_size)
