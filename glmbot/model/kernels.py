@@ -7,6 +7,8 @@ padded attention layout (0.14 ms per layer). Each op here is a `torch.library` c
 to torch.compile, with a plain-torch implementation that runs wherever Triton or CUDA is missing
 (CPU, the tests); both compute in fp32 and round once (checked equal on an H200: tests/test_kernels.py).
 
+- `scatter_rows` / `gather_rows`: packed rows to their places in a zero-filled padded layout and
+  back (plain torch; the model's packed training layout uses them as each other's backward).
 - `swiglu(h)`: silu(a) * b for h = [a | b]; its backward writes [da | db] in one pass.
 - `rotary_scatter(qkv, cos, sin, index, rows, heads, groups)`: rotary on the queries and keys of
   packed tokens, scattered with the values to their rows of the zero-padded attention layout;
@@ -27,10 +29,28 @@ except ImportError:  # CPU-only installs
 _LIB = "glmbot"
 
 
+def scatter_rows(x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first len(index) rows of x at rows `index` of a zero-filled (rows, ...) tensor."""
+    out = x.new_zeros((rows, *x.shape[1:]))
+    out[index] = x[:index.shape[0]]
+    return out
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+    """x[index], then zero rows up to `rows`."""
+    return _zero_rows_to(x[index], rows)
+
+
+def _zero_rows_to(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """(n, ...) -> (rows, ...), zero rows appended."""
+    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - t.shape[0]))
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x * cos + swap_pairs(x) * sin in fp32, rounded once (as the compiled form computes it)."""
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return (x.float() * cos.float() + swapped.float() * sin.float()).to(x.dtype)
+    """The model's apply_rotary in fp32, rounded once (as the compiled form computes it)."""
+    from glmbot.model.modeling import apply_rotary  # modeling imports this module
+
+    return apply_rotary(x.float(), cos.float(), sin.float()).to(x.dtype)
 
 
 # -- plain-torch implementations (every device; the reference for the Triton kernels) ---------
@@ -51,21 +71,16 @@ def _rotary_scatter_torch(qkv, cos, sin, index, rows: int, heads: int, groups: i
     n, d = index.shape[0], cos.shape[-1]
     q, k, v = qkv[:n].split([heads * d, groups * d, groups * d], dim=-1)
     c, s = cos[:n], sin[:n]
-    q_pad = qkv.new_zeros((rows, heads, d))
-    kv_pad = qkv.new_zeros((rows, 2, groups, d))
-    q_pad[index] = _rotate(q.reshape(n, heads, d), c, s)
-    kv_pad[index] = torch.stack((_rotate(k.reshape(n, groups, d), c, s), v.reshape(n, groups, d)), dim=1)
-    return q_pad, kv_pad
+    kv = torch.stack((_rotate(k.reshape(n, groups, d), c, s), v.reshape(n, groups, d)), dim=1)
+    return scatter_rows(_rotate(q.reshape(n, heads, d), c, s), index, rows), scatter_rows(kv, index, rows)
 
 
 def _rotary_gather_torch(dq, dkv, cos, sin, index):
     n = index.shape[0]
     c, s = cos[:n], -sin[:n]
-    out = dq.new_zeros((cos.shape[0], _qkv_width(dq, dkv)))
-    dkv_n = dkv[index]
-    out[:n] = torch.cat((_rotate(dq[index], c, s).flatten(1), _rotate(dkv_n[:, 0], c, s).flatten(1),
-                         dkv_n[:, 1].flatten(1)), dim=-1)
-    return out
+    dq, dkv = dq[index], dkv[index]
+    rows = torch.cat((_rotate(dq, c, s).flatten(1), _rotate(dkv[:, 0], c, s).flatten(1), dkv[:, 1].flatten(1)), dim=-1)
+    return _zero_rows_to(rows, cos.shape[0])
 
 
 def _qkv_width(dq: torch.Tensor, dkv: torch.Tensor) -> int:

@@ -25,6 +25,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from glmbot.model import kernels
+from glmbot.model.kernels import gather_rows, scatter_rows
 from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.prefix import PrefixEncoder, PrefixKV
 
@@ -129,40 +130,14 @@ def rotary_inverse_backward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     return _RotaryWithInverseBackward.apply(x, cos, sin)
 
 
-def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """(n, ...) -> (rows, ...), zero rows appended."""
-    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - t.shape[0]))
-
-
 class _PadRows(torch.autograd.Function):
-    """Packed rows (M, ...), the first N real -> a zero-filled (rows, ...) tensor holding those N at
-    `index` (N,); backward gathers them (zeros for the M - N filler rows)."""
+    """`scatter_rows`, whose backward is `gather_rows` (and the other way round for
+    `_UnpadRows`): with distinct indices both are plain copies, where autograd's own indexing
+    backward accumulates into a zero-filled tensor."""
 
     @staticmethod
     def forward(x, index, rows):
-        out = x.new_zeros((rows, *x.shape[1:]))
-        out[index] = x[:index.shape[0]]
-        return out
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-        ctx.packed = inputs[0].shape[0]
-
-    @staticmethod
-    def backward(ctx, grad):
-        (index,) = ctx.saved_tensors
-        return _grow(grad[index], ctx.packed), None, None
-
-
-class _UnpadRows(torch.autograd.Function):
-    """The rows of x at `index` (distinct), then zero filler rows up to `rows`; backward writes
-    the gradient back to them in a zero-filled tensor (a plain scatter, where autograd's own
-    indexing backward accumulates)."""
-
-    @staticmethod
-    def forward(x, index, rows):
-        return _grow(x[index], rows)
+        return scatter_rows(x, index, rows)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -171,10 +146,17 @@ class _UnpadRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (index,) = ctx.saved_tensors
-        out = grad.new_zeros((ctx.source_rows, *grad.shape[1:]))
-        out[index] = grad[:index.shape[0]]
-        return out, None, None
+        return gather_rows(grad, ctx.saved_tensors[0], ctx.source_rows), None, None
+
+
+class _UnpadRows(_PadRows):
+    @staticmethod
+    def forward(x, index, rows):
+        return gather_rows(x, index, rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return scatter_rows(grad, ctx.saved_tensors[0], ctx.source_rows), None, None
 
 
 def pad_rows(x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
@@ -576,7 +558,7 @@ class ChatGLMModel(nn.Module):
         index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) real tokens in the flat B*T layout
         rows = -(-index.shape[0] // self.pack_multiple) * self.pack_multiple
         packed = unpad_rows(x.reshape(B * T, -1), index, rows)
-        positions = _grow(position_ids.reshape(-1)[index], rows)[None]  # (1, rows); filler rows at 0
+        positions = gather_rows(position_ids.reshape(-1), index, rows)[None]  # (1, rows); filler rows at 0
         cos, sin = rotary_tables(*rotary_cos_sin(positions, self.rot_pairs, x.dtype), self.config.kv_channels)
         out = self.encoder(packed, cos[0], sin[0], self._training_mask(bias, x), None, prefix, Packing(index, B, T))
         return pad_rows(out, index, B * T).view(B, T, -1)
