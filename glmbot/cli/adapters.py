@@ -17,7 +17,15 @@ from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
 from glmbot.registry.states import STATUSES
 
-app = typer.Typer(cls=common.HelpGroup, no_args_is_help=True,
+EXAMPLES = """Examples:
+
+\b
+  glmbot adapters list
+  glmbot adapters show support --json
+  glmbot adapters promote support@v3
+"""
+
+app = typer.Typer(cls=common.HelpGroup, epilog=EXAMPLES, no_args_is_help=True,
                   help="Registered P-Tuning v2 adapters (one versioned prefix family per domain).")
 
 STATUS_STYLE = {"active": "bold green", "candidate": "yellow", "archived": "dim"}

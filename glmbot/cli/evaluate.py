@@ -48,7 +48,8 @@ def evaluate(
         report = {"ref": None, "adapter": None, "data": str(predictions), "samples": count, "metrics": metrics,
                   "probe": None, "saved": False}
     elif ref is None:
-        raise GlmbotError("name what to evaluate: glmbot eval support@v2 (or 'base'), or glmbot eval --predictions FILE")
+        raise GlmbotError("name what to evaluate: glmbot eval support@v2 (or 'base'), "
+                          "or glmbot eval --predictions FILE")
     else:
         report = _evaluate_ref(ref, data, fmt, limit, save)
     if as_json:

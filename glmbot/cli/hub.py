@@ -24,9 +24,10 @@ def push(
     repo: Annotated[str, typer.Option("--repo", metavar="ORG/NAME", help="Hub model repo ORG/NAME (created if missing)",
                                       show_default=False)],
     private: Annotated[bool, typer.Option("--private", help="create the repo private")] = False,
-    revision: Annotated[str | None, typer.Option("--revision", metavar="BRANCH", help="branch to commit to (default main)",
-                                                    show_default=False)] = None,
-    tag: Annotated[str | None, typer.Option("--tag", metavar="TAG", help="tag the new commit, e.g. v3", show_default=False)] = None,
+    revision: Annotated[str | None, typer.Option("--revision", metavar="BRANCH",
+                                                    help="branch to commit to (default main)", show_default=False)] = None,
+    tag: Annotated[str | None, typer.Option("--tag", metavar="TAG", help="tag the new commit, e.g. v3",
+                                               show_default=False)] = None,
 ) -> None:
     """Upload an adapter to a Hugging Face Hub repo.
 

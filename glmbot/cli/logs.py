@@ -13,7 +13,16 @@ from rich.table import Table
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
 
-app = typer.Typer(cls=common.HelpGroup, help="Logged conversations (chat, LangChain, HTTP).", no_args_is_help=True)
+EXAMPLES = """Examples:
+
+\b
+  glmbot logs list
+  glmbot logs show ID
+  glmbot logs export --out turns.jsonl
+"""
+
+app = typer.Typer(cls=common.HelpGroup, epilog=EXAMPLES, no_args_is_help=True,
+                  help="Logged conversations (chat, LangChain, HTTP).")
 
 
 def iso_fields(record) -> dict:  # noqa: ANN001 - a registry dataclass record

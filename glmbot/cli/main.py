@@ -85,8 +85,20 @@ def given_value(args: list[str], opts: list[str]) -> str | None:
     return found
 
 
+EXAMPLES = """Examples:
+
+\b
+  glmbot demo                           # train and serve a support prefix on the builtin base
+  glmbot train --domain support --promote
+  glmbot route "退货多久到账？"
+  echo "退货多久到账？" | glmbot chat
+  glmbot adapters list --json
+  glmbot COMMAND --help                 # each command's options and examples
+"""
+
 app = typer.Typer(name="glmbot", help="Many P-Tuning v2 prefixes of ChatGLM2 on one shared base model.",
-                  cls=CommandGroup, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False)
+                  epilog=EXAMPLES, cls=CommandGroup, rich_markup_mode=None, no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 app.command()(info.info)
 app.command()(demo.demo)
 app.command(name="eval")(evaluate.evaluate)

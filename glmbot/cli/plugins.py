@@ -8,7 +8,14 @@ from rich.table import Table
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
 
-app = typer.Typer(cls=common.HelpGroup, no_args_is_help=True,
+EXAMPLES = """Examples:
+
+\b
+  glmbot plugins list
+  glmbot plugins list --json
+"""
+
+app = typer.Typer(cls=common.HelpGroup, epilog=EXAMPLES, no_args_is_help=True,
                   help="Plugins (pluggy): entry points of group 'glmbot' and the [plugins] paths.")
 
 

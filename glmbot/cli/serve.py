@@ -13,9 +13,11 @@ Opt = typer.Option
 
 
 def serve(
-    host: Annotated[Optional[str], Opt(metavar="ADDRESS", help="address to bind (default: server.host of glmbot.toml, 127.0.0.1); "
-                                            "any non-loopback address needs an API key")] = None,
-    port: Annotated[Optional[int], Opt(min=0, max=65535, help="TCP port (default: server.port of glmbot.toml, 8000)")] = None,
+    host: Annotated[Optional[str], Opt(metavar="ADDRESS", help="address to bind (default: server.host of glmbot.toml, "
+                                                               "127.0.0.1); any non-loopback address needs an API key")
+                    ] = None,
+    port: Annotated[Optional[int], Opt(min=0, max=65535,
+                                       help="TCP port (default: server.port of glmbot.toml, 8000)")] = None,
     api_key: Annotated[Optional[list[str]], Opt(
         "--api-key", metavar="KEY", help="a Bearer key clients must send (repeatable); prefer GLMBOT_API_KEYS=k1,k2, "
                           "which other users cannot read from the process list")] = None,
