@@ -161,7 +161,8 @@ def test_eval_json_of_an_adapter_and_of_a_predictions_file(project, tmp_path, ca
     assert set(report["metrics"]) == {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
     assert 0 <= report["probe"]["kept"] <= 1 and isinstance(report["probe"]["forgot"], bool)
     predictions = tmp_path / "generated_predictions.txt"
-    predictions.write_text(json.dumps({"labels": "七天无理由退货", "predict": "七天无理由退货"}, ensure_ascii=False))
+    row = {"labels": "七天无理由退货", "predict": "七天无理由退货"}
+    predictions.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
     code, out, _ = cli(project, "eval", "--predictions", str(predictions), "--json", capsys=capsys)
     report = json.loads(out)
     assert report["ref"] is None and report["samples"] == 1 and report["metrics"]["rouge-l"] == 100

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
+from glmbot.errors import UnknownDomainError
 from glmbot.registry.states import STATUSES
 
 EXAMPLES = """Examples:
@@ -100,7 +101,10 @@ def list_adapters(
       glmbot adapters list --domain support --status active
       glmbot adapters list --json
     """
-    adapters = common.get_registry().list_adapters(domain, status)
+    try:
+        adapters = common.get_registry().list_adapters(domain, status)
+    except UnknownDomainError as exc:
+        raise UnknownDomainError(f"--domain {domain!r}: {exc}") from None
     if as_json:
         common.print_json([adapter_json(a) for a in adapters])
         return

@@ -24,8 +24,8 @@ def push(
     repo: Annotated[str, typer.Option("--repo", metavar="ORG/NAME", help="Hub model repo ORG/NAME (created if missing)",
                                       show_default=False)],
     private: Annotated[bool, typer.Option("--private", help="create the repo private")] = False,
-    revision: Annotated[str | None, typer.Option("--revision", metavar="BRANCH",
-                                                    help="branch to commit to (default main)", show_default=False)] = None,
+    revision: Annotated[str | None, typer.Option("--revision", metavar="BRANCH", show_default=False,
+                                                    help="branch to commit to (default main)")] = None,
     tag: Annotated[str | None, typer.Option("--tag", metavar="TAG", help="tag the new commit, e.g. v3",
                                                show_default=False)] = None,
 ) -> None:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
-from glmbot.errors import RegistryError
+from glmbot.errors import RegistryError, UnknownDomainError
 from glmbot.serving.router import RouteDecision
 from glmbot.serving.routing_setup import build_router
 
@@ -36,7 +36,10 @@ def route(
     """
     registry = common.get_registry()
     router = build_router(common.get_settings(), registry)
-    decision = router.route(text, explicit=domain)
+    try:
+        decision = router.route(text, explicit=domain)
+    except UnknownDomainError as exc:
+        raise UnknownDomainError(f"--domain {domain!r}: {exc}") from None
     scores = router.explain(text)
     if as_json:
         common.print_json(route_json(registry, decision, scores, router))

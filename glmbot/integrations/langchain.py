@@ -99,7 +99,8 @@ class ChatGlmbot(BaseChatModel):
         if self.base_url is not None and (self.engine is not None or self.config is not None):
             given = "engine=" if self.engine is not None else f"config={self.config!r}"
             raise GenerationError(f"ChatGlmbot got base_url={self.base_url!r} and {given}: pass base_url for a "
-                                  "glmbot server (glmbot serve), or engine=/config= (or nothing) for in-process serving")
+                                  "glmbot server (glmbot serve), or engine=/config= (or nothing) for in-process "
+                                  "serving")
         return self
 
     def _engine(self) -> Any:
