@@ -32,7 +32,7 @@ class LazyCommand(TyperCommand):
     """Stands in for a command in the help listing; `load()` builds the real one."""
 
     def __init__(self, name: str, target: str, summary: str):
-        super().__init__(name=name, short_help=summary, help=summary)
+        super().__init__(name=name, help=summary)
         self.target = target
 
     def load(self) -> TyperCommand:
