@@ -24,6 +24,8 @@ _LAZY = {
     "Registry": "glmbot.registry",
     "Router": "glmbot.serving.router",
     "RouteDecision": "glmbot.serving.router",
+    "engine_from_config": "glmbot.stack",
+    "shared_engine": "glmbot.stack",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -25,6 +25,21 @@ def fresh_plugin_manager():
     reset_manager()
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The PostgreSQL of the registry tests: GLMBOT_TEST_PG_URL, else a private server for this session."""
+    if os.environ.get("GLMBOT_TEST_PG_URL"):
+        yield os.environ["GLMBOT_TEST_PG_URL"]
+        return
+    from postgres_server import start_postgres
+
+    server = start_postgres()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 def small_config(**overrides) -> ChatGLMConfig:
     """Same architecture as ChatGLM2-6B, unit-test sized (4 query heads over 2 KV groups)."""
     values = dict(num_layers=2, padded_vocab_size=640, hidden_size=64, ffn_hidden_size=96, kv_channels=16,

@@ -1,9 +1,8 @@
 """Shared fixtures of the registry tests: every test runs on SQLite and on a real PostgreSQL.
 
-PostgreSQL comes from GLMBOT_TEST_PG_URL (set by .ci/postgres.sh), else the local defaults
-below. Each test gets a fresh schema (search_path in the URL, so subprocesses see it too) that
-is dropped afterwards. No server: the PostgreSQL half is skipped, except under CI (env CI),
-where it fails.
+PostgreSQL is conftest's `postgres_url`: GLMBOT_TEST_PG_URL, else a private server started for
+the session (tests/postgres_server.py). Each test gets a fresh schema (search_path in the URL, so
+subprocesses see it too) that is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -26,10 +25,7 @@ from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.fingerprint import architecture
 from glmbot.model.prefix_io import EMBEDDING_KEY, PREFIX_KEY
 from glmbot.registry import Registry, store
-from glmbot.registry.database import safe_url
 
-PG_DEFAULTS = ("postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres",
-               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")
 FINGERPRINT = "sha256:0123456789abcdef"
 
@@ -79,43 +75,6 @@ def official_checkpoint(root, state, pre_seq_len: int, step: int = 3000, project
 
 # ---- PostgreSQL -----------------------------------------------------------------------------------
 
-_pg_url: list[str | None] = []
-
-
-def _reachable(url: str) -> bool:
-    engine = create_engine(url, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not this one"
-        return False
-    finally:
-        engine.dispose()
-
-
-def pg_admin_url() -> str | None:
-    """The first reachable PostgreSQL URL (cached for the session), or None."""
-    if not _pg_url:
-        env = os.environ.get("GLMBOT_TEST_PG_URL")
-        candidates = (env,) if env else PG_DEFAULTS
-        _pg_url.append(next((u for u in candidates if _reachable(u)), None))
-    return _pg_url[0]
-
-
-def require_pg() -> str:
-    url = pg_admin_url()
-    if url is None:
-        urls = [os.environ["GLMBOT_TEST_PG_URL"]] if os.environ.get("GLMBOT_TEST_PG_URL") else PG_DEFAULTS
-        where = " or ".join(safe_url(u) for u in urls)
-        message = (f"no PostgreSQL server reachable at {where}: start one with `source .ci/postgres.sh` "
-                   "(or set GLMBOT_TEST_PG_URL)")
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {message}")
-        pytest.skip(message)
-    return url
-
-
 def _with_search_path(url: str, schema: str) -> str:
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
@@ -127,7 +86,7 @@ def db_url(request, tmp_path: Path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         return
-    admin = require_pg()
+    admin = request.getfixturevalue("postgres_url")
     schema = f"glmbot_test_{uuid.uuid4().hex[:12]}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:

@@ -1,16 +1,16 @@
-"""LangChain chat model over the in-process engine: LCEL, streaming, batch, message history."""
+"""LangChain chat model over the in-process engine: LCEL, streaming, batch, conversation memory."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from langchain_core.chat_history import InMemoryChatMessageHistory
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import ConfigurableField
-from langchain_core.runnables.history import RunnableWithMessageHistory
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
 
 from glmbot import load_base
 from glmbot.errors import GenerationError
@@ -89,18 +89,32 @@ def test_batch_of_mixed_domains_goes_through_the_engine(engine):
     assert [m.content for m in batch] == [a.content for a in answers]
 
 
-def test_message_history_maps_to_official_rounds(engine):
-    store: dict[str, InMemoryChatMessageHistory] = {}
-    prompt = ChatPromptTemplate.from_messages([MessagesPlaceholder("history"), ("human", "{q}")])
-    chain = RunnableWithMessageHistory(prompt | ChatGlmbot(engine=engine, domain="support", **GREEDY),
-                                       lambda sid: store.setdefault(sid, InMemoryChatMessageHistory()),
-                                       input_messages_key="q", history_messages_key="history")
-    cfg = {"configurable": {"session_id": "s1"}}
-    first = chain.invoke({"q": "你好"}, config=cfg).content
-    second = chain.invoke({"q": "退货多久到账？"}, config=cfg).content
-    assert second == direct(engine, [{"role": "user", "content": "你好"}, {"role": "assistant", "content": first},
-                                     {"role": "user", "content": "退货多久到账？"}], "support")
-    assert len(store["s1"].messages) == 4
+def test_langgraph_memory_maps_to_official_rounds(engine):
+    # LangGraph's checkpointer is what langchain-core 1.x names in place of RunnableWithMessageHistory.
+    chat = ChatGlmbot(engine=engine, domain="support", **GREEDY)
+    graph = StateGraph(MessagesState)
+    graph.add_node("respond", lambda state: {"messages": [chat.invoke(state["messages"])]})
+    graph.add_edge(START, "respond")
+    app = graph.compile(checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "s1"}}
+    first = app.invoke({"messages": [HumanMessage("你好")]}, thread)["messages"][-1].content
+    state = app.invoke({"messages": [HumanMessage("退货多久到账？")]}, thread)
+    assert state["messages"][-1].content == direct(engine, [
+        {"role": "user", "content": "你好"}, {"role": "assistant", "content": first},
+        {"role": "user", "content": "退货多久到账？"}], "support")
+    assert len(state["messages"]) == 4
+    other = app.invoke({"messages": [HumanMessage("退货多久到账？")]}, {"configurable": {"thread_id": "s2"}})
+    assert len(other["messages"]) == 2  # threads do not share history
+
+
+def test_a_message_list_is_the_conversation(engine):
+    chat = ChatGlmbot(engine=engine, domain="support", **GREEDY)
+    history = [HumanMessage("你好")]
+    history.append(chat.invoke(history))
+    history.append(HumanMessage("退货多久到账？"))
+    assert chat.invoke(history).content == direct(engine, [
+        {"role": "user", "content": "你好"}, {"role": "assistant", "content": history[1].content},
+        {"role": "user", "content": "退货多久到账？"}], "support")
 
 
 def test_system_message_goes_in_front_of_the_question(engine):
@@ -114,3 +128,34 @@ def test_string_llm_and_bad_options(engine):
     assert llm.invoke("你好") == direct(engine, [{"role": "user", "content": "你好"}], "support")
     with pytest.raises(GenerationError, match="unknown option"):
         ChatGlmbot(engine=engine).invoke("你好", colour="red")
+
+
+def test_no_arguments_share_one_engine_built_from_glmbot_toml(tmp_path, monkeypatch):
+    import glmbot
+    from glmbot import stack
+    from tests.cli_helpers import project_with_adapters
+
+    config = project_with_adapters(tmp_path)
+    monkeypatch.setenv("GLMBOT_CONFIG", str(config))
+    monkeypatch.setattr(stack, "_shared", {})
+    chat, llm = ChatGlmbot(**GREEDY), GlmbotLLM(do_sample=False, max_new_tokens=24)
+    assert stack._shared == {}  # nothing is built before the first call
+    reply = chat.invoke("退货多久到账？")
+    engine = glmbot.shared_engine()
+    try:
+        assert list(stack._shared.values()) == [engine] and llm.invoke("你好") and engine.stats().finished
+        assert reply.response_metadata["adapter"] == "support@v1" and reply.response_metadata["domain"] == "support"
+        assert reply.content == direct(engine, [{"role": "user", "content": "退货多久到账？"}])
+        assert ChatGlmbot(config=str(config), domain="ads", **GREEDY).invoke("你好").response_metadata["adapter"] \
+            == "ads@v1"
+        assert len(stack._shared) == 1  # the same file: the same engine
+    finally:
+        engine.close()
+    assert "shared_engine" in glmbot.__all__ and "engine_from_config" in glmbot.__all__
+
+
+def test_server_and_engine_together_are_refused(engine):
+    with pytest.raises(GenerationError, match="base_url='http://127.0.0.1:8000' and engine="):
+        ChatGlmbot(engine=engine, base_url="http://127.0.0.1:8000")
+    with pytest.raises(GenerationError, match="and config='glmbot.toml'"):
+        ChatGlmbot(config="glmbot.toml", base_url="http://127.0.0.1:8000")

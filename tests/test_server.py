@@ -241,10 +241,10 @@ def test_langchain_over_http_matches_the_in_process_model(server, engine):
     assert asyncio.run(collect()) == local.content
 
 
-def test_langchain_over_http_reports_server_errors_and_needs_one_backend(server):
+def test_langchain_over_http_reports_server_errors_and_takes_one_backend(server):
     from glmbot.errors import UnknownDomainError
 
     with pytest.raises(UnknownDomainError, match="available models: base, auto, ads, support"):
         ChatGlmbot(base_url=server.url, domain="nope").invoke("你好")
-    with pytest.raises(GenerationError, match="exactly one backend"):
-        ChatGlmbot()
+    with pytest.raises(GenerationError, match="pass base_url for a glmbot server"):
+        ChatGlmbot(base_url=server.url, config="glmbot.toml")

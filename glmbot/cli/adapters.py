@@ -8,16 +8,26 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
 
 from glmbot.cli import common
-from glmbot.registry import STATUSES
+from glmbot.cli.common import JsonOpt
+from glmbot.errors import UnknownDomainError
+from glmbot.registry.states import STATUSES
 
-app = typer.Typer(help="Registered P-Tuning v2 adapters (one versioned prefix family per domain).",
-                  no_args_is_help=True)
+EXAMPLES = """Examples:
+
+\b
+  glmbot adapters list
+  glmbot adapters show support --json
+  glmbot adapters promote support@v3
+"""
+
+app = typer.Typer(cls=common.HelpGroup, epilog=EXAMPLES, no_args_is_help=True,
+                  help="Registered P-Tuning v2 adapters (one versioned prefix family per domain).")
 
 STATUS_STYLE = {"active": "bold green", "candidate": "yellow", "archived": "dim"}
 Ref = Annotated[str, typer.Argument(help="DOMAIN (its active adapter), DOMAIN@vN, or an adapter id",
@@ -59,14 +69,45 @@ def status_text(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, '')}]{status}[/]"
 
 
+def iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def adapter_json(a) -> dict:  # noqa: ANN001 - glmbot.registry.AdapterInfo
+    """The stable `--json` fields of an adapter (docs/CLI.md)."""
+    return {"id": a.id, "ref": a.ref, "domain": a.domain, "version": a.version, "status": a.status,
+            "pre_seq_len": a.pre_seq_len, "prefix_projection": a.prefix_projection, "dtype": a.dtype,
+            "base_model": a.base_model, "base_fingerprint": a.base_fingerprint, "source": a.source,
+            "metrics": a.metrics, "size_bytes": a.size_bytes, "path": str(a.path), "files": a.files,
+            "dataset_sha256": a.dataset_sha256, "sample_count": a.sample_count, "hyperparams": a.hyperparams,
+            "provenance": a.provenance, "created_at": iso(a.created_at), "activated_at": iso(a.activated_at)}
+
+
+Status = Literal["candidate", "active", "archived"]  # glmbot.registry.states.STATUSES
+
+
 @app.command("list")
 def list_adapters(
     domain: Annotated[str | None, typer.Option("--domain", "-d", help="only this domain")] = None,
-    status: Annotated[str | None, typer.Option("--status", "-s",
-                                               help=f"only this status ({', '.join(STATUSES)})")] = None,
+    status: Annotated[Status | None, typer.Option("--status", "-s", help="only this status")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """List adapters: domain, version, status, prefix length, metrics, size, age."""
-    adapters = common.get_registry().list_adapters(domain, status)
+    """List adapters: domain, version, status, P, metrics, size, age.
+
+    Examples:
+
+    \b
+      glmbot adapters list
+      glmbot adapters list --domain support --status active
+      glmbot adapters list --json
+    """
+    try:
+        adapters = common.get_registry().list_adapters(domain, status)
+    except UnknownDomainError as exc:
+        raise UnknownDomainError(f"--domain {domain!r}: {exc}") from None
+    if as_json:
+        common.print_json([adapter_json(a) for a in adapters])
+        return
     if not adapters:
         common.console.print("No adapters registered yet. Train one (glmbot train --domain DOMAIN) or import one "
                              "(glmbot adapters import PATH --domain DOMAIN).")
@@ -82,10 +123,25 @@ def list_adapters(
 
 
 @app.command("show")
-def show(ref: Ref) -> None:
-    """Everything the registry knows about one adapter."""
+def show(ref: Ref, as_json: JsonOpt = False) -> None:
+    """Everything the registry knows about one adapter.
+
+    Examples:
+
+    \b
+      glmbot adapters show support          # the active support adapter
+      glmbot adapters show support@v2
+      glmbot adapters show 7 --json         # by id
+    """
     registry = common.get_registry()
     a = registry.resolve(ref)
+    if as_json:
+        evaluations = [{"kind": e.kind, "metrics": e.metrics, "dataset_sha256": e.dataset_sha256,
+                        "created_at": iso(e.created_at)} for e in registry.evaluations(a.id)]
+        pushes = [{"repo": p.repo, "revision": p.revision, "commit_sha": p.commit_sha, "tag": p.tag,
+                   "pushed_at": iso(p.pushed_at)} for p in registry.pushes(a.id)]
+        common.print_json({**adapter_json(a), "evaluations": evaluations, "hub_pushes": pushes})
+        return
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -123,7 +179,14 @@ def show(ref: Ref) -> None:
 
 @app.command("promote")
 def promote(ref: Ref) -> None:
-    """Make REF the active adapter of its domain (the previous one is archived)."""
+    """Make REF the active adapter of its domain (the previous one is archived).
+
+    Examples:
+
+    \b
+      glmbot adapters promote support@v3
+      glmbot adapters promote 7
+    """
     a = common.get_registry().promote(ref)
     common.console.print(f"{a.ref} is now the active adapter of [bold]{a.domain}[/] "
                          f"(undo with: glmbot adapters rollback {a.domain}).")
@@ -131,14 +194,26 @@ def promote(ref: Ref) -> None:
 
 @app.command("rollback")
 def rollback(domain: Annotated[str, typer.Argument(help="the domain to roll back", show_default=False)]) -> None:
-    """Re-activate the version that was active before the current one."""
+    """Re-activate the version that was active before the current one.
+
+    Examples:
+
+    \b
+      glmbot adapters rollback support
+    """
     a = common.get_registry().rollback(domain)
     common.console.print(f"Rolled back [bold]{domain}[/]: {a.ref} is active again.")
 
 
 @app.command("archive")
 def archive(ref: Ref) -> None:
-    """Retire an adapter (kept on disk; promote brings it back)."""
+    """Retire an adapter (kept on disk; promote brings it back).
+
+    Examples:
+
+    \b
+      glmbot adapters archive support@v1
+    """
     a = common.get_registry().archive(ref)
     common.console.print(f"Archived {a.ref}.")
 
@@ -148,7 +223,14 @@ def remove(
     ref: Ref,
     force: Annotated[bool, typer.Option("--force", "-f", help="also remove the active adapter")] = False,
 ) -> None:
-    """Delete an adapter's row, evaluations and files."""
+    """Delete an adapter's row, evaluations and files.
+
+    Examples:
+
+    \b
+      glmbot adapters rm support@v1
+      glmbot adapters rm support --force    # even the active one
+    """
     a = common.get_registry().remove(ref, force=force)
     common.console.print(f"Removed {a.ref} ({human_size(a.size_bytes)} freed).")
 
@@ -162,7 +244,17 @@ def import_adapter(
     allow_base_mismatch: Annotated[bool, typer.Option(
         "--allow-base-mismatch", help="import a prefix trained on another base of the same shape")] = False,
 ) -> None:
-    """Register a P-Tuning v2 prefix from a folder as a new candidate version of DOMAIN."""
+    """Register a prefix from a folder as a new candidate version of DOMAIN.
+
+    PATH is an official P-Tuning v2 checkpoint-N folder or a folder written by
+    glmbot adapters export.
+
+    Examples:
+
+    \b
+      glmbot adapters import output/adgen-chatglm2-6b-pt-128-2e-2/checkpoint-3000 --domain ads
+      glmbot adapters import exported/support-v3 --domain support --create-domain
+    """
     from glmbot.model.fingerprint import base_fingerprint
 
     model, _tokenizer = common.load_base_model()
@@ -175,7 +267,16 @@ def import_adapter(
 
 @app.command("export")
 def export(ref: Ref, dest: Annotated[Path, typer.Argument(help="a new folder", show_default=False)]) -> None:
-    """Copy an adapter's verified files (weights, config, model card, metrics) into a new folder."""
+    """Copy an adapter's verified files into a new folder.
+
+    The folder holds the weights, adapter_config.json, the model card and metrics;
+    glmbot adapters import reads it back.
+
+    Examples:
+
+    \b
+      glmbot adapters export support@v3 exported/support-v3
+    """
     registry = common.get_registry()
     out = registry.export(ref, dest)
     common.console.print(f"Exported {registry.resolve(ref).ref} to {out} ({len(list(out.iterdir()))} files); "
@@ -185,7 +286,14 @@ def export(ref: Ref, dest: Annotated[Path, typer.Argument(help="a new folder", s
 @app.command("verify")
 def verify(ref: Annotated[str | None, typer.Argument(help="one adapter (default: all)", show_default=False)] = None,
            ) -> None:
-    """Re-hash every stored file against the registry; exit code 1 when any differs."""
+    """Re-hash stored files against the registry; exit code 1 when any differs.
+
+    Examples:
+
+    \b
+      glmbot adapters verify
+      glmbot adapters verify support@v3
+    """
     results = common.get_registry().verify(ref)
     bad = [r for r in results if not r.ok]
     for r in bad:
@@ -201,7 +309,13 @@ def verify(ref: Annotated[str | None, typer.Argument(help="one adapter (default:
 
 @app.command("gc")
 def gc() -> None:
-    """Remove adapter folders that no registry row points to (crash leftovers, temp folders)."""
+    """Remove adapter folders no registry row points to (crash leftovers).
+
+    Examples:
+
+    \b
+      glmbot adapters gc
+    """
     removed = common.get_registry().gc()
     for path in removed:
         common.console.print(f"removed {path}")

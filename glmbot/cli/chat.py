@@ -14,22 +14,34 @@ Opt = typer.Option
 
 
 def chat(
-    domain: Annotated[Optional[str], Opt("--domain", "-d", help="answer with this domain ('base': plain model)")] = None,
-    adapter: Annotated[Optional[str], Opt(help="a specific adapter, e.g. support@v3")] = None,
-    temperature: Annotated[Optional[float], Opt(help="0 = greedy; default [generation] temperature")] = None,
-    max_new_tokens: Annotated[Optional[int], Opt(help="tokens per answer at most")] = None,
-    system: Annotated[str, Opt(help="a system instruction put before each question")] = "",
+    domain: Annotated[Optional[str], Opt("--domain", "-d", metavar="DOMAIN",
+                                         help="answer with this domain ('base': plain model)")] = None,
+    adapter: Annotated[Optional[str], Opt(metavar="REF", help="a specific adapter, e.g. support@v3")] = None,
+    temperature: Annotated[Optional[float], Opt(min=0, help="0 = greedy; default [generation] temperature")] = None,
+    max_new_tokens: Annotated[Optional[int], Opt(min=1, help="tokens per answer at most")] = None,
+    system: Annotated[str, Opt(metavar="TEXT", help="a system instruction put before each question")] = "",
     no_log: Annotated[bool, Opt("--no-log", help="do not store this conversation in the registry")] = False,
 ) -> None:
-    """Chat with glmbot; piped input (echo 问题 | glmbot chat) prints only the answers."""
+    """Chat in the terminal; piped questions print only the answers.
+
+    In the terminal, /help lists the chat commands (switch domain, clear history, quit).
+
+    Examples:
+
+    \b
+      glmbot chat
+      glmbot chat --domain support --temperature 0
+      echo "退货多久到账？" | glmbot chat
+      glmbot chat --adapter support@v2 --no-log
+    """
     from glmbot.chat import ChatClient, ChatOptions, ChatSession
     from glmbot.serving.turn_log import TurnLogger
 
     settings, registry = common.get_settings(), common.get_registry()
     known = lambda: sorted({a.domain for a in registry.list_adapters(status="active")})  # noqa: E731
     if domain is not None and domain != "base" and domain not in known():
-        raise UnknownDomainError(f"unknown domain {domain!r}; domains with an active adapter: "
-                                 f"{', '.join(['base', *known()])}")
+        raise UnknownDomainError(f"--domain {domain!r} has no active adapter; use one of: "
+                                 f"{', '.join(['base', *known()])} (or train it: glmbot train --domain {domain})")
     interactive = sys.stdin.isatty()
     engine = common.get_engine()
     warn = lambda message: common.err_console.print(f"[yellow]warning:[/] {message}")  # noqa: E731

@@ -6,12 +6,14 @@ loads one.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from glmbot.config import Settings, load_settings
 
@@ -20,8 +22,33 @@ err_console = Console(stderr=True)
 
 _config_path: Path | None = None
 
-DomainOpt = Annotated[Optional[str], typer.Option("--domain", "-d", help="business domain, e.g. support")]
+DomainOpt = Annotated[Optional[str], typer.Option("--domain", "-d", metavar="DOMAIN",
+                                                  help="business domain, e.g. support")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="glmbot.toml to use", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables (fields: docs/CLI.md)")]
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout, unwrapped and uncoloured, for scripts (`--json`)."""
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+class HelpGroup(TyperGroup):
+    """A command group whose commands show the `Examples:` section of their docstring last.
+
+    Click prints a command's docstring before its options; examples read best after them, as the
+    epilog. Docstrings keep them in one place with the rest of the help.
+    """
+
+    def get_command(self, ctx, name: str):  # noqa: ANN001 - a click Context
+        return examples_last(super().get_command(ctx, name))
+
+
+def examples_last(command):  # noqa: ANN001, ANN201 - a click Command or None
+    if command is not None and command.help and "\nExamples:" in command.help and not command.epilog:
+        command.help, examples = command.help.split("\nExamples:", 1)
+        command.epilog = "Examples:" + examples
+    return command
 
 
 def set_config_path(path: Path | None) -> None:

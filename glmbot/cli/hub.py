@@ -21,14 +21,25 @@ PROMOTE_VALUES = ("no", "better", "force")
 
 def push(
     ref: Ref,
-    repo: Annotated[str, typer.Option("--repo", help="Hub model repo ORG/NAME (created if missing)",
+    repo: Annotated[str, typer.Option("--repo", metavar="ORG/NAME", help="Hub model repo ORG/NAME (created if missing)",
                                       show_default=False)],
     private: Annotated[bool, typer.Option("--private", help="create the repo private")] = False,
-    revision: Annotated[str | None, typer.Option("--revision", help="branch to commit to (default main)",
-                                                    show_default=False)] = None,
-    tag: Annotated[str | None, typer.Option("--tag", help="tag the new commit, e.g. v3", show_default=False)] = None,
+    revision: Annotated[str | None, typer.Option("--revision", metavar="BRANCH", show_default=False,
+                                                    help="branch to commit to (default main)")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", metavar="TAG", help="tag the new commit, e.g. v3",
+                                               show_default=False)] = None,
 ) -> None:
-    """Upload an adapter (weights, config, metrics, model card) to a Hugging Face Hub repo."""
+    """Upload an adapter to a Hugging Face Hub repo.
+
+    The weights, adapter_config.json, metrics and model card go up in one commit; log in
+    first (hf auth login, or HF_TOKEN).
+
+    Examples:
+
+    \b
+      glmbot push support --repo my-org/glmbot-support
+      glmbot push support@v3 --repo my-org/glmbot-support --tag v3 --private
+    """
     from glmbot.integrations.hub import push_adapter
 
     result = push_adapter(common.get_registry(), ref, repo, private=private, revision=revision, tag=tag)
@@ -42,17 +53,28 @@ def pull(
     spec: Annotated[str, typer.Argument(metavar="ORG/NAME[@REVISION]", help="Hub repo, optionally @branch, @tag or "
                                         "@commit (default main)", show_default=False)],
     domain: common.DomainOpt = None,
-    promote: Annotated[str, typer.Option("--promote", help="--promote: make it its domain's active adapter",
+    promote: Annotated[str, typer.Option("--promote", metavar="", help="make it its domain's active adapter",
                                          show_default=False)] = "no",
     allow_base_mismatch: Annotated[bool, typer.Option(
         "--allow-base-mismatch", help="accept a prefix trained on other weights of the same architecture")] = False,
 ) -> None:
-    """Download an adapter from the Hub and register it as a candidate (safetensors only; the base must fit)."""
+    """Download an adapter from the Hub and register it as a candidate.
+
+    Only safetensors weights are read, and the prefix must fit the configured base.
+
+    Examples:
+
+    \b
+      glmbot pull my-org/glmbot-support
+      glmbot pull my-org/glmbot-support@v3 --promote
+      glmbot pull my-org/glmbot-support --domain support-eu
+    """
     from glmbot.integrations.hub import download_adapter, register_pulled
     from glmbot.registry import check_domain_name
 
     if promote not in PROMOTE_VALUES:
-        raise GlmbotError(f"--promote={promote!r}: write just --promote (make the pulled adapter active)")
+        raise GlmbotError(f"--promote takes no value, got {promote!r}: write just --promote (make the pulled "
+                          "adapter active)")
     if domain is not None:
         check_domain_name(domain)
     snapshot = download_adapter(spec)  # the base model loads only once there is something to register

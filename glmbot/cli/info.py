@@ -8,10 +8,19 @@ from rich.table import Table
 
 from glmbot import __version__
 from glmbot.cli import common
+from glmbot.cli.common import JsonOpt
 
 
-def info() -> None:
-    """Show the config file, base model, device, dtype and parameter count."""
+def info(as_json: JsonOpt = False) -> None:
+    """Show the config file, base model, device, dtype and parameter count.
+
+    Examples:
+
+    \b
+      glmbot info
+      glmbot --config team/glmbot.toml info
+      glmbot info --json
+    """
     import torch
 
     from glmbot.model import count_parameters
@@ -20,6 +29,16 @@ def info() -> None:
     settings = common.get_settings()
     model, tok = common.load_base_model()
     cfg = model.config
+    if as_json:
+        common.print_json({
+            "glmbot": __version__, "config": str(settings.source), "base_model": settings.model.base_model,
+            "fingerprint": base_fingerprint(model), "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."), "parameters": count_parameters(model),
+            "layers": cfg.num_layers, "hidden_size": cfg.hidden_size, "attention_heads": cfg.num_attention_heads,
+            "kv_groups": cfg.kv_groups, "vocab_size": tok.vocab_size, "padded_vocab_size": cfg.padded_vocab_size,
+            "registry": _safe_url(settings.db_url), "domains": list(settings.domains), "torch": torch.__version__,
+            "cuda_available": torch.cuda.is_available(), "python": platform.python_version()})
+        return
     table = Table(show_header=False, box=None)
     rows = [
         ("glmbot", __version__),

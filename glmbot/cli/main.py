@@ -1,24 +1,107 @@
-"""Wires the command groups into one `glmbot` app and turns library errors into one-line messages."""
+"""Wires the command groups into one `glmbot` app and turns library errors into one-line messages.
+
+Help is plain text (Typer's `rich_markup_mode=None`): help strings name config tables such as
+`[train]`, which Rich markup would swallow, and flags that take no value are shown without a type.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.main
 from rich.markup import escape
+from typer.core import TyperCommand
 
-from glmbot.cli import adapters, chat, common, demo, domains, hub, info, logs, plugins, route, serve, train
+from glmbot.cli import adapters, chat, common, demo, domains, evaluate, hub, info, logs, plugins, route, serve
 from glmbot.errors import GlmbotError
 
+# Commands whose module imports torch when it is imported (seconds on a small machine): the help
+# listing shows their summary from here, and the module is imported only when the command runs.
+LAZY_COMMANDS = {
+    "train": ("glmbot.cli.train:train",
+              "Train a P-Tuning v2 prefix for DOMAIN, evaluate it, and register it as a candidate."),
+}
+
+
+class LazyCommand(TyperCommand):
+    """Stands in for a command in the help listing; `load()` builds the real one."""
+
+    def __init__(self, name: str, target: str, summary: str):
+        super().__init__(name=name, help=summary)
+        self.target = target
+
+    def load(self) -> TyperCommand:
+        module, function = self.target.split(":")
+        single = typer.Typer(rich_markup_mode=None)
+        single.command(name=self.name)(getattr(importlib.import_module(module), function))
+        return typer.main.get_command(single)
+
+
+class CommandGroup(common.HelpGroup):
+    """glmbot's top-level group: commands listed alphabetically, LAZY_COMMANDS loaded when they run."""
+
+    def list_commands(self, ctx) -> list[str]:  # noqa: ANN001 - a click Context
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx, name: str):  # noqa: ANN001
+        if name not in self.commands and name in LAZY_COMMANDS:
+            self.commands[name] = LazyCommand(name, *LAZY_COMMANDS[name])
+        return super().get_command(ctx, name)
+
+    def resolve_command(self, ctx, args: list[str]):  # noqa: ANN001
+        name, command, rest = super().resolve_command(ctx, args)
+        if isinstance(command, LazyCommand):
+            command = self.commands[name] = common.examples_last(command.load())
+        return name, command, rest
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:  # noqa: ANN001
+        ctx.meta["glmbot.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):  # noqa: ANN001
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:  # Typer names the flag and what it wants; add what it got
+            value = given_value(ctx.meta.get("glmbot.args", []), exc.param.opts if exc.param else [])
+            if value is not None and repr(value) not in exc.message:
+                exc.message = f"got {value!r}: {exc.message}"
+            raise
+
+
+def given_value(args: list[str], opts: list[str]) -> str | None:
+    """The value given to one of `opts` in `args` (`--n 3` or `--n=3`), the last one if repeated."""
+    found = None
+    for arg, following in zip(args, [*args[1:], None]):
+        for opt in opts:
+            if arg == opt:
+                found = following
+            elif opt.startswith("--") and arg.startswith(opt + "="):
+                found = arg[len(opt) + 1:]
+    return found
+
+
+EXAMPLES = """Examples:
+
+\b
+  glmbot demo                           # train and serve a support prefix on the builtin base
+  glmbot train --domain support --promote
+  glmbot route "退货多久到账？"
+  echo "退货多久到账？" | glmbot chat
+  glmbot adapters list --json
+  glmbot COMMAND --help                 # each command's options and examples
+"""
+
 app = typer.Typer(name="glmbot", help="Many P-Tuning v2 prefixes of ChatGLM2 on one shared base model.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  epilog=EXAMPLES, cls=CommandGroup, rich_markup_mode=None, no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 app.command()(info.info)
 app.command()(demo.demo)
-app.command()(train.train)
-app.command(name="eval")(train.evaluate)
+app.command(name="eval")(evaluate.evaluate)
 app.command()(hub.push)
 app.command()(hub.pull)
 app.command()(route.route)

@@ -6,17 +6,36 @@ import typer
 from rich.table import Table
 
 from glmbot.cli import common
+from glmbot.cli.common import JsonOpt
 
-app = typer.Typer(help="Plugins (pluggy): entry points of group 'glmbot' and the [plugins] paths.",
-                  no_args_is_help=True)
+EXAMPLES = """Examples:
+
+\b
+  glmbot plugins list
+  glmbot plugins list --json
+"""
+
+app = typer.Typer(cls=common.HelpGroup, epilog=EXAMPLES, no_args_is_help=True,
+                  help="Plugins (pluggy): entry points of group 'glmbot' and the [plugins] paths.")
 
 
 @app.command("list")
-def list_plugins() -> None:
-    """Show each plugin, its source, the hooks it implements, and load or hook errors."""
+def list_plugins(as_json: JsonOpt = False) -> None:
+    """Show each plugin, its source, its hooks, and load or hook errors.
+
+    Examples:
+
+    \b
+      glmbot plugins list
+      GLMBOT_LOAD_PLUGINS=order_status glmbot plugins list --json
+    """
     from glmbot.plugins import get_manager
 
     manager = get_manager(common.get_settings())
+    if as_json:
+        common.print_json([{"name": r.name, "ok": r.ok, "error": r.error, "hooks": r.hooks, "source": r.source}
+                           for r in sorted(manager.records.values(), key=lambda r: r.name)])
+        return
     if not manager.records:
         common.console.print("No plugins loaded (check \\[plugins] paths in glmbot.toml and GLMBOT_LOAD_PLUGINS).")
         return

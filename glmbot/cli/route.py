@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from glmbot.cli import common
-from glmbot.errors import RegistryError
+from glmbot.cli.common import JsonOpt
+from glmbot.errors import RegistryError, UnknownDomainError
 from glmbot.serving.router import RouteDecision
 from glmbot.serving.routing_setup import build_router
 
@@ -17,21 +18,38 @@ REASON_STYLE = {"explicit": "bold", "sticky": "bold", "plugin": "magenta", "keyw
 
 
 def route(
-    text: Annotated[str, typer.Argument(help="the chat message to route", show_default=False)],
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="the chat message to route", show_default=False)],
     domain: Annotated[Optional[str], typer.Option(
-        "--domain", "-d", help="route explicitly: a domain, DOMAIN@vN, or 'base' (the plain model)")] = None,
+        "--domain", "-d", metavar="DOMAIN", help="route explicitly: a domain, DOMAIN@vN, or 'base' (the plain model)",
+        show_default=False)] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show where TEXT would be routed, the reason and score, and every domain's classifier score."""
+    """Show where TEXT would be routed, why, and each domain's classifier score.
+
+    Examples:
+
+    \b
+      glmbot route "退货多久到账？"
+      glmbot route "你好"                      # general chat: the plain base
+      glmbot route "写一段裙子的广告" --json
+      glmbot route "退货多久到账？" --domain support@v2
+    """
     registry = common.get_registry()
     router = build_router(common.get_settings(), registry)
-    decision = router.route(text, explicit=domain)
+    try:
+        decision = router.route(text, explicit=domain)
+    except UnknownDomainError as exc:
+        raise UnknownDomainError(f"--domain {domain!r}: {exc}") from None
+    scores = router.explain(text)
+    if as_json:
+        common.print_json(route_json(registry, decision, scores, router))
+        return
     style = REASON_STYLE.get(decision.reason, "bold")
     common.console.print(f"domain:  [bold]{decision.domain or 'base (plain model)'}[/]")
     common.console.print(f"adapter: {adapter_label(registry, decision)}")
     common.console.print(f"reason:  [{style}]{decision.reason}[/]    score: {decision.score:.3f}")
     if decision.detail:
         common.console.print(f"detail:  {decision.detail}", highlight=False)
-    scores = router.explain(text)
     if not scores:
         common.console.print("No routable domain: register and promote an adapter (glmbot adapters promote ...).")
         return
@@ -42,6 +60,20 @@ def route(
         table.add_row(name, f"{score:.3f}", mark)
     table.caption = f"min_score {router.min_score}; below it the message goes to fallback {router.fallback!r}"
     common.console.print(table)
+
+
+def route_json(registry, decision: RouteDecision, scores: list[tuple[str, float]], router) -> dict:  # noqa: ANN001
+    """The stable `--json` fields of a route decision (docs/CLI.md)."""
+    adapter = None
+    if decision.domain is not None:
+        try:
+            info = registry.resolve(decision.adapter or decision.domain)
+            adapter = {"ref": info.ref, "id": info.id, "status": info.status}
+        except RegistryError:
+            pass
+    return {"domain": decision.domain, "adapter": adapter, "reason": decision.reason, "score": decision.score,
+            "detail": decision.detail, "classifier_scores": dict(scores), "min_score": router.min_score,
+            "fallback": router.fallback}
 
 
 def adapter_label(registry, decision: RouteDecision) -> str:  # noqa: ANN001 - glmbot.registry.Registry

@@ -13,15 +13,28 @@ Opt = typer.Option
 
 
 def serve(
-    host: Annotated[Optional[str], Opt(help="address to bind (default: server.host of glmbot.toml, 127.0.0.1); "
-                                            "any non-loopback address needs an API key")] = None,
-    port: Annotated[Optional[int], Opt(help="TCP port (default: server.port of glmbot.toml, 8000)")] = None,
+    host: Annotated[Optional[str], Opt(metavar="ADDRESS", help="address to bind (default: server.host of glmbot.toml, "
+                                                               "127.0.0.1); any non-loopback address needs an API key")
+                    ] = None,
+    port: Annotated[Optional[int], Opt(min=0, max=65535,
+                                       help="TCP port (default: server.port of glmbot.toml, 8000)")] = None,
     api_key: Annotated[Optional[list[str]], Opt(
-        "--api-key", help="a Bearer key clients must send (repeatable); prefer GLMBOT_API_KEYS=k1,k2, "
+        "--api-key", metavar="KEY", help="a Bearer key clients must send (repeatable); prefer GLMBOT_API_KEYS=k1,k2, "
                           "which other users cannot read from the process list")] = None,
     no_log: Annotated[bool, Opt("--no-log", help="do not store the conversations in the registry")] = False,
 ) -> None:
-    """Serve /v1/chat/completions and /v1/models (OpenAI-compatible), /health and /metrics."""
+    """Serve the OpenAI-compatible HTTP API over the routed adapters.
+
+    Endpoints: /v1/chat/completions, /v1/models, /health and /metrics
+    (docs/HTTP_API.md).
+
+    Examples:
+
+    \b
+      glmbot serve
+      glmbot serve --port 8080 --no-log
+      GLMBOT_API_KEYS=secret1 glmbot serve --host 0.0.0.0
+    """
     from glmbot.integrations.server import check_bind, create_app, resolve_api_keys, run_server
 
     settings = common.get_settings()

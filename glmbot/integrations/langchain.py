@@ -1,8 +1,12 @@
 """LangChain chat model (and a thin string LLM) backed by glmbot's in-process engine.
 
     from glmbot.integrations.langchain import ChatGlmbot
-    chat = ChatGlmbot(engine=engine)                    # routed automatically
+    chat = ChatGlmbot()                                 # routed; the engine glmbot.toml describes
     chat.bind(domain="support").invoke("退货多久到账？")   # or domain= / adapter= per call
+
+With no engine, the first call builds `glmbot.shared_engine()` (base model, registry, router and
+plugins of glmbot.toml, or of `config=`) and every ChatGlmbot of the process shares it, so their
+requests are batched together. `engine=` uses an engine of your own.
 
 History maps to the official ChatGLM2 rounds. ChatGLM2 has no system role: a system message is
 put in front of the user's question (as the official openai_api.py does). The route decision
@@ -70,7 +74,10 @@ class ChatGlmbot(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    engine: Any = Field(None, exclude=True, description="a glmbot.serving.engine.Engine (or give base_url)")
+    engine: Any = Field(None, exclude=True, description="a glmbot.serving.engine.Engine; default: the process's "
+                                                        "shared engine of glmbot.toml (glmbot.shared_engine)")
+    config: str | None = Field(None, description="glmbot.toml of the shared engine (default: $GLMBOT_CONFIG or "
+                                                 "the nearest glmbot.toml)")
     base_url: str | None = Field(None, description="a glmbot HTTP server instead of an engine, e.g. "
                                                    "http://127.0.0.1:8000 (glmbot serve)")
     api_key: SecretStr | None = Field(None, exclude=True, description="Bearer key of that server")
@@ -89,10 +96,17 @@ class ChatGlmbot(BaseChatModel):
 
     @model_validator(mode="after")
     def _one_backend(self) -> ChatGlmbot:
-        if (self.engine is None) == (self.base_url is None):
-            raise GenerationError("ChatGlmbot needs exactly one backend: engine=Engine(...) for in-process serving, "
-                                  "or base_url='http://127.0.0.1:8000' for a glmbot server (glmbot serve)")
+        if self.base_url is not None and (self.engine is not None or self.config is not None):
+            given = "engine=" if self.engine is not None else f"config={self.config!r}"
+            raise GenerationError(f"ChatGlmbot got base_url={self.base_url!r} and {given}: pass base_url for a "
+                                  "glmbot server (glmbot serve), or engine=/config= (or nothing) for in-process "
+                                  "serving")
         return self
+
+    def _engine(self) -> Any:
+        from glmbot.stack import shared_engine
+
+        return self.engine if self.engine is not None else shared_engine(self.config)
 
     @property
     def _llm_type(self) -> str:
@@ -120,11 +134,11 @@ class ChatGlmbot(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         request = self._request(messages, stop, kwargs)
-        if self.engine is None:
+        if self.base_url is not None:
             text, response_metadata, usage = self._http.complete(request)
             message = AIMessage(content=text, response_metadata=response_metadata, usage_metadata=usage)
             return ChatResult(generations=[ChatGeneration(message=message)])
-        result = self.engine.generate(request)
+        result = self._engine().generate(request)
         self._log(request, result)
         message = AIMessage(content=result.text, response_metadata=result_metadata(result),
                             usage_metadata=usage_metadata(result))
@@ -133,10 +147,10 @@ class ChatGlmbot(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        if self.engine is None:
+        if self.base_url is not None:
             yield from self._chunks(self._http.stream(request), run_manager)
             return
-        handle = self.engine.submit(request)
+        handle = self._engine().submit(request)
         try:
             for delta in handle.stream():
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
@@ -154,14 +168,14 @@ class ChatGlmbot(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        if self.engine is None:
+        if self.base_url is not None:
             async for item in self._http.astream(request):
                 chunk = self._http_chunk(item)
                 if run_manager and isinstance(item, str):
                     await run_manager.on_llm_new_token(item, chunk=chunk)
                 yield chunk
             return
-        handle = self.engine.submit(request)
+        handle = self._engine().submit(request)
         try:
             async for delta in handle.astream():
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
@@ -205,7 +219,8 @@ class GlmbotLLM(LLM):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    engine: Any = Field(exclude=True)
+    engine: Any = Field(None, exclude=True, description="default: the process's shared engine (glmbot.shared_engine)")
+    config: str | None = Field(None, description="glmbot.toml of the shared engine")
     domain: str | None = None
     adapter: str | None = None
     max_new_tokens: int | None = None
@@ -221,7 +236,12 @@ class GlmbotLLM(LLM):
               **kwargs: Any) -> str:
         fields = {f: kwargs.get(f, getattr(self, f)) for f in
                   ("domain", "adapter", "max_new_tokens", "temperature", "seed", "do_sample")}
-        return self.engine.generate(GenerationRequest(query=prompt, stop=tuple(stop or ()), **fields)).text
+        engine = self.engine
+        if engine is None:
+            from glmbot.stack import shared_engine
+
+            engine = shared_engine(self.config)
+        return engine.generate(GenerationRequest(query=prompt, stop=tuple(stop or ()), **fields)).text
 
 
 class _HttpBackend:

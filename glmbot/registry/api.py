@@ -4,6 +4,9 @@ The trainer, engine, hub and CLI use only this class. It returns frozen records 
 ...), never ORM rows. Each operation is one transaction; operations that change which adapter a
 domain serves, or allocate a version number, first lock the domain (BEGIN IMMEDIATE on SQLite,
 SELECT ... FOR UPDATE elsewhere).
+
+Only the operations that handle prefix tensors (register, import, load) import torch, when they
+run: listing, promoting and the other metadata commands start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load as load_safetensors
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Session, delete, func, select
 
@@ -22,7 +23,7 @@ from glmbot.errors import (
     UnknownAdapterError,
     UnknownDomainError,
 )
-from glmbot.registry import checks, store, transfer
+from glmbot.registry import checks, store
 from glmbot.registry.card import (
     AdapterDescription,
     adapter_config,
@@ -55,8 +56,11 @@ from glmbot.registry.tables import (
     utcnow,
 )
 
-if TYPE_CHECKING:  # only for annotations: importing transformers costs ~1 s
+if TYPE_CHECKING:  # only for annotations: importing torch and transformers costs seconds
+    import torch
+
     from glmbot.model.configuration import ChatGLMConfig
+    from glmbot.registry.registration import Registration
 
 
 class Registry(RecordsMixin, ConversationsMixin):
@@ -131,7 +135,9 @@ class Registry(RecordsMixin, ConversationsMixin):
         `prefix_state` uses the official keys (`transformer.prefix_encoder.*`). Everything is
         checked before anything is written; files are complete on disk before the row commits.
         """
-        request = checks.check_registration(
+        from glmbot.registry.registration import check_registration
+
+        request = check_registration(
             domain, prefix_state, base_model=base_model, base_fingerprint=base_fingerprint, architecture=architecture,
             source=source, hyperparams=hyperparams, dataset_sha256=dataset_sha256, sample_count=sample_count,
             metrics=metrics, provenance=provenance, routing_prompts=routing_prompts)
@@ -187,6 +193,8 @@ class Registry(RecordsMixin, ConversationsMixin):
                 weights = data
         if problems:
             raise integrity_error(info, problems)
+        from safetensors.torch import load as load_safetensors
+
         return load_safetensors(weights), info
 
     def verify(self, ref: str | int | None = None) -> list[VerifyResult]:
@@ -288,6 +296,8 @@ class Registry(RecordsMixin, ConversationsMixin):
         `provenance` (merged over what the folder says) let callers such as the Hub pull say where
         the folder came from.
         """
+        from glmbot.registry import transfer
+
         return transfer.import_path(self, path, domain, config=config, base_model=base_model,
                                     base_fingerprint=base_fingerprint, create_domain=create_domain,
                                     allow_base_mismatch=allow_base_mismatch, source=source, provenance=provenance)
@@ -307,7 +317,7 @@ class Registry(RecordsMixin, ConversationsMixin):
     # ---- internals ------------------------------------------------------------------------------
 
     def _commit_version(self, s: Session, staged: store.StagedAdapter,
-                        request: checks.Registration) -> AdapterInfo:
+                        request: Registration) -> AdapterInfo:
         """Inside the write transaction: take the next version, finish and publish the files, add the row."""
         dom = self._domain_row(s, request.domain, lock=True)
         version, dom.next_version = dom.next_version, dom.next_version + 1

@@ -12,16 +12,8 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, BigInteger, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-# Adapter statuses: a new version starts as a candidate; promote makes it the domain's one active
-# version (the one it replaces is archived); archive retires a version without deleting it.
-CANDIDATE, ACTIVE, ARCHIVED = "candidate", "active", "archived"
-STATUSES = (CANDIDATE, ACTIVE, ARCHIVED)
-# Where an adapter came from.
-SOURCES = ("trained", "imported", "pulled")
-# Training run statuses.
-RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
-# Activation history actions (rollback walks this log backwards).
-PROMOTE, ROLLBACK, DEACTIVATE = "promote", "rollback", "archive"
+from glmbot.registry.states import (  # noqa: F401 - the tables' vocabulary, re-exported
+    ACTIVE, ARCHIVED, CANDIDATE, DEACTIVATE, PROMOTE, ROLLBACK, RUN_STATUSES, SOURCES, STATUSES)
 
 ONE_ACTIVE_WHERE = text("status = 'active'")
 

@@ -31,7 +31,7 @@ from glmbot.model.prefix_io import (
 )
 from glmbot.registry import store
 from glmbot.registry.card import PEFT_TYPE
-from glmbot.registry.checks import trained_for
+from glmbot.registry.registration import trained_for
 from glmbot.registry.info import AdapterInfo
 from glmbot.registry.refs import check_domain_name
 
