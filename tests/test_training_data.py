@@ -125,3 +125,20 @@ def test_all_answers_truncated_away(tok):
     with pytest.raises(DataError, match="every answer is empty"):
         encode_all(tok, [Example("你好", "")], 64, 128)
 
+
+def test_coverage_counts_characters_the_tokenizer_spells_in_bytes(tok):
+    from glmbot.training.coverage import COVERAGE_WARN_SHARE, fallback_ids, tokenizer_coverage
+
+    # The test tokenizer knows 你好/谢谢 (its corpus); Egyptian hieroglyphs (4 UTF-8 bytes each) no tokenizer has.
+    examples = [Example("你好\n", "谢谢𓀀𓀁"), Example("𓀂你好", "你好"), Example("谢谢", "再见𓀀", (("𓀃", "好"),))]
+    encoded, _ = encode_all(tok, examples, 64, 128)
+    report = tokenizer_coverage(tok, examples, encoded)
+    assert report.uncovered_chars == 4 and report.first_uncovered == "𓀀𓀁𓀂𓀃"  # newline is not counted
+    answers = [tok.encode(e.response, add_special_tokens=False) for e in examples]
+    assert report.answer_tokens == sum(map(len, answers))
+    assert report.byte_answer_tokens == 3 * 4  # 𓀀𓀁 and 𓀀: four byte pieces each
+    assert report.byte_share == 12 / report.answer_tokens and report.too_low
+    assert tok.encode("\n", add_special_tokens=False)[0] not in fallback_ids(tok)
+    clean = [Example("你好", "谢谢")]
+    clean_report = tokenizer_coverage(tok, clean, encode_all(tok, clean, 64, 128)[0])
+    assert clean_report.uncovered_chars == 0 and clean_report.byte_share == 0 < COVERAGE_WARN_SHARE
