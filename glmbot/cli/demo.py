@@ -24,7 +24,7 @@ def demo(
     steps: Annotated[Optional[int], typer.Option(help="override [train] max_steps")] = None,
 ) -> None:
     """Load the base, train a prefix for DOMAIN, and compare answers before and after."""
-    from glmbot.cli.progress import TrainingProgress
+    from glmbot.cli.progress import training_progress
     from glmbot.model import count_parameters
     from glmbot.model.generate import generate_answers
     from glmbot.training.data import encode_all, load_examples
@@ -50,7 +50,7 @@ def demo(
     console.print(f"{summary.samples} examples, {summary.answer_tokens:,} answer tokens; P={train.pre_seq_len}, "
                   f"projection={train.prefix_projection}, LR {train.learning_rate:g}, {train.max_steps} steps")
     run_dir = settings.path(settings.train.runs_dir) / f"demo-{domain}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with TrainingProgress(domain, total_steps(train, len(encoded))) as bar:
+    with training_progress(domain, total_steps(train, len(encoded))) as bar:
         result = PrefixTrainer(model, train, run_dir, tok.pad_token_id, on_step=bar.update).fit(encoded)
     console.print(f"trained in {result.seconds:.0f}s at {result.tokens_per_s:,.0f} tokens/s; loss "
                   f"{result.losses[0]:.2f} -> {sum(result.losses[-10:]) / len(result.losses[-10:]):.2f}; "
