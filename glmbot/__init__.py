@@ -24,6 +24,8 @@ _LAZY = {
     "Registry": "glmbot.registry",
     "Router": "glmbot.serving.router",
     "RouteDecision": "glmbot.serving.router",
+    "CoverageReport": "glmbot.training.coverage",
+    "tokenizer_coverage": "glmbot.training.coverage",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from glmbot.cli import common
-from glmbot.errors import RegistryError
+from glmbot.errors import GlmbotError, RegistryError, UnknownDomainError
+from glmbot.registry.catalog import domain_state, domain_states
 from glmbot.serving.router import RouteDecision
 from glmbot.serving.routing_setup import build_router
 
@@ -22,18 +23,26 @@ def route(
         "--domain", "-d", help="route explicitly: a domain, DOMAIN@vN, or 'base' (the plain model)")] = None,
 ) -> None:
     """Show where TEXT would be routed, the reason and score, and every domain's classifier score."""
-    registry = common.get_registry()
-    router = build_router(common.get_settings(), registry)
-    decision = router.route(text, explicit=domain)
+    settings, registry = common.get_settings(), common.get_registry()
+    router = build_router(settings, registry)
+    try:
+        decision = router.route(text, explicit=domain)
+    except UnknownDomainError:
+        _refuse_explicit(settings, registry, domain)
+        raise
     style = REASON_STYLE.get(decision.reason, "bold")
     common.console.print(f"domain:  [bold]{decision.domain or 'base (plain model)'}[/]")
     common.console.print(f"adapter: {adapter_label(registry, decision)}")
     common.console.print(f"reason:  [{style}]{decision.reason}[/]    score: {decision.score:.3f}")
     if decision.detail:
         common.console.print(f"detail:  {decision.detail}", highlight=False)
+    skipped = [d.not_servable_reason() for d in domain_states(settings, registry) if not d.servable]
+    for reason in skipped:
+        common.console.print(f"skipped: {reason}", highlight=False)
     scores = router.explain(text)
     if not scores:
-        common.console.print("No routable domain: register and promote an adapter (glmbot adapters promote ...).")
+        common.console.print("No routable domain: train one (glmbot train --domain NAME) and promote its adapter "
+                             "(glmbot adapters promote NAME@vN).")
         return
     table = Table("domain", "classifier score", "", title="Classifier scores", header_style="bold")
     for name, score in scores:
@@ -42,6 +51,17 @@ def route(
         table.add_row(name, f"{score:.3f}", mark)
     table.caption = f"min_score {router.min_score}; below it the message goes to fallback {router.fallback!r}"
     common.console.print(table)
+
+
+def _refuse_explicit(settings, registry, explicit: str | None) -> None:
+    """A domain asked for by name that exists but cannot answer yet: say why instead of 'unknown'."""
+    name = (explicit or "").strip().split("@", 1)[0]
+    try:
+        state = domain_state(settings, registry, name)
+    except RegistryError:  # not even a valid domain name: the router's own error stands
+        return
+    if state.configured or state.registered:
+        raise GlmbotError(state.not_servable_reason())
 
 
 def adapter_label(registry, decision: RouteDecision) -> str:  # noqa: ANN001 - glmbot.registry.Registry
