@@ -26,6 +26,8 @@ _LAZY = {
     "RouteDecision": "glmbot.serving.router",
     "engine_from_config": "glmbot.stack",
     "shared_engine": "glmbot.stack",
+    "CoverageReport": "glmbot.training.coverage",
+    "tokenizer_coverage": "glmbot.training.coverage",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -81,11 +81,13 @@ class ChatClient:
     """Reads lines, runs slash commands, streams answers to a Rich console."""
 
     def __init__(self, session: ChatSession, console: Console, err: Console, *, interactive: bool,
-                 known_domains: Callable[[], list[str]], tokenizer=None, header: str = ""):
+                 known_domains: Callable[[], list[str]], tokenizer=None, header: str = "",
+                 why_not_servable: Callable[[str], str] = lambda name: ""):
         self.s = session
         self.console, self.err = console, err
         self.interactive = interactive
         self.known_domains = known_domains
+        self.why_not_servable = why_not_servable  # domain -> why it cannot answer yet ("" = unknown to glmbot)
         self.tokenizer = tokenizer
         self.header = header
 
@@ -165,7 +167,8 @@ class ChatClient:
     def _domain(self, arg: str) -> None:
         known = self.known_domains()
         if not arg or (arg != BASE and arg not in known):
-            self.err.print(f"unknown domain {arg!r}; known: {', '.join([BASE, *known])}")
+            reason = self.why_not_servable(arg) if arg else ""
+            self.err.print(reason or f"unknown domain {arg!r}; known: {', '.join([BASE, *known])}", highlight=False)
             return
         self.s.options.domain, self.s.options.adapter = arg, None
         self.console.print(f"[dim]answering with {arg}[/]")

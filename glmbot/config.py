@@ -157,8 +157,8 @@ class DomainSettings:
     description: str = field(default="", metadata=_help("what the domain covers"))
     data: str = field(default="", metadata=_help("training JSONL file or 'builtin:NAME'"))
     dev_data: str = field(default="", metadata=_help("dev JSONL file or 'builtin:NAME'"))
-    format: Literal["chat", "advertisegen"] = field(default="chat", metadata=_help(
-        "chat: prompt/response/history columns; advertisegen: content/summary"))
+    format: Literal["auto", "chat", "advertisegen"] = field(default="auto", metadata=_help(
+        "auto: read from the columns; chat: prompt/response/history columns; advertisegen: content/summary"))
     prompt_column: str = field(default="", metadata=_help("override the prompt column name"))
     response_column: str = field(default="", metadata=_help("override the answer column name"))
     history_column: str = field(default="", metadata=_help("override the history column name"))

@@ -48,9 +48,18 @@ def cli(config: Path, *args: str, capsys) -> tuple[int, str, str]:
     return stop.value.code or 0, out.out, out.err
 
 
+def source_env() -> dict[str, str]:
+    """os.environ with PYTHONPATH leading to the glmbot under test, so a subprocess run from another folder
+    imports this checkout rather than whichever one is installed."""
+    import glmbot
+
+    root = str(Path(glmbot.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
 def cli_process(config: Path, *args: str, timeout: float = 300, env_extra: dict | None = None,
                 **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "GLMBOT_CONFIG": str(config), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    env = {**source_env(), "COLUMNS": "200", "GLMBOT_CONFIG": str(config), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "glmbot", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=config.parent, **kwargs)
 

@@ -12,7 +12,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 
 from glmbot.errors import DataError
-from glmbot.training.metrics import (FORGET_HINT, char_similarity, probe_drift, score,
+from glmbot.training.metrics import (FORGET_HINT, LEARNED_MIN_GAIN, char_similarity, learned, probe_drift, score,
                                      score_predictions_file)
 
 PAIRS = [
@@ -171,3 +171,10 @@ def test_probe_lists_must_line_up():
         probe_drift(["a", "b"], ["a"], ["a", "b"])
     with pytest.raises(DataError, match="no probe prompts"):
         probe_drift([], [], [])
+
+
+def test_learned_needs_a_clear_gain_over_the_base_unless_near_the_ceiling():
+    assert learned(40.0 + LEARNED_MIN_GAIN, 40.0) and not learned(40.0 + LEARNED_MIN_GAIN - 0.01, 40.0)
+    assert not learned(30.0, 40.0) and not learned(0.0, 0.0)
+    # A base already near 100 leaves no room for the gain: a prefix as good as that has nothing left to learn.
+    assert learned(100.0 - LEARNED_MIN_GAIN, 98.0) and not learned(90.0, 98.0)

@@ -12,7 +12,7 @@ from registry_fixtures import CONFIG, helper_process, official_checkpoint, regis
 from rich.console import Console
 from typer.testing import CliRunner
 
-from glmbot.config import Settings
+from glmbot.config import Settings, load_settings
 from glmbot.errors import UnknownAdapterError, UnknownDomainError
 from glmbot.model.fingerprint import base_fingerprint
 from glmbot.model.modeling import ChatGLMForConditionalGeneration
@@ -46,7 +46,9 @@ def cli(tmp_path, monkeypatch, base_model):
     """Run `glmbot <args>` against a fresh SQLite registry; returns (run, registry)."""
     registry = Registry(f"sqlite:///{tmp_path / 'adapters' / 'registry.db'}", tmp_path / "adapters")
     monkeypatch.setattr(common, "get_registry", lambda: registry)
-    monkeypatch.setattr(common, "get_settings", lambda: Settings())
+    monkeypatch.chdir(tmp_path)  # `domains add` writes ./glmbot.toml when no config file is in use
+    config = tmp_path / "glmbot.toml"
+    monkeypatch.setattr(common, "get_settings", lambda: load_settings(config) if config.exists() else Settings())
     monkeypatch.setattr(common, "load_base_model", lambda: (base_model, None))
     monkeypatch.setattr(common, "console", Console(width=250, force_terminal=False))
     monkeypatch.setattr(common, "err_console", Console(width=250, force_terminal=False, stderr=True))
@@ -64,7 +66,9 @@ def test_domains_commands(cli):
     assert "No domains yet" in run("domains", "list").output
     result = run("domains", "add", "support", "-d", "customer support", "-k", "refund", "-k", "order", "-p", r"#\d+")
     assert result.exit_code == 0 and "Added domain support" in result.output
-    assert registry.get_domain("support").keywords == ("refund", "order")
+    assert registry.get_domain("support").description == "customer support"
+    table = load_settings(registry.adapters_dir.parent / "glmbot.toml").domains["support"]
+    assert table.keywords == ["refund", "order"] and table.patterns == [r"#\d+"]
     listing = run("domains", "list").output
     assert "support" in listing and "customer support" in listing and "refund, order" in listing
     register(registry)

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from glmbot.registry import Registry
-from tests.cli_helpers import cli, cli_process, make_project
+from glmbot.training.metrics import LEARNED_MIN_GAIN
+from tests.cli_helpers import cli, cli_process, make_project, source_env
+
+# Invented HR answers: no base can know them, so a prefix that learned nothing answers them no better.
+HR_ROWS = [("年假有几天？", "入职满一年后每年十五天带薪年假。"), ("工资几号发？", "每月十号发上个月的工资。"),
+           ("病假怎么请？", "在系统里提交病假单并上传医院证明。"), ("可以远程办公吗？", "每周可以远程办公两天。"),
+           ("试用期多久？", "试用期三个月，表现好可以提前转正。"), ("加班有补贴吗？", "工作日加班按一点五倍算。"),
+           ("体检什么时候？", "每年五月统一安排体检。"), ("公积金比例是多少？", "公司和个人各交百分之十二。"),
+           ("婚假几天？", "婚假十天，需要提前两周申请。"), ("迟到怎么处理？", "每月三次以内不扣钱。"),
+           ("怎么申请调岗？", "先和主管谈，再在系统里提交调岗申请。"), ("离职要提前多久？", "正式员工提前三十天书面通知。")]
+
+
+def write_hr(folder, name="hr.jsonl"):
+    path = folder / name
+    path.write_text("\n".join(json.dumps({"prompt": q, "response": a}, ensure_ascii=False) for q, a in HR_ROWS) + "\n",
+                    encoding="utf-8")
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +51,15 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
         assert adapter.status == "active" and adapter.source == "trained" and adapter.sample_count == 224
         assert {"rouge-1", "rouge-2", "rouge-l", "bleu-4", "probe_kept"} <= set(adapter.metrics)
         assert adapter.hyperparams["pre_seq_len"] == 32 and adapter.dataset_sha256
+        # It learned its data: clearly above the plain base on its own training questions.
+        assert adapter.metrics["learned"] == 1.0
+        assert adapter.metrics["train_rouge-l"] >= adapter.metrics["train_rouge-l_base"] + LEARNED_MIN_GAIN
+    assert re.search(r"^learned: ROUGE-L on 32 training questions: prefix [\d.]+, plain base [\d.]+", out, re.M)
     run = next((tmp_path / "runs" / "support").iterdir())
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["train"]["max_steps"] == 300 and plan["data"] == "builtin:support"
+    assert plan["columns"] == {"fmt": "chat", "prompt": "prompt", "response": "response", "history": "history"}
+    assert json.loads((run / "run.json").read_text())["learned"] is True
     losses = [float(l.split(",")[1]) for l in (run / "loss.csv").read_text().splitlines()[1:]]
     assert len(losses) == 300 and sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
     assert (run / "loss.png").is_file() and (run / "generated_predictions.jsonl").is_file()
@@ -61,16 +85,32 @@ def test_high_lr_warns_about_forgetting_and_low_lr_does_not(tmp_path, capsys):
         assert high.metrics["probe_forgot"] == 1.0 and low.metrics["probe_forgot"] == 0.0
 
 
-def test_promote_only_when_better_and_force(tmp_path, capsys):
+def test_promote_refuses_a_prefix_that_learned_nothing(tmp_path, capsys):
     config = make_project(tmp_path)
-    assert cli(config, "train", "-d", "support", "--steps", "60", "--promote", capsys=capsys)[0] == 0
-    # A wrecked prefix (far too high LR) scores worse on the dev set and must not replace v1.
-    code, out, _ = cli(config, "train", "-d", "support", "--steps", "40", "--lr", "0.3", "--promote", capsys=capsys)
-    assert code == 0 and "not promoted: rouge-l" in out
-    code, out, _ = cli(config, "train", "-d", "support", "--steps", "2", "--promote=force", capsys=capsys)
-    assert code == 0 and "promoted: forced" in out
+    data = write_hr(tmp_path)
+    assert cli(config, "domains", "add", "hr", capsys=capsys)[0] == 0
+    code, out, err = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "2", "--promote", capsys=capsys)
+    assert code == 0, err
+    assert "the prefix learned nothing: ROUGE-L on 12 training questions" in err
+    assert re.search(r"not promoted: it learned nothing; try more steps \(--steps 4\) or a higher learning rate "
+                     r"\(--lr 0\.012\)", out)
+    code, out, err = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "2", "--promote=force",
+                         capsys=capsys)
+    assert code == 0 and "promoted: forced, although it learned nothing" in out
+    # A wrecked prefix (far too high LR) must not replace the active one either.
+    code, out, _ = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "20", "--lr", "0.3", "--promote",
+                       capsys=capsys)
+    assert code == 0 and "not promoted: " in out
     with registry_of(config) as reg:
-        assert [a.status for a in reg.list_adapters("support")] == ["archived", "candidate", "active"]
+        adapters = reg.list_adapters("hr")
+        assert [a.status for a in adapters] == ["candidate", "active", "candidate"]
+        assert adapters[0].metrics["learned"] == 0.0
+        assert adapters[0].metrics["train_rouge-l"] < adapters[0].metrics["train_rouge-l_base"] + LEARNED_MIN_GAIN
+    runs = sorted((tmp_path / "runs" / "hr").iterdir())
+    first = json.loads((runs[0] / "run.json").read_text())
+    assert first["learned"] is False and first["promoted"] is False
+    checked = [json.loads(line) for line in (runs[0] / "learning_check.jsonl").read_text().splitlines()]
+    assert len(checked) == 12 and set(checked[0]) == {"prompt", "labels", "base", "prefix"}
 
 
 def test_resume_continues_with_the_same_optimizer_state(tmp_path):
@@ -95,28 +135,61 @@ def test_resume_continues_with_the_same_optimizer_state(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
-    config = make_project(tmp_path, "max_steps = 400\ncheckpoint_every = 25\nbatch_size = 8")
-    run_dir = tmp_path / "runs" / "support" / "killed"
-    env_args = ("train", "-d", "support", "--no-eval", "--run-dir", str(run_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "glmbot", *env_args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=tmp_path,
-                            env={**__import__("os").environ, "GLMBOT_CONFIG": str(config)})
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run_dir / "checkpoint-50").exists():
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (run_dir / "checkpoint-50").exists() and not (run_dir / "adapter_model.safetensors").exists()
-    done = cli_process(config, "train", "-d", "support", "--no-eval", "--resume", "--steps", "75",
-                       "--checkpoint-every", "25")
-    assert done.returncode == 0, done.stderr
-    assert "resumed at step" in done.stdout
+# Runs glmbot and kills itself (SIGKILL, as `kill -9`) right after writing checkpoint-KILL_AT.
+KILLED_AFTER_CHECKPOINT = """
+import os, signal, sys
+from glmbot.training import trainer
+save = trainer.PrefixTrainer._save_checkpoint
+def save_then_die(self, encoder, opt, sched, step, losses):
+    save(self, encoder, opt, sched, step, losses)
+    if step == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+trainer.PrefixTrainer._save_checkpoint = save_then_die
+from glmbot.cli.main import run
+sys.argv = ["glmbot", *sys.argv[1:]]
+run()
+"""
+
+
+def test_killed_training_resumes_with_its_own_plan(tmp_path, capsys):
+    config = make_project(tmp_path, "batch_size = 4")  # [train] max_steps stays 300: the plan must win
+    data = write_hr(tmp_path)
+    assert cli(config, "domains", "add", "hr", capsys=capsys)[0] == 0  # no data stored: only the run knows it
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_CHECKPOINT, "train", "-d", "hr", "--data", str(data), "--max-steps", "6",
+         "--checkpoint-every", "2", "--learning-rate", "0.01", "--no-eval"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**source_env(), "GLMBOT_CONFIG": str(config), "KILL_AT": "4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (run_dir,) = (tmp_path / "runs" / "hr").iterdir()
+    assert (run_dir / "checkpoint-4").is_dir() and not (run_dir / "adapter_model.safetensors").exists()
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["data"] == str(data.resolve()) and plan["train"]["max_steps"] == 6
+    assert plan["train"]["learning_rate"] == 0.01 and plan["train"]["batch_size"] == 4
+
+    # A flag that differs from the plan, or a changed data file, is refused by name.
+    code, _, err = cli(config, "train", "-d", "hr", "--resume", "--steps", "8", "--lr", "0.01", capsys=capsys)
+    assert code == 1 and "--steps 8 differs from the run's plan (--steps 6)" in err and "--lr" not in err
+    original = data.read_text(encoding="utf-8")
+    data.write_text(original + json.dumps({"prompt": "加班费怎么算？", "response": "按国家规定。"}, ensure_ascii=False),
+                    encoding="utf-8")
+    code, _, err = cli(config, "train", "-d", "hr", "--resume", capsys=capsys)
+    assert code == 1 and f"the data file {data.resolve()} changed since the run started" in err
+    data.write_text(original, encoding="utf-8")
+    assert not (run_dir / "adapter_model.safetensors").exists()
+
+    code, out, err = cli(config, "train", "-d", "hr", "--resume", "--steps", "6", capsys=capsys)
+    assert code == 0, err
+    assert "resumed at step 4" in out and "--data" not in err
     losses = (run_dir / "loss.csv").read_text().splitlines()[1:]
-    assert len(losses) == 75  # the curve continues: steps 1..75, the first ones from before the kill
+    assert len(losses) == 6  # the plan's 6 steps, not [train] max_steps = 300
+    assert json.loads((run_dir / "run.json").read_text())["steps"] == 6
     with registry_of(config) as reg:
-        assert [a.version for a in reg.list_adapters("support")] == [1]
-        (run,) = [r for r in reg.list_runs("support") if r.status == "succeeded"]
+        (adapter,) = reg.list_adapters("hr")
+        assert adapter.hyperparams["max_steps"] == 6 and adapter.hyperparams["steps_run"] == 6
+        assert adapter.hyperparams["learning_rate"] == 0.01 and adapter.sample_count == 12
+    code, _, err = cli(config, "train", "-d", "hr", "--resume", capsys=capsys)
+    assert code == 1 and "finished and registered its adapter: nothing to resume" in err
 
 
 def test_two_process_gloo_training_registers_once(tmp_path):
@@ -155,6 +228,45 @@ def test_bad_training_input_fails_before_training(tmp_path, capsys, args, messag
     assert not (tmp_path / "runs").exists()
     with registry_of(config) as reg:
         assert reg.list_adapters() == []
+
+
+def test_format_from_columns_uncovered_characters_and_plain_progress(tmp_path, capsys):
+    config = make_project(tmp_path)
+    # AdvertiseGen columns, and answers full of characters no tokenizer has (Egyptian hieroglyphs).
+    rows = [{"content": "𓀀𓀁𓀂 类型#裙", "summary": "𓀀𓀁𓀂𓀃𓀄 好看"}, {"content": "类型#上衣", "summary": "𓀅𓀆 百搭"}]
+    data = tmp_path / "ads.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    code, out, err = cli(config, "train", "-d", "support", "--data", str(data), "--steps", "2", "--no-eval",
+                         capsys=capsys)
+    assert code == 0, err
+    assert re.search(r"^\s*format\s+advertisegen: content -> summary, read from the columns\s*$", out, re.M)
+    found = re.search(r"^\s*not in vocabulary\s+(\d+) characters \(first: (\S+)\); ([\d.]+)% of", out, re.M)
+    assert found and int(found[1]) >= 7 and found[2].startswith("𓀀𓀁𓀂") and float(found[3]) > 2
+    assert "fall back to byte tokens the base never learned, so the builtin base cannot learn them" in err
+    assert 'in glmbot.toml set [model] base_model = "THUDM/chatglm2-6b"' in err
+    # Not a terminal: plain progress lines (the first and last step at least), no Rich bar.
+    steps = re.findall(r"^support step (\d)/2 loss [\d.]+ lr \S+ [\d,]+ tokens/s ETA \d:\d\d:\d\d$", out, re.M)
+    assert steps == ["1", "2"] and "━" not in out
+    plan = json.loads(next((tmp_path / "runs" / "support").glob("*/plan.json")).read_text())
+    assert plan["columns"] == {"fmt": "advertisegen", "prompt": "content", "response": "summary", "history": ""}
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--lr", "abc"), "--lr 'abc' is not a number: give a learning rate between 0 and 1, e.g. --lr 6e-3"),
+    (("--learning-rate", "2"), "--lr 2: must be a learning rate between 0 and 1, e.g. --lr 6e-3"),
+    (("--steps", "-1"), "--steps -1: must be a whole number of optimizer steps >= 0 (0 = train by --epochs), "
+                        "e.g. --steps 200"),
+    (("--max-steps", "1.5"), "--steps '1.5' is not a whole number"),
+    (("--batch-size", "0"), "--batch-size 0: must be a micro-batch size > 0, e.g. --batch-size 16"),
+    (("--epochs", "-2"), "--epochs -2: must be a number of passes over the data >= 0"),
+    (("--steps", "0"), "--steps 0 trains by epochs, but no epochs are set: add --epochs N"),
+    (("--format", "xml"), "unknown data format 'xml': use one of auto, chat, advertisegen"),
+])
+def test_bad_flag_values_name_the_flag_the_value_and_the_fix(tmp_path, capsys, args, message):
+    config = make_project(tmp_path)
+    code, out, err = cli(config, "train", "-d", "support", *args, capsys=capsys)
+    assert code == 1 and message in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_domain_offers_the_command_that_adds_it(tmp_path, capsys):

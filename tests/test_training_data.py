@@ -7,7 +7,16 @@ import json
 import pytest
 
 from glmbot.errors import DataError
-from glmbot.training.data import Example, collate, encode_all, encode_example, length_grouped_batches, load_examples
+from glmbot.training.data import (
+    Columns,
+    Example,
+    collate,
+    encode_all,
+    encode_example,
+    length_grouped_batches,
+    load_data,
+    load_examples,
+)
 
 
 @pytest.fixture
@@ -60,6 +69,33 @@ def test_chat_and_advertisegen_shapes(tmp_path):
     assert len(load_examples("builtin:support")) >= 200
 
 
+def test_format_is_read_from_the_columns_and_an_explicit_one_overrides(tmp_path):
+    chat = write_lines(tmp_path / "chat.jsonl", [{"prompt": "a", "response": "b", "history": [["q", "r"]]}])
+    ads = write_lines(tmp_path / "ads.jsonl", [{"content": "类型#裙", "summary": "好看"}])
+    assert load_data(chat).columns == Columns("chat", "prompt", "response", "history")
+    loaded = load_data(ads)
+    assert loaded.columns == Columns("advertisegen", "content", "summary") and loaded.examples == [Example("类型#裙", "好看")]
+    both = write_lines(tmp_path / "both.jsonl", [{"prompt": "p", "response": "r", "content": "c", "summary": "s"}])
+    assert load_examples(both, "advertisegen") == [Example("c", "s")]
+    assert load_examples(both, "chat") == [Example("p", "r")]
+    named = write_lines(tmp_path / "named.jsonl", [{"question": "q", "answer": "a"}])
+    assert load_data(named, prompt_column="question", response_column="answer").examples == [Example("q", "a")]
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"prompt": "p", "response": "r", "content": "c", "summary": "s"},
+     r"both.jsonl:1: columns found: content, prompt, response, summary, which fit both .*"
+     r"pick one with --format chat or --format advertisegen"),
+    ({"question": "q", "answer": "a"},
+     r"both.jsonl:1: cannot tell the data format: columns found: answer, question, but it needs "
+     r"prompt/response \(chat\) or content/summary \(advertisegen\); .*--prompt-column COL --response-column COL"),
+])
+def test_ambiguous_or_unknown_columns_name_what_was_seen_and_the_fix(tmp_path, row, message):
+    path = write_lines(tmp_path / "both.jsonl", [row])
+    with pytest.raises(DataError, match=message):
+        load_data(path)
+
+
 @pytest.mark.parametrize("lines,fmt,message", [
     (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], "chat", r"x.jsonl:2: malformed JSON"),
     (['{"question": "a", "answer": "b"}'], "chat", r"missing column 'prompt'; columns found: answer, question"),
@@ -88,3 +124,21 @@ def test_missing_file_and_non_utf8(tmp_path):
 def test_all_answers_truncated_away(tok):
     with pytest.raises(DataError, match="every answer is empty"):
         encode_all(tok, [Example("你好", "")], 64, 128)
+
+
+def test_coverage_counts_characters_the_tokenizer_spells_in_bytes(tok):
+    from glmbot.training.coverage import COVERAGE_WARN_SHARE, fallback_ids, tokenizer_coverage
+
+    # The test tokenizer knows 你好/谢谢 (its corpus); Egyptian hieroglyphs (4 UTF-8 bytes each) no tokenizer has.
+    examples = [Example("你好\n", "谢谢𓀀𓀁"), Example("𓀂你好", "你好"), Example("谢谢", "再见𓀀", (("𓀃", "好"),))]
+    encoded, _ = encode_all(tok, examples, 64, 128)
+    report = tokenizer_coverage(tok, examples, encoded)
+    assert report.uncovered_chars == 4 and report.first_uncovered == "𓀀𓀁𓀂𓀃"  # newline is not counted
+    answers = [tok.encode(e.response, add_special_tokens=False) for e in examples]
+    assert report.answer_tokens == sum(map(len, answers))
+    assert report.byte_answer_tokens == 3 * 4  # 𓀀𓀁 and 𓀀: four byte pieces each
+    assert report.byte_share == 12 / report.answer_tokens and report.too_low
+    assert tok.encode("\n", add_special_tokens=False)[0] not in fallback_ids(tok)
+    clean = [Example("你好", "谢谢")]
+    clean_report = tokenizer_coverage(tok, clean, encode_all(tok, clean, 64, 128)[0])
+    assert clean_report.uncovered_chars == 0 and clean_report.byte_share == 0 < COVERAGE_WARN_SHARE

@@ -40,8 +40,7 @@ def chat(
     settings, registry = common.get_settings(), common.get_registry()
     known = lambda: sorted({a.domain for a in registry.list_adapters(status="active")})  # noqa: E731
     if domain is not None and domain != "base" and domain not in known():
-        raise UnknownDomainError(f"--domain {domain!r} has no active adapter; use one of: "
-                                 f"{', '.join(['base', *known()])} (or train it: glmbot train --domain {domain})")
+        _refuse_domain(settings, registry, domain, known())
     interactive = sys.stdin.isatty()
     engine = common.get_engine()
     warn = lambda message: common.err_console.print(f"[yellow]warning:[/] {message}")  # noqa: E731
@@ -52,11 +51,36 @@ def chat(
     header = (f"[bold]glmbot chat[/] · base {settings.model.base_model} · {mode} · "
               f"domains: {', '.join(known()) or 'none yet (glmbot train --domain NAME)'}")
     client = ChatClient(session, common.console, common.err_console, interactive=interactive, known_domains=known,
-                        tokenizer=engine.tokenizer, header=header)
+                        tokenizer=engine.tokenizer, header=header,
+                        why_not_servable=lambda name: _not_servable_reason(settings, registry, name))
     try:
         client.run(_reader(interactive))
     finally:
         engine.close()
+
+
+def _not_servable_reason(settings, registry, domain: str) -> str:
+    """Why a domain glmbot knows cannot answer yet, with the command that fixes it; '' for an unknown name."""
+    from glmbot.errors import RegistryError
+    from glmbot.registry.catalog import domain_state
+
+    try:
+        state = domain_state(settings, registry, domain)
+    except RegistryError:  # not a valid domain name
+        return ""
+    return state.not_servable_reason() if state.configured or state.registered else ""
+
+
+def _refuse_domain(settings, registry, domain: str, servable: list[str]) -> None:
+    """Why `domain` cannot answer: not ready yet (the command that fixes it), or unknown."""
+    from glmbot.errors import GlmbotError
+
+    reason = _not_servable_reason(settings, registry, domain)
+    if reason:
+        raise GlmbotError(reason)
+    raise UnknownDomainError(f"unknown domain {domain!r}; domains with an active adapter: "
+                             f"{', '.join(['base', *servable])}; add one with: glmbot domains add {domain} "
+                             "--data FILE.jsonl")
 
 
 def _reader(interactive: bool):

@@ -79,7 +79,7 @@ def demo(
 
 def _train_and_register(settings, model, tok, recipe: DemoRecipe, train, examples):  # noqa: ANN001, ANN202
     """Train the prefix with a progress bar and register it as a new candidate: (encoder, AdapterInfo)."""
-    from glmbot.cli.progress import TrainingProgress
+    from glmbot.cli.progress import training_progress
     from glmbot.training.data import encode_all
     from glmbot.training.trainer import PrefixTrainer, total_steps
 
@@ -89,7 +89,7 @@ def _train_and_register(settings, model, tok, recipe: DemoRecipe, train, example
     console.print(f"{summary.samples} examples, {summary.answer_tokens:,} answer tokens; P={train.pre_seq_len}, "
                   f"projection={train.prefix_projection}, LR {train.learning_rate:g}, {train.max_steps} steps")
     run_dir = settings.path(settings.train.runs_dir) / f"demo-{recipe.domain}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with TrainingProgress(recipe.domain, total_steps(train, len(encoded))) as bar:
+    with training_progress(recipe.domain, total_steps(train, len(encoded))) as bar:
         result = PrefixTrainer(model, train, run_dir, tok.pad_token_id, on_step=bar.update).fit(encoded)
     console.print(f"trained in {result.seconds:.0f}s at {result.tokens_per_s:,.0f} tokens/s; loss "
                   f"{result.losses[0]:.2f} -> {sum(result.losses[-10:]) / len(result.losses[-10:]):.2f}; "

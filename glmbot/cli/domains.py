@@ -1,10 +1,13 @@
-"""`glmbot domains ...`: the business domains adapters belong to, with their routing hints."""
+"""`glmbot domains ...`: the business domains adapters belong to, with their data and routing hints."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from glmbot.cli import common
@@ -16,47 +19,108 @@ app = typer.Typer(help="Business domains (support, after-sales, HR, ...): each g
 
 @app.command("list")
 def list_domains() -> None:
-    """List domains with their active version and routing hints."""
-    domains = common.get_registry().list_domains()
-    if not domains:
-        common.console.print("No domains yet. Add one with: glmbot domains add NAME --description '...'")
+    """List the domains of glmbot.toml and the registry: versions, the active one, data and routing hints."""
+    from glmbot.registry.catalog import domain_states
+
+    states = domain_states(common.get_settings(), common.get_registry())
+    if not states:
+        common.console.print("No domains yet. Add one with: glmbot domains add NAME --data FILE.jsonl")
         return
     table = Table(title="Domains", header_style="bold")
-    for column in ("name", "description", "active", "adapters", "keywords", "patterns"):
-        table.add_column(column, justify="right" if column == "adapters" else "left")
-    for d in domains:
-        table.add_row(d.name, d.description or "-", f"v{d.active_version}" if d.active_version else "-",
-                      str(d.adapter_count), ", ".join(d.keywords) or "-", ", ".join(d.patterns) or "-")
+    for column in ("name", "description", "active", "versions", "data", "keywords", "patterns"):
+        table.add_column(column)
+    for d in states:
+        table.add_row(d.name, escape(d.description or "-"), f"v{d.active_version}" if d.servable else "none",
+                      d.versions_text(), escape(d.data or "-"), escape(", ".join(d.keywords) or "-"),
+                      escape(", ".join(d.patterns) or "-"))
     common.console.print(table)
+    for d in states:
+        if not d.servable:
+            common.console.print(f"{d.not_servable_reason()}", highlight=False)
 
 
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="lowercase letters, digits, '-' or '_'", show_default=False)],
+    data: Annotated[Optional[str], typer.Option(help="training JSONL (stored in glmbot.toml)")] = None,
+    dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="chat | advertisegen (default: read from the "
+                                                                "columns)")] = None,
+    keywords: Annotated[Optional[str], typer.Option("--keywords", help="routing keywords, comma-separated: "
+                                                                       "年假,工资")] = None,
     description: Annotated[str, typer.Option("--description", "-d", help="what the domain covers")] = "",
-    keyword: Annotated[list[str] | None, typer.Option("--keyword", "-k", help="routing keyword (repeatable)")] = None,
-    pattern: Annotated[list[str] | None, typer.Option("--pattern", "-p", help="routing regex (repeatable)")] = None,
+    keyword: Annotated[Optional[list[str]], typer.Option("--keyword", "-k", help="routing keyword (repeatable)")] = None,
+    pattern: Annotated[Optional[list[str]], typer.Option("--pattern", "-p", help="routing regex (repeatable)")] = None,
 ) -> None:
-    """Create a domain."""
-    d = common.get_registry().add_domain(name, description, keywords=keyword or (), patterns=pattern or ())
-    common.console.print(f"Added domain [bold]{d.name}[/]. Train its first adapter with: glmbot train {d.name}")
+    """Create a domain: a [domains.NAME] table in glmbot.toml (data, format, keywords) and its registry entry."""
+    from glmbot.config_file import add_domain_table, config_file_for
+    from glmbot.registry.refs import check_domain_name
+
+    settings, registry = common.get_settings(), common.get_registry()
+    check_domain_name(name)
+    path = config_file_for(settings)
+    loaded = {which: _check_data(value, fmt) for which, value in (("data", data), ("dev_data", dev_data)) if value}
+    words = [*(keyword or ()), *(w.strip() for w in re.split(r"[,，]", keywords or "") if w.strip())]
+    add_domain_table(path, name, {
+        "description": description, "data": _stored_path(data, path.parent), "dev_data": _stored_path(dev_data, path.parent),
+        "format": fmt, "keywords": list(dict.fromkeys(words)), "patterns": list(pattern or ())})
+    registry.ensure_domain(name, description)
+    common.console.print(f"Added domain [bold]{name}[/] to {escape(str(path))} (\\[domains.{name}]).", highlight=False)
+    if "data" in loaded:
+        d = loaded["data"]
+        common.console.print(f"data: {d.path} ({len(d.examples)} examples, {d.columns.describe()})", highlight=False,
+                             markup=False)
+        common.console.print(f"Train its first adapter with: glmbot train --domain {name}")
+    else:
+        common.console.print(f"Train its first adapter with: glmbot train --domain {name} --data FILE.jsonl")
+
+
+def _check_data(value: str, fmt: str | None):  # -> glmbot.training.data.LoadedData
+    """Read the file now, so a missing file or unknown columns fail here rather than at the first training."""
+    from glmbot.training.data import AUTO, load_data
+
+    return load_data(value, fmt or AUTO)
+
+
+def _stored_path(value: str | None, config_dir: Path) -> str:
+    """How glmbot.toml names a data file: builtin: and plugin names as given, a file relative to the config's folder
+    when it lies under it, else absolute."""
+    if not value:
+        return ""
+    path = Path(value).expanduser()
+    if value.startswith("builtin:") or not path.is_file():
+        return value
+    path = path.resolve()
+    try:
+        return str(path.relative_to(config_dir.resolve()))
+    except ValueError:
+        return str(path)
 
 
 @app.command("show")
 def show(name: Annotated[str, typer.Argument(help="the domain", show_default=False)]) -> None:
-    """A domain's routing hints and all its adapter versions."""
-    registry = common.get_registry()
-    d = registry.get_domain(name)
-    common.console.print(f"[bold]{d.name}[/]: {d.description or '(no description)'}")
-    common.console.print(f"keywords: {', '.join(d.keywords) or '-'}    patterns: {', '.join(d.patterns) or '-'}")
-    common.console.print(f"active: v{d.active_version}" if d.active_version else "active: none")
-    adapters = registry.list_adapters(name)
+    """A domain's data, routing hints and all its adapter versions."""
+    from glmbot.errors import UnknownDomainError
+    from glmbot.registry.catalog import domain_state, domain_states
+
+    settings, registry = common.get_settings(), common.get_registry()
+    d = domain_state(settings, registry, name)
+    if not (d.configured or d.registered):
+        known = ", ".join(s.name for s in domain_states(settings, registry)) or "none yet"
+        raise UnknownDomainError(f"unknown domain {name!r} (known: {known}); add it with: "
+                                 f"glmbot domains add {name} --data FILE.jsonl")
+    out = common.console
+    out.print(f"[bold]{d.name}[/]: {escape(d.description or '(no description)')}")
+    out.print(f"data: {d.data or '-'}    keywords: {', '.join(d.keywords) or '-'}    "
+              f"patterns: {', '.join(d.patterns) or '-'}", highlight=False, markup=False)
+    out.print(f"active: v{d.active_version}" if d.servable else f"active: none ({d.not_servable_reason()})",
+              highlight=False)
+    adapters = registry.list_adapters(name) if d.registered else []
     if not adapters:
-        common.console.print(f"No adapters yet: glmbot train {name}")
         return
     table = Table("version", "status", "P", "metrics", "size", "age", "id", title=f"{name} adapters",
                   header_style="bold")
     for a in adapters:
         table.add_row(f"v{a.version}", status_text(a.status), str(a.pre_seq_len), format_metrics(a.metrics),
                       human_size(a.size_bytes), age(a.created_at), str(a.id))
-    common.console.print(table)
+    out.print(table)

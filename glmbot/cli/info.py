@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 
+from rich.markup import escape
 from rich.table import Table
 
 from glmbot import __version__
@@ -52,13 +53,25 @@ def info(as_json: JsonOpt = False) -> None:
                             f"{cfg.kv_groups} KV groups)"),
         ("vocabulary", f"{tok.vocab_size:,} (padded {cfg.padded_vocab_size:,})"),
         ("registry", _safe_url(settings.db_url)),
-        ("domains", ", ".join(settings.domains) or "none configured"),
+        ("domains", _domains_text(settings)),
         ("torch", f"{torch.__version__} (CUDA available: {torch.cuda.is_available()})"),
         ("python", platform.python_version()),
     ]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", value)
     common.console.print(table)
+
+
+def _domains_text(settings) -> str:  # noqa: ANN001 - glmbot.config.Settings
+    """Every domain as `glmbot domains list` shows it: name, active version or state, keywords."""
+    from glmbot.registry.catalog import domain_states
+
+    parts = []
+    for d in domain_states(settings, common.get_registry()):
+        state = f"v{d.active_version} active" if d.servable else (
+            f"{d.versions_text()}, none active" if d.versions else "no adapter")
+        parts.append(f"{d.name} ({state}{'; keywords ' + ', '.join(d.keywords) if d.keywords else ''})")
+    return escape("; ".join(parts)) or "none yet (glmbot domains add NAME --data FILE.jsonl)"
 
 
 def _safe_url(url: str) -> str:

@@ -9,7 +9,8 @@ from rich.table import Table
 
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
-from glmbot.errors import RegistryError, UnknownDomainError
+from glmbot.errors import GlmbotError, RegistryError, UnknownDomainError
+from glmbot.registry.catalog import domain_state, domain_states
 from glmbot.serving.router import RouteDecision
 from glmbot.serving.routing_setup import build_router
 
@@ -26,6 +27,8 @@ def route(
 ) -> None:
     """Show where TEXT would be routed, why, and each domain's classifier score.
 
+    Domains that cannot answer yet (no active adapter) are listed as skipped, with why.
+
     Examples:
 
     \b
@@ -34,15 +37,17 @@ def route(
       glmbot route "写一段裙子的广告" --json
       glmbot route "退货多久到账？" --domain support@v2
     """
-    registry = common.get_registry()
-    router = build_router(common.get_settings(), registry)
+    settings, registry = common.get_settings(), common.get_registry()
+    router = build_router(settings, registry)
     try:
         decision = router.route(text, explicit=domain)
     except UnknownDomainError as exc:
+        _refuse_explicit(settings, registry, domain)
         raise UnknownDomainError(f"--domain {domain!r}: {exc}") from None
+    skipped = [d.not_servable_reason() for d in domain_states(settings, registry) if not d.servable]
     scores = router.explain(text)
     if as_json:
-        common.print_json(route_json(registry, decision, scores, router))
+        common.print_json(route_json(registry, decision, scores, router) | {"skipped": skipped})
         return
     style = REASON_STYLE.get(decision.reason, "bold")
     common.console.print(f"domain:  [bold]{decision.domain or 'base (plain model)'}[/]")
@@ -50,8 +55,11 @@ def route(
     common.console.print(f"reason:  [{style}]{decision.reason}[/]    score: {decision.score:.3f}")
     if decision.detail:
         common.console.print(f"detail:  {decision.detail}", highlight=False)
+    for reason in skipped:
+        common.console.print(f"skipped: {reason}", highlight=False)
     if not scores:
-        common.console.print("No routable domain: register and promote an adapter (glmbot adapters promote ...).")
+        common.console.print("No routable domain: train one (glmbot train --domain NAME) and promote its adapter "
+                             "(glmbot adapters promote NAME@vN).")
         return
     table = Table("domain", "classifier score", "", title="Classifier scores", header_style="bold")
     for name, score in scores:
@@ -74,6 +82,15 @@ def route_json(registry, decision: RouteDecision, scores: list[tuple[str, float]
     return {"domain": decision.domain, "adapter": adapter, "reason": decision.reason, "score": decision.score,
             "detail": decision.detail, "classifier_scores": dict(scores), "min_score": router.min_score,
             "fallback": router.fallback}
+def _refuse_explicit(settings, registry, explicit: str | None) -> None:
+    """A domain asked for by name that exists but cannot answer yet: say why instead of 'unknown'."""
+    name = (explicit or "").strip().split("@", 1)[0]
+    try:
+        state = domain_state(settings, registry, name)
+    except RegistryError:  # not even a valid domain name: the router's own error stands
+        return
+    if state.configured or state.registered:
+        raise GlmbotError(state.not_servable_reason())
 
 
 def adapter_label(registry, decision: RouteDecision) -> str:  # noqa: ANN001 - glmbot.registry.Registry

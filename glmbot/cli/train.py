@@ -9,9 +9,11 @@ from typing import Annotated, Optional
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from glmbot.cli import common
+from glmbot.cli.values import checked
 from glmbot.errors import GlmbotError
 from glmbot.training.metrics import METRIC_KEYS
 
@@ -44,31 +46,49 @@ def _init_distributed():
     return rank, device
 
 
+# Each value is checked while parsing: a bad one names the flag, the value and the fix (values.py).
+_STEPS = checked("--steps", int, lambda v: v >= 0, "a whole number of optimizer steps >= 0 (0 = train by --epochs)",
+                 "200")
+_EPOCHS = checked("--epochs", float, lambda v: v >= 0, "a number of passes over the data >= 0", "3")
+_LR = checked("--lr", float, lambda v: 0 < v < 1, "a learning rate between 0 and 1", "6e-3")
+_PRE_SEQ_LEN = checked("--pre-seq-len", int, lambda v: v > 0, "a prefix length > 0", "32")
+_BATCH = checked("--batch-size", int, lambda v: v > 0, "a micro-batch size > 0", "16")
+_ACCUM = checked("--grad-accum", int, lambda v: v > 0, "a number of micro-batches per step > 0", "1")
+_SEED = checked("--seed", int, lambda v: True, "a whole number", "42")
+_EVERY = checked("--checkpoint-every", int, lambda v: v >= 0, "a number of steps >= 0 (0 = no checkpoints)", "100")
+_NPROC = checked("--nproc", int, lambda v: v >= 1, "a number of processes >= 1", "2")
+
+
 def train(
     domain: Annotated[str, Opt("--domain", "-d", help="business domain, e.g. support")],
     data: Annotated[Optional[str], Opt(help="training JSONL (default: the domain's data in glmbot.toml)")] = None,
     dev_data: Annotated[Optional[str], Opt(help="dev JSONL for ROUGE/BLEU")] = None,
-    fmt: Annotated[Optional[str], Opt("--format", help="chat | advertisegen")] = None,
+    fmt: Annotated[Optional[str], Opt("--format", help="chat | advertisegen (default: read from the columns)")] = None,
     prompt_column: Annotated[Optional[str], Opt(help="name of the prompt column")] = None,
     response_column: Annotated[Optional[str], Opt(help="name of the answer column")] = None,
     history_column: Annotated[Optional[str], Opt(help="name of the history column")] = None,
-    steps: Annotated[Optional[int], Opt(help="optimizer steps ([train] max_steps)")] = None,
-    epochs: Annotated[Optional[float], Opt(help="epochs, used when --steps 0")] = None,
-    lr: Annotated[Optional[float], Opt("--lr", help="learning rate")] = None,
-    pre_seq_len: Annotated[Optional[int], Opt(help="prefix length P")] = None,
+    steps: Annotated[Optional[int], Opt("--steps", "--max-steps", parser=_STEPS, metavar="INTEGER",
+                                        help="optimizer steps ([train] max_steps)")] = None,
+    epochs: Annotated[Optional[float], Opt(parser=_EPOCHS, metavar="FLOAT", help="epochs, used when --steps 0")] = None,
+    lr: Annotated[Optional[float], Opt("--lr", "--learning-rate", parser=_LR, metavar="FLOAT",
+                                       help="learning rate")] = None,
+    pre_seq_len: Annotated[Optional[int], Opt(parser=_PRE_SEQ_LEN, metavar="INTEGER", help="prefix length P")] = None,
     projection: Annotated[Optional[bool], Opt("--projection/--no-projection", help="prefix MLP")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="micro-batch size")] = None,
-    grad_accum: Annotated[Optional[int], Opt(help="micro-batches per step")] = None,
+    batch_size: Annotated[Optional[int], Opt(parser=_BATCH, metavar="INTEGER", help="micro-batch size")] = None,
+    grad_accum: Annotated[Optional[int], Opt(parser=_ACCUM, metavar="INTEGER", help="micro-batches per step")] = None,
     gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
-    seed: Annotated[Optional[int], Opt(help="random seed")] = None,
-    checkpoint_every: Annotated[Optional[int], Opt(help="steps between checkpoints")] = None,
-    resume: Annotated[bool, Opt(help="continue the latest run of the domain from its last checkpoint")] = False,
+    seed: Annotated[Optional[int], Opt(parser=_SEED, metavar="INTEGER", help="random seed")] = None,
+    checkpoint_every: Annotated[Optional[int], Opt(parser=_EVERY, metavar="INTEGER",
+                                                   help="steps between checkpoints")] = None,
+    resume: Annotated[bool, Opt(help="continue the domain's interrupted run with its own plan (data, steps, "
+                                     "settings)")] = False,
     run_dir: Annotated[Optional[Path], Opt(help="run folder (default runs/DOMAIN/TIMESTAMP)")] = None,
-    promote: Annotated[str, Opt(help="--promote: activate if it beats the active adapter on --metric; "
+    promote: Annotated[str, Opt(help="--promote: activate if it learned and beats the active adapter on --metric; "
                                 "--promote=force: always")] = "no",
     metric: Annotated[str, Opt(help=f"metric for --promote: {', '.join(METRIC_KEYS)}")] = "rouge-l",
     no_eval: Annotated[bool, Opt("--no-eval", help="skip the dev-set evaluation")] = False,
-    nproc: Annotated[int, Opt(help="processes (GPUs) to train on, launched with torchrun")] = 1,
+    nproc: Annotated[int, Opt(parser=_NPROC, metavar="INTEGER",
+                              help="processes (GPUs) to train on, launched with torchrun")] = 1,
 ) -> None:
     """Train a P-Tuning v2 prefix for DOMAIN, evaluate it, and register it as a candidate."""
     from glmbot.training import pipeline
@@ -81,29 +101,46 @@ def train(
         _launch_torchrun(nproc)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, device = _init_distributed() if distributed else (0, None)
-    settings = common.get_settings()
-    spec = pipeline.DataSpec.for_domain(settings.domains.get(domain), train=data, dev=dev_data, fmt=fmt,
-                                        prompt_column=prompt_column, response_column=response_column,
-                                        history_column=history_column)
-    tsettings = settings.train_for(domain, max_steps=steps, epochs=epochs, learning_rate=lr, pre_seq_len=pre_seq_len,
-                                   prefix_projection=projection, batch_size=batch_size, grad_accum=grad_accum,
-                                   gradient_checkpointing=gradient_checkpointing, seed=seed,
-                                   checkpoint_every=checkpoint_every)
-    registry = common.get_registry()
+    settings, registry = common.get_settings(), common.get_registry()
     if rank == 0:
         pipeline.ensure_registered_domain(registry, settings, domain)
-    if resume and run_dir is None:
-        run_dir = pipeline.latest_run_dir(settings, domain)
-        if run_dir is None:
-            raise GlmbotError(f"no run of {domain!r} with a checkpoint to resume; start without --resume")
+    data_flags = {"train": data, "dev": dev_data, "fmt": fmt, "prompt_column": prompt_column,
+                  "response_column": response_column, "history_column": history_column}
+    train_flags = {"max_steps": steps, "epochs": epochs, "learning_rate": lr, "pre_seq_len": pre_seq_len,
+                   "prefix_projection": projection, "batch_size": batch_size, "grad_accum": grad_accum,
+                   "gradient_checkpointing": gradient_checkpointing, "seed": seed, "checkpoint_every": checkpoint_every}
+    spec, tsettings, run_dir = _plan(settings, domain, resume, run_dir, data_flags, train_flags)
     model, tok = _model(device)
     job = pipeline.prepare(tok, settings, domain, spec, tsettings,
                            _shared_run_dir(settings, domain, run_dir, distributed))
     if rank == 0:
-        _print_summary(job)
+        _print_summary(job, settings.model.base_model)
     outcome = _run(model, tok, registry, job, resume, promote, metric, not no_eval, quiet=rank != 0)
     if rank == 0:
-        _print_outcome(outcome)
+        _print_outcome(outcome, job)
+
+
+def _plan(settings, domain: str, resume: bool, run_dir: Path | None, data_flags: dict, train_flags: dict):
+    """(data spec, train settings, run folder): the interrupted run's own plan on --resume, else config + flags."""
+    from glmbot.training import pipeline
+    from glmbot.training.plan import DataSpec, ResumeError, RunPlan
+
+    if resume:
+        run_dir = run_dir or pipeline.interrupted_run_dir(settings, domain)
+        plan = RunPlan.read(run_dir)
+        if (Path(run_dir) / pipeline.RUN_INFO_FILE).exists():
+            raise ResumeError(f"{run_dir} finished and registered its adapter: nothing to resume; train a new run "
+                              "without --resume")
+        if plan.domain != domain:
+            raise ResumeError(f"{run_dir} is a run of domain {plan.domain!r}, not {domain!r}; "
+                              f"resume it with: glmbot train --domain {plan.domain} --resume --run-dir {run_dir}")
+        plan.check_resume(run_dir, data_flags, train_flags, settings.model.base_model)
+        return plan.data_spec(), plan.train, run_dir
+    spec = DataSpec.for_domain(settings.domains.get(domain), settings.root, **data_flags)
+    if train_flags["max_steps"] == 0 and not (train_flags["epochs"] or settings.train_for(domain).epochs):
+        raise GlmbotError("--steps 0 trains by epochs, but no epochs are set: add --epochs N (e.g. --epochs 3) "
+                          "or give --steps N")
+    return spec, settings.train_for(domain, **train_flags), run_dir
 
 
 def _model(device):
@@ -131,40 +168,62 @@ def _shared_run_dir(settings, domain: str, run_dir: Path | None, distributed: bo
 
 
 def _run(model, tok, registry, job, resume, promote, metric, evaluate, quiet):
-    from glmbot.cli.progress import TrainingProgress
+    from glmbot.cli.progress import training_progress
     from glmbot.training import pipeline
     from glmbot.training.trainer import total_steps
 
     if quiet:
         return pipeline.run_job(model, tok, registry, job, resume=resume, promote=promote, metric=metric,
                                 evaluate=evaluate)
-    with TrainingProgress(job.domain, total_steps(job.settings, len(job.encoded))) as bar:
+    with training_progress(job.domain, total_steps(job.settings, len(job.encoded))) as bar:
         return pipeline.run_job(model, tok, registry, job, resume=resume, promote=promote, metric=metric,
                                 evaluate=evaluate, on_step=bar.update)
 
 
-def _print_summary(job) -> None:
-    s, t = job.summary, job.settings
+def _print_summary(job, base_model: str) -> None:
+    from glmbot.training.data import AUTO
+
+    s, t, c = job.summary, job.settings, job.coverage
     table = Table(title=f"Training data for '{job.domain}'", show_header=False, box=None)
     for key, value in [
-        ("source", f"{s.source} (sha256 {s.sha256[:12]})"), ("samples", f"{s.samples:,}"),
+        ("source", f"{s.source} (sha256 {s.sha256[:12]})"), ("format", job.plan.columns.describe() + (", read from the columns" if job.data.fmt == AUTO else "")),
+        ("samples", f"{s.samples:,}"),
         ("prompts truncated", f"{s.prompts_truncated} (max_source_length {t.max_source_length})"),
         ("answers truncated", f"{s.answers_truncated} (max_target_length {t.max_target_length})"),
         ("tokens", f"{s.prompt_tokens:,} prompt + {s.answer_tokens:,} answer; longest row {s.longest}"),
+        ("not in vocabulary", f"{c.uncovered_chars} characters" + (
+            f" (first: {c.first_uncovered}); {c.byte_share:.1%} of answer tokens are byte tokens"
+            if c.uncovered_chars else "")),
         ("dev samples", f"{len(job.dev_examples)}"),
         ("recipe", f"P={t.pre_seq_len}, projection={t.prefix_projection}, LR {t.learning_rate:g}, "
-                   f"{t.max_steps or f'{t.epochs:g} epochs'} steps x batch {t.batch_size} x accum {t.grad_accum}"),
+                   f"{t.max_steps or f'{t.epochs:g} epochs'} steps x batch {t.batch_size} x accum {t.grad_accum}, "
+                   f"seed {t.seed}"),
         ("run folder", str(job.run_dir)),
     ]:
-        table.add_row(f"[bold]{key}[/]", value)
+        table.add_row(f"[bold]{key}[/]", escape(value))
     common.console.print(table)
+    if c.too_low:
+        common.err_console.print(
+            f"[bold yellow]warning:[/] {c.byte_share:.1%} of the answer tokens are characters that {base_model}'s "
+            f"tokenizer does not have ({escape(c.first_uncovered)} ...): they fall back to byte tokens the base never "
+            f"learned, so {'the builtin base' if base_model.startswith('builtin:') else 'this base'} cannot learn "
+            "them. Train on ChatGLM2-6B: in glmbot.toml set \\[model] base_model = \"THUDM/chatglm2-6b\" "
+            "(or a local ChatGLM2-6B folder)", highlight=False, soft_wrap=True)
 
 
-def _print_outcome(outcome) -> None:
-    r, a = outcome.result, outcome.adapter
+def _print_outcome(outcome, job) -> None:
+    from glmbot.training.pipeline import NOT_LEARNED, not_learned_hint
+
+    r, a, learning = outcome.result, outcome.adapter, outcome.learning
     common.console.print(f"trained {r.steps} steps in {r.seconds:.0f}s ({r.tokens_per_s:,.0f} tokens/s"
                          f"{f', resumed at step {r.resumed_from}' if r.resumed_from else ''}); "
                          f"loss curve: {r.run_dir / 'loss.png'}")
+    if learning.learned:
+        common.console.print(f"learned: {learning.describe()}")
+    else:
+        hint = "" if NOT_LEARNED in outcome.promote_reason else f"; {not_learned_hint(job.settings)}"
+        common.err_console.print(f"[bold yellow]warning:[/] the prefix learned nothing: {learning.describe()}{hint}",
+                                 highlight=False, soft_wrap=True)
     if outcome.evaluation:
         e = outcome.evaluation
         common.console.print("dev: " + ", ".join(f"{k} {v:.2f}" for k, v in e.metrics.items())
@@ -178,7 +237,7 @@ def _print_outcome(outcome) -> None:
         common.console.print(f"forgetting probe: general answers kept {p.kept:.0%} (ok)")
     common.console.print(f"registered [bold]{a.ref}[/] (candidate, id {a.id})"
                          + (f"; promoted: {outcome.promote_reason}" if outcome.promoted
-                            else f"; not promoted: {outcome.promote_reason}"))
+                            else f"; not promoted: {outcome.promote_reason}"), highlight=False, soft_wrap=True)
 
 
 def evaluate(
@@ -205,13 +264,14 @@ def _evaluate_ref(ref: str, data: str | None, fmt: str | None, limit: int, save:
     from glmbot.model.prefix_io import prefix_encoder_from_state
     from glmbot.training.data import file_sha256, resolve_data_path
     from glmbot.training.evaluate import evaluate_prefix, forgetting_probe
-    from glmbot.training.pipeline import DataSpec
+    from glmbot.training.plan import DataSpec, config_data_path
 
     settings, registry = common.get_settings(), common.get_registry()
     adapter = None if ref == "base" else registry.resolve(ref)
     domain = adapter.domain if adapter else None
     domain_cfg = settings.domains.get(domain) if domain else None
-    spec = DataSpec.for_domain(domain_cfg, train=data or (domain_cfg.dev_data if domain_cfg else None), fmt=fmt)
+    dev = config_data_path(domain_cfg.dev_data, settings.root) if domain_cfg else ""
+    spec = DataSpec.for_domain(domain_cfg, settings.root, train=data or dev or None, fmt=fmt)
     examples = spec.load("train")[:limit]
     model, tok = common.load_base_model()
     kv = None
@@ -226,8 +286,13 @@ def _evaluate_ref(ref: str, data: str | None, fmt: str | None, limit: int, save:
                              + (f" [bold yellow]- forgot general chat: {probe.hint}[/]" if probe.forgot else ""))
         if save:
             registry.add_evaluation(adapter.id, {**result.metrics, "probe_kept": round(probe.kept, 4)},
-                                    file_sha256(resolve_data_path(spec.train)), kind=str(spec.train))
+                                    file_sha256(resolve_data_path(spec.train)), kind=_evaluation_kind(spec.train))
             common.console.print(f"stored in the registry for {adapter.ref}")
+
+
+def _evaluation_kind(source: str) -> str:
+    """The registry's short name of an evaluation set: builtin:NAME, else the file's name (32 characters at most)."""
+    return (source if source.startswith("builtin:") else Path(source).name)[:32]
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:

@@ -386,7 +386,8 @@ class Registry(RecordsMixin, ConversationsMixin):
                       .order_by(AdapterRow.version)).all()
         existing = ", ".join(f"v{v} ({status})" for v, status in rows) or "none"
         if version is None:
-            hint = f"promote one: glmbot adapters promote {dom.name}@vN" if rows else "train or import one first"
+            hint = (f"promote one: glmbot adapters promote {dom.name}@v{rows[-1][0]}" if rows
+                    else f"train one first: glmbot train --domain {dom.name}")
             return UnknownAdapterError(f"domain {dom.name!r} has no active adapter (versions: {existing}); {hint}")
         return UnknownAdapterError(f"domain {dom.name!r} has no version v{version}; existing versions: {existing}")
 

@@ -1,7 +1,8 @@
 """Training data: JSONL loading with clear errors, official preprocessing, per-batch padding.
 
 Two shapes are read: chat (`prompt`, `response`, optional `history` as [[query, response], ...])
-and AdvertiseGen (`content` -> `summary`). Each example becomes the official layout
+and AdvertiseGen (`content` -> `summary`); which one a file holds is read from its first row's
+columns (`fmt="auto"`), a named format or column only overrides. Each example becomes the official layout
 `[gMASK] sop prompt | answer | eos` with labels -100 on the prompt, but batches are padded to
 their own longest row and grouped by length instead of padded to max_source + max_target + 1.
 """
@@ -20,7 +21,24 @@ from glmbot.errors import DataError
 from glmbot.model.tokenizer import ChatGLMTokenizer, build_prompt
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
-COLUMNS = {"chat": ("prompt", "response", "history"), "advertisegen": ("content", "summary", "")}
+AUTO = "auto"  # detect the format from the columns
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which format a data file has and which of its columns hold the prompt, answer and history."""
+
+    fmt: str
+    prompt: str
+    response: str
+    history: str = ""  # "" = no history column
+
+    def describe(self) -> str:
+        return f"{self.fmt}: {self.prompt} -> {self.response}{f' (+ {self.history})' if self.history else ''}"
+
+
+FORMATS = {"chat": Columns("chat", "prompt", "response", "history"),
+           "advertisegen": Columns("advertisegen", "content", "summary")}
 
 
 @dataclass(frozen=True)
@@ -100,21 +118,50 @@ def _history(value, where: str) -> tuple[tuple[str, str], ...]:
     return tuple((q, r) for q, r in value)
 
 
-def load_examples(source: str | Path, fmt: str = "chat", prompt_column: str = "", response_column: str = "",
-                  history_column: str | None = None) -> list[Example]:
-    """Examples of a JSONL file; any problem raises DataError naming file:line and the fix."""
-    if fmt not in COLUMNS:
-        raise DataError(f"unknown data format {fmt!r}: use one of {', '.join(COLUMNS)}")
-    path = resolve_data_path(source)
-    default_p, default_r, default_h = COLUMNS[fmt]
-    p_col, r_col = prompt_column or default_p, response_column or default_r
-    h_col = default_h if history_column is None else history_column
+@dataclass(frozen=True)
+class LoadedData:
+    """The examples of one data file, with the file and the columns they were read from."""
+
+    path: Path
+    columns: Columns
+    examples: list[Example]
+
+
+def detect_format(columns: set[str] | list[str], where: str) -> str:
+    """'chat' or 'advertisegen' from a row's column names; DataError naming the columns when neither or both fit."""
+    fits = [name for name, c in FORMATS.items() if {c.prompt, c.response} <= set(columns)]
+    seen = ", ".join(sorted(columns)) or "none"
+    if len(fits) == 1:
+        return fits[0]
+    shapes = " or ".join(f"{c.prompt}/{c.response} ({name})" for name, c in FORMATS.items())
+    if fits:
+        raise DataError(f"{where}: columns found: {seen}, which fit both {shapes}; "
+                        f"pick one with --format {' or --format '.join(fits)}")
+    raise DataError(f"{where}: cannot tell the data format: columns found: {seen}, but it needs {shapes}; "
+                    "rename the columns, or name them with --prompt-column COL --response-column COL")
+
+
+def resolve_columns(first_row: dict, where: str, fmt: str = AUTO, prompt_column: str = "",
+                    response_column: str = "", history_column: str | None = None) -> Columns:
+    """The format and columns to read: detected from `first_row` unless `fmt` names one; columns override."""
+    if fmt not in (AUTO, *FORMATS):
+        raise DataError(f"unknown data format {fmt!r}: use one of {', '.join((AUTO, *FORMATS))}")
+    if fmt == AUTO:
+        # Named columns say where prompt and answer are: no need to guess, chat is the shape with history.
+        fmt = "chat" if prompt_column or response_column else detect_format(set(first_row), where)
+    base = FORMATS[fmt]
+    return Columns(fmt, prompt_column or base.prompt, response_column or base.response,
+                   base.history if history_column is None else history_column)
+
+
+def _read_rows(path: Path) -> list[tuple[str, dict]]:
+    """(file:line, object) of every non-blank line of a JSONL file; DataError naming file:line otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as UTF-8") from None
-    examples = []
+    rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -125,17 +172,37 @@ def load_examples(source: str | Path, fmt: str = "chat", prompt_column: str = ""
             raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-        missing = [c for c in (p_col, r_col) if c not in row]
+        rows.append((where, row))
+    return rows
+
+
+def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", response_column: str = "",
+              history_column: str | None = None) -> LoadedData:
+    """The examples of a JSONL file and the columns they came from; any problem raises DataError naming file:line."""
+    path = resolve_data_path(source)
+    rows = _read_rows(path)
+    if not rows:
+        shape = FORMATS.get(fmt, FORMATS["chat"])
+        raise DataError(f"{path} holds no examples; add JSON lines with {prompt_column or shape.prompt!r} and "
+                        f"{response_column or shape.response!r}")
+    cols = resolve_columns(rows[0][1], rows[0][0], fmt, prompt_column, response_column, history_column)
+    examples = []
+    for where, row in rows:
+        missing = [c for c in (cols.prompt, cols.response) if c not in row]
         if missing:
             raise DataError(f"{where}: missing column {missing[0]!r}; columns found: {', '.join(sorted(row))} "
                             f"(set prompt_column/response_column or --format)")
-        prompt, response = row[p_col], row[r_col]
+        prompt, response = row[cols.prompt], row[cols.response]
         if not isinstance(prompt, str) or not isinstance(response, str):
-            raise DataError(f"{where}: {p_col!r} and {r_col!r} must be strings")
-        examples.append(Example(prompt, response, _history(row.get(h_col), where) if h_col else ()))
-    if not examples:
-        raise DataError(f"{path} holds no examples; add JSON lines with {p_col!r} and {r_col!r}")
-    return examples
+            raise DataError(f"{where}: {cols.prompt!r} and {cols.response!r} must be strings")
+        examples.append(Example(prompt, response, _history(row.get(cols.history), where) if cols.history else ()))
+    return LoadedData(path, cols, examples)
+
+
+def load_examples(source: str | Path, fmt: str = AUTO, prompt_column: str = "", response_column: str = "",
+                  history_column: str | None = None) -> list[Example]:
+    """Examples of a JSONL file (see load_data)."""
+    return load_data(source, fmt, prompt_column, response_column, history_column).examples
 
 
 def encode_example(tok: ChatGLMTokenizer, ex: Example, max_source_length: int, max_target_length: int) -> Encoded:

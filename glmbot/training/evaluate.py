@@ -1,4 +1,5 @@
-"""Evaluation of a prefix: dev-set predictions scored the official way, and the forgetting probe."""
+"""Evaluation of a prefix: dev-set predictions scored the official way, whether it learned its
+training data at all (compared with the plain base), and the forgetting probe."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from glmbot.model.generate import generate_answers
 from glmbot.model.modeling import ChatGLMForConditionalGeneration
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.training.data import SAMPLES_DIR, Example
-from glmbot.training.metrics import ProbeResult, probe_drift, score
+from glmbot.training.metrics import LEARNED_MIN_GAIN, ProbeResult, learned, probe_drift, score
 
 PROBE_FILE = SAMPLES_DIR / "general_probe.jsonl"
 PREDICTIONS_FILE = "generated_predictions.jsonl"
+LEARNING_CHECK_FILE = "learning_check.jsonl"
+LEARNING_CHECK_SAMPLES = 32  # training questions asked, spread over the file: enough for a stable mean, fast
 
 
 @dataclass
@@ -43,6 +46,44 @@ def evaluate_prefix(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenize
         lines = (json.dumps({"labels": r, "predict": p}, ensure_ascii=False) for r, p in zip(references, predictions))
         atomic_write_text(path, "\n".join(lines) + "\n")
     return Evaluation(score(predictions, references), len(examples), predictions, path)
+
+
+@dataclass(frozen=True)
+class LearningCheck:
+    """Greedy answers to training questions with and without the prefix, scored against the data's answers."""
+
+    prefix_rouge_l: float
+    base_rouge_l: float
+    samples: int
+    learned: bool  # metrics.learned: the prefix is LEARNED_MIN_GAIN points above the base (or near 100)
+
+    @property
+    def gain(self) -> float:
+        return self.prefix_rouge_l - self.base_rouge_l
+
+    def describe(self) -> str:
+        return (f"ROUGE-L on {self.samples} training questions: prefix {self.prefix_rouge_l:.1f}, plain base "
+                f"{self.base_rouge_l:.1f} ({self.gain:+.1f}; learned needs +{LEARNED_MIN_GAIN:g})")
+
+
+def check_learning(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenizer, kv: torch.Tensor,
+                   examples: list[Example], out_dir: Path | None = None, max_new_tokens: int = 128,
+                   samples: int = LEARNING_CHECK_SAMPLES) -> LearningCheck:
+    """Did the prefix learn `examples` (its training data)? Asks up to `samples` of them, evenly spread.
+
+    Both answer sets are written to `out_dir/learning_check.jsonl` ({prompt, labels, base, prefix}).
+    """
+    picked = examples[::max(1, len(examples) // samples)][:samples]
+    prompts, histories = [e.prompt for e in picked], [e.history for e in picked]
+    references = [e.response for e in picked]
+    base = generate_answers(model, tok, prompts, None, histories=histories, max_new_tokens=max_new_tokens)
+    tuned = generate_answers(model, tok, prompts, kv, histories=histories, max_new_tokens=max_new_tokens)
+    if out_dir is not None:
+        lines = (json.dumps({"prompt": p, "labels": r, "base": b, "prefix": t}, ensure_ascii=False)
+                 for p, r, b, t in zip(prompts, references, base, tuned))
+        atomic_write_text(Path(out_dir) / LEARNING_CHECK_FILE, "\n".join(lines) + "\n")
+    prefix_score, base_score = score(tuned, references)["rouge-l"], score(base, references)["rouge-l"]
+    return LearningCheck(round(prefix_score, 4), round(base_score, 4), len(picked), learned(prefix_score, base_score))
 
 
 def load_probe(path: Path = PROBE_FILE) -> tuple[list[str], list[str]]:

@@ -6,7 +6,8 @@ rounded to 4 decimals, then the plain mean over samples. The official code crash
 hypothesis; like LLaMA-Factory we score ROUGE 0 when either side has no words.
 
 `probe_drift` compares a tuned adapter's answers to general prompts with the plain base's answers
-and with reference answers, to catch a prefix that "forgot how to say hello".
+and with reference answers, to catch a prefix that "forgot how to say hello". `learned` says
+whether a prefix answers its own training questions clearly better than the plain base.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ FORGET_RELATIVE_DROP = 0.5  # the tuned reference score fell by more than half o
 FORGET_KEPT = 0.5           # and tuned answers share less than half (char LCS F1) with the base's
 FORGET_HINT = ("lower the learning rate (e.g. 1e-4..2e-3), shorten training or mix general chat data "
                "into the domain's data")
+# A prefix learned its data when its ROUGE-L (0..100) on the training questions beats the plain
+# base's by at least this many points, or is within this distance of 100 (no room left to gain).
+# Measured on builtin:tiny + builtin:support: +1.8 after 30 steps (nothing yet), +8 after 100, +30 after 200.
+LEARNED_MIN_GAIN = 5.0
 # Probe answers are short; the cap bounds the O(n*m) LCS cost of a runaway generation.
 MAX_PROBE_CHARS = 512
+
+
+def learned(prefix_rouge_l: float, base_rouge_l: float) -> bool:
+    """The LEARNED_MIN_GAIN rule: the prefix's training-question ROUGE-L clearly above the base's."""
+    return prefix_rouge_l >= min(base_rouge_l + LEARNED_MIN_GAIN, 100.0 - LEARNED_MIN_GAIN)
+
 
 def _sample_scores(pred: str, ref: str) -> dict[str, float]:
     """The official per-sample scores (x 100, rounded to 4 decimals) of one prediction."""

@@ -2,7 +2,9 @@
 
 All checks that can fail on user input (domain, data files, columns, settings) run before the
 first training step, so a bad input never costs a training run nor leaves anything registered.
-Under torch.distributed only rank 0 evaluates, writes and registers.
+The run's plan (plan.py) is written before the first step; after the last one the prefix is
+compared with the plain base on its own training questions, and a prefix that learned nothing
+is never promoted. Under torch.distributed only rank 0 evaluates, writes and registers.
 """
 
 from __future__ import annotations
@@ -15,43 +17,24 @@ from typing import Callable, Literal
 
 import torch.distributed as dist
 
-from glmbot.config import DomainSettings, Settings, TrainSettings
-from glmbot.errors import DataError, UnknownDomainError
+from glmbot.config import Settings, TrainSettings
+from glmbot.errors import UnknownDomainError
 from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix_io import encoder_state
-from glmbot.training.data import DataSummary, Example, encode_all, file_sha256, load_examples, resolve_data_path
-from glmbot.training.evaluate import Evaluation, evaluate_prefix, forgetting_probe
+from glmbot.training.coverage import CoverageReport, tokenizer_coverage
+from glmbot.training.data import DataSummary, Example, encode_all, file_sha256, resolve_data_path
+from glmbot.training.evaluate import Evaluation, LearningCheck, check_learning, evaluate_prefix, forgetting_probe
 from glmbot.training.metrics import ProbeResult
+from glmbot.training.plan import PLAN_FILE, DataSpec, ResumeError, RunPlan, data_source
 from glmbot.training.trainer import PrefixTrainer, StepInfo, TrainResult, save_run_info
+
+__all__ = ["DataSpec", "PreparedJob", "TrainOutcome", "ensure_registered_domain", "interrupted_run_dir", "prepare",
+           "run_job"]
+RUN_INFO_FILE = "run.json"  # written once a run has registered its adapter: the run is finished
+NOT_LEARNED = "it learned nothing"  # the promote reason of a prefix that failed the learning check
 
 log = logging.getLogger(__name__)
 Promote = Literal["no", "better", "force"]
-
-
-@dataclass
-class DataSpec:
-    """Where a domain's data is and how its columns are named."""
-
-    train: str
-    dev: str = ""
-    fmt: str = "chat"
-    prompt_column: str = ""
-    response_column: str = ""
-    history_column: str | None = None
-
-    @classmethod
-    def for_domain(cls, domain: DomainSettings | None, **overrides) -> DataSpec:
-        base = {} if domain is None else {
-            "train": domain.data, "dev": domain.dev_data, "fmt": domain.format, "prompt_column": domain.prompt_column,
-            "response_column": domain.response_column, "history_column": domain.history_column or None}
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        if not base.get("train"):
-            raise DataError("no training data: pass --data FILE.jsonl or set data in the domain's [domains.NAME] table")
-        return cls(**base)
-
-    def load(self, which: Literal["train", "dev"]) -> list[Example]:
-        return load_examples(getattr(self, which), self.fmt, self.prompt_column, self.response_column,
-                             self.history_column)
 
 
 @dataclass
@@ -64,6 +47,8 @@ class PreparedJob:
     encoded: list
     summary: DataSummary
     run_dir: Path
+    plan: RunPlan
+    coverage: CoverageReport
 
 
 @dataclass
@@ -74,6 +59,7 @@ class TrainOutcome:
     adapter: object | None = None  # glmbot.registry.AdapterInfo (rank 0)
     promoted: bool = False
     promote_reason: str = ""
+    learning: LearningCheck | None = None
 
 
 def ensure_registered_domain(registry, settings: Settings, domain: str) -> None:
@@ -83,39 +69,57 @@ def ensure_registered_domain(registry, settings: Settings, domain: str) -> None:
     except UnknownDomainError:
         if domain not in settings.domains:
             raise UnknownDomainError(
-                f"domain {domain!r} is neither registered nor in {settings.source}; add it with "
-                f"`glmbot domains add {domain}` (and a [domains.{domain}] table naming its data)") from None
+                f"domain {domain!r} is neither registered nor in {settings.source}; add it with its data: "
+                f"glmbot domains add {domain} --data FILE.jsonl") from None
         cfg = settings.domains[domain]
         registry.ensure_domain(domain, cfg.description)
 
 
 def prepare(tok, settings: Settings, domain: str, data: DataSpec, train: TrainSettings,
             run_dir: Path | None = None) -> PreparedJob:
-    """Load and encode the data and fix the run folder; raises before any training on bad input."""
-    train_examples = data.load("train")
-    dev_examples = data.load("dev") if data.dev else []
-    encoded, summary = encode_all(tok, train_examples, train.max_source_length, train.max_target_length)
-    summary.sha256 = file_sha256(resolve_data_path(data.train))
+    """Load and encode the data, measure its tokenizer coverage and fix the run folder and plan;
+    raises before any training on bad input."""
+    loaded = data.load_data("train")
+    dev = data.load_data("dev") if data.dev else None
+    encoded, summary = encode_all(tok, loaded.examples, train.max_source_length, train.max_target_length)
+    summary.sha256 = file_sha256(loaded.path)
     summary.source = str(data.train)
     if run_dir is None:
         run_dir = settings.path(settings.train.runs_dir) / domain / time.strftime("%Y%m%d-%H%M%S")
-    return PreparedJob(domain, train, data, train_examples, dev_examples, encoded, summary, Path(run_dir))
+    plan = RunPlan(domain, data_source(data.train), summary.sha256, loaded.columns, train,
+                   dev_data=data_source(data.dev) if data.dev else "",
+                   dev_sha256=file_sha256(dev.path) if dev else "", base_model=settings.model.base_model)
+    return PreparedJob(domain, train, data, loaded.examples, dev.examples if dev else [], encoded, summary,
+                       Path(run_dir), plan, tokenizer_coverage(tok, loaded.examples, encoded))
 
 
-def latest_run_dir(settings: Settings, domain: str) -> Path | None:
-    """The newest run of `domain` that has a checkpoint to resume from."""
+def interrupted_run_dir(settings: Settings, domain: str) -> Path:
+    """The newest run of `domain` that has a plan and has not finished; ResumeError saying why when none."""
     root = settings.path(settings.train.runs_dir) / domain
-    runs = sorted((p for p in root.glob("*") if any(p.glob("checkpoint-*"))), key=lambda p: p.name) if root.is_dir() else []
-    return runs[-1] if runs else None
+    runs = sorted((p.parent for p in root.glob(f"*/{PLAN_FILE}")), key=lambda p: (p / PLAN_FILE).stat().st_mtime)
+    unfinished = [p for p in runs if not (p / RUN_INFO_FILE).exists()]
+    if unfinished:
+        return unfinished[-1]
+    if runs:
+        raise ResumeError(f"the latest run of {domain!r} ({runs[-1]}) finished and registered its adapter: nothing "
+                          f"to resume; train a new one without --resume")
+    older = [p for p in root.glob("*") if any(p.glob("checkpoint-*"))] if root.is_dir() else []
+    if older:
+        raise ResumeError(f"{max(older)} has checkpoints but no {PLAN_FILE} (an older glmbot made it): it cannot "
+                          "be resumed safely; train a new run without --resume")
+    raise ResumeError(f"no interrupted run of {domain!r} under {root}; train without --resume")
 
 
 def run_job(model, tok, registry, job: PreparedJob, *, resume: bool = False, promote: Promote = "no",
             metric: str = "rouge-l", evaluate: bool = True, on_step: Callable[[StepInfo], None] | None = None,
             eval_limit: int = 200) -> TrainOutcome:
-    """Train the prefix of `job`, then (rank 0) evaluate, probe, register and maybe promote."""
+    """Train the prefix of `job`, then (rank 0) check it learned, evaluate, probe, register and maybe promote."""
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    run_id = registry.start_run(job.domain, hyperparams=_hyperparams(job.settings),
-                                log_path=str(job.run_dir)).id if rank == 0 else None
+    run_id = None
+    if rank == 0:
+        if not resume:
+            job.plan.write(job.run_dir)
+        run_id = registry.start_run(job.domain, hyperparams=_hyperparams(job.settings), log_path=str(job.run_dir)).id
     try:
         trainer = PrefixTrainer(model, job.settings, job.run_dir, tok.pad_token_id, on_step=on_step)
         result = trainer.fit(job.encoded, resume=resume)
@@ -129,17 +133,27 @@ def run_job(model, tok, registry, job: PreparedJob, *, resume: bool = False, pro
     if rank != 0:
         return outcome
     kv = result.encoder.kv().detach()
+    outcome.learning = check_learning(model, tok, kv, job.train_examples, job.run_dir,
+                                      max_new_tokens=job.settings.max_target_length)
     if evaluate and job.dev_examples:
         outcome.evaluation = evaluate_prefix(model, tok, kv, job.dev_examples[:eval_limit], job.run_dir,
                                              max_new_tokens=job.settings.max_target_length)
     outcome.probe = forgetting_probe(model, tok, kv)
     outcome.adapter = _register(model, registry, job, result, outcome)
     registry.finish_run(run_id, adapter=outcome.adapter.id, last_checkpoint=_last_checkpoint(job.run_dir))
-    outcome.promoted, outcome.promote_reason = _maybe_promote(registry, outcome.adapter, promote, metric)
+    outcome.promoted, outcome.promote_reason = _maybe_promote(registry, outcome.adapter, promote, metric,
+                                                              outcome.learning, job.settings)
     save_run_info(job.run_dir, {"domain": job.domain, "adapter": outcome.adapter.ref, "steps": result.steps,
                                 "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
-                                "metrics": outcome.adapter.metrics, "promoted": outcome.promoted})
+                                "metrics": outcome.adapter.metrics, "learned": outcome.learning.learned,
+                                "promoted": outcome.promoted, "promote_reason": outcome.promote_reason})
     return outcome
+
+
+def not_learned_hint(settings: TrainSettings) -> str:
+    """What to try when a prefix learned nothing, with values to type."""
+    steps = f"--steps {settings.max_steps * 2}" if settings.max_steps else f"--epochs {settings.epochs * 2:g}"
+    return f"try more steps ({steps}) or a higher learning rate (--lr {min(settings.learning_rate * 2, 0.05):g})"
 
 
 def _hyperparams(s: TrainSettings) -> dict:
@@ -155,6 +169,10 @@ def _last_checkpoint(run_dir: Path) -> str | None:
 
 def _register(model, registry, job: PreparedJob, result: TrainResult, outcome: TrainOutcome):
     metrics = dict(outcome.evaluation.metrics) if outcome.evaluation else {}
+    if outcome.learning is not None:
+        metrics["train_rouge-l"] = outcome.learning.prefix_rouge_l
+        metrics["train_rouge-l_base"] = outcome.learning.base_rouge_l
+        metrics["learned"] = float(outcome.learning.learned)
     if outcome.probe is not None:
         metrics["probe_kept"] = round(outcome.probe.kept, 4)
         metrics["probe_forgot"] = float(outcome.probe.forgot)
@@ -172,9 +190,13 @@ def _register(model, registry, job: PreparedJob, result: TrainResult, outcome: T
     return adapter
 
 
-def _maybe_promote(registry, adapter, promote: Promote, metric: str) -> tuple[bool, str]:
+def _maybe_promote(registry, adapter, promote: Promote, metric: str, learning: LearningCheck | None,
+                   settings: TrainSettings) -> tuple[bool, str]:
     if promote == "no":
         return False, "not asked (--promote)"
+    nothing = learning is not None and not learning.learned
+    if nothing and promote != "force":
+        return False, f"{NOT_LEARNED}; {not_learned_hint(settings)}"
     current = next(iter(registry.list_adapters(adapter.domain, "active")), None)
     if promote == "better" and current is not None:
         new, old = adapter.metrics.get(metric), current.metrics.get(metric)
@@ -183,5 +205,6 @@ def _maybe_promote(registry, adapter, promote: Promote, metric: str) -> tuple[bo
         if old is not None and new <= old:
             return False, f"{metric} {new:.2f} does not beat the active {current.ref} ({old:.2f})"
     registry.promote(adapter.ref)
-    return True, "forced" if promote == "force" else (
-        "first adapter of the domain" if current is None else f"beats {current.ref} on {metric}")
+    if promote == "force":
+        return True, f"forced, although {NOT_LEARNED}" if nothing else "forced"
+    return True, "first adapter of the domain" if current is None else f"beats {current.ref} on {metric}"

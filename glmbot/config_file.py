@@ -1,0 +1,60 @@
+"""Edits of glmbot.toml that keep the user's comments and layout (tomlkit), written atomically.
+
+The edited document is parsed and checked like any glmbot.toml before it replaces the file, so an
+edit never leaves a config that the next command would refuse.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from glmbot.config import CONFIG_FILENAME, Settings, settings_from_dict
+from glmbot.errors import ConfigError
+from glmbot.fileio import atomic_write_text
+
+NEW_FILE_HEADER = ("# glmbot configuration (glmbot.toml). Every key is optional; see `glmbot info`.\n"
+                   "# Paths are relative to this file.\n")
+
+
+def config_file_for(settings: Settings) -> Path:
+    """The glmbot.toml that `settings` came from, or a new one in the working folder when none was found."""
+    source = Path(settings.source)
+    if source.is_file():
+        return source
+    new = Path.cwd() / CONFIG_FILENAME
+    if new.exists():
+        raise ConfigError(f"{new} exists but was not the config in use ({settings.source}); pass --config {new}")
+    return new
+
+
+def add_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
+    """Append a [domains.NAME] table holding the non-empty `values` to the glmbot.toml at `path` (created if missing).
+
+    Refuses a domain the file already has; everything else in the file is kept as it was.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else NEW_FILE_HEADER
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    domains = doc.get("domains")
+    if domains is None:
+        domains = tomlkit.table(is_super_table=True)
+        doc["domains"] = domains
+    elif name in domains:
+        raise ConfigError(f"{path} already has [domains.{name}]; edit that table, or pick another name")
+    table = tomlkit.table()
+    for key, value in values.items():
+        if value not in (None, "", [], {}):
+            table[key] = value
+    domains[name] = table
+    new_text = tomlkit.dumps(doc)
+    settings_from_dict(tomlkit.parse(new_text).unwrap(), root=path.parent, source=str(path))  # raises on a bad value
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    atomic_write_text(path, new_text)
+    os.chmod(path, mode)  # the temp file was created 0600
