@@ -30,6 +30,8 @@ import torch
 from glmbot.config import Settings
 from glmbot.errors import GenerationError, GlmbotError, UnknownDomainError
 from glmbot.model.prefix import PrefixEncoder
+from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
+from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, chat_turns
@@ -77,8 +79,9 @@ class Engine:
     from CUDA graphs (static shapes: batch buckets of powers of two, the full slot length).
     pipeline: queue each decode step before the previous step's tokens reach the host (default: on
     CUDA), so the host's per-token work overlaps the device's forward.
-    plugins: a PluginManager whose before_generate may answer or edit a request and whose
-    after_generate may rewrite the answer (then the stream sends the answer at the end, whole).
+    plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
+    filters (register_answer_filters, collected once here) change the answer as it streams, and
+    whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, registry: Any = None, router: Any = None,
@@ -89,6 +92,7 @@ class Engine:
                  plugins: Any = None, pipeline: bool | None = None):
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
+        self.answer_filters = self._collect_answer_filters(plugins)
         config = model.config
         if model.transformer.prefix_encoder is not None:
             raise GenerationError(
@@ -130,6 +134,17 @@ class Engine:
         self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="glmbot-prepare")
         self._thread = threading.Thread(target=self._run, name="glmbot-engine", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _collect_answer_filters(plugins: Any) -> list[tuple[str, AnswerFilterFactory]]:
+        if plugins is None:
+            return []
+        buffering = plugins.implementers("after_generate")
+        if buffering:
+            log.warning("plugin(s) %s implement after_generate, which rewrites whole answers: every stream is held "
+                        "back and sent at the end; an answer filter (register_answer_filters) keeps it streaming",
+                        ", ".join(buffering))
+        return plugins.collect(ANSWER_FILTERS_HOOK)
 
     def _build_prefix_cache(self, registry: Any, prefixes: Mapping | None) -> PrefixCache | None:
         if registry is not None and prefixes is not None:
@@ -268,8 +283,12 @@ class Engine:
             raise GenerationError(f"adapter {adapter.ref} has a prefix of {prefix.shape[2]} positions but this engine "
                                   f"holds at most max_prefix_len={self.max_prefix_len}; start the engine with "
                                   f"max_prefix_len>={prefix.shape[2]}")
+        filters = None
+        if self.answer_filters:
+            filters = build_chain(self.answer_filters, req, on_error=lambda name, exc: self.plugins.hook_failed(
+                name, ANSWER_FILTERS_HOOK, exc))
         return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter,
-                   rewrite)
+                   rewrite, filters)
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
