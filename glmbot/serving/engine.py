@@ -28,14 +28,14 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from glmbot.config import Settings
-from glmbot.errors import GenerationError, GlmbotError, UnknownDomainError
+from glmbot.errors import AdapterIntegrityError, GenerationError, GlmbotError, UnknownDomainError
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
 from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, chat_turns
-from glmbot.serving.router import BASE, RouteDecision
+from glmbot.serving.router import BASE, DAMAGED_FALLBACK, RouteDecision
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
 
@@ -93,6 +93,7 @@ class Engine:
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
         self.answer_filters = self._collect_answer_filters(plugins)
+        self._warned_damaged: set = set()  # keys of damaged adapters already logged
         config = model.config
         if model.transformer.prefix_encoder is not None:
             raise GenerationError(
@@ -278,7 +279,8 @@ class Engine:
                 f"prompt of {n} tokens + max_new_tokens {max_new} = {n + max_new} tokens exceeds this engine's "
                 f"context limit max_len={self.max_len}; shorten the conversation (fewer history turns) or set "
                 f"max_new_tokens to at most {max(self.max_len - n, 0)}")
-        adapter, prefix = self._prefix(route)
+        route, adapter, prefix = self._prefix(route)
+        req.route = route
         if prefix is not None and prefix.shape[2] > self.max_prefix_len:
             raise GenerationError(f"adapter {adapter.ref} has a prefix of {prefix.shape[2]} positions but this engine "
                                   f"holds at most max_prefix_len={self.max_prefix_len}; start the engine with "
@@ -340,14 +342,41 @@ class Engine:
         domain, sep, _ = explicit.partition("@")
         return RouteDecision(domain, explicit if sep else None, "explicit", 1.0, detail=f"{explicit!r} requested")
 
-    def _prefix(self, route: RouteDecision) -> tuple[ResolvedAdapter | None, torch.Tensor | None]:
+    def _prefix(self, route: RouteDecision) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
+        """The route's adapter and prefix KV; a routed request whose adapter is damaged gets a new route."""
         if route.domain is None:
-            return None, None
+            return route, None, None
         if self.prefix_cache is None:
             raise UnknownDomainError(f"domain {route.domain!r} was requested but this engine has no adapters (it was "
                                      "started without a registry or prefixes); omit the domain for the plain model")
         adapter = self.prefix_cache.resolve(route.adapter or route.domain)
-        return adapter, self.prefix_cache.get(adapter)
+        try:
+            return route, adapter, self.prefix_cache.get(adapter)
+        except AdapterIntegrityError as exc:
+            if route.reason == "explicit":  # asked for by name: say so rather than answer with something else
+                raise
+            return self._fall_back(route, adapter, exc)
+
+    def _fall_back(self, route: RouteDecision, damaged: ResolvedAdapter, error: AdapterIntegrityError):
+        """A routed request whose adapter is damaged goes to the domain's most recently active intact version,
+        else to the plain base model; the route (reason damaged_fallback), the result and the log say so."""
+        chosen, prefix = None, None
+        for candidate in self.prefix_cache.fallbacks(damaged):
+            try:
+                chosen, prefix = candidate, self.prefix_cache.get(candidate)
+                break
+            except GlmbotError as exc:  # damaged too (now marked), or unusable: try the next
+                log.warning("fallback %s for damaged %s is unusable: %s", candidate.ref, damaged.ref, exc)
+                chosen = None
+        instead = chosen.ref if chosen is not None else "the plain base model"
+        detail = (f"{damaged.ref} is damaged ({error.damage or error}); answered by {instead}. Fix: glmbot adapters "
+                  f"verify {damaged.ref}, or glmbot adapters rollback {damaged.domain}")
+        if damaged.key not in self._warned_damaged:  # once per adapter: every routed request of it comes here
+            self._warned_damaged.add(damaged.key)
+            log.warning("routed requests for %s fall back: %s", damaged.domain, detail)
+        new = RouteDecision(chosen.domain if chosen else None, chosen.ref if chosen else None, DAMAGED_FALLBACK,
+                            route.score, route.scores, detail, damaged=damaged.ref)
+        return new, chosen, prefix
 
     # ---- the engine thread -----------------------------------------------------------------------
 
