@@ -11,8 +11,10 @@ routes each request, resolves its domain's active adapter through the registry (
 so a promotion is seen at once) and gets the adapter's prefix KV from the prefix cache, loading
 it on a miss there. Ready requests queue for the one engine thread, which admits them between
 decode steps (iteration-level batching) and runs the steps. So reading adapter files never
-stalls decoding. A request's problem (unknown domain, too long, damaged adapter, NaN logits)
-fails that request only; result() and stream() raise it.
+stalls decoding. A request's problem (unknown domain, too long, NaN logits, a damaged adapter it
+named) fails that request only; result() and stream() raise it. A routed request whose adapter
+is damaged is answered by an earlier intact version of the domain, or the plain base model, and
+its route says so (reason damaged_fallback).
 """
 
 from __future__ import annotations
