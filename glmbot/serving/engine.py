@@ -365,11 +365,12 @@ class Engine:
         chosen, prefix = None, None
         for candidate in self.prefix_cache.fallbacks(damaged):
             try:
-                chosen, prefix = candidate, self.prefix_cache.get(candidate)
-                break
+                prefix = self.prefix_cache.get(candidate)
             except GlmbotError as exc:  # damaged too (now marked), or unusable: try the next
                 log.warning("fallback %s for damaged %s is unusable: %s", candidate.ref, damaged.ref, exc)
-                chosen = None
+                continue
+            chosen = candidate
+            break
         instead = chosen.ref if chosen is not None else "the plain base model"
         detail = (f"{damaged.ref} is damaged ({error.damage or error}); answered by {instead}. Fix: glmbot adapters "
                   f"verify {damaged.ref}, or glmbot adapters rollback {damaged.domain}")
