@@ -122,7 +122,8 @@ def test_routed_requests_fall_back_to_the_previous_version_and_say_so_everywhere
         expected = engine.generate(greedy(adapter="hr@v1"))
         with caplog.at_level(logging.WARNING, logger="glmbot"):
             first = engine.generate(greedy())
-            again = engine.generate(greedy())  # the mark is read: the files are not read again
+            (tmp_path / "adapters" / "hr" / "v2" / WEIGHTS).unlink()
+            again = engine.generate(greedy())  # the mark is read, not the files: still "sha256 mismatch", not "missing"
         with pytest.raises(AdapterIntegrityError) as caught:
             engine.generate(greedy(domain="hr"))  # asked for by name: an error, never another adapter
         metadata = ChatGlmbot(engine=engine, do_sample=False, max_new_tokens=12).invoke(QUESTION).response_metadata
@@ -135,7 +136,8 @@ def test_routed_requests_fall_back_to_the_previous_version_and_say_so_everywhere
     for result in (first, again):
         assert (result.adapter, result.route.reason, result.route.damaged) == ("hr@v1", "damaged_fallback", "hr@v2")
         assert result.token_ids == expected.token_ids and result.text == expected.text
-        assert "hr@v2 is damaged" in result.route.detail and "glmbot adapters rollback hr" in result.route.detail
+        assert f"hr@v2 is damaged ({WEIGHTS}: sha256 mismatch)" in result.route.detail
+        assert "glmbot adapters rollback hr" in result.route.detail
     message = str(caught.value)
     assert "hr@v2" in message and "sha256" in message and "glmbot adapters rollback hr" in message
     assert "glmbot adapters verify hr@v2" in message and "\n" not in message
