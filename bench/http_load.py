@@ -2,17 +2,26 @@
 
     python bench/http_load.py                        # 200 clients, 4 domains, builtin:tiny on CPU
     python bench/http_load.py --clients 400 --max-tokens 64
+    python bench/http_load.py --sensitive-words 海盐,优选  # the sensitive-word filter on
+    python bench/http_load.py --url http://127.0.0.1:8000  # an already running `glmbot serve`
 
-A server process (the builtin tiny base, random prefixes for --domains domains, keyword routing,
-conversation log off) listens on 127.0.0.1; this process is the clients (asyncio + httpx), so
-they do not share the server's interpreter. Scenarios, each streaming with exactly --max-tokens
-tokens per answer (greedy, eos ignored):
+Without --url, a server process (the builtin tiny base, random prefixes for --domains domains,
+keyword routing, the default plugins of the repo's plugins/ folder, conversation log off) listens
+on 127.0.0.1; this process is the clients (asyncio + httpx), so they do not share the server's
+interpreter. With --url the clients load that server instead: they ask its /v1/models for the
+domains, name them (no 'auto' clients: its routing rules are unknown here) and send --api-key
+(or $GLMBOT_API_KEYS's first key). Scenarios, each streaming with exactly --max-tokens tokens per
+answer (greedy, eos ignored):
 
   one at a time   --baseline requests, each sent after the previous ended: what a client gets
                   from a server that does not batch. Ratios are vs this.
   concurrent      --clients clients at once, a quarter on model 'auto' (routed by keyword), the
                   rest naming their domain; every --disconnect-every-th client leaves after 3
                   chunks. /health is polled throughout.
+
+Reported per scenario: time to first token (the first content chunk at the client) p50/p99,
+latency, throughput, and how streamed the answers were: content chunks per answer and the time
+from the first to the last one (an answer held back and sent whole has 1 chunk and ~0 ms).
 
 Checks (the run fails otherwise): every staying client gets all its tokens, [DONE] and the route
 it should (the `glmbot` extension); every leaving client's request is cancelled in the engine and
@@ -24,18 +33,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
 console = Console(width=None if sys.stdout.isatty() else 160)
+REPO = Path(__file__).resolve().parents[1]  # its glmbot.toml defaults load the plugins of REPO/plugins
 DOMAINS = {"support": "退货", "ads": "文案", "hr": "工资", "legal": "合同", "it": "电脑", "sales": "报价"}
 QUESTIONS = ["请问多久能到账？", "帮我写一段介绍", "这个怎么处理比较好？", "能详细说说吗？"]
 
@@ -50,6 +62,7 @@ def serve(args: argparse.Namespace) -> None:
     from glmbot.config import settings_from_dict
     from glmbot.integrations.server import create_app, run_server
     from glmbot.model.prefix import PrefixEncoder
+    from glmbot.plugins import get_manager
     from glmbot.serving.engine import Engine
     from glmbot.serving.router import DomainProfile, Router
 
@@ -64,8 +77,14 @@ def serve(args: argparse.Namespace) -> None:
             encoder.embedding.weight.normal_(0, 1.0)
             prefixes[name] = encoder.kv()
     router = Router([DomainProfile(name, keywords=[DOMAINS[name]]) for name in names])
-    settings = settings_from_dict({"server": {"log_conversations": False}, "serving": {"max_batch_size": args.rows}})
-    with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256) as engine:
+    words = [w for w in args.sensitive_words.split(",") if w]
+    settings = settings_from_dict({"server": {"log_conversations": False}, "serving": {"max_batch_size": args.rows},
+                                   "plugins": {"sensitive_words": words}}, root=REPO)
+    plugins = get_manager(settings)  # the default [plugins] paths: the repo's plugins/
+    print(f"server: plugins {', '.join(sorted(plugins.records))}; answer filters "
+          f"{', '.join(n for n, _ in plugins.collect('register_answer_filters')) or 'none'}", flush=True)
+    with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256,
+                plugins=plugins) as engine:
         run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
 
 
@@ -74,7 +93,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     child = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--domains",
-                              str(args.domains), "--rows", str(args.rows)])
+                              str(args.domains), "--rows", str(args.rows),
+                              "--sensitive-words", args.sensitive_words])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -93,26 +113,52 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
 class Client:
     model: str
     text: str
-    expected: str  # the domain the route must name
+    expected: str | None  # the domain the route must name (None: the plain base)
     leaves: bool = False
     tokens: int = 0
     chunks: int = 0
     done: bool = False
     route: dict | None = None
     first_token_s: float | None = None
+    last_chunk_s: float | None = None
     total_s: float | None = None
     error: str | None = None
 
 
-def plan_clients(n: int, domains: int, disconnect_every: int) -> list[Client]:
-    names = list(DOMAINS)[:domains]
+@dataclass
+class Target:
+    """Where the clients go: the URL, its Bearer key, the models they name, and whether 'auto' clients may
+    be checked (only on this benchmark's own server, whose keywords are DOMAINS)."""
+
+    url: str
+    names: list[str]
+    keywords: bool
+    api_key: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+def remote_target(args: argparse.Namespace) -> Target:
+    """An already running server: its domain models (or 'base' when it has none), up to --domains of them."""
+    url = args.url.rstrip("/")
+    key = args.api_key or next((k.strip() for k in os.environ.get("GLMBOT_API_KEYS", "").split(",") if k.strip()),
+                               None)
+    target = Target(url, [], keywords=False, api_key=key)
+    cards = httpx.get(url + "/v1/models", headers=target.headers, timeout=30).raise_for_status().json()["data"]
+    target.names = [c["id"] for c in cards if c.get("glmbot", {}).get("kind") == "domain"][:args.domains] or ["base"]
+    return target
+
+
+def plan_clients(n: int, target: Target, disconnect_every: int) -> list[Client]:
     clients = []
     for i in range(n):
-        domain, question = names[i % domains], QUESTIONS[i % len(QUESTIONS)]
-        if i % 4 == 3:  # routed: the keyword must send it to its domain
+        domain, question = target.names[i % len(target.names)], QUESTIONS[i % len(QUESTIONS)]
+        if target.keywords and i % 4 == 3:  # routed: the keyword must send it to its domain
             clients.append(Client("auto", f"{DOMAINS[domain]}：{question}", domain))
         else:
-            clients.append(Client(domain, question, domain))
+            clients.append(Client(domain, question, None if domain == "base" else domain))
         clients[-1].leaves = disconnect_every > 0 and i % disconnect_every == disconnect_every - 1
     return clients
 
@@ -139,7 +185,8 @@ async def run_client(http: httpx.AsyncClient, url: str, client: Client, max_toke
             client.tokens = (event.get("usage") or {}).get("completion_tokens", client.tokens)
             if any(c["delta"].get("content") for c in event["choices"]):
                 client.chunks += 1
-                client.first_token_s = client.first_token_s or time.perf_counter() - started
+                client.last_chunk_s = time.perf_counter() - started
+                client.first_token_s = client.first_token_s or client.last_chunk_s
                 if client.leaves and client.chunks >= 3:
                     break  # leaving the block closes the connection mid-stream
     client.total_s = time.perf_counter() - started
@@ -164,11 +211,12 @@ async def poll_health(http: httpx.AsyncClient, url: str, stop: asyncio.Event, lo
         await asyncio.sleep(0.2)
 
 
-async def run_load(url: str, clients: list[Client], max_tokens: int, timeout: float,
+async def run_load(target: Target, clients: list[Client], max_tokens: int, timeout: float,
                    concurrent: bool) -> tuple[float, HealthLog]:
+    url = target.url
     limits = httpx.Limits(max_connections=len(clients) + 4, max_keepalive_connections=len(clients) + 4)
     health, stop = HealthLog(), asyncio.Event()
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=target.headers) as http:
         poller = asyncio.create_task(poll_health(http, url, stop, health))
         started = time.perf_counter()
         if concurrent:
@@ -191,6 +239,8 @@ def check(clients: list[Client], max_tokens: int, health: HealthLog) -> list[str
     problems += [f"{c.model}: {c.tokens} tokens, not {max_tokens}" for c in stayed if c.tokens != max_tokens]
     problems += [f"{c.model} {c.text!r}: routed to {c.route and c.route['domain']}, not {c.expected}"
                  for c in stayed if not c.route or c.route["domain"] != c.expected]
+    problems += [f"{c.model} {c.text!r}: {c.tokens} tokens came in {c.chunks} chunk(s): the stream was held back"
+                 for c in stayed if c.chunks == 1 and c.tokens > 8]
     problems += [f"/health failed {len(health.failures)} time(s): {health.failures[:3]}"] if health.failures else []
     return problems
 
@@ -207,11 +257,11 @@ def wait_rows_freed(url: str, cancelled_before: int, leavers: int, timeout: floa
         time.sleep(0.1)
 
 
-def engine_counters(url: str) -> dict[str, float]:
+def engine_counters(target: Target) -> dict[str, float]:
     """The engine's decode counters from /metrics."""
     names = ("glmbot_engine_decode_steps_total", "glmbot_engine_decode_tokens_total",
              "glmbot_engine_decode_seconds_total")
-    lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+    lines = httpx.get(target.url + "/metrics", headers=target.headers, timeout=10).text.splitlines()
     return {name: float(line.split()[1]) for line in lines for name in names if line.startswith(name + " ")}
 
 
@@ -224,12 +274,70 @@ def row(table: Table, name: str, clients: list[Client], seconds: float, base_rps
     tokens = sum(c.tokens for c in stayed)
     rps = len(stayed) / seconds
     first = [c.first_token_s for c in stayed if c.first_token_s is not None]
+    spread = [c.last_chunk_s - c.first_token_s for c in stayed if c.first_token_s is not None]
     total = [c.total_s for c in stayed]
     table.add_row(name, str(len(clients)), str(len(stayed)), str(tokens), f"{seconds:.2f}", f"{rps:.1f}",
                   f"{tokens / seconds:.0f}", f"{percentile(first, 50) * 1e3:.0f}", f"{percentile(first, 99) * 1e3:.0f}",
                   f"{percentile(total, 50):.2f}", f"{percentile(total, 99):.2f}",
+                  f"{statistics.mean(c.chunks for c in stayed):.1f}", f"{percentile(spread, 50) * 1e3:.0f}",
                   "1.00x" if base_rps is None else f"{rps / base_rps:.2f}x")
     return rps
+
+
+@dataclass
+class Measured:
+    baseline: list[Client]
+    base_s: float
+    base_health: HealthLog
+    clients: list[Client]
+    load_s: float
+    health: HealthLog
+    leavers: int
+    cancelled: int
+    freed_s: float
+    engine: dict[str, float]
+
+
+def measure(args: argparse.Namespace, target: Target) -> Measured:
+    """Warm-up, the one-at-a-time baseline, then the concurrent load, against a running server."""
+    baseline = plan_clients(args.baseline, target, 0)
+    asyncio.run(run_load(target, plan_clients(4, target, 0), args.max_tokens, args.timeout, True))  # warm-up
+    base_s, base_health = asyncio.run(run_load(target, baseline, args.max_tokens, args.timeout, concurrent=False))
+    clients = plan_clients(args.clients, target, args.disconnect_every)
+    cancelled_before = httpx.get(target.url + "/health").json()["finished"].get("cancelled", 0)
+    engine_before = engine_counters(target)
+    load_s, health = asyncio.run(run_load(target, clients, args.max_tokens, args.timeout, concurrent=True))
+    leavers = sum(c.leaves and not c.error for c in clients)
+    cancelled, freed_s = wait_rows_freed(target.url, cancelled_before, leavers)
+    engine = {k: v - engine_before[k] for k, v in engine_counters(target).items()}
+    return Measured(baseline, base_s, base_health, clients, load_s, health, leavers, cancelled, freed_s, engine)
+
+
+def report(args: argparse.Namespace, target: Target, m: Measured) -> list[str]:
+    """Print the table and the engine's figures; returns the failed checks."""
+    where = f"{target.url}, models {', '.join(target.names)}" if args.url else \
+        f"builtin:tiny on CPU, {args.domains} domains, {args.rows} rows, default plugins" + \
+        (f", sensitive words {args.sensitive_words}" if args.sensitive_words else "")
+    table = Table("scenario", "clients", "completed", "tokens", "s", "req/s", "tokens/s", "TTFT p50 ms",
+                  "TTFT p99 ms", "latency p50 s", "latency p99 s", "chunks/answer", "1st→last chunk p50 ms",
+                  "vs one at a time", title=f"glmbot HTTP API, {where}, {args.max_tokens} tokens per answer")
+    base_rps = row(table, "one at a time", m.baseline, m.base_s, None)
+    row(table, "concurrent", m.clients, m.load_s, base_rps)
+    console.print(table)
+    console.print(f"left mid-stream: {m.leavers} clients; cancelled in the engine: {m.cancelled}; all rows free "
+                  f"{m.freed_s:.2f} s after the last client ended")
+    steps = max(m.engine["glmbot_engine_decode_steps_total"], 1)
+    console.print(f"engine during the load: {m.engine['glmbot_engine_decode_steps_total']:.0f} decode steps, "
+                  f"{m.engine['glmbot_engine_decode_tokens_total'] / steps:.1f} rows per step on average, "
+                  f"{1e3 * m.engine['glmbot_engine_decode_seconds_total'] / steps:.1f} ms per step, "
+                  f"{m.engine['glmbot_engine_decode_seconds_total'] / m.load_s:.0%} of the wall time in decode steps")
+    lat = m.health.latencies
+    console.print(f"/health during the load: {len(lat)} polls, all 200: {not m.health.failures}, "
+                  f"p50 {percentile(lat, 50) * 1e3:.0f} ms, max {max(lat) * 1e3:.0f} ms")
+    problems = check(m.clients, args.max_tokens, m.health) + check(m.baseline, args.max_tokens, m.base_health)
+    if m.cancelled != m.leavers:
+        problems.append(f"{m.leavers} clients left mid-stream but the engine cancelled {m.cancelled} requests")
+    return problems
 
 
 def main() -> None:
@@ -237,46 +345,24 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
-    server, url = start_server(args)
+    server = None
+    if args.url:
+        target = remote_target(args)
+    else:
+        server, url = start_server(args)
+        target = Target(url, list(DOMAINS)[:args.domains], keywords=True)
     try:
-        baseline = plan_clients(args.baseline, args.domains, 0)
-        asyncio.run(run_load(url, plan_clients(4, args.domains, 0), args.max_tokens, args.timeout, True))  # warm-up
-        base_s, base_health = asyncio.run(run_load(url, baseline, args.max_tokens, args.timeout, concurrent=False))
-        clients = plan_clients(args.clients, args.domains, args.disconnect_every)
-        cancelled_before = httpx.get(url + "/health").json()["finished"].get("cancelled", 0)
-        engine_before = engine_counters(url)
-        load_s, health = asyncio.run(run_load(url, clients, args.max_tokens, args.timeout, concurrent=True))
-        leavers = sum(c.leaves and not c.error for c in clients)
-        cancelled, freed_s = wait_rows_freed(url, cancelled_before, leavers)
-        engine = {k: v - engine_before[k] for k, v in engine_counters(url).items()}
+        measured = measure(args, target)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    table = Table("scenario", "clients", "completed", "tokens", "s", "req/s", "tokens/s", "TTFT p50 ms",
-                  "TTFT p99 ms", "latency p50 s", "latency p99 s", "vs one at a time",
-                  title=f"glmbot HTTP API, builtin:tiny on CPU, {args.domains} domains, {args.max_tokens} tokens "
-                        f"per answer, {args.rows} rows")
-    base_rps = row(table, "one at a time", baseline, base_s, None)
-    row(table, "concurrent", clients, load_s, base_rps)
-    console.print(table)
-    console.print(f"left mid-stream: {leavers} clients; cancelled in the engine: {cancelled}; all rows free "
-                  f"{freed_s:.2f} s after the last client ended")
-    steps = max(engine["glmbot_engine_decode_steps_total"], 1)
-    console.print(f"engine during the load: {engine['glmbot_engine_decode_steps_total']:.0f} decode steps, "
-                  f"{engine['glmbot_engine_decode_tokens_total'] / steps:.1f} rows per step on average, "
-                  f"{1e3 * engine['glmbot_engine_decode_seconds_total'] / steps:.1f} ms per step, "
-                  f"{engine['glmbot_engine_decode_seconds_total'] / load_s:.0%} of the wall time in decode steps")
-    lat = health.latencies
-    console.print(f"/health during the load: {len(lat)} polls, all 200: {not health.failures}, "
-                  f"p50 {percentile(lat, 50) * 1e3:.0f} ms, max {max(lat) * 1e3:.0f} ms")
-    problems = check(clients, args.max_tokens, health) + check(baseline, args.max_tokens, base_health)
-    if cancelled != leavers:
-        problems.append(f"{leavers} clients left mid-stream but the engine cancelled {cancelled} requests")
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    problems = report(args, target, measured)
     for problem in problems[:20]:
         console.print(f"[red]FAIL[/] {problem}")
     if problems:
         raise SystemExit(f"{len(problems)} check(s) failed")
-    console.print("[green]all checks passed[/]: routes, token counts, [DONE], freed rows, /health")
+    console.print("[green]all checks passed[/]: routes, token counts, streamed chunks, [DONE], freed rows, /health")
 
 
 def parse_args() -> argparse.Namespace:
@@ -288,6 +374,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline", type=int, default=20, help="requests of the one-at-a-time baseline")
     parser.add_argument("--rows", type=int, default=64, help="engine batch rows ([serving] max_batch_size)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds the whole load may take")
+    parser.add_argument("--sensitive-words", default="", help="comma-separated words for the sensitive-word "
+                        "plugin of the server this starts (default none: the plugin registers no filter)")
+    parser.add_argument("--url", help="load this running glmbot server (e.g. http://127.0.0.1:8000) instead of "
+                                      "starting one")
+    parser.add_argument("--api-key", help="Bearer key for --url (default: the first of $GLMBOT_API_KEYS)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()

@@ -1,7 +1,8 @@
 """The Rich terminal chat: streaming answers, the route of each turn, slash commands.
 
 Talks to the engine only. Interactive use shows a header, streams answers and keeps history;
-piped use (`echo 问题 | glmbot chat --domain support`) prints only the answers, one per line.
+piped use (`echo 问题 | glmbot chat --domain support`) prints only the answers, one per line, and
+stops at the first question it cannot answer, raising its error (the CLI: one line, exit code 1).
 Ctrl-C while an answer streams stops that answer, not the program.
 """
 
@@ -119,19 +120,21 @@ class ChatClient:
         handle = self.s.engine.submit(request)
         if self.interactive:
             self.console.print("[bold green]glmbot[/] ", end="")
+        streamed = self.interactive  # the line holds something to end
         try:
-            for delta in handle.stream():
-                self.console.print(delta, end="", markup=False, highlight=False, soft_wrap=True)
-        except KeyboardInterrupt:
-            handle.cancel()
-            self.console.print(" [dim][stopped][/]")
-        except GlmbotError as exc:
-            self.console.print()
-            self.err.print(f"[bold red]error:[/] {exc}", highlight=False)
-            return
-        try:
+            try:
+                for delta in handle.stream():
+                    self.console.print(delta, end="", markup=False, highlight=False, soft_wrap=True)
+                    streamed = True
+            except KeyboardInterrupt:
+                handle.cancel()
+                self.console.print(" [dim][stopped][/]")
             result = handle.result()
         except GlmbotError as exc:
+            if streamed:
+                self.console.print()
+            if not self.interactive:  # piped: a failed answer is the command's failure (exit code 1)
+                raise
             self.err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return
         self.console.print()

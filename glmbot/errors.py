@@ -50,7 +50,14 @@ class UnknownAdapterError(RegistryError, KeyError):
 
 
 class AdapterIntegrityError(RegistryError):
-    """An adapter's stored files do not match the hashes recorded at registration."""
+    """An adapter's stored files do not match the hashes recorded at registration, or cannot be read.
+
+    `ref` names the adapter ('hr@v2'), `damage` says in a few words what is wrong with which file.
+    """
+
+    def __init__(self, message: str, ref: str | None = None, damage: str | None = None):
+        super().__init__(message)
+        self.ref, self.damage = ref, damage
 
 
 class DatabaseError(RegistryError):

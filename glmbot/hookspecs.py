@@ -7,6 +7,11 @@
         register(my_router)
 
 Every `register_x(register)` hook hands the plugin a callback; plugins never reach into internals.
+
+Answers and streaming: `register_answer_filters` filters see the answer as it streams (they hold
+back only what a later piece could still change), so streams stay streamed. `after_generate`
+rewrites the whole answer: while any plugin implements it, every stream is held back and sent
+whole at the end. Prefer answer filters; keep after_generate for rewrites that need the whole text.
 """
 
 from __future__ import annotations
@@ -38,8 +43,13 @@ def before_generate(request):
 
 
 @hookspec
+def register_answer_filters(register):
+    """Register streaming answer filters: register(factory) with factory(request) -> AnswerFilter | None (glmbot.serving.answer_filters)."""
+
+
+@hookspec
 def after_generate(request, response):
-    """Called with the finished answer text; return a replacement string to rewrite it, or None to keep it."""
+    """Called with the finished answer text; return a replacement string to rewrite it, or None to keep it (buffers streams)."""
 
 
 @hookspec

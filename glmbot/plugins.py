@@ -110,14 +110,28 @@ class PluginManager:
             try:
                 result = impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:  # noqa: BLE001 - a plugin must not take glmbot down
-                self._hook_failed(impl.plugin_name, hook, exc)
+                self.hook_failed(impl.plugin_name, hook, exc)
                 continue
             if result is not None:
                 results.append(result)
         return results
 
+    def collect(self, hook: str) -> list[tuple[str, Any]]:
+        """What plugins register through a `register_x(register)` hook: (plugin name, thing), in load order.
 
-    def _hook_failed(self, name: str, hook: str, exc: Exception) -> None:
+        Each plugin gets its own register callback, so a later error about a thing can name its plugin.
+        """
+        found: list[tuple[str, Any]] = []
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():  # pluggy lists them first loaded first
+            register = lambda thing, name=impl.plugin_name: found.append((name, thing))  # noqa: E731
+            try:
+                impl.function(**{k: register for k in impl.argnames})
+            except Exception as exc:  # noqa: BLE001
+                self.hook_failed(impl.plugin_name, hook, exc)
+        return found
+
+    def hook_failed(self, name: str, hook: str, exc: Exception) -> None:
+        """Log and record that plugin `name` failed in `hook` (`glmbot plugins list` shows it)."""
         log.warning("plugin %s failed in %s: %s: %s", name, hook, type(exc).__name__, exc)
         with self._lock:
             record = self.records.get(name)
@@ -126,6 +140,10 @@ class PluginManager:
 
     def has_impls(self, hook: str) -> bool:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
+    def implementers(self, hook: str) -> list[str]:
+        """Names of the plugins that implement `hook`, in load order."""
+        return [impl.plugin_name for impl in getattr(self.pm.hook, hook).get_hookimpls()]
 
     def chain(self, hook: str, value_arg: str, **kwargs) -> Any:
         """Pass `kwargs[value_arg]` through every implementation in turn; a str result replaces it.
@@ -136,7 +154,7 @@ class PluginManager:
             try:
                 result = impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:  # noqa: BLE001
-                self._hook_failed(impl.plugin_name, hook, exc)
+                self.hook_failed(impl.plugin_name, hook, exc)
                 continue
             if isinstance(result, str):
                 kwargs[value_arg] = result

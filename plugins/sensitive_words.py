@@ -1,23 +1,20 @@
-"""Masks sensitive words in every answer (after_generate).
+"""Masks sensitive words in every answer, as it streams (register_answer_filters).
 
 The words come from glmbot.toml: `[plugins] sensitive_words = ["词1", "词2"]`; each occurrence
-becomes as many '*' as it has characters. With no words configured the plugin does nothing.
+becomes as many '*' as it has characters, also when a word arrives split over several pieces of
+a stream. Only the last (longest word - 1) characters are held back while an answer streams.
+With no words configured the plugin registers no filter: answers stream exactly as without it.
 """
 
 from __future__ import annotations
 
 from glmbot.hookspecs import hookimpl
 from glmbot.plugins import current_settings
-
-
-def mask(text: str, words: list[str]) -> str:
-    # Longest first, so a word that contains a shorter one is masked whole.
-    for word in sorted({w for w in words if w}, key=len, reverse=True):
-        text = text.replace(word, "*" * len(word))
-    return text
+from glmbot.serving.answer_filters import MaskWords
 
 
 @hookimpl
-def after_generate(request, response):
-    words = current_settings().plugins.sensitive_words
-    return mask(response, words) if words else None
+def register_answer_filters(register):
+    words = [w for w in current_settings().plugins.sensitive_words if w]
+    if words:
+        register(lambda request: MaskWords(words))

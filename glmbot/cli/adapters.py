@@ -65,8 +65,9 @@ def format_metrics(metrics: dict[str, float], limit: int = 3) -> str:
     return ", ".join(shown) + (f" (+{more})" if more > 0 else "") if shown else "-"
 
 
-def status_text(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, '')}]{status}[/]"
+def status_text(status: str, damage: str | None = None) -> str:
+    """'active', or 'active DAMAGED' for a version whose files failed their check."""
+    return f"[{STATUS_STYLE.get(status, '')}]{status}[/]" + (" [bold red]DAMAGED[/]" if damage else "")
 
 
 def iso(when: datetime | None) -> str | None:
@@ -117,9 +118,14 @@ def list_adapters(
                             ("metrics", "left"), ("size", "right"), ("age", "right"), ("id", "right")):
         table.add_column(column, justify=justify)
     for a in adapters:
-        table.add_row(a.domain, f"v{a.version}", status_text(a.status), str(a.pre_seq_len), format_metrics(a.metrics),
-                      human_size(a.size_bytes), age(a.created_at), str(a.id))
+        table.add_row(a.domain, f"v{a.version}", status_text(a.status, a.damage), str(a.pre_seq_len),
+                      format_metrics(a.metrics), human_size(a.size_bytes), age(a.created_at), str(a.id))
     common.console.print(table)
+    for a in (a for a in adapters if a.damage):
+        rollback = f"glmbot adapters rollback {a.domain}, or " if a.is_active else ""
+        common.console.print(f"[bold red]DAMAGED[/] {a.ref}: {a.damage} (found {age(a.damaged_at)} ago); routed "
+                             f"requests skip it. Fix: {rollback}restore its files and run glmbot adapters verify "
+                             f"{a.ref}", highlight=False)
 
 
 @app.command("show")
@@ -145,7 +151,8 @@ def show(ref: Ref, as_json: JsonOpt = False) -> None:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    rows = [("adapter", f"{a.ref} (id {a.id})"), ("status", status_text(a.status)), ("path", str(a.path)),
+    rows = [("adapter", f"{a.ref} (id {a.id})"), ("status", status_text(a.status, a.damage)), ("path", str(a.path)),
+            ("damage", f"{a.damage} (found {age(a.damaged_at)} ago)" if a.damage else "-"),
             ("base model", a.base_model), ("base fingerprint", a.base_fingerprint),
             ("prefix length P", str(a.pre_seq_len)), ("prefix projection", "yes" if a.prefix_projection else "no"),
             ("dtype", a.dtype), ("size", human_size(a.size_bytes)), ("source", a.source),
@@ -288,6 +295,8 @@ def verify(ref: Annotated[str | None, typer.Argument(help="one adapter (default:
            ) -> None:
     """Re-hash stored files against the registry; exit code 1 when any differs.
 
+    Damaged versions are marked in the registry; intact ones lose an earlier mark.
+
     Examples:
 
     \b
@@ -301,8 +310,9 @@ def verify(ref: Annotated[str | None, typer.Argument(help="one adapter (default:
             common.err_console.print(f"[red]MISMATCH[/] {r.adapter.ref}: {problem.describe()}")
     summary = f"{len(results) - len(bad)} of {len(results)} adapter(s) intact"
     if bad:
-        common.err_console.print(f"{summary}; fix: restore the files from an export, or remove the damaged "
-                                 "version (glmbot adapters rm REF --force) and register it again")
+        common.err_console.print(f"{summary}; fix: restore the files from an export, roll an active damaged version "
+                                 "back (glmbot adapters rollback DOMAIN), or remove the damaged version (glmbot "
+                                 "adapters rm REF --force) and register it again")
         raise typer.Exit(1)
     common.console.print(f"[green]OK[/] {summary}.")
 

@@ -61,6 +61,7 @@ def result_metadata(result: GenerationResult) -> dict[str, Any]:
         "route_reason": route.reason if route else None,
         "route_score": route.score if route else None,
         "route_detail": route.detail if route else None,
+        "damaged_adapter": route.damaged if route else None,  # route_reason 'damaged_fallback': what it replaced
     }
 
 
@@ -345,7 +346,7 @@ def http_metadata(extension: dict[str, Any]) -> dict[str, Any]:
     return {"model_name": extension["adapter"] or "base", "finish_reason": extension["finish_reason"],
             "adapter": extension["adapter"], "adapter_version": extension["adapter_version"],
             "domain": extension["domain"], "route_reason": extension["reason"], "route_score": extension["score"],
-            "route_detail": extension["detail"]}
+            "route_detail": extension["detail"], "damaged_adapter": extension.get("damaged_adapter")}
 
 
 def http_usage(usage: dict[str, int]) -> dict[str, int]:

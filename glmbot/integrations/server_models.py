@@ -214,6 +214,7 @@ def glmbot_extension(result: GenerationResult, conversation: str) -> dict[str, A
         "domain": route.domain if route else None, "adapter": result.adapter,
         "adapter_version": result.adapter_version, "reason": route.reason if route else None,
         "score": route.score if route else None, "detail": route.detail if route else None,
+        "damaged_adapter": route.damaged if route else None,
         "finish_reason": result.finish_reason, "conversation_id": conversation,
         "timings": {"queued_s": round(t.queued_s, 6), "total_s": round(t.total_s, 6),
                     "first_token_s": None if t.first_token_s is None else round(t.first_token_s, 6)},

@@ -32,6 +32,7 @@ from glmbot.registry.card import (
     model_card,
 )
 from glmbot.registry.conversations import ConversationsMixin
+from glmbot.registry.damage import DamageMixin, integrity_error
 from glmbot.registry.database import Database
 from glmbot.registry.info import (
     ActivationInfo,
@@ -63,7 +64,7 @@ if TYPE_CHECKING:  # only for annotations: importing torch and transformers cost
     from glmbot.registry.registration import Registration
 
 
-class Registry(RecordsMixin, ConversationsMixin):
+class Registry(RecordsMixin, ConversationsMixin, DamageMixin):
     """Adapters of every domain: files under `adapters_dir`, rows in the database at `db_url`."""
 
     def __init__(self, db_url: str, adapters_dir: str | Path, *, busy_timeout_s: float = 30.0):
@@ -182,7 +183,11 @@ class Registry(RecordsMixin, ConversationsMixin):
                     for row, name in rows]
 
     def load_prefix_state(self, ref: str | int) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
-        """The adapter's prefix tensors (official keys, fp32), after checking every file's sha256."""
+        """The adapter's prefix tensors (official keys, fp32), after checking every file's sha256.
+
+        Files that fail the check (or cannot be read) raise AdapterIntegrityError and mark the
+        version damaged in the registry (`adapters list` shows it; `verify` clears it once intact).
+        """
         info = self.resolve(ref)
         weights, problems = b"", []
         for name, expected in sorted(info.files.items()):
@@ -191,16 +196,25 @@ class Registry(RecordsMixin, ConversationsMixin):
                 problems.append(problem)
             if name == store.WEIGHTS:
                 weights = data
-        if problems:
-            raise integrity_error(info, problems)
-        from safetensors.torch import load as load_safetensors
+        if not problems:
+            from safetensors.torch import load as load_safetensors
 
-        return load_safetensors(weights), info
+            try:
+                return load_safetensors(weights), info
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+                problems.append(FileProblem(store.WEIGHTS, info.files.get(store.WEIGHTS, ""), None,
+                                            f"not a safetensors file: {exc}"))
+        self.record_check(info, problems)
+        raise integrity_error(info, problems)
 
     def verify(self, ref: str | int | None = None) -> list[VerifyResult]:
-        """Re-hash the files of one adapter (or all) against the recorded sha256."""
+        """Re-hash the files of one adapter (or all) against the recorded sha256; marks the damaged
+        versions in the registry and clears the mark of those found intact again."""
         infos = [self.resolve(ref)] if ref is not None else self.list_adapters()
-        return [VerifyResult(info, tuple(store.check_files(info.path, info.files))) for info in infos]
+        results = [VerifyResult(info, tuple(store.check_files(info.path, info.files))) for info in infos]
+        for result in results:
+            self.record_check(result.adapter, list(result.problems))
+        return results
 
     def history(self, domain: str) -> list[ActivationInfo]:
         """The domain's activation log, oldest first."""
@@ -215,6 +229,7 @@ class Registry(RecordsMixin, ConversationsMixin):
         """Make REF its domain's active adapter; the one it replaces is archived (one transaction)."""
         info = self.resolve(ref)
         problems = store.check_files(info.path, info.files)
+        self.record_check(info, problems)
         if problems:  # never start serving a damaged adapter
             raise integrity_error(info, problems)
         with self._db.write() as s:
@@ -226,7 +241,8 @@ class Registry(RecordsMixin, ConversationsMixin):
             return self._info(s, row, dom.name)
 
     def rollback(self, domain: str) -> AdapterInfo:
-        """Re-activate the version that was active before the current one (one transaction)."""
+        """Re-activate the version that was active before the current one (one transaction); a target
+        whose files fail their check is refused (and marked damaged), as promote refuses one."""
         with self._db.write() as s:
             dom = self._domain_row(s, check_domain_name(domain), lock=True)
             current = self._active_row(s, dom.id)
@@ -242,10 +258,17 @@ class Registry(RecordsMixin, ConversationsMixin):
             if target is None:
                 raise RegistryError(f"the adapter active before {domain}@v{current.version} (id {target_id}) was "
                                     f"removed; promote a version explicitly: glmbot adapters promote {domain}@vN")
-            before_target = self._last_activation(s, dom.id, target.id, before=made_current.id)
-            previous = before_target.previous_adapter_id if before_target else None
-            self._activate(s, dom, target, current, ROLLBACK, previous)
-            return self._info(s, target, dom.name)
+            info = self._info(s, target, dom.name)
+            problems = store.check_files(info.path, info.files)
+            if not problems:
+                before_target = self._last_activation(s, dom.id, target.id, before=made_current.id)
+                previous = before_target.previous_adapter_id if before_target else None
+                self._activate(s, dom, target, current, ROLLBACK, previous)
+                return self._info(s, target, dom.name)
+        self.record_check(info, problems)  # outside the transaction, which changed nothing
+        error = integrity_error(info, problems)
+        raise AdapterIntegrityError(f"cannot roll back {domain!r} to {info.ref}: {error}", ref=info.ref,
+                                    damage=error.damage)
 
     def archive(self, ref: str | int) -> AdapterInfo:
         """Retire a version (kept on disk); archiving the active one leaves its domain without one."""
@@ -426,12 +449,3 @@ class Registry(RecordsMixin, ConversationsMixin):
         active = s.exec(select(AdapterRow.version).where(AdapterRow.domain_id == row.id,
                                                          AdapterRow.status == ACTIVE)).first()
         return DomainInfo.from_row(row, active, count)
-
-
-def integrity_error(info: AdapterInfo, problems: list[FileProblem]) -> AdapterIntegrityError:
-    """One error naming every damaged file, its expected and actual sha256, and the fix."""
-    what = "; ".join(p.describe() for p in problems)
-    return AdapterIntegrityError(
-        f"{info.ref} (id {info.id}) in {info.path} failed its sha256 check: {what}. The files changed after "
-        f"registration: restore them from an export, or remove this version (glmbot adapters rm {info.ref} "
-        "--force) and register it again")

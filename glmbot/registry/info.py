@@ -61,6 +61,8 @@ class AdapterInfo:
     created_at: datetime | None = None
     activated_at: datetime | None = None
     glmbot_version: str = ""
+    damage: str | None = None  # what a check found wrong with its files; None = intact as far as known
+    damaged_at: datetime | None = None
 
     @property
     def ref(self) -> str:
@@ -85,7 +87,7 @@ class AdapterInfo:
             provenance=dict(row.provenance or {}), hyperparams=dict(row.hyperparams or {}),
             dataset_sha256=row.dataset_sha256, sample_count=row.sample_count, metrics=metrics,
             created_at=aware(row.created_at), activated_at=aware(row.activated_at),
-            glmbot_version=row.glmbot_version)
+            glmbot_version=row.glmbot_version, damage=row.damage, damaged_at=aware(row.damaged_at))
 
 
 @dataclass(frozen=True)
@@ -159,16 +161,25 @@ class PushInfo:
 
 @dataclass(frozen=True)
 class FileProblem:
-    """A stored file whose sha256 differs from the recorded one (`actual` None: the file is missing)."""
+    """A stored file whose sha256 differs from the recorded one (`actual` None: the file is missing,
+    or unreadable: then `error` says why)."""
 
     name: str
     expected: str
     actual: str | None
+    error: str | None = None
 
     def describe(self) -> str:
+        if self.error is not None:
+            return f"{self.name} is unreadable ({self.error})"
         if self.actual is None:
             return f"{self.name} is missing (expected sha256 {self.expected})"
         return f"{self.name} has sha256 {self.actual}, expected {self.expected}"
+
+    def summary(self) -> str:
+        """A few words for the registry's damage mark and route details."""
+        what = "unreadable" if self.error is not None else "missing" if self.actual is None else "sha256 mismatch"
+        return f"{self.name}: {what}"
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,20 @@ def m003_conversation_log(conn: Connection) -> None:
     md.create_all(conn)
 
 
+@migration(4, "mark damaged adapters")
+def m004_adapter_damage(conn: Connection) -> None:
+    # Set when a version's files fail their sha256 check or cannot be read (a load, promote or verify
+    # found it), cleared when verify finds them intact again. Routed requests skip a marked version.
+    _add_column(conn, "adapters", Column("damage", String))
+    _add_column(conn, "adapters", _when("damaged_at", nullable=True))
+
+
+def _add_column(conn: Connection, table: str, column: Column) -> None:
+    """ALTER TABLE ... ADD COLUMN for a nullable column, its type spelled in the connection's dialect."""
+    ddl = column.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column.name} {ddl}"))
+
+
 def _lock(conn: Connection) -> None:
     """Serialise migrations across processes (SQLite: the caller's BEGIN IMMEDIATE already does)."""
     if conn.dialect.name == "postgresql":

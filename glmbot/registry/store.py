@@ -138,7 +138,11 @@ def check_files(folder: Path, files: dict[str, str]) -> list[FileProblem]:
     problems = []
     for name, expected in sorted(files.items()):
         path = folder / name
-        actual = sha256_file(path) if path.is_file() else None
+        try:
+            actual = sha256_file(path) if path.is_file() else None
+        except OSError as exc:  # permissions, I/O errors
+            problems.append(FileProblem(name, expected, None, f"{type(exc).__name__}: {exc.strerror or exc}"))
+            continue
         if actual != expected:
             problems.append(FileProblem(name, expected, actual))
     return problems
@@ -149,7 +153,10 @@ def read_checked(folder: Path, name: str, expected: str) -> tuple[bytes, FilePro
     path = folder / name
     if not path.is_file():
         return b"", FileProblem(name, expected, None)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return b"", FileProblem(name, expected, None, f"{type(exc).__name__}: {exc.strerror or exc}")
     actual = sha256_bytes(data)
     return data, None if actual == expected else FileProblem(name, expected, actual)
 

@@ -76,6 +76,10 @@ class AdapterRow(SQLModel, table=True):
     sample_count: int | None = None
     metrics: dict = Field(default_factory=dict, sa_type=JSON)
     glmbot_version: str = Field(default="", max_length=32)
+    # What is wrong with the stored files ("adapter_model.safetensors: sha256 mismatch"), set when a
+    # load, promote or verify finds it, cleared when verify finds the files intact; None = intact.
+    damage: str | None = None
+    damaged_at: datetime | None = Field(default=None, sa_type=_when())
 
 
 class ActivationRow(SQLModel, table=True):

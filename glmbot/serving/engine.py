@@ -11,8 +11,10 @@ routes each request, resolves its domain's active adapter through the registry (
 so a promotion is seen at once) and gets the adapter's prefix KV from the prefix cache, loading
 it on a miss there. Ready requests queue for the one engine thread, which admits them between
 decode steps (iteration-level batching) and runs the steps. So reading adapter files never
-stalls decoding. A request's problem (unknown domain, too long, damaged adapter, NaN logits)
-fails that request only; result() and stream() raise it.
+stalls decoding. A request's problem (unknown domain, too long, NaN logits, a damaged adapter it
+named) fails that request only; result() and stream() raise it. A routed request whose adapter
+is damaged is answered by an earlier intact version of the domain, or the plain base model, and
+its route says so (reason damaged_fallback).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from glmbot.config import Settings
-from glmbot.errors import GenerationError, GlmbotError, UnknownDomainError
+from glmbot.errors import AdapterIntegrityError, GenerationError, GlmbotError, UnknownDomainError
 from glmbot.model.prefix import PrefixEncoder
+from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
+from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, chat_turns
-from glmbot.serving.router import BASE, RouteDecision
+from glmbot.serving.router import BASE, DAMAGED_FALLBACK, RouteDecision
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
 
@@ -77,8 +81,9 @@ class Engine:
     from CUDA graphs (static shapes: batch buckets of powers of two, the full slot length).
     pipeline: queue each decode step before the previous step's tokens reach the host (default: on
     CUDA), so the host's per-token work overlaps the device's forward.
-    plugins: a PluginManager whose before_generate may answer or edit a request and whose
-    after_generate may rewrite the answer (then the stream sends the answer at the end, whole).
+    plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
+    filters (register_answer_filters, collected once here) change the answer as it streams, and
+    whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, registry: Any = None, router: Any = None,
@@ -89,6 +94,8 @@ class Engine:
                  plugins: Any = None, pipeline: bool | None = None):
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
+        self.answer_filters = self._collect_answer_filters(plugins)
+        self._warned_damaged: set = set()  # keys of damaged adapters already logged
         config = model.config
         if model.transformer.prefix_encoder is not None:
             raise GenerationError(
@@ -130,6 +137,17 @@ class Engine:
         self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="glmbot-prepare")
         self._thread = threading.Thread(target=self._run, name="glmbot-engine", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _collect_answer_filters(plugins: Any) -> list[tuple[str, AnswerFilterFactory]]:
+        if plugins is None:
+            return []
+        buffering = plugins.implementers("after_generate")
+        if buffering:
+            log.warning("plugin(s) %s implement after_generate, which rewrites whole answers: every stream is held "
+                        "back and sent at the end; an answer filter (register_answer_filters) keeps it streaming",
+                        ", ".join(buffering))
+        return plugins.collect(ANSWER_FILTERS_HOOK)
 
     def _build_prefix_cache(self, registry: Any, prefixes: Mapping | None) -> PrefixCache | None:
         if registry is not None and prefixes is not None:
@@ -263,13 +281,18 @@ class Engine:
                 f"prompt of {n} tokens + max_new_tokens {max_new} = {n + max_new} tokens exceeds this engine's "
                 f"context limit max_len={self.max_len}; shorten the conversation (fewer history turns) or set "
                 f"max_new_tokens to at most {max(self.max_len - n, 0)}")
-        adapter, prefix = self._prefix(route)
+        route, adapter, prefix = self._prefix(route)
+        req.route = route
         if prefix is not None and prefix.shape[2] > self.max_prefix_len:
             raise GenerationError(f"adapter {adapter.ref} has a prefix of {prefix.shape[2]} positions but this engine "
                                   f"holds at most max_prefix_len={self.max_prefix_len}; start the engine with "
                                   f"max_prefix_len>={prefix.shape[2]}")
+        filters = None
+        if self.answer_filters:
+            filters = build_chain(self.answer_filters, req, on_error=lambda name, exc: self.plugins.hook_failed(
+                name, ANSWER_FILTERS_HOOK, exc))
         return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter,
-                   rewrite)
+                   rewrite, filters)
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
@@ -321,14 +344,42 @@ class Engine:
         domain, sep, _ = explicit.partition("@")
         return RouteDecision(domain, explicit if sep else None, "explicit", 1.0, detail=f"{explicit!r} requested")
 
-    def _prefix(self, route: RouteDecision) -> tuple[ResolvedAdapter | None, torch.Tensor | None]:
+    def _prefix(self, route: RouteDecision) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
+        """The route's adapter and prefix KV; a routed request whose adapter is damaged gets a new route."""
         if route.domain is None:
-            return None, None
+            return route, None, None
         if self.prefix_cache is None:
             raise UnknownDomainError(f"domain {route.domain!r} was requested but this engine has no adapters (it was "
                                      "started without a registry or prefixes); omit the domain for the plain model")
         adapter = self.prefix_cache.resolve(route.adapter or route.domain)
-        return adapter, self.prefix_cache.get(adapter)
+        try:
+            return route, adapter, self.prefix_cache.get(adapter)
+        except AdapterIntegrityError as exc:
+            if route.reason == "explicit":  # asked for by name: say so rather than answer with something else
+                raise
+            return self._fall_back(route, adapter, exc)
+
+    def _fall_back(self, route: RouteDecision, damaged: ResolvedAdapter, error: AdapterIntegrityError):
+        """A routed request whose adapter is damaged goes to the domain's most recently active intact version,
+        else to the plain base model; the route (reason damaged_fallback), the result and the log say so."""
+        chosen, prefix = None, None
+        for candidate in self.prefix_cache.fallbacks(damaged):
+            try:
+                prefix = self.prefix_cache.get(candidate)
+            except GlmbotError as exc:  # damaged too (now marked), or unusable: try the next
+                log.warning("fallback %s for damaged %s is unusable: %s", candidate.ref, damaged.ref, exc)
+                continue
+            chosen = candidate
+            break
+        instead = chosen.ref if chosen is not None else "the plain base model"
+        detail = (f"{damaged.ref} is damaged ({error.damage or error}); answered by {instead}. Fix: glmbot adapters "
+                  f"verify {damaged.ref}, or glmbot adapters rollback {damaged.domain}")
+        if damaged.key not in self._warned_damaged:  # once per adapter: every routed request of it comes here
+            self._warned_damaged.add(damaged.key)
+            log.warning("routed requests for %s fall back: %s", damaged.domain, detail)
+        new = RouteDecision(chosen.domain if chosen else None, chosen.ref if chosen else None, DAMAGED_FALLBACK,
+                            route.score, route.scores, detail, damaged=damaged.ref)
+        return new, chosen, prefix
 
     # ---- the engine thread -----------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any, Hashable, Mapping, Protocol
 
 import torch
 
-from glmbot.errors import UnknownAdapterError
+from glmbot.errors import AdapterIntegrityError, UnknownAdapterError
 from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.prefix import PrefixEncoder
 
@@ -38,6 +38,7 @@ class ResolvedAdapter:
     ref: str  # e.g. 'support@v3'
     domain: str
     version: int | None = None
+    damage: str | None = None  # the registry marked its files damaged: never served (see PrefixCache.get)
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,17 @@ class PrefixCacheStats:
 
 class PrefixSource(Protocol):
     """Where prefixes come from: `resolve` a REF to an adapter, `load` its (2L, G, P, D) prefix KV
-    (fp32, computed on `device` where that is faster; the cache casts it to the serving dtype)."""
+    (fp32, computed on `device` where that is faster; the cache casts it to the serving dtype).
+    `damaged` is the error of an adapter resolved with `damage` set; `fallbacks` lists what a routed
+    request may use instead of a damaged adapter, best first."""
 
     def resolve(self, ref: str | int) -> ResolvedAdapter: ...
 
     def load(self, adapter: ResolvedAdapter, device: torch.device) -> torch.Tensor: ...
+
+    def damaged(self, adapter: ResolvedAdapter) -> AdapterIntegrityError: ...
+
+    def fallbacks(self, adapter: ResolvedAdapter) -> list[ResolvedAdapter]: ...
 
 
 class RegistryPrefixSource:
@@ -68,10 +75,23 @@ class RegistryPrefixSource:
         self.config = config
 
     def resolve(self, ref: str | int) -> ResolvedAdapter:
-        from glmbot.registry.store import WEIGHTS  # the registry package pulls in SQLModel: import late
+        return self._resolved(self.registry.resolve(ref))
 
-        info = self.registry.resolve(ref)
-        return ResolvedAdapter((info.id, info.files.get(WEIGHTS, "")), info.id, info.ref, info.domain, info.version)
+    def damaged(self, adapter: ResolvedAdapter) -> AdapterIntegrityError:
+        from glmbot.registry.damage import damaged_error
+
+        return damaged_error(self.registry.resolve(adapter.id))
+
+    def fallbacks(self, adapter: ResolvedAdapter) -> list[ResolvedAdapter]:
+        """The domain's earlier active versions not marked damaged, most recently active first."""
+        return [self._resolved(info) for info in self.registry.earlier_active(adapter.domain)]
+
+    @staticmethod
+    def _resolved(info: Any) -> ResolvedAdapter:  # noqa: ANN401 - glmbot.registry.AdapterInfo
+        from glmbot.registry.store import WEIGHTS
+
+        return ResolvedAdapter((info.id, info.files.get(WEIGHTS, "")), info.id, info.ref, info.domain, info.version,
+                               info.damage)
 
     def load(self, adapter: ResolvedAdapter, device: torch.device) -> torch.Tensor:
         """Verified files -> fp32 prefix KV (raises AdapterIntegrityError, PrefixCheckpointError).
@@ -103,6 +123,13 @@ class StaticPrefixSource:
             raise UnknownAdapterError(f"unknown adapter {ref!r}; this engine serves: "
                                       f"{', '.join(sorted(self.prefixes)) or 'none'}")
         return ResolvedAdapter(("static", name), name, name, name)
+
+    def damaged(self, adapter: ResolvedAdapter) -> AdapterIntegrityError:
+        return AdapterIntegrityError(f"in-memory prefix {adapter.ref!r} is marked damaged", ref=adapter.ref,
+                                     damage=adapter.damage)
+
+    def fallbacks(self, adapter: ResolvedAdapter) -> list[ResolvedAdapter]:
+        return []  # one prefix per name: nothing earlier to fall back to
 
     def load(self, adapter: ResolvedAdapter, device: torch.device) -> torch.Tensor:
         value = self.prefixes[adapter.domain]
@@ -153,10 +180,20 @@ class PrefixCache:
         """REF -> adapter, asking the source every time (so a promoted version is seen at once)."""
         return self.source.resolve(ref)
 
+    def fallbacks(self, adapter: ResolvedAdapter) -> list[ResolvedAdapter]:
+        """What a routed request may use instead of `adapter` when it is damaged, best first."""
+        return self.source.fallbacks(adapter)
+
     def get(self, adapter: ResolvedAdapter | str | int) -> torch.Tensor:
-        """The adapter's prefix KV (2L, G, P, D) on the device, loading it if missing."""
+        """The adapter's prefix KV (2L, G, P, D) on the device, loading it if missing.
+
+        An adapter the registry marked damaged raises AdapterIntegrityError without being read (a
+        cached KV of it from before the damage is not served either: the registry says don't).
+        """
         if not isinstance(adapter, ResolvedAdapter):
             adapter = self.resolve(adapter)
+        if adapter.damage is not None:
+            raise self.source.damaged(adapter)
         with self._lock:
             entry = self._entries.get(adapter.key)
             if entry is not None:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 BASE = "base"  # the plain base model, in `explicit` and `fallback`
 REASONS = ("explicit", "sticky", "plugin", "keyword", "pattern", "classifier", "fallback")
+# Set by the engine, not the router: the routed adapter's files are damaged, so the request went to
+# an earlier intact version of its domain, or to the plain base model (RouteDecision.damaged names it).
+DAMAGED_FALLBACK = "damaged_fallback"
 # Measured on glmbot/data/samples/routing_heldout.jsonl (support/ads training prompts, ads keywords):
 # accuracy is flat at 55/60 for min_score 0.20..0.30; 0.25 sits in the middle of that plateau.
 DEFAULT_MIN_SCORE = 0.25
@@ -64,9 +67,10 @@ class RouteDecision:
     score: float = 0.0                # confidence of the deciding stage (1.0 for rules and explicit)
     scores: dict[str, float] = field(default_factory=dict, hash=False)  # classifier score per domain
     detail: str = ""                  # short human text, e.g. the keyword matched
+    damaged: str | None = None        # reason damaged_fallback: the damaged adapter it replaced, e.g. "hr@v2"
 
     def __post_init__(self) -> None:
-        if self.reason not in REASONS:
+        if self.reason not in (*REASONS, DAMAGED_FALLBACK):
             raise ValueError(f"RouteDecision reason {self.reason!r} is not one of {', '.join(REASONS)}")
 
 

@@ -65,7 +65,7 @@ def _registry_profiles(settings: Settings, registry: Any) -> list[DomainProfile]
 def adapter_routing_prompts(info: Any) -> list[str] | None:
     """The prompts stored with an adapter (routing_prompts.json), checked against their sha256; None if absent."""
     from glmbot.registry import store
-    from glmbot.registry.api import integrity_error
+    from glmbot.registry.damage import integrity_error
 
     expected = info.files.get(store.ROUTING)
     if expected is None:

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from glmbot.errors import GenerationError
+from glmbot.serving.answer_filters import AnswerFilterError, FilterChain
 from glmbot.serving.kv_slots import DecodeOutputs, GraphedDecode, KVSlots, forward_slots, round_up
 from glmbot.serving.prefix_cache import ResolvedAdapter
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
@@ -43,6 +44,9 @@ class Job:
     # Plugins' after_generate, applied to the final text; while set, streaming holds the text back
     # (a rewrite cannot take back deltas already sent) and sends the rewritten answer at the end.
     rewrite: Callable[[str], str] | None = None
+    # Plugins' answer filters (None: no plugin filters this request): each delta passes through them
+    # as it is generated; they hold back only what a later delta could still change.
+    filters: FilterChain | None = None
 
     @property
     def prefix_len(self) -> int:
@@ -336,6 +340,12 @@ class Scheduler:
             return
         row.completion.append(token)
         delta = row.text.push(token)
+        if job.filters is not None:
+            try:
+                delta = job.filters.push(delta)
+            except AnswerFilterError as exc:
+                self._finish(row, "error", exc)
+                return
         if job.rewrite is None:
             job.handle._push(delta)
         if row.text.stopped:
@@ -358,14 +368,29 @@ class Scheduler:
     def _finish(self, row: Row, reason: FinishReason, error: BaseException | None = None) -> None:
         self.rows[row.slot] = None
         job = row.job
-        text = row.text.text
+        text = row.text.text if job.filters is None else job.filters.text  # what the client got
         if error is None:
-            tail = row.text.finish()
-            text = row.text.text if job.rewrite is None else job.rewrite(row.text.text)
-            job.handle._push(tail if job.rewrite is None else text)
+            try:
+                text = self._send_rest(row)
+            except AnswerFilterError as exc:
+                error = exc
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         finish_without_row(job.handle, reason, job=job, error=error, text=text, sampled=row.sampled,
                            completion=row.completion, admitted_at=row.admitted_at, first_token_at=row.first_token_at)
+
+    @staticmethod
+    def _send_rest(row: Row) -> str:
+        """Push what the stream still holds (all of it, rewritten, under after_generate); returns the answer."""
+        job = row.job
+        tail = row.text.finish()
+        text = row.text.text
+        if job.filters is not None:
+            tail = job.filters.finish(tail)
+            text = job.filters.text
+        if job.rewrite is not None:
+            tail = text = job.rewrite(text)
+        job.handle._push(tail)
+        return text
 
 
 def finish_without_row(handle: RequestHandle, reason: FinishReason, *, job: Job | None = None,
