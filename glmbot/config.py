@@ -73,9 +73,6 @@ class TrainSettings:
         "recompute activations in backward to save memory"))
     compile: bool = field(default=True, metadata=_help(
         "on CUDA, torch.compile each block's dense parts (1.2x over eager measured on an H200); ignored on CPU"))
-    prompt_noise: float = field(default=0.0, metadata=_help(
-        "share of question tokens replaced at random each step, so the prefix keys on more than the exact "
-        "wording (paraphrases); 0 = off (official)"))
     seed: int = field(default=42, metadata=_help("random seed"))
     checkpoint_every: int = field(default=100, metadata=_help("steps between checkpoints; 0 = off"))
     runs_dir: str = field(default="runs", metadata=_help("where run folders go, relative to glmbot.toml"))
@@ -91,8 +88,6 @@ class TrainSettings:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps < 0 or self.epochs < 0:
             raise ValueError("max_steps and epochs must be >= 0")
-        if not 0 <= self.prompt_noise < 1:
-            raise ValueError(f"prompt_noise must be in [0, 1), got {self.prompt_noise}")
         if self.max_steps == 0 and self.epochs == 0:
             raise ValueError("set max_steps or epochs (both are 0)")
 

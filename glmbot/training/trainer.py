@@ -149,8 +149,6 @@ class PrefixTrainer:
 
     def _loss(self, encoder: PrefixEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        if self.settings.prompt_noise and self.question_span is not None:
-            batch["input_ids"] = noisy_questions(batch, self.question_span, self.settings.prompt_noise, self.noise_rng)
         B = batch["input_ids"].shape[0]
         use_bf16 = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -163,8 +161,6 @@ class PrefixTrainer:
     def fit(self, encoded: list[Encoded], resume: bool = False) -> TrainResult:
         s = self.settings
         encoder, opt, sched, total = self._setup(len(encoded))
-        self.question_span = question_span(encoded)
-        self.noise_rng = torch.Generator(device=self.device).manual_seed(s.seed)
         step, losses, real_tokens, resumed_from = 0, [], 0, 0
         if resume:
             step, losses = self._load_checkpoint(encoder, opt, sched)
@@ -256,41 +252,6 @@ class PrefixTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_file(encoder_state(encoder), str(self.run_dir / PREFIX_FILE))
         write_loss_curve(self.run_dir, losses)
-
-
-def question_span(encoded: list[Encoded]) -> tuple[int, int] | None:
-    """(head, tail): prompt tokens that every example shares at its start ([gMASK] sop and the
-    chat template up to 问：) and at its end (答：). Between them is the question itself."""
-    prompts = [e.input_ids[:len(e.input_ids) - e.answer_tokens] for e in encoded]
-    if not prompts:
-        return None
-    head = tail = min(len(p) for p in prompts)
-    for p in prompts[1:]:
-        head = next((i for i in range(head) if p[i] != prompts[0][i]), head)
-        tail = next((i for i in range(tail) if p[-1 - i] != prompts[0][-1 - i]), tail)
-    return head, tail
-
-
-def noisy_questions(batch: dict[str, torch.Tensor], span: tuple[int, int], share: float,
-                    rng: torch.Generator) -> torch.Tensor:
-    """input_ids with `share` of each question's tokens swapped for question tokens of the batch.
-
-    Rows are right-padded; a row's question is [head, prompt_end - tail). Swapping within the
-    batch keeps replacements in the data's own vocabulary without knowing the tokenizer.
-    """
-    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    B, T = ids.shape
-    pos = torch.arange(T, device=ids.device)[None]  # (1, T)
-    prompt_end = ((labels == -100) & (mask == 1)).sum(1, keepdim=True)  # (B, 1)
-    question = (pos >= span[0]) & (pos < prompt_end - span[1])  # (B, T)
-    pool = ids[question]  # (N,)
-    if pool.numel() < 2:
-        return ids
-    swap = question & (torch.rand(B, T, generator=rng, device=ids.device) < share)
-    picks = torch.randint(pool.numel(), (int(swap.sum()),), generator=rng, device=ids.device)
-    out = ids.clone()
-    out[swap] = pool[picks]
-    return out
 
 
 def _checkpoint_step(path: Path) -> int:
