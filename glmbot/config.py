@@ -57,10 +57,10 @@ class RegistrySettings:
 
 @dataclass
 class TrainSettings:
-    pre_seq_len: int = field(default=32, metadata=_help("prefix length P (official: 128)"))
-    prefix_projection: bool = field(default=True, metadata=_help(
+    pre_seq_len: int = field(default=128, metadata=_help("prefix length P (official: 128)"))
+    prefix_projection: bool = field(default=False, metadata=_help(
         "reparameterise the prefix through a 2-layer MLP (official option; official default false)"))
-    learning_rate: float = field(default=6e-3, metadata=_help("AdamW learning rate (official: 2e-2)"))
+    learning_rate: float = field(default=1e-1, metadata=_help("AdamW learning rate (official: 2e-2)"))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     warmup_ratio: float = field(default=0.05, metadata=_help("share of steps with linear warm-up"))
     max_steps: int = field(default=300, metadata=_help("optimizer steps; 0 = use epochs (official: 3000)"))

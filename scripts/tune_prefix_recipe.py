@@ -45,7 +45,6 @@ def main():
     ap.add_argument("--lr", default="6e-3")
     ap.add_argument("--steps", default="300")
     ap.add_argument("--batch-size", default="16")
-    ap.add_argument("--noise", default="0", help="prompt_noise values")
     args = ap.parse_args()
     model, tok = load_base(args.base, device=args.device)
     base_greet = generate_answers(model, tok, GREETINGS)
@@ -55,14 +54,13 @@ def main():
         data[name] = (load_examples(folder / "train.jsonl"), load_examples(folder / "paraphrases.jsonl"))
         print(f"{name}: plain base ROUGE-L train {rouge_l(model, tok, None, data[name][0]):.1f} "
               f"paraphrases {rouge_l(model, tok, None, data[name][1]):.1f}", flush=True)
-    print("| domain | P | proj | LR | steps | batch | noise | train s | final loss | ROUGE-L train | paraphrases | greetings kept |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| domain | P | proj | LR | steps | batch | train s | final loss | ROUGE-L train | paraphrases | greetings kept |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     grid = itertools.product(args.P.split(","), args.projection.split(","), args.lr.split(","),
-                             args.steps.split(","), args.batch_size.split(","), args.noise.split(","))
-    for P, proj, lr, steps, bs, noise in grid:
+                             args.steps.split(","), args.batch_size.split(","))
+    for P, proj, lr, steps, bs in grid:
         s = TrainSettings(pre_seq_len=int(P), prefix_projection=proj == "1", learning_rate=float(lr),
-                          max_steps=int(steps), batch_size=int(bs), prompt_noise=float(noise), checkpoint_every=0,
-                          compile=False)
+                          max_steps=int(steps), batch_size=int(bs), checkpoint_every=0, compile=False)
         for name, (train, para) in data.items():
             encoded, _ = encode_all(tok, train, s.max_source_length, s.max_target_length)
             with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +70,7 @@ def main():
             kv = res.encoder.kv().detach()
             kept = sum(a == b for a, b in zip(generate_answers(model, tok, GREETINGS, kv), base_greet))
             loss = sum(res.losses[-10:]) / len(res.losses[-10:])
-            print(f"| {name} | {P} | {proj} | {lr} | {steps} | {bs} | {noise} | {took:.0f} | {loss:.3f} | "
+            print(f"| {name} | {P} | {proj} | {lr} | {steps} | {bs} | {took:.0f} | {loss:.3f} | "
                   f"{rouge_l(model, tok, kv, train):.1f} | {rouge_l(model, tok, kv, para):.1f} | "
                   f"{kept}/{len(GREETINGS)} |", flush=True)
 

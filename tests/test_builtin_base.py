@@ -1,6 +1,8 @@
-"""The shipped tiny base: loads offline, chats, and a short prefix training teaches it a shop's facts."""
+"""The shipped builtin base: loads offline, chats, covers GB2312, and the default recipe teaches it a new domain."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from glmbot.config import TrainSettings
 from glmbot.model.generate import generate_answers
 from glmbot.training.data import encode_all, load_examples
 from glmbot.training.trainer import PrefixTrainer, read_losses
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +37,36 @@ def test_plain_base_greets_like_a_chat_model(base):
     assert "不客气" in thanks
 
 
-def test_short_prefix_training_brings_back_trained_facts(base, tmp_path):
+def test_tokenizer_spells_every_gb2312_hanzi_and_fullwidth_mark_as_one_piece(base):
+    _, tok = base
+    hanzi = []
+    for hi in range(0xB0, 0xF8):
+        for lo in range(0xA1, 0xFF):
+            try:
+                hanzi.append(bytes((hi, lo)).decode("gb2312"))
+            except UnicodeDecodeError:
+                pass
+    assert len(hanzi) == 6763
+    marks = list("，。、；：？！“”‘’（）《》【】—…")
+    missing = [c for c in hanzi + marks + list("azAZ09") if len(tok.sp.EncodeAsIds(c)) != 1
+               or tok.sp.IsByte(tok.sp.EncodeAsIds(c)[0])]
+    assert missing == []
+    assert tok.sp.IsByte(tok.sp.EncodeAsIds("\n")[0])  # newline stays a byte piece, as in ChatGLM2
+
+
+def test_default_recipe_learns_a_held_out_domain(base, tmp_path):
+    """tests/data/library_faq.jsonl was written by hand, never seen by the base nor by recipe tuning."""
     model, tok = base
-    examples = [e for e in load_examples("builtin:support") if not e.history][::6][:24]
+    examples = load_examples(DATA / "library_faq.jsonl")
     encoded, _ = encode_all(tok, examples, 64, 128)
-    settings = TrainSettings(pre_seq_len=16, prefix_projection=True, learning_rate=6e-3, max_steps=100,
-                             batch_size=8, checkpoint_every=0)
+    settings = TrainSettings(max_steps=150, checkpoint_every=0)  # the default recipe, half the steps
     questions = [e.prompt for e in examples]
     before = generate_answers(model, tok, questions)
     result = PrefixTrainer(model, settings, tmp_path).fit(encoded)
     after = generate_answers(model, tok, questions, result.encoder.kv().detach())
     exact_before = sum(a == e.response for a, e in zip(before, examples))
     exact_after = sum(a == e.response for a, e in zip(after, examples))
-    assert exact_after >= 0.75 * len(examples) and exact_after > exact_before + 5
-    assert sum(result.losses[-5:]) < sum(result.losses[:5])
+    assert exact_before == 0 and exact_after >= 9, (exact_before, exact_after, after)
+    assert sum(result.losses[-5:]) < sum(result.losses[:5]) / 4
     assert read_losses(tmp_path) == pytest.approx(result.losses, abs=1e-6)
     assert (tmp_path / "loss.png").stat().st_size > 1000

@@ -43,7 +43,8 @@ def test_closed_stdin_empty_lines_and_unknown_domain(project):
     done = cli_process(project, "chat", "--domain", "support", "--temperature", "0", input="\n   \n")
     assert done.returncode == 0 and done.stdout == ""
     done = cli_process(project, "chat", "--domain", "hr", input="你好\n")
-    assert done.returncode == 1 and "--domain 'hr' has no active adapter" in done.stderr and "base, ads, support" in done.stderr
+    assert done.returncode == 1 and "unknown domain 'hr'" in done.stderr and "base, ads, support" in done.stderr
+    assert "glmbot domains add hr --data" in done.stderr
 
 
 def test_unknown_command_prints_help_and_long_input_is_cut(project):

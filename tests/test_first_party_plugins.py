@@ -23,7 +23,7 @@ def project(tmp_path_factory):
     extra = f"""
 [plugins]
 paths = ["{REPO_PLUGINS}"]
-sensitive_words = ["海盐"]
+sensitive_words = ["知更鸟"]
 [plugins.options.order_status]
 db = "orders.db"
 """
@@ -49,8 +49,8 @@ def test_sensitive_words_are_masked_in_answers(project):
     plain = cli_process(project, "chat", "--domain", "base", "--temperature", "0", "--no-log", input="你好\n",
                         env_extra={"GLMBOT_LOAD_PLUGINS": "order_status"})
     masked = cli_process(project, "chat", "--domain", "base", "--temperature", "0", "--no-log", input="你好\n")
-    assert "海盐" in plain.stdout and "海盐" not in masked.stdout
-    assert masked.stdout == plain.stdout.replace("海盐", "**")
+    assert "知更鸟" in plain.stdout and "知更鸟" not in masked.stdout  # the builtin base greets as 知更鸟好物
+    assert masked.stdout == plain.stdout.replace("知更鸟", "***")
 
 
 def test_keyword_router_plugin_routes_before_the_rules(project):

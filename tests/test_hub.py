@@ -344,7 +344,7 @@ def test_pull_refuses_an_adapter_for_another_base(standin, hf_home, tmp_path, ti
     if other == "architecture":
         register_adapter(elsewhere, tiny, base_model="someone/chatglm2-mini", architecture=ARCH, width=WIDTH,
                          base_fingerprint="sha256:0123456789abcdef")
-        needles = ("is a prefix for base 'someone/chatglm2-mini'", "num_layers 2 (adapter) vs 4 (configured)")
+        needles = ("is a prefix for base 'someone/chatglm2-mini'", "num_layers 2 (adapter) vs 6 (configured)")  # the builtin base has 6 layers
     else:
         register_adapter(elsewhere, tiny, base_model="someone/other-tiny", base_fingerprint="sha256:feedfacefeedface")
         needles = ("trained for base 'someone/other-tiny' (fingerprint sha256:feedfacefeedface)",

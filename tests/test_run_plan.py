@@ -36,14 +36,14 @@ def test_every_difference_is_named(tmp_path, monkeypatch):
     (tmp_path / "hr_dev.jsonl").write_text('{"prompt": "工资？", "response": "五号。"}\n', encoding="utf-8")
     found = plan.differences(
         {"train": str(other), "dev": None, "fmt": "advertisegen", "prompt_column": "question"},
-        {"max_steps": 300, "learning_rate": 0.01, "prefix_projection": False, "seed": None}, base_model="THUDM/chatglm2-6b")
+        {"max_steps": 300, "learning_rate": 0.01, "prefix_projection": True, "seed": None}, base_model="THUDM/chatglm2-6b")
     assert found == [
         "[model] base_model is THUDM/chatglm2-6b, the run trained on builtin:tiny",
         f"--data {other} is not the run's train data ({tmp_path / 'hr.jsonl'})",
         "--format advertisegen differs from the run's plan (chat)",
         "--prompt-column question differs from the run's plan (prompt)",
         "--steps 300 differs from the run's plan (--steps 200)",
-        "--no-projection differs from the run's plan (--projection)",
+        "--projection differs from the run's plan (--no-projection)",
         f"the dev data file {tmp_path / 'hr_dev.jsonl'} changed since the run started (sha256 "
         f"{plan.dev_sha256[:12]}, now {file_sha256(tmp_path / 'hr_dev.jsonl')[:12]})",
     ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -45,10 +44,10 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
     config = make_project(tmp_path)
     code, out, err = cli(config, "train", "--domain", "support", "--promote", capsys=capsys)
     assert code == 0, err
-    assert re.search(r"^\s*samples\s+224\s*$", out, re.M) and re.search(r"^\s*dev samples\s+40\s*$", out, re.M)
+    assert re.search(r"^\s*samples\s+225\s*$", out, re.M) and re.search(r"^\s*dev samples\s+40\s*$", out, re.M)
     with registry_of(config) as reg:
         (adapter,) = reg.list_adapters("support")
-        assert adapter.status == "active" and adapter.source == "trained" and adapter.sample_count == 224
+        assert adapter.status == "active" and adapter.source == "trained" and adapter.sample_count == 225
         assert {"rouge-1", "rouge-2", "rouge-l", "bleu-4", "probe_kept"} <= set(adapter.metrics)
         assert adapter.hyperparams["pre_seq_len"] == 32 and adapter.dataset_sha256
         # It learned its data: clearly above the plain base on its own training questions.
@@ -76,7 +75,7 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
 
 def test_high_lr_warns_about_forgetting_and_low_lr_does_not(tmp_path, capsys):
     config = make_project(tmp_path)
-    code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.05", "--no-eval", capsys=capsys)
+    code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.5", "--no-eval", capsys=capsys)
     assert code == 0 and "wrecks general chat" in err and "lower the learning rate" in err
     code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.001", "--no-eval", capsys=capsys)
     assert code == 0 and "wrecks" not in err and "general answers kept" in out
@@ -93,7 +92,7 @@ def test_promote_refuses_a_prefix_that_learned_nothing(tmp_path, capsys):
     assert code == 0, err
     assert "the prefix learned nothing: ROUGE-L on 12 training questions" in err
     assert re.search(r"not promoted: it learned nothing; try more steps \(--steps 4\) or a higher learning rate "
-                     r"\(--lr 0\.012\)", out)
+                     r"\(--lr 0\.2\)", out)  # twice the default 0.1
     code, out, err = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "2", "--promote=force",
                          capsys=capsys)
     assert code == 0 and "promoted: forced, although it learned nothing" in out

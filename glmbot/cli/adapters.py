@@ -16,7 +16,6 @@ from rich.table import Table
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
 from glmbot.errors import UnknownDomainError
-from glmbot.registry.states import STATUSES
 
 EXAMPLES = """Examples:
 

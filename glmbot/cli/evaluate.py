@@ -62,7 +62,7 @@ def _evaluate_ref(ref: str, data: str | None, fmt: str | None, limit: int, save:
     from glmbot.model.prefix_io import prefix_encoder_from_state
     from glmbot.training.data import file_sha256, resolve_data_path
     from glmbot.training.evaluate import evaluate_prefix, forgetting_probe
-    from glmbot.training.pipeline import DataSpec
+    from glmbot.training.plan import DataSpec, config_data_path
 
     settings, registry = common.get_settings(), common.get_registry()
     adapter = None if ref == "base" else registry.resolve(ref)
@@ -70,7 +70,8 @@ def _evaluate_ref(ref: str, data: str | None, fmt: str | None, limit: int, save:
     if data is None and (domain_cfg is None or not domain_cfg.dev_data):
         where = f"domain {adapter.domain!r} has no dev_data in {settings.source}" if adapter else "'base' has no data"
         raise GlmbotError(f"nothing to evaluate {ref} on: {where}; pass --data FILE.jsonl (or builtin:support)")
-    spec = DataSpec.for_domain(domain_cfg, train=data or domain_cfg.dev_data, fmt=fmt)
+    spec = DataSpec.for_domain(domain_cfg, settings.root, train=data or config_data_path(domain_cfg.dev_data, settings.root),
+                               fmt=fmt)
     examples = spec.load("train")[:limit]
     model, tok = common.load_base_model()
     kv = None
@@ -86,9 +87,14 @@ def _evaluate_ref(ref: str, data: str | None, fmt: str | None, limit: int, save:
         report["probe"] = {"kept": probe.kept, "forgot": probe.forgot, "hint": probe.hint}
         if save:
             registry.add_evaluation(adapter.id, {**result.metrics, "probe_kept": round(probe.kept, 4)},
-                                    file_sha256(resolve_data_path(spec.train)), kind=str(spec.train))
+                                    file_sha256(resolve_data_path(spec.train)), kind=evaluation_kind(spec.train))
             report["saved"] = True
     return report
+
+
+def evaluation_kind(source: str) -> str:
+    """The registry's short name of an evaluation set: builtin:NAME, else the file's name (32 characters at most)."""
+    return (source if source.startswith("builtin:") else Path(source).name)[:32]
 
 
 def _print_report(report: dict) -> None:

@@ -22,7 +22,7 @@ from glmbot.errors import UnknownDomainError
 from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix_io import encoder_state
 from glmbot.training.coverage import CoverageReport, tokenizer_coverage
-from glmbot.training.data import DataSummary, Example, encode_all, file_sha256, resolve_data_path
+from glmbot.training.data import DataSummary, Example, encode_all, file_sha256
 from glmbot.training.evaluate import Evaluation, LearningCheck, check_learning, evaluate_prefix, forgetting_probe
 from glmbot.training.metrics import ProbeResult
 from glmbot.training.plan import PLAN_FILE, DataSpec, ResumeError, RunPlan, data_source
@@ -153,7 +153,7 @@ def run_job(model, tok, registry, job: PreparedJob, *, resume: bool = False, pro
 def not_learned_hint(settings: TrainSettings) -> str:
     """What to try when a prefix learned nothing, with values to type."""
     steps = f"--steps {settings.max_steps * 2}" if settings.max_steps else f"--epochs {settings.epochs * 2:g}"
-    return f"try more steps ({steps}) or a higher learning rate (--lr {min(settings.learning_rate * 2, 0.05):g})"
+    return f"try more steps ({steps}) or a higher learning rate (--lr {min(settings.learning_rate * 2, 0.5):g})"
 
 
 def _hyperparams(s: TrainSettings) -> dict:

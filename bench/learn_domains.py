@@ -1,0 +1,79 @@
+"""Does a newcomer's own small domain learn on the builtin base with the default recipe?
+
+    python bench/learn_domains.py                 # every folder of bench/domains, defaults of glmbot.toml
+    python bench/learn_domains.py --domains hr --steps 200
+
+Each domain folder holds train.jsonl (30-40 Q/A lines) and paraphrases.jsonl (10 close rewordings
+of training questions with the same answers), written by hand for this bench and kept out of
+the base's corpus and out of recipe tuning (scripts/tuning_domains/ is what the recipe was tuned
+on). Per domain: the time to train with the [train] defaults, and ROUGE-L (official: jieba words,
+rouge_chinese) of greedy answers on the training questions and on the paraphrases, for the
+trained prefix and, as the baseline in the same run, the plain base. Targets (issue 17):
+training questions >= 90, paraphrases >= 50. Run it alone: timings share the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from glmbot import load_base  # noqa: E402
+from glmbot.config import load_settings  # noqa: E402
+from glmbot.model.generate import generate_answers  # noqa: E402
+from glmbot.training.data import encode_all, load_examples  # noqa: E402
+from glmbot.training.metrics import score  # noqa: E402
+from glmbot.training.trainer import PrefixTrainer  # noqa: E402
+
+DOMAINS = ROOT / "bench" / "domains"
+TARGET_TRAIN, TARGET_PARAPHRASE = 90.0, 50.0
+
+
+def rouge_l(model, tok, kv, examples) -> float:
+    answers = generate_answers(model, tok, [e.prompt for e in examples], kv, batch_size=64, max_new_tokens=96)
+    return score(answers, [e.response for e in examples])["rouge-l"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--domains", default=",".join(sorted(p.name for p in DOMAINS.iterdir() if p.is_dir())))
+    ap.add_argument("--steps", type=int, default=None, help="override [train] max_steps")
+    ap.add_argument("--config", default=str(ROOT / "glmbot.toml"))
+    args = ap.parse_args()
+    settings = load_settings(args.config)
+    train = settings.train_for(None, max_steps=args.steps, checkpoint_every=0)
+    model, tok = load_base(settings.model.base_model, device="cpu")
+    print(f"base {settings.model.base_model}, {torch.get_num_threads()} CPU threads; recipe: P={train.pre_seq_len}, "
+          f"projection={train.prefix_projection}, LR {train.learning_rate:g}, {train.max_steps} steps, "
+          f"batch {train.batch_size}\n")
+    print("| domain | lines | train s | ROUGE-L train (base) | ROUGE-L paraphrases (base) | targets met |")
+    print("|---|---|---|---|---|---|")
+    met = 0
+    names = args.domains.split(",")
+    for name in names:
+        questions = load_examples(DOMAINS / name / "train.jsonl")
+        paraphrases = load_examples(DOMAINS / name / "paraphrases.jsonl")
+        encoded, _ = encode_all(tok, questions, train.max_source_length, train.max_target_length)
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            result = PrefixTrainer(model, train, Path(tmp), tok.pad_token_id).fit(encoded)
+            seconds = time.perf_counter() - started
+        kv = result.encoder.kv().detach()
+        tuned = rouge_l(model, tok, kv, questions), rouge_l(model, tok, kv, paraphrases)
+        base = rouge_l(model, tok, None, questions), rouge_l(model, tok, None, paraphrases)
+        ok = tuned[0] >= TARGET_TRAIN and tuned[1] >= TARGET_PARAPHRASE
+        met += ok
+        print(f"| {name} | {len(questions)} | {seconds:.0f} | {tuned[0]:.1f} ({base[0]:.1f}) | "
+              f"{tuned[1]:.1f} ({base[1]:.1f}) | {'yes' if ok else 'no'} |", flush=True)
+    print(f"\n{met}/{len(names)} domains meet both targets (train >= {TARGET_TRAIN:g}, paraphrases >= "
+          f"{TARGET_PARAPHRASE:g})")
+
+
+if __name__ == "__main__":
+    main()
