@@ -63,7 +63,7 @@ class TrainSettings:
     learning_rate: float = field(default=1e-1, metadata=_help("AdamW learning rate (official: 2e-2)"))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     warmup_ratio: float = field(default=0.05, metadata=_help("share of steps with linear warm-up"))
-    max_steps: int = field(default=300, metadata=_help("optimizer steps; 0 = use epochs (official: 3000)"))
+    max_steps: int = field(default=600, metadata=_help("optimizer steps; 0 = use epochs (official: 3000)"))
     epochs: float = field(default=0.0, metadata=_help("passes over the data when max_steps = 0"))
     batch_size: int = field(default=16, metadata=_help("micro-batch size"))
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from glmbot.config import TrainSettings
 from glmbot.registry import Registry
 from glmbot.training.metrics import LEARNED_MIN_GAIN
 from tests.cli_helpers import cli, cli_process, make_project, source_env
@@ -49,7 +50,7 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
         (adapter,) = reg.list_adapters("support")
         assert adapter.status == "active" and adapter.source == "trained" and adapter.sample_count == 225
         assert {"rouge-1", "rouge-2", "rouge-l", "bleu-4", "probe_kept"} <= set(adapter.metrics)
-        assert adapter.hyperparams["pre_seq_len"] == 32 and adapter.dataset_sha256
+        assert adapter.hyperparams["pre_seq_len"] == TrainSettings().pre_seq_len and adapter.dataset_sha256
         # It learned its data: clearly above the plain base on its own training questions.
         assert adapter.metrics["learned"] == 1.0
         assert adapter.metrics["train_rouge-l"] >= adapter.metrics["train_rouge-l_base"] + LEARNED_MIN_GAIN
@@ -151,7 +152,7 @@ run()
 
 
 def test_killed_training_resumes_with_its_own_plan(tmp_path, capsys):
-    config = make_project(tmp_path, "batch_size = 4")  # [train] max_steps stays 300: the plan must win
+    config = make_project(tmp_path, "batch_size = 4")  # [train] max_steps stays the default: the plan must win
     data = write_hr(tmp_path)
     assert cli(config, "domains", "add", "hr", capsys=capsys)[0] == 0  # no data stored: only the run knows it
     killed = subprocess.run(
@@ -181,7 +182,7 @@ def test_killed_training_resumes_with_its_own_plan(tmp_path, capsys):
     assert code == 0, err
     assert "resumed at step 4" in out and "--data" not in err
     losses = (run_dir / "loss.csv").read_text().splitlines()[1:]
-    assert len(losses) == 6  # the plan's 6 steps, not [train] max_steps = 300
+    assert len(losses) == 6  # the plan's 6 steps, not [train] max_steps
     assert json.loads((run_dir / "run.json").read_text())["steps"] == 6
     with registry_of(config) as reg:
         (adapter,) = reg.list_adapters("hr")
