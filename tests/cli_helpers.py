@@ -18,8 +18,6 @@ runs_dir = "runs"
 [domains.support]
 data = "builtin:support"
 dev_data = "builtin:support_dev"
-[domains.support.train]
-max_steps = 300  # as the shipped glmbot.toml
 [domains.ads]
 data = "builtin:ads"
 dev_data = "builtin:ads_dev"

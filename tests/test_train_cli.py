@@ -43,7 +43,8 @@ def registry_of(config):
 
 def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_path, capsys):
     config = make_project(tmp_path)
-    code, out, err = cli(config, "train", "--domain", "support", "--promote", capsys=capsys)
+    # support's steps as the shipped glmbot.toml sets them ([domains.support.train] max_steps = 300)
+    code, out, err = cli(config, "train", "--domain", "support", "--steps", "300", "--promote", capsys=capsys)
     assert code == 0, err
     assert re.search(r"^\s*samples\s+225\s*$", out, re.M) and re.search(r"^\s*dev samples\s+40\s*$", out, re.M)
     with registry_of(config) as reg:
@@ -252,8 +253,8 @@ def test_format_from_columns_uncovered_characters_and_plain_progress(tmp_path, c
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--lr", "abc"), "--lr 'abc' is not a number: give a learning rate between 0 and 1, e.g. --lr 6e-3"),
-    (("--learning-rate", "2"), "--lr 2: must be a learning rate between 0 and 1, e.g. --lr 6e-3"),
+    (("--lr", "abc"), "--lr 'abc' is not a number: give a learning rate between 0 and 1, e.g. --lr 1e-1"),
+    (("--learning-rate", "2"), "--lr 2: must be a learning rate between 0 and 1, e.g. --lr 1e-1"),
     (("--steps", "-1"), "--steps -1: must be a whole number of optimizer steps >= 0 (0 = train by --epochs), "
                         "e.g. --steps 200"),
     (("--max-steps", "1.5"), "--steps '1.5' is not a whole number"),
