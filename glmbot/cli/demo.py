@@ -44,6 +44,7 @@ def demo(
     from glmbot.model import count_parameters
     from glmbot.model.generate import generate_answers
     from glmbot.training.data import file_sha256, load_examples, resolve_data_path
+    from glmbot.training.plan import config_data_path
 
     console = common.console
     settings = common.get_settings()
@@ -57,10 +58,11 @@ def demo(
     for q, a in zip(GREETINGS, generate_answers(model, tok, GREETINGS)):
         console.print(f"[cyan]问[/] {q}  [green]答[/] {a}")
 
-    examples = load_examples(domain_cfg.data, domain_cfg.format, domain_cfg.prompt_column,
+    data = config_data_path(domain_cfg.data, settings.root)  # relative to glmbot.toml, as train reads it
+    examples = load_examples(data, domain_cfg.format, domain_cfg.prompt_column,
                              domain_cfg.response_column, domain_cfg.history_column or None)
     train = settings.train_for(domain, max_steps=steps)
-    recipe = DemoRecipe(domain, file_sha256(resolve_data_path(domain_cfg.data)), recipe_params(train),
+    recipe = DemoRecipe(domain, file_sha256(resolve_data_path(data)), recipe_params(train),
                         _fingerprint(model))
     adapter = None if retrain else recipe.find(common.get_registry())
     if adapter is not None:
