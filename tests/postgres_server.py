@@ -94,12 +94,12 @@ def start_postgres() -> PostgresServer:
     bin_dir = installed_bin_dir()
     root = Path(tempfile.mkdtemp(prefix="glmbot-pg-"))  # 0700; short, as Unix socket paths must be
     user = None
-    if os.geteuid() == 0:
-        user = UNPRIVILEGED_USER
-        bin_dir = copy_for(bin_dir, root / "pg")
-        chown_tree(root, user)
-    server = PostgresServer(f"postgresql+psycopg://postgres@/postgres?host={root}", root, bin_dir, user)
     try:
+        if os.geteuid() == 0:
+            user = UNPRIVILEGED_USER
+            bin_dir = copy_for(bin_dir, root / "pg")
+            chown_tree(root, user)
+        server = PostgresServer(f"postgresql+psycopg://postgres@/postgres?host={root}", root, bin_dir, user)
         server._run("initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
                     "--no-sync", "--no-instructions")
         server._run("pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "-t", "60",

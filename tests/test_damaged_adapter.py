@@ -112,6 +112,20 @@ def test_rollback_to_a_damaged_version_is_refused_and_marks_it(tmp_path, base):
     assert damage_marks(config)["hr@v1"] == f"{WEIGHTS}: sha256 mismatch"
 
 
+def test_rollback_to_a_restored_version_clears_its_old_mark(tmp_path, base):
+    config = project(tmp_path, base)
+    path = tmp_path / "adapters" / "hr" / "v1" / WEIGHTS
+    intact = path.read_bytes()
+    truncate_weights(config, 1)
+    with Registry.from_settings(load_settings(config)) as reg:
+        with pytest.raises(AdapterIntegrityError):
+            reg.rollback("hr")  # marks v1
+        path.write_bytes(intact)
+        info = reg.rollback("hr")
+        assert info.ref == "hr@v1" and info.status == "active" and info.damage is None
+    assert damage_marks(config) == {"hr@v1": None, "hr@v2": None}
+
+
 # ---- the engine, HTTP and LangChain ---------------------------------------------------------------
 
 def test_routed_requests_fall_back_to_the_previous_version_and_say_so_everywhere(tmp_path, base, caplog):

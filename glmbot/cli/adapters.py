@@ -80,7 +80,8 @@ def adapter_json(a) -> dict:  # noqa: ANN001 - glmbot.registry.AdapterInfo
             "base_model": a.base_model, "base_fingerprint": a.base_fingerprint, "source": a.source,
             "metrics": a.metrics, "size_bytes": a.size_bytes, "path": str(a.path), "files": a.files,
             "dataset_sha256": a.dataset_sha256, "sample_count": a.sample_count, "hyperparams": a.hyperparams,
-            "provenance": a.provenance, "created_at": iso(a.created_at), "activated_at": iso(a.activated_at)}
+            "provenance": a.provenance, "created_at": iso(a.created_at), "activated_at": iso(a.activated_at),
+            "damage": a.damage, "damaged_at": iso(a.damaged_at)}
 
 
 Status = Literal["candidate", "active", "archived"]  # glmbot.registry.states.STATUSES

@@ -264,7 +264,12 @@ class Registry(RecordsMixin, ConversationsMixin, DamageMixin):
                 before_target = self._last_activation(s, dom.id, target.id, before=made_current.id)
                 previous = before_target.previous_adapter_id if before_target else None
                 self._activate(s, dom, target, current, ROLLBACK, previous)
-                return self._info(s, target, dom.name)
+                info = self._info(s, target, dom.name)
+        if not problems:
+            if info.damage:  # its files pass now: clear an old mark, as promote does
+                self.record_check(info, [])
+                info = self.resolve(info.id)
+            return info
         self.record_check(info, problems)  # outside the transaction, which changed nothing
         error = integrity_error(info, problems)
         raise AdapterIntegrityError(f"cannot roll back {domain!r} to {info.ref}: {error}", ref=info.ref,
