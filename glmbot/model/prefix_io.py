@@ -87,7 +87,8 @@ def check_prefix_fits(spec: PrefixSpec, state: dict[str, torch.Tensor], config: 
         raise PrefixCheckpointError(
             f"{source}: prefix width {spec.width} does not fit this base (num_layers {config.num_layers} x 2 x "
             f"{config.kv_groups} groups x {config.kv_channels} = {config.prefix_width}); it was trained for "
-            "another base model")
+            "another base model (adapters of the builtin base before 2026-12 included): retrain it on this one "
+            "(glmbot train --domain DOMAIN) or set [model] base_model to the base it was trained for")
     if expected is not None and expected != (spec.pre_seq_len, spec.prefix_projection):
         raise PrefixCheckpointError(
             f"{source}: checkpoint has pre_seq_len={spec.pre_seq_len}, prefix_projection={spec.prefix_projection} "
