@@ -73,6 +73,9 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
     assert rouge_tuned > rouge_plain + 25
     with registry_of(config) as reg:
         assert len(reg.evaluations("support")) == 1
+    # The README's example question (not a training phrasing) gets the refund-timing answer.
+    done = cli_process(config, "chat", "--domain", "support", "--temperature", "0", "--no-log", input="退货多久到账？\n")
+    assert done.stdout.strip() == "退款会原路退回，审核通过后1-3个工作日到账。", done.stdout
 
 
 def test_high_lr_warns_about_forgetting_and_low_lr_does_not(tmp_path, capsys):
