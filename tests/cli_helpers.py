@@ -64,6 +64,13 @@ def cli_process(config: Path, *args: str, timeout: float = 300, env_extra: dict 
                           timeout=timeout, cwd=config.parent, **kwargs)
 
 
+def registry_of(config: Path):
+    """The Registry of a project made by make_project (SQLite under its adapters/)."""
+    from glmbot.registry import Registry
+
+    return Registry(f"sqlite:///{config.parent / 'adapters' / 'registry.db'}", config.parent / "adapters")
+
+
 def project_with_adapters(root: Path, extra_toml: str = "") -> Path:
     """A project whose support and ads domains have active adapters (random prefixes: fast)."""
     import torch

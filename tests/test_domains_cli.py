@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from glmbot.config import load_settings
-from glmbot.registry import Registry
 from glmbot.training.data import file_sha256
-from tests.cli_helpers import cli, cli_process, make_project
+from tests.cli_helpers import cli, cli_process, make_project, registry_of
 
 COMMENTED = "# the team's notes: keep this line\n"
 
@@ -20,10 +19,6 @@ COMMENTED = "# the team's notes: keep this line\n"
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
-
-
-def registry_of(config):
-    return Registry(f"sqlite:///{config.parent / 'adapters' / 'registry.db'}", config.parent / "adapters")
 
 
 def write_jsonl(path, rows):

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from glmbot.config import TrainSettings
-from glmbot.registry import Registry
 from glmbot.training.metrics import LEARNED_MIN_GAIN
-from tests.cli_helpers import cli, cli_process, make_project, source_env
+from tests.cli_helpers import cli, cli_process, make_project, registry_of, source_env
 
 # Invented HR answers: no base can know them, so a prefix that learned nothing answers them no better.
 HR_ROWS = [("年假有几天？", "入职满一年后每年十五天带薪年假。"), ("工资几号发？", "每月十号发上个月的工资。"),
@@ -35,10 +34,6 @@ def write_hr(folder, name="hr.jsonl"):
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-
-
-def registry_of(config):
-    return Registry(f"sqlite:///{config.parent / 'adapters' / 'registry.db'}", config.parent / "adapters")
 
 
 def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_path, capsys):
