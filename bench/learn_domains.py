@@ -26,9 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from glmbot import load_base  # noqa: E402
 from glmbot.config import load_settings  # noqa: E402
-from glmbot.model.generate import generate_answers  # noqa: E402
 from glmbot.training.data import encode_all, load_examples  # noqa: E402
-from glmbot.training.metrics import score  # noqa: E402
+from glmbot.training.evaluate import evaluate_prefix  # noqa: E402
 from glmbot.training.trainer import PrefixTrainer  # noqa: E402
 
 DOMAINS = ROOT / "bench" / "domains"
@@ -36,8 +35,8 @@ TARGET_TRAIN, TARGET_PARAPHRASE = 90.0, 50.0
 
 
 def rouge_l(model, tok, kv, examples) -> float:
-    answers = generate_answers(model, tok, [e.prompt for e in examples], kv, batch_size=64, max_new_tokens=96)
-    return score(answers, [e.response for e in examples])["rouge-l"]
+    """ROUGE-L of greedy answers (glmbot eval's own scoring)."""
+    return evaluate_prefix(model, tok, kv, examples, max_new_tokens=96).metrics["rouge-l"]
 
 
 def main() -> None:

@@ -57,18 +57,6 @@ SOURCES = (
 QA = tuple[str, str]
 
 
-def gb2312_characters() -> list[str]:
-    """The 6,763 hanzi of GB2312 (level 1: rows 0xB0-0xD7, level 2: 0xD8-0xF7), in code order."""
-    chars = []
-    for hi in range(0xB0, 0xF8):
-        for lo in range(0xA1, 0xFF):
-            try:
-                chars.append(bytes((hi, lo)).decode("gb2312"))
-            except UnicodeDecodeError:
-                pass  # the unassigned tail of row 0xD7
-    return chars
-
-
 def fetch(cache: Path) -> dict[str, Path]:
     """Download each pinned archive into `cache` (once) and check its sha256."""
     cache.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ import base_corpus  # noqa: E402
 from glmbot.model.configuration import ChatGLMConfig  # noqa: E402
 from glmbot.model.modeling import ChatGLMForConditionalGeneration, answer_loss  # noqa: E402
 from glmbot.model.tokenizer import ChatGLMTokenizer, build_prompt  # noqa: E402
+from glmbot.training.coverage import fallback_ids, gb2312_hanzi  # noqa: E402
 
 MAX_LEN = 256
 PUNCTUATION = "，。、；：？！“”‘’（）《》【】—…·～「」『』〈〉％＋－＝＜＞／＠＃￥＆＊"
@@ -121,7 +122,7 @@ def train_tokenizer(corpus: dict, folder: Path, vocab_size: int) -> ChatGLMToken
     for conv in (c for rows in corpus["chat"].values() for c in rows):
         for i, (query, response) in enumerate(conv):
             lines += build_prompt(query, conv[:i]).split("\n") + response.split("\n")  # SentencePiece reads lines
-    required = "".join(base_corpus.gb2312_characters()) + PUNCTUATION + ASCII
+    required = "".join(gb2312_hanzi()) + PUNCTUATION + ASCII
     text = folder / "tokenizer_corpus.txt"
     text.write_text("\n".join(line for line in lines if line), encoding="utf-8")
     spm.SentencePieceTrainer.Train(
@@ -171,9 +172,9 @@ def corpus_stage(args) -> None:
     tok = train_tokenizer(corpus, args.work, args.vocab_size)
     examples = encode_examples(corpus, tok)
     save_examples(examples, args.work / "examples.npz")
-    gb = base_corpus.gb2312_characters()
-    byte_ids = {i for i in range(tok.sp_size) if tok.sp.IsByte(i)}
-    uncovered = [c for c in gb if any(i in byte_ids for i in tok.encode(c, add_special_tokens=False))]
+    gb = gb2312_hanzi()
+    fallback = fallback_ids(tok)
+    uncovered = [c for c in gb if any(i in fallback for i in tok.encode(c, add_special_tokens=False))]
     seen = {c for rows in corpus["text"].values() for p in rows for c in p}
     seen |= {c for rows in corpus["qa"].values() for q, a in rows for c in q + a}
     sizes = {f"text/{k}": sum(map(len, v)) for k, v in corpus["text"].items()}

@@ -1,6 +1,6 @@
 """Sweep prefix recipes (P, projection, LR, steps, batch) on the tuning domains and print a table.
 
-    python scripts/tune_prefix_recipe.py --P 32,64 --lr 6e-3,2e-2 --steps 150,300 [--device cuda]
+    python scripts/tune_prefix_recipe.py --P 64,128 --lr 5e-2,1e-1 --steps 300,600 [--device cuda]
 
 Each domain is a folder with train.jsonl and paraphrases.jsonl (scripts/tuning_domains/: a gym
 and a bakery, written for this). For each recipe and domain: train on train.jsonl, then greedy-
@@ -23,7 +23,7 @@ from glmbot import load_base  # noqa: E402
 from glmbot.config import TrainSettings  # noqa: E402
 from glmbot.model.generate import generate_answers  # noqa: E402
 from glmbot.training.data import encode_all, load_examples  # noqa: E402
-from glmbot.training.metrics import score  # noqa: E402
+from glmbot.training.evaluate import evaluate_prefix  # noqa: E402
 from glmbot.training.trainer import PrefixTrainer  # noqa: E402
 
 TUNING = Path(__file__).resolve().parent / "tuning_domains"
@@ -31,8 +31,8 @@ GREETINGS = ["你好", "你是谁", "谢谢", "早上好", "你会做什么"]
 
 
 def rouge_l(model, tok, kv, examples) -> float:
-    answers = generate_answers(model, tok, [e.prompt for e in examples], kv, batch_size=64, max_new_tokens=96)
-    return score(answers, [e.response for e in examples])["rouge-l"]
+    """ROUGE-L of greedy answers (glmbot eval's own scoring)."""
+    return evaluate_prefix(model, tok, kv, examples, max_new_tokens=96).metrics["rouge-l"]
 
 
 def main():
@@ -40,10 +40,10 @@ def main():
     ap.add_argument("--base", default="builtin:tiny")
     ap.add_argument("--domains", default=",".join(sorted(p.name for p in TUNING.iterdir() if p.is_dir())))
     ap.add_argument("--device", default=None)
-    ap.add_argument("--P", default="32")
-    ap.add_argument("--projection", default="1")
-    ap.add_argument("--lr", default="6e-3")
-    ap.add_argument("--steps", default="300")
+    ap.add_argument("--P", default="128")
+    ap.add_argument("--projection", default="0")
+    ap.add_argument("--lr", default="1e-1")
+    ap.add_argument("--steps", default="600")
     ap.add_argument("--batch-size", default="16")
     args = ap.parse_args()
     model, tok = load_base(args.base, device=args.device)

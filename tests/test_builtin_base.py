@@ -10,6 +10,7 @@ import torch
 from glmbot import load_base
 from glmbot.config import TrainSettings
 from glmbot.model.generate import generate_answers
+from glmbot.training.coverage import gb2312_hanzi
 from glmbot.training.data import encode_all, load_examples
 from glmbot.training.trainer import PrefixTrainer, read_losses
 
@@ -39,13 +40,7 @@ def test_plain_base_greets_like_a_chat_model(base):
 
 def test_tokenizer_spells_every_gb2312_hanzi_and_fullwidth_mark_as_one_piece(base):
     _, tok = base
-    hanzi = []
-    for hi in range(0xB0, 0xF8):
-        for lo in range(0xA1, 0xFF):
-            try:
-                hanzi.append(bytes((hi, lo)).decode("gb2312"))
-            except UnicodeDecodeError:
-                pass
+    hanzi = gb2312_hanzi()
     assert len(hanzi) == 6763
     marks = list("，。、；：？！“”‘’（）《》【】—…")
     missing = [c for c in hanzi + marks + list("azAZ09") if len(tok.sp.EncodeAsIds(c)) != 1
@@ -59,7 +54,7 @@ def test_default_recipe_learns_a_held_out_domain(base, tmp_path):
     model, tok = base
     examples = load_examples(DATA / "library_faq.jsonl")
     encoded, _ = encode_all(tok, examples, 64, 128)
-    settings = TrainSettings(max_steps=150, checkpoint_every=0)  # the default recipe, half the steps
+    settings = TrainSettings(max_steps=150, checkpoint_every=0)  # the default recipe, a quarter of its steps
     questions = [e.prompt for e in examples]
     before = generate_answers(model, tok, questions)
     result = PrefixTrainer(model, settings, tmp_path).fit(encoded)

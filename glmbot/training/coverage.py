@@ -40,6 +40,19 @@ class CoverageReport:
         return self.byte_share > COVERAGE_WARN_SHARE
 
 
+def gb2312_hanzi() -> list[str]:
+    """The 6,763 hanzi of GB2312 (level 1: rows 0xB0-0xD7, level 2: 0xD8-0xF7), in code order: what the
+    builtin base's tokenizer must hold as pieces of their own (scripts/build_tiny_base.py)."""
+    chars = []
+    for hi in range(0xB0, 0xF8):
+        for lo in range(0xA1, 0xFF):
+            try:
+                chars.append(bytes((hi, lo)).decode("gb2312"))
+            except UnicodeDecodeError:
+                pass  # the unassigned tail of row 0xD7
+    return chars
+
+
 def fallback_ids(tok: ChatGLMTokenizer) -> frozenset[int]:
     """Ids of byte pieces (whitespace bytes excepted) and of unk: what an uncovered character becomes."""
     ids = {tok.sp.unk_id()}
