@@ -60,7 +60,7 @@ def serve(args: argparse.Namespace) -> None:
 
     from glmbot import load_base
     from glmbot.config import settings_from_dict
-    from glmbot.integrations.server import create_app, run_server
+    from glmbot.http import create_app, run_server
     from glmbot.model.prefix import PrefixEncoder
     from glmbot.plugins import get_manager
     from glmbot.serving.engine import Engine

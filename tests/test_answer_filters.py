@@ -13,7 +13,7 @@ import pytest
 from glmbot import hookspecs, load_base
 from glmbot.config import settings_from_dict
 from glmbot.errors import GenerationError
-from glmbot.integrations.server import ServerThread, create_app
+from glmbot.http import ServerThread, create_app
 from glmbot.plugins import get_manager, reset_manager
 from glmbot.serving.answer_filters import MaskWords, mask_words
 from glmbot.serving.engine import Engine

@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, text
 from glmbot import load_base
 from glmbot.config import load_settings
 from glmbot.errors import AdapterIntegrityError
+from glmbot.http import ServerThread, create_app
 from glmbot.integrations.langchain import ChatGlmbot
-from glmbot.integrations.server import ServerThread, create_app
 from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state

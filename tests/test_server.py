@@ -16,8 +16,8 @@ import torch
 from glmbot import load_base
 from glmbot.config import settings_from_dict
 from glmbot.errors import GenerationError
+from glmbot.http import ServerThread, create_app
 from glmbot.integrations.langchain import ChatGlmbot
-from glmbot.integrations.server import ServerThread, create_app
 from glmbot.model.fingerprint import architecture
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state

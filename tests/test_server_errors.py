@@ -10,11 +10,26 @@ import time
 import httpx
 import openai
 import pytest
-from test_server import MAX_LEN, engine, open_registry, registry, server, serving_engine, user, wait_for  # noqa: F401
+from test_server import (  # noqa: F401
+    MAX_LEN,
+    engine,
+    open_registry,
+    registry,
+    server,
+    serving_engine,
+    user,
+    wait_for,
+)
 
 from glmbot.config import settings_from_dict
 from glmbot.errors import ConfigError
-from glmbot.integrations.server import ServerThread, check_bind, create_app, is_loopback, resolve_api_keys
+from glmbot.http import (
+    ServerThread,
+    check_bind,
+    create_app,
+    is_loopback,
+    resolve_api_keys,
+)
 
 CHAT = "/v1/chat/completions"
 LONG = {"max_tokens": 200, "ignore_eos": True, "temperature": 0}  # ~1 s of decoding on the tiny base

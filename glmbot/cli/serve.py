@@ -35,7 +35,7 @@ def serve(
       glmbot serve --port 8080 --no-log
       GLMBOT_API_KEYS=secret1 glmbot serve --host 0.0.0.0
     """
-    from glmbot.integrations.server import check_bind, create_app, resolve_api_keys, run_server
+    from glmbot.http import check_bind, create_app, resolve_api_keys, run_server
 
     settings = common.get_settings()
     host = settings.server.host if host is None else host

@@ -1,1 +1,4 @@
-"""Bridges from the registry and engine to the outside: the Hugging Face Hub (hub.py), LangChain, HTTP."""
+"""Bridges from the registry and engine to other ecosystems: the Hugging Face Hub (hub.py) and LangChain.
+
+HTTP has a package of its own, glmbot.http.
+"""

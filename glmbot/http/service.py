@@ -1,4 +1,4 @@
-"""The handlers behind glmbot's HTTP API: answers from the shared engine, whole or streamed.
+"""The service behind glmbot's HTTP API: answers from the shared engine, whole or streamed.
 
 `ChatService.answer` submits a checked request to the engine and waits on its handle with
 `aresult()`/`astream()`, racing the client's disconnect: a client that goes away cancels its
@@ -11,42 +11,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.responses import StreamingResponse
 
 from glmbot.config import Settings
-from glmbot.errors import DatabaseError, GenerationError, GlmbotError, UnknownAdapterError, UnknownDomainError
-from glmbot.integrations.server_metrics import CONTENT_TYPE, ServerMetrics
-from glmbot.integrations.server_models import (
-    AUTO,
-    CONVERSATION_HEADER,
-    APIError,
-    ChatCompletionRequest,
+from glmbot.errors import (
+    DatabaseError,
+    GenerationError,
+    GlmbotError,
+    UnknownAdapterError,
+    UnknownDomainError,
+)
+from glmbot.http.errors import APIError, error_body
+from glmbot.http.metrics import CONTENT_TYPE, ServerMetrics
+from glmbot.http.responses import (
     CompletionIds,
     chunk_body,
     completion_body,
-    error_body,
     glmbot_extension,
     openai_finish_reason,
     sse,
     usage_chunk,
+)
+from glmbot.http.schemas import AUTO, CONVERSATION_HEADER, ChatCompletionRequest
+from glmbot.http.streaming import (
+    CLIENT_GONE,
+    ClientGone,
+    EventStreamResponse,
+    next_delta,
+    until_disconnected,
 )
 from glmbot.serving.prefix_cache import StaticPrefixSource
 from glmbot.serving.requests import GenerationRequest, RequestHandle
 from glmbot.serving.router import BASE
 
 log = logging.getLogger(__name__)
-CLIENT_GONE = 499  # nginx's status for "client closed the request", used in metrics only
 LOG_WAIT_S = 60.0  # how long the logging thread waits for a cancelled request to wind down
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
 
 
 @dataclass
@@ -149,7 +154,7 @@ class ChatService:
     async def _stream(self, request: Request, chat: ChatCompletionRequest, exchange: _Exchange,
                       ids: CompletionIds) -> Response:
         deltas = exchange.handle.astream()
-        more, first = await until_disconnected(_next(deltas), request)  # errors before any text: 4xx/5xx
+        more, first = await until_disconnected(next_delta(deltas), request)  # errors before any text: 4xx/5xx
         events = self._events(chat, exchange, ids, deltas, first if more else None)
         return EventStreamResponse(events, lambda: self.close(exchange), self.send_timeout_s,
                                    headers={CONVERSATION_HEADER: exchange.request.conversation_id})
@@ -236,62 +241,3 @@ def _no_such_model(model: str, cards: list[dict[str, Any]], why: str = "") -> AP
     return APIError(404, f"model {model!r} does not exist{f' ({why})' if why else ''}; available models: {names} "
                          "(a domain may also be asked for by version, e.g. support@v2)",
                     code="model_not_found", param="model")
-
-
-async def _next(deltas: AsyncIterator[str]) -> tuple[bool, str]:
-    """(True, first delta) or (False, '') when the answer ended without text; raises its error."""
-    try:
-        return True, await deltas.__anext__()
-    except StopAsyncIteration:
-        return False, ""
-
-
-async def until_disconnected(work: Awaitable[Any], request: Request) -> Any:
-    """The result of `work`, unless the client disconnects first (then ClientGone)."""
-    work_task = asyncio.ensure_future(work)
-    gone_task = asyncio.ensure_future(_disconnect(request))
-    try:
-        await asyncio.wait({work_task, gone_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone_task.cancel()
-        if not work_task.done():
-            work_task.cancel()
-    if work_task.done() and not work_task.cancelled():
-        return work_task.result()
-    raise ClientGone()
-
-
-async def _disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-class EventStreamResponse(StreamingResponse):
-    """SSE whose `on_close` always runs (disconnect, stall, error or end), and whose sends time out:
-    a client that reads nothing for `send_timeout_s` is dropped (uvicorn then closes the connection)."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], send_timeout_s: float,
-                 headers: dict[str, str] | None = None):
-        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
-        self.on_close, self.send_timeout_s = on_close, send_timeout_s
-
-    async def stream_response(self, send: Callable) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            try:
-                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk.encode(), "more_body": True}),
-                                       self.send_timeout_s)
-            except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
-                log.warning("a client read nothing of its stream for %.0f s: its request is cancelled",
-                            self.send_timeout_s)
-                return  # incomplete response: uvicorn closes the connection
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def __call__(self, scope: Any, receive: Callable, send: Callable) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.on_close()
-            await self.body_iterator.aclose()

@@ -1,0 +1,72 @@
+"""Running an app with uvicorn: in the foreground (`glmbot serve`) or on a background thread.
+
+    run_server(app, "127.0.0.1", 8000)          # until Ctrl-C / SIGTERM
+    with ServerThread(app) as server:           # tests, benchmarks, notebooks; port 0 = a free port
+        server.url
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from glmbot.http.auth import check_bind
+
+
+def server_config(app: FastAPI, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
+    """uvicorn's config for `app`; refuses a non-loopback host when the app has no API keys."""
+    check_bind(host, app.state.api_keys)
+    kwargs.setdefault("log_level", "info")
+    kwargs.setdefault("timeout_graceful_shutdown", 10)
+    return uvicorn.Config(app, host=host, port=port, **kwargs)
+
+
+def run_server(app: FastAPI, host: str, port: int, **kwargs: Any) -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM)."""
+    uvicorn.Server(server_config(app, host, port, **kwargs)).run()
+
+
+class ServerThread:
+    """uvicorn on a background thread (tests, benchmarks, notebooks); port 0 = a free port.
+
+        with ServerThread(app) as server:
+            openai.OpenAI(base_url=server.url + "/v1", api_key="-")
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, **kwargs: Any):
+        kwargs.setdefault("log_level", "warning")
+        self.server = uvicorn.Server(server_config(app, host, port, **kwargs))
+        self.host = host
+        self._thread = threading.Thread(target=self.server.run, name="glmbot-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start on {self.host} (port taken, or see the log)")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
