@@ -194,6 +194,58 @@ class ServerSettings:
             raise ValueError("api_keys holds an empty key; remove it")
 
 
+RAY_ADDRESS_RE = re.compile(r"|auto|local|ray://[^\s/]+|[^\s/:]+:\d{1,5}")
+
+
+@dataclass
+class RaySettings:
+    address: str = field(default="", metadata=_help(
+        "'' = start Ray on this machine; 'auto' = the cluster this machine belongs to (ray start); "
+        "'ray://HEAD:10001' (Ray Client) or 'HEAD:6379'"))
+    replicas: int = field(default=1, metadata=_help("engine replicas when autoscaling is off (max_replicas = 0)"))
+    min_replicas: int = field(default=1, metadata=_help("autoscaling: fewest replicas (used when max_replicas > 0)"))
+    max_replicas: int = field(default=0, metadata=_help("autoscaling: most replicas; 0 = a fixed number (replicas)"))
+    target_ongoing_requests: float = field(default=32.0, metadata=_help(
+        "autoscaling: requests in flight per replica that Ray Serve aims for"))
+    num_cpus: float = field(default=1.0, metadata=_help("CPUs reserved per replica"))
+    num_gpus: float | Literal["auto"] = field(default="auto", metadata=_help(
+        "GPUs per replica: 'auto' = 1 when the cluster has GPUs and [model] device is not cpu, else 0; "
+        "at most 1 (one engine drives one GPU); a fraction shares a GPU between replicas"))
+    memory_gib: float = field(default=0.0, metadata=_help("host memory reserved per replica; 0 = none"))
+    max_adapters_per_replica: int = field(default=16, metadata=_help(
+        "domains a replica keeps hot (Ray's multiplexing LRU); requests for a domain go to replicas that hold it"))
+    max_ongoing_requests: int = field(default=0, metadata=_help(
+        "requests a replica takes at once; 0 = [serving] max_batch_size (its engine's batch)"))
+    ingress_replicas: int = field(default=1, metadata=_help(
+        "replicas of the HTTP ingress (routing, auth, streaming; no model)"))
+    app_name: str = field(default="glmbot", metadata=_help("the Ray Serve application's name"))
+
+    def __post_init__(self) -> None:
+        if not RAY_ADDRESS_RE.fullmatch(self.address):
+            raise ValueError(f"address = {self.address!r} is not a Ray address: use '' (a local Ray), 'auto', "
+                             "'ray://HEAD:10001' or 'HEAD:6379'")
+        for name in ("replicas", "max_adapters_per_replica", "ingress_replicas"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_replicas < 0 or self.min_replicas < 0 or self.max_ongoing_requests < 0:
+            raise ValueError(f"min_replicas, max_replicas and max_ongoing_requests must be >= 0, got "
+                             f"{self.min_replicas}, {self.max_replicas} and {self.max_ongoing_requests}")
+        if self.max_replicas and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas = {self.min_replicas} is above max_replicas = {self.max_replicas}")
+        if self.target_ongoing_requests <= 0 or self.num_cpus < 0 or self.memory_gib < 0:
+            raise ValueError(f"target_ongoing_requests must be > 0 and num_cpus, memory_gib >= 0, got "
+                             f"{self.target_ongoing_requests}, {self.num_cpus}, {self.memory_gib}")
+        if self.num_gpus != "auto" and not 0 <= self.num_gpus <= 1:
+            raise ValueError(f"num_gpus = {self.num_gpus} must be 'auto' or in [0, 1]: a replica runs one engine on "
+                             "one GPU; for more GPUs raise replicas (or max_replicas)")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.app_name):
+            raise ValueError(f"app_name = {self.app_name!r} must be 1-64 letters, digits, '_' or '-'")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas > 0
+
+
 @dataclass
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -204,6 +256,7 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
     domains: dict[str, DomainSettings] = field(default_factory=dict)
     # Where relative paths are resolved from (the folder of the file, or the cwd).
     root: Path = field(default_factory=Path.cwd, metadata={"internal": True})

@@ -74,3 +74,7 @@ class GenerationError(GlmbotError):
 
 class RoutingError(GlmbotError, ValueError):
     """A router or plugin router was registered or answered wrongly."""
+
+
+class ServingUnavailableError(GlmbotError):
+    """The replica serving a request died or could not be reached; the request may be sent again."""

@@ -24,6 +24,7 @@ from glmbot.errors import (
     DatabaseError,
     GenerationError,
     GlmbotError,
+    ServingUnavailableError,
     UnknownAdapterError,
     UnknownDomainError,
 )
@@ -219,7 +220,7 @@ class ChatService:
             self.turn_logger.record_turn(exchange.request, result)
 
     async def _api_error(self, exc: GlmbotError, model: str) -> APIError:
-        """Engine errors -> statuses: unknown model 404, bad request 400, registry down 503, else 500."""
+        """Engine errors -> statuses: unknown model 404, bad request 400, registry or replica down 503, else 500."""
         if isinstance(exc, (UnknownDomainError, UnknownAdapterError)):
             try:
                 cards = await asyncio.to_thread(self.model_cards)
@@ -228,6 +229,8 @@ class ChatService:
             return _no_such_model(model, cards, str(exc))
         if isinstance(exc, GenerationError):
             return APIError(400, str(exc))
+        if isinstance(exc, ServingUnavailableError):  # a Ray Serve replica died under the request
+            return APIError(503, str(exc), "server_error", "unavailable")
         if isinstance(exc, DatabaseError):
             return APIError(503, f"the adapter registry is unavailable: {exc}", "server_error", "unavailable")
         if isinstance(exc, GlmbotError):

@@ -37,7 +37,8 @@ from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, chat_turns
-from glmbot.serving.router import BASE, DAMAGED_FALLBACK, RouteDecision
+from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision
+from glmbot.serving.routing_setup import route_request
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
 
@@ -320,29 +321,9 @@ class Engine:
         return None, [], ids
 
     def _route(self, req: GenerationRequest, query: str | None, history: list) -> RouteDecision:
-        if req.adapter and req.domain and req.adapter.partition("@")[0].strip() != req.domain.strip():
-            raise GenerationError(f"adapter {req.adapter!r} does not belong to domain {req.domain!r}; give one of them")
-        explicit = req.adapter or req.domain
-        if self.router is not None and (query is not None or explicit is not None):
-            route = lambda: self.router.route(query or "", conversation_id=req.conversation_id,  # noqa: E731
-                                              history=history, explicit=explicit)
-            try:
-                return route()
-            except UnknownDomainError:
-                if explicit is None or self.registry is None:
-                    raise
-                # Promoted after this engine started? Re-read the registry's domains once, then retry.
-                from glmbot.serving.routing_setup import refresh_router
-
-                refresh_router(self.router, self.settings, self.registry)
-                return route()
-        if explicit is None:
-            return RouteDecision(None, None, "fallback", 0.0, detail="no router configured: plain base model")
-        explicit = explicit.strip()
-        if explicit == BASE:
-            return RouteDecision(None, None, "explicit", 1.0, detail="plain base model requested")
-        domain, sep, _ = explicit.partition("@")
-        return RouteDecision(domain, explicit if sep else None, "explicit", 1.0, detail=f"{explicit!r} requested")
+        if req.route is not None:  # routed upstream: the Ray Serve ingress runs the router, replicas follow it
+            return req.route
+        return route_request(self.router, self.settings, self.registry, req, query, history)
 
     def _prefix(self, route: RouteDecision) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
         """The route's adapter and prefix KV; a routed request whose adapter is damaged gets a new route."""

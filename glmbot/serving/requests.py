@@ -49,7 +49,8 @@ class GenerationRequest:
     do_sample: bool | None = None
     prompt_ids: Sequence[int] | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
-    # Set by the engine once routed, for plugins' before_generate/after_generate to read.
+    # Set by the engine once routed, for plugins' before_generate/after_generate to read; a request that
+    # arrives with a route (the Ray Serve ingress routed it) is served on that route, not routed again.
     route: RouteDecision | None = field(default=None, compare=False)
 
 

@@ -14,8 +14,8 @@ import logging
 from typing import Any
 
 from glmbot.config import Settings
-from glmbot.errors import ConfigError, DataError
-from glmbot.serving.router import BASE, DomainProfile, Router
+from glmbot.errors import ConfigError, DataError, GenerationError, UnknownDomainError
+from glmbot.serving.router import BASE, DomainProfile, RouteDecision, Router
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +101,33 @@ def refresh_router(router: Router, settings: Settings, registry: Any) -> None:
     profiles = _registry_profiles(settings, registry)
     gone = set(router.domains) - {p.name for p in profiles}
     router.update_profiles(profiles, remove=gone)
+
+
+def route_request(router: Router | None, settings: Settings, registry: Any, req: Any, query: str | None,
+                  history: list) -> RouteDecision:
+    """The route of a GenerationRequest: its explicit domain/adapter, else the router's decision.
+
+    An explicit domain the router does not know yet (promoted after start) re-reads the registry's
+    domains once. Without a router, unnamed requests go to the plain base model.
+    """
+    if req.adapter and req.domain and req.adapter.partition("@")[0].strip() != req.domain.strip():
+        raise GenerationError(f"adapter {req.adapter!r} does not belong to domain {req.domain!r}; give one of them")
+    explicit = req.adapter or req.domain
+    if router is not None and (query is not None or explicit is not None):
+        def route() -> RouteDecision:
+            return router.route(query or "", conversation_id=req.conversation_id, history=history, explicit=explicit)
+
+        try:
+            return route()
+        except UnknownDomainError:
+            if explicit is None or registry is None:
+                raise
+            refresh_router(router, settings, registry)
+            return route()
+    if explicit is None:
+        return RouteDecision(None, None, "fallback", 0.0, detail="no router configured: plain base model")
+    explicit = explicit.strip()
+    if explicit == BASE:
+        return RouteDecision(None, None, "explicit", 1.0, detail="plain base model requested")
+    domain, sep, _ = explicit.partition("@")
+    return RouteDecision(domain, explicit if sep else None, "explicit", 1.0, detail=f"{explicit!r} requested")
