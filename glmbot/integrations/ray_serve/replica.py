@@ -127,6 +127,12 @@ class GlmbotReplica:
                 handle.cancel()
             pumping.cancel()
 
+    async def complete(self, request: GenerationRequest) -> Any:
+        """The whole answer (a GenerationResult) from this replica's engine. For
+        `handle.broadcast("complete", request)`: ask every replica the same question (after a
+        promotion, a deployment), which the load-balanced HTTP path cannot do."""
+        return await self.engine.submit(request).aresult()
+
     async def replica_stats(self) -> dict[str, Any]:
         """This replica's id, the adapters it holds, its requests by domain, and its engine's stats."""
         return {"replica": self.id, "adapters": sorted(self.held), "requests": dict(self.requests),
