@@ -22,6 +22,8 @@ def serve(
         "--api-key", metavar="KEY", help="a Bearer key clients must send (repeatable); prefer GLMBOT_API_KEYS=k1,k2, "
                           "which other users cannot read from the process list")] = None,
     no_log: Annotated[bool, Opt("--no-log", help="do not store the conversations in the registry")] = False,
+    ray: Annotated[bool, Opt("--ray", help="serve from engine replicas on Ray Serve, as [ray] of glmbot.toml says "
+                                           "(pip install 'glmbot[ray]'; docs/SCALING.md)")] = False,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API over the routed adapters.
 
@@ -34,6 +36,7 @@ def serve(
       glmbot serve
       glmbot serve --port 8080 --no-log
       GLMBOT_API_KEYS=secret1 glmbot serve --host 0.0.0.0
+      glmbot serve --ray          # [ray] replicas on a Ray cluster, same API
     """
     from glmbot.http import check_bind, create_app, resolve_api_keys, run_server
 
@@ -44,6 +47,10 @@ def serve(
     check_bind(host, keys)  # before minutes of model loading
     if no_log:
         settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, log_conversations=False))
+    if ray:
+        from glmbot.cli.serve_ray import serve_on_ray
+
+        return serve_on_ray(settings, host, port, keys)
     registry = common.get_registry()
     engine = common.get_engine()
     app = create_app(engine, settings=settings, registry=registry, api_keys=keys)

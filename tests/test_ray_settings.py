@@ -1,0 +1,100 @@
+"""[ray] settings and what they become (no cluster needed): bad values refused by name, deployment
+options per replica, replica stats summed, and `glmbot --help` that never imports Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from glmbot.config import settings_from_dict
+from glmbot.errors import ConfigError
+from glmbot.integrations.ray_serve.application import portable, replica_options
+from glmbot.integrations.ray_serve.remote_engine import combine_stats, multiplex_key
+from glmbot.serving.engine import EngineStats
+from glmbot.serving.prefix_cache import PrefixCacheStats
+from glmbot.serving.router import RouteDecision
+
+
+def ray_settings(**ray) -> object:
+    return settings_from_dict({"ray": ray}, source="glmbot.toml")
+
+
+@pytest.mark.parametrize("ray, message", [
+    ({"replicas": 0}, "[ray] replicas must be >= 1, got 0"),
+    ({"num_gpus": 2}, "num_gpus = 2.0 must be 'auto' or in [0, 1]: a replica runs one engine on one GPU"),
+    ({"num_gpus": "many"}, "ray.num_gpus has the wrong type: 'many'"),
+    ({"address": "http://head:8265"}, "address = 'http://head:8265' is not a Ray address"),
+    ({"min_replicas": 3, "max_replicas": 2}, "min_replicas = 3 is above max_replicas = 2"),
+    ({"max_adapters_per_replica": 0}, "max_adapters_per_replica must be >= 1, got 0"),
+    ({"num_cpus": -1}, "num_cpus, memory_gib >= 0"),
+    ({"app_name": "my app"}, "app_name = 'my app' must be 1-64 letters"),
+    ({"replica": 2}, "unknown key ray.'replica'"),
+])
+def test_bad_ray_settings_are_refused_naming_the_key(ray, message):
+    with pytest.raises(ConfigError) as caught:
+        ray_settings(**ray)
+    assert message in str(caught.value) and str(caught.value).startswith("glmbot.toml: ")
+
+
+def test_replica_options_follow_ray_settings():
+    fixed = replica_options(ray_settings(replicas=3, num_cpus=2, memory_gib=1.5, max_adapters_per_replica=4), 0)
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0, "memory": 3 << 29}
+    assert fixed["max_ongoing_requests"] == 64  # [serving] max_batch_size: one engine batch per replica
+    scaled = replica_options(ray_settings(min_replicas=1, max_replicas=8, target_ongoing_requests=16), 8)
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16.0}
+    assert "num_replicas" not in scaled and scaled["ray_actor_options"]["num_gpus"] == 1.0  # auto: GPUs seen
+
+
+def test_gpus_and_device_must_agree():
+    cpu = settings_from_dict({"model": {"device": "cpu"}, "ray": {"num_gpus": 1}}, source="glmbot.toml")
+    with pytest.raises(ConfigError, match=r"num_gpus = 1.0 but \[model\] device = 'cpu'"):
+        replica_options(cpu, 8)
+    cuda = settings_from_dict({"model": {"device": "cuda"}}, source="glmbot.toml")
+    with pytest.raises(ConfigError, match="the replicas get no GPU"):
+        replica_options(cuda, 0)
+    auto_on_cpu_node = settings_from_dict({"model": {"device": "cpu"}}, source="glmbot.toml")
+    assert replica_options(auto_on_cpu_node, 8)["ray_actor_options"]["num_gpus"] == 0.0
+
+
+def test_portable_settings_carry_the_registry_url_and_absolute_paths(tmp_path, monkeypatch):
+    settings = settings_from_dict({"registry": {"adapters_dir": "ads"}, "plugins": {"paths": ["plugins"]}},
+                                  root=tmp_path)
+    monkeypatch.setenv("GLMBOT_DB_URL", "postgresql+psycopg://db/glmbot")
+    moved = portable(settings)
+    monkeypatch.delenv("GLMBOT_DB_URL")  # a replica on another node has no such variable
+    assert moved.db_url == "postgresql+psycopg://db/glmbot"
+    assert moved.adapters_dir == tmp_path / "ads" and moved.plugins.paths == [str(tmp_path / "plugins")]
+
+
+def test_multiplex_key_is_the_pinned_ref_else_the_domain():
+    assert multiplex_key(RouteDecision("support", None, "keyword", 1.0)) == "support"
+    assert multiplex_key(RouteDecision("support", "support@v2", "explicit", 1.0)) == "support@v2"
+    assert multiplex_key(RouteDecision(None, None, "fallback", 0.0)) == ""
+
+
+def stats(steps: int, step_ms: float, peak: int, finished: dict, hits: int) -> EngineStats:
+    cache = PrefixCacheStats(hits=hits, misses=1, evictions=0, bytes=100, entries=1, capacity_bytes=1000, pinned=0)
+    return EngineStats(active_rows=1, queued=2, decode_steps=steps, decode_tokens=steps * 2,
+                       mean_decode_step_ms=step_ms, peak_rows=peak, prefill_forwards=1, prefill_tokens=10,
+                       prefill_s=0.5, finished=finished, slot_bytes=1 << 20, prefix_cache=cache)
+
+
+def test_replica_stats_are_summed():
+    total = combine_stats([stats(10, 2.0, 3, {"stop": 2}, 5), stats(30, 4.0, 7, {"stop": 1, "length": 4}, 1)])
+    assert (total.active_rows, total.queued, total.decode_steps, total.decode_tokens) == (2, 4, 40, 80)
+    assert total.mean_decode_step_ms == pytest.approx((10 * 2.0 + 30 * 4.0) / 40)
+    assert total.peak_rows == 7 and total.finished == {"stop": 3, "length": 4} and total.slot_bytes == 2 << 20
+    assert (total.prefix_cache.hits, total.prefix_cache.entries, total.prefix_cache.capacity_bytes) == (6, 2, 2000)
+    empty = combine_stats([])
+    assert (empty.decode_steps, empty.mean_decode_step_ms, empty.prefix_cache) == (0, 0.0, None)
+
+
+def test_glmbot_help_does_not_import_ray():
+    code = "import sys, glmbot.cli.main as m; m.app(['serve', '--help'], standalone_mode=False); " \
+           "print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--ray" in done.stdout and done.stdout.strip().endswith("False")
