@@ -227,6 +227,28 @@ def test_a_damaged_adapter_falls_back_as_on_one_machine(stack):
     assert "hr@v3" in named.json()["error"]["message"]
 
 
+def test_a_client_that_leaves_frees_its_row_on_the_replica(stack):
+    url, *_ = stack
+    def cancelled() -> int:
+        return sum(r["engine"]["finished"].get("cancelled", 0) for r in replicas(url).values())
+
+    before = cancelled()
+    body = {"model": "ads", "stream": True, "max_tokens": 900, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "你好"}]}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+        pieces = 0
+        for line in response.iter_lines():
+            pieces += line.startswith("data: ") and '"content":"' in line and '"content":""' not in line
+            if pieces >= 3:
+                break  # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 20
+    while cancelled() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = replicas(url)
+    assert cancelled() == before + 1
+    assert all(r["engine"]["active_rows"] == 0 for r in after.values())
+
+
 def stream_into(url: str, model: str, record: dict) -> None:
     body = {"model": model, "stream": True, "max_tokens": 900, "ignore_eos": True,
             "messages": [{"role": "user", "content": "你好"}]}
