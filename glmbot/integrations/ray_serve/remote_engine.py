@@ -51,7 +51,7 @@ class RemoteHandle(RequestHandle):
         super().__init__(request, self._stop)
         self.loop = loop
         self.task: asyncio.Task | None = None
-        self.replica: str | None = None  # the multiplexed key it was sent with ('' = any replica)
+        self.key: str | None = None  # the multiplexed model id it was sent with ('' = any replica)
 
     def _stop(self) -> None:
         """cancel(): stop the replica's generator (its engine frees the row) and end this handle."""
@@ -69,7 +69,6 @@ class RemoteEngine:
         self.max_batch_size = settings.serving.max_batch_size  # per replica
         self.prefix_cache = None  # the replicas hold the prefixes; /v1/models reads the registry
         self._stats = combine_stats([])
-        self._replica_stats: list[dict[str, Any]] = []
         self._stats_at = 0.0
         self._stats_task: asyncio.Task | None = None
         self._closed = False
@@ -89,10 +88,10 @@ class RemoteEngine:
         request, text, stream = handle.request, [], None
         try:
             request.route = await asyncio.to_thread(self._route, request)
-            handle.replica = multiplex_key(request.route)
+            handle.key = multiplex_key(request.route)
             options = {"stream": True}
-            if handle.replica:
-                options["multiplexed_model_id"] = handle.replica
+            if handle.key:
+                options["multiplexed_model_id"] = handle.key
             stream = self.replicas.options(**options).generate.remote(request)
             async for kind, value in stream:
                 if kind == "delta":
@@ -112,7 +111,7 @@ class RemoteEngine:
         except GlmbotError as exc:  # routing: unknown domain, bad messages
             handle._finish(error=exc)
         except Exception as exc:  # noqa: BLE001 - Ray's errors: the replica died, or none is reachable
-            log.warning("request %d: replica %r failed: %s: %s", handle.id, handle.replica, type(exc).__name__, exc)
+            log.warning("request %d: the replica of %r failed: %s: %s", handle.id, handle.key, type(exc).__name__, exc)
             handle._finish(error=ServingUnavailableError(
                 f"the replica serving this request stopped ({type(exc).__name__}) after {len(''.join(text))} "
                 "characters of the answer; other replicas keep serving: send the request again"))
@@ -136,8 +135,7 @@ class RemoteEngine:
         results = await self.replicas.broadcast("replica_stats").results_async(
             timeout_s=STATS_TIMEOUT_S, return_exceptions=True)
         live = [r for r in results if isinstance(r, dict)]
-        self._replica_stats, self._stats, self._stats_at = live, combine_stats([r["engine"] for r in live]), \
-            time.monotonic()
+        self._stats, self._stats_at = combine_stats([r["engine"] for r in live]), time.monotonic()
         return live
 
     def _refresh_soon(self) -> None:
