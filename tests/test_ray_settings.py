@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import cli, make_project
 
 from glmbot.config import settings_from_dict
 from glmbot.errors import ConfigError
@@ -98,3 +99,23 @@ def test_glmbot_help_does_not_import_ray():
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--ray" in done.stdout and done.stdout.strip().endswith("False")
+
+
+def test_serve_ray_refuses_contradicting_gpus_before_starting_ray(tmp_path, capsys):
+    config = make_project(tmp_path, train="[model]\ndevice = \"cpu\"\n[ray]\nnum_gpus = 1")
+    code, _, err = cli(config, "serve", "--ray", capsys=capsys)
+    assert code == 1
+    assert "[ray] num_gpus = 1.0 but [model] device = 'cpu': set num_gpus = 0" in err and "\n" not in err.strip()
+    assert not ray_started()
+
+
+def test_serve_ray_refuses_a_public_address_without_keys(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GLMBOT_API_KEYS", raising=False)
+    code, _, err = cli(make_project(tmp_path), "serve", "--ray", "--host", "0.0.0.0", capsys=capsys)
+    assert code == 1 and "refusing to serve on '0.0.0.0' without API keys" in err
+    assert not ray_started()
+
+
+def ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()

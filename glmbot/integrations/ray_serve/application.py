@@ -119,6 +119,8 @@ def deploy(settings: Settings, host: str, port: int, api_keys: Sequence[str] = (
     the application; returns its base URL. Ray already initialised by the caller is used as it is."""
     import ray
 
+    if settings.ray.num_gpus != "auto":  # explicit GPUs that contradict [model] device: refused before Ray starts
+        replica_options(settings, 0.0)
     if not ray.is_initialized():
         ray.init(address=settings.ray.address or None, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
