@@ -119,3 +119,35 @@ def test_serve_ray_refuses_a_public_address_without_keys(tmp_path, capsys, monke
 def ray_started() -> bool:
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized()
+
+
+def test_an_adapter_dropped_by_rays_lru_leaves_the_prefix_cache(tmp_path, sp_model_file):
+    from conftest import small_model
+    from test_engine_registry import add_adapter
+
+    from glmbot.integrations.ray_serve.replica import AdapterLease
+    from glmbot.model.tokenizer import ChatGLMTokenizer
+    from glmbot.registry import Registry
+    from glmbot.serving.engine import Engine
+
+    with Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "adapters") as registry:
+        add_adapter(registry, "support", 4, 0)
+        add_adapter(registry, "support", 6, 1)  # support@v2 active
+        add_adapter(registry, "ads", 5, 2)
+        tok = ChatGLMTokenizer(sp_model_file)
+        with Engine(small_model(), tok, registry=registry, max_batch_size=2, max_len=64) as engine:
+            cache, held = engine.prefix_cache, set()
+            leases = [AdapterLease(key, engine, held) for key in ("support", "support@v1", "ads")]
+            for key in held:
+                cache.get(cache.resolve(key))
+            assert cache.stats().entries == 3 and held == {"support", "support@v1", "ads"}
+            leases[1].__del__()  # a pinned REF: only that version goes
+            assert cache.stats().entries == 2 and held == {"support", "ads"}
+            leases[0].__del__()
+            leases[0].__del__()  # Ray calls it, then Python may: the second does nothing
+            assert cache.stats().entries == 1 and held == {"ads"}
+            misses = cache.stats().misses
+            cache.get(cache.resolve("ads"))  # still cached
+            assert cache.stats().misses == misses
+            cache.get(cache.resolve("support"))  # loaded again
+            assert cache.stats().misses == misses + 1

@@ -27,22 +27,28 @@ log = logging.getLogger(__name__)
 
 
 class AdapterLease:
-    """A domain (or REF) held hot on this replica while Ray's multiplexing LRU keeps it."""
+    """A domain (or REF) held hot on a replica while Ray's multiplexing LRU keeps it: when Ray drops
+    it, its prefix leaves the engine's cache too, so the cache holds what Ray routes here."""
 
-    def __init__(self, replica: GlmbotReplica, key: str):
-        self.replica, self.key, self.released = replica, key, False
+    def __init__(self, key: str, engine: Any, held: set[str]):
+        self.key, self.engine, self.held, self.released = key, engine, held, False
+        held.add(key)
 
     def __del__(self) -> None:  # Ray calls it on LRU eviction (and Python may again later)
         if self.released:
             return
         self.released = True
-        self.replica.held.discard(self.key)
-        engine = getattr(self.replica, "engine", None)
-        if engine is not None:
-            if "@" in self.key:
-                engine.invalidate_adapter(self.key)
-            else:
-                engine.invalidate_domain(self.key)
+        self.held.discard(self.key)
+        cache = self.engine.prefix_cache
+        if cache is None:
+            return
+        if "@" not in self.key:
+            self.engine.invalidate_domain(self.key)
+            return
+        try:
+            self.engine.invalidate_adapter(cache.resolve(self.key).id)
+        except GlmbotError:  # gone from the registry: nothing of it is served any more
+            pass
 
 
 class GlmbotReplica:
@@ -73,9 +79,8 @@ class GlmbotReplica:
 
     async def _lease(self, key: str) -> AdapterLease:
         await asyncio.to_thread(self._warm, key)
-        self.held.add(key)
         self.loads += 1
-        return AdapterLease(self, key)
+        return AdapterLease(key, self.engine, self.held)
 
     def _warm(self, key: str) -> None:
         """Load the active prefix of `key` into the cache. Problems are left to the request itself,
