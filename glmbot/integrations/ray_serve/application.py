@@ -115,14 +115,15 @@ def build_application(settings: Settings, api_keys: Sequence[str] = (), cluster_
 
 
 def deploy(settings: Settings, host: str, port: int, api_keys: Sequence[str] = ()) -> str:
-    """Connect to (or start) Ray as [ray] address says, start Serve's HTTP proxy on host:port and run
-    the application; returns its base URL. Ray already initialised by the caller is used as it is."""
+    """Connect to Ray as [ray] address says ('' = a new Ray on this machine, even where another one
+    runs), start Serve's HTTP proxy on host:port and run the application; returns its base URL. Ray
+    already initialised by the caller is used as it is."""
     import ray
 
     if settings.ray.num_gpus != "auto":  # explicit GPUs that contradict [model] device: refused before Ray starts
         replica_options(settings, 0.0)
     if not ray.is_initialized():
-        ray.init(address=settings.ray.address or None, include_dashboard=False, log_to_driver=False)
+        ray.init(address=settings.ray.address or "local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     app = build_application(settings, api_keys, ray.cluster_resources().get("GPU", 0.0))
     serve.run(app, name=settings.ray.app_name, route_prefix="/", blocking=False)
