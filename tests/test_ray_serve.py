@@ -8,6 +8,7 @@ The cluster is shut down at the end."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import socket
 import threading
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.slow  # ~1-2 minutes on 2 shared cores: a Ray cluster, 
 KEYWORDS = {"support": "退货", "ads": "文案", "hr": "年假"}
 APP = "glmbot_test"
 WEIGHTS = "adapter_model.safetensors"
+MODULE_LIMIT_S = 900  # ~80 s here: past this the test process dumps its threads and exits, never hangs CI
 
 
 def free_port() -> int:
@@ -88,6 +90,7 @@ def stack(tmp_path_factory, pg_schema):
     register(registry, model.config, "hr", 7)  # hr@v2 active, hr@v1 its intact predecessor
     engine = build_engine(settings, model, tok, registry)
     local = ServerThread(create_app(engine, settings=settings, registry=registry)).start()
+    faulthandler.dump_traceback_later(MODULE_LIMIT_S, exit=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, address="local")
     try:
         url = deploy(settings, "127.0.0.1", free_port())
@@ -98,6 +101,7 @@ def stack(tmp_path_factory, pg_schema):
         local.stop()
         engine.close()
         registry.close()
+        faulthandler.cancel_dump_traceback_later()
     assert not ray.is_initialized()
 
 
