@@ -51,10 +51,15 @@ def adapters_tab(backend: WebBackend) -> OnLoad:
         names = backend.domains()
         name = name if name in names else (names[0] if names else None)
         refs = backend.refs(name) if name else []
-        every = backend.refs()
         picked = current if current in refs else (refs[0] if refs else None)
-        return (gr.Dropdown(choices=names, value=name), backend.versions(name) if name else None,
-                gr.Dropdown(choices=refs, value=picked), gr.Dropdown(choices=every), gr.Dropdown(choices=every))
+        return gr.Dropdown(choices=names, value=name), backend.versions(name) if name else None, \
+            gr.Dropdown(choices=refs, value=picked)
+
+    def load_all(name: str | None, current: str | None, a: str | None, b: str | None) -> tuple:
+        """load_domain, and every version for the comparison (its choices kept where still there)."""
+        every = backend.refs()
+        return (*load_domain(name, current), gr.Dropdown(choices=every, value=a if a in every else None),
+                gr.Dropdown(choices=every, value=b if b in every else None))
 
     def load_version(name: str | None) -> tuple:
         if not name:
@@ -85,13 +90,14 @@ def adapters_tab(backend: WebBackend) -> OnLoad:
             return f"error: {exc}", ""
         return first, second
 
-    domain_outputs = [domain, versions, ref, left, right]
+    domain_outputs = [domain, versions, ref]
+    all_inputs, all_outputs = [domain, ref, left, right], [*domain_outputs, left, right]
     domain.change(load_domain, [domain, ref], domain_outputs)
-    refresh.click(load_domain, [domain, ref], domain_outputs)
+    refresh.click(load_all, all_inputs, all_outputs)
     ref.change(load_version, ref, [details, curve])
     for action, button in buttons.items():
         button.click(lambda name, action=action: ask(action, name), ref, [confirm_row, question, pending, status])
     confirm.click(run, [pending, ref], [confirm_row, pending, status, *domain_outputs])
     cancel.click(lambda: (gr.Row(visible=False), None, "cancelled"), None, [confirm_row, pending, status])
     compare.click(side_by_side, [left, right, question_in], [answer_left, answer_right])
-    return load_domain, [domain, ref], domain_outputs
+    return load_all, all_inputs, all_outputs
