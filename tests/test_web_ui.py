@@ -13,6 +13,7 @@ import shutil
 import httpx
 import pytest
 import torch
+from playwright.sync_api import expect
 from test_server import open_registry, serving_engine
 
 from glmbot.config import settings_from_dict
@@ -141,6 +142,14 @@ def test_chat_streams_the_answer_in_pieces_with_its_route_then_switches_domain(p
     assert shown.startswith(second) and "adapter ads@v1 · route explicit" in shown
     turns = [t for c in registry.list_conversations() if c.source == "web" for t in registry.conversation_turns(c.id)]
     assert [(t.adapter, t.answer) for t in turns[-2:]] == [("support@v1", expected), ("ads@v1", second)]
+
+    page.get_by_role("tab", name="Conversations").click()  # the log, browsable
+    page.click("#log-refresh")
+    expect(page.locator("#log-list")).to_contain_text("web")
+    conversation = turns[-1].conversation_id
+    pick(page, "log-conversation", f"{conversation} · {QUESTION}")
+    expect(page.locator("#log-turns")).to_contain_text("ads@v1")
+    expect(page.locator("#log-turns")).to_contain_text(second)
 
 
 def test_the_adapters_page_promotes_a_version_and_the_chat_answers_with_it(page, engine, registry):
