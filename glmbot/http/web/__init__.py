@@ -14,6 +14,7 @@ rollback, archive) also asks for a confirmation. A server bound beyond loopback 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ _MONO = ["ui-monospace", "monospace"]
 
 
 def build_blocks(backend: WebBackend) -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a glmbot server never reports usage to Gradio
     import gradio as gr
 
     from glmbot.http.web.adapters import adapters_tab
