@@ -62,11 +62,11 @@ def chat_tab(backend: WebBackend) -> OnLoad:
     message.submit(respond, inputs, outputs)
     new.click(lambda: ([], [], None, ""), None, outputs)
 
-    def refresh_targets(current: str) -> gr.Dropdown:
-        choices = backend.targets()
-        return gr.Dropdown(choices=choices, value=current if current in {v for _, v in choices} else AUTO)
+    def refresh_targets() -> gr.Dropdown:
+        # choices only: a value sent back here could undo a pick made while the page was loading
+        return gr.Dropdown(choices=backend.targets())
 
-    return refresh_targets, [target], [target]
+    return refresh_targets, None, [target]
 
 
 def log_tab(backend: WebBackend) -> OnLoad:
