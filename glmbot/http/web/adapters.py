@@ -22,7 +22,9 @@ OnLoad = tuple[Callable, Any, Any]
 def adapters_tab(backend: WebBackend) -> OnLoad:
     with gr.Tab("Adapters", id="adapters", elem_id="tab-adapters"):
         with gr.Row():
-            domain = gr.Dropdown(choices=backend.domains(), label="Domain", elem_id="adapters-domain", scale=2)
+            names = backend.domains()
+            domain = gr.Dropdown(choices=names, value=names[0] if names else None, label="Domain",
+                                 elem_id="adapters-domain", scale=2)
             ref = gr.Dropdown(choices=[], label="Version", elem_id="adapters-ref", scale=2)
             refresh = gr.Button("Refresh", elem_id="adapters-refresh", scale=1)
         versions = gr.Dataframe(headers=list(VERSION_COLUMNS), interactive=False, elem_id="adapters-versions")
@@ -90,9 +92,19 @@ def adapters_tab(backend: WebBackend) -> OnLoad:
             return f"error: {exc}", ""
         return first, second
 
+    def load_page(name: str | None) -> tuple:
+        """On a page load: choices and the shown domain's versions, never a value (the page may be in use)."""
+        names, every = backend.domains(), backend.refs()
+        shown = name if name in names else None
+        return (gr.Dropdown(choices=names), backend.versions(shown) if shown else None,
+                gr.Dropdown(choices=backend.refs(shown) if shown else []), gr.Dropdown(choices=every),
+                gr.Dropdown(choices=every))
+
     domain_outputs = [domain, versions, ref]
     all_inputs, all_outputs = [domain, ref, left, right], [*domain_outputs, left, right]
-    domain.change(load_domain, [domain, ref], domain_outputs)
+    # a domain picked: its versions, the newest picked (the domain itself is not sent back: a late answer
+    # would undo the user's next pick)
+    domain.change(lambda name, current: load_domain(name, current)[1:], [domain, ref], [versions, ref])
     refresh.click(load_all, all_inputs, all_outputs)
     ref.change(load_version, ref, [details, curve])
     for action, button in buttons.items():
@@ -100,4 +112,4 @@ def adapters_tab(backend: WebBackend) -> OnLoad:
     confirm.click(run, [pending, ref], [confirm_row, pending, status, *domain_outputs])
     cancel.click(lambda: (gr.Row(visible=False), None, "cancelled"), None, [confirm_row, pending, status])
     compare.click(side_by_side, [left, right, question_in], [answer_left, answer_right])
-    return load_all, all_inputs, all_outputs
+    return load_page, [domain], all_outputs
