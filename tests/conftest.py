@@ -25,6 +25,31 @@ def fresh_plugin_manager():
     reset_manager()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its item (item.report_call...), for fixtures that act on a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture
+def screenshot_on_failure(request):
+    """A function to call with a Playwright page before closing it: when the test failed, it saves a full-page
+    screenshot as $GLMBOT_SCREENSHOT_DIR/<test>.png (default test-screenshots/) and names it in the report."""
+    def save(page) -> None:  # noqa: ANN001 - playwright.sync_api.Page
+        report = getattr(request.node, "report_call", None)
+        if report is None or not report.failed:
+            return
+        folder = Path(os.environ.get("GLMBOT_SCREENSHOT_DIR", "test-screenshots"))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / ("".join(c if c.isalnum() or c in "-_" else "_" for c in request.node.name) + ".png")
+        page.screenshot(path=str(path), full_page=True)
+        report.sections.append(("screenshot", str(path.resolve())))
+
+    return save
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """The PostgreSQL of the registry tests: GLMBOT_TEST_PG_URL, else a private server for this session."""

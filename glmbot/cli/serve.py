@@ -28,7 +28,7 @@ def serve(
     """Serve the OpenAI-compatible HTTP API over the routed adapters.
 
     Endpoints: /v1/chat/completions, /v1/models, /health and /metrics
-    (docs/HTTP_API.md).
+    (docs/HTTP_API.md); the chat and adapter pages under /ui (docs/WEB_UI.md).
 
     Examples:
 
@@ -53,12 +53,13 @@ def serve(
         return serve_on_ray(settings, host, port, keys)
     registry = common.get_registry()
     engine = common.get_engine()
-    app = create_app(engine, settings=settings, registry=registry, api_keys=keys)
+    app = create_app(engine, settings=settings, registry=registry, api_keys=keys, web_ui=True)
     models = [card["id"] for card in app.state.service.model_cards()]
     shown_host = f"[{host}]" if ":" in host else host
     common.console.print(
         f"[bold]glmbot serve[/] · base {settings.model.base_model} · models: {', '.join(models)}\n"
         f"OpenAI base_url: [bold]http://{shown_host}:{port or 'PORT'}/v1[/] · "
+        f"web pages: [bold]http://{shown_host}:{port or 'PORT'}/ui[/] · "
         f"{f'{len(keys)} API key(s) required' if keys else 'no API key (loopback only)'} · "
         f"conversation log {'on' if settings.server.log_conversations else 'off'}", highlight=False)
     try:

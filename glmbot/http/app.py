@@ -35,10 +35,11 @@ SEND_TIMEOUT_S = 30.0  # a stream whose client reads nothing for this long is ca
 
 
 def create_app(engine: Any, *, settings: Settings, registry: Any = None, api_keys: Sequence[str] = (),
-               turn_logger: Any = None, send_timeout_s: float = SEND_TIMEOUT_S) -> FastAPI:
+               turn_logger: Any = None, send_timeout_s: float = SEND_TIMEOUT_S, web_ui: bool = False) -> FastAPI:
     """The ASGI app over `engine`. api_keys add to [server] api_keys and $GLMBOT_API_KEYS; when any
     key is set, /v1/* and /metrics want one. turn_logger: None = log each turn to `registry` when
-    [server] log_conversations is on (any object with record_turn(request, result) otherwise)."""
+    [server] log_conversations is on (any object with record_turn(request, result) otherwise).
+    web_ui: also serve the chat page and adapter dashboard under /ui (web/, Gradio; `glmbot serve` does)."""
     keys = resolve_api_keys(settings, api_keys)
     if turn_logger is None and registry is not None and settings.server.log_conversations:
         turn_logger = TurnLogger(registry, "http", on_disabled=log.warning)
@@ -60,4 +61,18 @@ def create_app(engine: Any, *, settings: Settings, registry: Any = None, api_key
     app.add_api_route("/v1/models", service.models, methods=["GET"], dependencies=guard)
     app.add_api_route("/v1/models/{model_id:path}", service.model, methods=["GET"], dependencies=guard)
     app.add_api_route("/v1/chat/completions", chat_endpoint(service), methods=["POST"], dependencies=guard)
+    if web_ui:
+        _mount_web_ui(app, engine, settings, registry, keys)
     return app
+
+
+def _mount_web_ui(app: FastAPI, engine: Any, settings: Settings, registry: Any, keys: Sequence[str]) -> None:
+    from glmbot.http.web import (  # gradio takes seconds to import
+        WebBackend,
+        mount_web_ui,
+    )
+
+    logger = None
+    if registry is not None and settings.server.log_conversations:
+        logger = TurnLogger(registry, "web", on_disabled=log.warning)
+    mount_web_ui(app, WebBackend(engine, registry, settings, logger), keys)

@@ -2,6 +2,7 @@
 
 The `model` field picks the target ('auto' routed, 'base' plain, a domain, or domain@version);
 max_tokens is held to the server's and the engine's limits with a 400 naming the one exceeded.
+A chat front end's background task (title, tags: background.py) goes to the plain base.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from glmbot.http.background import background_task
 from glmbot.http.errors import APIError
 from glmbot.http.schemas import AUTO, CONVERSATION_HEADER, ChatCompletionRequest
 from glmbot.serving.requests import GenerationRequest
@@ -37,11 +39,14 @@ def conversation_id(header: str | None, user: str | None) -> str:
     return given
 
 
-def max_new_tokens(chat: ChatCompletionRequest, limits: TokenLimits) -> int:
+def max_new_tokens(chat: ChatCompletionRequest, limits: TokenLimits, background: bool = False) -> int:
+    """The asked budget, or a 400 naming the limit it breaks; a background task's is held to the limits."""
     asked = chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens
     name = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
     if asked is None:
         return min(limits.default, limits.server, limits.engine)
+    if background and asked > 0:  # a front end's fixed budget (Open WebUI: 1000) must not fail its title
+        return min(asked, limits.default, limits.server, limits.engine)
     if asked <= 0:
         raise APIError(400, f"{name} = {asked} must be a positive integer", param=name)
     if asked > limits.server:
@@ -71,8 +76,9 @@ def generation_request(chat: ChatCompletionRequest, conversation: str, limits: T
         raise APIError(400, f"stop must be at most 16 non-empty strings, got {stop!r:.80}", param="stop")
     sampled = None if chat.temperature is None else chat.temperature > 0
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in chat.messages]
+    background = background_task(messages) is not None  # a front end's title/tags request: the plain base
     return GenerationRequest(
-        messages=messages, conversation_id=conversation, max_new_tokens=max_new_tokens(chat, limits),
+        messages=messages, conversation_id=conversation, max_new_tokens=max_new_tokens(chat, limits, background),
         temperature=chat.temperature or None, top_p=chat.top_p, top_k=chat.top_k,
         repetition_penalty=chat.repetition_penalty, stop=tuple(stop), seed=chat.seed, do_sample=sampled,
-        ignore_eos=chat.ignore_eos, **target(chat.model))
+        ignore_eos=chat.ignore_eos, **target(BASE if background else chat.model))

@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from glmbot.errors import GlmbotError
+from glmbot.http.background import background_task
 from glmbot.http.engine_request import TokenLimits, conversation_id, generation_request
 from glmbot.http.errors import APIError
 from glmbot.http.responses import CompletionIds
@@ -44,7 +45,8 @@ def chat_endpoint(service: ChatService) -> Callable:
                 query, history = chat_turns(gen)  # the message order is checked now: a 400 before engine work
             except GlmbotError as exc:
                 raise APIError(400, str(exc), param="messages") from None
-            if chat.max_tokens is None and chat.max_completion_tokens is None:  # as much as the context leaves
+            if chat.max_tokens is None and chat.max_completion_tokens is None or background_task(gen.messages):
+                # as much as the context leaves
                 prompt = await asyncio.to_thread(service.engine.tokenizer.build_chat_input, query, history)
                 gen.max_new_tokens = max(1, min(gen.max_new_tokens, service.engine.max_len - len(prompt)))
             return await service.answer(request, chat, gen, CompletionIds.new(chat.model), started)

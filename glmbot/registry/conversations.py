@@ -16,7 +16,7 @@ from glmbot.errors import RegistryError
 from glmbot.registry.info import aware
 from glmbot.registry.tables import ConversationRow, TurnRow
 
-SOURCES = ("cli", "langchain", "http")
+SOURCES = ("cli", "langchain", "http", "web")
 TITLE_CHARS = 60
 
 

@@ -1,0 +1,90 @@
+"""The chat page and the conversation log: gradio components wired to WebBackend.
+
+Each answer streams into the chat as the engine produces it; under it, the adapter that answered
+and the route's reason and score. The history sent with each turn is the clean (question, answer)
+pairs, never the notes shown under the answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import gradio as gr
+
+from glmbot.errors import GlmbotError
+from glmbot.http.schemas import AUTO
+from glmbot.http.web.backend import WebBackend, route_note, supports_system_role
+from glmbot.serving.turn_log import new_conversation_id
+
+LOG_COLUMNS = ["id", "source", "turns", "started", "first question"]
+TURN_COLUMNS = ["time", "question", "answer", "adapter", "route", "score"]
+OnLoad = tuple[Callable, Any, Any]  # (fn, inputs, outputs) run when a page loads
+
+
+def chat_tab(backend: WebBackend) -> OnLoad:
+    """The Chat tab; returns what to refresh when a page loads (the picker's choices)."""
+    with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+        target = gr.Dropdown(choices=backend.targets(), value=AUTO, label="Answer with", elem_id="chat-target",
+                             info="auto-routed, the plain base, a domain's active version, or a named version")
+        system = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system",
+                            visible=supports_system_role(backend.engine))
+        chatbot = gr.Chatbot(elem_id="chat-log", height=420, label="Conversation", feedback_options=None)
+        history = gr.State([])  # [(question, answer)] as the engine saw them
+        conversation = gr.State(None)  # the conversation id of the log
+        with gr.Row():
+            message = gr.Textbox(placeholder="Ask a question…", show_label=False, elem_id="chat-input", scale=6)
+            send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
+            new = gr.Button("New conversation", elem_id="chat-new", scale=1)
+
+    async def respond(text: str, model: str, prompt: str, shown: list, pairs: list,
+                      conversation_id: str | None) -> AsyncIterator[tuple]:
+        if not text.strip():
+            yield shown, pairs, conversation_id, text
+            return
+        conversation_id = conversation_id or new_conversation_id()
+        shown = [*shown, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+        try:
+            async for reply in backend.stream_reply(text, pairs, model or AUTO, prompt or "", conversation_id):
+                if reply.result is None:
+                    shown[-1] = {"role": "assistant", "content": reply.text}
+                else:
+                    shown[-1] = {"role": "assistant", "content": f"{reply.text}\n\n*{route_note(reply.result)}*"}
+                    pairs = [*pairs, (text, reply.text)]
+                yield shown, pairs, conversation_id, ""
+        except GlmbotError as exc:
+            shown[-1] = {"role": "assistant", "content": f"**error:** {exc}"}
+            yield shown, pairs, conversation_id, text
+
+    inputs = [message, target, system, chatbot, history, conversation]
+    outputs = [chatbot, history, conversation, message]
+    send.click(respond, inputs, outputs)
+    message.submit(respond, inputs, outputs)
+    new.click(lambda: ([], [], None, ""), None, outputs)
+
+    def refresh_targets() -> gr.Dropdown:
+        # choices only: a value sent back here could undo a pick made while the page was loading
+        return gr.Dropdown(choices=backend.targets())
+
+    return refresh_targets, None, [target]
+
+
+def log_tab(backend: WebBackend) -> OnLoad:
+    """The Conversations tab: the registry's conversation log, newest first, and one conversation's turns."""
+    with gr.Tab("Conversations", id="log", elem_id="tab-log"):
+        with gr.Row():
+            picked = gr.Dropdown(choices=[], label="Conversation", elem_id="log-conversation", scale=4)
+            refresh = gr.Button("Refresh", elem_id="log-refresh", scale=1)
+        table = gr.Dataframe(headers=LOG_COLUMNS, interactive=False, elem_id="log-list", wrap=True)
+        turns = gr.Dataframe(headers=TURN_COLUMNS, interactive=False, elem_id="log-turns", wrap=True)
+
+    def reload() -> tuple:
+        rows = backend.conversations()
+        return gr.Dropdown(choices=[(f"{r[0]} · {r[4]}", r[0]) for r in rows]), rows or None
+
+    def show(conversation_id: str | None) -> list | None:
+        return backend.conversation(conversation_id) if conversation_id else None
+
+    refresh.click(reload, None, [picked, table])
+    picked.change(show, picked, turns)
+    return reload, None, [picked, table]
