@@ -22,6 +22,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -41,7 +42,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _field(number: int, value: int | bytes | float) -> bytes:
+def _field(number: int, value: bytes | float) -> bytes:
     """One protobuf field: varint (int), length-delimited (bytes) or fixed32 (float)."""
     if isinstance(value, bytes):
         return _varint(number << 3 | 2) + _varint(len(value)) + value
@@ -143,3 +144,32 @@ def random_like(seed: int, **config):
 
     torch.manual_seed(seed)
     return small_model(seed, **config)
+
+
+# -- fixtures (registered for every test module by tests/conftest.py's pytest_plugins) -----------
+
+@pytest.fixture(scope="session")
+def chatglm3_sp(tmp_path_factory):
+    return write_chatglm_sp_model(tmp_path_factory.mktemp("c3") / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def glm4_ranks(tmp_path_factory):
+    return write_glm4_ranks(tmp_path_factory.mktemp("g4") / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def tok3(chatglm3_sp):
+    return _tokenizer_classes()[0](chatglm3_sp)
+
+
+@pytest.fixture(scope="session")
+def tok4(glm4_ranks):
+    return _tokenizer_classes()[1](glm4_ranks)
+
+
+def _tokenizer_classes():
+    from glmbot.model.tokenizer import ChatGLM3Tokenizer
+    from glmbot.model.tokenizer_glm4 import GLM4Tokenizer
+
+    return ChatGLM3Tokenizer, GLM4Tokenizer

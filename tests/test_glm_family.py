@@ -16,36 +16,22 @@ from safetensors.torch import save_file
 from glmbot.errors import ModelLoadError, PrefixCheckpointError
 from glmbot.model import load_base
 from glmbot.model.family import CHATGLM2, CHATGLM3, GLM4, detect_family, tokenizer_kind
-from glmbot.model.fingerprint import base_fingerprint, check_same_family, fingerprint_family
+from glmbot.model.fingerprint import (
+    base_fingerprint,
+    check_same_family,
+    fingerprint_family,
+)
 from glmbot.model.prefix_io import EMBEDDING_KEY, load_prefix_checkpoint
 from glmbot.model.rotary import RotarySpec, rotary_cos_sin
 from glmbot.model.tokenizer import ChatGLM3Tokenizer, ChatGLMTokenizer
 from glmbot.model.tokenizer_glm4 import GLM4Tokenizer
 from tests.conftest import small_model
-from tests.glm_family_fixtures import write_chatglm_sp_model, write_family_folder, write_glm4_ranks
+from tests.glm_family_fixtures import (
+    write_family_folder,
+)
 
 CHATGLM3_HELLO = [64790, 64792, 64795, 30910, 13, 36474, 54591, 64796]
 GLM4_HELLO = [151331, 151333, 151336, 198, 109377, 151337]
-
-
-@pytest.fixture(scope="session")
-def chatglm3_sp(tmp_path_factory):
-    return write_chatglm_sp_model(tmp_path_factory.mktemp("c3") / "tokenizer.model")
-
-
-@pytest.fixture(scope="session")
-def glm4_ranks(tmp_path_factory):
-    return write_glm4_ranks(tmp_path_factory.mktemp("g4") / "tokenizer.model")
-
-
-@pytest.fixture(scope="session")
-def tok3(chatglm3_sp):
-    return ChatGLM3Tokenizer(chatglm3_sp)
-
-
-@pytest.fixture(scope="session")
-def tok4(glm4_ranks):
-    return GLM4Tokenizer(glm4_ranks)
 
 
 # -- tokenizers ----------------------------------------------------------------------------------
@@ -162,8 +148,8 @@ def test_the_chatglm3_table_differs_from_chatglm2_only_in_half_precision():
 
 # -- loading -------------------------------------------------------------------------------------
 
-SMALL3 = dict(padded_vocab_size=64896)
-SMALL4 = dict(padded_vocab_size=151552, hidden_size=32, ffn_hidden_size=48, kv_channels=8)
+SMALL3 = {"padded_vocab_size": 64896}
+SMALL4 = {"padded_vocab_size": 151552, "hidden_size": 32, "ffn_hidden_size": 48, "kv_channels": 8}
 
 
 @pytest.fixture(scope="module")
