@@ -224,6 +224,12 @@ def answer_ids(family: GlmFamily, tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def answer_end_id(family: GlmFamily, tokenizer: Any) -> int:
+    """The id that ends a training answer: eos (ChatGLM2/3 finetune demos append eos); GLM-4's
+    finetune demo appends <|user|> (151336, "EOS for chat")."""
+    return tokenizer.special_ids["<|user|>"] if family.name == "glm4" else tokenizer.eos_token_id
+
+
 def stop_ids(family: GlmFamily, tokenizer: Any) -> list[int]:
     """Ids that end a generation: eos, then the family's stop specials (<|user|>, <|observation|>)."""
     return list(dict.fromkeys([tokenizer.eos_token_id, *(tokenizer.special_ids[t] for t in family.stop_tokens)]))
@@ -314,6 +320,6 @@ def parse_tool_calls(family: GlmFamily, text: str, strict: bool = False) -> list
     return list(parse_reply(family, text, strict).tool_calls)
 
 
-__all__ = ["ChatFormatError", "ChatMessage", "Reply", "Special", "ToolCall", "answer_ids", "as_message",
+__all__ = ["ChatFormatError", "ChatMessage", "Reply", "Special", "ToolCall", "answer_end_id", "answer_ids", "as_message",
            "format_tool_call", "history_messages", "normalize_tools", "parse_reply", "parse_tool_calls",
            "prompt_ids", "prompt_parts", "prompt_text", "stop_ids", "tool_result_message"]

@@ -77,6 +77,13 @@ class LeftPadding:
 
         return answer_ids(self.family, self, text)
 
+    @property
+    def answer_end_id(self) -> int:
+        """The id a training answer ends with (eos; GLM-4: <|user|>, as its finetune demo does)."""
+        from glmbot.model.chat_format import answer_end_id
+
+        return answer_end_id(self.family, self)
+
 
 class ChatGLMTokenizer(LeftPadding):
     """Encode/decode text for ChatGLM2 models; `__call__` pads batches on the left."""

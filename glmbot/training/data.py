@@ -220,7 +220,8 @@ def encode_example(tok: ChatGLMTokenizer, ex: Example, max_source_length: int, m
     a = a[:max_source_length]
     b_full = tok.answer_ids(ex.response)  # ChatGLM3/GLM-4: the "\n" the model writes first, then the answer
     b = b_full[:max_target_length]
-    return Encoded(a + b + [tok.eos_token_id], [-100] * len(a) + b + [tok.eos_token_id],
+    end = tok.answer_end_id  # eos (GLM-4: <|user|>, as its finetune demo ends answers)
+    return Encoded(a + b + [end], [-100] * len(a) + b + [end],
                    prompt_truncated, len(b_full) > max_target_length)
 
 
