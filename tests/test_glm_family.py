@@ -96,6 +96,9 @@ def test_family_is_chosen_from_the_folder_files(tmp_path, sp_model_file, chatglm
     assert detect_family(folder, {"glm_family": "chatglm3"}) is CHATGLM3
     with pytest.raises(ModelLoadError, match="GLM-4 needs its tiktoken"):
         detect_family(folder, {"_name_or_path": "THUDM/glm-4-9b-chat"})
+    # a folder's path is only a weak hint: a ChatGLM2 folder under a 'glm4' directory stays ChatGLM2
+    assert detect_family(folder, {}, name="/data/glm4-work/chatglm2-6b") is CHATGLM2
+    assert detect_family(folder, {}, name="/data/glm-4-9b-chat") is CHATGLM2
     shutil.copy(glm4_ranks, folder / "tokenizer.model")
     assert detect_family(folder, {"_name_or_path": "THUDM/glm-4-9b-chat-1m"}) is GLM4
     assert detect_family(folder, {}) is GLM4
@@ -212,6 +215,25 @@ def test_hub_id_of_a_glm4_base_loads_from_the_cache_offline(folders, tmp_path, m
 
 
 # -- adapters: family in the fingerprint, refusal, official prefixes ------------------------------
+
+@pytest.mark.parametrize("name,overrides,width", [
+    ("chatglm2-6b / chatglm3-6b", {}, 14336),
+    ("glm-4-9b-chat", {"num_layers": 40, "padded_vocab_size": 151552}, 20480),
+    ("glm-4-9b-chat-1m", {"num_layers": 40, "padded_vocab_size": 151552, "multi_query_group_num": 4}, 40960),
+])
+def test_full_size_prefix_widths(name, overrides, width):
+    from glmbot.model.configuration import ChatGLMConfig
+
+    assert ChatGLMConfig(**overrides).prefix_width == width, name  # layers x 2 x groups x kv_channels
+
+
+def test_glm4_table_defaults_are_the_official_config_values():
+    d = GLM4.config_defaults
+    assert (d["num_layers"], d["padded_vocab_size"], d["layernorm_epsilon"], d["rope_ratio"]) == (
+        40, 151552, 1.5625e-07, 500)
+    assert d["eos_token_id"] == [151329, 151336, 151338] and d["torch_dtype"] == "bfloat16"
+    assert CHATGLM3.native_system and CHATGLM3.native_tools and not CHATGLM2.native_tools
+
 
 def test_fingerprints_record_the_family_and_other_families_are_refused(folders):
     m3 = folders["chatglm3"][1]

@@ -112,27 +112,30 @@ def detect_family(folder: Path, config_data: Mapping[str, Any], name: str = "") 
     """The family of the base in `folder`, from its files (decided once, at load).
 
     Order: an explicit `glm_family` in config.json; the tokenizer file (base64 ranks: GLM-4); the
-    tokenizer config naming the ChatGLM3 role tokens; then the names the official files carry
-    (`_name_or_path`, `auto_map`, `architectures`) and `name` (the folder or Hub id); else ChatGLM2.
+    tokenizer config naming the ChatGLM3 role tokens; the names config.json carries (`_name_or_path`,
+    `auto_map`, `architectures`); then the last part of `name` (the folder or Hub id); else ChatGLM2.
+    A config.json naming one family over another family's tokenizer file is refused.
     """
     if config_data.get("glm_family"):
         return family_named(str(config_data["glm_family"]))
     tok_file = folder / "tokenizer.model"
     kind = tokenizer_kind(tok_file) if tok_file.is_file() else None
-    auto_map = config_data.get("auto_map") or {}
-    hint = _name_hint([str(config_data.get("_name_or_path", "")), json.dumps(auto_map),
-                       json.dumps(config_data.get("architectures") or []), name])
+    hint = _name_hint([str(config_data.get("_name_or_path", "")), json.dumps(config_data.get("auto_map") or {}),
+                       json.dumps(config_data.get("architectures") or [])])
     if kind == "tiktoken":
         if hint is not None and hint.tokenizer != "tiktoken":
-            raise ModelLoadError(f"{folder} looks like {hint.display} by name but its tokenizer.model holds tiktoken "
+            raise ModelLoadError(f"{folder}/config.json names {hint.display} but its tokenizer.model holds tiktoken "
                                  "ranks (GLM-4); download the matching tokenizer.model or fix config.json")
         return GLM4
+    if hint is GLM4 and kind == "sentencepiece":
+        raise ModelLoadError(f"{folder}/config.json names GLM-4 but its tokenizer.model is SentencePiece; "
+                             "GLM-4 needs its tiktoken tokenizer.model")
     tok_config = folder / "tokenizer_config.json"
     if tok_config.is_file() and "<|user|>" in tok_config.read_text(encoding="utf-8", errors="replace"):
         return CHATGLM3
-    if hint is GLM4 and kind == "sentencepiece":
-        raise ModelLoadError(f"{folder} looks like GLM-4 by name but its tokenizer.model is SentencePiece; "
-                             "GLM-4 needs its tiktoken tokenizer.model")
+    if hint is None:
+        by_name = _name_hint([Path(name).name]) if name else None
+        hint = by_name if by_name is not None and by_name.tokenizer == "sentencepiece" else None
     return hint or CHATGLM2
 
 
