@@ -68,6 +68,17 @@ def test_role_tokens_can_never_come_from_text(which, request):
     assert tok.decode(ids) == text
 
 
+def test_coverage_counts_byte_fallback_on_both_tokenizer_kinds(tok3, tok4):
+    from glmbot.training.coverage import tokenizer_coverage
+    from glmbot.training.data import Example, encode_all
+
+    examples = [Example("你好", "你好啊")]  # 啊 is in neither test vocabulary: bytes
+    for tok in (tok3, tok4):
+        report = tokenizer_coverage(tok, examples, encode_all(tok, examples, 32, 32)[0])
+        assert (report.uncovered_chars, report.first_uncovered) == (1, "啊"), type(tok).__name__
+        assert report.byte_answer_tokens == 3  # 啊 = e5 95 8a
+
+
 def test_tokenizer_kind_tells_rank_files_from_sentencepiece(chatglm3_sp, glm4_ranks, sp_model_file):
     assert tokenizer_kind(glm4_ranks) == "tiktoken"
     assert tokenizer_kind(chatglm3_sp) == tokenizer_kind(sp_model_file) == "sentencepiece"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -90,6 +90,10 @@ class GLM4Tokenizer(LeftPadding):
 
     def tokenize(self, text: str) -> list[bytes]:
         return [self.enc.decode_single_token_bytes(i) for i in self.encode(text, add_special_tokens=False)]
+
+    def fallback_ids(self) -> frozenset[int]:
+        """Ids of the single non-ASCII bytes: what a character missing from the ranks falls back to."""
+        return frozenset(self.enc.encode_single_token(bytes([b])) for b in range(0x80, 0x100))
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         """Text of `ids`; special tokens are dropped, or written by name when kept."""
