@@ -205,6 +205,15 @@ def test_a_chatglm2_folder_still_loads_as_chatglm2(tmp_path, sp_model_file):
     assert model.config.glm_family == "chatglm2" and type(tok) is ChatGLMTokenizer
     assert model.transformer.rotary == RotarySpec()
     assert base_fingerprint(model).startswith("sha256:")  # ChatGLM2 fingerprints unchanged
+    ref32k = small_model(rope_ratio=16)
+    folder = write_official(tmp_path / "c2-32k", ref32k, sp_model_file, "safetensors-single",
+                            _name_or_path="THUDM/chatglm2-6b-32k", rope_ratio=16)
+    model, _ = load_base(folder, dtype="float32", device="cpu")
+    assert model.config.glm_family == "chatglm2" and model.transformer.rotary == RotarySpec(position_divisor=16.0)
+    ids = torch.tensor([list(range(5, 40))])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref32k(ids).logits)
+        assert not torch.equal(model(ids).logits, small_model()(ids).logits)
 
 
 def test_hub_id_of_a_glm4_base_loads_from_the_cache_offline(folders, tmp_path, monkeypatch):
