@@ -14,6 +14,9 @@ from glmbot.model.modeling import ChatGLMForConditionalGeneration
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GLMBOT_ENTRY_POINTS"] = "0"  # tests never load installed plugins unless they ask
 
+# ChatGLM3 / GLM-4 test tokenizers (chatglm3_sp, glm4_ranks, tok3, tok4)
+pytest_plugins = ("tests.glm_family_fixtures",)
+
 
 @pytest.fixture(autouse=True)
 def fresh_plugin_manager():

@@ -1,4 +1,4 @@
-"""ChatGLM2 model, tokenizer, P-Tuning v2 prefixes and base-model loading.
+"""GLM-family models (ChatGLM2/3, GLM-4), tokenizers, P-Tuning v2 prefixes and base-model loading.
 
 Names are imported on first use: code that needs only the prefix file format or a fingerprint
 (the registry, the CLI's registry commands) does not pay for importing transformers.
@@ -21,6 +21,12 @@ _LAZY = {
     "load_prefix_checkpoint": "glmbot.model.prefix_io",
     "prefix_encoder_from_state": "glmbot.model.prefix_io",
     "ChatGLMTokenizer": "glmbot.model.tokenizer",
+    "ChatGLM3Tokenizer": "glmbot.model.tokenizer",
+    "GLM4Tokenizer": "glmbot.model.tokenizer_glm4",
+    "GlmFamily": "glmbot.model.family",
+    "detect_family": "glmbot.model.family",
+    "family_of": "glmbot.model.family",
+    "load_tokenizer": "glmbot.model.loading",
     "build_prompt": "glmbot.model.tokenizer",
 }
 

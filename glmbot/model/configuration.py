@@ -6,7 +6,7 @@ from transformers import PretrainedConfig
 
 
 class ChatGLMConfig(PretrainedConfig):
-    """Config of a ChatGLM2 model; defaults are the official ChatGLM2-6B values.
+    """Config of a GLM-family model (ChatGLM2/3, GLM-4); defaults are the official ChatGLM2-6B values.
 
     Fields the official config.json carries but that do not change the function computed
     (dropouts, fusion flags, `original_rope`, ...) are accepted and kept as plain attributes.
@@ -46,9 +46,11 @@ class ChatGLMConfig(PretrainedConfig):
         quantization_bit: int = 0,
         pre_seq_len: int | None = None,  # P-Tuning v2 prefix length; None = no prefix
         prefix_projection: bool = False,
+        rope_ratio: float = 1.0,  # chatglm2-6b-32k: positions / rope_ratio; ChatGLM3-32k, GLM-4: base x rope_ratio
+        glm_family: str = "chatglm2",  # chatglm2 | chatglm3 | glm4 (glmbot.model.family), set at load
         initializer_range: float = 0.02,
         use_cache: bool = True,
-        eos_token_id: int = 2,
+        eos_token_id: int | list[int] = 2,  # GLM-4: [151329, 151336, 151338]
         pad_token_id: int = 0,
         tie_word_embeddings: bool = False,
         **kwargs,
@@ -78,6 +80,8 @@ class ChatGLMConfig(PretrainedConfig):
         self.quantization_bit = quantization_bit
         self.pre_seq_len = pre_seq_len
         self.prefix_projection = prefix_projection
+        self.rope_ratio = rope_ratio
+        self.glm_family = glm_family
         self.initializer_range = initializer_range
         self.use_cache = use_cache
         super().__init__(

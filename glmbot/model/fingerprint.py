@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # only for annotations: importing transformers costs ~1 s
 ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "kv_channels", "num_attention_heads",
                "multi_query_group_num", "padded_vocab_size")
 SAMPLE_ROWS = 8
+DEFAULT_FAMILY = "chatglm2"  # fingerprints without a family tag
 
 
 def architecture(config: ChatGLMConfig) -> dict[str, int]:
@@ -28,9 +29,35 @@ def architecture(config: ChatGLMConfig) -> dict[str, int]:
 
 
 def base_fingerprint(model: torch.nn.Module) -> str:
-    """'sha256:<16 hex>' of the architecture and the first rows of the input/output embeddings."""
+    """'sha256:<16 hex>' of the architecture and the first rows of the input/output embeddings.
+
+    Bases of the later GLM families carry their family in front ('chatglm3/sha256:...',
+    'glm4/sha256:...'; ChatGLM2's stay as they were), so every adapter records the family it was
+    trained on, and a ChatGLM2 prefix (same width as a ChatGLM3 one) is refused on ChatGLM3.
+    """
     digest = hashlib.sha256(json.dumps(architecture(model.config), sort_keys=True).encode())
     for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
         sample = weight.detach()[:SAMPLE_ROWS].to("cpu", torch.float32).contiguous()
         digest.update(sample.numpy().tobytes())
-    return "sha256:" + digest.hexdigest()[:16]
+    family = getattr(model.config, "glm_family", None) or DEFAULT_FAMILY
+    tag = "" if family == DEFAULT_FAMILY else family + "/"
+    return f"{tag}sha256:" + digest.hexdigest()[:16]
+
+
+def fingerprint_family(fingerprint: str) -> str:
+    """The GLM family recorded in a base fingerprint ('chatglm2' for untagged ones)."""
+    family, slash, _ = (fingerprint or "").partition("/")
+    return family if slash else DEFAULT_FAMILY
+
+
+def check_same_family(adapter_fingerprint: str, config: ChatGLMConfig, adapter: str) -> None:
+    """Refuse an adapter trained on a base of another GLM family than `config`'s."""
+    from glmbot.errors import PrefixCheckpointError
+
+    trained = fingerprint_family(adapter_fingerprint)
+    serving = getattr(config, "glm_family", None) or DEFAULT_FAMILY
+    if trained != serving:
+        raise PrefixCheckpointError(
+            f"adapter {adapter} was trained on a {trained} base but this base is {serving}: a prefix only works "
+            f"on the base it was trained on; retrain it on this base (glmbot train --domain DOMAIN) or set "
+            f"[model] base_model to its {trained} base")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from glmbot.model.rotary import apply_rotary
+
 try:
     import triton
     import triton.language as tl
@@ -48,8 +50,6 @@ def _zero_rows_to(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """The model's apply_rotary in fp32, rounded once (as the compiled form computes it)."""
-    from glmbot.model.modeling import apply_rotary  # modeling imports this module
-
     return apply_rotary(x.float(), cos.float(), sin.float()).to(x.dtype)
 
 

@@ -20,9 +20,10 @@ from safetensors import SafetensorError, safe_open
 
 from glmbot.errors import CheckpointMismatchError, ModelLoadError
 from glmbot.model.configuration import ChatGLMConfig
+from glmbot.model.family import GlmFamily, detect_family, family_of
 from glmbot.model.modeling import ChatGLMForConditionalGeneration
 from glmbot.model.prefix_io import PREFIX_KEY
-from glmbot.model.tokenizer import TOKENIZER_FILE, ChatGLMTokenizer
+from glmbot.model.tokenizer import TOKENIZER_FILE, ChatGLM3Tokenizer, ChatGLMTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,20 @@ def _download(repo_id: str) -> Path:
 
 
 def load_base_config(name_or_path: str | Path) -> ChatGLMConfig:
-    """The ChatGLMConfig of a base model, without reading its weights."""
-    return _read_config(resolve_base(name_or_path))
+    """The ChatGLMConfig of a base model, without reading its weights (`glm_family` set from its files)."""
+    return _read_config(resolve_base(name_or_path), str(name_or_path))
 
 
-def _read_config(folder: Path) -> ChatGLMConfig:
+def load_tokenizer(folder: str | Path, family: GlmFamily) -> ChatGLMTokenizer:
+    """The tokenizer of `family` over the tokenizer.model in `folder` (SentencePiece or tiktoken ranks)."""
+    if family.tokenizer == "tiktoken":
+        from glmbot.model.tokenizer_glm4 import GLM4Tokenizer
+
+        return GLM4Tokenizer.from_pretrained(folder)
+    return (ChatGLM3Tokenizer if family.name == "chatglm3" else ChatGLMTokenizer).from_pretrained(folder)
+
+
+def _read_config(folder: Path, name: str = "") -> ChatGLMConfig:
     file = folder / "config.json"
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -90,6 +100,8 @@ def _read_config(folder: Path) -> ChatGLMConfig:
         raise ModelLoadError(f"{file}: model_type is {data['model_type']!r}, glmbot serves ChatGLM2 ('chatglm') models")
     if "padded_vocab_size" not in data and "num_layers" not in data:
         raise ModelLoadError(f"{file} does not describe a ChatGLM2 model (no num_layers / padded_vocab_size)")
+    # The family (ChatGLM2/3, GLM-4) is decided here, once, from the folder's files.
+    data["glm_family"] = detect_family(folder, data, name or str(folder)).name
     for key in ("auto_map", "architectures", "_name_or_path", "transformers_version"):
         data.pop(key, None)
     dtype = data.pop("torch_dtype", None) or data.pop("dtype", None)
@@ -208,8 +220,9 @@ def load_weights(model: ChatGLMForConditionalGeneration, folder: Path) -> None:
         model.transformer.prefix_encoder.apply(model._init_weights)
 
 
-def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> ChatGLMForConditionalGeneration:
-    config = _read_config(folder)
+def load_model(folder: Path, dtype: torch.dtype, device: torch.device,
+               name: str = "") -> ChatGLMForConditionalGeneration:
+    config = _read_config(folder, name)
     model = build_empty(config, dtype, device)
     load_weights(model, folder)
     model.config.name_or_path = str(folder)
@@ -218,16 +231,19 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> ChatGL
 
 def load_base(name_or_path: str | Path = "builtin:tiny", dtype: str | torch.dtype | None = None,
               device: str | torch.device | None = None) -> tuple[ChatGLMForConditionalGeneration, ChatGLMTokenizer]:
-    """(model, tokenizer) for `builtin:tiny`, a local ChatGLM2 folder, or a Hub id.
+    """(model, tokenizer) for `builtin:tiny`, a local ChatGLM2/ChatGLM3/GLM-4 folder, or a Hub id.
+
+    The base's family (model.config.glm_family, see glmbot.model.family) decides the tokenizer
+    class (ChatGLMTokenizer, ChatGLM3Tokenizer, GLM4Tokenizer) and the rotary variant.
 
     dtype None/"auto" means bfloat16 on CUDA and float32 on CPU; device None means CUDA when
     available. The model is in eval mode with gradients off for the base weights.
     """
     folder = resolve_base(name_or_path)
     device = torch.device(device) if device is not None and device != "auto" else _default_device()
-    model = load_model(folder, resolve_dtype(dtype, device), device)
+    model = load_model(folder, resolve_dtype(dtype, device), device, str(name_or_path))
     model.requires_grad_(False)
-    tokenizer = ChatGLMTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder, family_of(model.config))
     if tokenizer.vocab_size > model.config.padded_vocab_size:
         raise ModelLoadError(
             f"{folder}: tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.padded_vocab_size}")

@@ -28,6 +28,8 @@ from glmbot.model import kernels
 from glmbot.model.kernels import gather_rows, scatter_rows
 from glmbot.model.configuration import ChatGLMConfig
 from glmbot.model.prefix import PrefixEncoder, PrefixKV
+# The rotary functions live in glmbot.model.rotary; re-exported here for existing callers.
+from glmbot.model.rotary import RotarySpec, apply_rotary, rotary_cos_sin, rotary_inverse_backward, rotary_tables
 
 # transformers 5.x names the cache `cache`; earlier releases `past_key_values`.
 _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
@@ -60,74 +62,6 @@ class RMSNorm(nn.Module):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
     return (weight * (x * torch.rsqrt(variance + eps))).to(x.dtype)
-
-
-def rotary_cos_sin(position_ids: torch.Tensor, rot_pairs: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of the official rotary table at `position_ids` (B, T) -> each (B, 1, T, rot_pairs).
-
-    Like the official code, frequencies, positions and their product are computed in the model
-    dtype (exact in fp32; bit-equal to the official table in fp16/bf16), cos/sin in fp32, and the
-    table cast back to the model dtype. Computed on the fly: no buffer to go stale after loading.
-    """
-    n_elem = 2 * rot_pairs
-    theta = 1.0 / (10000 ** (torch.arange(0, n_elem, 2, dtype=dtype, device=position_ids.device) / n_elem))
-    angles = (position_ids.to(dtype)[..., None] * theta).float()  # (B, T, rot_pairs)
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    if dtype in (torch.float16, torch.bfloat16):
-        cos, sin = cos.to(dtype), sin.to(dtype)
-    return cos.unsqueeze(1), sin.unsqueeze(1)
-
-
-def rotary_tables(cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 1, T, rot_pairs) cos/sin -> full-width multipliers (B, T, 1, head_dim) for `apply_rotary`
-    on (B, T, heads, head_dim) tensors.
-
-    Pair i's two dims get (cos_i, cos_i) and (-sin_i, +sin_i); dims past the rotary part get 1 and 0.
-    """
-    cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)
-    pass_dims = head_dim - 2 * cos.shape[-1]
-    shape = (*cos.shape[:-1], pass_dims)
-    full_cos = torch.cat((cos.repeat_interleave(2, dim=-1), cos.new_ones(shape)), dim=-1)
-    full_sin = torch.cat((torch.stack((-sin, sin), dim=-1).flatten(-2), sin.new_zeros(shape)), dim=-1)
-    return full_cos, full_sin
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of the rotary dims; the rest pass unchanged.
-
-    cos, sin: full-width tables from `rotary_tables`. x * cos + swap_pairs(x) * sin is
-    (x0 cos - x1 sin, x1 cos + x0 sin) with the official rounding (the same products and sums in the
-    same dtype) in few, plain elementwise kernels, whose backward is the same cheap form.
-    """
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return x * cos + swapped * sin
-
-
-class _RotaryWithInverseBackward(torch.autograd.Function):
-    """`apply_rotary` whose backward is the inverse rotation, the same elementwise form.
-
-    A rotation's gradient is its transpose, the rotation by -angle: d/dx = apply_rotary(g, cos, -sin),
-    bit-equal to what autograd derives from the forward (negation is exact), but written as the
-    forward's two products and a sum instead of autograd's flip-of-a-product chain.
-    """
-
-    @staticmethod
-    def forward(x, cos, sin):
-        return apply_rotary(x, cos, sin)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1], inputs[2])
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return apply_rotary(grad, cos, -sin), None, None
-
-
-def rotary_inverse_backward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`apply_rotary` with an explicit inverse-rotation backward (see `_RotaryWithInverseBackward`)."""
-    return _RotaryWithInverseBackward.apply(x, cos, sin)
 
 
 class _PadRows(torch.autograd.Function):
@@ -499,6 +433,7 @@ class ChatGLMModel(nn.Module):
         self.encoder = GLMTransformer(config)
         self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         self.rot_pairs = config.kv_channels // 4  # rotary on the first half of each head, in pairs
+        self.rotary = RotarySpec.for_config(config)  # the family's table variant (glmbot.model.rotary)
         self.training_attention = "flash"  # see ChatGLMForConditionalGeneration.set_training_attention
         self.pack_multiple = 1  # packed token rows of the training layout (see _packed; x64 and x128 measured slower)
         self.prefix_encoder = None
@@ -539,7 +474,7 @@ class ChatGLMModel(nn.Module):
                 if attention_mask is not None and (self.training or not bool(attention_mask.all())):
                     return self._packed(x, position_ids, attention_mask, mask, prefix)
                 mask = self._training_mask(mask, x)
-        cos, sin = rotary_tables(*rotary_cos_sin(position_ids, self.rot_pairs, x.dtype), self.config.kv_channels)
+        cos, sin = rotary_tables(*rotary_cos_sin(position_ids, self.rot_pairs, x.dtype, self.rotary), self.config.kv_channels)
         return self.encoder(x, cos, sin, mask, cache, prefix)  # (B, T, hidden)
 
     def _training_mask(self, bias: CausalBias, x: torch.Tensor) -> CausalBias | CudnnCausal:
@@ -559,7 +494,7 @@ class ChatGLMModel(nn.Module):
         rows = -(-index.shape[0] // self.pack_multiple) * self.pack_multiple
         packed = unpad_rows(x.reshape(B * T, -1), index, rows)
         positions = gather_rows(position_ids.reshape(-1), index, rows)[None]  # (1, rows); filler rows at 0
-        cos, sin = rotary_tables(*rotary_cos_sin(positions, self.rot_pairs, x.dtype), self.config.kv_channels)
+        cos, sin = rotary_tables(*rotary_cos_sin(positions, self.rot_pairs, x.dtype, self.rotary), self.config.kv_channels)
         out = self.encoder(packed, cos[0], sin[0], self._training_mask(bias, x), None, prefix, Packing(index, B, T))
         return pad_rows(out, index, B * T).view(B, T, -1)
 

@@ -113,7 +113,7 @@ def load_prefix_checkpoint(path: str | Path, config: ChatGLMConfig) -> tuple[dic
     expected = None
     if path.is_dir():
         candidates = [path / n for n in ("adapter_model.safetensors", "pytorch_model.bin", "model.safetensors")]
-        file = next((c for c in candidates if c.is_file()), None)
+        file = next((c for c in candidates if c.is_file()), None) or prefix_shard(path)
         if file is None:
             raise PrefixCheckpointError(
                 f"{path} is not a prefix checkpoint: it holds none of adapter_model.safetensors, "
@@ -132,6 +132,23 @@ def load_prefix_checkpoint(path: str | Path, config: ChatGLMConfig) -> tuple[dic
     spec = inspect_prefix(state, str(file))
     check_prefix_fits(spec, state, config, str(file), expected)
     return {k: v.float().contiguous() for k, v in state.items()}, spec
+
+
+def prefix_shard(folder: Path) -> Path | None:
+    """The shard holding the prefix in a sharded full-model checkpoint (what the HF Trainer of the
+    official ChatGLM3 finetune_demo saves for P-Tuning v2: every weight, the prefix encoder included,
+    under model.safetensors.index.json or pytorch_model.bin.index.json)."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError) as exc:
+                raise PrefixCheckpointError(f"{index} is not a valid shard index ({exc})") from None
+            name = next((v for k, v in weight_map.items() if k.endswith(EMBEDDING_KEY)), None)
+            if name is not None and (folder / name).is_file():
+                return folder / name
+    return None
 
 
 def prefix_encoder_from_state(state: dict[str, torch.Tensor], config: ChatGLMConfig, source: str = "prefix") -> PrefixEncoder:

@@ -1,7 +1,9 @@
 """Importing prefixes from folders: official P-Tuning v2 `checkpoint-N` folders and glmbot adapter folders.
 
 An official folder holds `pytorch_model.bin` (a pickle, read with weights_only=True by
-prefix_io) and a `config.json` carrying `pre_seq_len`. A glmbot folder (what `export` writes, or
+prefix_io) and a `config.json` carrying `pre_seq_len` (the ChatGLM3 finetune_demo saves the whole
+model, sharded: the shard holding the prefix is read). A PEFT PREFIX_TUNING folder (the GLM-4
+finetune_demo) holds `prompt_embeddings`. A glmbot folder (what `export` writes, or
 a PEFT-like folder) holds `adapter_config.json` (peft_type P_TUNING_V2) and
 `adapter_model.safetensors`. Either way the prefix must fit the configured base; nothing is
 written unless it does.
@@ -63,7 +65,9 @@ def import_path(registry, path: str | Path, domain: str, *, config: ChatGLMConfi
     if not create_domain:
         registry.get_domain(domain)  # the unknown-domain error before reading any weights
     path = Path(path).expanduser()
-    if (path / store.CONFIG).is_file():
+    if (path / store.CONFIG).is_file() and _peft_type(path) == PEFT_PREFIX_TUNING:
+        read = read_peft_prefix_folder(path, config)
+    elif (path / store.CONFIG).is_file():
         read = read_adapter_folder(path, config, base_fingerprint, allow_base_mismatch)
     else:
         read = read_official_checkpoint(path, config)
@@ -147,6 +151,41 @@ def read_adapter_folder(path: Path, config: ChatGLMConfig, base_fingerprint: str
             f"configured base has fingerprint {base_fingerprint}: a prefix only works on its own base weights; "
             "configure that base, or import anyway with --allow-base-mismatch (allow_base_mismatch=True)")
     return _source_from_folder(path, cfg, state)
+
+
+PEFT_PREFIX_TUNING = "PREFIX_TUNING"
+PEFT_PREFIX_KEY = "prompt_embeddings"
+
+
+def _peft_type(path: Path) -> object:
+    cfg = _read_json(path / store.CONFIG)
+    return cfg.get("peft_type") if isinstance(cfg, dict) else None
+
+
+def read_peft_prefix_folder(path: Path, config: ChatGLMConfig) -> ImportSource:
+    """A PEFT PREFIX_TUNING folder, as the official GLM-4 finetune_demo saves P-Tuning v2
+    (configs/ptuning_v2.yaml: num_virtual_tokens, num_attention_heads = KV groups, token_dim =
+    groups x kv_channels): adapter_model.safetensors holds `prompt_embeddings` (P, layers x 2 x token_dim),
+    the prefix keys and values in the native PrefixEncoder's layout (layer, key/value, group, channel),
+    already projected when PEFT's prefix_projection was on. Imported as the native encoder's embedding."""
+    cfg = _read_json(path / store.CONFIG)
+    weights = next((path / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (path / n).is_file()), None)
+    if weights is None:
+        raise PrefixCheckpointError(f"{path} has a PEFT adapter_config.json but no adapter_model.safetensors; "
+                                    "copy the whole folder")
+    raw = read_state_file(weights)
+    key = next((k for k in raw if k.endswith(PEFT_PREFIX_KEY)), None)
+    if key is None:
+        raise PrefixCheckpointError(f"{weights} holds no {PEFT_PREFIX_KEY!r} (found {', '.join(sorted(raw)[:5])}); "
+                                    "it is not a PEFT prefix-tuning adapter")
+    state = {EMBEDDING_KEY: raw[key].float().contiguous()}
+    expected = {"pre_seq_len": cfg.get("num_virtual_tokens"), "prefix_projection": False}
+    _check_fits(state, {**cfg, **expected, "base_model_name_or_path": cfg.get("base_model_name_or_path")},
+                config, str(weights))
+    provenance = {"format": "peft-prefix-tuning", "path": str(path.resolve()), "file": weights.name,
+                  "file_sha256": store.sha256_file(weights),
+                  "base_model_name_or_path": cfg.get("base_model_name_or_path")}
+    return ImportSource(state, provenance)
 
 
 def _check_fits(state: dict[str, torch.Tensor], cfg: dict, config: ChatGLMConfig, source: str) -> None:

@@ -99,10 +99,12 @@ class RegistryPrefixSource:
         The encoder runs on the serving device in fp32, as the official code runs it before casting
         (a projection prefix at P=128 is ~30 GFLOP: seconds on a CPU, milliseconds on a GPU).
         """
+        from glmbot.model.fingerprint import check_same_family
         from glmbot.model.prefix_io import prefix_encoder_from_state
         from glmbot.registry.store import WEIGHTS
 
         state, info = self.registry.load_prefix_state(adapter.id)
+        check_same_family(info.base_fingerprint, self.config, info.ref)
         if (info.id, info.files.get(WEIGHTS, "")) != adapter.key:
             raise UnknownAdapterError(f"adapter {adapter.ref} (id {adapter.id}) was replaced while it was being "
                                       "loaded; send the request again")

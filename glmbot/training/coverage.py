@@ -54,7 +54,10 @@ def gb2312_hanzi() -> list[str]:
 
 
 def fallback_ids(tok: ChatGLMTokenizer) -> frozenset[int]:
-    """Ids of byte pieces (whitespace bytes excepted) and of unk: what an uncovered character becomes."""
+    """Ids of byte pieces (whitespace bytes excepted) and of unk: what an uncovered character becomes.
+    Tokenizers without SentencePiece (GLM-4's byte-level BPE) name theirs (`fallback_ids()`)."""
+    if not hasattr(tok, "sp"):
+        return tok.fallback_ids()
     ids = {tok.sp.unk_id()}
     for value in range(256):
         piece_id = tok.sp.PieceToId(f"<0x{value:02X}>")
@@ -72,7 +75,7 @@ def tokenizer_coverage(tok: ChatGLMTokenizer, examples: Sequence[Example],
         for text in (ex.prompt, ex.response, *(t for turn in ex.history for t in turn)):
             for char in text:
                 if char not in seen:
-                    seen[char] = not char.isspace() and any(i in fallback for i in tok.sp.EncodeAsIds(char))
+                    seen[char] = not char.isspace() and any(i in fallback for i in tok.encode(char, add_special_tokens=False))
     uncovered = [c for c, bad in seen.items() if bad]
     answers = [label for e in encoded for label in e.labels[:-1] if label != -100]  # [:-1]: eos
     return CoverageReport(uncovered_chars=len(uncovered), first_uncovered="".join(uncovered[:SHOWN_CHARS]),

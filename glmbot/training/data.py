@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from glmbot.errors import DataError
-from glmbot.model.tokenizer import ChatGLMTokenizer, build_prompt
+from glmbot.model.tokenizer import ChatGLMTokenizer
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
 AUTO = "auto"  # detect the format from the columns
@@ -212,15 +212,16 @@ def encode_example(tok: ChatGLMTokenizer, ex: Example, max_source_length: int, m
     then is cut at max_source_length as the official code does.
     """
     history = list(ex.history)
-    a = tok.encode(build_prompt(ex.prompt, history))
+    a = tok.build_chat_input(ex.prompt, history)  # the base family's chat prompt (ChatGLM2: encode(build_prompt))
     prompt_truncated = len(a) > max_source_length
     while len(a) > max_source_length and history:
         history.pop(0)
-        a = tok.encode(build_prompt(ex.prompt, history))
+        a = tok.build_chat_input(ex.prompt, history)
     a = a[:max_source_length]
-    b_full = tok.encode(ex.response, add_special_tokens=False)
+    b_full = tok.answer_ids(ex.response)  # ChatGLM3/GLM-4: the "\n" the model writes first, then the answer
     b = b_full[:max_target_length]
-    return Encoded(a + b + [tok.eos_token_id], [-100] * len(a) + b + [tok.eos_token_id],
+    end = tok.answer_end_id  # eos (GLM-4: <|user|>, as its finetune demo ends answers)
+    return Encoded(a + b + [end], [-100] * len(a) + b + [end],
                    prompt_truncated, len(b_full) > max_target_length)
 
 
