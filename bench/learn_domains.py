@@ -28,6 +28,7 @@ from glmbot import load_base  # noqa: E402
 from glmbot.config import load_settings  # noqa: E402
 from glmbot.training.data import encode_all, load_examples  # noqa: E402
 from glmbot.training.evaluate import evaluate_prefix  # noqa: E402
+from glmbot.training.rewrites import spelled_by, with_rewrites  # noqa: E402
 from glmbot.training.trainer import PrefixTrainer  # noqa: E402
 
 DOMAINS = ROOT / "bench" / "domains"
@@ -43,14 +44,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--domains", default=",".join(sorted(p.name for p in DOMAINS.iterdir() if p.is_dir())))
     ap.add_argument("--steps", type=int, default=None, help="override [train] max_steps")
+    ap.add_argument("--rewrites", type=int, default=None, help="override [train] question_rewrites (0 = data only)")
     ap.add_argument("--config", default=str(ROOT / "glmbot.toml"))
     args = ap.parse_args()
     settings = load_settings(args.config)
-    train = settings.train_for(None, max_steps=args.steps, checkpoint_every=0)
+    train = settings.train_for(None, max_steps=args.steps, checkpoint_every=0,
+                               question_rewrites=args.rewrites)
     model, tok = load_base(settings.model.base_model, device="cpu")
     print(f"base {settings.model.base_model}, {torch.get_num_threads()} CPU threads; recipe: P={train.pre_seq_len}, "
           f"projection={train.prefix_projection}, LR {train.learning_rate:g}, {train.max_steps} steps, "
-          f"batch {train.batch_size}\n")
+          f"batch {train.batch_size}, question rewrites {train.question_rewrites}\n")
     print("| domain | lines | train s | ROUGE-L train (base) | ROUGE-L paraphrases (base) | targets met |")
     print("|---|---|---|---|---|---|")
     met = 0
@@ -58,7 +61,8 @@ def main() -> None:
     for name in names:
         questions = load_examples(DOMAINS / name / "train.jsonl")
         paraphrases = load_examples(DOMAINS / name / "paraphrases.jsonl")
-        encoded, _ = encode_all(tok, questions, train.max_source_length, train.max_target_length)
+        rows = with_rewrites(questions, train.question_rewrites, train.seed, spelled_by(tok))
+        encoded, _ = encode_all(tok, rows, train.max_source_length, train.max_target_length)
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             result = PrefixTrainer(model, train, Path(tmp), tok.pad_token_id).fit(encoded)

@@ -69,6 +69,9 @@ class TrainSettings:
     grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
     max_source_length: int = field(default=64, metadata=_help("prompt tokens kept (official 64)"))
     max_target_length: int = field(default=128, metadata=_help("answer tokens kept (official 128)"))
+    question_rewrites: int = field(default=4, metadata=_help(
+        "extra wordings of each training question (synonyms, question words, openers) so the prefix "
+        "answers rewordings too; 0 = the official recipe (your data only)"))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "recompute activations in backward to save memory"))
     compile: bool = field(default=True, metadata=_help(
@@ -88,6 +91,8 @@ class TrainSettings:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps < 0 or self.epochs < 0:
             raise ValueError("max_steps and epochs must be >= 0")
+        if not 0 <= self.question_rewrites <= 20:
+            raise ValueError(f"question_rewrites must be in 0..20, got {self.question_rewrites}")
         if self.max_steps == 0 and self.epochs == 0:
             raise ValueError("set max_steps or epochs (both are 0)")
 
