@@ -22,6 +22,7 @@ def serve(
         "--api-key", metavar="KEY", help="a Bearer key clients must send (repeatable); prefer GLMBOT_API_KEYS=k1,k2, "
                           "which other users cannot read from the process list")] = None,
     no_log: Annotated[bool, Opt("--no-log", help="do not store the conversations in the registry")] = False,
+    quantize: common.QuantizeOpt = None,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API over the routed adapters.
 
@@ -37,6 +38,7 @@ def serve(
     """
     from glmbot.integrations.server import check_bind, create_app, resolve_api_keys, run_server
 
+    common.use_quantization(quantize)
     settings = common.get_settings()
     host = settings.server.host if host is None else host
     port = settings.server.port if port is None else port
