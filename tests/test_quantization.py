@@ -239,3 +239,40 @@ def test_config_json_of_a_quantized_folder_is_read(tmp_path, sp_model_file):
     assert json.loads((folder / "config.json").read_text())["quantization_bit"] == 8
     model, _ = load_base(folder, device="cpu")
     assert model.config.quantization_bit == 8 and model.config.glmbot_quantization == "int8"
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_mixed_prefix_batch_on_a_quantized_base_equals_each_row_alone(sp_model_file, kind):
+    from glmbot.model.tokenizer import ChatGLMTokenizer
+    from glmbot.serving.engine import Engine
+    from tests.test_engine import QUERIES, greedy, oracle, random_kv
+
+    base = quantize_model(small_model(), kind)
+    tok = ChatGLMTokenizer(sp_model_file)
+    prefixes = {"support": random_kv(base.config, 3, 1), "ads": random_kv(base.config, 7, 2),
+                "hr": random_kv(base.config, 12, 3)}
+    plan = [("support", QUERIES[0]), ("ads", QUERIES[1]), ("hr", QUERIES[2]), (None, QUERIES[3]),
+            ("hr", QUERIES[4]), ("support", QUERIES[5])]
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96) as eng:
+        batched = eng.generate_many([greedy(q, d, 12) for d, q in plan])
+        assert eng.stats().peak_rows == len(plan)
+        alone = [eng.generate(greedy(q, d, 12)) for d, q in plan]
+    for (domain, query), b, a in zip(plan, batched, alone):
+        assert b.token_ids == a.token_ids and len(b.token_ids) > 0
+        assert b.text == oracle(base, tok, query, prefixes.get(domain), 12), (domain, query)
+    assert len({b.token_ids for b in batched}) == len(plan)
+
+
+def test_compiled_dense_parts_on_a_quantized_base_give_the_eager_logits():
+    model = quantize_model(small_model(seed=6), "int4")
+    ids, mask = ids_and_mask()
+    with torch.no_grad():
+        eager = model(ids, attention_mask=mask).logits
+        torch._dynamo.reset()
+        model.compile_dense(backend="aot_eager")
+        try:
+            compiled = model(ids, attention_mask=mask).logits
+        finally:
+            model.uncompile_dense()
+            torch._dynamo.reset()
+    assert torch.allclose(compiled, eager, atol=1e-5)

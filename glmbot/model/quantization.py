@@ -66,12 +66,20 @@ def quantize_rows(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.
     return values, scale
 
 
+# PyTorch's CPU weight-only int8 kernel is a loop of matrix-vector products: on 2 CPU cores at
+# 4096 x 4096 it beat converting the weight at 1-2 rows and lost from 8 rows on (16 vs 43 ms at
+# 1 row, 125 vs 85 ms at 8, 6.5 s vs 0.2 s at 256; docs/PERFORMANCE.md). Training and prefill
+# take the converted weight.
+CPU_INT8PACK_MAX_ROWS = 4
+
+
 def _int8_matmul(x2d: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (M, in) @ (values * scale).T -> (M, out) in x's dtype, never forming the float weight on CPU."""
-    if x2d.device.type == "cpu" and x2d.dtype in (torch.float32, torch.bfloat16, torch.float16):
+    """x (M, in) @ (values * scale).T -> (M, out) in x's dtype; the kernel chosen by M and device."""
+    if (x2d.device.type == "cpu" and x2d.shape[0] <= CPU_INT8PACK_MAX_ROWS
+            and x2d.dtype in (torch.float32, torch.bfloat16, torch.float16)):
         return torch._weight_int8pack_mm(x2d.contiguous(), values, scale.to(x2d.dtype))
-    # CUDA: _weight_int8pack_mm took 53 ms per decode step on the H200 (issue 24); a converted
-    # weight and cuBLAS is the safe default until bench/quantization.py picks a kernel per batch.
+    # CUDA: _weight_int8pack_mm took 53 ms per decode step on the H200 (issue 24); the converted
+    # weight through cuBLAS until bench/quantization.py has measured the kernels made for it.
     return (x2d @ values.to(x2d.dtype).t()) * scale.to(x2d.dtype)
 
 
