@@ -177,8 +177,8 @@ def _scale_per_group(state):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (_unpacked_int4, r"dense_4h_to_h.weight is int8 \(64, 96\) but quantization_bit=4 stores int8 \(64, 48\) "
-                     r"\(int4 packed two per byte"),
+    (_unpacked_int4, (r"dense_4h_to_h.weight is int8 \(64, 96\) but quantization_bit=4 stores int8 \(64, 48\) "
+                      r"\(int4 packed two per byte")),
     (_float_weight, r"self_attention.dense.weight is float16 \(64, 64\) but quantization_bit=4 stores int8"),
     (_no_scale, r"layers.1.mlp.dense_h_to_4h.weight_scale is missing .*download the checkpoint again"),
     (_scale_for_output_layer, r"output_layer.weight_scale \(640,\) scales a weight that quantization_bit=4 does not"),
@@ -276,3 +276,25 @@ def test_compiled_dense_parts_on_a_quantized_base_give_the_eager_logits():
             model.uncompile_dense()
             torch._dynamo.reset()
     assert torch.allclose(compiled, eager, atol=1e-5)
+
+
+def test_train_cli_quantize_int4_trains_and_records_it_and_a_bad_value_is_refused(tmp_path, capsys):
+    from tests.cli_helpers import cli, make_project, registry_of
+
+    config = make_project(tmp_path, train="max_target_length = 8\nmax_source_length = 16")
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"prompt": "图书馆几点开门？", "response": "九点。"}\n{"prompt": "能借几本？", "response": "十本。"}\n',
+                    encoding="utf-8")
+    code, out, err = cli(config, "train", "-d", "support", "--data", str(data), "--steps", "1", "--no-eval",
+                         "--pre-seq-len", "4", "--quantize", "int4", capsys=capsys)
+    assert code == 0, err
+    run = next((tmp_path / "runs" / "support").iterdir())
+    assert json.loads((run / "run.json").read_text())["base_quantization"] == "int4"
+    with registry_of(config) as reg:
+        (adapter,) = reg.list_adapters("support")
+    full, _ = load_base("builtin:tiny", device="cpu")
+    from glmbot.model.fingerprint import base_fingerprint
+
+    assert adapter.base_fingerprint == base_fingerprint(full)  # the adapter fits the full-precision base too
+    code, out, err = cli(config, "chat", "--quantize", "int3", capsys=capsys)
+    assert code == 1 and "--quantize 'int3' is not one of none, int8, int4: e.g. --quantize int4" in err
