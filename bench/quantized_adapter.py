@@ -2,6 +2,7 @@
 
     python bench/quantized_adapter.py                      # the demo's support adapter, builtin:tiny, CPU
     python bench/quantized_adapter.py --prefix /tmp/support.safetensors   # reuse a trained prefix
+    python bench/quantized_adapter.py --adapter adapters/support/v1       # the adapter `glmbot demo` registered
 
 Trains the demo's prefix (glmbot.toml's [domains.support] recipe on builtin:support) on the
 full-precision base (or loads --prefix, saving it there after training), asks every training
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from glmbot.config import load_settings  # noqa: E402
 from glmbot.model import load_base  # noqa: E402
 from glmbot.model.generate import generate_answers  # noqa: E402
+from glmbot.model.prefix_io import prefix_encoder_from_state, read_state_file  # noqa: E402
 from glmbot.training.data import encode_all, load_examples  # noqa: E402
 from glmbot.training.trainer import PrefixTrainer  # noqa: E402
 
@@ -55,13 +57,17 @@ def answers(model, tok, examples, kv, batch: int = 32) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prefix", type=Path, help="a saved prefix KV (safetensors): reused if it exists")
+    parser.add_argument("--adapter", type=Path, help="an adapter folder (adapter_model.safetensors) to use")
     parser.add_argument("--runs", type=Path, default=Path("/tmp/glmbot-quantized-adapter"))
     parser.add_argument("--train-int4", action="store_true", help="also train a prefix on the int4 base")
     args = parser.parse_args()
     settings = load_settings(Path(__file__).resolve().parents[1] / "glmbot.toml")
     full, tok = load_base("builtin:tiny", device="cpu")
     examples = load_examples("builtin:support")
-    if args.prefix is not None and args.prefix.is_file():
+    if args.adapter is not None:
+        state = read_state_file(args.adapter / "adapter_model.safetensors")
+        kv = prefix_encoder_from_state(state, full.config, str(args.adapter)).kv(full.dtype).detach()
+    elif args.prefix is not None and args.prefix.is_file():
         kv = load_file(str(args.prefix))["kv"]
     else:
         kv = train_kv(full, tok, settings, examples, args.runs / "full")

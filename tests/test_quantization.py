@@ -298,3 +298,22 @@ def test_train_cli_quantize_int4_trains_and_records_it_and_a_bad_value_is_refuse
     assert adapter.base_fingerprint == base_fingerprint(full)  # the adapter fits the full-precision base too
     code, out, err = cli(config, "chat", "--quantize", "int3", capsys=capsys)
     assert code == 1 and "--quantize 'int3' is not one of none, int8, int4: e.g. --quantize int4" in err
+
+
+def test_default_recipe_learns_a_held_out_domain_on_the_int4_base(tmp_path):
+    """test_builtin_base's learning test, with the frozen base quantized to int4."""
+    from pathlib import Path
+
+    from glmbot.config import TrainSettings
+    from glmbot.model.generate import generate_answers
+    from glmbot.training.data import encode_all, load_examples
+    from glmbot.training.trainer import PrefixTrainer
+
+    model, tok = load_base("builtin:tiny", device="cpu", quantization="int4")
+    examples = load_examples(Path(__file__).parent / "data" / "library_faq.jsonl")
+    encoded, _ = encode_all(tok, examples, 64, 128)
+    result = PrefixTrainer(model, TrainSettings(max_steps=150, checkpoint_every=0), tmp_path).fit(encoded)
+    after = generate_answers(model, tok, [e.prompt for e in examples], result.encoder.kv().detach())
+    exact = sum(a == e.response for a, e in zip(after, examples))
+    assert exact >= 9, (exact, after)
+    assert sum(result.losses[-5:]) < sum(result.losses[:5]) / 4
