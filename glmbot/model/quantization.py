@@ -83,17 +83,29 @@ def _int8_matmul(x2d: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -
     return (x2d @ values.to(x2d.dtype).t()) * scale.to(x2d.dtype)
 
 
+def nibbles(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in/2) packed int4 -> the values of the even and of the odd input columns, each (out, in/2) int8."""
+    return packed >> 4, (packed << 4) >> 4  # arithmetic shifts keep each nibble's sign
+
+
 class _QuantizedLinearFn(torch.autograd.Function):
-    """y = x W^T + b through the quantized W; dx = dy W (W dequantized for the product only).
+    """y = x W^T + b through the quantized W; dx = dy W, W = values * scale row by row.
 
     Only the quantized tensors are saved for backward, as the official W8A16Linear and QLoRA
-    do: a float copy of every weight would cost the memory quantization saves.
+    do: a float copy of every weight would cost the memory quantization saves. int4 runs as two
+    half-width int8 products, x's even columns against the high nibbles and its odd columns against
+    the low ones, so the interleaved (out, in) values are never built.
     """
 
     @staticmethod
     def forward(ctx, x, qdata, scale, bits: int, bias):
-        values = unpack_int4(qdata) if bits == 4 else qdata
-        out = _int8_matmul(x.reshape(-1, x.shape[-1]), values, scale).view(*x.shape[:-1], -1)
+        x2d = x.reshape(-1, x.shape[-1])
+        if bits == 8:
+            out = _int8_matmul(x2d, qdata, scale)
+        else:
+            high, low = nibbles(qdata)
+            out = _int8_matmul(x2d[:, 0::2], high, scale) + _int8_matmul(x2d[:, 1::2], low, scale)
+        out = out.view(*x.shape[:-1], -1)
         if bias is not None:
             out = out + bias.to(out.dtype)
         ctx.save_for_backward(qdata, scale)
@@ -103,8 +115,12 @@ class _QuantizedLinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         qdata, scale = ctx.saved_tensors
-        weight = dequantize(qdata, scale, ctx.bits, grad.dtype)  # (out, in)
-        return grad @ weight, None, None, None, None
+        scaled = grad * scale.to(grad.dtype)  # (..., out): dy W = (dy * scale) @ values
+        if ctx.bits == 8:
+            return scaled @ qdata.to(grad.dtype), None, None, None, None
+        high, low = nibbles(qdata)
+        even, odd = scaled @ high.to(grad.dtype), scaled @ low.to(grad.dtype)  # (..., in/2) each
+        return torch.stack((even, odd), dim=-1).flatten(-2), None, None, None, None
 
 
 def dequantize(qdata: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
