@@ -278,8 +278,10 @@ def test_compiled_dense_parts_on_a_quantized_base_give_the_eager_logits():
     assert torch.allclose(compiled, eager, atol=1e-5)
 
 
-def test_train_cli_quantize_int4_trains_and_records_it_and_a_bad_value_is_refused(tmp_path, capsys):
+def test_train_cli_quantize_int4_trains_and_records_it_and_a_bad_value_is_refused(tmp_path, capsys, monkeypatch):
     from tests.cli_helpers import cli, make_project, registry_of
+
+    monkeypatch.setenv("COLUMNS", "200")
 
     config = make_project(tmp_path, train="max_target_length = 8\nmax_source_length = 16")
     data = tmp_path / "two.jsonl"
@@ -298,6 +300,9 @@ def test_train_cli_quantize_int4_trains_and_records_it_and_a_bad_value_is_refuse
     assert adapter.base_fingerprint == base_fingerprint(full)  # the adapter fits the full-precision base too
     code, out, err = cli(config, "chat", "--quantize", "int3", capsys=capsys)
     assert code == 1 and "--quantize 'int3' is not one of none, int8, int4: e.g. --quantize int4" in err
+    for command in ("train", "chat", "serve", "eval"):
+        code, out, _ = cli(config, command, "--help", capsys=capsys)
+        assert code == 0 and "--quantize" in out and "none|int8|int4" in out, command
 
 
 def test_default_recipe_learns_a_held_out_domain_on_the_int4_base(tmp_path):
