@@ -322,3 +322,16 @@ def test_default_recipe_learns_a_held_out_domain_on_the_int4_base(tmp_path):
     exact = sum(a == e.response for a, e in zip(after, examples))
     assert exact >= 9, (exact, after)
     assert sum(result.losses[-5:]) < sum(result.losses[:5]) / 4
+
+
+def test_info_reports_the_quantization_and_the_weight_bytes(tmp_path, capsys):
+    from tests.cli_helpers import cli, make_project
+
+    config = make_project(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8") + '\n[model]\nquantization = "int8"\n', encoding="utf-8")
+    code, out, err = cli(config, "info", "--json", capsys=capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    full, _ = load_base("builtin:tiny", device="cpu")
+    assert info["quantization"] == "int8" and info["weight_bytes"] < weight_bytes(full)
+    assert info["weight_bytes"] == weight_bytes(load_base("builtin:tiny", device="cpu", quantization="int8")[0])
