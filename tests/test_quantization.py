@@ -335,3 +335,19 @@ def test_info_reports_the_quantization_and_the_weight_bytes(tmp_path, capsys):
     full, _ = load_base("builtin:tiny", device="cpu")
     assert info["quantization"] == "int8" and info["weight_bytes"] < weight_bytes(full)
     assert info["weight_bytes"] == weight_bytes(load_base("builtin:tiny", device="cpu", quantization="int8")[0])
+
+
+def test_gradient_checkpointing_through_a_quantized_base_gives_the_same_prefix_gradient():
+    model = quantize_model(small_model(seed=8), "int4").requires_grad_(False)
+    ids, mask = ids_and_mask()
+    labels = ids.masked_fill(mask == 0, -100)
+    grads = []
+    for checkpointing in (False, True):
+        model.set_checkpointing(checkpointing)
+        model.train()
+        torch.manual_seed(0)
+        encoder = PrefixEncoder(model.config, 4)
+        loss = model(ids, attention_mask=mask, labels=labels, prefix=PrefixKV.repeat(encoder.kv(), 2)).loss
+        loss.backward()
+        grads.append(encoder.embedding.weight.grad)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-7)
