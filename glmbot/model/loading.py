@@ -244,7 +244,7 @@ def load_base(name_or_path: str | Path = "builtin:tiny", dtype: str | torch.dtyp
     dtype None/"auto" means bfloat16 on CUDA and float32 on CPU; device None means CUDA when
     available. The model is in eval mode with gradients off for the base weights. quantization
     "int8"/"int4" quantizes the blocks' linear products as they load (glmbot.model.quantization);
-    an official int4/int8 checkpoint (quantization_bit) loads quantized whatever is asked.
+    an official int4/int8 checkpoint (quantization_bit) loads as stored (another quantization is refused).
     """
     folder = resolve_base(name_or_path)
     device = torch.device(device) if device is not None and device != "auto" else _default_device()
