@@ -23,6 +23,10 @@ class CheckpointMismatchError(ModelLoadError):
     """Weights in a checkpoint do not fit the model its config describes."""
 
 
+class QuantizationError(ModelLoadError, ValueError):
+    """A quantization setting that this base, checkpoint or device cannot use."""
+
+
 class PrefixCheckpointError(GlmbotError):
     """A P-Tuning v2 prefix checkpoint cannot be used with this base."""
 

@@ -38,7 +38,7 @@ def engine_from_config(config: str | Path | None = None, **engine_kwargs: Any) -
 
     settings = load_settings(config)
     m = settings.model
-    model, tokenizer = load_base(m.base_model, dtype=m.dtype, device=m.device)
+    model, tokenizer = load_base(m.base_model, dtype=m.dtype, device=m.device, quantization=m.quantization)
     return build_engine(settings, model, tokenizer, Registry.from_settings(settings), get_manager(settings),
                         **engine_kwargs)
 

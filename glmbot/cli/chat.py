@@ -21,6 +21,7 @@ def chat(
     max_new_tokens: Annotated[Optional[int], Opt(min=1, help="tokens per answer at most")] = None,
     system: Annotated[str, Opt(metavar="TEXT", help="a system instruction put before each question")] = "",
     no_log: Annotated[bool, Opt("--no-log", help="do not store this conversation in the registry")] = False,
+    quantize: common.QuantizeOpt = None,
 ) -> None:
     """Chat in the terminal; piped questions print only the answers.
 
@@ -37,6 +38,7 @@ def chat(
     from glmbot.chat import ChatClient, ChatOptions, ChatSession
     from glmbot.serving.turn_log import TurnLogger
 
+    common.use_quantization(quantize)
     settings, registry = common.get_settings(), common.get_registry()
     known = lambda: sorted({a.domain for a in registry.list_adapters(status="active")})  # noqa: E731
     if domain is not None and domain != "base" and domain not in known():

@@ -26,6 +26,28 @@ DomainOpt = Annotated[Optional[str], typer.Option("--domain", "-d", metavar="DOM
                                                   help="business domain, e.g. support")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="glmbot.toml to use", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables (fields: docs/CLI.md)")]
+QUANTIZATIONS = ("none", "int8", "int4")
+
+
+def _quantization(value: str) -> str:
+    from glmbot.cli.values import BadOptionError
+
+    if value not in QUANTIZATIONS:
+        raise BadOptionError(f"--quantize {value!r} is not one of {', '.join(QUANTIZATIONS)}: e.g. --quantize int4")
+    return value
+
+
+QuantizeOpt = Annotated[Optional[str], typer.Option(
+    "--quantize", parser=_quantization, metavar="none|int8|int4",
+    help="quantize the base's linear layers on load (default: [model] quantization)", show_default=False)]
+
+
+def use_quantization(value: str | None) -> None:
+    """`--quantize`: overrides [model] quantization for this process (before the base loads)."""
+    if value is not None and value != get_settings().model.quantization:
+        get_settings().model.quantization = value
+        load_base_model.cache_clear()
+        get_engine.cache_clear()
 
 
 def print_json(data: Any) -> None:
@@ -78,7 +100,7 @@ def load_base_model():
     from glmbot.model import load_base
 
     m = get_settings().model
-    return load_base(m.base_model, dtype=m.dtype, device=m.device)
+    return load_base(m.base_model, dtype=m.dtype, device=m.device, quantization=m.quantization)
 
 
 @lru_cache(maxsize=1)

@@ -27,6 +27,7 @@ def evaluate(
     limit: Annotated[int, Opt(min=1, help="evaluate at most this many samples")] = 200,
     save: Annotated[bool, Opt("--save/--no-save", help="store the results in the registry")] = True,
     as_json: JsonOpt = False,
+    quantize: common.QuantizeOpt = None,
 ) -> None:
     """Score an adapter (ROUGE-1/2/L, BLEU-4 and the forgetting probe), or a predictions file.
 
@@ -40,6 +41,8 @@ def evaluate(
       glmbot eval support --json --no-save
     """
     from glmbot.training.metrics import score_predictions_file
+
+    common.use_quantization(quantize)
 
     if predictions is not None:
         if ref is not None:

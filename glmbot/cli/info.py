@@ -34,7 +34,8 @@ def info(as_json: JsonOpt = False) -> None:
         common.print_json({
             "glmbot": __version__, "config": str(settings.source), "base_model": settings.model.base_model,
             "fingerprint": base_fingerprint(model), "device": str(model.device),
-            "dtype": str(model.dtype).removeprefix("torch."), "parameters": count_parameters(model),
+            "dtype": str(model.dtype).removeprefix("torch."), "quantization": _quantization(model),
+            "weight_bytes": _weight_bytes(model), "parameters": count_parameters(model),
             "layers": cfg.num_layers, "hidden_size": cfg.hidden_size, "attention_heads": cfg.num_attention_heads,
             "kv_groups": cfg.kv_groups, "vocab_size": tok.vocab_size, "padded_vocab_size": cfg.padded_vocab_size,
             "registry": _safe_url(settings.db_url), "domains": list(settings.domains), "torch": torch.__version__,
@@ -48,6 +49,7 @@ def info(as_json: JsonOpt = False) -> None:
         ("fingerprint", base_fingerprint(model)),
         ("device", str(model.device)),
         ("dtype", str(model.dtype).removeprefix("torch.")),
+        ("quantization", f"{_quantization(model)} ({_weight_bytes(model) / 1e9:.2f} GB of weights)"),
         ("parameters", f"{count_parameters(model):,}"),
         ("layers x hidden", f"{cfg.num_layers} x {cfg.hidden_size} ({cfg.num_attention_heads} heads, "
                             f"{cfg.kv_groups} KV groups)"),
@@ -79,3 +81,13 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _quantization(model) -> str:  # noqa: ANN001 - a ChatGLMForConditionalGeneration
+    return getattr(model.config, "glmbot_quantization", "none")
+
+
+def _weight_bytes(model) -> int:  # noqa: ANN001
+    """Bytes of the base's weights as stored (quantized layers as int8/int4 plus their scales)."""
+    return sum(getattr(p, "nbytes_stored", p.numel() * p.element_size())
+               for name, p in model.named_parameters() if "prefix_encoder" not in name)

@@ -24,6 +24,7 @@ def serve(
     no_log: Annotated[bool, Opt("--no-log", help="do not store the conversations in the registry")] = False,
     ray: Annotated[bool, Opt("--ray", help="serve from engine replicas on Ray Serve, as [ray] of glmbot.toml says "
                                            "(pip install 'glmbot[ray]'; docs/SCALING.md)")] = False,
+    quantize: common.QuantizeOpt = None,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API over the routed adapters.
 
@@ -40,6 +41,7 @@ def serve(
     """
     from glmbot.http import check_bind, create_app, resolve_api_keys, run_server
 
+    common.use_quantization(quantize)
     settings = common.get_settings()
     host = settings.server.host if host is None else host
     port = settings.server.port if port is None else port

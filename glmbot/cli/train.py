@@ -89,6 +89,7 @@ def train(
     no_eval: Annotated[bool, Opt("--no-eval", help="skip the dev-set evaluation")] = False,
     nproc: Annotated[int, Opt(parser=_NPROC, metavar="INTEGER",
                               help="processes (GPUs) to train on, launched with torchrun")] = 1,
+    quantize: common.QuantizeOpt = None,
 ) -> None:
     """Train a P-Tuning v2 prefix for DOMAIN, evaluate it, and register it as a candidate."""
     from glmbot.training import pipeline
@@ -101,6 +102,7 @@ def train(
         _launch_torchrun(nproc)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, device = _init_distributed() if distributed else (0, None)
+    common.use_quantization(quantize)
     settings, registry = common.get_settings(), common.get_registry()
     if rank == 0:
         pipeline.ensure_registered_domain(registry, settings, domain)
@@ -149,7 +151,7 @@ def _model(device):
     from glmbot.model import load_base
 
     m = common.get_settings().model
-    return load_base(m.base_model, dtype=m.dtype, device=device)
+    return load_base(m.base_model, dtype=m.dtype, device=device, quantization=m.quantization)
 
 
 def _shared_run_dir(settings, domain: str, run_dir: Path | None, distributed: bool) -> Path:

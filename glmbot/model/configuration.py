@@ -110,8 +110,8 @@ class ChatGLMConfig(PretrainedConfig):
             problems.append("apply_residual_connection_post_layernorm=true")
         if self.add_bias_linear:
             problems.append("add_bias_linear=true")
-        if self.quantization_bit:
-            problems.append(f"quantization_bit={self.quantization_bit} (load the fp16/bf16 weights)")
+        if self.quantization_bit not in (0, 4, 8):  # 4 and 8: the official int4/int8 checkpoints
+            problems.append(f"quantization_bit={self.quantization_bit} (official checkpoints use 4 or 8)")
         if self.num_attention_heads % self.kv_groups:
             problems.append(f"{self.num_attention_heads} heads not divisible by {self.kv_groups} KV groups")
         if problems:

@@ -186,14 +186,23 @@ def build_empty(config: ChatGLMConfig, dtype: torch.dtype, device: torch.device)
     return model
 
 
-def load_weights(model: ChatGLMForConditionalGeneration, folder: Path) -> None:
-    """Copy every tensor of `folder` into `model`, checking names and shapes; all must be covered."""
+def load_weights(model: ChatGLMForConditionalGeneration, folder: Path, reader=None) -> None:
+    """Copy every tensor of `folder` into `model`, checking names and shapes; all must be covered.
+
+    reader: an `OfficialQuantizedReader` that takes an official int4/int8 checkpoint's quantized
+    weights and scales as stored (float weights into quantized layers are quantized by copy_).
+    """
     params = dict(model.named_parameters())
     pending = set(params)
     for file in weight_files(folder):
         for key, tensor in iter_tensors(file):
             if IGNORED_KEYS.search(key):
                 continue
+            if reader is not None:
+                reader.file_name = file.name
+                if reader.accept(key, tensor):
+                    pending.discard(key)
+                    continue
             if key.startswith(PREFIX_KEY) and model.transformer.prefix_encoder is None:
                 log.info("ignoring %s: the config has no pre_seq_len", key)
                 continue
@@ -215,33 +224,46 @@ def load_weights(model: ChatGLMForConditionalGeneration, folder: Path) -> None:
         raise CheckpointMismatchError(
             f"{folder}: weight {first!r} {tuple(params[first].shape)} is missing ({len(pending - prefix_missing)} "
             "missing in all); the checkpoint is incomplete or for another model")
+    if reader is not None:
+        reader.finish(folder)
     if prefix_missing:
         # As the official code does for a fresh P-tuning run: a new prefix starts from the init.
         model.transformer.prefix_encoder.apply(model._init_weights)
 
 
 def load_model(folder: Path, dtype: torch.dtype, device: torch.device,
-               name: str = "") -> ChatGLMForConditionalGeneration:
+               name: str = "", quantization: str | None = None) -> ChatGLMForConditionalGeneration:
     config = _read_config(folder, name)
     model = build_empty(config, dtype, device)
-    load_weights(model, folder)
+    reader = None
+    if (quantization not in (None, "none")) or config.quantization_bit:
+        from glmbot.model import quantization as quant
+
+        kind = quant.resolve_quantization(quantization, config.quantization_bit, device)
+        quant.swap_weights(model, kind)
+        if config.quantization_bit:
+            reader = quant.OfficialQuantizedReader(dict(model.named_parameters()), config.quantization_bit)
+    load_weights(model, folder, reader)
     model.config.name_or_path = str(folder)
     return model.eval()
 
 
 def load_base(name_or_path: str | Path = "builtin:tiny", dtype: str | torch.dtype | None = None,
-              device: str | torch.device | None = None) -> tuple[ChatGLMForConditionalGeneration, ChatGLMTokenizer]:
+              device: str | torch.device | None = None,
+              quantization: str | None = None) -> tuple[ChatGLMForConditionalGeneration, ChatGLMTokenizer]:
     """(model, tokenizer) for `builtin:tiny`, a local ChatGLM2/ChatGLM3/GLM-4 folder, or a Hub id.
 
     The base's family (model.config.glm_family, see glmbot.model.family) decides the tokenizer
     class (ChatGLMTokenizer, ChatGLM3Tokenizer, GLM4Tokenizer) and the rotary variant.
 
     dtype None/"auto" means bfloat16 on CUDA and float32 on CPU; device None means CUDA when
-    available. The model is in eval mode with gradients off for the base weights.
+    available. The model is in eval mode with gradients off for the base weights. quantization
+    "int8"/"int4" quantizes the blocks' linear products as they load (glmbot.model.quantization);
+    an official int4/int8 checkpoint (quantization_bit) loads as stored (another quantization is refused).
     """
     folder = resolve_base(name_or_path)
     device = torch.device(device) if device is not None and device != "auto" else _default_device()
-    model = load_model(folder, resolve_dtype(dtype, device), device, str(name_or_path))
+    model = load_model(folder, resolve_dtype(dtype, device), device, str(name_or_path), quantization)
     model.requires_grad_(False)
     tokenizer = load_tokenizer(folder, family_of(model.config))
     if tokenizer.vocab_size > model.config.padded_vocab_size:

@@ -150,7 +150,9 @@ def run_job(model, tok, registry, job: PreparedJob, *, resume: bool = False, pro
     save_run_info(job.run_dir, {"domain": job.domain, "adapter": outcome.adapter.ref, "steps": result.steps,
                                 "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
                                 "metrics": outcome.adapter.metrics, "learned": outcome.learning.learned,
-                                "promoted": outcome.promoted, "promote_reason": outcome.promote_reason})
+                                "promoted": outcome.promoted, "promote_reason": outcome.promote_reason,
+                                # the adapter itself fits the same base at any quantization (same fingerprint)
+                                "base_quantization": getattr(model.config, "glmbot_quantization", "none")})
     return outcome
 
 
