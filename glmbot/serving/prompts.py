@@ -13,8 +13,13 @@ from typing import Any, Sequence
 from glmbot.errors import GenerationError
 from glmbot.model.chat_format import (ChatFormatError, ChatMessage, Reply, as_message, history_messages,
                                       normalize_tools, parse_reply, prompt_ids)
-from glmbot.model.family import GlmFamily
+from glmbot.model.family import CHATGLM2, GlmFamily
 from glmbot.serving.requests import GenerationRequest, chat_turns
+
+
+def engine_family(engine: Any) -> GlmFamily:
+    """The base family an engine (or the Ray Serve ingress's remote engine) serves."""
+    return getattr(engine, "family", None) or getattr(engine.tokenizer, "family", None) or CHATGLM2
 
 
 def tools_refused(family: GlmFamily) -> GenerationError:
@@ -59,4 +64,4 @@ def parse_completion(family: GlmFamily, tokenizer: Any, completion: Sequence[int
     return parse_reply(family, tokenizer.decode(list(completion), skip_special_tokens=False))
 
 
-__all__ = ["build_prompt", "parse_completion", "request_messages", "tools_refused"]
+__all__ = ["build_prompt", "engine_family", "parse_completion", "request_messages", "tools_refused"]
