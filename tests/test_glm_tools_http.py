@@ -105,3 +105,20 @@ def test_tool_choice_none_and_named(served, client):
     client.chat.completions.create(model="base", messages=[{"role": "user", "content": "几点"}],
                                    tools=[WEATHER, TIME], tool_choice=named, max_tokens=80)
     assert [t["function"]["name"] for t in seen[-1].tools] == ["get_time"]
+
+
+def test_langchain_over_http_gets_the_tool_calls(served):
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from glmbot.integrations.langchain import ChatGlmbot
+
+    model = ChatGlmbot(base_url=served[1].url, domain="base", max_new_tokens=80).bind_tools([WEATHER])
+    reply = model.invoke("天气")
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Paris"})]
+    chunks = list(model.stream("天气"))
+    merged = chunks[0]
+    for c in chunks[1:]:
+        merged += c
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [("get_weather", {"city": "Paris"})]
+    final = model.invoke([HumanMessage("天气"), reply, ToolMessage("sunny", tool_call_id=reply.tool_calls[0]["id"])])
+    assert final.content == "晴" and final.tool_calls == []
