@@ -87,3 +87,23 @@ def test_chatglm2_refuses_tools(sp_model_file):
                                                         {"role": "tool", "content": "b"}]))
         # the system text still goes in front of the query, as before
         assert chat_turns(GenerationRequest(query="b", system="a")) == ("ab", [])
+
+
+def test_glmbot_chat_system_is_native_on_chatglm3(engine):
+    from typer.testing import CliRunner
+
+    from glmbot.chat import ChatOptions, ChatSession
+    from glmbot.cli import main
+
+    force_replies(engine, lambda req: "你好")
+    session = ChatSession(engine, ChatOptions(system="简短回答"))
+    request = session.request("在吗")
+    result = engine.generate(request)
+    session.finish(request, "在吗", result)
+    expected = prompt_ids(engine.family, engine.tokenizer, [{"role": "system", "content": "简短回答"},
+                                                            {"role": "user", "content": "在吗"}])
+    assert result.usage.prompt_tokens == len(expected) and engine.tokenizer.special_ids["<|system|>"] in expected
+    second = session.request("再见")
+    assert second.messages[0] == {"role": "system", "content": "简短回答"} and len(second.messages) == 4
+    help_text = " ".join(CliRunner().invoke(main.app, ["chat", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "native system turn on ChatGLM3/GLM-4" in help_text and "in front of each question" in help_text
