@@ -11,14 +11,18 @@ from typing import Callable, Sequence
 
 from glmbot.model.chat_format import ToolCall, answer_ids, format_tool_call
 
-Scripted = str | Sequence[ToolCall]
+Scripted = str | Sequence[ToolCall] | tuple[str, Sequence[ToolCall]]
 
 
 def reply_ids(family, tok, reply: Scripted) -> list[int]:
-    """Ids the model writes after the prompt's <|assistant|> for a text answer or tool calls, stop included."""
+    """Ids the model writes after the prompt's <|assistant|> for a text answer, tool calls, or
+    (text, calls): text, then the calls in new <|assistant|> segments; the stop id included."""
     if isinstance(reply, str):
         return answer_ids(family, tok, reply) + [tok.eos_token_id]
     ids: list[int] = []
+    if isinstance(reply, tuple):
+        text, reply = reply
+        ids = answer_ids(family, tok, text) + [tok.special_ids["<|assistant|>"]]
     for i, call in enumerate(reply):
         metadata, content = format_tool_call(family, call)
         if i:

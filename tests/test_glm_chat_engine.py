@@ -67,6 +67,18 @@ def test_tool_call_is_parsed_and_never_streamed_as_text(engine):
     assert handle.result().usage.prompt_tokens == len(prompt_ids(engine.family, tok, messages, [WEATHER]))
 
 
+def test_with_tools_a_text_answer_streams_and_a_call_after_text_is_never_shown(engine):
+    answer = "你好，在的。" * 3
+    call = ToolCall("get_weather", {"city": "Oslo"})
+    force_replies(engine, lambda req: answer if req.query == "在吗" else ("稍等", [call]))
+    handle = engine.submit(GenerationRequest(query="在吗", tools=[WEATHER], max_new_tokens=100))
+    chunks = list(handle.stream())
+    assert len(chunks) > 1 and "".join(chunks) == handle.result().text == answer
+    handle = engine.submit(GenerationRequest(query="天气", tools=[WEATHER], max_new_tokens=100))
+    assert "".join(handle.stream()) == "稍等" == handle.result().text
+    assert handle.result().tool_calls == (call,)
+
+
 def test_two_calls_in_one_reply(engine):
     calls = [ToolCall("get_weather", {"city": "Paris"}), ToolCall("get_weather", {"city": "Oslo"})]
     force_replies(engine, lambda req: calls)

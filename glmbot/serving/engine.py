@@ -128,6 +128,8 @@ class Engine:
                 model, stop_ids(self.family, tokenizer), tokenizer.pad_token_id, tokenizer.decode,
                 max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
                 cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline)
+        if self.family.chat_format == "roles":
+            self.scheduler.segment_id = tokenizer.special_ids["<|assistant|>"]
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,
                  self.scheduler.slots.length, self.scheduler.slots.nbytes / MIB, model.device,
                  ", CUDA graphs" if cuda_graph else "")

@@ -49,8 +49,9 @@ class Job:
     # Plugins' answer filters (None: no plugin filters this request): each delta passes through them
     # as it is generated; they hold back only what a later delta could still change.
     filters: FilterChain | None = None
-    # The request has tools (ChatGLM3/GLM-4): the reply is parsed into text + tool calls at the end, so
-    # nothing streams before it (a call's header and arguments are never shown as text).
+    # The request has tools (ChatGLM3/GLM-4): the reply is parsed into text + tool calls at the end. Its
+    # text streams only once its first line shows a text answer (an empty header), and stops at a new
+    # <|assistant|> segment: a call's header and arguments are never shown as text.
     tools_family: GlmFamily | None = None
 
     @property
@@ -70,6 +71,10 @@ class Row:
         self.generator = job.params.generator()
         self.admitted_at = time.perf_counter()
         self.first_token_at: float | None = None
+        # tools only: "wait" (first line not complete), "open" (a text answer: streams), "shut" (a call)
+        self.gate = "wait" if job.tools_family is not None else "open"
+        self.held: list[str] = []  # text held while the gate waits
+        self.streamed = ""  # text pushed to the handle (tools only)
 
     @property
     def seen(self) -> list[int]:
@@ -120,6 +125,7 @@ class Scheduler:
         # Generation ends at any of the family's stop ids (ChatGLM2: eos; ChatGLM3/GLM-4: eos, <|user|>, <|observation|>)
         self.stop_ids = frozenset([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
         self.eos, self.pad = min(self.stop_ids), pad_token_id
+        self.segment_id: int | None = None  # <|assistant|> of a roles family: a new reply segment (maybe a call)
         self.decode_text = decode_text
         self.device = model.device
         self.slots = KVSlots(cfg.num_layers, max_rows, cfg.kv_groups, cfg.kv_channels, slot_len, model.dtype,
@@ -353,7 +359,10 @@ class Scheduler:
             except AnswerFilterError as exc:
                 self._finish(row, "error", exc)
                 return
-        if job.rewrite is None and job.tools_family is None:
+        if job.tools_family is not None:
+            delta = self._tool_gate(row, token, delta)
+            row.streamed += delta
+        if job.rewrite is None:
             job.handle._push(delta)
         if row.text.stopped:
             self._finish(row, "stop")
@@ -361,6 +370,24 @@ class Scheduler:
             self._finish(row, "length")
         elif job.handle.cancelled:
             self._finish(row, "cancelled")
+
+    def _tool_gate(self, row: Row, token: int, delta: str) -> str:
+        """What of `delta` a request with tools may stream now (see Job.tools_family)."""
+        if row.gate == "shut" or token == self.segment_id:
+            row.gate = "shut"
+            return ""
+        if row.gate == "open":
+            return delta
+        row.held.append(delta)
+        header, newline, _ = self.decode_text(row.completion).partition("\n")
+        if not newline:
+            return ""
+        if header.strip():  # a tool's name: a call
+            row.gate = "shut"
+            return ""
+        row.gate, out = "open", "".join(row.held)
+        row.held.clear()
+        return out
 
     def drop_cancelled(self) -> None:
         for row in self.active:
@@ -400,7 +427,8 @@ class Scheduler:
         if job.tools_family is not None:
             reply = parse_reply(job.tools_family, self.decode_text(row.completion, skip_special_tokens=False))
             calls = reply.tool_calls
-            tail = text = reply.content if calls else text
+            text = reply.content if calls else text
+            tail = text[len(row.streamed):] if text.startswith(row.streamed) else ""  # sent text is never taken back
         if job.rewrite is not None:
             tail = text = job.rewrite(text)
         job.handle._push(tail)
