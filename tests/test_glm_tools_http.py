@@ -1,6 +1,6 @@
-"""The OpenAI-style API on a ChatGLM3 base: tools, tool_choice, tool_calls (whole and streamed), tool
+"""The OpenAI-style API on ChatGLM3 and GLM-4 bases: tools, tool_choice, tool_calls (whole and streamed), tool
 results, the system role, and the base family in /v1/models and /health. The official openai client
-talks to the real server over a small random ChatGLM3 model whose output is driven (tests.glm_chat_driver);
+talks to the real server over a small random model of each family whose output is driven (tests.glm_chat_driver);
 prompts, stop ids, parsing and the response formats are the real code."""
 
 from __future__ import annotations
@@ -34,10 +34,17 @@ def scripted(request) -> str | list[ToolCall]:
     return [PARIS] if request.tools else "你好"
 
 
-@pytest.fixture(scope="module")
-def served(tok3):
-    model = small_model(5, glm_family="chatglm3", padded_vocab_size=64896, seq_length=1024)
-    with Engine(model, tok3, settings=Settings(), max_batch_size=4, max_len=1024) as engine:
+SHAPES = {"chatglm3": ("tok3", {"padded_vocab_size": 64896}),
+          "glm4": ("tok4", {"padded_vocab_size": 151552, "hidden_size": 32, "ffn_hidden_size": 48, "kv_channels": 8,
+                            "rope_ratio": 500})}
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def served(request):
+    tok_name, shape = SHAPES[request.param]
+    tok = request.getfixturevalue(tok_name)
+    model = small_model(5, glm_family=request.param, seq_length=1024, **shape)
+    with Engine(model, tok, settings=Settings(), max_batch_size=4, max_len=1024) as engine:
         seen = force_replies(engine, scripted)
         with ServerThread(create_app(engine, settings=engine.settings)) as server:
             yield engine, server, seen
@@ -51,9 +58,27 @@ def client(served) -> openai.OpenAI:
 def test_models_and_health_name_the_base_family(served, client):
     cards = client.models.list().data
     assert {c.id for c in cards} == {"base", "auto"}
-    assert all(c.model_extra["glmbot"]["base_family"] == "chatglm3" for c in cards)
+    family = served[0].family.name
+    assert all(c.model_extra["glmbot"]["base_family"] == family for c in cards)
     assert cards[0].model_extra["glmbot"]["tools"] is True
-    assert httpx.get(served[1].url + "/health").json()["base_family"] == "chatglm3"
+    assert httpx.get(served[1].url + "/health").json()["base_family"] == family
+
+
+def test_bad_tool_messages_get_a_400(served):
+    url = served[1].url + "/v1/chat/completions"
+    ends_with_assistant = {"model": "base", "messages": [{"role": "user", "content": "a"},
+                                                         {"role": "assistant", "content": "b"}]}
+    reply = httpx.post(url, json=ends_with_assistant)
+    assert reply.status_code == 400 and "last message must come from the user" in reply.json()["error"]["message"]
+    bad_args = {"model": "base", "messages": [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
+                                                               "function": {"name": "f", "arguments": "{oops"}}]},
+        {"role": "tool", "tool_call_id": "1", "content": "r"}]}
+    reply = httpx.post(url, json=bad_args)
+    assert reply.status_code == 400 and "arguments of 'f' are not JSON" in reply.json()["error"]["message"]
+    null_user = {"model": "base", "messages": [{"role": "user", "content": None}]}
+    assert "only an assistant message with tool_calls" in httpx.post(url, json=null_user).json()["error"]["message"]
 
 
 def test_tool_call_round_trip(served, client):
