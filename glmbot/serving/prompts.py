@@ -8,10 +8,11 @@ tool results as observation turns); a reply is decoded with its special tokens k
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from glmbot.errors import GenerationError
-from glmbot.model.chat_format import (ChatFormatError, ChatMessage, Reply, as_message, history_messages,
+from glmbot.model.chat_format import (ChatFormatError, ChatMessage, Reply, ToolCall, as_message, history_messages,
                                       normalize_tools, parse_reply, prompt_ids)
 from glmbot.model.family import CHATGLM2, GlmFamily
 from glmbot.serving.requests import GenerationRequest, chat_turns
@@ -64,4 +65,47 @@ def parse_completion(family: GlmFamily, tokenizer: Any, completion: Sequence[int
     return parse_reply(family, tokenizer.decode(list(completion), skip_special_tokens=False))
 
 
-__all__ = ["build_prompt", "engine_family", "parse_completion", "request_messages", "tools_refused"]
+class ToolGate:
+    """The streaming of one request with tools. Its text is held until the reply's first line is
+    complete: an empty header line is a text answer, which then streams; a tool's name is a call,
+    never shown as text; a later `<|assistant|>` segment (`segment_id`) shuts the stream too. At the
+    end the reply is parsed into text and tool calls (special tokens kept)."""
+
+    def __init__(self, family: GlmFamily, decode: Callable[..., str], segment_id: int | None):
+        self.family, self.decode, self.segment_id = family, decode, segment_id
+        self.state = "wait"  # "wait" (first line not complete) | "open" (a text answer) | "shut" (a call)
+        self.held: list[str] = []
+        self.streamed = ""  # the text let through so far
+
+    def push(self, token: int, completion: Sequence[int], delta: str) -> str:
+        """What of `delta` (the text `token` added) may stream now."""
+        out = self._let_through(token, completion, delta)
+        self.streamed += out
+        return out
+
+    def _let_through(self, token: int, completion: Sequence[int], delta: str) -> str:
+        if self.state == "shut" or token == self.segment_id:
+            self.state = "shut"
+            return ""
+        if self.state == "open":
+            return delta
+        self.held.append(delta)
+        header, newline, _ = self.decode(list(completion)).partition("\n")
+        if not newline:
+            return ""
+        if header.strip():  # a tool's name: a call
+            self.state = "shut"
+            return ""
+        self.state, out = "open", "".join(self.held)
+        self.held.clear()
+        return out
+
+    def finish(self, completion: Sequence[int], text: str) -> tuple[str, tuple[ToolCall, ...], str]:
+        """(answer text, tool calls, the text still to send) once the request ends; `text` is the
+        visible text so far. Text already sent is never taken back."""
+        reply = parse_reply(self.family, self.decode(list(completion), skip_special_tokens=False))
+        text = reply.content if reply.tool_calls else text
+        return text, reply.tool_calls, text[len(self.streamed):] if text.startswith(self.streamed) else ""
+
+
+__all__ = ["ToolGate", "build_prompt", "engine_family", "parse_completion", "request_messages", "tools_refused"]

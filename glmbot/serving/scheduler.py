@@ -17,11 +17,12 @@ from typing import Callable, Sequence
 import torch
 
 from glmbot.errors import GenerationError
-from glmbot.model.chat_format import ToolCall, parse_reply
+from glmbot.model.chat_format import ToolCall
 from glmbot.model.family import GlmFamily
 from glmbot.serving.answer_filters import AnswerFilterError, FilterChain
 from glmbot.serving.kv_slots import DecodeOutputs, GraphedDecode, KVSlots, forward_slots, round_up
 from glmbot.serving.prefix_cache import ResolvedAdapter
+from glmbot.serving.prompts import ToolGate
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
                                      Usage)
 from glmbot.serving.router import RouteDecision
@@ -49,9 +50,8 @@ class Job:
     # Plugins' answer filters (None: no plugin filters this request): each delta passes through them
     # as it is generated; they hold back only what a later delta could still change.
     filters: FilterChain | None = None
-    # The request has tools (ChatGLM3/GLM-4): the reply is parsed into text + tool calls at the end. Its
-    # text streams only once its first line shows a text answer (an empty header), and stops at a new
-    # <|assistant|> segment: a call's header and arguments are never shown as text.
+    # The request has tools (ChatGLM3/GLM-4): its stream goes through a ToolGate (a call is never shown
+    # as text) and the reply is parsed into text + tool calls at the end.
     tools_family: GlmFamily | None = None
 
     @property
@@ -62,7 +62,7 @@ class Job:
 class Row:
     """A request being generated in batch row `slot`."""
 
-    def __init__(self, slot: int, job: Job, decode: Callable[[Sequence[int]], str]):
+    def __init__(self, slot: int, job: Job, decode: Callable[[Sequence[int]], str], segment_id: int | None = None):
         self.slot = slot
         self.job = job
         self.completion: list[int] = []  # eos excluded
@@ -71,10 +71,7 @@ class Row:
         self.generator = job.params.generator()
         self.admitted_at = time.perf_counter()
         self.first_token_at: float | None = None
-        # tools only: "wait" (first line not complete), "open" (a text answer: streams), "shut" (a call)
-        self.gate = "wait" if job.tools_family is not None else "open"
-        self.held: list[str] = []  # text held while the gate waits
-        self.streamed = ""  # text pushed to the handle (tools only)
+        self.tools = ToolGate(job.tools_family, decode, segment_id) if job.tools_family is not None else None
 
     @property
     def seen(self) -> list[int]:
@@ -172,7 +169,7 @@ class Scheduler:
                 continue
             slot = self.rows.index(None)  # the lowest free row keeps the decode batch compact
             self.slots.reset_row(slot, job.prefix)
-            self.rows[slot] = row = Row(slot, job, self.decode_text)
+            self.rows[slot] = row = Row(slot, job, self.decode_text, self.segment_id)
             new.append(row)
         for group in self._prefill_groups(new):
             try:
@@ -359,9 +356,8 @@ class Scheduler:
             except AnswerFilterError as exc:
                 self._finish(row, "error", exc)
                 return
-        if job.tools_family is not None:
-            delta = self._tool_gate(row, token, delta)
-            row.streamed += delta
+        if row.tools is not None:
+            delta = row.tools.push(token, row.completion, delta)
         if job.rewrite is None:
             job.handle._push(delta)
         if row.text.stopped:
@@ -370,24 +366,6 @@ class Scheduler:
             self._finish(row, "length")
         elif job.handle.cancelled:
             self._finish(row, "cancelled")
-
-    def _tool_gate(self, row: Row, token: int, delta: str) -> str:
-        """What of `delta` a request with tools may stream now (see Job.tools_family)."""
-        if row.gate == "shut" or token == self.segment_id:
-            row.gate = "shut"
-            return ""
-        if row.gate == "open":
-            return delta
-        row.held.append(delta)
-        header, newline, _ = self.decode_text(row.completion).partition("\n")
-        if not newline:
-            return ""
-        if header.strip():  # a tool's name: a call
-            row.gate = "shut"
-            return ""
-        row.gate, out = "open", "".join(row.held)
-        row.held.clear()
-        return out
 
     def drop_cancelled(self) -> None:
         for row in self.active:
@@ -424,11 +402,8 @@ class Scheduler:
             tail = job.filters.finish(tail)
             text = job.filters.text
         calls: tuple[ToolCall, ...] = ()
-        if job.tools_family is not None:
-            reply = parse_reply(job.tools_family, self.decode_text(row.completion, skip_special_tokens=False))
-            calls = reply.tool_calls
-            text = reply.content if calls else text
-            tail = text[len(row.streamed):] if text.startswith(row.streamed) else ""  # sent text is never taken back
+        if row.tools is not None:
+            text, calls, tail = row.tools.finish(row.completion, text)
         if job.rewrite is not None:
             tail = text = job.rewrite(text)
         job.handle._push(tail)
