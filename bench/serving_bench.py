@@ -2,6 +2,15 @@
 
     python bench/serving_bench.py                                   # builtin:tiny on CPU
     python bench/serving_bench.py --full-size --cuda-graph --check  # ChatGLM2-6B shape, random bf16, CUDA
+    python bench/serving_bench.py --family chatglm3 --shape full --cuda-graph   # ChatGLM3-6B (= ChatGLM2's shape)
+    python bench/serving_bench.py --family glm4 --shape full --cuda-graph --streams 64 --baseline-streams 8
+    python bench/serving_bench.py --family glm4 --shape tiny --device cpu       # a quick check on CPU
+
+--family picks the base family (its vocabulary, special-token ids, stop ids and rotary variant:
+glmbot.model.family); --shape full is the official size (ChatGLM2/3-6B: 28 layers; GLM-4-9B: 40
+layers, vocabulary 151552), --shape tiny a 2-layer model of the same family for CPU checks. The
+decode-step column at 1 stream ("engine, one at a time") and at --streams streams is what
+docs/PERFORMANCE.md records per family.
 
 Every stream has a prompt of --prompt-len random tokens, a prefix of --prefix-len positions (its
 domain's), and generates exactly --max-new-tokens tokens (greedy, eos ignored). Scenarios:
@@ -33,6 +42,7 @@ from rich.table import Table
 
 from glmbot.config import Settings
 from glmbot.model import ChatGLMConfig, ChatGLMForConditionalGeneration, load_base
+from glmbot.model.family import FAMILIES, family_named
 from glmbot.model.loading import resolve_base
 from glmbot.model.prefix import PrefixKV
 from glmbot.model.tokenizer import ChatGLMTokenizer
@@ -56,22 +66,58 @@ class Measured:
         return self.tokens / self.seconds
 
 
-def build_model(args: argparse.Namespace) -> tuple[ChatGLMForConditionalGeneration, ChatGLMTokenizer]:
-    if not args.full_size:
+TINY_SHAPE = dict(num_layers=2, hidden_size=64, ffn_hidden_size=96, kv_channels=16, num_attention_heads=4,
+                  multi_query_group_num=2, seq_length=4096)
+
+
+class FamilyIds:
+    """The token ids of a family's vocabulary for a random-weight bench model (no tokenizer files):
+    its special ids (stop ids, [gMASK]/sop) at the official places, text decoded by the built-in
+    tokenizer (ids it does not know are skipped), so the per-token host work matches ChatGLM2's."""
+
+    def __init__(self, family, regular: int):
+        self.family, self.regular = family, regular
+        self.text = ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))
+        self.special_ids = {t: regular + i for i, t in enumerate(family.specials)}
+        self.eos_token_id = self.special_ids.get("<|endoftext|>", 2)
+        self.pad_token_id = self.special_ids.get("<|endoftext|>", 0)
+        self.gmask_id, self.sop_id = (self.special_ids[t] for t in family.prompt_start)
+        self.sp_size = regular
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.text.decode([i for i in ids if i < self.regular], skip_special_tokens)
+
+
+def family_config(family, shape: str) -> ChatGLMConfig:
+    """The official config of `family` (ChatGLM2-6B defaults + the family's differences), or its tiny shape."""
+    values = {k: v for k, v in family.config_defaults.items() if k != "torch_dtype"}
+    if shape == "tiny":
+        values.update(TINY_SHAPE)
+    return ChatGLMConfig(glm_family=family.name, **values)
+
+
+def build_model(args: argparse.Namespace) -> tuple[ChatGLMForConditionalGeneration, object]:
+    family = family_named(args.family)
+    if args.shape is None and family.name == "chatglm2":
         return load_base(args.model, device=args.device)
-    if not args.device.startswith("cuda"):
-        raise SystemExit("--full-size needs --device cuda (12.5 GB of bf16 weights)")
-    config = ChatGLMConfig()  # the official ChatGLM2-6B values
+    shape = args.shape or "tiny"
+    if shape == "full" and not args.device.startswith("cuda"):
+        raise SystemExit("--shape full needs --device cuda (12.5 GB of bf16 weights; GLM-4-9B: 18.8 GB)")
+    config = family_config(family, shape)
+    dtype = torch.bfloat16 if shape == "full" else torch.float32
     old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     try:
-        with torch.device(args.device):  # random init straight on the GPU: no checkpoint file
+        with torch.device(args.device):  # random init straight on the device: no checkpoint file
             model = ChatGLMForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(old)
     model.requires_grad_(False).eval()
-    # Ids of the built-in tokenizer are valid ids of the full vocabulary; the text is meaningless anyway.
-    return model, ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))
+    if family.name == "chatglm2":
+        # Ids of the built-in tokenizer are valid ids of the full vocabulary; the text is meaningless anyway.
+        return model, ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))
+    # the regular vocabulary ends where the specials start: 64789 SentencePiece pieces (ChatGLM3), 151329 ranks (GLM-4)
+    return model, FamilyIds(family, 151329 if family.tokenizer == "tiktoken" else 64789)
 
 
 def make_prefixes(model, domains: int, length: int, spread: bool) -> dict[str, torch.Tensor]:
@@ -195,7 +241,12 @@ def print_floor(model, rows: list[Measured]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="builtin:tiny", help="base model (ignored with --full-size)")
-    parser.add_argument("--full-size", action="store_true", help="random-weight ChatGLM2-6B shape in bf16 (CUDA)")
+    parser.add_argument("--full-size", action="store_true", help="= --shape full (random-weight bf16 on CUDA)")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="chatglm2",
+                        help="base family: vocabulary, special and stop ids, rotary variant (default chatglm2)")
+    parser.add_argument("--shape", choices=("full", "tiny"), default=None,
+                        help="full: the official size of --family in bf16 (CUDA); tiny: 2 layers (CPU checks); "
+                             "default: --model for chatglm2, tiny for the others")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--domains", type=int, default=8)
@@ -211,7 +262,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true",
                         help="as [serving] deterministic = true: bit-reproducible decode attention (default: "
                              "cuDNN grouped KV, as glmbot serve runs on CUDA)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.full_size:
+        args.shape = "full"
+    return args
 
 
 def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured], Callable[[], list]]:
@@ -269,7 +323,11 @@ def main() -> None:
     model.set_deterministic_decode(args.deterministic)
     if args.compile:
         model.compile_dense()  # fused rmsnorm and silu*mul; captured inside the CUDA graphs
-    console.print(f"{'ChatGLM2-6B shape, random bf16' if args.full_size else args.model} on {model.device} | "
+    family = family_named(args.family)
+    what = (f"{family.display} {args.shape} shape ({model.config.num_layers} layers, vocab "
+            f"{model.config.padded_vocab_size}), random {str(model.dtype).removeprefix('torch.')}"
+            if args.shape else args.model)
+    console.print(f"{what} on {model.device} | "
                   f"{args.streams} streams, {args.domains} domains, P={args.prefix_len}, prompt {args.prompt_len}, "
                   f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}")
     rows, check = run_scenarios(args, model, tok)

@@ -101,7 +101,9 @@ def test_models_lists_each_active_domain_plus_base_and_auto(client):
     models = {m.id: m for m in client.models.list()}
     assert list(models) == ["base", "auto", "ads", "support"]
     assert all(m.owned_by == "glmbot" for m in models.values())
-    assert models["support"].glmbot == {"kind": "domain", "domain": "support", "adapter": "support@v1", "version": 1}
+    assert models["support"].glmbot == {"kind": "domain", "domain": "support", "adapter": "support@v1", "version": 1,
+                                        "base_family": "chatglm2", "base_family_name": "ChatGLM2",
+                                        "system_role": False, "tools": False}
     assert client.models.retrieve("ads").glmbot["adapter"] == "ads@v1"
 
 

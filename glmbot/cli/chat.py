@@ -19,7 +19,9 @@ def chat(
     adapter: Annotated[Optional[str], Opt(metavar="REF", help="a specific adapter, e.g. support@v3")] = None,
     temperature: Annotated[Optional[float], Opt(min=0, help="0 = greedy; default [generation] temperature")] = None,
     max_new_tokens: Annotated[Optional[int], Opt(min=1, help="tokens per answer at most")] = None,
-    system: Annotated[str, Opt(metavar="TEXT", help="a system instruction put before each question")] = "",
+    system: Annotated[str, Opt(metavar="TEXT", help=(
+        "a system instruction: a native system turn on ChatGLM3/GLM-4 bases; ChatGLM2 has no system role, "
+        "so there it is put in front of each question"))] = "",
     no_log: Annotated[bool, Opt("--no-log", help="do not store this conversation in the registry")] = False,
     quantize: common.QuantizeOpt = None,
 ) -> None:
@@ -34,6 +36,7 @@ def chat(
       glmbot chat --domain support --temperature 0
       echo "退货多久到账？" | glmbot chat
       glmbot chat --adapter support@v2 --no-log
+      glmbot chat --system "你是客服助手，请简短回答。"
     """
     from glmbot.chat import ChatClient, ChatOptions, ChatSession
     from glmbot.serving.turn_log import TurnLogger

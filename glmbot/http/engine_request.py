@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from glmbot.http.background import background_task
 from glmbot.http.errors import APIError
-from glmbot.http.schemas import AUTO, CONVERSATION_HEADER, ChatCompletionRequest
+from glmbot.http.schemas import AUTO, CONVERSATION_HEADER, ChatCompletionRequest, ChatMessage, NamedToolChoice
 from glmbot.serving.requests import GenerationRequest
 from glmbot.serving.router import BASE
 
@@ -70,15 +71,38 @@ def target(model: str) -> dict[str, str | None]:
     return {"domain": model, "adapter": None}
 
 
+def chat_tools(chat: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """The tools the model is shown: none for tool_choice 'none', only the named one for a named choice.
+    ('required' is served as 'auto': the model is shown the tools, not forced to call one.)"""
+    if not chat.tools or chat.tool_choice == "none":
+        return None
+    tools = [t.model_dump(exclude_none=True) for t in chat.tools]
+    if isinstance(chat.tool_choice, NamedToolChoice):
+        tools = [t for t in tools if t["function"]["name"] == chat.tool_choice.function.name]
+    return tools
+
+
+def history_message(m: ChatMessage) -> dict[str, Any]:
+    """One OpenAI message as the engine takes it (role tool: a tool result; tool_calls kept)."""
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                             for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
 def generation_request(chat: ChatCompletionRequest, conversation: str, limits: TokenLimits) -> GenerationRequest:
     stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or ())
     if len(stop) > 16 or not all(stop):
         raise APIError(400, f"stop must be at most 16 non-empty strings, got {stop!r:.80}", param="stop")
     sampled = None if chat.temperature is None else chat.temperature > 0
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in chat.messages]
+    messages = [history_message(m) for m in chat.messages]
     background = background_task(messages) is not None  # a front end's title/tags request: the plain base
     return GenerationRequest(
         messages=messages, conversation_id=conversation, max_new_tokens=max_new_tokens(chat, limits, background),
         temperature=chat.temperature or None, top_p=chat.top_p, top_k=chat.top_k,
         repetition_penalty=chat.repetition_penalty, stop=tuple(stop), seed=chat.seed, do_sample=sampled,
-        ignore_eos=chat.ignore_eos, **target(BASE if background else chat.model))
+        ignore_eos=chat.ignore_eos, tools=chat_tools(chat), **target(BASE if background else chat.model))

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from glmbot.model.chat_format import ToolCall
 from glmbot.serving.requests import GenerationResult
 
 _FINISH = {"stop": "stop", "length": "length"}  # glmbot finish_reason -> OpenAI's
@@ -31,7 +32,25 @@ class CompletionIds:
 
 
 def openai_finish_reason(result: GenerationResult) -> str:
+    if result.tool_calls and result.finish_reason == "stop":
+        return "tool_calls"
     return _FINISH.get(result.finish_reason, "stop")
+
+
+def tool_calls_body(calls: tuple[ToolCall, ...], stream: bool = False) -> list[dict[str, Any]]:
+    """OpenAI's `tool_calls` (arguments as JSON text); in a stream each also carries its index."""
+    out = []
+    for i, call in enumerate(calls):
+        body = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+        out.append({"index": i, **body} if stream else body)
+    return out
+
+
+def message_body(result: GenerationResult) -> dict[str, Any]:
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    return {"role": "assistant", "content": result.text or None, "tool_calls": tool_calls_body(result.tool_calls)}
 
 
 def usage_body(result: GenerationResult) -> dict[str, int]:
@@ -57,13 +76,13 @@ def completion_body(ids: CompletionIds, result: GenerationResult, conversation: 
     return {
         "id": ids.id, "object": "chat.completion", "created": ids.created, "model": ids.model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+        "choices": [{"index": 0, "message": message_body(result),
                      "logprobs": None, "finish_reason": openai_finish_reason(result)}],
         "usage": usage_body(result), "glmbot": glmbot_extension(result, conversation),
     }
 
 
-def chunk_body(ids: CompletionIds, delta: dict[str, str], finish_reason: str | None = None,
+def chunk_body(ids: CompletionIds, delta: dict[str, Any], finish_reason: str | None = None,
                with_usage: bool = False) -> dict[str, Any]:
     body = {"id": ids.id, "object": "chat.completion.chunk", "created": ids.created, "model": ids.model,
             "system_fingerprint": None,

@@ -25,13 +25,14 @@ from glmbot.http.errors import APIError
 from glmbot.http.responses import CompletionIds
 from glmbot.http.schemas import CONVERSATION_HEADER, parse_chat_request
 from glmbot.http.service import ChatService
-from glmbot.serving.requests import chat_turns
+from glmbot.serving.prompts import build_prompt, engine_family, tools_refused
 
 
 def chat_endpoint(service: ChatService) -> Callable:
     server = service.settings.server
     limits = TokenLimits(min(service.settings.generation.max_new_tokens, server.max_tokens_limit),
                          server.max_tokens_limit, service.engine.max_len)
+    family = engine_family(service.engine)
 
     async def chat_completions(request: Request) -> Response:
         """POST /v1/chat/completions: checked here, answered by the service (404/400 from the engine)."""
@@ -41,13 +42,14 @@ def chat_endpoint(service: ChatService) -> Callable:
             chat = parse_chat_request(await read_json(request, server.max_body_bytes))
             conversation = conversation_id(request.headers.get(CONVERSATION_HEADER), chat.user)
             gen = generation_request(chat, conversation, limits)
-            try:
-                query, history = chat_turns(gen)  # the message order is checked now: a 400 before engine work
+            if chat.tools and not family.native_tools:
+                raise APIError(400, str(tools_refused(family)), param="tools")
+            try:  # the messages are checked now: a 400 before engine work
+                _, _, prompt = await asyncio.to_thread(build_prompt, gen, service.engine.tokenizer, family)
             except GlmbotError as exc:
                 raise APIError(400, str(exc), param="messages") from None
             if chat.max_tokens is None and chat.max_completion_tokens is None or background_task(gen.messages):
                 # as much as the context leaves
-                prompt = await asyncio.to_thread(service.engine.tokenizer.build_chat_input, query, history)
                 gen.max_new_tokens = max(1, min(gen.max_new_tokens, service.engine.max_len - len(prompt)))
             return await service.answer(request, chat, gen, CompletionIds.new(chat.model), started)
         except APIError as exc:

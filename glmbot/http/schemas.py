@@ -26,13 +26,52 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str = ""  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Strict):
+    """An earlier assistant turn's tool call, sent back in the history."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]  # 'developer' is OpenAI's newer 'system'
-    content: str | list[TextPart]
+    # 'developer' is OpenAI's newer 'system'; 'tool' returns a tool's result (ChatGLM3/GLM-4 bases)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None only for an assistant turn that called tools
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -57,6 +96,9 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: float | None = None  # only 0: ChatGLM2 has no such penalty (repetition_penalty is ours)
     frequency_penalty: float | None = None
     logprobs: bool | None = None
+    tools: list[Tool] | None = None  # ChatGLM3/GLM-4 bases only (a ChatGLM2 base answers 400)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # glmbot extensions (sent through extra_body by the openai client)
     top_k: int | None = Field(None, ge=0, strict=True)
     repetition_penalty: float | None = Field(None, gt=0)
@@ -93,3 +135,15 @@ def _check_unsupported(chat: ChatCompletionRequest) -> None:
         raise APIError(400, "logprobs are not supported by glmbot; leave logprobs unset", param="logprobs")
     if chat.stream_options is not None and not chat.stream:
         raise APIError(400, "stream_options is only allowed with stream = true", param="stream_options")
+    for i, m in enumerate(chat.messages):
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            raise APIError(400, f"messages[{i}].content is null; only an assistant message with tool_calls may "
+                                "leave it out", param=f"messages.{i}.content")
+        if m.tool_calls and m.role != "assistant":
+            raise APIError(400, f"messages[{i}] has tool_calls but role {m.role!r}; only assistant messages call "
+                                "tools", param=f"messages.{i}.tool_calls")
+    if isinstance(chat.tool_choice, NamedToolChoice):
+        names = [t.function.name for t in chat.tools or ()]
+        if chat.tool_choice.function.name not in names:
+            raise APIError(400, f"tool_choice names {chat.tool_choice.function.name!r}, which is not among tools "
+                                f"{names}; name one of them", param="tool_choice")

@@ -37,6 +37,7 @@ from glmbot.http.responses import (
     glmbot_extension,
     openai_finish_reason,
     sse,
+    tool_calls_body,
     usage_chunk,
 )
 from glmbot.http.schemas import AUTO, CONVERSATION_HEADER, ChatCompletionRequest
@@ -48,6 +49,7 @@ from glmbot.http.streaming import (
     until_disconnected,
 )
 from glmbot.serving.prefix_cache import StaticPrefixSource
+from glmbot.serving.prompts import engine_family
 from glmbot.serving.requests import GenerationRequest, RequestHandle
 from glmbot.serving.router import BASE
 
@@ -78,7 +80,8 @@ class ChatService:
 
     async def health(self) -> JSONResponse:
         s = self.engine.stats()
-        return JSONResponse({"status": "ok", "active_rows": s.active_rows, "queued": s.queued,
+        family = engine_family(self.engine)
+        return JSONResponse({"status": "ok", "base_family": family.name, "active_rows": s.active_rows, "queued": s.queued,
                              "max_batch_size": self.engine.max_batch_size, "max_len": self.engine.max_len,
                              "finished": s.finished})
 
@@ -99,7 +102,10 @@ class ChatService:
         """base, auto, then one card per servable domain (blocking: reads the registry)."""
         def card(name: str, kind: str, created: int | None = None, **extra: Any) -> dict[str, Any]:
             return {"id": name, "object": "model", "created": created or self.started_at, "owned_by": "glmbot",
-                    "glmbot": {"kind": kind, **extra}}
+                    "glmbot": {"kind": kind, "base_family": family.name, "base_family_name": family.display,
+                               "system_role": family.native_system, "tools": family.native_tools, **extra}}
+
+        family = engine_family(self.engine)
 
         cards = [card(BASE, "base", description="the plain base model, no prefix"),
                  card(AUTO, "routed", description="the engine's router picks the domain of each message")]
@@ -170,6 +176,11 @@ class ChatService:
                 async for delta in deltas:
                     yield sse(chunk_body(ids, {"content": delta}, with_usage=usage))
             result = exchange.handle.result()
+            if result.tool_calls:  # held back by the engine until parsed: content (if any), then the calls
+                if first is None and result.text:
+                    yield sse(chunk_body(ids, {"content": result.text}, with_usage=usage))
+                yield sse(chunk_body(ids, {"tool_calls": tool_calls_body(result.tool_calls, stream=True)},
+                                     with_usage=usage))
         except GlmbotError as exc:  # failed mid-stream: the status line is sent, so say it in the stream
             error = await self._api_error(exc, chat.model)
             exchange.status = error.status

@@ -8,8 +8,12 @@ With no engine, the first call builds `glmbot.shared_engine()` (base model, regi
 plugins of glmbot.toml, or of `config=`) and every ChatGlmbot of the process shares it, so their
 requests are batched together. `engine=` uses an engine of your own.
 
-History maps to the official ChatGLM2 rounds. ChatGLM2 has no system role: a system message is
-put in front of the user's question (as the official openai_api.py does). The route decision
+History maps to the base's chat format. On ChatGLM3 and GLM-4 a system message is a native system
+turn, `bind_tools([...])` shows the model tools (any LangChain tool, function or schema, converted
+with `convert_to_openai_tool`), the reply's calls come back in `AIMessage.tool_calls` and a
+`ToolMessage` returns a result, so `langchain.agents.create_agent` runs on it. ChatGLM2 has no
+system role: a system message is put in front of the user's question (as the official
+openai_api.py does); it has no tools (bind_tools is refused there). The route decision
 (domain, adapter, reason, score) comes back in `response_metadata`, token counts in
 `usage_metadata`. `batch`/`abatch` run requests concurrently, so the engine batches them.
 
@@ -22,32 +26,25 @@ through server-sent events) and returns the same metadata, read from the `glmbot
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any, AsyncIterator, Iterator
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.llms import LLM
+from langchain_core.language_models.base import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from glmbot.errors import GenerationError, UnknownDomainError
+from glmbot.integrations.langchain_messages import TOOL_FIELDS, lc_tool_calls, offered_tools, to_openai_messages
 from glmbot.serving.requests import GenerationRequest, GenerationResult
 
-_ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 REQUEST_FIELDS = ("domain", "adapter", "conversation_id", "max_new_tokens", "temperature", "top_p", "top_k",
                   "repetition_penalty", "seed", "do_sample")
-
-
-def to_openai_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages -> [{'role', 'content'}]; refuses roles ChatGLM2 cannot take."""
-    out = []
-    for m in messages:
-        role = _ROLES.get(m.type)
-        if role is None:
-            raise GenerationError(f"ChatGLM2 takes system, human and ai messages, not {m.type!r} ({m.content!r:.40})")
-        out.append({"role": role, "content": m.text if hasattr(m, "text") else str(m.content)})
-    return out
 
 
 def result_metadata(result: GenerationResult) -> dict[str, Any]:
@@ -121,12 +118,27 @@ class ChatGlmbot(BaseChatModel):
     def _http(self) -> _HttpBackend:
         return _HttpBackend(self.base_url, self.api_key.get_secret_value() if self.api_key else None, self.timeout)
 
+    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | Any], *, tool_choice: Any = None,
+                   **kwargs: Any) -> Runnable[LanguageModelInput, BaseMessage]:
+        """This model with `tools` offered on every call (ChatGLM3/GLM-4 bases; refused on ChatGLM2)."""
+        if self.base_url is None:
+            from glmbot.serving.prompts import engine_family, tools_refused
+
+            family = engine_family(self._engine())
+            if not family.native_tools:
+                raise tools_refused(family)
+        converted = [convert_to_openai_tool(t) for t in tools]
+        offered_tools(converted, tool_choice)  # a choice naming no bound tool fails here, not on the first call
+        return super().bind(tools=converted, tool_choice=tool_choice, **kwargs)
+
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> GenerationRequest:
-        unknown = set(kwargs) - set(REQUEST_FIELDS)
+        unknown = set(kwargs) - set(REQUEST_FIELDS) - set(TOOL_FIELDS)
         if unknown:
-            raise GenerationError(f"unknown option(s) {sorted(unknown)} for ChatGlmbot; use {', '.join(REQUEST_FIELDS)}")
+            raise GenerationError(f"unknown option(s) {sorted(unknown)} for ChatGlmbot; use {', '.join(REQUEST_FIELDS)} "
+                                  "(tools through bind_tools)")
         fields = {f: kwargs.get(f, getattr(self, f)) for f in REQUEST_FIELDS}
-        return GenerationRequest(messages=to_openai_messages(messages), stop=tuple(stop or ()), **fields)
+        tools = offered_tools(kwargs.get("tools"), kwargs.get("tool_choice"))
+        return GenerationRequest(messages=to_openai_messages(messages), stop=tuple(stop or ()), tools=tools, **fields)
 
     def _log(self, request: GenerationRequest, result: GenerationResult) -> None:
         if self.turn_logger is not None:
@@ -136,13 +148,14 @@ class ChatGlmbot(BaseChatModel):
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         request = self._request(messages, stop, kwargs)
         if self.base_url is not None:
-            text, response_metadata, usage = self._http.complete(request)
-            message = AIMessage(content=text, response_metadata=response_metadata, usage_metadata=usage)
+            text, response_metadata, usage, calls = self._http.complete(request)
+            message = AIMessage(content=text, response_metadata=response_metadata, usage_metadata=usage,
+                                tool_calls=calls)
             return ChatResult(generations=[ChatGeneration(message=message)])
         result = self._engine().generate(request)
         self._log(request, result)
         message = AIMessage(content=result.text, response_metadata=result_metadata(result),
-                            usage_metadata=usage_metadata(result))
+                            usage_metadata=usage_metadata(result), tool_calls=lc_tool_calls(result.tool_calls))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -191,7 +204,7 @@ class ChatGlmbot(BaseChatModel):
         self._log(request, result)
         yield self._final_chunk(result)
 
-    def _chunks(self, items: Iterator[str | tuple[dict, dict]],
+    def _chunks(self, items: Iterator[str | tuple[dict, dict, list]],
                 run_manager: CallbackManagerForLLMRun | None) -> Iterator[ChatGenerationChunk]:
         for item in items:
             chunk = self._http_chunk(item)
@@ -200,19 +213,23 @@ class ChatGlmbot(BaseChatModel):
             yield chunk
 
     @staticmethod
-    def _http_chunk(item: str | tuple[dict, dict]) -> ChatGenerationChunk:
+    def _http_chunk(item: str | tuple[dict, dict, list]) -> ChatGenerationChunk:
         """A text delta, or the closing (response_metadata, usage_metadata) of an HTTP stream."""
         if isinstance(item, str):
             return ChatGenerationChunk(message=AIMessageChunk(content=item))
-        return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=item[0],
-                                                          usage_metadata=item[1], chunk_position="last"))
+        calls = [{"name": c["function"]["name"], "args": c["function"]["arguments"], "id": c.get("id"),
+                  "index": c.get("index", i), "type": "tool_call_chunk"} for i, c in enumerate(item[2])]
+        return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=item[0], usage_metadata=item[1],
+                                                          tool_call_chunks=calls, chunk_position="last"))
 
     @staticmethod
     def _final_chunk(result: GenerationResult) -> ChatGenerationChunk:
-        """An empty chunk carrying the route decision and token usage."""
+        """An empty chunk carrying the route decision, token usage and the tool calls (whole, as chunks)."""
+        calls = [{"name": c["name"], "args": json.dumps(c["args"], ensure_ascii=False), "id": c["id"], "index": i,
+                  "type": "tool_call_chunk"} for i, c in enumerate(lc_tool_calls(result.tool_calls))]
         return ChatGenerationChunk(message=AIMessageChunk(
             content="", response_metadata=result_metadata(result), usage_metadata=usage_metadata(result),
-            chunk_position="last"))
+            tool_call_chunks=calls, chunk_position="last"))
 
 
 class GlmbotLLM(LLM):
@@ -261,6 +278,8 @@ class _HttpBackend:
                     "top_k": request.top_k, "repetition_penalty": request.repetition_penalty, "seed": request.seed,
                     "stop": list(request.stop) or None}
         body.update({k: v for k, v in optional.items() if v is not None})
+        if request.tools:
+            body["tools"] = list(request.tools)
         if stream:
             body["stream_options"] = {"include_usage": True}
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -268,7 +287,7 @@ class _HttpBackend:
             headers["X-Glmbot-Conversation"] = request.conversation_id
         return body, headers
 
-    def complete(self, request: GenerationRequest) -> tuple[str, dict[str, Any], dict[str, int]]:
+    def complete(self, request: GenerationRequest) -> tuple[str, dict[str, Any], dict[str, int], list[dict]]:
         import httpx
 
         body, headers = self.payload(request, stream=False)
@@ -277,10 +296,12 @@ class _HttpBackend:
         if response.status_code != 200:
             raise self.error(response.status_code, response.content)
         data = response.json()
-        choice = data["choices"][0]
-        return choice["message"]["content"], http_metadata(data["glmbot"]), http_usage(data["usage"])
+        message = data["choices"][0]["message"]
+        calls = [{"name": c["function"]["name"], "args": json.loads(c["function"]["arguments"] or "{}"),
+                  "id": c["id"], "type": "tool_call"} for c in message.get("tool_calls") or ()]
+        return message["content"] or "", http_metadata(data["glmbot"]), http_usage(data["usage"]), calls
 
-    def stream(self, request: GenerationRequest) -> Iterator[str | tuple[dict, dict]]:
+    def stream(self, request: GenerationRequest) -> Iterator[str | tuple[dict, dict, list]]:
         """Text deltas, then (response_metadata, usage_metadata); leaving early closes the connection,
         which cancels the request on the server."""
         import httpx
@@ -295,7 +316,7 @@ class _HttpBackend:
                 yield from events.feed(line)
         yield events.closing()
 
-    async def astream(self, request: GenerationRequest) -> AsyncIterator[str | tuple[dict, dict]]:
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[str | tuple[dict, dict, list]]:
         import httpx
 
         body, headers = self.payload(request, stream=True)
@@ -324,6 +345,7 @@ class _StreamEvents:
     def __init__(self) -> None:
         self.extension: dict[str, Any] | None = None
         self.usage: dict[str, int] | None = None
+        self.tool_calls: list[dict[str, Any]] = []  # glmbot sends each call whole, in one delta
 
     def feed(self, line: str) -> list[str]:
         if not line.startswith("data:") or line[5:].strip() == "[DONE]":
@@ -333,12 +355,14 @@ class _StreamEvents:
             raise GenerationError(f"glmbot server stopped the stream: {event['error'].get('message')}")
         self.extension = event.get("glmbot", self.extension)
         self.usage = event.get("usage") or self.usage
+        for c in event.get("choices", ()):
+            self.tool_calls += c["delta"].get("tool_calls") or []
         return [c["delta"]["content"] for c in event.get("choices", ()) if c["delta"].get("content")]
 
-    def closing(self) -> tuple[dict[str, Any], dict[str, int]]:
+    def closing(self) -> tuple[dict[str, Any], dict[str, int], list[dict[str, Any]]]:
         if self.extension is None or self.usage is None:
             raise GenerationError("the glmbot server's stream ended before its last chunk (route and usage)")
-        return http_metadata(self.extension), http_usage(self.usage)
+        return http_metadata(self.extension), http_usage(self.usage), self.tool_calls
 
 
 def http_metadata(extension: dict[str, Any]) -> dict[str, Any]:

@@ -31,12 +31,15 @@ import torch
 
 from glmbot.config import Settings
 from glmbot.errors import AdapterIntegrityError, GenerationError, GlmbotError, UnknownDomainError
+from glmbot.model.chat_format import stop_ids
+from glmbot.model.family import family_of
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
 from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
-from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, chat_turns
+from glmbot.serving.prompts import build_prompt, tools_refused
+from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle
 from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision
 from glmbot.serving.routing_setup import route_request
 from glmbot.serving.sampling import SamplingParams
@@ -106,6 +109,7 @@ class Engine:
         if model.training:
             raise GenerationError("the model is in training mode (dropout on): call model.eval() before serving")
         self.model, self.tokenizer, self.router = model, tokenizer, router
+        self.family = getattr(tokenizer, "family", None) or family_of(config)  # one engine holds one base
         self.max_batch_size = max_batch_size or self.settings.serving.max_batch_size
         self.max_len = max_len or min(self.settings.generation.max_length, config.seq_length)
         self.max_prefix_len = max_prefix_len
@@ -121,9 +125,11 @@ class Engine:
         self.prefix_cache = self._build_prefix_cache(registry, prefixes)
         with torch.no_grad():
             self.scheduler = Scheduler(
-                model, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.decode,
+                model, stop_ids(self.family, tokenizer), tokenizer.pad_token_id, tokenizer.decode,
                 max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
                 cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline)
+        if self.family.chat_format == "roles":
+            self.scheduler.segment_id = tokenizer.special_ids["<|assistant|>"]
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,
                  self.scheduler.slots.length, self.scheduler.slots.nbytes / MIB, model.device,
                  ", CUDA graphs" if cuda_graph else "")
@@ -292,17 +298,18 @@ class Engine:
         if self.answer_filters:
             filters = build_chain(self.answer_filters, req, on_error=lambda name, exc: self.plugins.hook_failed(
                 name, ANSWER_FILTERS_HOOK, exc))
+        tools_family = self.family if req.tools and req.prompt_ids is None else None
         return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter,
-                   rewrite, filters)
+                   rewrite, filters, tools_family)
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
         answer = next(iter(self.plugins.call("before_generate", request=req)), None)
         if answer is not None:
             raise PluginAnswered(str(answer), req.route, len(prompt_ids))
-        edited, history = chat_turns(req)
+        edited, _, edited_ids = self._prompt(req)
         if edited != query:
-            prompt_ids = self.tokenizer.build_chat_input(edited, history)
+            prompt_ids = edited_ids
         rewrite = None
         if self.plugins.has_impls("after_generate"):
             def rewrite(text: str) -> str:
@@ -311,8 +318,9 @@ class Engine:
 
     def _prompt(self, req: GenerationRequest) -> tuple[str | None, list[tuple[str, str]], list[int]]:
         if req.prompt_ids is None:
-            query, history = chat_turns(req)
-            return query, history, self.tokenizer.build_chat_input(query, history)
+            if req.tools and not self.family.native_tools:
+                raise tools_refused(self.family)
+            return build_prompt(req, self.tokenizer, self.family)
         ids = [int(i) for i in req.prompt_ids]
         vocab = self.model.config.padded_vocab_size
         if not ids or min(ids) < 0 or max(ids) >= vocab:

@@ -11,11 +11,14 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Literal, Mapping, Sequence
 
 from glmbot.errors import GenerationError
 
+from glmbot.model.chat_format import ChatFormatError, ToolCall, as_message
+
 if TYPE_CHECKING:
+    from glmbot.model.family import GlmFamily
     from glmbot.serving.router import RouteDecision
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -26,11 +29,14 @@ _ids = itertools.count(1)
 class GenerationRequest:
     """One chat turn to answer. Unset sampling fields take glmbot.toml's [generation] values.
 
-    Give `messages` (OpenAI style: role user/assistant/system, content) or `query` + `history`
-    ([(query, response), ...], the official ChatGLM2 form), or `prompt_ids` to skip the chat
+    Give `messages` (OpenAI style: role user/assistant/system, content; on ChatGLM3/GLM-4 also
+    assistant `tool_calls` and role 'tool' results) or `query` + `history` ([(query, response), ...],
+    the official ChatGLM2 form), or `prompt_ids` to skip the chat
     template (benchmarks, raw completion; no text to route: only `domain`/`adapter` choose the
     prefix). `adapter` ('support@v3') or `domain` ('support', or 'base' for the plain model)
-    bypass routing; otherwise the engine's router decides.
+    bypass routing; otherwise the engine's router decides. `system`: a system text (native on
+    ChatGLM3/GLM-4, put in front of the query on ChatGLM2). `tools`: OpenAI-style function tools the
+    model may call (ChatGLM3/GLM-4 only); the result's `tool_calls` holds the parsed calls.
     """
 
     messages: Sequence[Mapping[str, str]] | None = None
@@ -49,6 +55,8 @@ class GenerationRequest:
     do_sample: bool | None = None
     prompt_ids: Sequence[int] | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+    system: str | None = None
+    tools: Sequence[Mapping[str, Any]] | None = None
     # Set by the engine once routed, for plugins' before_generate/after_generate to read; a request that
     # arrives with a route (the Ray Serve ingress routed it) is served on that route, not routed again.
     route: RouteDecision | None = field(default=None, compare=False)
@@ -82,16 +90,62 @@ class GenerationResult:
     adapter: str | None  # 'support@v3', None for the plain base model
     adapter_version: int | None
     timings: Timings
-    token_ids: tuple[int, ...] = field(default=(), repr=False)  # the completion (an eos ends it, not in it)
+    token_ids: tuple[int, ...] = field(default=(), repr=False)  # the completion (a stop id ends it, not in it)
+    tool_calls: tuple[ToolCall, ...] = ()  # parsed from the reply when the request had tools (text: the rest)
 
 
-def chat_turns(request: GenerationRequest) -> tuple[str, list[tuple[str, str]]]:
-    """(query, history) of a request. A system message is put in front of the query, as the official
-    ChatGLM2 openai_api.py does: ChatGLM2 has no system role."""
+def chat_turns(request: GenerationRequest, family: GlmFamily | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """(query, history) of a request: what routing and logging read.
+
+    ChatGLM2 (or family None on a conversation without tools): a system message is put in front of
+    the query, as the official ChatGLM2 openai_api.py does (ChatGLM2 has no system role). ChatGLM3/GLM-4
+    (or any request with tools or tool messages): the last user message and the user/assistant pairs
+    before it; the messages are checked by glmbot.model.chat_format.
+    """
+    if family is None and _uses_tools(request) or family is not None and family.chat_format == "roles":
+        return _roles_turns(request)
+    if _uses_tools(request):
+        name = family.display if family is not None else "ChatGLM2"
+        raise GenerationError(f"{name} has no tool calls (tools or tool messages were sent); serve a ChatGLM3 or "
+                              "GLM-4 base (base_model = THUDM/chatglm3-6b or THUDM/glm-4-9b-chat) for tools")
+    return _rounds_turns(request)
+
+
+def _uses_tools(request: GenerationRequest) -> bool:
+    return bool(request.tools) or any(isinstance(m, Mapping) and (m.get("role") in ("tool", "observation")
+                                                                   or m.get("tool_calls"))
+                                      for m in request.messages or ())
+
+
+def _roles_turns(request: GenerationRequest) -> tuple[str, list[tuple[str, str]]]:
+    if request.messages is None:
+        return _rounds_turns(request)
+    if not request.messages:
+        raise GenerationError("empty messages: send at least one {'role': 'user', 'content': ...} message")
+    try:
+        messages = [as_message(m, i) for i, m in enumerate(request.messages)]
+    except ChatFormatError as exc:
+        raise GenerationError(str(exc)) from None
+    if messages[-1].role not in ("user", "observation"):
+        raise GenerationError("the last message must come from the user (role 'user') or be a tool result "
+                              f"(role 'tool'); got {messages[-1].role!r}")
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    if not users:
+        raise GenerationError("the messages hold no user message; send at least one {'role': 'user', ...}")
+    if messages[-1].role == "user" and not messages[-1].content.strip():
+        raise GenerationError("the last user message is empty")
+    history = []
+    for i in users[:-1]:
+        if i + 1 < len(messages) and messages[i + 1].role == "assistant":
+            history.append((messages[i].content, messages[i + 1].content))
+    return messages[users[-1]].content, history
+
+
+def _rounds_turns(request: GenerationRequest) -> tuple[str, list[tuple[str, str]]]:
     if request.messages is None:
         if request.query is None or not str(request.query).strip():
             raise GenerationError("empty request: give messages=[{'role': 'user', 'content': ...}] or a query")
-        return str(request.query), [tuple(turn) for turn in request.history]
+        return (request.system or "") + str(request.query), [tuple(turn) for turn in request.history]
     messages = list(request.messages)
     if not messages:
         raise GenerationError("empty messages: send at least one {'role': 'user', 'content': ...} message")
@@ -100,7 +154,7 @@ def chat_turns(request: GenerationRequest) -> tuple[str, list[tuple[str, str]]]:
                 or not isinstance(m.get("content"), str):
             raise GenerationError(f"messages[{i}] = {m!r:.80} is not a {{'role': 'system'|'user'|'assistant', "
                                   "'content': str}} message")
-    system = messages.pop(0)["content"] if messages[0]["role"] == "system" else ""
+    system = messages.pop(0)["content"] if messages[0]["role"] == "system" else (request.system or "")
     if not messages or messages[-1]["role"] != "user":
         raise GenerationError("the last message must come from the user (role 'user'); got "
                               f"{messages[-1]['role'] if messages else 'only a system message'!r}")

@@ -17,9 +17,12 @@ from typing import Callable, Sequence
 import torch
 
 from glmbot.errors import GenerationError
+from glmbot.model.chat_format import ToolCall
+from glmbot.model.family import GlmFamily
 from glmbot.serving.answer_filters import AnswerFilterError, FilterChain
 from glmbot.serving.kv_slots import DecodeOutputs, GraphedDecode, KVSlots, forward_slots, round_up
 from glmbot.serving.prefix_cache import ResolvedAdapter
+from glmbot.serving.prompts import ToolGate
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
                                      Usage)
 from glmbot.serving.router import RouteDecision
@@ -47,6 +50,9 @@ class Job:
     # Plugins' answer filters (None: no plugin filters this request): each delta passes through them
     # as it is generated; they hold back only what a later delta could still change.
     filters: FilterChain | None = None
+    # The request has tools (ChatGLM3/GLM-4): its stream goes through a ToolGate (a call is never shown
+    # as text) and the reply is parsed into text + tool calls at the end.
+    tools_family: GlmFamily | None = None
 
     @property
     def prefix_len(self) -> int:
@@ -56,7 +62,7 @@ class Job:
 class Row:
     """A request being generated in batch row `slot`."""
 
-    def __init__(self, slot: int, job: Job, decode: Callable[[Sequence[int]], str]):
+    def __init__(self, slot: int, job: Job, decode: Callable[[Sequence[int]], str], segment_id: int | None = None):
         self.slot = slot
         self.job = job
         self.completion: list[int] = []  # eos excluded
@@ -65,6 +71,7 @@ class Row:
         self.generator = job.params.generator()
         self.admitted_at = time.perf_counter()
         self.first_token_at: float | None = None
+        self.tools = ToolGate(job.tools_family, decode, segment_id) if job.tools_family is not None else None
 
     @property
     def seen(self) -> list[int]:
@@ -106,13 +113,16 @@ class SchedulerStats:
 class Scheduler:
     """Rows, slots and the two kinds of forward (prefill, decode) of the serving engine."""
 
-    def __init__(self, model: torch.nn.Module, eos_token_id: int, pad_token_id: int,
+    def __init__(self, model: torch.nn.Module, eos_token_id: int | Sequence[int], pad_token_id: int,
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
                  pipeline: bool | None = None):
         cfg = model.config
         self.model = model
-        self.eos, self.pad = eos_token_id, pad_token_id
+        # Generation ends at any of the family's stop ids (ChatGLM2: eos; ChatGLM3/GLM-4: eos, <|user|>, <|observation|>)
+        self.stop_ids = frozenset([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
+        self.eos, self.pad = min(self.stop_ids), pad_token_id
+        self.segment_id: int | None = None  # <|assistant|> of a roles family: a new reply segment (maybe a call)
         self.decode_text = decode_text
         self.device = model.device
         self.slots = KVSlots(cfg.num_layers, max_rows, cfg.kv_groups, cfg.kv_channels, slot_len, model.dtype,
@@ -159,7 +169,7 @@ class Scheduler:
                 continue
             slot = self.rows.index(None)  # the lowest free row keeps the decode batch compact
             self.slots.reset_row(slot, job.prefix)
-            self.rows[slot] = row = Row(slot, job, self.decode_text)
+            self.rows[slot] = row = Row(slot, job, self.decode_text, self.segment_id)
             new.append(row)
         for group in self._prefill_groups(new):
             try:
@@ -335,7 +345,7 @@ class Scheduler:
             return
         row.sampled += 1
         row.first_token_at = row.first_token_at or now
-        if token == self.eos and not job.ignore_eos:
+        if token in self.stop_ids and not job.ignore_eos:
             self._finish(row, "stop")
             return
         row.completion.append(token)
@@ -346,6 +356,8 @@ class Scheduler:
             except AnswerFilterError as exc:
                 self._finish(row, "error", exc)
                 return
+        if row.tools is not None:
+            delta = row.tools.push(token, row.completion, delta)
         if job.rewrite is None:
             job.handle._push(delta)
         if row.text.stopped:
@@ -369,35 +381,40 @@ class Scheduler:
         self.rows[row.slot] = None
         job = row.job
         text = row.text.text if job.filters is None else job.filters.text  # what the client got
+        calls: tuple[ToolCall, ...] = ()
         if error is None:
             try:
-                text = self._send_rest(row)
+                text, calls = self._send_rest(row)
             except AnswerFilterError as exc:
                 error = exc
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         finish_without_row(job.handle, reason, job=job, error=error, text=text, sampled=row.sampled,
-                           completion=row.completion, admitted_at=row.admitted_at, first_token_at=row.first_token_at)
+                           completion=row.completion, admitted_at=row.admitted_at, first_token_at=row.first_token_at,
+                           tool_calls=calls)
 
-    @staticmethod
-    def _send_rest(row: Row) -> str:
-        """Push what the stream still holds (all of it, rewritten, under after_generate); returns the answer."""
+    def _send_rest(self, row: Row) -> tuple[str, tuple[ToolCall, ...]]:
+        """Push what the stream still holds (all of it when held back: rewritten under after_generate,
+        parsed when the request has tools); returns the answer and its tool calls."""
         job = row.job
         tail = row.text.finish()
         text = row.text.text
         if job.filters is not None:
             tail = job.filters.finish(tail)
             text = job.filters.text
+        calls: tuple[ToolCall, ...] = ()
+        if row.tools is not None:
+            text, calls, tail = row.tools.finish(row.completion, text)
         if job.rewrite is not None:
             tail = text = job.rewrite(text)
         job.handle._push(tail)
-        return text
+        return text, calls
 
 
 def finish_without_row(handle: RequestHandle, reason: FinishReason, *, job: Job | None = None,
                        error: BaseException | None = None, text: str = "", sampled: int = 0,
                        completion: Sequence[int] = (), admitted_at: float | None = None,
                        first_token_at: float | None = None, route: RouteDecision | None = None,
-                       prompt_tokens: int = 0) -> None:
+                       prompt_tokens: int = 0, tool_calls: Sequence[ToolCall] = ()) -> None:
     """Complete a handle with its result (or error), whether or not it ever had a row."""
     now, t0 = time.perf_counter(), handle.submitted_at
     adapter = job.adapter if job is not None else None
@@ -408,5 +425,5 @@ def finish_without_row(handle: RequestHandle, reason: FinishReason, *, job: Job 
         adapter=adapter.ref if adapter is not None else None,
         adapter_version=adapter.version if adapter is not None else None,
         timings=Timings((admitted_at or now) - t0, None if first_token_at is None else first_token_at - t0, now - t0),
-        token_ids=tuple(completion))
+        token_ids=tuple(completion), tool_calls=tuple(tool_calls))
     handle._finish(result, error)

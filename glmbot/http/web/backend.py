@@ -16,7 +16,8 @@ from typing import Any
 
 from glmbot.errors import GlmbotError
 from glmbot.http.schemas import AUTO
-from glmbot.serving.requests import GenerationRequest, GenerationResult, chat_turns
+from glmbot.serving.prompts import build_prompt, engine_family
+from glmbot.serving.requests import GenerationRequest, GenerationResult
 from glmbot.serving.router import BASE
 from glmbot.serving.turn_log import new_conversation_id
 
@@ -97,8 +98,7 @@ class WebBackend:
 
     def _budget(self, request: GenerationRequest) -> int:
         """[generation] max_new_tokens, or less when the conversation leaves less of the context."""
-        query, history = chat_turns(request)
-        prompt = self.engine.tokenizer.build_chat_input(query, history)
+        _, _, prompt = build_prompt(request, self.engine.tokenizer, engine_family(self.engine))
         return max(1, min(self.settings.generation.max_new_tokens, self.engine.max_len - len(prompt)))
 
     def conversations(self, limit: int = 50) -> list[list[Any]]:

@@ -27,6 +27,7 @@ from dataclasses import fields
 from typing import Any
 
 from glmbot.errors import GlmbotError, ServingUnavailableError
+from glmbot.model.family import CHATGLM2
 from glmbot.serving.engine import EngineStats
 from glmbot.serving.prefix_cache import PrefixCacheStats
 from glmbot.serving.requests import GenerationRequest, RequestHandle, chat_turns
@@ -66,6 +67,7 @@ class RemoteEngine:
         self.replicas = replicas  # a DeploymentHandle of GlmbotReplica
         self.router, self.settings, self.registry, self.tokenizer = router, settings, registry, tokenizer
         self.max_len = max_len
+        self.family = getattr(tokenizer, "family", None) or CHATGLM2  # the replicas' base family
         self.max_batch_size = settings.serving.max_batch_size  # per replica
         self.prefix_cache = None  # the replicas hold the prefixes; /v1/models reads the registry
         self._stats = combine_stats([])
@@ -120,7 +122,7 @@ class RemoteEngine:
                 finish_without_row(handle, "cancelled", text="".join(text), route=request.route)
 
     def _route(self, request: GenerationRequest) -> RouteDecision:
-        query, history = (None, []) if request.prompt_ids is not None else chat_turns(request)
+        query, history = (None, []) if request.prompt_ids is not None else chat_turns(request, self.family)
         return route_request(self.router, self.settings, self.registry, request, query, history)
 
     # ---- stats -------------------------------------------------------------------------------------
