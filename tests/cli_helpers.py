@@ -18,6 +18,8 @@ runs_dir = "runs"
 [domains.support]
 data = "builtin:support"
 dev_data = "builtin:support_dev"
+[domains.support.train]
+question_rewrites = 0
 [domains.ads]
 data = "builtin:ads"
 dev_data = "builtin:ads_dev"

@@ -85,7 +85,8 @@ def prepare(tok, settings: Settings, domain: str, data: DataSpec, train: TrainSe
     encoded, summary = encode_all(tok, loaded.examples, train.max_source_length, train.max_target_length)
     coverage = tokenizer_coverage(tok, loaded.examples, encoded)
     rewrites = with_rewrites(loaded.examples, train.question_rewrites, train.seed, spelled_by(tok))[len(loaded.examples):]
-    encoded = encoded + encode_all(tok, rewrites, train.max_source_length, train.max_target_length)[0]
+    if rewrites:
+        encoded = encoded + encode_all(tok, rewrites, train.max_source_length, train.max_target_length)[0]
     summary.sha256 = file_sha256(loaded.path)
     summary.source = str(data.train)
     if run_dir is None:
