@@ -22,6 +22,7 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from glmbot.errors import ConfigError
+from glmbot.segment import jieba_module
 from glmbot.training.data import Example
 
 # Question words that stand for each other in everyday questions (Cilin's groups for them are
@@ -83,12 +84,10 @@ def synonym_table() -> dict[str, tuple[str, ...]]:
 
 def rewrite(question: str, rng: random.Random, usable: Callable[[str], bool]) -> str:
     """One other wording of `question` (may come out unchanged; the caller retries)."""
-    import jieba
-
-    original = jieba.lcut(question)
-    table, counts = synonym_table(), jieba.dt.FREQ  # filled by the first lcut
+    jieba = jieba_module()  # initialised: its word counts are loaded
+    table, counts = synonym_table(), jieba.dt.FREQ
     words = []
-    for word in original:
+    for word in jieba.lcut(question):
         floor = max(MIN_FREQUENCY, MIN_FREQUENCY_RATIO * (counts.get(word) or 0))
         options = [w for w in table.get(word, ()) if (counts.get(w) or 0) >= floor and usable(w)]
         words.append(rng.choice(options) if options and rng.random() < SYNONYM_SHARE else word)
