@@ -154,6 +154,8 @@ def test_chatglm3_reply_parsing():
                                                                  "opt": None})]
     code = parse_tool_calls(CHATGLM3, "interpreter\n```python\nprint(1)\n```")
     assert code == [ToolCall("interpreter", {"code": "print(1)"})]
+    unfenced = parse_tool_calls(CHATGLM3, "interpreter\nprint(1)\nprint(2)")
+    assert unfenced == [ToolCall("interpreter", {"code": "print(1)\nprint(2)"})]
 
 
 def test_glm4_reply_parsing():
@@ -170,6 +172,9 @@ def test_tool_call_formatting_is_the_inverse_of_parsing(family):
 
 
 @pytest.mark.parametrize("family,bad", [(CHATGLM3, "f\n```python\ntool_call(x=os.system('rm'))\n```"),
+                                        (CHATGLM3, "f\n```python\ntool_call(x={[1]: 2})\n```"),  # TypeError
+                                        (CHATGLM3, "f\n```python\ntool_call(tags={'a', 'b'})\n```"),  # no JSON
+                                        (CHATGLM3, "f\n```python\ntool_call(x=...)\n```"),
                                         (GLM4, "f\n{not json")])
 def test_unparsable_calls_stay_text_or_raise_when_strict(family, bad):
     assert parse_reply(family, bad) == parse_reply(family, bad)  # deterministic

@@ -13,7 +13,8 @@ from test_engine import QUERIES, base, greedy, oracle, tok  # noqa: F401 - fixtu
 from typer.testing import CliRunner
 
 from glmbot.config import Settings, settings_from_dict
-from glmbot.errors import AdapterIntegrityError, ConfigError, PrefixCheckpointError, UnknownAdapterError
+from glmbot.errors import (AdapterIntegrityError, ConfigError, PrefixCheckpointError, UnknownAdapterError,
+                           UnknownDomainError)
 from glmbot.model.fingerprint import architecture
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
@@ -193,3 +194,16 @@ def test_a_domain_promoted_after_start_is_served_when_asked_for(base, tok, regis
         got = engine.generate(GenerationRequest(query="hello", domain="finance", do_sample=False, max_new_tokens=6))
     assert got.adapter == "finance@v1" and got.route.reason == "explicit"
     assert got.text == oracle(base, tok, "hello", kv, 6)
+
+
+def test_a_request_sent_again_is_routed_again(base, tok, registry, five_domains):
+    # The engine writes the route into the request for plugins; sending the object again (a retry,
+    # another domain) must not reuse it: only the Ray Serve ingress's routed_upstream requests keep theirs.
+    req = greedy(QUERIES[1], "support", 6)
+    with Engine(base, tok, registry=registry, max_batch_size=4, max_len=64) as engine:
+        assert engine.generate(req).route.domain == "support"
+        req.domain = "legal"
+        assert engine.generate(req).route.domain == "legal"
+        req.domain = "nosuch"
+        with pytest.raises(UnknownDomainError, match="nosuch"):
+            engine.generate(req)

@@ -273,9 +273,11 @@ def _chatglm3_call(name: str, body: str) -> ToolCall | None:
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "tool_call"
                 and not node.args and all(k.arg for k in node.keywords)):
             return None
-        return ToolCall(name, {k.arg: ast.literal_eval(k.value) for k in node.keywords})
-    except (SyntaxError, ValueError):
+        arguments = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+        json.dumps(arguments)  # a set, bytes or Ellipsis is a Python literal but no JSON argument
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
         return None
+    return ToolCall(name, arguments)
 
 
 def _glm4_call(name: str, body: str) -> ToolCall | None:
@@ -304,7 +306,9 @@ def parse_reply(family: GlmFamily, text: str, strict: bool = False) -> Reply:
             continue
         call = (_chatglm3_call if family.name == "chatglm3" else _glm4_call)(name, body.strip())
         if call is None and family.name == "chatglm3" and name == "interpreter":
-            call = ToolCall("interpreter", {"code": "\n".join(body.strip().split("\n")[1:-1])})
+            lines = body.strip().split("\n")
+            fenced = lines[0].startswith("```")
+            call = ToolCall("interpreter", {"code": "\n".join(lines[1:-1] if fenced else lines)})
         if call is None:
             if strict:
                 raise ChatFormatError(f"{family.display} reply calls {name!r} with arguments that do not parse: "

@@ -329,7 +329,7 @@ class Engine:
         return None, [], ids
 
     def _route(self, req: GenerationRequest, query: str | None, history: list) -> RouteDecision:
-        if req.route is not None:  # routed upstream: the Ray Serve ingress runs the router, replicas follow it
+        if req.routed_upstream and req.route is not None:  # the Ray Serve ingress routed it; replicas follow
             return req.route
         return route_request(self.router, self.settings, self.registry, req, query, history)
 

@@ -58,8 +58,10 @@ class GenerationRequest:
     system: str | None = None
     tools: Sequence[Mapping[str, Any]] | None = None
     # Set by the engine once routed, for plugins' before_generate/after_generate to read; a request that
-    # arrives with a route (the Ray Serve ingress routed it) is served on that route, not routed again.
+    # the Ray Serve ingress routed (routed_upstream) is served on that route, not routed again. A request
+    # object sent a second time is routed afresh.
     route: RouteDecision | None = field(default=None, compare=False)
+    routed_upstream: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -385,7 +385,7 @@ class Scheduler:
         if error is None:
             try:
                 text, calls = self._send_rest(row)
-            except AnswerFilterError as exc:
+            except Exception as exc:  # noqa: BLE001 - a filter or a reply parser failed: this request alone ends
                 error = exc
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         finish_without_row(job.handle, reason, job=job, error=error, text=text, sampled=row.sampled,

@@ -29,8 +29,8 @@ class GlmbotIngress:
 
     async def __init__(self, replicas: Any, settings: Settings, api_keys: Sequence[str] = ()):
         from glmbot.integrations.ray_serve.remote_engine import RemoteEngine
-        from glmbot.model.loading import load_base_config, resolve_base
-        from glmbot.model.tokenizer import ChatGLMTokenizer
+        from glmbot.model.family import family_of
+        from glmbot.model.loading import load_base_config, load_tokenizer, resolve_base
         from glmbot.plugins import get_manager
         from glmbot.registry import Registry
         from glmbot.serving.routing_setup import build_router
@@ -39,8 +39,9 @@ class GlmbotIngress:
         self.registry = Registry.from_settings(settings)
         router = build_router(settings, self.registry, get_manager(settings))
         base = settings.model.base_model
-        tokenizer = ChatGLMTokenizer.from_pretrained(resolve_base(base))  # prompt lengths; no weights here
-        max_len = min(settings.generation.max_length, load_base_config(base).seq_length)  # as each replica's
+        config = load_base_config(base)  # no weights here: the family's tokenizer, for prompts and lengths
+        tokenizer = load_tokenizer(resolve_base(base), family_of(config))
+        max_len = min(settings.generation.max_length, config.seq_length)  # as each replica's
         self.engine = RemoteEngine(replicas, router=router, settings=settings, registry=self.registry,
                                    tokenizer=tokenizer, max_len=max_len)
 

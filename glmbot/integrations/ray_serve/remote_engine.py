@@ -90,6 +90,7 @@ class RemoteEngine:
         request, text, stream = handle.request, [], None
         try:
             request.route = await asyncio.to_thread(self._route, request)
+            request.routed_upstream = True
             handle.key = multiplex_key(request.route)
             options = {"stream": True}
             if handle.key:
