@@ -310,3 +310,14 @@ def test_glm4_finetune_demo_peft_prefix_imports_through_the_registry(folders, tm
     with pytest.raises(PrefixCheckpointError, match="prefix width"):
         import_path(registry, peft, "support", config=folders["chatglm3"][1].config, base_model="x",
                     base_fingerprint="chatglm3/sha256:0", create_domain=True)
+
+
+@pytest.mark.parametrize("which", ["tok3", "tok4"])
+def test_a_too_long_question_is_cut_but_keeps_the_assistant_token(which, request):
+    from glmbot.training.data import Example, encode_example
+
+    tok = request.getfixturevalue(which)
+    enc = encode_example(tok, Example("你好" * 40, "你好"), max_source_length=12, max_target_length=8)
+    prompt = enc.input_ids[:enc.labels.count(-100)]
+    assert enc.prompt_truncated and len(prompt) == 12
+    assert prompt[-1] == tok.special_ids["<|assistant|>"] and prompt[:3] == tok.build_chat_input("你好")[:3]

@@ -209,7 +209,8 @@ def encode_example(tok: ChatGLMTokenizer, ex: Example, max_source_length: int, m
     """Official layout: a = prompt ids (with [gMASK] sop), b = answer ids; a + b + eos, labels -100 on a.
 
     A too-long multi-turn prompt first loses its oldest rounds (so the current question survives),
-    then is cut at max_source_length as the official code does.
+    then is cut at max_source_length as the official code does (ChatGLM3/GLM-4: the question is cut,
+    the closing <|assistant|> kept).
     """
     history = list(ex.history)
     a = tok.build_chat_input(ex.prompt, history)  # the base family's chat prompt (ChatGLM2: encode(build_prompt))
@@ -217,6 +218,8 @@ def encode_example(tok: ChatGLMTokenizer, ex: Example, max_source_length: int, m
     while len(a) > max_source_length and history:
         history.pop(0)
         a = tok.build_chat_input(ex.prompt, history)
+    if tok.family.chat_format == "roles" and len(a) > max_source_length:
+        a = a[:max_source_length - 1] + a[-1:]  # keep <|assistant|>: the answer follows it when served too
     a = a[:max_source_length]
     b_full = tok.answer_ids(ex.response)  # ChatGLM3/GLM-4: the "\n" the model writes first, then the answer
     b = b_full[:max_target_length]
