@@ -13,15 +13,13 @@ import json
 import socket
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
 import ray
 import torch
 from ray import serve
-from registry_fixtures import _with_search_path
-from sqlalchemy import create_engine, text
+from registry_fixtures import fresh_schema
 
 from glmbot import load_base
 from glmbot.config import settings_from_dict
@@ -61,16 +59,8 @@ def register(registry: Registry, config, domain: str, seed: int, promote: bool =
 
 @pytest.fixture(scope="module")
 def pg_schema(postgres_url):
-    schema = f"glmbot_ray_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield _with_search_path(postgres_url, schema)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(postgres_url, "glmbot_ray") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

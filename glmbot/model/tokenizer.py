@@ -36,10 +36,46 @@ def build_prompt(query: str, history: History | None = None) -> str:
     return "".join(parts)
 
 
-class LeftPadding:
-    """Left padding shared by every GLM tokenizer: needs `pad_token_id` and `encode`."""
+class GlmTokenizerBase:
+    """What every GLM tokenizer shares: special ids by the family's names, left padding, and the
+    tokenizer folder (tokenizer.model + tokenizer_config.json). Subclasses set `family`,
+    `model_file`, `special_ids`, `eos_token_id`, `pad_token_id` and `encode`."""
 
+    family: GlmFamily
+    model_file: Path
+    special_ids: dict[str, int]
+    eos_token_id: int
     pad_token_id: int
+    # names of [gMASK], sop and eop in the family's special list (GLM-4 writes <sop>, <eop>)
+    SOP, EOP = "sop", "eop"
+
+    @property
+    def gmask_id(self) -> int:
+        return self.special_ids["[gMASK]"]
+
+    @property
+    def sop_id(self) -> int:
+        return self.special_ids[self.SOP]
+
+    @property
+    def eop_id(self) -> int:
+        return self.special_ids[self.EOP]
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write tokenizer.model and a small tokenizer_config.json into `folder` (atomically each)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / TOKENIZER_FILE
+        if target.resolve() != self.model_file.resolve():
+            atomic_copy(self.model_file, target)
+        config = {"tokenizer_class": type(self).__name__, "glm_family": self.family.name, "padding_side": "left",
+                  "special_tokens": dict(self.special_ids), "eos_token_id": self.eos_token_id,
+                  "pad_token_id": self.pad_token_id}
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path):
+        return cls(Path(folder) / TOKENIZER_FILE)
 
     def pad(self, batch: Sequence[Sequence[int]], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Left-pad id lists: input_ids, attention_mask and position_ids (pads at position 0), each (B, T)."""
@@ -85,7 +121,7 @@ class LeftPadding:
         return answer_end_id(self.family, self)
 
 
-class ChatGLMTokenizer(LeftPadding):
+class ChatGLMTokenizer(GlmTokenizerBase):
     """Encode/decode text for ChatGLM2 models; `__call__` pads batches on the left."""
 
     family: GlmFamily = CHATGLM2
@@ -109,18 +145,6 @@ class ChatGLMTokenizer(LeftPadding):
     @property
     def vocab_size(self) -> int:
         return self.sp_size + len(self.family.specials)
-
-    @property
-    def gmask_id(self) -> int:
-        return self.special_ids["[gMASK]"]
-
-    @property
-    def sop_id(self) -> int:
-        return self.special_ids["sop"]
-
-    @property
-    def eop_id(self) -> int:
-        return self.special_ids["eop"]
 
     def tokenize(self, text: str) -> list[str]:
         return self.sp.EncodeAsPieces(text)
@@ -155,22 +179,6 @@ class ChatGLMTokenizer(LeftPadding):
 
     def build_prompt(self, query: str, history: History | None = None) -> str:
         return build_prompt(query, history)
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write tokenizer.model and a small tokenizer_config.json into `folder` (atomically each)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / TOKENIZER_FILE
-        if target.resolve() != self.model_file.resolve():
-            atomic_copy(self.model_file, target)
-        config = {"tokenizer_class": type(self).__name__, "glm_family": self.family.name, "padding_side": "left",
-                  "special_tokens": {t: i for t, i in self.special_ids.items()},
-                  "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
-        atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> ChatGLMTokenizer:
-        return cls(Path(folder) / TOKENIZER_FILE)
 
 
 class ChatGLM3Tokenizer(ChatGLMTokenizer):

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from glmbot.errors import TokenizerError
-from glmbot.fileio import atomic_copy, atomic_write_text
 from glmbot.model.family import GLM4, GlmFamily
-from glmbot.model.tokenizer import TOKENIZER_FILE, LeftPadding
+from glmbot.model.tokenizer import TOKENIZER_FILE, GlmTokenizerBase
 
 PAT_STR = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
            r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -43,10 +41,11 @@ def read_ranks(file: Path) -> dict[bytes, int]:
     return ranks
 
 
-class GLM4Tokenizer(LeftPadding):
+class GLM4Tokenizer(GlmTokenizerBase):
     """Encode/decode text for GLM-4 models; same interface as ChatGLMTokenizer."""
 
     family: GlmFamily = GLM4
+    SOP, EOP = "<sop>", "<eop>"
 
     def __init__(self, model_file: str | Path):
         import tiktoken
@@ -68,18 +67,6 @@ class GLM4Tokenizer(LeftPadding):
     @property
     def vocab_size(self) -> int:
         return self.n_ranks + len(self.special_ids)
-
-    @property
-    def gmask_id(self) -> int:
-        return self.special_ids["[gMASK]"]
-
-    @property
-    def sop_id(self) -> int:
-        return self.special_ids["<sop>"]
-
-    @property
-    def eop_id(self) -> int:
-        return self.special_ids["<eop>"]
 
     def encode(self, text: str, add_special_tokens: bool = True, max_length: int | None = None) -> list[int]:
         """Token ids of `text` (special names stay text), with `[gMASK] <sop>` in front when add_special_tokens."""
@@ -111,19 +98,3 @@ class GLM4Tokenizer(LeftPadding):
             run.append(i)
         parts.append(self.enc.decode(run, errors="replace"))
         return "".join(parts)
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write tokenizer.model and a small tokenizer_config.json into `folder` (atomically each)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / TOKENIZER_FILE
-        if target.resolve() != self.model_file.resolve():
-            atomic_copy(self.model_file, target)
-        config = {"tokenizer_class": type(self).__name__, "glm_family": self.family.name, "padding_side": "left",
-                  "special_tokens": self.special_ids, "eos_token_id": self.eos_token_id,
-                  "pad_token_id": self.pad_token_id}
-        atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> GLM4Tokenizer:
-        return cls(Path(folder) / TOKENIZER_FILE)
