@@ -3,6 +3,7 @@
     python bench/gemm_shapes.py                 # cuBLAS, cuBLASLt
     python bench/gemm_shapes.py --autotune      # also inductor max-autotune (Triton templates)
     python bench/gemm_shapes.py --train 3622,4096   # training shapes instead: TFLOP/s at M tokens
+    python bench/gemm_shapes.py --quantized     # int8 / int4 weights: glmbot's kernel vs converting them
 
 A decode step is a handful of skinny matmuls (M = batch rows) over all 12.5 GB of weights, so
 each should run at the copy bandwidth. Every timing cycles through enough copies of the weight
@@ -77,13 +78,68 @@ def train_table(rows: list[int]) -> None:
             print(f"| {name} {n}x{k} | {m} | {rates[0]:.0f} | {rates[1]:.0f} |")
 
 
+def quantized_table(rows: list[int]) -> None:
+    """The decode step's products with int8 / int4 weights (glmbot's stored layout): the weight-only
+    Triton kernel (glmbot.model.quant_kernels) against converting the weight for cuBLAS (what the
+    model does above quant_kernels.MAX_ROWS) and bf16 cuBLAS, the baseline of the same run; with
+    each kernel's largest error against the dequantized weight's product. The last rows add one
+    decode step's products up (28 layers; the output layer stays bf16)."""
+    from glmbot.model.quant_kernels import weight_only_matmul
+    from glmbot.model.quantization import dequantize, pack_int4, quantize_rows
+
+    print(f"{torch.cuda.get_device_name()}, torch {torch.version.__version__}")
+    print("| matmul | M | bf16 cuBLAS us | int8 kernel us | int4 kernel us | int8 converted us | int4 converted us | max rel. error int8 / int4 |")
+    print("|---|---|---|---|---|---|---|---|")
+    step = {m: [0.0] * 5 for m in rows}
+    for name, n, k in SHAPES:
+        layers = 1 if name == "output_layer" else 28
+        copies = max(2, -(-(256 << 20) // (n * k)))  # int8 copies > 5x the L2 cache
+        w = torch.randn(n, k, device="cuda") * 0.02
+        quant = {}
+        for bits in (8, 4):
+            values, scale = quantize_rows(w, bits)
+            q = pack_int4(values) if bits == 4 else values
+            quant[bits] = ([q.clone() for _ in range(copies)], scale.to(torch.bfloat16), dequantize(q, scale, bits, torch.float32))
+        dense = [w.to(torch.bfloat16) for _ in range(max(2, copies // 2))]
+        for m in rows:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            us = [time_us(lambda: [F.linear(x, d) for d in dense]) / len(dense)]
+            errors = []
+            for bits in (8, 4):
+                qs, scale, ref = quant[bits]
+                got = weight_only_matmul(x, qs[0], scale, bits).float()
+                want = x.float() @ ref.t()
+                errors.append((got - want).abs().max().item() / want.abs().max().item())
+                us.append(time_us(lambda: [weight_only_matmul(x, q, scale, bits) for q in qs]) / copies)
+            for bits in (8, 4):
+                qs, scale, _ = quant[bits]
+
+                def converted():
+                    for q in qs:
+                        v = q if bits == 8 else torch.stack((q >> 4, (q << 4) >> 4), -1).flatten(-2)
+                        (x @ v.to(x.dtype).t()) * scale
+                us.append(time_us(converted) / copies)
+            if name == "output_layer":
+                us[1:] = [us[0]] * 4  # stays bf16
+            for i, t in enumerate(us):
+                step[m][i] += t * layers
+            print(f"| {name} {n}x{k} | {m} | " + " | ".join(f"{t:.1f}" for t in us) +
+                  f" | {errors[0]:.4f} / {errors[1]:.4f} |", flush=True)
+        del quant, dense
+    for m in rows:
+        print(f"| **decode step products** | {m} | " + " | ".join(f"{t / 1e3:.2f} ms" for t in step[m]) + " | |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1,16,64,128", help="batch rows (M) to time")
     ap.add_argument("--autotune", action="store_true", help="also time torch.compile(mode='max-autotune-no-cudagraphs')")
     ap.add_argument("--autotune-rows", default="1,64")
     ap.add_argument("--train", default="", help="instead, training token counts M to time (e.g. 3622,3840,4096)")
+    ap.add_argument("--quantized", action="store_true", help="int8 / int4 weights: glmbot's kernel vs converting them")
     args = ap.parse_args()
+    if args.quantized:
+        return quantized_table([int(r) for r in args.rows.split(",")])
     if args.train:
         return train_table([int(r) for r in args.train.split(",")])
     rows = [int(r) for r in args.rows.split(",")]

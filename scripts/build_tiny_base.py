@@ -68,18 +68,30 @@ def held_out_strings() -> list[str]:
     return found
 
 
-def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: int) -> list[list[tuple[str, str]]]:
-    """2-5 rounds of questions, then one of them again (reworded) whose answer is the earlier one."""
+def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: int,
+                     max_rounds: int) -> list[list[tuple[str, str]]]:
+    """2-`max_rounds` rounds of questions, then one of them again, reworded, whose answer is the
+    earlier one. The rewording is a dictionary template swap and the trainer's own rules
+    (glmbot/training/rewrites.py: Cilin synonyms, question words, openers, endings), so the base
+    learns to match the rewordings a prefix is trained with to the wordings users send."""
+    from glmbot.training.rewrites import rewrite
+
+    spelled = set(gb2312_hanzi()) | set(PUNCTUATION) | set(ASCII)
+    usable = lambda word: all(c in spelled for c in word)  # noqa: E731 - the tokenizer is not trained yet
     dialogues = []
     short = [p for p in pairs if len(p[0]) + len(p[1]) <= 90]
     for _ in range(count):
-        rounds = rng.sample(short, rng.randint(2, 5))
+        rounds = rng.sample(short, rng.randint(2, max_rounds))
         question, answer = rng.choice(rounds)
-        dialogues.append([*rounds, (base_corpus.paraphrase_question(question, rng), answer)])
+        for _ in range(3):
+            again = base_corpus.reword_question(question, rng, lambda text: rewrite(text, rng, usable))
+            if again != question:
+                break
+        dialogues.append([*rounds, (again, answer)])
     return dialogues
 
 
-def gather(cache: Path, seed: int) -> dict:
+def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int) -> dict:
     """Text passages, QA pairs and dialogues, held-out text removed; and what each source gave."""
     from tiny_corpus import corpus_parts
 
@@ -90,7 +102,8 @@ def gather(cache: Path, seed: int) -> dict:
     qa = base_corpus.dictionary_pairs(sources, rng)
     generated = corpus_parts(seed)
     shop_pairs = [r for conv in generated["support"] for r in conv]
-    recall = recall_dialogues([p for rows in qa.values() for p in rows] + shop_pairs * 3, rng, 40_000)
+    recall = recall_dialogues([p for rows in qa.values() for p in rows] + shop_pairs * 3, rng,
+                              recall_count, recall_rounds)
 
     held = held_out_strings()
     dropped = 0
@@ -168,7 +181,7 @@ def save_examples(examples: list[Example], path: Path) -> None:
 
 def corpus_stage(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
-    corpus = gather(args.cache, args.seed)
+    corpus = gather(args.cache, args.seed, args.recall_dialogues, args.recall_rounds)
     tok = train_tokenizer(corpus, args.work, args.vocab_size)
     examples = encode_examples(corpus, tok)
     save_examples(examples, args.work / "examples.npz")
@@ -181,7 +194,8 @@ def corpus_stage(args) -> None:
     sizes |= {f"qa/{k}": sum(len(q) + len(a) for q, a in v) for k, v in corpus["qa"].items()}
     sizes |= {f"chat/{k}": sum(len(q) + len(a) for c in v for q, a in c) for k, v in corpus["chat"].items()}
     sizes["recall"] = sum(len(q) + len(a) for c in corpus["recall"] for q, a in c)
-    info = {"sources": corpus["sources"], "characters_per_part": sizes, "held_out_items_dropped": corpus["held_out_dropped"],
+    info = {"sources": corpus["sources"], "characters_per_part": sizes,
+            "recall_dialogues": {"count": args.recall_dialogues, "max_rounds": args.recall_rounds}, "held_out_items_dropped": corpus["held_out_dropped"],
             "examples": len(examples), "tokens": int(sum(len(x) for x, _, _ in examples)),
             "vocab": tok.vocab_size, "gb2312_not_in_vocab": len(uncovered),
             "gb2312_not_in_text": sum(c not in seen for c in gb)}
@@ -346,6 +360,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--minutes", type=float, default=7.0, help="stop early past this (recorded in build_info)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recall-dialogues", type=int, default=40_000, help="in-context recall dialogues in the corpus")
+    ap.add_argument("--recall-rounds", type=int, default=5, help="most rounds before the reworded question")
     args = ap.parse_args()
     if args.stage in ("corpus", "all"):
         corpus_stage(args)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from glmbot.errors import CheckpointMismatchError, QuantizationError
+from glmbot.model import quant_kernels
 
 QUANTIZATIONS = ("none", "int8", "int4")
 BITS = {"int8": 8, "int4": 4}
@@ -78,8 +79,8 @@ def _int8_matmul(x2d: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -
     if (x2d.device.type == "cpu" and x2d.shape[0] <= CPU_INT8PACK_MAX_ROWS
             and x2d.dtype in (torch.float32, torch.bfloat16, torch.float16)):
         return torch._weight_int8pack_mm(x2d.contiguous(), values, scale.to(x2d.dtype))
-    # CUDA: _weight_int8pack_mm took 53 ms per decode step on the H200 (issue 24); the converted
-    # weight through cuBLAS until bench/quantization.py has measured the kernels made for it.
+    # CUDA beyond quant_kernels.MAX_ROWS (prefill, training): the converted weight through cuBLAS
+    # (_weight_int8pack_mm took 53 ms per decode step on the H200, issue 24).
     return (x2d @ values.to(x2d.dtype).t()) * scale.to(x2d.dtype)
 
 
@@ -100,7 +101,9 @@ class _QuantizedLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, qdata, scale, bits: int, bias):
         x2d = x.reshape(-1, x.shape[-1])
-        if bits == 8:
+        if quant_kernels.available(x2d):  # decode-sized batches on CUDA: the stored weight itself
+            out = quant_kernels.weight_only_matmul(x2d, qdata, scale, bits)
+        elif bits == 8:
             out = _int8_matmul(x2d, qdata, scale)
         else:
             high, low = nibbles(qdata)
