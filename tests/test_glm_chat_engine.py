@@ -119,3 +119,15 @@ def test_glmbot_chat_system_is_native_on_chatglm3(engine):
     assert second.messages[0] == {"role": "system", "content": "简短回答"} and len(second.messages) == 4
     help_text = " ".join(CliRunner().invoke(main.app, ["chat", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "native system turn on ChatGLM3/GLM-4" in help_text and "in front of each question" in help_text
+
+
+def test_stop_strings_cut_a_text_answer_but_never_a_tool_call(engine):
+    call = ToolCall("get_weather", {"city": "Paris"})
+    force_replies(engine, lambda req: [call] if req.query == "天气" else "你好，在的。今天不错")
+    # "Paris" and "weather" occur in the call's text: the call still comes back whole
+    result = engine.generate(GenerationRequest(query="天气", tools=[WEATHER], stop=["Paris", "weather"],
+                                               max_new_tokens=60))
+    assert result.tool_calls == (call,) and result.text == "" and result.finish_reason == "stop"
+    handle = engine.submit(GenerationRequest(query="在吗", tools=[WEATHER], stop=["。"], max_new_tokens=60))
+    assert "".join(handle.stream()) == "你好，在的" == handle.result().text
+    assert handle.result().finish_reason == "stop" and handle.result().usage.completion_tokens < 20

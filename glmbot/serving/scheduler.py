@@ -360,7 +360,9 @@ class Scheduler:
             delta = row.tools.push(token, row.completion, delta)
         if job.rewrite is None:
             job.handle._push(delta)
-        if row.text.stopped:
+        if row.text.stopped and (row.tools is None or row.tools.state == "open"):
+            # With tools, stop strings cut a text answer only: a call (or a first line that may
+            # still become one) runs to its own stop id, so its arguments are never cut short.
             self._finish(row, "stop")
         elif row.sampled >= job.max_new_tokens:
             self._finish(row, "length")
