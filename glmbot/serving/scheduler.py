@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -88,6 +88,20 @@ class Row:
         return (self.completion[-1] if not ahead else 0), position, write, write + 1
 
 
+class DecodeProbe(Protocol):
+    """Sees the logits of every token choice and may give the token instead (teacher forcing).
+
+    Set `Scheduler.probe` to one (glmbot.serving.verify checks the decode path with it); left at
+    None, the default, none of it runs. It is called on the engine thread, after the forward is
+    queued and before the tokens reach the host.
+    """
+
+    def observe(self, rows: Sequence[Row], indices: Sequence[int], logits: torch.Tensor) -> Sequence[int | None]:
+        """logits (B, V) choose completion token indices[i] (0: the first) of rows[i]; returns, per
+        row, the token to take instead of the chosen one (None: keep it). The logits are the
+        step's own copy: they stay valid after the next step."""
+
+
 @dataclass
 class Launched:
     """A decode step queued on the device: its rows and their tokens, on the way to the host."""
@@ -138,6 +152,7 @@ class Scheduler:
         # asynchronously (CUDA); on CPU it only reorders work (tests turn it on to check it).
         self.pipeline = self.device.type == "cuda" if pipeline is None else pipeline
         self.inflight: Launched | None = None
+        self.probe: DecodeProbe | None = None  # teacher forcing + logits capture (glmbot.serving.verify)
         self.graphed = None
         if cuda_graph:
             if self.device.type != "cuda":
@@ -286,6 +301,12 @@ class Scheduler:
             seen = [r.seen if r.job.params.repetition_penalty != 1.0 else () for r in launched]
             tokens, finite = choose_tokens_on_device(logits[index], params, seen,
                                                      draw_uniforms(params, [r.generator for r in launched]))
+        if self.probe is not None:
+            # A row in `previous` gets its next token from that step: this one chooses the token after.
+            indices = [r.sampled + (ahead.get(id(r), -1) >= 0) for r in launched]
+            given = self.probe.observe(launched, indices, logits[index])  # indexing copies: the graph reuses logits
+            tokens = torch.where(torch.tensor([g is None for g in given], device=self.device), tokens,
+                                 torch.tensor([g or 0 for g in given], device=self.device))
         both = torch.stack((tokens, finite.long()))
         if self.device.type != "cuda":
             return Launched(launched, tokens, both, None)
@@ -330,6 +351,9 @@ class Scheduler:
         params = [r.job.params for r in rows]
         seen = [r.seen if r.job.params.repetition_penalty != 1.0 else () for r in rows]
         tokens, finite = choose_tokens(logits, params, seen, [r.generator for r in rows])
+        if self.probe is not None:
+            given = self.probe.observe(rows, [r.sampled for r in rows], logits)
+            tokens = [t if g is None else g for t, g in zip(tokens, given)]
         now = time.perf_counter()
         for row, token, ok in zip(rows, tokens, finite):
             self._advance(row, token, ok, now)
