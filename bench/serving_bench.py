@@ -24,7 +24,16 @@ domain's), and generates exactly --max-new-tokens tokens (greedy, eos ignored). 
 
 On CUDA it also prints the weight-read floor of a decode step (weights bytes / measured
 device-to-device copy bandwidth) and how close each decode step comes to it. --check compares the
-CUDA-graph engine's tokens with an eager engine at the same static shapes (they must be equal).
+CUDA-graph engine's tokens with an eager engine at the same static shapes (near-tied logits of
+random weights may flip tokens, so it shows, but cannot prove, a difference).
+
+--verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
+rows over --domains domains (prefix lengths P, P, P/2, P/2, ...) and plain-base rows, prompts of
+mixed lengths, each made to take --verify-tokens given tokens through the engine (with
+--cuda-graph / --compile as given); the logits of every token must match one eager forward of the
+same model within a tolerance derived from the dtype's rounding. Then it injects two bugs (two
+rows' prefixes swapped, one stale KV slot), each of which must fail the check; the exit status
+is 1 if any run ends otherwise.
 Timings on a shared machine are noisy: run it alone; each scenario reports the fastest of --repeat runs.
 """
 
@@ -48,6 +57,7 @@ from glmbot.model.prefix import PrefixKV
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.serving.engine import Engine
 from glmbot.serving.requests import GenerationRequest
+from glmbot.serving.verify import SwappedPrefixes, StaleSlot, mixed_cases, verify_engine
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables unwrapped in logs
 
@@ -257,6 +267,9 @@ def parse_args() -> argparse.Namespace:
                         help="streams run one at a time for the baselines (tokens/s is a rate: a subset suffices)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from CUDA graphs")
     parser.add_argument("--check", action="store_true", help="with --cuda-graph: tokens equal an eager static engine")
+    parser.add_argument("--verify", action="store_true",
+                        help="teacher-forced logits of the engine vs an eager forward, then with injected faults")
+    parser.add_argument("--verify-tokens", type=int, default=32, help="given tokens per row with --verify")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
     parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; the fastest is reported (noise)")
     parser.add_argument("--deterministic", action="store_true",
@@ -316,6 +329,47 @@ def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured],
     return rows, check
 
 
+def verify_prefixes(model, domains: int, length: int) -> dict[str, torch.Tensor]:
+    """Random prefix KV per domain, lengths P, P, P/2, P/2, P/4, ...: mixed, and pairs of one length to swap."""
+    cfg, g = model.config, torch.Generator().manual_seed(0)
+    return {f"d{i}": torch.randn(2 * cfg.num_layers, cfg.kv_groups, max(1, length >> (i // 2)), cfg.kv_channels,
+                                 generator=g).to(model.device, model.dtype) for i in range(domains)}
+
+
+def run_verify(args: argparse.Namespace, model, tok) -> bool:
+    """The --verify table; True when the clean run passes and every injected fault fails."""
+    prefixes = verify_prefixes(model, args.domains, args.prefix_len)
+    n = args.prompt_len
+    cases = mixed_cases(prefixes, rows=args.streams, new_tokens=args.verify_tokens, vocab=(3, tok.sp_size),
+                        prompt_lens=(n, n // 2 + 3, n // 4 + 1, 3 * n // 4 + 2, 7))
+    settings = Settings()
+    settings.serving.prefix_cache_mib = 1 << 16
+    faults = [None, SwappedPrefixes.between(cases, prefixes), StaleSlot(len(cases) // 2 + 1)]
+    table = Table(title=f"Teacher-forced logits of the engine vs an eager forward ({model.dtype}, "
+                        f"{'CUDA graphs' if args.cuda_graph else 'eager decode'}{', compiled' if args.compile else ''})",
+                  header_style="bold")
+    for column in ("run", "rows", "logit vectors", "max abs err", "max rel err", "worst (row, token)", "tolerance",
+                   "result", "expected"):
+        table.add_column(column, justify="left" if column in ("run", "result", "expected") else "right")
+    ok = True
+    with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
+                max_len=n + args.verify_tokens + 8, max_prefix_len=args.prefix_len, prefill_token_budget=1 << 15,
+                cuda_graph=args.cuda_graph, static_shapes=args.cuda_graph) as engine:
+        for fault in faults:
+            start = time.perf_counter()
+            report = verify_engine(engine, cases, prefixes, fault=fault)
+            expected = report.passed if fault is None else (report.fault_injected and not report.passed)
+            ok &= expected
+            table.add_row(report.fault or "engine as is", str(report.rows), str(report.logits),
+                          f"{report.max_abs:.3g}", f"{report.max_rel:.3g}", str(report.worst),
+                          f"{report.tolerance:.3g}", "pass" if report.passed else "FAIL",
+                          ("yes" if expected else "NO") + f" ({time.perf_counter() - start:.1f} s)")
+    console.print(table)
+    console.print("errors: max over each logit vector of |engine - eager| / RMS of the eager logits; tolerance: "
+                  "glmbot.serving.verify.tolerance (dtype rounding through 2L+1 sublayers, max over the vocabulary)")
+    return ok
+
+
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
@@ -330,6 +384,8 @@ def main() -> None:
     console.print(f"{what} on {model.device} | "
                   f"{args.streams} streams, {args.domains} domains, P={args.prefix_len}, prompt {args.prompt_len}, "
                   f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}")
+    if args.verify:
+        sys.exit(0 if run_verify(args, model, tok) else 1)
     rows, check = run_scenarios(args, model, tok)
     print_table(rows, "Serving throughput (greedy, eos ignored)")
     same = sum(a == b for a, b in zip(rows[0].outputs, rows[1].outputs))
