@@ -57,7 +57,7 @@ from glmbot.model.prefix import PrefixKV
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.serving.engine import Engine
 from glmbot.serving.requests import GenerationRequest
-from glmbot.serving.verify import SwappedPrefixes, StaleSlot, mixed_cases, verify_engine
+from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, verify_engine
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables unwrapped in logs
 

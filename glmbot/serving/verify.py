@@ -28,6 +28,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from glmbot.errors import GenerationError
 from glmbot.model.prefix import PrefixKV
 from glmbot.serving.kv_slots import KVSlots
 from glmbot.serving.requests import GenerationRequest
@@ -183,8 +184,9 @@ def engine_logits(engine, cases: Sequence[ForcedCase], fault: Fault | None = Non
         scheduler.probe = None
     for i, (case, result) in enumerate(zip(cases, results)):
         if list(result.token_ids) != case.tokens:
-            raise AssertionError(f"case {i}: the engine took {list(result.token_ids)[:8]}... instead of the given "
-                                 f"{case.tokens[:8]}...: teacher forcing did not hold")
+            raise GenerationError(f"case {i}: the engine took {list(result.token_ids)[:8]}... instead of the given "
+                                  f"{case.tokens[:8]}...: teacher forcing did not hold (is the probe set on the "
+                                  "scheduler that runs the rows?)")
     return probe
 
 
@@ -265,7 +267,7 @@ def verify_engine(engine, cases: Sequence[ForcedCase], prefixes: Mapping[str, to
             ref = reference_logits(model, case, None if case.domain is None else prefixes[case.domain]).float()
             missing = [i for i in range(len(case.tokens)) if (c, i) not in probe.logits]
             if missing:
-                raise AssertionError(f"case {c}: the engine chose tokens {missing} without the probe seeing them")
+                raise GenerationError(f"case {c}: the engine chose tokens {missing} without the probe seeing them")
             got = torch.stack([probe.logits[c, i] for i in range(len(case.tokens))]).float()
             diff = (got - ref).abs().amax(dim=-1)  # (N,)
             rel = diff / ref.pow(2).mean(dim=-1).sqrt()
