@@ -31,9 +31,10 @@ random weights may flip tokens, so it shows, but cannot prove, a difference).
 rows over --domains domains (prefix lengths P, P, P/2, P/2, ...) and plain-base rows, prompts of
 mixed lengths, each made to take --verify-tokens given tokens through the engine (with
 --cuda-graph / --compile as given); the logits of every token must match one eager forward of the
-same model within a tolerance derived from the dtype's rounding. Then it injects two bugs (two
-rows' prefixes swapped, one stale KV slot), each of which must fail the check; the exit status
-is 1 if any run ends otherwise.
+same model within a tolerance derived from the dtype's rounding. Its baseline, in bf16: the same
+comparison between an eager bf16 and an eager fp32 forward (what rounding alone does, --domains
++ 1 rows). Then it injects two bugs (two rows' prefixes swapped, one stale KV slot), each of
+which must fail the check; the exit status is 1 if any run ends otherwise.
 Timings on a shared machine are noisy: run it alone; each scenario reports the fastest of --repeat runs.
 """
 
@@ -57,7 +58,7 @@ from glmbot.model.prefix import PrefixKV
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.serving.engine import Engine
 from glmbot.serving.requests import GenerationRequest
-from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, verify_engine
+from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, rounding_noise, verify_engine
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables unwrapped in logs
 
@@ -352,6 +353,17 @@ def run_verify(args: argparse.Namespace, model, tok) -> bool:
                    "result", "expected"):
         table.add_column(column, justify="left" if column in ("run", "result", "expected") else "right")
     ok = True
+
+    def add(report, expected: bool, seconds: float) -> None:  # noqa: ANN001 - a VerifyReport
+        table.add_row(report.run, str(report.rows), str(report.logits), f"{report.max_abs:.3g}",
+                      f"{report.max_rel:.3g}", str(report.worst), f"{report.tolerance:.3g}",
+                      "pass" if report.passed else "FAIL", ("yes" if expected else "NO") + f" ({seconds:.1f} s)")
+
+    if model.dtype != torch.float32:  # the baseline: what rounding alone does, between two eager forwards
+        start = time.perf_counter()
+        noise = rounding_noise(model, cases[:args.domains + 1], prefixes)
+        ok &= noise.passed
+        add(noise, noise.passed, time.perf_counter() - start)
     with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
                 max_len=n + args.verify_tokens + 8, max_prefix_len=args.prefix_len, prefill_token_budget=1 << 15,
                 cuda_graph=args.cuda_graph, static_shapes=args.cuda_graph) as engine:
@@ -360,10 +372,7 @@ def run_verify(args: argparse.Namespace, model, tok) -> bool:
             report = verify_engine(engine, cases, prefixes, fault=fault)
             expected = report.passed if fault is None else (report.fault_injected and not report.passed)
             ok &= expected
-            table.add_row(report.fault or "engine as is", str(report.rows), str(report.logits),
-                          f"{report.max_abs:.3g}", f"{report.max_rel:.3g}", str(report.worst),
-                          f"{report.tolerance:.3g}", "pass" if report.passed else "FAIL",
-                          ("yes" if expected else "NO") + f" ({time.perf_counter() - start:.1f} s)")
+            add(report, expected, time.perf_counter() - start)
     console.print(table)
     console.print("errors: max over each logit vector of |engine - eager| / RMS of the eager logits; tolerance: "
                   "glmbot.serving.verify.tolerance (dtype rounding through 2L+1 sublayers, max over the vocabulary)")

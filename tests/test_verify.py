@@ -107,3 +107,20 @@ def test_cuda_graph_compiled_decode_matches_a_plain_forward_in_bf16(tok):
     assert 0 < clean.max_rel  # bf16 kernels do round differently: the check is not comparing a thing with itself
     for broken in (swapped, stale):
         assert broken.fault_injected and not broken.passed, broken
+
+
+def test_in_bf16_the_engine_and_rounding_alone_stay_within_the_derived_tolerance(tok):
+    """The bf16 tolerance on CPU: the engine's error and that of an eager bf16 vs fp32 forward are
+    both rounding, nonzero, and under it; a fault is far above it."""
+    from glmbot.serving.verify import rounding_noise
+
+    model = small_model().to(torch.bfloat16)
+    kvs = random_prefixes(model.config, (8, 8, 3), dtype=torch.bfloat16)
+    cases = mixed_cases(kvs, rows=8, new_tokens=6, vocab=(3, tok.sp_size))
+    noise = rounding_noise(model, cases, kvs)
+    with Engine(model, tok, prefixes=kvs, max_batch_size=8, max_len=80, max_prefix_len=8) as eng:
+        clean = verify_engine(eng, cases, kvs)
+        stale = verify_engine(eng, cases, kvs, fault=StaleSlot(2))
+    assert 0 < noise.max_rel < noise.tolerance and noise.passed
+    assert 0 < clean.max_rel and clean.passed, clean
+    assert not stale.passed and stale.max_rel > 3 * stale.tolerance, stale

@@ -241,6 +241,7 @@ def tolerance(model: torch.nn.Module) -> float:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    run: str  # what was compared: the engine as is, with a fault, or the rounding baseline
     rows: int  # cases checked
     logits: int  # (case, token) logit vectors compared
     max_abs: float  # largest |engine - reference| of any logit
@@ -255,26 +256,62 @@ class VerifyReport:
         return self.max_rel <= self.tolerance
 
 
+@dataclass
+class ErrorTally:
+    """The largest errors of logit vectors compared so far (see VerifyReport)."""
+
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst: tuple[int, int] = (0, 0)
+
+    def add(self, case: int, got: torch.Tensor, ref: torch.Tensor) -> None:
+        """got, ref: (N, V) logits of one case's N tokens."""
+        got, ref = got.float(), ref.float()
+        diff = (got - ref).abs().amax(dim=-1)  # (N,)
+        rel = diff / ref.pow(2).mean(dim=-1).sqrt()
+        i = int(rel.argmax())
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        if float(rel[i]) > self.max_rel or not math.isfinite(float(rel[i])):  # NaN stays: it fails the check
+            self.max_rel, self.worst = float(rel[i]), (case, i)
+
+
 def verify_engine(engine, cases: Sequence[ForcedCase], prefixes: Mapping[str, torch.Tensor],  # noqa: ANN001
                   fault: Fault | None = None, tol: float | None = None) -> VerifyReport:
     """Teacher-force `cases` through `engine` (whose prefixes are `prefixes`) and compare every
     logit vector with `reference_logits`; `fault` injects a bug first (the report must then fail)."""
     probe = engine_logits(engine, cases, fault)
-    model = engine.model
-    max_abs, max_rel, worst = 0.0, 0.0, (0, 0)
+    model, tally = engine.model, ErrorTally()
     with eager_dense(model):
         for c, case in enumerate(cases):
-            ref = reference_logits(model, case, None if case.domain is None else prefixes[case.domain]).float()
             missing = [i for i in range(len(case.tokens)) if (c, i) not in probe.logits]
             if missing:
                 raise GenerationError(f"case {c}: the engine chose tokens {missing} without the probe seeing them")
-            got = torch.stack([probe.logits[c, i] for i in range(len(case.tokens))]).float()
-            diff = (got - ref).abs().amax(dim=-1)  # (N,)
-            rel = diff / ref.pow(2).mean(dim=-1).sqrt()
-            i = int(rel.argmax())
-            max_abs = max(max_abs, float(diff.max()))
-            if float(rel[i]) > max_rel or not math.isfinite(float(rel[i])):
-                max_rel, worst = float(rel[i]), (c, i)
-    return VerifyReport(len(cases), sum(len(c.tokens) for c in cases), max_abs, max_rel, worst,
-                        tolerance(model) if tol is None else tol, None if fault is None else fault.name,
-                        probe.fault_injected)
+            got = torch.stack([probe.logits[c, i] for i in range(len(case.tokens))])
+            tally.add(c, got, reference_logits(model, case, prefix_of(case, prefixes)))
+    return VerifyReport("engine as is" if fault is None else fault.name, len(cases), sum(len(c.tokens) for c in cases),
+                        tally.max_abs, tally.max_rel, tally.worst, tolerance(model) if tol is None else tol,
+                        None if fault is None else fault.name, probe.fault_injected)
+
+
+def rounding_noise(model: torch.nn.Module, cases: Sequence[ForcedCase],
+                   prefixes: Mapping[str, torch.Tensor]) -> VerifyReport:
+    """The same comparison between two eager forwards, the model's dtype and fp32: what rounding
+    alone does, a baseline for the engine's errors (the tolerance bounds both). Holds an fp32 copy
+    of the model meanwhile (25 GB at the 6B shape)."""
+    tally = ErrorTally()
+    with torch.device("meta"):  # no second random init: the weights come from `model`
+        exact = type(model)(model.config)
+    exact.load_state_dict({k: v.float() for k, v in model.state_dict().items()}, assign=True)
+    exact.eval()
+    with eager_dense(model):
+        for c, case in enumerate(cases):
+            prefix = prefix_of(case, prefixes)
+            tally.add(c, reference_logits(model, case, prefix), reference_logits(exact, case, prefix))
+    del exact
+    return VerifyReport(f"eager {str(model.dtype).removeprefix('torch.')} vs eager float32 (rounding alone)",
+                        len(cases), sum(len(c.tokens) for c in cases), tally.max_abs, tally.max_rel, tally.worst,
+                        tolerance(model))
+
+
+def prefix_of(case: ForcedCase, prefixes: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    return None if case.domain is None else prefixes[case.domain]
