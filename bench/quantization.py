@@ -130,6 +130,8 @@ def measure(kind: str, config, dtype, tok, args) -> dict:
     reset_peak(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = random_model(config, dtype, device, kind)
+    if args.compile:
+        model.compile_dense()
     row = {"weights GB": weight_bytes(model) / 1e9}
     if device.type == "cuda":
         row["weights GiB on device"] = (torch.cuda.memory_allocated(device) - before) / GIB
@@ -180,6 +182,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--micro-batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from CUDA graphs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP (as glmbot serve on CUDA)")
     args = parser.parse_args()
     if args.tiny:  # a size the CPU gets through in a few minutes
         args.batches, args.streams, args.micro_batches = [1, 16], 16, [1, 8]
@@ -195,7 +198,10 @@ def main() -> None:
     tok = ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))  # valid ids of either vocabulary
     console.print(f"{'builtin:tiny shape' if args.tiny else 'ChatGLM2-6B shape'}, random weights, baseline "
                   f"{str(dtype).removeprefix('torch.')} on {device}; torch {torch.__version__}")
-    rows = {("baseline" if k == "none" else k): measure(k, config, dtype, tok, args) for k in args.kinds}
+    rows = {}
+    for kind in args.kinds:
+        rows["baseline" if kind == "none" else kind] = row = measure(kind, config, dtype, tok, args)
+        console.print(f"{kind}: {row}")  # as it comes: a run cut short still reports what it measured
     print_tables(rows, args)
 
 

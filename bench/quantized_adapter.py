@@ -60,27 +60,28 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, help="an adapter folder (adapter_model.safetensors) to use")
     parser.add_argument("--runs", type=Path, default=Path("/tmp/glmbot-quantized-adapter"))
     parser.add_argument("--train-int4", action="store_true", help="also train a prefix on the int4 base")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (the quantized decode then runs glmbot's kernel)")
     args = parser.parse_args()
     settings = load_settings(Path(__file__).resolve().parents[1] / "glmbot.toml")
-    full, tok = load_base("builtin:tiny", device="cpu")
+    full, tok = load_base("builtin:tiny", device=args.device)
     examples = load_examples("builtin:support")
     if args.adapter is not None:
         state = read_state_file(args.adapter / "adapter_model.safetensors")
-        kv = prefix_encoder_from_state(state, full.config, str(args.adapter)).kv(full.dtype).detach()
+        kv = prefix_encoder_from_state(state, full.config, str(args.adapter)).to(full.device).kv(full.dtype).detach()
     elif args.prefix is not None and args.prefix.is_file():
-        kv = load_file(str(args.prefix))["kv"]
+        kv = load_file(str(args.prefix))["kv"].to(full.device, full.dtype)
     else:
         kv = train_kv(full, tok, settings, examples, args.runs / "full")
         if args.prefix is not None:
             save_file({"kv": kv.contiguous()}, str(args.prefix))
     truth = [e.response for e in examples]
     exact_full = {i for i, a in enumerate(answers(full, tok, examples, kv)) if a == truth[i]}
-    table = Table(title=f"support adapter (trained at fp32) on {len(examples)} training questions", header_style="bold")
-    for column in ("base", "exact answers", "of the fp32-exact ones", "kept"):
+    table = Table(title=f"support adapter (trained at {str(full.dtype).removeprefix('torch.')}, {args.device}) on {len(examples)} training questions", header_style="bold")
+    for column in ("base", "exact answers", "of the full-precision exact ones", "kept"):
         table.add_column(column, justify="right")
-    table.add_row("fp32", str(len(exact_full)), "-", "-")
+    table.add_row(str(full.dtype).removeprefix("torch."), str(len(exact_full)), "-", "-")
     for kind in ("int8", "int4"):
-        model, _ = load_base("builtin:tiny", device="cpu", quantization=kind)
+        model, _ = load_base("builtin:tiny", device=args.device, quantization=kind)
         exact = {i for i, a in enumerate(answers(model, tok, examples, kv)) if a == truth[i]}
         kept = len(exact & exact_full)
         table.add_row(kind, str(len(exact)), str(kept), f"{100 * kept / max(len(exact_full), 1):.1f}%")

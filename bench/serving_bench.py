@@ -44,21 +44,24 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from glmbot.config import Settings
-from glmbot.model import ChatGLMConfig, ChatGLMForConditionalGeneration, load_base
-from glmbot.model.family import FAMILIES, family_named
-from glmbot.model.loading import resolve_base
-from glmbot.model.prefix import PrefixKV
-from glmbot.model.tokenizer import ChatGLMTokenizer
-from glmbot.serving.engine import Engine
-from glmbot.serving.requests import GenerationRequest
-from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, rounding_noise, verify_engine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's glmbot, installed or not
+
+from glmbot.config import Settings  # noqa: E402
+from glmbot.model import ChatGLMConfig, ChatGLMForConditionalGeneration, load_base  # noqa: E402
+from glmbot.model.family import FAMILIES, family_named  # noqa: E402
+from glmbot.model.loading import resolve_base  # noqa: E402
+from glmbot.model.prefix import PrefixKV  # noqa: E402
+from glmbot.model.tokenizer import ChatGLMTokenizer  # noqa: E402
+from glmbot.serving.engine import Engine  # noqa: E402
+from glmbot.serving.requests import GenerationRequest  # noqa: E402
+from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, rounding_noise, verify_engine  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables unwrapped in logs
 

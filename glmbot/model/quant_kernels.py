@@ -12,7 +12,7 @@ registers, multiplies on the tensor cores with fp32 accumulation and applies the
 the result: y = (x @ values^T) * scale. Rows (M) above `MAX_ROWS` (prefill, training) take the
 converted weight through cuBLAS, which wins there.
 
-Tile sizes are Triton's autotuner's choice per (rows bucket, out, in); the engine's decode warm-up
+Tile sizes are Triton's autotuner's choice per (rows bucket, out, in, bits); the engine's decode warm-up
 runs before any CUDA-graph capture, so tuning never happens inside one.
 """
 
@@ -44,13 +44,13 @@ if triton is not None:
     _CONFIGS = [
         triton.Config({"BM": 16, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
         for bn, bk, w, s in ((32, 128, 4, 4), (64, 128, 4, 4), (32, 256, 4, 3), (64, 256, 4, 3),
-                             (128, 128, 4, 4), (16, 256, 4, 4))
+                             (128, 128, 4, 4), (16, 256, 4, 4), (32, 512, 4, 3), (64, 512, 8, 3))
     ] + [
         triton.Config({"BM": bm, "BN": bn, "BK": 64}, num_warps=w, num_stages=4)
         for bm, bn, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8), (128, 128, 8))
     ]
 
-    @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K"])
+    @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "BITS"])  # int4 tiles want other sizes
     @triton.jit
     def _weight_only_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, K, M_BUCKET,
                             stride_xm, stride_qn, stride_ym,
