@@ -183,16 +183,28 @@ def character_text(sources: dict[str, Path]) -> list[str]:
     return list(_passages(f"{char}：{text}" for char, text in xin["chars"]))
 
 
+def paraphrase_question(question: str, rng) -> str:
+    """Another wording of a dictionary question (same entry), for in-context recall dialogues."""
+    for templates in (_WORD_Q, _CHAR_Q, _IDIOM_Q, _EXAMPLE_Q):
+        for template in templates:
+            head, tail = template.split("{w}")
+            if question.startswith(head) and question.endswith(tail) and len(question) > len(head) + len(tail):
+                word = question[len(head):len(question) - len(tail)]
+                return rng.choice(templates).format(w=word)
+    return question
+
+
 _KEEP = "Ｗ"  # stands for the entry while the words around it are reworded
 _QUOTED = re.compile(r"“[^”]+”|「[^」]+」")
 
 
 def reword_question(question: str, rng, rewrite) -> str:
-    """Another wording of a question, for in-context recall dialogues: a dictionary question gets
-    another template of its kind, then `rewrite` (the trainer's rules, glmbot/training/rewrites.py)
+    """`paraphrase_question`, then `rewrite` (the trainer's rules, glmbot/training/rewrites.py)
     rewords the words around the entry; the entry itself (or any quoted text) is never touched,
     or 「宗派」 could come back as 「法家」 with 宗派's answer."""
-    frame, kept = question, ""
+    if _KEEP in question:
+        return question
+    kept = ""
     for templates in (_WORD_Q, _CHAR_Q, _IDIOM_Q, _EXAMPLE_Q):
         for template in templates:
             head, tail = template.split("{w}")
@@ -204,11 +216,8 @@ def reword_question(question: str, rng, rewrite) -> str:
             break
     else:
         quoted = _QUOTED.search(question)
-        if quoted:
-            kept = quoted.group(0)
-            frame = question.replace(kept, _KEEP, 1)
-    if _KEEP in question:
-        return question
+        kept = quoted.group(0) if quoted else ""
+        frame = question.replace(kept, _KEEP, 1) if kept else question
     return rewrite(frame).replace(_KEEP, kept)
 
 

@@ -68,22 +68,24 @@ def held_out_strings() -> list[str]:
     return found
 
 
-def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: int,
-                     max_rounds: int) -> list[list[tuple[str, str]]]:
-    """2-`max_rounds` rounds of questions, then one of them again, reworded, whose answer is the
-    earlier one. The rewording is a dictionary template swap and the trainer's own rules
-    (glmbot/training/rewrites.py: Cilin synonyms, question words, openers, endings), so the base
-    learns to match the rewordings a prefix is trained with to the wordings users send."""
-    from glmbot.training.rewrites import rewrite
+def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: int, max_rounds: int,
+                     reworded: bool) -> list[list[tuple[str, str]]]:
+    """2-`max_rounds` rounds of questions, then one of them again in another wording whose answer
+    is the earlier one: a dictionary template swap, and with `reworded` also the trainer's own
+    rules (glmbot/training/rewrites.py: Cilin synonyms, question words, openers, endings) around
+    the entry. (`reworded` was tried once, on builds cut to ~3,500 steps: docs/PERFORMANCE.md.)"""
+    if reworded:
+        from glmbot.training.rewrites import rewrite
 
-    spelled = set(gb2312_hanzi()) | set(PUNCTUATION) | set(ASCII)
-    usable = lambda word: all(c in spelled for c in word)  # noqa: E731 - the tokenizer is not trained yet
+        spelled = set(gb2312_hanzi()) | set(PUNCTUATION) | set(ASCII)
+        usable = lambda word: all(c in spelled for c in word)  # noqa: E731 - the tokenizer is not trained yet
     dialogues = []
     short = [p for p in pairs if len(p[0]) + len(p[1]) <= 90]
     for _ in range(count):
         rounds = rng.sample(short, rng.randint(2, max_rounds))
         question, answer = rng.choice(rounds)
-        for _ in range(3):
+        again = base_corpus.paraphrase_question(question, rng)
+        for _ in range(3 if reworded else 0):
             again = base_corpus.reword_question(question, rng, lambda text: rewrite(text, rng, usable))
             if again != question:
                 break
@@ -91,7 +93,7 @@ def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: in
     return dialogues
 
 
-def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int) -> dict:
+def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int, reworded: bool) -> dict:
     """Text passages, QA pairs and dialogues, held-out text removed; and what each source gave."""
     from tiny_corpus import corpus_parts
 
@@ -103,7 +105,7 @@ def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int) -> dic
     generated = corpus_parts(seed)
     shop_pairs = [r for conv in generated["support"] for r in conv]
     recall = recall_dialogues([p for rows in qa.values() for p in rows] + shop_pairs * 3, rng,
-                              recall_count, recall_rounds)
+                              recall_count, recall_rounds, reworded)
 
     held = held_out_strings()
     dropped = 0
@@ -181,7 +183,7 @@ def save_examples(examples: list[Example], path: Path) -> None:
 
 def corpus_stage(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
-    corpus = gather(args.cache, args.seed, args.recall_dialogues, args.recall_rounds)
+    corpus = gather(args.cache, args.seed, args.recall_dialogues, args.recall_rounds, args.reworded_recall)
     tok = train_tokenizer(corpus, args.work, args.vocab_size)
     examples = encode_examples(corpus, tok)
     save_examples(examples, args.work / "examples.npz")
@@ -195,7 +197,8 @@ def corpus_stage(args) -> None:
     sizes |= {f"chat/{k}": sum(len(q) + len(a) for c in v for q, a in c) for k, v in corpus["chat"].items()}
     sizes["recall"] = sum(len(q) + len(a) for c in corpus["recall"] for q, a in c)
     info = {"sources": corpus["sources"], "characters_per_part": sizes,
-            "recall_dialogues": {"count": args.recall_dialogues, "max_rounds": args.recall_rounds}, "held_out_items_dropped": corpus["held_out_dropped"],
+            "recall_dialogues": {"count": args.recall_dialogues, "max_rounds": args.recall_rounds,
+                                 "reworded": args.reworded_recall}, "held_out_items_dropped": corpus["held_out_dropped"],
             "examples": len(examples), "tokens": int(sum(len(x) for x, _, _ in examples)),
             "vocab": tok.vocab_size, "gb2312_not_in_vocab": len(uncovered),
             "gb2312_not_in_text": sum(c not in seen for c in gb)}
@@ -361,7 +364,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=7.0, help="stop early past this (recorded in build_info)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recall-dialogues", type=int, default=40_000, help="in-context recall dialogues in the corpus")
-    ap.add_argument("--recall-rounds", type=int, default=5, help="most rounds before the reworded question")
+    ap.add_argument("--recall-rounds", type=int, default=5, help="most rounds before the question comes again")
+    ap.add_argument("--reworded-recall", action="store_true", help="the question comes again in the trainer's rewordings too")
     args = ap.parse_args()
     if args.stage in ("corpus", "all"):
         corpus_stage(args)
