@@ -27,6 +27,10 @@ device-to-device copy bandwidth) and how close each decode step comes to it. --c
 CUDA-graph engine's tokens with an eager engine at the same static shapes (near-tied logits of
 random weights may flip tokens, so it shows, but cannot prove, a difference).
 
+--arrival-rate R runs steady arrivals instead of the scenarios: --arrival-count requests at a mean
+R per second (Poisson), reporting time to first token p50/p99, end-to-end vs the decode step's
+tokens/s, how busy the engine was and prefill's share of it.
+
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
 rows over --domains domains (prefix lengths P, P, P/2, P/2, ...) and plain-base rows, prompts of
 mixed lengths, each made to take --verify-tokens given tokens through the engine (with
@@ -274,6 +278,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--verify", action="store_true",
                         help="teacher-forced logits of the engine vs an eager forward, then with injected faults")
     parser.add_argument("--verify-tokens", type=int, default=32, help="given tokens per row with --verify")
+    parser.add_argument("--arrival-rate", type=float, default=0.0,
+                        help="instead of the scenarios: requests arriving at this mean rate per second (TTFT)")
+    parser.add_argument("--arrival-count", type=int, default=256, help="requests sent with --arrival-rate")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
     parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; the fastest is reported (noise)")
     parser.add_argument("--deterministic", action="store_true",
@@ -340,6 +347,50 @@ def verify_prefixes(model, domains: int, length: int) -> dict[str, torch.Tensor]
                                  generator=g).to(model.device, model.dtype) for i in range(domains)}
 
 
+def run_arrivals(args: argparse.Namespace, model, tok) -> None:
+    """--arrival-rate: requests arrive one by one at that mean rate (Poisson, fixed seed) instead of
+    all at once, over --domains domains; the table gives time to first token p50/p99 (submit to
+    first token: queueing and prefill included), end-to-end tokens/s against the decode step's own
+    rate in the same run, how busy the engine was (below 100% the arrivals, not the engine, bound
+    the end-to-end rate) and the share of that busy time spent in prefill forwards (what prefill
+    costs the streams already running)."""
+    prefixes = make_prefixes(model, args.domains, args.prefix_len, spread=False)
+    names, count = list(prefixes), args.arrival_count
+    settings = Settings()
+    settings.serving.prefix_cache_mib = 1 << 16
+    gaps = torch.empty(count).exponential_(args.arrival_rate, generator=torch.Generator().manual_seed(2)).tolist()
+    requests = requests_for(make_prompts(count, args.prompt_len, tok), names, args.max_new_tokens)
+    with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
+                max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
+                prefill_token_budget=1 << 15, cuda_graph=args.cuda_graph) as engine:
+        run_engine(engine, "warm-up", requests_for(make_prompts(args.streams, args.prompt_len, tok), names, 4))
+        stats = engine.scheduler.stats
+        before = (stats.decode_steps, stats.decode_s, stats.decode_tokens, stats.prefill_s)
+        start, handles = time.perf_counter(), []
+        due = start
+        for gap, request in zip(gaps, requests):
+            due += gap
+            time.sleep(max(0.0, due - time.perf_counter()))
+            handles.append(engine.submit(request))
+        results = [h.result() for h in handles]
+        seconds = time.perf_counter() - start
+        steps, decode_s = stats.decode_steps - before[0], stats.decode_s - before[1]
+        row_steps, prefill_s = stats.decode_tokens - before[2], stats.prefill_s - before[3]
+    ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
+    tokens = sum(r.usage.completion_tokens for r in results)
+    at_step = row_steps / decode_s if decode_s else float("nan")  # tokens/s of the decode steps alone
+    table = Table(title=f"Steady arrivals: {count} requests at {args.arrival_rate:g}/s over {args.domains} domains, "
+                        f"prompt {args.prompt_len}, {args.max_new_tokens} new tokens", header_style="bold")
+    for column in ("TTFT p50 ms", "TTFT p99 ms", "tokens/s end to end", "tokens/s at the step (same run)",
+                   "end to end / step", "mean rows per step", "mean step ms", "engine busy", "prefill share of busy"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{ttft[len(ttft) // 2]:.1f}", f"{ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]:.1f}",
+                  f"{tokens / seconds:,.0f}", f"{at_step:,.0f}", f"{tokens / seconds / at_step:.2f}",
+                  f"{row_steps / max(steps, 1):.1f}", f"{1e3 * decode_s / max(steps, 1):.2f}",
+                  f"{(prefill_s + decode_s) / seconds:.0%}", f"{prefill_s / max(prefill_s + decode_s, 1e-9):.1%}")
+    console.print(table)
+
+
 def run_verify(args: argparse.Namespace, model, tok) -> bool:
     """The --verify table; True when the clean run passes and every injected fault fails."""
     prefixes = verify_prefixes(model, args.domains, args.prefix_len)
@@ -398,6 +449,8 @@ def main() -> None:
                   f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}")
     if args.verify:
         sys.exit(0 if run_verify(args, model, tok) else 1)
+    if args.arrival_rate > 0:
+        return run_arrivals(args, model, tok)
     rows, check = run_scenarios(args, model, tok)
     print_table(rows, "Serving throughput (greedy, eos ignored)")
     same = sum(a == b for a, b in zip(rows[0].outputs, rows[1].outputs))
