@@ -345,20 +345,23 @@ def test_gradient_checkpointing_through_a_quantized_base_gives_the_same_prefix_g
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
-@pytest.mark.skipif(not quant_kernels.available(torch.zeros(1, 2, device="cuda" if torch.cuda.is_available() else "cpu",
-                                                            dtype=torch.bfloat16)),
-                    reason="the weight-only kernel needs CUDA and Triton")
+@pytest.mark.skipif(quant_kernels.triton is None or not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() < (8, 0),
+                    reason="the weight-only kernel needs Triton and a CUDA GPU with bf16 tensor cores")
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("rows", [1, 5, 16, 64, 128])
 def test_weight_only_kernel_equals_the_dequantized_product(bits, rows):
-    """The decode-sized CUDA kernel reads the stored layout (int8, or int4 with the official nibble
-    order) and gives the dequantized weight's product within bf16 rounding; odd shapes included."""
+    """The decode-sized CUDA kernel, reached through F.linear on a quantized weight, reads the stored
+    layout (int8, or int4 with the official nibble order) and gives the dequantized weight's
+    product within bf16 rounding; odd shapes included."""
     torch.manual_seed(0)
     w = torch.randn(200, 4104, device="cuda") * 0.02
     values, scale = quantize_rows(w, bits)
     qdata = pack_int4(values) if bits == 4 else values
+    weight = RowQuantizedWeight(qdata, scale, bits, torch.bfloat16)  # notes the GPU's capability
     x = torch.randn(rows, 4104, device="cuda", dtype=torch.bfloat16)
-    got = quant_kernels.weight_only_matmul(x, qdata, scale, bits).float()
+    assert quant_kernels.available(x)  # the model's F.linear below takes the kernel
+    got = torch.nn.functional.linear(x, weight).float()
     want = x.float() @ dequantize(qdata, scale, bits, torch.float32).t()
     assert got.shape == (rows, 200)
     assert (got - want).abs().max() <= 1e-2 * want.abs().max()

@@ -26,13 +26,27 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-MAX_ROWS = 128  # measured on the H200 (docs/PERFORMANCE.md): above it cuBLAS on a converted weight wins
+MAX_ROWS = 128  # decode batches; measured on the H200 up to here (docs/PERFORMANCE.md), where it beat converting
+
+
+# CUDA device index -> compute capability, noted as quantized weights are made or moved there
+# (glmbot.model.quantization), so that `available` runs no device query inside a compiled forward.
+_CAPABILITY: dict[int, tuple[int, int]] = {}
+
+
+def note_device(device: torch.device) -> None:
+    if device.type == "cuda" and (device.index or 0) not in _CAPABILITY:
+        _CAPABILITY[device.index or 0] = torch.cuda.get_device_capability(device)
 
 
 def available(x: torch.Tensor) -> bool:
-    """True where the kernel serves this product: CUDA, Triton installed, few rows, a float dtype."""
-    return (triton is not None and x.is_cuda and x.shape[0] <= MAX_ROWS
-            and x.dtype in (torch.bfloat16, torch.float16))
+    """True where the kernel serves this product: CUDA with Triton, few rows, and a half dtype the
+    GPU's tensor cores take in Triton (bf16 from compute capability 8.0, fp16 from 7.0); elsewhere
+    the caller converts the weight."""
+    if triton is None or not x.is_cuda or x.shape[0] > MAX_ROWS:
+        return False
+    need = {torch.bfloat16: (8, 0), torch.float16: (7, 0)}.get(x.dtype)
+    return need is not None and _CAPABILITY.get(x.device.index or 0, (0, 0)) >= need
 
 
 def rows_bucket(rows: int) -> int:

@@ -157,6 +157,7 @@ class RowQuantizedWeight(torch.Tensor):
 
     def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype):
         self.qdata, self.scale, self.bits = qdata, scale, bits
+        quant_kernels.note_device(qdata.device)  # as weights load or move, not inside a traced forward
 
     def __repr__(self) -> str:
         return f"RowQuantizedWeight(int{self.bits}, shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
