@@ -10,10 +10,10 @@ bytes and reads those again. This kernel loads tiles of glmbot's stored layout
 the high nibble, with one scale per output row), widens them to the activation dtype in
 registers, multiplies on the tensor cores with fp32 accumulation and applies the row scales to
 the result: y = (x @ values^T) * scale. Rows (M) above `MAX_ROWS` (prefill, training) take the
-converted weight through cuBLAS, which wins there.
+converted weight through cuBLAS (compute-bound there; the kernel was not measured at those sizes).
 
-Tile sizes are Triton's autotuner's choice per (rows bucket, out, in, bits); the engine's decode warm-up
-runs before any CUDA-graph capture, so tuning never happens inside one.
+Tile sizes are Triton's autotuner's choice per (rows bucket, out, in, bits); the engine's decode
+warm-up runs before any CUDA-graph capture, so tuning never happens inside one.
 """
 
 from __future__ import annotations
