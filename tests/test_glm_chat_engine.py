@@ -131,3 +131,16 @@ def test_stop_strings_cut_a_text_answer_but_never_a_tool_call(engine):
     handle = engine.submit(GenerationRequest(query="在吗", tools=[WEATHER], stop=["。"], max_new_tokens=60))
     assert "".join(handle.stream()) == "你好，在的" == handle.result().text
     assert handle.result().finish_reason == "stop" and handle.result().usage.completion_tokens < 20
+
+
+def test_a_stop_string_in_a_first_line_still_held_ends_as_stop_not_length(engine):
+    """A reply whose first line never completes stays held in case it is a call; a stop string in
+    it still cuts the text, and the request ends with finish reason "stop"."""
+    tok, script = engine.tokenizer, engine.tokenizer.encode("晴。好", add_special_tokens=False)
+    real = engine.scheduler._advance
+    engine.scheduler._advance = lambda row, token, finite, now: real(
+        row, script[row.sampled] if row.sampled < len(script) else token, finite, now)
+    result = engine.generate(GenerationRequest(query="天气", tools=[WEATHER], stop=["。"],
+                                               max_new_tokens=len(script)))
+    assert result.text == "晴" and result.tool_calls == () and result.finish_reason == "stop"
+    assert tok.decode(list(result.token_ids)) == "晴。好"

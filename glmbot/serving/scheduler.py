@@ -389,7 +389,10 @@ class Scheduler:
             # still become one) runs to its own stop id, so its arguments are never cut short.
             self._finish(row, "stop")
         elif row.sampled >= job.max_new_tokens:
-            self._finish(row, "length")
+            # a text cut by a stop string while its first line was still held (the tool gate's
+            # "wait") ran on in case it became a call: it was stopped, not cut by the length
+            cut = row.text.stopped and row.tools is not None and row.tools.state == "wait"
+            self._finish(row, "stop" if cut else "length")
         elif job.handle.cancelled:
             self._finish(row, "cancelled")
 
