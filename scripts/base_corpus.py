@@ -199,9 +199,10 @@ _QUOTED = re.compile(r"“[^”]+”|「[^」]+」")
 
 
 def reword_question(question: str, rng, rewrite) -> str:
-    """`paraphrase_question`, then `rewrite` (the trainer's rules, glmbot/training/rewrites.py)
-    rewords the words around the entry; the entry itself (or any quoted text) is never touched,
-    or 「宗派」 could come back as 「法家」 with 宗派's answer."""
+    """Another template of a dictionary question's kind (as `paraphrase_question`), whose words
+    around the entry `rewrite` (the trainer's rules, glmbot/training/rewrites.py) then rewords;
+    the entry itself (or any quoted text) is never touched, or 「宗派」 could come back as 「法家」
+    with 宗派's answer."""
     if _KEEP in question:
         return question
     kept = ""

@@ -86,8 +86,9 @@ def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: in
         question, answer = rng.choice(rounds)
         again = base_corpus.paraphrase_question(question, rng)
         for _ in range(3 if reworded else 0):
-            again = base_corpus.reword_question(question, rng, lambda text: rewrite(text, rng, usable))
-            if again != question:
+            reworded_question = base_corpus.reword_question(question, rng, lambda text: rewrite(text, rng, usable))
+            if reworded_question != question:
+                again = reworded_question
                 break
         dialogues.append([*rounds, (again, answer)])
     return dialogues
