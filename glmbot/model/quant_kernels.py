@@ -9,8 +9,9 @@ bytes and reads those again. This kernel loads tiles of glmbot's stored layout
 (glmbot.model.quantization: int8 (out, in), or int4 packed two per byte, the even input column in
 the high nibble, with one scale per output row), widens them to the activation dtype in
 registers, multiplies on the tensor cores with fp32 accumulation and applies the row scales to
-the result: y = (x @ values^T) * scale. Rows (M) above `MAX_ROWS` (prefill, training) take the
-converted weight through cuBLAS (compute-bound there; the kernel was not measured at those sizes).
+the result: y = (x @ values^T) * scale. Products of more than `MAX_ROWS` rows (prefill, training)
+take the converted weight through cuBLAS (compute-bound there; the kernel was not measured at
+those sizes).
 
 Tile sizes are Triton's autotuner's choice per (rows bucket, out, in, bits); the engine's decode
 warm-up runs before any CUDA-graph capture, so tuning never happens inside one.
@@ -26,7 +27,11 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-MAX_ROWS = 128  # decode batches; measured on the H200 up to here (docs/PERFORMANCE.md), where it beat converting
+# Rows up to which the kernel runs (decode batches; also short prefills and small training
+# batches). H200 (docs/PERFORMANCE.md): int8 beat converting at every size measured up to 128
+# (6.6 vs 19.0 ms of products per step at 128); int4's whole step at 128 rows, 33.7 ms, only ties
+# the converted products alone (33.8 ms).
+MAX_ROWS = 128
 
 
 # CUDA device index -> compute capability, noted as quantized weights are made or moved there

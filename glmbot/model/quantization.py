@@ -13,8 +13,10 @@ Why not a library's quantized tensor (measured, docs/PERFORMANCE.md "Quantized b
 its int8 weight's backward keeps a float copy of each weight for the backward pass, and once
 installed transformers imports it at every start (+1.1 s and warnings on stderr, quantized or
 not); bitsandbytes' 4-bit formats (NF4/FP4, blockwise) cannot hold the official per-row int4
-without requantizing it. The products themselves are PyTorch's own kernels
-(`torch._weight_int8pack_mm` on the CPU, cuBLAS on a converted weight elsewhere).
+without requantizing it. The products: on the CPU PyTorch's `torch._weight_int8pack_mm` (few
+rows) or a converted weight; on CUDA glmbot's Triton weight-only kernel for products of up to
+`quant_kernels.MAX_ROWS` rows (decode batches, short prefills, small training batches) and cuBLAS
+on a converted weight above that.
 """
 
 from __future__ import annotations
