@@ -65,7 +65,14 @@ from glmbot.model.prefix import PrefixKV  # noqa: E402
 from glmbot.model.tokenizer import ChatGLMTokenizer  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
 from glmbot.serving.requests import GenerationRequest  # noqa: E402
-from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, rounding_noise, verify_engine  # noqa: E402
+from glmbot.serving.verify import (  # noqa: E402
+    StaleSlot,
+    SwappedPrefixes,
+    mixed_cases,
+    random_prefixes,
+    rounding_noise,
+    verify_engine,
+)
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables unwrapped in logs
 
@@ -140,13 +147,9 @@ def build_model(args: argparse.Namespace) -> tuple[ChatGLMForConditionalGenerati
 
 def make_prefixes(model, domains: int, length: int, spread: bool) -> dict[str, torch.Tensor]:
     """Random prefix KV (2L, G, P, D) per domain; spread: lengths from length/8 up to length."""
-    cfg, g = model.config, torch.Generator().manual_seed(0)
-    out = {}
-    for i in range(domains):
-        p = max(1, round(length * (1 + 7 * i / max(domains - 1, 1)) / 8)) if spread else length
-        kv = torch.randn(2 * cfg.num_layers, cfg.kv_groups, p, cfg.kv_channels, generator=g)
-        out[f"d{i}"] = kv.to(model.device, model.dtype)
-    return out
+    lengths = [max(1, round(length * (1 + 7 * i / max(domains - 1, 1)) / 8)) if spread else length
+               for i in range(domains)]
+    return random_prefixes(model.config, lengths, model.device, model.dtype)
 
 
 def make_prompts(streams: int, length: int, tok: ChatGLMTokenizer) -> list[list[int]]:
@@ -342,9 +345,8 @@ def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured],
 
 def verify_prefixes(model, domains: int, length: int) -> dict[str, torch.Tensor]:
     """Random prefix KV per domain, lengths P, P, P/2, P/2, P/4, ...: mixed, and pairs of one length to swap."""
-    cfg, g = model.config, torch.Generator().manual_seed(0)
-    return {f"d{i}": torch.randn(2 * cfg.num_layers, cfg.kv_groups, max(1, length >> (i // 2)), cfg.kv_channels,
-                                 generator=g).to(model.device, model.dtype) for i in range(domains)}
+    return random_prefixes(model.config, [max(1, length >> (i // 2)) for i in range(domains)], model.device,
+                           model.dtype)
 
 
 def run_arrivals(args: argparse.Namespace, model, tok) -> None:

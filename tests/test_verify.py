@@ -9,14 +9,7 @@ from conftest import small_model
 
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.serving.engine import Engine
-from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, tolerance, verify_engine
-
-
-def random_prefixes(config, lengths, device="cpu", dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """Random prefix KV (2L, G, P, D) per domain d0, d1, ... of the given lengths."""
-    g = torch.Generator().manual_seed(3)
-    return {f"d{i}": torch.randn(2 * config.num_layers, config.kv_groups, p, config.kv_channels, generator=g)
-            .to(device, dtype) for i, p in enumerate(lengths)}
+from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, random_prefixes, tolerance, verify_engine
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +24,7 @@ def tok(sp_model_file) -> ChatGLMTokenizer:
 
 @pytest.fixture(scope="module")
 def prefixes(base):
-    return random_prefixes(base.config, (8, 8, 3, 16))  # two of one length, for the swap
+    return random_prefixes(base.config, (8, 8, 3, 16), seed=3)  # two of one length, for the swap
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +85,7 @@ def test_cuda_graph_compiled_decode_matches_a_plain_forward_in_bf16(tok):
     model.set_deterministic_decode(False)  # the CUDA default: cuDNN grouped-KV decode attention
     kernels = model.compile_dense()
     try:
-        kvs = random_prefixes(model.config, (64, 64, 32, 32, 8), "cuda", torch.bfloat16)
+        kvs = random_prefixes(model.config, (64, 64, 32, 32, 8), "cuda", torch.bfloat16, seed=3)
         cases = mixed_cases(kvs, rows=64, new_tokens=16, vocab=(3, tok.sp_size), prompt_lens=(70, 5, 33, 17))
         with Engine(model, tok, prefixes=kvs, max_batch_size=64, max_len=96, max_prefix_len=64, cuda_graph=True,
                     static_shapes=True) as eng:
@@ -115,7 +108,7 @@ def test_in_bf16_the_engine_and_rounding_alone_stay_within_the_derived_tolerance
     from glmbot.serving.verify import rounding_noise
 
     model = small_model().to(torch.bfloat16)
-    kvs = random_prefixes(model.config, (8, 8, 3), dtype=torch.bfloat16)
+    kvs = random_prefixes(model.config, (8, 8, 3), dtype=torch.bfloat16, seed=3)
     cases = mixed_cases(kvs, rows=8, new_tokens=6, vocab=(3, tok.sp_size))
     noise = rounding_noise(model, cases, kvs)
     with Engine(model, tok, prefixes=kvs, max_batch_size=8, max_len=80, max_prefix_len=8) as eng:

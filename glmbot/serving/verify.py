@@ -63,6 +63,14 @@ def mixed_cases(prefixes: Mapping[str, torch.Tensor], rows: int = 64, new_tokens
     return cases
 
 
+def random_prefixes(config, lengths: Sequence[int], device: torch.device | str = "cpu",  # noqa: ANN001
+                    dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random prefix KV (2L, G, P, D) for domains d0, d1, ... of the given lengths P."""
+    g = torch.Generator().manual_seed(seed)
+    return {f"d{i}": torch.randn(2 * config.num_layers, config.kv_groups, p, config.kv_channels, generator=g)
+            .to(device, dtype) for i, p in enumerate(lengths)}
+
+
 # ---- faults: bugs put into the engine's state on purpose, which the check must catch -----------------
 
 
