@@ -167,6 +167,19 @@ def test_fallback_is_not_sticky_so_a_greeting_does_not_pin_the_base():
     assert router.route("我要退款", conversation_id="c").domain == "support"
 
 
+def test_greetings_and_thanks_skip_a_sticky_domain_but_follow_ups_keep_it():
+    """A prefix may have forgotten general chat: "谢谢" after a domain answer goes to the fallback,
+    which is not remembered, so the conversation's next question is still the domain's."""
+    router = hand_router()
+    assert router.route("我要退款", conversation_id="c").domain == "support"
+    for social in ("谢谢", "好的，谢谢！", "你好", "再见"):
+        decision = router.route(social, conversation_id="c")
+        assert (decision.domain, decision.reason) == (None, "fallback"), social
+    for follow_up in ("怎么办？", "那运费呢？", "可以吗？"):
+        decision = router.route(follow_up, conversation_id="c")
+        assert (decision.domain, decision.reason) == ("support", "sticky"), follow_up
+
+
 def test_explicit_base_is_sticky():
     router = hand_router()
     router.route("你好", conversation_id="c", explicit="base")

@@ -4,7 +4,9 @@ The first stage that decides wins, and every decision carries its reason and sco
 explicit domain/adapter > the conversation's sticky route > plugin routers > keyword rules >
 regex rules > a TF-IDF classifier over each domain's training prompts > fallback.
 General chat falls through to the fallback (the plain base model by default), so greetings
-never reach a prefix that may have forgotten how to say hello.
+never reach a prefix that may have forgotten how to say hello: a message of greetings or thanks
+alone ("谢谢", "好的，再见") skips a conversation's sticky domain too, while a follow-up that asks
+something ("那运费呢？", "怎么办？") stays with it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def content_tokens(text: str) -> list[str]:
     text = _GREETINGS.sub(" ", text.casefold())
     return [w for w in jieba_module().lcut(text)
             if _CONTENT_CHAR.search(w) and w not in _STOP_WORDS]
+
+
+def small_talk_only(text: str) -> bool:
+    """True for a message of greetings, thanks or farewells and nothing else that asks anything."""
+    return _GREETINGS.search(text.casefold()) is not None and not content_tokens(text)
 
 
 @dataclass(frozen=True)
@@ -324,7 +331,7 @@ class Router:
             decision = self._explicit(explicit, table)
         else:
             remembered = self._sticky(conversation_id, table)
-            if remembered is not None:
+            if remembered is not None and not (remembered.domain is not None and small_talk_only(text)):
                 return remembered
             decision = (self._from_plugins(text, history, table) or self._from_rules(text, table)
                         or self._from_classifier(text, table))
