@@ -28,8 +28,10 @@ CUDA-graph engine's tokens with an eager engine at the same static shapes (near-
 random weights may flip tokens, so it shows, but cannot prove, a difference).
 
 --arrival-rate R runs steady arrivals instead of the scenarios: --arrival-count requests at a mean
-R per second (Poisson), reporting time to first token p50/p99, the rate achieved, end-to-end
-tokens/s, rows per decode step and how busy the engine was.
+R per second (Poisson), once per prefill budget of --prefill-tokens (prompt tokens prefilled
+between two decode steps; 32768 = whole prompts at once, as before chunked prefill), reporting
+time to first token p50/p99, the gap between decode steps (what a running stream waits per token)
+p50/p99/max, the rate achieved, end-to-end tokens/s, rows per decode step and how busy the engine was.
 
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
 rows over --domains domains (prefix lengths P, P, P/2, P/2, ...) and plain-base rows, prompts of
@@ -284,6 +286,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--arrival-rate", type=float, default=0.0,
                         help="instead of the scenarios: requests arriving at this mean rate per second (TTFT)")
     parser.add_argument("--arrival-count", type=int, default=256, help="requests sent with --arrival-rate")
+    parser.add_argument("--prefill-tokens", default="32768,2048",
+                        help="with --arrival-rate: prefill budgets to compare, tokens per step (32768: whole prompts)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
     parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; the fastest is reported (noise)")
     parser.add_argument("--deterministic", action="store_true",
@@ -351,44 +355,75 @@ def verify_prefixes(model, domains: int, length: int) -> dict[str, torch.Tensor]
 
 def run_arrivals(args: argparse.Namespace, model, tok) -> None:
     """--arrival-rate: requests arrive one by one at that mean rate (Poisson, fixed seed) instead of
-    all at once, over --domains domains. The table gives time to first token p50/p99 (submit to
-    first token: queueing and prefill included), the rate achieved, end-to-end tokens/s, the mean
-    rows per decode step and how busy the engine was (below 100% the arrivals, not the engine,
-    bound the rate). Prefill and decode are not split: with pipelining a prefill waits for the
-    decode step in flight, so host-side timers would charge that step to the prefill."""
+    all at once, over --domains domains, once per --prefill-tokens budget (the same arrivals each
+    time). The table gives time to first token p50/p99 (submit to first token: queueing and
+    prefill included), the gap between two decode steps p50/p99/max (what a running stream waits
+    per token: a prefill between them lengthens it), the rate achieved, end-to-end tokens/s, the
+    mean rows per decode step and how busy the engine was (below 100% the arrivals, not the
+    engine, bound the rate). Prefill and decode are not split: with pipelining a prefill waits for
+    the decode step in flight, so host-side timers would charge that step to the prefill."""
     prefixes = make_prefixes(model, args.domains, args.prefix_len, spread=False)
     names, count = list(prefixes), args.arrival_count
     settings = Settings()
     settings.serving.prefix_cache_mib = 1 << 16
     gaps = torch.empty(count).exponential_(args.arrival_rate, generator=torch.Generator().manual_seed(2)).tolist()
-    requests = requests_for(make_prompts(count, args.prompt_len, tok), names, args.max_new_tokens)
-    with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
-                max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
-                prefill_token_budget=1 << 15, cuda_graph=args.cuda_graph) as engine:
-        run_engine(engine, "warm-up", requests_for(make_prompts(args.streams, args.prompt_len, tok), names, 4))
-        stats = engine.scheduler.stats
-        before = (stats.decode_steps, stats.decode_s, stats.decode_tokens, stats.prefill_s)
-        start, handles = time.perf_counter(), []
-        due = start
-        for gap, request in zip(gaps, requests):
-            due += gap
-            time.sleep(max(0.0, due - time.perf_counter()))
-            handles.append(engine.submit(request))
-        results = [h.result() for h in handles]
-        seconds = time.perf_counter() - start
-        steps, row_steps = stats.decode_steps - before[0], stats.decode_tokens - before[2]
-        busy = stats.decode_s - before[1] + stats.prefill_s - before[3]
-    ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
-    tokens = sum(r.usage.completion_tokens for r in results)
+    prompts = make_prompts(count, args.prompt_len, tok)
     table = Table(title=f"Steady arrivals: {count} requests at {args.arrival_rate:g}/s over {args.domains} domains, "
                         f"prompt {args.prompt_len}, {args.max_new_tokens} new tokens", header_style="bold")
-    for column in ("TTFT p50 ms", "TTFT p99 ms", "requests/s", "tokens/s end to end", "mean rows per step",
-                   "engine busy"):
+    for column in ("prefill tokens per step", "TTFT p50 ms", "TTFT p99 ms", "step gap p50 / p99 / max ms",
+                   "requests/s", "tokens/s end to end", "mean rows per step", "engine busy"):
         table.add_column(column, justify="right")
-    table.add_row(f"{ttft[len(ttft) // 2]:.1f}", f"{ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]:.1f}",
-                  f"{count / seconds:.1f}", f"{tokens / seconds:,.0f}", f"{row_steps / max(steps, 1):.1f}",
-                  f"{busy / seconds:.0%}")
+    for budget in (int(b) for b in args.prefill_tokens.split(",")):
+        with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
+                    max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
+                    prefill_token_budget=budget, cuda_graph=args.cuda_graph) as engine:
+            run_engine(engine, "warm-up", requests_for(make_prompts(args.streams, args.prompt_len, tok), names, 4))
+            stats = engine.scheduler.stats
+            step_gaps = time_decode_steps(engine.scheduler)
+            before = (stats.decode_steps, stats.decode_s, stats.decode_tokens, stats.prefill_s)
+            start, handles = time.perf_counter(), []
+            due = start
+            for gap, request in zip(gaps, requests_for(prompts, names, args.max_new_tokens)):
+                due += gap
+                time.sleep(max(0.0, due - time.perf_counter()))
+                handles.append(engine.submit(request))
+            results = [h.result() for h in handles]
+            seconds = time.perf_counter() - start
+            steps, row_steps = stats.decode_steps - before[0], stats.decode_tokens - before[2]
+            busy = stats.decode_s - before[1] + stats.prefill_s - before[3]
+        ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
+        between = sorted(1e3 * g for g in step_gaps) or [float("nan")]
+        tokens = sum(r.usage.completion_tokens for r in results)
+        table.add_row(f"{budget:,}", f"{percentile(ttft, 0.5):.1f}", f"{percentile(ttft, 0.99):.1f}",
+                      f"{percentile(between, 0.5):.1f} / {percentile(between, 0.99):.1f} / {between[-1]:.1f}",
+                      f"{count / seconds:.1f}", f"{tokens / seconds:,.0f}", f"{row_steps / max(steps, 1):.1f}",
+                      f"{busy / seconds:.0%}")
     console.print(table)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def time_decode_steps(scheduler) -> list[float]:
+    """Seconds between consecutive decode steps of the scheduler from now on (what a running
+    stream waits per token); a step that decodes nothing (no stream was running) starts afresh."""
+    gaps: list[float] = []
+    last: list[float | None] = [None]
+    step = scheduler.step
+
+    def timed() -> None:
+        before = scheduler.stats.decode_steps
+        step()
+        now = time.perf_counter()
+        if scheduler.stats.decode_steps == before:
+            last[0] = None
+            return
+        if last[0] is not None:
+            gaps.append(now - last[0])
+        last[0] = now
+    scheduler.step = timed
+    return gaps
 
 
 def run_verify(args: argparse.Namespace, model, tok) -> bool:

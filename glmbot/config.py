@@ -126,6 +126,10 @@ class ServingSettings:
     prefix_cache_mib: float = field(default=512.0, metadata=_help(
         "device memory for cached prefix KV (3.5 MiB per P=128 adapter in bf16)"))
     max_batch_size: int = field(default=64, metadata=_help("rows decoded together at most"))
+    prefill_tokens: int = field(default=2048, metadata=_help(
+        "prompt tokens prefilled between two decode steps at most: longer prompts go in over several steps, so "
+        "streams already decoding wait for one bounded forward (larger: sooner first tokens of long prompts, "
+        "longer pauses for running streams)"))
     pin: list[str] = field(default_factory=list, metadata=_help("adapters kept resident, e.g. ['support']"))
     compile: bool = field(default=True, metadata=_help(
         "on CUDA, torch.compile each block's dense parts before the decode step is captured; ignored on CPU"))
@@ -133,6 +137,11 @@ class ServingSettings:
         "on CUDA, true keeps decode bit-reproducible (same inputs, same tokens, run after run); false uses "
         "cuDNN's grouped-KV decode attention (fp16/bf16 on Ampere or newer), ~4% faster per step on an H200, "
         "whose last bit varies from run to run and can flip a near-tied token; CPU decode is always deterministic"))
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "prefill_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass

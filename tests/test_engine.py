@@ -16,8 +16,9 @@ from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.serving.engine import Engine
-from glmbot.serving.requests import GenerationRequest, TextStream, chat_turns
+from glmbot.serving.requests import GenerationRequest, RequestHandle, TextStream, chat_turns
 from glmbot.serving.sampling import SamplingParams, choose_tokens
+from glmbot.serving.scheduler import Job, Scheduler
 
 QUERIES = ["请问订单什么时候发货？", "退货需要几天到账？", "你好", "谢谢，再见。", "Hello world 123", "问：你好"]
 
@@ -190,6 +191,73 @@ def test_pipelined_decode_equals_synchronous_decode(base, tok, prefixes):
     assert runs[True][0] == runs[False][0]
     assert [len(r[0]) for r in runs[True][0][:3]] == [1, 2, 3]
     assert runs[True][1] == runs[False][1]  # tokens computed for rows that had ended are not counted
+
+
+# ---------------------------------------------------------------------------- chunked prefill
+
+def scheduler_job(tok, query: str, prefix, max_new_tokens: int) -> Job:
+    handle = RequestHandle(greedy(query, max_new_tokens=max_new_tokens))
+    return Job(handle, tok.build_chat_input(query), prefix, SamplingParams(do_sample=False), max_new_tokens,
+               ignore_eos=True)
+
+
+@pytest.mark.parametrize("pipeline", [False, True], ids=["sync", "pipelined"])
+def test_prompts_prefilled_in_chunks_give_the_whole_prompt_tokens(base, tok, prefixes, pipeline):
+    """A budget of 5 prompt tokens a step splits every prompt (11-26 tokens) into chunks, each
+    written at its own positions behind the prefix: the answers equal the oracle's."""
+    plan = [("support", QUERIES[0]), ("hr", QUERIES[1] * 2), (None, QUERIES[2]), ("ads", QUERIES[4])]
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, prefill_token_budget=5,
+                pipeline=pipeline) as eng:
+        results = eng.generate_many([greedy(q, d, 8) for d, q in plan])
+        stats = eng.stats()
+    prompt_tokens = sum(len(tok.build_chat_input(q)) for _, q in plan)
+    assert stats.prefill_tokens == prompt_tokens
+    assert stats.prefill_forwards >= prompt_tokens // 5  # no forward took more than the budget
+    for (domain, query), result in zip(plan, results):
+        assert result.text == oracle(base, tok, query, prefixes.get(domain), 8), (domain, query)
+
+
+def test_a_long_prompt_does_not_stall_streams_that_are_decoding(base, tok, prefixes):
+    """While a 100+-token prompt goes in over steps of at most 16 prompt tokens, the stream already
+    decoding gets a token every step, and the new row joins the decode steps once its prompt is in."""
+    sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=4, slot_len=256,
+                      prefill_token_budget=16)
+    running = scheduler_job(tok, QUERIES[0], prefixes["support"], 60)
+    sched.admit([running])
+    while not sched.decoding:
+        sched.step()
+    assert sched.rows[0].sampled >= 1
+    long_query = "".join(QUERIES) * 3
+    late = scheduler_job(tok, long_query, prefixes["hr"], 8)
+    n = len(late.prompt_ids)
+    assert n > 100
+    sched.admit([late])
+    steps = 0
+    while not sched.rows[1].decoding:
+        before, tokens = sched.rows[0].sampled, sched.stats.prefill_tokens
+        sched.step()
+        steps += 1
+        assert sched.stats.prefill_tokens - tokens <= 16
+        assert sched.rows[0].sampled == before + 1  # the running stream advanced this step too
+    assert steps == -(-n // 16) and sched.rows[1].prefilled == n
+    while sched.active:
+        sched.step()
+    assert late.handle.result().text == oracle(base, tok, long_query, prefixes["hr"], 8)
+    assert running.handle.result().text == oracle(base, tok, QUERIES[0], prefixes["support"], 60)
+
+
+def test_a_request_cancelled_while_its_prompt_goes_in_frees_its_row(base, tok, prefixes):
+    sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=2, slot_len=256,
+                      prefill_token_budget=8)
+    job = scheduler_job(tok, "".join(QUERIES), prefixes["ads"], 8)
+    sched.admit([job])
+    sched.step()
+    assert 0 < sched.rows[0].prefilled < len(job.prompt_ids)
+    job.handle.cancel()
+    sched.drop_cancelled()
+    sched.step()
+    assert sched.active == [] and sched.waiting == [] and job.handle.result().finish_reason == "cancelled"
+    assert not job.handle.result().token_ids
 
 
 # ---------------------------------------------------------------------------- streaming and stop strings

@@ -81,7 +81,8 @@ class Engine:
     (2L, G, P, D) or PrefixEncoder} held in memory. router: decides the domain of requests
     that name none (without one, those go to the plain base model). max_len: prompt +
     max_new_tokens per request (default [generation] max_length, at most the model's
-    seq_length); each row has max_prefix_len + max_len slots. cuda_graph: replay the decode step
+    seq_length); each row has max_prefix_len + max_len slots. prefill_token_budget: prompt tokens
+    prefilled between two decode steps (default [serving] prefill_tokens). cuda_graph: replay the decode step
     from CUDA graphs (static shapes: batch buckets of powers of two, the full slot length).
     pipeline: queue each decode step before the previous step's tokens reach the host (default: on
     CUDA), so the host's per-token work overlaps the device's forward.
@@ -93,7 +94,7 @@ class Engine:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, registry: Any = None, router: Any = None,
                  settings: Settings | None = None, prefixes: Mapping[str, torch.Tensor | PrefixEncoder] | None = None,
                  max_batch_size: int | None = None, max_len: int | None = None,
-                 max_prefix_len: int = DEFAULT_MAX_PREFIX_LEN, prefill_token_budget: int = 2048,
+                 max_prefix_len: int = DEFAULT_MAX_PREFIX_LEN, prefill_token_budget: int | None = None,
                  static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2,
                  plugins: Any = None, pipeline: bool | None = None):
         self.settings = settings or Settings()
@@ -113,6 +114,8 @@ class Engine:
         self.max_batch_size = max_batch_size or self.settings.serving.max_batch_size
         self.max_len = max_len or min(self.settings.generation.max_length, config.seq_length)
         self.max_prefix_len = max_prefix_len
+        if prefill_token_budget is None:
+            prefill_token_budget = self.settings.serving.prefill_tokens
         for name, value in (("max_batch_size", self.max_batch_size), ("max_len", self.max_len),
                             ("prepare_workers", prepare_workers), ("prefill_token_budget", prefill_token_budget)):
             if not isinstance(value, int) or value <= 0:

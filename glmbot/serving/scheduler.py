@@ -1,10 +1,12 @@
 """Iteration-level batching: rows join between decode steps, leave when done, and free their slots.
 
 The scheduler owns the KV slots and the batch rows. `admit` gives each ready request a free row,
-copies its prefix KV into the row's first slots and prefills its prompt (requests grouped by
-length, one forward per group); `step` runs ONE forward over all active rows, whatever adapter
-each uses, samples a token per row and ends the rows that are done. It is driven by one thread
-(the engine's); nothing here takes locks.
+copies its prefix KV into the row's first slots and queues its prompt for prefill; `step` first
+prefills at most `prefill_token_budget` queued prompt tokens (oldest requests first, a long prompt
+split into chunks over several steps, so that running streams wait for one bounded forward, not
+for every new prompt), then runs ONE decode forward over all rows whose prompt is in, whatever
+adapter each uses, samples a token per row and ends the rows that are done. It is driven by one
+thread (the engine's); nothing here takes locks.
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ class Row:
         self.generator = job.params.generator()
         self.admitted_at = time.perf_counter()
         self.first_token_at: float | None = None
+        self.prefilled = 0  # prompt tokens already in the row's KV slots (chunked prefill)
         self.tools = ToolGate(job.tools_family, decode, segment_id) if job.tools_family is not None else None
+
+    @property
+    def decoding(self) -> bool:
+        """The whole prompt is in the slots and its first token sampled: the row joins decode steps."""
+        return self.prefilled >= len(self.job.prompt_ids)
 
     @property
     def seen(self) -> list[int]:
@@ -100,6 +108,9 @@ class DecodeProbe(Protocol):
         """logits (B, V) choose completion token indices[i] (0: the first) of rows[i]; returns, per
         row, the token to take instead of the chosen one (None: keep it). The logits are the
         step's own copy: they stay valid after the next step."""
+
+
+Chunk = tuple["Row", int, int]  # a row and the [start, end) of its prompt tokens prefilled in one forward
 
 
 @dataclass
@@ -144,7 +155,10 @@ class Scheduler:
         self.rows: list[Row | None] = [None] * max_rows
         self.static_shapes = static_shapes or cuda_graph
         self.buckets = sorted({min(1 << i, max_rows) for i in range(max_rows.bit_length() + 1)})
+        if prefill_token_budget <= 0:
+            raise GenerationError(f"prefill_token_budget must be a positive number of tokens, got {prefill_token_budget}")
         self.prefill_token_budget = prefill_token_budget
+        self.waiting: list[Row] = []  # admitted rows whose prompt is not all prefilled yet, oldest first
         self.stats = SchedulerStats()
         # Pipelining: queue decode step N+1 on step N's tokens while they are still on the device,
         # then do N's host work (text, stop strings, streaming) while the device runs N+1. A row that
@@ -164,14 +178,17 @@ class Scheduler:
         return [r for r in self.rows if r is not None]
 
     @property
+    def decoding(self) -> list[Row]:
+        return [r for r in self.rows if r is not None and r.decoding]
+
+    @property
     def free_rows(self) -> int:
         return self.rows.count(None)
 
     # ---- admission and prefill ------------------------------------------------------------------
 
     def admit(self, jobs: Sequence[Job]) -> None:
-        """Give each job a free row, copy its prefix in and prefill its prompt (first token sampled)."""
-        new = []
+        """Give each job a free row, copy its prefix in and queue its prompt for prefill."""
         for job in jobs:
             if job.handle.cancelled:
                 finish_without_row(job.handle, "cancelled", job=job)
@@ -185,77 +202,99 @@ class Scheduler:
             slot = self.rows.index(None)  # the lowest free row keeps the decode batch compact
             self.slots.reset_row(slot, job.prefix)
             self.rows[slot] = row = Row(slot, job, self.decode_text, self.segment_id)
-            new.append(row)
-        for group in self._prefill_groups(new):
+            self.waiting.append(row)
+
+    def prefill(self) -> None:
+        """Prefill up to `prefill_token_budget` prompt tokens of the waiting rows, oldest first; a
+        row whose last chunk goes in samples its first token and joins the decode steps."""
+        self.waiting = [r for r in self.waiting if self.rows[r.slot] is r]  # finished (cancelled) meanwhile
+        budget, chunks = self.prefill_token_budget, []
+        for row in self.waiting:
+            if budget <= 0:
+                break
+            n = min(len(row.job.prompt_ids) - row.prefilled, budget)
+            chunks.append((row, row.prefilled, row.prefilled + n))
+            budget -= n
+        for group in self._prefill_groups(chunks):
             try:
                 self._prefill(group)
             except Exception as exc:  # noqa: BLE001 - one group's failure must not stop the engine
                 log.exception("prefill of %d request(s) failed", len(group))
-                for row in group:
+                for row, _, _ in group:
                     if self.rows[row.slot] is row:
                         self._finish(row, "error", GenerationError(f"prefill failed: {type(exc).__name__}: {exc}"))
+        self.waiting = [r for r in self.waiting if self.rows[r.slot] is r and not r.decoding]
 
-    def _prefill_groups(self, rows: list[Row]) -> list[list[Row]]:
-        """Rows of similar prompt length together, each group within the prefill token budget."""
-        groups: list[list[Row]] = []
-        for row in sorted(rows, key=lambda r: len(r.job.prompt_ids)):
-            longest = len(row.job.prompt_ids)  # sorted: the newest is the longest of its group
+    def _prefill_groups(self, chunks: list[Chunk]) -> list[list[Chunk]]:
+        """Chunks of similar length together, each group's padded forward within the token budget."""
+        groups: list[list[Chunk]] = []
+        for chunk in sorted(chunks, key=lambda c: c[2] - c[1]):
+            longest = chunk[2] - chunk[1]  # sorted: the newest is the longest of its group
             if groups and (len(groups[-1]) + 1) * longest <= self.prefill_token_budget:
-                groups[-1].append(row)
+                groups[-1].append(chunk)
             else:
-                groups.append([row])
+                groups.append([chunk])
         return groups
 
-    def _prefill(self, rows: list[Row]) -> None:
-        start = time.perf_counter()
-        width = max(len(r.job.prompt_ids) for r in rows)
-        # Left-padded so every row's last prompt token is the last query: (4, B, T) =
+    def _prefill(self, chunks: list[Chunk]) -> None:
+        """One forward over prompt tokens [start, end) of each chunk's row; rows whose prompt ends
+        here sample their first token from its logits."""
+        start_time = time.perf_counter()
+        width = max(end - start for _, start, end in chunks)
+        # Left-padded so every row's last token of the chunk is the last query: (4, B, T) =
         # token ids, positions, write slots (scratch for padding), slots visible (1 for padding).
-        table = torch.zeros(4, len(rows), width, dtype=torch.long)
+        table = torch.zeros(4, len(chunks), width, dtype=torch.long)
         table[0] = self.pad
         table[2] = self.slots.scratch
         table[3] = 1
-        for i, row in enumerate(rows):
-            n, p = len(row.job.prompt_ids), row.job.prefix_len
-            j = torch.arange(n)
-            table[0, i, width - n:] = torch.tensor(row.job.prompt_ids)
+        for i, (row, start, end) in enumerate(chunks):
+            n, p = end - start, row.job.prefix_len
+            j = torch.arange(start, end)
+            table[0, i, width - n:] = torch.tensor(row.job.prompt_ids[start:end])
             table[1, i, width - n:] = j
             table[2, i, width - n:] = p + j
             table[3, i, width - n:] = p + j + 1
         table = table.to(self.device)
-        kv_len = round_up(max(len(r.job.prompt_ids) + r.job.prefix_len for r in rows))
-        slots = torch.tensor([r.slot for r in rows], device=self.device)
+        kv_len = round_up(max(end + row.job.prefix_len for row, _, end in chunks))
+        slots = torch.tensor([row.slot for row, _, _ in chunks], device=self.device)
         logits = forward_slots(self.model, self.slots, table[0], table[1], table[2], table[3], kv_len, rows=slots)
-        self._sample_and_advance(rows, logits)
+        for row, _, end in chunks:
+            row.prefilled = end
+        last = [i for i, (row, _, end) in enumerate(chunks) if end == len(row.job.prompt_ids)]
+        if last:
+            self._sample_and_advance([chunks[i][0] for i in last], logits[last] if len(last) < len(chunks) else logits)
         self.stats.prefill_forwards += 1
-        self.stats.prefill_tokens += sum(len(r.job.prompt_ids) for r in rows)
-        self.stats.prefill_s += time.perf_counter() - start
+        self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
+        self.stats.prefill_s += time.perf_counter() - start_time
 
     # ---- decode ---------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """One decode forward over every active row (rows 0..n-1; idle ones write to scratch).
+        """Prefill what the budget allows, then one decode forward over every row whose prompt is
+        in (rows 0..n-1; idle ones and those still prefilling write to scratch).
 
         Pipelined, the forward of the next step is queued before this step's tokens are read.
         """
+        if self.waiting:
+            self.prefill()
         start = time.perf_counter()
         current, self.inflight = self.inflight, None
         if current is None:
-            rows = self.active
+            rows = self.decoding
             if not rows:
                 return
             current = self._launch(rows, None)
             if current is None:
                 return
         if self.pipeline and self._can_run_ahead():
-            self.inflight = self._launch(self.active, current)
+            self.inflight = self._launch(self.decoding, current)
         self._collect(current)
         self.stats.decode_s += time.perf_counter() - start
 
     def _can_run_ahead(self) -> bool:
         """Some row will likely still run after the current step, and no row's token choice needs
         the previous token on the host (the repetition penalty reads the row's seen tokens)."""
-        rows = self.active
+        rows = self.decoding
         return (any(r.sampled + 1 < r.job.max_new_tokens for r in rows)
                 and all(r.job.params.repetition_penalty == 1.0 for r in rows))
 
@@ -403,6 +442,7 @@ class Scheduler:
 
     def fail_all(self, error: BaseException) -> None:
         self.inflight = None
+        self.waiting = []
         for row in self.active:
             self._finish(row, "error", error)
 
