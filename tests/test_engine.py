@@ -4,6 +4,7 @@ batching, cancelling, streaming, stop strings, seeds, NaN rows and per-request e
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -278,6 +279,32 @@ def test_stream_deltas_concatenate_to_the_text_sync_and_async(engine):
 
     texts, handles = asyncio.run(both())
     assert texts == [h.result().text for h in handles] and texts[0] == result.text
+
+
+def test_an_async_consumer_that_falls_behind_gets_one_wake_up_and_the_deltas_joined(monkeypatch):
+    """Tokens pushed while the loop is busy queue one cross-thread wake-up, not one each, and come
+    out as one delta; a consumer that keeps up still gets each delta on its own."""
+    async def run() -> tuple[list[str], int]:
+        loop = asyncio.get_running_loop()
+        calls = []
+        real = loop.call_soon_threadsafe
+        monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a: (calls.append(a), real(*a))[1])
+        handle = RequestHandle(greedy("x"))
+        got, stream = [], handle.astream()
+        reader = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0)  # the consumer waits for its first delta
+        pushes = [threading.Thread(target=lambda: [handle._push(c) for c in "你好世界"])]
+        pushes[0].start(), pushes[0].join()  # the loop is not running meanwhile: all four queue up
+        got.append(await reader)
+        handle._push("！")
+        got.append(await stream.__anext__())
+        handle._finish()
+        got += [d async for d in stream]
+        return got, len(calls)
+
+    deltas, wakeups = asyncio.run(run())
+    # four pushes: one wake-up; "！": one, which the finish, pushed before it ran, rides on
+    assert deltas == ["你好世界", "！"] and wakeups == 2
 
 
 def test_text_stream_holds_back_incomplete_characters_whitespace_and_stop_prefixes(tok):

@@ -247,6 +247,29 @@ class TextStream:
         return delta
 
 
+class _AsyncWaiter:
+    """An astream() consumer's event, set from the engine thread. At most one wake-up is queued on
+    its loop at a time: tokens pushed before the queued one runs are read with it, so a loop that
+    falls behind 200 streams is not also sent a cross-thread call (and a self-pipe write) per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.event = loop, asyncio.Event()
+        self.queued = False
+
+    def wake(self) -> None:  # engine thread; the flag is a plain attribute: the GIL orders it
+        if self.queued:
+            return
+        self.queued = True
+        try:
+            self.loop.call_soon_threadsafe(self._set)
+        except RuntimeError:  # that loop is closed: its consumer is gone
+            self.queued = False
+
+    def _set(self) -> None:  # the loop's thread: cleared before the consumer reads, so no push is missed
+        self.queued = False
+        self.event.set()
+
+
 class RequestHandle:
     """The caller's side of a submitted request; thread-safe, usable from async code."""
 
@@ -261,7 +284,7 @@ class RequestHandle:
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
-        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._async_waiters: list[_AsyncWaiter] = []
 
     @property
     def done(self) -> bool:
@@ -300,26 +323,28 @@ class RequestHandle:
             raise self._error
 
     async def astream(self) -> AsyncIterator[str]:
-        """Async form of stream(), woken from the engine thread through the running loop."""
-        loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        """Async form of stream(), woken from the engine thread through the running loop. Deltas
+        that arrived while the consumer was busy come as one (fewer events when a loop serving
+        many streams falls behind the engine; one per token when it keeps up)."""
+        waiter = _AsyncWaiter(asyncio.get_running_loop())
         with self._cond:
-            self._async_waiters.append((loop, wake))
+            self._async_waiters.append(waiter)
         try:
             seen = 0
             while True:
-                wake.clear()
+                waiter.event.clear()
                 with self._cond:
                     chunks, done = self._chunks[seen:], self._done
                 seen += len(chunks)
-                for chunk in chunks:
-                    yield chunk
+                if chunks:
+                    yield chunks[0] if len(chunks) == 1 else "".join(chunks)
                 if done and not chunks:
                     break
                 if not chunks:
-                    await wake.wait()
+                    await waiter.event.wait()
         finally:
             with self._cond:
-                self._async_waiters.remove((loop, wake))
+                self._async_waiters.remove(waiter)
         if self._error is not None:
             raise self._error
 
@@ -348,8 +373,5 @@ class RequestHandle:
     def _wake_async(self) -> None:
         with self._cond:
             waiters = list(self._async_waiters)
-        for loop, wake in waiters:
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # that loop is closed: its consumer is gone
-                pass
+        for waiter in waiters:
+            waiter.wake()
