@@ -75,6 +75,10 @@ class TrainSettings:
     question_rewrites: int = field(default=4, metadata=_help(
         "extra wordings of each training question (synonyms, question words, openers) so the prefix "
         "answers rewordings too; 0 = the official recipe (your data only)"))
+    history_share: float = field(default=1.0, metadata=_help(
+        "share of the data's rows trained again behind an earlier round (another of its questions and answers), "
+        "so a question asked mid-conversation gets its answer too; 0 = the official recipe (the data's own "
+        "history only)"))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "recompute activations in backward to save memory"))
     compile: bool = field(default=True, metadata=_help(
@@ -96,6 +100,8 @@ class TrainSettings:
             raise ValueError("max_steps and epochs must be >= 0")
         if not 0 <= self.question_rewrites <= 20:
             raise ValueError(f"question_rewrites must be in 0..20, got {self.question_rewrites}")
+        if not 0 <= self.history_share <= 1:
+            raise ValueError(f"history_share must be in [0, 1], got {self.history_share}")
         if self.max_steps == 0 and self.epochs == 0:
             raise ValueError("set max_steps or epochs (both are 0)")
 

@@ -20,6 +20,7 @@ data = "builtin:support"
 dev_data = "builtin:support_dev"
 [domains.support.train]
 question_rewrites = 0
+history_share = 0.0
 [domains.ads]
 data = "builtin:ads"
 dev_data = "builtin:ads_dev"

@@ -61,3 +61,17 @@ def test_missing_or_damaged_plan_refuses_to_resume(tmp_path):
     (tmp_path / PLAN_FILE).write_text(json.dumps({"domain": "hr"}), encoding="utf-8")
     with pytest.raises(ResumeError, match="is damaged .*KeyError"):
         RunPlan.read(tmp_path)
+
+
+def test_a_plan_written_before_a_setting_existed_resumes_without_it(tmp_path):
+    """Runs planned before question rewrites and history rows trained the data alone: resuming
+    one must not switch on today's defaults (other rows than its checkpoints were trained on)."""
+    plan = make_plan(tmp_path)
+    path = plan.write(tmp_path / "run")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("question_rewrites", "history_share"):
+        del raw["train"][key]
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    old = RunPlan.read(tmp_path / "run").train
+    assert (old.question_rewrites, old.history_share) == (0, 0.0)
+    assert (plan.train.question_rewrites, plan.train.history_share) == (4, 1.0)

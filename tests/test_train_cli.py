@@ -91,7 +91,8 @@ def test_promote_refuses_a_prefix_that_learned_nothing(tmp_path, capsys):
     code, out, err = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "2", "--promote", capsys=capsys)
     assert code == 0, err
     assert "the prefix learned nothing: ROUGE-L on 12 training questions" in err  # the data's, not the rewordings
-    assert re.search(r"^\s*samples\s+12 \+ 48 rewordings of their questions \(question_rewrites 4\)\s*$", out, re.M)
+    assert re.search(r"^\s*samples\s+12 \+ 48 rewordings of their questions \(question_rewrites 4\) \+ 12 behind an "
+                     r"earlier round \(history_share 1\)\s*$", out, re.M)
     assert re.search(r"not promoted: it learned nothing; try more steps \(--steps 4\) or a higher learning rate "
                      r"\(--lr 0\.2\)", out)  # twice the default 0.1
     code, out, err = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "2", "--promote=force",

@@ -83,12 +83,17 @@ def _train_and_register(settings, model, tok, recipe: DemoRecipe, train, example
     """Train the prefix with a progress bar and register it as a new candidate: (encoder, AdapterInfo)."""
     from glmbot.cli.progress import training_progress
     from glmbot.training.data import encode_all
+    from glmbot.training.rewrites import augmented_rows
     from glmbot.training.trainer import PrefixTrainer, total_steps
 
     console = common.console
     encoded, summary = encode_all(tok, examples, train.max_source_length, train.max_target_length)
+    reworded, behind = augmented_rows(tok, examples, train)  # as `glmbot train` adds them ([train] settings)
+    extra = (f" + {len(reworded)} rewordings" if reworded else "") + (f" + {len(behind)} behind an earlier round"
+                                                                       if behind else "")
+    encoded += reworded + behind
     console.rule(f"Training a P-Tuning v2 prefix for '{recipe.domain}'")
-    console.print(f"{summary.samples} examples, {summary.answer_tokens:,} answer tokens; P={train.pre_seq_len}, "
+    console.print(f"{summary.samples} examples{extra}, {summary.answer_tokens:,} answer tokens; P={train.pre_seq_len}, "
                   f"projection={train.prefix_projection}, LR {train.learning_rate:g}, {train.max_steps} steps")
     run_dir = settings.path(settings.train.runs_dir) / f"demo-{recipe.domain}-{time.strftime('%Y%m%d-%H%M%S')}"
     with training_progress(recipe.domain, total_steps(train, len(encoded))) as bar:

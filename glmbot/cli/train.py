@@ -189,8 +189,10 @@ def _print_summary(job, base_model: str) -> None:
     table = Table(title=f"Training data for '{job.domain}'", show_header=False, box=None)
     for key, value in [
         ("source", f"{s.source} (sha256 {s.sha256[:12]})"), ("format", job.plan.columns.describe() + (", read from the columns" if job.data.fmt == AUTO else "")),
-        ("samples", f"{s.samples:,}" + (f" + {len(job.encoded) - s.samples:,} rewordings of their questions "
-                                        f"(question_rewrites {t.question_rewrites})" if t.question_rewrites else "")),
+        ("samples", f"{s.samples:,}" + (f" + {job.reworded_rows:,} rewordings of their questions "
+                                        f"(question_rewrites {t.question_rewrites})" if job.reworded_rows else "")
+         + (f" + {job.history_rows:,} behind an earlier round (history_share {t.history_share:g})"
+            if job.history_rows else "")),
         ("prompts truncated", f"{s.prompts_truncated} (max_source_length {t.max_source_length})"),
         ("answers truncated", f"{s.answers_truncated} (max_target_length {t.max_target_length})"),
         ("tokens", f"{s.prompt_tokens:,} prompt + {s.answer_tokens:,} answer; longest row {s.longest}"),

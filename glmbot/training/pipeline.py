@@ -26,7 +26,7 @@ from glmbot.training.data import DataSummary, Example, encode_all, file_sha256
 from glmbot.training.evaluate import Evaluation, LearningCheck, check_learning, evaluate_prefix, forgetting_probe
 from glmbot.training.metrics import ProbeResult
 from glmbot.training.plan import PLAN_FILE, DataSpec, ResumeError, RunPlan, data_source
-from glmbot.training.rewrites import spelled_by, with_rewrites
+from glmbot.training.rewrites import augmented_rows
 from glmbot.training.trainer import PrefixTrainer, StepInfo, TrainResult, save_run_info
 
 __all__ = ["DataSpec", "PreparedJob", "TrainOutcome", "ensure_registered_domain", "interrupted_run_dir", "prepare",
@@ -50,6 +50,8 @@ class PreparedJob:
     run_dir: Path
     plan: RunPlan
     coverage: CoverageReport
+    reworded_rows: int = 0  # of `encoded`, after the data's own rows: rewordings of its questions
+    history_rows: int = 0  # then rows behind an earlier round
 
 
 @dataclass
@@ -84,9 +86,8 @@ def prepare(tok, settings: Settings, domain: str, data: DataSpec, train: TrainSe
     dev = data.load_data("dev") if data.dev else None
     encoded, summary = encode_all(tok, loaded.examples, train.max_source_length, train.max_target_length)
     coverage = tokenizer_coverage(tok, loaded.examples, encoded)
-    rewrites = with_rewrites(loaded.examples, train.question_rewrites, train.seed, spelled_by(tok))[len(loaded.examples):]
-    if rewrites:
-        encoded = encoded + encode_all(tok, rewrites, train.max_source_length, train.max_target_length)[0]
+    reworded, behind = augmented_rows(tok, loaded.examples, train)
+    encoded = encoded + reworded + behind
     summary.sha256 = file_sha256(loaded.path)
     summary.source = str(data.train)
     if run_dir is None:
@@ -95,7 +96,7 @@ def prepare(tok, settings: Settings, domain: str, data: DataSpec, train: TrainSe
                    dev_data=data_source(data.dev) if data.dev else "",
                    dev_sha256=file_sha256(dev.path) if dev else "", base_model=settings.model.base_model)
     return PreparedJob(domain, train, data, loaded.examples, dev.examples if dev else [], encoded, summary,
-                       Path(run_dir), plan, coverage)
+                       Path(run_dir), plan, coverage, len(reworded), len(behind))
 
 
 def interrupted_run_dir(settings: Settings, domain: str) -> Path:

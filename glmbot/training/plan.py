@@ -80,6 +80,11 @@ def data_source(value: str) -> str:
     return value if value.startswith("builtin:") else str(resolve_data_path(value).resolve())
 
 
+# What a run planned before a setting existed did: its plan lacks the key, and resuming it must
+# not switch the setting's later default on.
+BEFORE_SETTING = {"question_rewrites": 0, "history_share": 0.0}
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """What a training run computes; everything `--resume` needs and checks."""
@@ -114,6 +119,7 @@ class RunPlan:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             known = {f.name for f in dataclasses.fields(TrainSettings)}
+            raw["train"] = {**BEFORE_SETTING, **raw["train"]}
             return cls(domain=raw["domain"], data=raw["data"], data_sha256=raw["data_sha256"],
                        columns=Columns(**raw["columns"]),
                        train=TrainSettings(**{k: v for k, v in raw["train"].items() if k in known}),
