@@ -3,6 +3,7 @@
     python bench/http_load.py                        # 200 clients, 4 domains, builtin:tiny on CPU
     python bench/http_load.py --clients 400 --max-tokens 64
     python bench/http_load.py --sensitive-words 海盐,优选  # the sensitive-word filter on
+    python bench/http_load.py --disconnect-every 0 --compare-engine  # HTTP vs the engine alone, same load
     python bench/http_load.py --url http://127.0.0.1:8000  # an already running `glmbot serve`
 
 Without --url, a server process (the builtin tiny base, random prefixes for --domains domains,
@@ -23,6 +24,10 @@ Reported per scenario: time to first token (the first content chunk at the clien
 latency, throughput, and how streamed the answers were: content chunks per answer and the time
 from the first to the last one (an answer held back and sent whole has 1 chunk and ~0 ms).
 
+--compare-engine then sends the same concurrent requests straight into the same engine (a child
+process built like the server's, no HTTP) and prints the HTTP tokens/s as a share of it: what the
+HTTP layer costs at that concurrency (issue 20's target: within 10%).
+
 Checks (the run fails otherwise): every staying client gets all its tokens, [DONE] and the route
 it should (the `glmbot` extension); every leaving client's request is cancelled in the engine and
 its row freed; /health answers 200 throughout. Shared 2-core machines are noisy: run it alone.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -54,13 +60,13 @@ QUESTIONS = ["请问多久能到账？", "帮我写一段介绍", "这个怎么�
 
 # ---- the server process ------------------------------------------------------------------------------
 
-def serve(args: argparse.Namespace) -> None:
-    """Child process: the engine over the builtin tiny base with random prefixes, served on loopback."""
+@contextlib.contextmanager
+def tiny_engine(args: argparse.Namespace):
+    """The engine over the builtin tiny base with random prefixes, keyword routing and the repo's plugins."""
     import torch
 
     from glmbot import load_base
     from glmbot.config import settings_from_dict
-    from glmbot.http import create_app, run_server
     from glmbot.model.prefix import PrefixEncoder
     from glmbot.plugins import get_manager
     from glmbot.serving.engine import Engine
@@ -81,11 +87,51 @@ def serve(args: argparse.Namespace) -> None:
     settings = settings_from_dict({"server": {"log_conversations": False}, "serving": {"max_batch_size": args.rows},
                                    "plugins": {"sensitive_words": words}}, root=REPO)
     plugins = get_manager(settings)  # the default [plugins] paths: the repo's plugins/
-    print(f"server: plugins {', '.join(sorted(plugins.records))}; answer filters "
-          f"{', '.join(n for n, _ in plugins.collect('register_answer_filters')) or 'none'}", flush=True)
+    print(f"{'engine' if args.engine_only else 'server'}: plugins {', '.join(sorted(plugins.records))}; answer "
+          f"filters {', '.join(n for n, _ in plugins.collect('register_answer_filters')) or 'none'}", flush=True)
     with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256,
                 plugins=plugins) as engine:
+        yield engine, settings
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Child process: the tiny engine served on loopback."""
+    from glmbot.http import create_app, run_server
+
+    with tiny_engine(args) as (engine, settings):
         run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
+
+
+def engine_only(args: argparse.Namespace) -> None:
+    """Child process: the concurrent scenario's requests straight into the same engine, no HTTP
+    (what the HTTP layer is compared with); prints one JSON line of its figures."""
+    from glmbot.serving.requests import GenerationRequest
+
+    target = Target("", list(DOMAINS)[:args.domains], keywords=True)
+
+    def requests(n: int) -> list:
+        return [GenerationRequest(query=c.text, domain=None if c.model == "auto" else c.model,
+                                  max_new_tokens=args.max_tokens, do_sample=False, ignore_eos=True)
+                for c in plan_clients(n, target, 0)]
+    with tiny_engine(args) as (engine, _):
+        engine.generate_many(requests(4))  # warm-up
+        started = time.perf_counter()
+        results = engine.generate_many(requests(args.clients))
+        seconds = time.perf_counter() - started
+    tokens = sum(r.usage.completion_tokens for r in results)
+    print(json.dumps({"tokens": tokens, "seconds": seconds}), flush=True)
+
+
+def compare_engine(args: argparse.Namespace, measured: Measured) -> None:
+    """The engine alone at the same concurrency (a child process like the server's) beside the HTTP figure."""
+    out = subprocess.run([sys.executable, __file__, "--engine-only", "--clients", str(args.clients), "--domains",
+                          str(args.domains), "--rows", str(args.rows), "--max-tokens", str(args.max_tokens),
+                          "--sensitive-words", args.sensitive_words], capture_output=True, text=True, check=True)
+    alone = json.loads(out.stdout.strip().splitlines()[-1])
+    engine_rate = alone["tokens"] / alone["seconds"]
+    http_rate = sum(c.tokens for c in measured.clients if not c.leaves) / measured.load_s
+    console.print(f"engine alone, the same {args.clients} requests at once (no HTTP): {engine_rate:,.0f} tokens/s; "
+                  f"over HTTP {http_rate:,.0f} tokens/s = {http_rate / engine_rate:.0%} of it")
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
@@ -345,6 +391,12 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
+    if args.engine_only:
+        engine_only(args)
+        return
+    if args.compare_engine and args.url:
+        raise SystemExit("--compare-engine builds this benchmark's own tiny engine, which is not what --url serves: "
+                         "drop one of them")
     server = None
     if args.url:
         target = remote_target(args)
@@ -358,6 +410,8 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     problems = report(args, target, measured)
+    if args.compare_engine:
+        compare_engine(args, measured)
     for problem in problems[:20]:
         console.print(f"[red]FAIL[/] {problem}")
     if problems:
@@ -379,7 +433,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--url", help="load this running glmbot server (e.g. http://127.0.0.1:8000) instead of "
                                       "starting one")
     parser.add_argument("--api-key", help="Bearer key for --url (default: the first of $GLMBOT_API_KEYS)")
+    parser.add_argument("--compare-engine", action="store_true",
+                        help="then run the concurrent requests straight into the same engine (no HTTP) and print "
+                             "the HTTP figure as a share of it; use with --disconnect-every 0 (all clients stay)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child of --compare-engine
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
 
