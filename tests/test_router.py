@@ -172,7 +172,7 @@ def test_greetings_and_thanks_skip_a_sticky_domain_but_follow_ups_keep_it():
     which is not remembered, so the conversation's next question is still the domain's."""
     router = hand_router()
     assert router.route("我要退款", conversation_id="c").domain == "support"
-    for social in ("谢谢", "好的，谢谢！", "你好", "再见"):
+    for social in ("谢谢", "好的，谢谢！", "你好", "再见", "你是谁", "你好，你能做什么？"):
         decision = router.route(social, conversation_id="c")
         assert (decision.domain, decision.reason) == (None, "fallback"), social
     for follow_up in ("怎么办？", "那运费呢？", "可以吗？"):
@@ -343,7 +343,7 @@ def test_attribute_strings_reach_ads_through_the_classifier(sample_router):
     assert (decision.domain, decision.reason) == ("ads", "classifier")
 
 
-@pytest.mark.parametrize("text", ["你好", "在吗", "谢谢", "你好！在吗？", "晚上好", "嗯嗯，好的谢谢"])
+@pytest.mark.parametrize("text", ["你好", "在吗", "谢谢", "你好！在吗？", "晚上好", "嗯嗯，好的谢谢", "你是谁？"])
 def test_greetings_go_to_the_base(sample_router, text):
     assert content_tokens(text) == []
     decision = sample_router.route(text)
@@ -354,3 +354,4 @@ def test_greetings_go_to_the_base(sample_router, text):
 def test_greetings_do_not_hide_the_question(sample_router):
     decision = sample_router.route("你好，退款多久到账？")
     assert (decision.domain, decision.reason) == ("support", "classifier")
+    assert content_tokens("你会做什么菜？") == ["菜"]  # a question about the assistant keeps what it asks

@@ -4,8 +4,8 @@ The first stage that decides wins, and every decision carries its reason and sco
 explicit domain/adapter > the conversation's sticky route > plugin routers > keyword rules >
 regex rules > a TF-IDF classifier over each domain's training prompts > fallback.
 General chat falls through to the fallback (the plain base model by default), so greetings
-never reach a prefix that may have forgotten how to say hello: a message of greetings or thanks
-alone ("谢谢", "好的，再见") skips a conversation's sticky domain too, while a follow-up that asks
+never reach a prefix that may have forgotten how to say hello: a message of greetings, thanks or
+questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
 something ("那运费呢？", "怎么办？") stays with it.
 """
 
@@ -39,12 +39,16 @@ DEFAULT_MIN_SCORE = 0.25
 TOP_K = 2
 STICKY_CAPACITY = 10_000
 
-# Greeting phrases are cut out of the text before segmentation (jieba splits 晚上好 into 晚上/好,
-# and 晚上 alone is a real word); a message left with no content words goes to the fallback.
+# Greeting phrases, and questions to the assistant about itself, are cut out of the text before
+# segmentation (jieba splits 晚上好 into 晚上/好, and 晚上 alone is a real word); a message left with
+# no content words goes to the fallback (the plain base, which a domain prefix may have made forget
+# who it is: "你是谁" after a domain question got the prefix's garble).
 _GREETINGS = re.compile("|".join(sorted((
     "你好", "您好", "你们好", "大家好", "哈喽", "哈啰", "哈罗", "在吗", "在不在", "有人吗", "谢谢", "多谢",
     "感谢", "再见", "拜拜", "早上好", "上午好", "中午好", "下午好", "晚上好", "早安", "午安", "晚安", "好的",
-    "嗯嗯", "哦哦", "嗨"), key=len, reverse=True)))
+    "嗯嗯", "哦哦", "嗨",
+    "你是谁", "您是谁", "你叫什么", "你叫什么名字", "你是什么", "你是机器人吗", "你是人工智能吗",
+    "你能做什么", "你会做什么", "你会干什么", "你能干什么", "介绍一下你自己", "自我介绍一下"), key=len, reverse=True)))
 _STOP_WORDS = frozenset((
     "的 了 吗 呢 吧 啊 呀 嘛 哦 嗯 啦 喽 么 呗 哈 喂 我 你 您 他 她 它 我们 你们 他们 咱们 是 在 有 和 与 就 也 都 还 很 "
     "这 那 这个 那个 这些 那些 一下 请 请问 可以 能 会 要 想 给 帮 帮我 帮忙 把 被 让 对 吗 什么 怎么 怎么办 "
@@ -60,7 +64,8 @@ def content_tokens(text: str) -> list[str]:
 
 
 def small_talk_only(text: str) -> bool:
-    """True for a message of greetings, thanks or farewells and nothing else that asks anything."""
+    """True for a message of greetings, thanks, farewells or questions about the assistant itself
+    and nothing else that asks anything."""
     return _GREETINGS.search(text.casefold()) is not None and not content_tokens(text)
 
 
