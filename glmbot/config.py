@@ -143,6 +143,10 @@ class ServingSettings:
         "on CUDA, true keeps decode bit-reproducible (same inputs, same tokens, run after run); false uses "
         "cuDNN's grouped-KV decode attention (fp16/bf16 on Ampere or newer), ~4% faster per step on an H200, "
         "whose last bit varies from run to run and can flip a near-tied token; CPU decode is always deterministic"))
+    prefix_history: Literal["trained", "all"] = field(default="trained", metadata=_help(
+        "earlier rounds of a conversation a domain prefix sees (ChatGLM2's [Round N] prompt): 'trained' = the "
+        "latest ones, as many as its training rows had (one with [train] history_share; all for adapters that "
+        "do not record it, e.g. imported ones); 'all' = the whole conversation. The plain base always sees all"))
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "prefill_tokens"):

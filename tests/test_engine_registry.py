@@ -16,6 +16,7 @@ from glmbot.config import Settings, settings_from_dict
 from glmbot.errors import (AdapterIntegrityError, ConfigError, PrefixCheckpointError, UnknownAdapterError,
                            UnknownDomainError)
 from glmbot.model.fingerprint import architecture
+from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
 from glmbot.registry import Registry
@@ -36,7 +37,7 @@ def registry(tmp_path):
 
 
 def add_adapter(reg: Registry, domain: str, length: int, seed: int, config=None, promote: bool = True,
-                prompts: list[str] | None = None) -> torch.Tensor:
+                prompts: list[str] | None = None, hyperparams: dict | None = None) -> torch.Tensor:
     """Register (and promote) a random prefix; returns its KV (2L, G, P, D) for the oracle."""
     config = config or small_config()
     reg.ensure_domain(domain)
@@ -44,7 +45,7 @@ def add_adapter(reg: Registry, domain: str, length: int, seed: int, config=None,
     encoder = PrefixEncoder(config, length)
     info = reg.register_adapter(domain, encoder_state(encoder), base_model="builtin:test",
                                 base_fingerprint="sha256:0123456789abcdef", architecture=architecture(config),
-                                routing_prompts=prompts)
+                                routing_prompts=prompts, hyperparams=hyperparams)
     if promote:
         reg.promote(info.ref)
     return encoder.kv().detach()
@@ -207,3 +208,25 @@ def test_a_request_sent_again_is_routed_again(base, tok, registry, five_domains)
         req.domain = "nosuch"
         with pytest.raises(UnknownDomainError, match="nosuch"):
             engine.generate(req)
+
+
+@pytest.mark.parametrize("setting", ["trained", "all"])
+def test_a_prefix_sees_as_many_earlier_rounds_as_it_was_trained_with(base, tok, registry, setting):
+    """A conversation's three earlier rounds reach a prefix trained behind one round as that one
+    round alone (the latest), under [serving] prefix_history = "trained"; an adapter that does not
+    record its rounds (imported), the plain base and the setting "all" get the whole conversation."""
+    kv = {"hr": add_adapter(registry, "hr", 4, 1, hyperparams={"history_rounds": 1}),
+          "legal": add_adapter(registry, "legal", 4, 2)}
+    history = [("年假有几天？", "十五天。"), ("工资几号发？", "每月十号。"), ("加班怎么算？", "按小时算。")]
+    query = QUERIES[1]
+    settings = Settings()
+    settings.serving.prefix_history = setting
+    with Engine(base, tok, registry=registry, settings=settings, max_batch_size=4, max_len=192) as eng:
+        results = {d: eng.generate(greedy(query, d, 8, history=history)) for d in ("hr", "legal", "base")}
+    full = tok.build_chat_input(query, history)
+    seen = tok.build_chat_input(query, history[-1:]) if setting == "trained" else full
+    assert results["hr"].usage.prompt_tokens == len(seen) and len(tok.build_chat_input(query, history[-1:])) < len(full)
+    assert results["legal"].usage.prompt_tokens == results["base"].usage.prompt_tokens == len(full)
+    shown = history[-1:] if setting == "trained" else history
+    assert results["hr"].text == generate_answers(base, tok, [query], kv["hr"], histories=[shown],
+                                                  max_new_tokens=8)[0]

@@ -95,6 +95,8 @@ def test_promote_refuses_a_prefix_that_learned_nothing(tmp_path, capsys):
                      r"earlier round \(history_share 1\)\s*$", out, re.M)
     assert re.search(r"not promoted: it learned nothing; try more steps \(--steps 4\) or a higher learning rate "
                      r"\(--lr 0\.2\)", out)  # twice the default 0.1
+    with registry_of(config) as reg:  # trained behind one earlier round: served with that many (prefix_history)
+        assert reg.list_adapters("hr")[0].hyperparams["history_rounds"] == 1
     code, out, err = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "2", "--promote=force",
                          capsys=capsys)
     assert code == 0 and "promoted: forced, although it learned nothing" in out

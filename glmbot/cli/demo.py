@@ -45,6 +45,7 @@ def demo(
     from glmbot.model.generate import generate_answers
     from glmbot.training.data import file_sha256, load_examples, resolve_data_path
     from glmbot.training.plan import config_data_path
+    from glmbot.training.rewrites import history_rounds, with_history
 
     console = common.console
     settings = common.get_settings()
@@ -62,7 +63,8 @@ def demo(
     examples = load_examples(data, domain_cfg.format, domain_cfg.prompt_column,
                              domain_cfg.response_column, domain_cfg.history_column or None)
     train = settings.train_for(domain, max_steps=steps)
-    recipe = DemoRecipe(domain, file_sha256(resolve_data_path(data)), recipe_params(train),
+    rounds = history_rounds(examples, with_history(examples, train.history_share, train.seed))
+    recipe = DemoRecipe(domain, file_sha256(resolve_data_path(data)), {**recipe_params(train), "history_rounds": rounds},
                         _fingerprint(model))
     adapter = None if retrain else recipe.find(common.get_registry())
     if adapter is not None:

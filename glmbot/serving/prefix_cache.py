@@ -39,6 +39,7 @@ class ResolvedAdapter:
     domain: str
     version: int | None = None
     damage: str | None = None  # the registry marked its files damaged: never served (see PrefixCache.get)
+    history_rounds: int | None = None  # most earlier rounds a training row had (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,9 @@ class RegistryPrefixSource:
     def _resolved(info: Any) -> ResolvedAdapter:  # noqa: ANN401 - glmbot.registry.AdapterInfo
         from glmbot.registry.store import WEIGHTS
 
+        rounds = info.hyperparams.get("history_rounds")
         return ResolvedAdapter((info.id, info.files.get(WEIGHTS, "")), info.id, info.ref, info.domain, info.version,
-                               info.damage)
+                               info.damage, rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None)
 
     def load(self, adapter: ResolvedAdapter, device: torch.device) -> torch.Tensor:
         """Verified files -> fp32 prefix KV (raises AdapterIntegrityError, PrefixCheckpointError).

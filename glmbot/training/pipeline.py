@@ -26,7 +26,7 @@ from glmbot.training.data import DataSummary, Example, encode_all, file_sha256
 from glmbot.training.evaluate import Evaluation, LearningCheck, check_learning, evaluate_prefix, forgetting_probe
 from glmbot.training.metrics import ProbeResult
 from glmbot.training.plan import PLAN_FILE, DataSpec, ResumeError, RunPlan, data_source
-from glmbot.training.rewrites import augmented_rows
+from glmbot.training.rewrites import augmented_rows, history_rounds
 from glmbot.training.trainer import PrefixTrainer, StepInfo, TrainResult, save_run_info
 
 __all__ = ["DataSpec", "PreparedJob", "TrainOutcome", "ensure_registered_domain", "interrupted_run_dir", "prepare",
@@ -52,6 +52,7 @@ class PreparedJob:
     coverage: CoverageReport
     reworded_rows: int = 0  # of `encoded`, after the data's own rows: rewordings of its questions
     history_rows: int = 0  # then rows behind an earlier round
+    history_rounds: int = 0  # most earlier rounds any training row has (served so: [serving] prefix_history)
 
 
 @dataclass
@@ -96,7 +97,8 @@ def prepare(tok, settings: Settings, domain: str, data: DataSpec, train: TrainSe
                    dev_data=data_source(data.dev) if data.dev else "",
                    dev_sha256=file_sha256(dev.path) if dev else "", base_model=settings.model.base_model)
     return PreparedJob(domain, train, data, loaded.examples, dev.examples if dev else [], encoded, summary,
-                       Path(run_dir), plan, coverage, len(reworded), len(behind))
+                       Path(run_dir), plan, coverage, len(reworded), len(behind),
+                       history_rounds(loaded.examples, behind))
 
 
 def interrupted_run_dir(settings: Settings, domain: str) -> Path:
@@ -188,7 +190,8 @@ def _register(model, registry, job: PreparedJob, result: TrainResult, outcome: T
     adapter = registry.register_adapter(
         job.domain, encoder_state(result.encoder), base_model=str(model.config.name_or_path),
         base_fingerprint=base_fingerprint(model), architecture=architecture(model.config), source="trained",
-        hyperparams={**_hyperparams(job.settings), "steps_run": result.steps}, dataset_sha256=job.summary.sha256,
+        hyperparams={**_hyperparams(job.settings), "steps_run": result.steps, "history_rounds": job.history_rounds},
+        dataset_sha256=job.summary.sha256,
         sample_count=job.summary.samples, metrics=metrics,
         provenance={"run_dir": str(job.run_dir), "data": job.summary.source},
         routing_prompts=sorted({e.prompt for e in job.train_examples}))

@@ -165,3 +165,10 @@ def augmented_rows(tok, examples: Sequence[Example], train) -> tuple[list[Encode
         return encode_all(tok, rows, source_length, train.max_target_length)[0] if rows else []
     return (encode(reworded, train.max_source_length),
             encode(behind, train.max_source_length + train.max_target_length))
+
+
+def history_rounds(examples: Sequence[Example], behind: Sequence) -> int:
+    """The most earlier rounds a training row has: the data's own history, or 1 for rows trained
+    behind an earlier round. Recorded with the adapter; the engine shows its prefix that many
+    ([serving] prefix_history = "trained")."""
+    return max([len(e.history) for e in examples] + [1 if behind else 0])
