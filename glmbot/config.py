@@ -146,7 +146,8 @@ class ServingSettings:
     prefix_history: Literal["trained", "all"] = field(default="trained", metadata=_help(
         "earlier rounds of a conversation a domain prefix sees (ChatGLM2's [Round N] prompt): 'trained' = the "
         "latest ones, as many as its training rows had (one with [train] history_share; all for adapters that "
-        "do not record it, e.g. imported ones); 'all' = the whole conversation. The plain base always sees all"))
+        "do not record it, e.g. imported ones), and a message of small talk alone (greetings, thanks, 你是谁) that goes "
+        "to the plain base none; 'all' = the whole conversation everywhere. Other plain-base turns always see all"))
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "prefill_tokens"):

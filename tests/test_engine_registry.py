@@ -214,7 +214,8 @@ def test_a_request_sent_again_is_routed_again(base, tok, registry, five_domains)
 def test_a_prefix_sees_as_many_earlier_rounds_as_it_was_trained_with(base, tok, registry, setting):
     """A conversation's three earlier rounds reach a prefix trained behind one round as that one
     round alone (the latest), under [serving] prefix_history = "trained"; an adapter that does not
-    record its rounds (imported), the plain base and the setting "all" get the whole conversation."""
+    record its rounds (imported), the plain base and the setting "all" get the whole conversation,
+    except that small talk alone reaches the plain base without it."""
     kv = {"hr": add_adapter(registry, "hr", 4, 1, hyperparams={"history_rounds": 1}),
           "legal": add_adapter(registry, "legal", 4, 2)}
     history = [("年假有几天？", "十五天。"), ("工资几号发？", "每月十号。"), ("加班怎么算？", "按小时算。")]
@@ -223,10 +224,12 @@ def test_a_prefix_sees_as_many_earlier_rounds_as_it_was_trained_with(base, tok, 
     settings.serving.prefix_history = setting
     with Engine(base, tok, registry=registry, settings=settings, max_batch_size=4, max_len=192) as eng:
         results = {d: eng.generate(greedy(query, d, 8, history=history)) for d in ("hr", "legal", "base")}
+        hello = eng.generate(greedy("你好", "base", 8, history=history))  # small talk needs no earlier round
     full = tok.build_chat_input(query, history)
     seen = tok.build_chat_input(query, history[-1:]) if setting == "trained" else full
     assert results["hr"].usage.prompt_tokens == len(seen) and len(tok.build_chat_input(query, history[-1:])) < len(full)
     assert results["legal"].usage.prompt_tokens == results["base"].usage.prompt_tokens == len(full)
+    assert hello.usage.prompt_tokens == len(tok.build_chat_input("你好", [] if setting == "trained" else history))
     shown = history[-1:] if setting == "trained" else history
     assert results["hr"].text == generate_answers(base, tok, [query], kv["hr"], histories=[shown],
                                                   max_new_tokens=8)[0]

@@ -40,7 +40,7 @@ from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, Reg
                                          ResolvedAdapter, StaticPrefixSource)
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle
-from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision
+from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, small_talk_only
 from glmbot.serving.routing_setup import route_request
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
@@ -287,8 +287,10 @@ class Engine:
             prompt_ids, rewrite = self._plugins_before(req, query, prompt_ids)
         route, adapter, prefix = self._prefix(route)
         req.route = route
-        if adapter is not None and req.prompt_ids is None:
-            prompt_ids = self._as_trained(req, adapter, prompt_ids)
+        if req.prompt_ids is None and adapter is not None:
+            prompt_ids = self._latest_rounds(req, adapter.history_rounds, prompt_ids)
+        elif req.prompt_ids is None and prefix is None and query is not None and small_talk_only(query):
+            prompt_ids = self._latest_rounds(req, 0, prompt_ids)  # "你好" asks nothing the rounds hold
         n = len(prompt_ids)
         if n + max_new > self.max_len:
             raise GenerationError(
@@ -307,11 +309,12 @@ class Engine:
         return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter,
                    rewrite, filters, tools_family)
 
-    def _as_trained(self, req: GenerationRequest, adapter: ResolvedAdapter, prompt_ids: list[int]) -> list[int]:
-        """The prompt a prefix sees under [serving] prefix_history = "trained": only the latest earlier
-        rounds, as many as its training rows had (ChatGLM2's [Round N] prompt; on the builtin base a
-        prefix trained behind one round answered 12/15 questions as a second turn, 3/15 as a third)."""
-        rounds = adapter.history_rounds
+    def _latest_rounds(self, req: GenerationRequest, rounds: int | None, prompt_ids: list[int]) -> list[int]:
+        """The prompt with only the latest `rounds` earlier rounds (None: all), under [serving]
+        prefix_history = "trained" (ChatGLM2's [Round N] prompt). A prefix gets as many as its
+        training rows had: on the builtin base one trained behind one round answered 12/15 questions
+        as a second turn but 3/15 as a third with every round shown. Small talk alone for the plain
+        base gets none: behind two rounds of a domain's Q/A the builtin base garbled 你好 and 你是谁."""
         if self.settings.serving.prefix_history == "all" or rounds is None or self.family.chat_format != "rounds":
             return prompt_ids
         query, history, _ = self._prompt(req)  # after plugins' edits
