@@ -145,7 +145,7 @@ class ServingSettings:
         "whose last bit varies from run to run and can flip a near-tied token; CPU decode is always deterministic"))
     prefix_history: Literal["trained", "all"] = field(default="trained", metadata=_help(
         "earlier rounds of a conversation a domain prefix sees (ChatGLM2's [Round N] prompt): 'trained' = the "
-        "latest ones, as many as its training rows had (one with [train] history_share; all for adapters that "
+        "latest ones that ask something (not small talk alone), as many as its training rows had (one with [train] history_share; all for adapters that "
         "do not record it, e.g. imported ones), and a message of small talk alone (greetings, thanks, 你是谁) that goes "
         "to the plain base none; 'all' = the whole conversation everywhere. Other plain-base turns always see all"))
 

@@ -230,6 +230,11 @@ def test_a_prefix_sees_as_many_earlier_rounds_as_it_was_trained_with(base, tok, 
     assert results["hr"].usage.prompt_tokens == len(seen) and len(tok.build_chat_input(query, history[-1:])) < len(full)
     assert results["legal"].usage.prompt_tokens == results["base"].usage.prompt_tokens == len(full)
     assert hello.usage.prompt_tokens == len(tok.build_chat_input("你好", [] if setting == "trained" else history))
+    chatty = history + [("你是谁？", "我是智能助手。")]  # small talk rounds are not the round a prefix is shown
+    with Engine(base, tok, registry=registry, settings=settings, max_batch_size=4, max_len=256) as eng:
+        after_small_talk = eng.generate(greedy(query, "hr", 8, history=chatty))
+    assert after_small_talk.usage.prompt_tokens == len(seen if setting == "trained" else tok.build_chat_input(query,
+                                                                                                             chatty))
     shown = history[-1:] if setting == "trained" else history
     assert results["hr"].text == generate_answers(base, tok, [query], kv["hr"], histories=[shown],
                                                   max_new_tokens=8)[0]

@@ -318,9 +318,12 @@ class Engine:
         if self.settings.serving.prefix_history == "all" or rounds is None or self.family.chat_format != "rounds":
             return prompt_ids
         query, history, _ = self._prompt(req)  # after plugins' edits
-        if len(history) <= rounds:
+        # Rounds of small talk alone ("谢谢" / "不客气") hold nothing to follow up on, and a prefix's
+        # training rows only ever had a domain round before them: the latest rounds that ask something.
+        asking = [r for r in history if not small_talk_only(r[0])]
+        if len(asking) == len(history) and len(history) <= rounds:
             return prompt_ids
-        return self.tokenizer.build_chat_input(query, history[len(history) - rounds:])
+        return self.tokenizer.build_chat_input(query, asking[len(asking) - rounds:] if rounds else [])
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
