@@ -409,19 +409,20 @@ def time_decode_steps(scheduler) -> list[float]:
     """Seconds between consecutive decode steps of the scheduler from now on (what a running
     stream waits per token); a step that decodes nothing (no stream was running) starts afresh."""
     gaps: list[float] = []
-    last: list[float | None] = [None]
+    last: float | None = None
     step = scheduler.step
 
     def timed() -> None:
+        nonlocal last
         before = scheduler.stats.decode_steps
         step()
         now = time.perf_counter()
         if scheduler.stats.decode_steps == before:
-            last[0] = None
+            last = None
             return
-        if last[0] is not None:
-            gaps.append(now - last[0])
-        last[0] = now
+        if last is not None:
+            gaps.append(now - last)
+        last = now
     scheduler.step = timed
     return gaps
 

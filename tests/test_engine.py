@@ -288,13 +288,18 @@ def test_an_async_consumer_that_falls_behind_gets_one_wake_up_and_the_deltas_joi
         loop = asyncio.get_running_loop()
         calls = []
         real = loop.call_soon_threadsafe
-        monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a: (calls.append(a), real(*a))[1])
+
+        def counted(*args):
+            calls.append(args)
+            return real(*args)
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
         handle = RequestHandle(greedy("x"))
         got, stream = [], handle.astream()
         reader = asyncio.ensure_future(stream.__anext__())
         await asyncio.sleep(0)  # the consumer waits for its first delta
-        pushes = [threading.Thread(target=lambda: [handle._push(c) for c in "你好世界"])]
-        pushes[0].start(), pushes[0].join()  # the loop is not running meanwhile: all four queue up
+        engine = threading.Thread(target=lambda: [handle._push(c) for c in "你好世界"])
+        engine.start()
+        engine.join()  # the loop is not running meanwhile: all four queue up
         got.append(await reader)
         handle._push("！")
         got.append(await stream.__anext__())

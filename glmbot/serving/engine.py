@@ -288,9 +288,9 @@ class Engine:
         route, adapter, prefix = self._prefix(route)
         req.route = route
         if req.prompt_ids is None and adapter is not None:
-            prompt_ids = self._latest_rounds(req, adapter.history_rounds, prompt_ids)
+            prompt_ids = self._latest_rounds(req, history, adapter.history_rounds, prompt_ids)
         elif req.prompt_ids is None and prefix is None and query is not None and small_talk_only(query):
-            prompt_ids = self._latest_rounds(req, 0, prompt_ids)  # "你好" asks nothing the rounds hold
+            prompt_ids = self._latest_rounds(req, history, 0, prompt_ids)  # "你好" asks nothing the rounds hold
         n = len(prompt_ids)
         if n + max_new > self.max_len:
             raise GenerationError(
@@ -309,7 +309,8 @@ class Engine:
         return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter,
                    rewrite, filters, tools_family)
 
-    def _latest_rounds(self, req: GenerationRequest, rounds: int | None, prompt_ids: list[int]) -> list[int]:
+    def _latest_rounds(self, req: GenerationRequest, history: list[tuple[str, str]], rounds: int | None,
+                       prompt_ids: list[int]) -> list[int]:
         """The prompt with only the latest `rounds` earlier rounds (None: all), under [serving]
         prefix_history = "trained" (ChatGLM2's [Round N] prompt). A prefix gets as many as its
         training rows had: on the builtin base one trained behind one round answered 12/15 questions
@@ -317,12 +318,14 @@ class Engine:
         base gets none: behind two rounds of a domain's Q/A the builtin base garbled 你好 and 你是谁."""
         if self.settings.serving.prefix_history == "all" or rounds is None or self.family.chat_format != "rounds":
             return prompt_ids
-        query, history, _ = self._prompt(req)  # after plugins' edits
+        if not history:  # the common case: nothing to leave out, no second tokenization
+            return prompt_ids
         # Rounds of small talk alone ("谢谢" / "不客气") hold nothing to follow up on, and a prefix's
         # training rows only ever had a domain round before them: the latest rounds that ask something.
         asking = [r for r in history if not small_talk_only(r[0])]
         if len(asking) == len(history) and len(history) <= rounds:
             return prompt_ids
+        query, _, _ = self._prompt(req)  # after plugins' edits of the question
         return self.tokenizer.build_chat_input(query, asking[len(asking) - rounds:] if rounds else [])
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
