@@ -73,7 +73,7 @@ def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: in
     """2-`max_rounds` rounds of questions, then one of them again in another wording whose answer
     is the earlier one: a dictionary template swap, and with `reworded` also the trainer's own
     rules (glmbot/training/rewrites.py: Cilin synonyms, question words, openers, endings) around
-    the entry. (`reworded` was tried once, on builds cut to ~3,500 steps: docs/PERFORMANCE.md.)"""
+    the entry. (`reworded` was tried, also for the full 6,000 steps, and not shipped: docs/PERFORMANCE.md.)"""
     if reworded:
         from glmbot.training.rewrites import rewrite
 
