@@ -79,18 +79,20 @@ def train_table(rows: list[int]) -> None:
 
 
 def quantized_table(rows: list[int]) -> None:
-    """The decode step's products with int8 / int4 weights (glmbot's stored layout): the weight-only
-    Triton kernel (glmbot.model.quant_kernels) against converting the weight for cuBLAS (what the
-    model does above quant_kernels.MAX_ROWS) and bf16 cuBLAS, the baseline of the same run; with
-    each kernel's largest error against the dequantized weight's product. The last rows add one
-    decode step's products up (28 layers; the output layer stays bf16)."""
+    """The decode step's products with int8 / int4 weights (glmbot's stored layout): glmbot's
+    weight-only Triton kernels (glmbot.model.quant_kernels: CUDA-core gemv for one row, tensor
+    cores for more) against bf16 cuBLAS, the baseline of the same run; with each kernel's largest
+    error against the dequantized weight's product. (Converting the weight for cuBLAS instead,
+    what the model does above quant_kernels.MAX_ROWS, took 5-9x bf16 here: docs/PERFORMANCE.md.)
+    The last rows add one decode step's products up (28 layers; the output layer stays bf16)."""
     from glmbot.model.quant_kernels import weight_only_matmul
     from glmbot.model.quantization import dequantize, pack_int4, quantize_rows
 
+    kernels = [(8, "gemv"), (8, "tensor_cores"), (4, "gemv"), (4, "tensor_cores")]
     print(f"{torch.cuda.get_device_name()}, torch {torch.version.__version__}")
-    print("| matmul | M | bf16 cuBLAS us | int8 kernel us | int4 kernel us | int8 converted us | int4 converted us | max rel. error int8 / int4 |")
-    print("|---|---|---|---|---|---|---|---|")
-    step = {m: [0.0] * 5 for m in rows}
+    print("| matmul | M | bf16 cuBLAS us | " + " | ".join(f"int{b} {k} us" for b, k in kernels) + " | max rel. error |")
+    print("|---|---|---|" + "---|" * len(kernels) + "---|")
+    step = {m: [0.0] * (1 + len(kernels)) for m in rows}
     for name, n, k in SHAPES:
         layers = 1 if name == "output_layer" else 28
         copies = max(2, -(-(256 << 20) // (n * k)))  # int8 copies > 5x the L2 cache
@@ -104,27 +106,21 @@ def quantized_table(rows: list[int]) -> None:
         for m in rows:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             us = [time_us(lambda: [F.linear(x, d) for d in dense]) / len(dense)]
-            errors = []
-            for bits in (8, 4):
+            error = 0.0
+            for bits, kernel in kernels:
+                if kernel == "gemv" and m != 1:
+                    us.append(float("nan"))
+                    continue
                 qs, scale, ref = quant[bits]
-                got = weight_only_matmul(x, qs[0], scale, bits).float()
+                got = weight_only_matmul(x, qs[0], scale, bits, kernel=kernel).float()
                 want = x.float() @ ref.t()
-                errors.append((got - want).abs().max().item() / want.abs().max().item())
-                us.append(time_us(lambda: [weight_only_matmul(x, q, scale, bits) for q in qs]) / copies)
-            for bits in (8, 4):
-                qs, scale, _ = quant[bits]
-
-                def converted():
-                    for q in qs:
-                        v = q if bits == 8 else torch.stack((q >> 4, (q << 4) >> 4), -1).flatten(-2)
-                        (x @ v.to(x.dtype).t()) * scale
-                us.append(time_us(converted) / copies)
+                error = max(error, (got - want).abs().max().item() / want.abs().max().item())
+                us.append(time_us(lambda: [weight_only_matmul(x, q, scale, bits, kernel=kernel) for q in qs]) / copies)
             if name == "output_layer":
-                us[1:] = [us[0]] * 4  # stays bf16
+                us[1:] = [us[0]] * len(kernels)  # stays bf16
             for i, t in enumerate(us):
                 step[m][i] += t * layers
-            print(f"| {name} {n}x{k} | {m} | " + " | ".join(f"{t:.1f}" for t in us) +
-                  f" | {errors[0]:.4f} / {errors[1]:.4f} |", flush=True)
+            print(f"| {name} {n}x{k} | {m} | " + " | ".join(f"{t:.1f}" for t in us) + f" | {error:.4f} |", flush=True)
         del quant, dense
     for m in rows:
         print(f"| **decode step products** | {m} | " + " | ".join(f"{t / 1e3:.2f} ms" for t in step[m]) + " | |")

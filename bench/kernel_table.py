@@ -6,7 +6,7 @@ import re
 
 import torch
 
-_GEMM = re.compile(r"gemm|nvjet|cutlass|xmma|cublas", re.IGNORECASE)
+_GEMM = re.compile(r"gemm|nvjet|cutlass|xmma|cublas|_gemv_kernel|_tensor_core_kernel", re.IGNORECASE)  # + glmbot's quantized products
 
 
 def print_kernel_table(prof: torch.profiler.profile, per: int, unit: str, rows: int) -> float:

@@ -1,6 +1,7 @@
 """Which kernels one full-size decode step spends its time in (CUDA only).
 
     python bench/profile_decode.py --compile            # batch buckets 64 and 1, P=128 slots
+    python bench/profile_decode.py --compile --quantize int4   # the same on an int4 base
 
 Builds the serving engine's static-shape decode step (what the CUDA graphs capture) on random
 ChatGLM2-6B weights, runs it --steps times per batch under torch.profiler and prints the CUDA
@@ -22,6 +23,7 @@ from kernel_table import print_kernel_table  # noqa: E402
 from serving_bench import build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
+from glmbot.model.quantization import quantize_model  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
 
 
@@ -33,9 +35,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--quantize", default="none", choices=("none", "int8", "int4"), help="the base's products (issue 24)")
     args = ap.parse_args()
-    args.full_size, args.device, args.model = True, "cuda", ""
+    args.full_size, args.device, args.model, args.family, args.shape = True, "cuda", "", "chatglm2", "full"
     model, tok = build_model(args)
+    if args.quantize != "none":
+        quantize_model(model, args.quantize)
     if args.compile:
         model.compile_dense()
     with Engine(model, tok, settings=Settings(), max_batch_size=max(map(int, args.batches.split(","))),

@@ -127,6 +127,7 @@ def train(model, args, micro_batch: int) -> tuple[float, float | None]:
 
 def measure(kind: str, config, dtype, tok, args) -> dict:
     device = torch.device(args.device)
+    torch._dynamo.reset()  # each kind compiles afresh, as its own `glmbot serve` would (no shared recompile limit)
     reset_peak(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = random_model(config, dtype, device, kind)

@@ -5,16 +5,23 @@ int8 halves bf16's bytes, int4 quarters them, but only if the product reads the 
 itself. PyTorch's own kernels do not do that at these shapes on an H200 (issue 24:
 `_weight_int8pack_mm` 53 ms per decode step, `_weight_int4pack_mm` needs its own tile layout and
 was 26.9 ms at 64 rows), and converting the weight to bf16 first reads it, writes twice its
-bytes and reads those again. This kernel loads tiles of glmbot's stored layout
+bytes and reads those again. These kernels load tiles of glmbot's stored layout
 (glmbot.model.quantization: int8 (out, in), or int4 packed two per byte, the even input column in
-the high nibble, with one scale per output row), widens them to the activation dtype in
-registers, multiplies on the tensor cores with fp32 accumulation and applies the row scales to
-the result: y = (x @ values^T) * scale. Products of more than `MAX_ROWS` rows (prefill, training)
-take the converted weight through cuBLAS (compute-bound there; the kernel was not measured at
-those sizes).
+the high nibble, with one scale per output row), widen them to the activation's precision in
+registers and apply the row scales to the fp32 sums: y = (x @ values^T) * scale.
 
-Tile sizes are Triton's autotuner's choice per (rows bucket, out, in, bits); the engine's decode
-warm-up runs before any CUDA-graph capture, so tuning never happens inside one.
+- one row (batch-1 decode): `_gemv_kernel` on the CUDA cores, many narrow column tiles so that
+  enough weight bytes are in flight;
+- 2 to `MAX_ROWS` rows: `_tensor_core_kernel`, one tile of all the rows (16 to 128) per program
+  so each weight tile is read once; int4's two nibbles are interleaved into one (BN, BK) tile, so x
+  is read contiguously and one tensor-core product runs per K step.
+
+Per decode step's products on an H200 (docs/PERFORMANCE.md, bf16 cuBLAS in the same run: 3.60 /
+3.70 / 3.88 ms at 1 / 64 / 128 rows): int8 2.44 / 4.72 / 5.90 ms, int4 2.59 / 6.62 / 8.44 ms.
+Products of more rows (prefill, training) take the converted weight through cuBLAS
+(compute-bound there). Tile sizes are Triton's autotuner's choice per (rows bucket, out, in,
+bits); the engine's decode warm-up runs before any CUDA-graph capture, so tuning never happens
+inside one.
 """
 
 from __future__ import annotations
@@ -27,10 +34,8 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-# Rows up to which the kernel runs (decode batches; also short prefills and small training
-# batches). H200 (docs/PERFORMANCE.md): int8 beat converting at every size measured up to 128
-# (6.6 vs 19.0 ms of products per step at 128); int4's whole step at 128 rows, 33.7 ms, only ties
-# the converted products alone (33.8 ms).
+# Rows up to which the kernels run (decode batches; also short prefills and small training
+# batches); above it the converted weight through cuBLAS.
 MAX_ROWS = 128
 
 
@@ -45,7 +50,7 @@ def note_device(device: torch.device) -> None:
 
 
 def available(x: torch.Tensor) -> bool:
-    """True where the kernel serves this product: CUDA with Triton, few rows, and a half dtype the
+    """True where the kernels serve this product: CUDA with Triton, few rows, and a half dtype the
     GPU's tensor cores take in Triton (bf16 from compute capability 8.0, fp16 from 7.0); elsewhere
     the caller converts the weight."""
     if triton is None or not x.is_cuda or x.shape[0] > MAX_ROWS:
@@ -55,67 +60,101 @@ def available(x: torch.Tensor) -> bool:
 
 
 def rows_bucket(rows: int) -> int:
-    """The autotuner's key for M: the next power of two (so 1..128 rows tune 8 times, not 128)."""
+    """The next power of two: the tensor-core kernel's row tile comes from it (at least 16), so
+    2..128 rows compile and tune for 4 tiles, not 127 row counts."""
     return 1 << max(0, rows - 1).bit_length()
 
 
 if triton is not None:
-    _CONFIGS = [
-        triton.Config({"BM": 16, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
-        for bn, bk, w, s in ((32, 128, 4, 4), (64, 128, 4, 4), (32, 256, 4, 3), (64, 256, 4, 3),
-                             (128, 128, 4, 4), (16, 256, 4, 4), (32, 512, 4, 3), (64, 512, 8, 3))
-    ] + [
-        triton.Config({"BM": bm, "BN": bn, "BK": 64}, num_warps=w, num_stages=4)
-        for bm, bn, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8), (128, 128, 8))
+    _TC_CONFIGS = [
+        triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+        for bn, bk, w, s in ((16, 256, 4, 4), (32, 128, 4, 5), (32, 256, 4, 3), (64, 128, 4, 4), (64, 64, 4, 5),
+                             (64, 128, 8, 3), (128, 64, 8, 4), (32, 64, 4, 6), (128, 128, 8, 3))
     ]
 
-    @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "BITS"])  # int4 tiles want other sizes
+    @triton.autotune(configs=_TC_CONFIGS, key=["BM", "N", "K", "BITS"])
     @triton.jit
-    def _weight_only_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, K, M_BUCKET,
-                            stride_xm, stride_qn, stride_ym,
+    def _tensor_core_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_qn, stride_ym,
                             BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+        """y[rows, cols] = (x[rows] @ values[cols]^T) * scale[cols] for a (BM, BN) tile: the weight
+        tile widened in registers (int4: both nibbles interleaved into one (BN, BK) tile, so x is
+        read contiguously) and multiplied on the tensor cores with fp32 sums."""
+        pid_n, pid_m = tl.program_id(0), tl.program_id(1)
         rows = pid_m * BM + tl.arange(0, BM)
         cols = pid_n * BN + tl.arange(0, BN)
         row_ok, col_ok = rows < M, cols < N
+        STORED: tl.constexpr = BK * BITS // 8  # bytes of a weight row per K step
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        if BITS == 8:
-            for k0 in range(0, K, BK):
-                ks = k0 + tl.arange(0, BK)
-                k_ok = ks < K
-                x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                w = tl.load(q_ptr + cols[None, :] * stride_qn + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0)
-                acc = tl.dot(x, w.to(x.dtype), acc)
-        else:
-            HALF: tl.constexpr = BK // 2
-            for k0 in range(0, K // 2, HALF):  # k0 counts packed bytes: columns 2*k0 .. 2*k0 + BK
-                js = k0 + tl.arange(0, HALF)
-                j_ok = js < K // 2
-                packed = tl.load(q_ptr + cols[None, :] * stride_qn + js[:, None], mask=col_ok[None, :] & j_ok[:, None], other=0)
-                high = packed >> 4                      # even input columns (arithmetic shift keeps the sign)
-                low = (packed << 4).to(tl.int8) >> 4    # odd input columns
-                xm = row_ok[:, None] & j_ok[None, :]
-                x_even = tl.load(x_ptr + rows[:, None] * stride_xm + 2 * js[None, :], mask=xm, other=0.0)
-                x_odd = tl.load(x_ptr + rows[:, None] * stride_xm + 2 * js[None, :] + 1, mask=xm, other=0.0)
-                acc = tl.dot(x_even, high.to(x_even.dtype), acc)
-                acc = tl.dot(x_odd, low.to(x_odd.dtype), acc)
+        for k0 in range(0, K, BK):
+            ks = k0 + tl.arange(0, BK)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks < K)[None, :], other=0.0)
+            js = k0 * BITS // 8 + tl.arange(0, STORED)
+            q = tl.load(q_ptr + cols[:, None] * stride_qn + js[None, :],
+                        mask=col_ok[:, None] & (js < K * BITS // 8)[None, :], other=0)
+            if BITS == 4:  # byte j: column 2j in the high nibble, 2j+1 in the low one, both signed
+                q = tl.interleave(q >> 4, (q << 4).to(tl.int8) >> 4)
+            acc = tl.dot(x, tl.trans(q.to(x.dtype)), acc)
         scale = tl.load(s_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         out = (acc * scale[None, :]).to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
 
+    _GEMV_CONFIGS = [
+        triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+        for bn, bk, w, s in ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 512, 8, 3),
+                             (16, 1024, 8, 2), (64, 128, 4, 4), (8, 1024, 4, 2),
+                             # int4 reads half the bytes per column: wider tiles keep as many in flight
+                             (16, 2048, 8, 2), (32, 1024, 8, 3), (8, 2048, 4, 3))
+    ]
 
-def weight_only_matmul(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """(M, in) @ (values * scale).T -> (M, out) in x's dtype, reading the stored int8 / packed int4 weight."""
+    @triton.autotune(configs=_GEMV_CONFIGS, key=["N", "K", "BITS"])
+    @triton.jit
+    def _gemv_kernel(x_ptr, q_ptr, s_ptr, y_ptr, N, K, stride_qn,
+                     BITS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """One row: y[cols] = (values[cols] @ x) * scale[cols] on the CUDA cores; products are
+        summed elementwise in a (BN, stored bytes) tile and reduced once at the end."""
+        cols = tl.program_id(0) * BN + tl.arange(0, BN)
+        col_ok = cols < N
+        STORED: tl.constexpr = BK * BITS // 8
+        acc = tl.zeros((BN, STORED), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            js = k0 * BITS // 8 + tl.arange(0, STORED)
+            j_ok = js < K * BITS // 8
+            q = tl.load(q_ptr + cols[:, None] * stride_qn + js[None, :], mask=col_ok[:, None] & j_ok[None, :], other=0)
+            if BITS == 8:
+                x = tl.load(x_ptr + js, mask=j_ok, other=0.0).to(tl.float32)
+                acc += q.to(tl.float32) * x[None, :]
+            else:
+                x_even = tl.load(x_ptr + 2 * js, mask=j_ok, other=0.0).to(tl.float32)
+                x_odd = tl.load(x_ptr + 2 * js + 1, mask=j_ok, other=0.0).to(tl.float32)
+                acc += (q >> 4).to(tl.float32) * x_even[None, :]
+                acc += ((q << 4).to(tl.int8) >> 4).to(tl.float32) * x_odd[None, :]
+        scale = tl.load(s_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + cols, (tl.sum(acc, axis=1) * scale).to(y_ptr.dtype.element_ty), mask=col_ok)
+
+
+KERNELS = ("gemv", "tensor_cores")
+
+
+def weight_only_matmul(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: int,
+                       kernel: str | None = None) -> torch.Tensor:
+    """(M, in) @ (values * scale).T -> (M, out) in x's dtype, reading the stored int8 / packed int4
+    weight: one row on the CUDA cores, more on the tensor cores (`kernel` forces one, for benches)."""
     M, K = x2d.shape
     N = qdata.shape[0]
     if bits == 4 and K % 2:
         raise ValueError(f"int4 needs an even number of input columns, got {K}")
     x2d = x2d.contiguous()
     y = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
+    if (kernel or ("gemv" if M == 1 else "tensor_cores")) == "gemv":
+        if M != 1:
+            raise ValueError(f"the gemv kernel takes one row, got {M}")
+        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BN"]),)](x2d, qdata, scale, y, N, K, qdata.stride(0), BITS=bits)
+        return y
+    bm = min(max(rows_bucket(M), 16), 128)  # the tensor cores' smallest tile is 16 rows
 
     def grid(meta):
-        return triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"])
+        return triton.cdiv(N, meta["BN"]), triton.cdiv(M, bm)
 
-    _weight_only_kernel[grid](x2d, qdata, scale, y, M, N, K, rows_bucket(M),
-                              x2d.stride(0), qdata.stride(0), y.stride(0), BITS=bits)
+    _tensor_core_kernel[grid](x2d, qdata, scale, y, M, N, K, x2d.stride(0), qdata.stride(0), y.stride(0),
+                              BITS=bits, BM=bm)
     return y
