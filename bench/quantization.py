@@ -137,7 +137,8 @@ def measure(kind: str, config, dtype, tok, args) -> dict:
     if device.type == "cuda":
         row["weights GiB on device"] = (torch.cuda.memory_allocated(device) - before) / GIB
     row["serve"] = serve(model, tok, args)
-    row["train"] = {mb: train(model, args, mb) for mb in args.micro_batches + ([4] if kind == "int4" else [])}
+    sizes = [] if args.no_train else args.micro_batches + ([4] if kind == "int4" else [])
+    row["train"] = {mb: train(model, args, mb) for mb in sizes}
     del model
     return row
 
@@ -155,6 +156,8 @@ def print_tables(rows: dict, args) -> None:
         t.add_row(name, f"{r['weights GB']:.3f}", f"{r.get('weights GiB on device', 0):.2f}", *steps, *speeds,
                   "-" if peak is None else f"{peak:.2f}")
     console.print(t)
+    if args.no_train:
+        return
     t = Table(title=f"Prefix training (P={args.prefix_len}): real tokens/s and peak memory", header_style="bold")
     t.add_column("base")
     for mb in sorted({m for r in rows.values() for m in r["train"]}):
@@ -182,6 +185,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--micro-batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--no-train", action="store_true", help="serving only (weights, memory, decode steps)")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the decode step from CUDA graphs")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP (as glmbot serve on CUDA)")
     args = parser.parse_args()
