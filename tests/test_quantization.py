@@ -422,3 +422,34 @@ def test_weight_only_kernels_in_tritons_interpreter():
     runs, worst = done.stdout.split()
     assert int(runs) == len(quant_kernels._GEMV_CONFIGS) + 3 * len(quant_kernels._TC_CONFIGS)
     assert float(worst) <= 1e-2
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_product_is_one_custom_op_that_compiles_whole(bits):
+    """The product is a `torch.library` op whose fake implementation agrees with the real one
+    (opcheck), so torch.compile keeps a block with quantized weights as one graph holding the
+    three products as whole op calls (no break, no trace into a kernel) and gives the eager
+    block's output."""
+    from glmbot.model.modeling import block_outputs
+    from glmbot.model.quantization import quantized_matmul
+
+    torch.manual_seed(0)
+    h, f = 64, 96
+
+    def weight(n, k):
+        values, scale = quantize_rows(torch.randn(n, k) * 0.02, bits)
+        return RowQuantizedWeight(pack_int4(values) if bits == 4 else values, scale, bits, torch.float32)
+
+    dense, up, down = weight(h, h), weight(2 * f, h), weight(h, f)
+    for rows in (1, 7):  # the CPU's two paths: PyTorch's int8 matrix-vector kernel, the converted weight
+        torch.library.opcheck(quantized_matmul, (torch.randn(rows, h), up.qdata, up.scale, bits))
+    args = (torch.randn(5, h), torch.randn(5, h), dense, None, torch.ones(h), 1e-5, up, None, down, None, 0.0, False)
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+
+    torch._dynamo.reset()
+    backend = AotEagerAndRecordGraphs()
+    compiled = torch.compile(block_outputs, backend=backend, fullgraph=True)  # fullgraph: a break fails
+    for got, want in zip(compiled(*args), block_outputs(*args)):
+        assert torch.equal(got, want)
+    assert len(backend.fw_graphs) == 1
+    assert backend.fw_graphs[0].code.count("torch.ops.glmbot.quantized_matmul.default(") == 3  # dense, up, down

@@ -13,8 +13,9 @@ Why not a library's quantized tensor (measured, docs/PERFORMANCE.md "Quantized b
 its int8 weight's backward keeps a float copy of each weight for the backward pass, and once
 installed transformers imports it at every start (+1.1 s and warnings on stderr, quantized or
 not); bitsandbytes' 4-bit formats (NF4/FP4, blockwise) cannot hold the official per-row int4
-without requantizing it. The products: on the CPU PyTorch's `torch._weight_int8pack_mm` (few
-rows) or a converted weight; on CUDA glmbot's Triton weight-only kernel for products of up to
+without requantizing it. The product is one `torch.library` op, `glmbot::quantized_matmul`
+(torch.compile keeps it whole): on the CPU PyTorch's `torch._weight_int8pack_mm` (few rows) or a
+converted weight; on CUDA glmbot's Triton weight-only kernels for products of up to
 `quant_kernels.MAX_ROWS` rows (decode batches, short prefills, small training batches) and cuBLAS
 on a converted weight above that.
 """
@@ -91,6 +92,37 @@ def nibbles(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed >> 4, (packed << 4) >> 4  # arithmetic shifts keep each nibble's sign
 
 
+@torch.library.custom_op("glmbot::quantized_matmul", mutates_args=())
+def quantized_matmul(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """x (M, in) @ (values * scale).T -> (M, out) in x's dtype, from the stored int8 / packed int4 weight.
+
+    A `torch.library` custom op, as glmbot.model.kernels' ops are: torch.compile keeps it whole
+    (one opaque call in the compiled block, not a trace through Triton's autotuner), and its CUDA
+    registration below picks the kernel by rows.
+    """
+    return _matmul_torch(x2d, qdata, scale, bits)
+
+
+def _matmul_torch(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """The product in PyTorch's own ops: the CPU's, and CUDA's above quant_kernels.MAX_ROWS."""
+    if bits == 8:
+        return _int8_matmul(x2d, qdata, scale)
+    high, low = nibbles(qdata)  # two half-width products: the interleaved values are never built
+    return _int8_matmul(x2d[:, 0::2], high, scale) + _int8_matmul(x2d[:, 1::2], low, scale)
+
+
+@quantized_matmul.register_fake
+def _(x2d, qdata, scale, bits):
+    return x2d.new_empty((x2d.shape[0], qdata.shape[0]))
+
+
+@quantized_matmul.register_kernel("cuda")
+def _(x2d, qdata, scale, bits):
+    if quant_kernels.available(x2d):  # decode-sized batches: the stored weight itself, in Triton
+        return quant_kernels.weight_only_matmul(x2d, qdata, scale, bits)
+    return _matmul_torch(x2d, qdata, scale, bits)  # prefill, training: cuBLAS on the converted weight
+
+
 class _QuantizedLinearFn(torch.autograd.Function):
     """y = x W^T + b through the quantized W; dx = dy W, W = values * scale row by row.
 
@@ -102,15 +134,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, qdata, scale, bits: int, bias):
-        x2d = x.reshape(-1, x.shape[-1])
-        if quant_kernels.available(x2d):  # decode-sized batches on CUDA: the stored weight itself
-            out = quant_kernels.weight_only_matmul(x2d, qdata, scale, bits)
-        elif bits == 8:
-            out = _int8_matmul(x2d, qdata, scale)
-        else:
-            high, low = nibbles(qdata)
-            out = _int8_matmul(x2d[:, 0::2], high, scale) + _int8_matmul(x2d[:, 1::2], low, scale)
-        out = out.view(*x.shape[:-1], -1)
+        out = quantized_matmul(x.reshape(-1, x.shape[-1]), qdata, scale, bits).view(*x.shape[:-1], -1)
         if bias is not None:
             out = out + bias.to(out.dtype)
         ctx.save_for_backward(qdata, scale)
