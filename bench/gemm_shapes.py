@@ -117,13 +117,15 @@ def quantized_table(rows: list[int]) -> None:
                 error = max(error, (got - want).abs().max().item() / want.abs().max().item())
                 us.append(time_us(lambda: [weight_only_matmul(x, q, scale, bits, kernel=kernel) for q in qs]) / copies)
             if name == "output_layer":
-                us[1:] = [us[0]] * len(kernels)  # stays bf16
+                us[1:] = [us[0] if u == u else u for u in us[1:]]  # stays bf16
             for i, t in enumerate(us):
                 step[m][i] += t * layers
-            print(f"| {name} {n}x{k} | {m} | " + " | ".join(f"{t:.1f}" for t in us) + f" | {error:.4f} |", flush=True)
+            print(f"| {name} {n}x{k} | {m} | " + " | ".join("-" if t != t else f"{t:.1f}" for t in us) +
+                  f" | {error:.4f} |", flush=True)
         del quant, dense
     for m in rows:
-        print(f"| **decode step products** | {m} | " + " | ".join(f"{t / 1e3:.2f} ms" for t in step[m]) + " | |")
+        print(f"| **decode step products** | {m} | " + " | ".join("-" if t != t else f"{t / 1e3:.2f} ms" for t in step[m])
+              + " | |")  # '-': the gemv takes one row only
 
 
 def main() -> None:

@@ -5,6 +5,9 @@ batches, and one clear error per bad input."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -430,6 +433,8 @@ def test_quantized_product_is_one_custom_op_that_compiles_whole(bits):
     (opcheck), so torch.compile keeps a block with quantized weights as one graph holding the
     three products as whole op calls (no break, no trace into a kernel) and gives the eager
     block's output."""
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+
     from glmbot.model.modeling import block_outputs
     from glmbot.model.quantization import quantized_matmul
 
@@ -444,8 +449,6 @@ def test_quantized_product_is_one_custom_op_that_compiles_whole(bits):
     for rows in (1, 7):  # the CPU's two paths: PyTorch's int8 matrix-vector kernel, the converted weight
         torch.library.opcheck(quantized_matmul, (torch.randn(rows, h), up.qdata, up.scale, bits))
     args = (torch.randn(5, h), torch.randn(5, h), dense, None, torch.ones(h), 1e-5, up, None, down, None, 0.0, False)
-    from torch._dynamo.testing import AotEagerAndRecordGraphs
-
     torch._dynamo.reset()
     backend = AotEagerAndRecordGraphs()
     compiled = torch.compile(block_outputs, backend=backend, fullgraph=True)  # fullgraph: a break fails
