@@ -72,6 +72,26 @@ def wait_until(condition, timeout: float = 20.0) -> None:
 
 # ---------------------------------------------------------------------------- correctness of batching
 
+def test_generate_many_queues_its_requests_together(base, tok, prefixes):
+    """generate_many() batches its requests even when one is slow to prepare (a loaded machine, a
+    prefix loading): the quick ones wait for it rather than decode, and finish, alone. A request
+    that fails in preparation does not hold the others back."""
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96) as eng:
+        make_job = eng._make_job
+
+        def slow_for_hello(handle):
+            if handle.request.query == QUERIES[4]:
+                time.sleep(0.5)  # longer than the others need to generate their 4 tokens
+            return make_job(handle)
+
+        eng._make_job = slow_for_hello
+        results = eng.generate_many([greedy(q, "support", 4) for q in QUERIES[:5]]
+                                    + [greedy(QUERIES[0], "no-such-domain", 4)], return_exceptions=True)
+        assert eng.stats().peak_rows == 5  # all five shared a decode step
+    assert [len(r.token_ids) for r in results[:5]] == [4] * 5
+    assert isinstance(results[5], UnknownAdapterError) and "no-such-domain" in str(results[5])
+
+
 @pytest.mark.parametrize("pipeline", [False, True], ids=["sync", "pipelined"])
 @pytest.mark.parametrize("static_shapes", [False, True], ids=["dynamic", "static"])
 def test_mixed_batch_equals_each_request_alone_and_the_oracle(base, tok, prefixes, static_shapes, pipeline):

@@ -50,6 +50,26 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PREFIX_LEN = 128  # the official P; longer adapters need Engine(max_prefix_len=...)
 
 
+class _Group:
+    """The requests of one generate_many(): their jobs are queued together once all are prepared
+    (a request answered or failed in preparation counts as prepared, with no job). Guarded by the
+    engine's lock."""
+
+    def __init__(self, size: int):
+        self.left = size
+        self.jobs: list[Job | None] = []
+
+    def add(self, job: Job | None) -> list[Job | None]:
+        """Note one prepared request; the whole group's jobs when it was the last, else []."""
+        self.jobs.append(job)
+        return self.unsent(1)
+
+    def unsent(self, count: int) -> list[Job | None]:
+        """`count` fewer requests to wait for (also those never submitted); as `add`."""
+        self.left -= count
+        return self.jobs if self.left == 0 and self.jobs else []
+
+
 @dataclass(frozen=True)
 class EngineStats:
     active_rows: int
@@ -175,12 +195,15 @@ class Engine:
         """Queue a request; returns at once. Its errors come out of the handle's result()/stream()."""
         if not isinstance(request, GenerationRequest):
             raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
+        return self._submit(request, None)
+
+    def _submit(self, request: GenerationRequest, group: _Group | None) -> RequestHandle:
         with self._cond:
             if self._stopping:
                 raise GenerationError("the engine is closed; create a new Engine to serve more requests")
             handle = RequestHandle(request, self._wake)
             self._handles.add(handle)
-        self._pool.submit(self._prepare, handle)
+        self._pool.submit(self._prepare, handle, group)
         return handle
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -189,8 +212,24 @@ class Engine:
     def generate_many(self, requests: Sequence[GenerationRequest],
                       return_exceptions: bool = False) -> list[GenerationResult | BaseException]:
         """All requests batched together; results in order. With return_exceptions, a failed request
-        gives its exception in its place instead of raising it."""
-        handles = [self.submit(r) for r in requests]
+        gives its exception in its place instead of raising it.
+
+        The requests are prepared (tokenized, routed, prefixes loaded) side by side, and queued
+        for rows together once all are ready: a quick one does not start decoding alone while the
+        others are still being prepared (rows permitting, they share every decode step)."""
+        for r in requests:
+            if not isinstance(r, GenerationRequest):
+                raise TypeError(f"generate_many() takes GenerationRequests, got {type(r).__name__}")
+        group = _Group(len(requests))
+        handles: list[RequestHandle] = []
+        try:
+            for r in requests:
+                handles.append(self._submit(r, group))
+        except BaseException:  # the engine closed midway: the ones already submitted still run
+            with self._cond:
+                self._ready.extend(j for j in group.unsent(len(requests) - len(handles)) if j is not None)
+                self._cond.notify_all()
+            raise
         results: list[GenerationResult | BaseException] = []
         for handle in handles:
             try:
@@ -243,26 +282,27 @@ class Engine:
 
     # ---- preparation (pool threads) ----------------------------------------------------------------
 
-    def _prepare(self, handle: RequestHandle) -> None:
+    def _prepare(self, handle: RequestHandle, group: _Group | None = None) -> None:
+        job = None
         try:
             if handle.cancelled:
                 finish_without_row(handle, "cancelled")
-                return
-            with torch.no_grad():
-                job = self._make_job(handle)
+            else:
+                with torch.no_grad():
+                    job = self._make_job(handle)
         except PluginAnswered as answered:  # a plugin (e.g. a tool) answered without the model
             handle._push(answered.text)
             finish_without_row(handle, "stop", text=answered.text, route=answered.route,
                                prompt_tokens=answered.prompt_tokens)
-            return
         except Exception as exc:  # noqa: BLE001 - every error belongs to this request only
             if not isinstance(exc, GlmbotError):
                 log.exception("request %d failed while being prepared", handle.id)
             finish_without_row(handle, "error", error=exc)
-            return
         with self._cond:
-            self._ready.append(job)
-            self._cond.notify_all()
+            jobs = [job] if group is None else group.add(job)  # a group's jobs queue when its last is prepared
+            self._ready.extend(j for j in jobs if j is not None)
+            if jobs:
+                self._cond.notify_all()
 
     def _make_job(self, handle: RequestHandle) -> Job:
         req = handle.request
