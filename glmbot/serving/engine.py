@@ -62,12 +62,8 @@ class _Group:
     def add(self, job: Job | None) -> list[Job | None]:
         """Note one prepared request; the whole group's jobs when it was the last, else []."""
         self.jobs.append(job)
-        return self.unsent(1)
-
-    def unsent(self, count: int) -> list[Job | None]:
-        """`count` fewer requests to wait for (also those never submitted); as `add`."""
-        self.left -= count
-        return self.jobs if self.left == 0 and self.jobs else []
+        self.left -= 1
+        return self.jobs if self.left == 0 else []
 
 
 @dataclass(frozen=True)
@@ -195,16 +191,17 @@ class Engine:
         """Queue a request; returns at once. Its errors come out of the handle's result()/stream()."""
         if not isinstance(request, GenerationRequest):
             raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
-        return self._submit(request, None)
+        return self._submit([request])[0]
 
-    def _submit(self, request: GenerationRequest, group: _Group | None) -> RequestHandle:
-        with self._cond:
+    def _submit(self, requests: Sequence[GenerationRequest], group: _Group | None = None) -> list[RequestHandle]:
+        with self._cond:  # all or none: a closing engine refuses the whole call
             if self._stopping:
                 raise GenerationError("the engine is closed; create a new Engine to serve more requests")
-            handle = RequestHandle(request, self._wake)
-            self._handles.add(handle)
-        self._pool.submit(self._prepare, handle, group)
-        return handle
+            handles = [RequestHandle(r, self._wake) for r in requests]
+            self._handles.update(handles)
+        for handle in handles:
+            self._pool.submit(self._prepare, handle, group)
+        return handles
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return self.submit(request).result()
@@ -220,16 +217,7 @@ class Engine:
         for r in requests:
             if not isinstance(r, GenerationRequest):
                 raise TypeError(f"generate_many() takes GenerationRequests, got {type(r).__name__}")
-        group = _Group(len(requests))
-        handles: list[RequestHandle] = []
-        try:
-            for r in requests:
-                handles.append(self._submit(r, group))
-        except BaseException:  # the engine closed midway: the ones already submitted still run
-            with self._cond:
-                self._ready.extend(j for j in group.unsent(len(requests) - len(handles)) if j is not None)
-                self._cond.notify_all()
-            raise
+        handles = self._submit(requests, _Group(len(requests)))
         results: list[GenerationResult | BaseException] = []
         for handle in handles:
             try:
@@ -300,8 +288,9 @@ class Engine:
             finish_without_row(handle, "error", error=exc)
         with self._cond:
             jobs = [job] if group is None else group.add(job)  # a group's jobs queue when its last is prepared
-            self._ready.extend(j for j in jobs if j is not None)
-            if jobs:
+            ready = [j for j in jobs if j is not None]
+            if ready:
+                self._ready.extend(ready)
                 self._cond.notify_all()
 
     def _make_job(self, handle: RequestHandle) -> Job:
