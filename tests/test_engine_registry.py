@@ -236,5 +236,12 @@ def test_a_prefix_sees_as_many_earlier_rounds_as_it_was_trained_with(base, tok, 
     assert after_small_talk.usage.prompt_tokens == len(seen if setting == "trained" else tok.build_chat_input(query,
                                                                                                              chatty))
     shown = history[-1:] if setting == "trained" else history
+    # A prefix trained behind 3 rounds, in a conversation with only 2 that ask something: both.
+    add_adapter(registry, "payroll", 4, 3, hyperparams={"history_rounds": 3})
+    thanked = [history[0], ("谢谢", "不客气！"), history[1]]
+    with Engine(base, tok, registry=registry, settings=settings, max_batch_size=4, max_len=256) as eng:
+        deep = eng.generate(greedy(query, "payroll", 8, history=thanked))
+    asking = [history[0], history[1]] if setting == "trained" else thanked
+    assert deep.usage.prompt_tokens == len(tok.build_chat_input(query, asking))
     assert results["hr"].text == generate_answers(base, tok, [query], kv["hr"], histories=[shown],
                                                   max_new_tokens=8)[0]

@@ -355,7 +355,7 @@ class Engine:
         if len(asking) == len(history) and len(history) <= rounds:
             return prompt_ids
         query, _, _ = self._prompt(req)  # after plugins' edits of the question
-        return self.tokenizer.build_chat_input(query, asking[len(asking) - rounds:] if rounds else [])
+        return self.tokenizer.build_chat_input(query, asking[-rounds:] if rounds else [])  # all where fewer ask
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
