@@ -5,6 +5,7 @@
     python bench/http_load.py --sensitive-words 海盐,优选  # the sensitive-word filter on
     python bench/http_load.py --disconnect-every 0 --compare-engine  # HTTP vs the engine alone, same load
     python bench/http_load.py --url http://127.0.0.1:8000  # an already running `glmbot serve`
+    python bench/http_load.py --device cuda --shape full --disconnect-every 0 --compare-engine  # one GPU
 
 Without --url, a server process (the builtin tiny base, random prefixes for --domains domains,
 keyword routing, the default plugins of the repo's plugins/ folder, conversation log off) listens
@@ -72,16 +73,20 @@ def tiny_engine(args: argparse.Namespace):
     from glmbot.serving.engine import Engine
     from glmbot.serving.router import DomainProfile, Router
 
-    torch.set_num_threads(1)  # the machine's other core runs the clients
-    model, tok = load_base("builtin:tiny", device="cpu")
     names = list(DOMAINS)[:args.domains]
-    prefixes = {}
-    for seed, name in enumerate(names):
-        torch.manual_seed(seed)
-        encoder = PrefixEncoder(model.config, 16)
-        with torch.no_grad():
-            encoder.embedding.weight.normal_(0, 1.0)
-            prefixes[name] = encoder.kv()
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # the machine's other core runs the clients
+    if args.shape == "full":
+        model, tok, prefixes = full_shape(args.device, names)
+    else:
+        model, tok = load_base("builtin:tiny", device=args.device)
+        prefixes = {}
+        for seed, name in enumerate(names):
+            torch.manual_seed(seed)
+            encoder = PrefixEncoder(model.config, 16).to(args.device)
+            with torch.no_grad():
+                encoder.embedding.weight.normal_(0, 1.0)
+                prefixes[name] = encoder.kv()
     router = Router([DomainProfile(name, keywords=[DOMAINS[name]]) for name in names])
     words = [w for w in args.sensitive_words.split(",") if w]
     settings = settings_from_dict({"server": {"log_conversations": False}, "serving": {"max_batch_size": args.rows},
@@ -89,9 +94,36 @@ def tiny_engine(args: argparse.Namespace):
     plugins = get_manager(settings)  # the default [plugins] paths: the repo's plugins/
     print(f"{'engine' if args.engine_only else 'server'}: plugins {', '.join(sorted(plugins.records))}; answer "
           f"filters {', '.join(n for n, _ in plugins.collect('register_answer_filters')) or 'none'}", flush=True)
-    with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256,
+    with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256 if args.shape == "tiny" else 512,
                 plugins=plugins) as engine:
         yield engine, settings
+
+
+def full_shape(device: str, names: list[str]):
+    """Random bf16 weights of ChatGLM2-6B's shape on the GPU with the builtin tokenizer, the output
+    layer cut to that tokenizer's vocabulary (so every sampled id streams as text), and random
+    prefixes of 16..128 positions."""
+    import torch
+
+    from glmbot.model import ChatGLMForConditionalGeneration
+    from glmbot.model.family import family_named
+    from glmbot.model.loading import resolve_base
+    from glmbot.model.tokenizer import ChatGLMTokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serving_bench import family_config, make_prefixes
+
+    if not device.startswith("cuda"):
+        raise SystemExit("--shape full needs --device cuda (12.5 GB of bf16 weights)")
+    tok = ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))
+    config = family_config(family_named("chatglm2"), "full")
+    config.padded_vocab_size = -(-tok.vocab_size // 64) * 64
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(device):
+        model = ChatGLMForConditionalGeneration(config)
+    torch.set_default_dtype(torch.float32)
+    model.requires_grad_(False).eval()
+    return model, tok, dict(zip(names, make_prefixes(model, len(names), 128, spread=True).values()))
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -126,7 +158,8 @@ def compare_engine(args: argparse.Namespace, measured: Measured) -> None:
     """The engine alone at the same concurrency (a child process like the server's) beside the HTTP figure."""
     out = subprocess.run([sys.executable, __file__, "--engine-only", "--clients", str(args.clients), "--domains",
                           str(args.domains), "--rows", str(args.rows), "--max-tokens", str(args.max_tokens),
-                          "--sensitive-words", args.sensitive_words], capture_output=True, text=True, check=True)
+                          "--sensitive-words", args.sensitive_words, "--device", args.device, "--shape", args.shape],
+                         capture_output=True, text=True, check=True)
     alone = json.loads(out.stdout.strip().splitlines()[-1])
     engine_rate = alone["tokens"] / alone["seconds"]
     http_rate = sum(c.tokens for c in measured.clients if not c.leaves) / measured.load_s
@@ -140,9 +173,10 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         port = probe.getsockname()[1]
     child = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--domains",
                               str(args.domains), "--rows", str(args.rows),
-                              "--sensitive-words", args.sensitive_words])
+                              "--sensitive-words", args.sensitive_words, "--device", args.device, "--shape", args.shape])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    wait = 60 if args.shape == "tiny" else 600  # the full shape compiles and captures its decode steps first
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
@@ -150,7 +184,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         except httpx.TransportError:
             time.sleep(0.2)
     child.kill()
-    raise SystemExit("the server did not start within 60 s")
+    raise SystemExit(f"the server did not start within {wait} s")
 
 
 # ---- the clients -------------------------------------------------------------------------------------
@@ -362,7 +396,7 @@ def measure(args: argparse.Namespace, target: Target) -> Measured:
 def report(args: argparse.Namespace, target: Target, m: Measured) -> list[str]:
     """Print the table and the engine's figures; returns the failed checks."""
     where = f"{target.url}, models {', '.join(target.names)}" if args.url else \
-        f"builtin:tiny on CPU, {args.domains} domains, {args.rows} rows, default plugins" + \
+        f"{'builtin:tiny' if args.shape == 'tiny' else 'ChatGLM2-6B shape (random bf16)'} on {args.device}, {args.domains} domains, {args.rows} rows, default plugins" + \
         (f", sensitive words {args.sensitive_words}" if args.sensitive_words else "")
     table = Table("scenario", "clients", "completed", "tokens", "s", "req/s", "tokens/s", "TTFT p50 ms",
                   "TTFT p99 ms", "latency p50 s", "latency p99 s", "chunks/answer", "1st→last chunk p50 ms",
@@ -436,6 +470,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compare-engine", action="store_true",
                         help="then run the concurrent requests straight into the same engine (no HTTP) and print "
                              "the HTTP figure as a share of it; use with --disconnect-every 0 (all clients stay)")
+    parser.add_argument("--device", default="cpu", help="the engine's device (cuda: the server on the GPU)")
+    parser.add_argument("--shape", choices=("tiny", "full"), default="tiny",
+                        help="tiny: the builtin base; full: random bf16 ChatGLM2-6B weights (needs --device cuda)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child of --compare-engine
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
