@@ -78,7 +78,7 @@ def train_table(rows: list[int]) -> None:
             print(f"| {name} {n}x{k} | {m} | {rates[0]:.0f} | {rates[1]:.0f} |")
 
 
-def quantized_table(rows: list[int]) -> None:
+def quantized_table(rows: list[int], kernels: list[tuple[int, str]]) -> None:
     """The decode step's products with int8 / int4 weights (glmbot's stored layout): glmbot's
     weight-only Triton kernels (glmbot.model.quant_kernels: CUDA-core gemv for one row, tensor
     cores for more) against bf16 cuBLAS, the baseline of the same run; with each kernel's largest
@@ -88,7 +88,6 @@ def quantized_table(rows: list[int]) -> None:
     from glmbot.model.quant_kernels import weight_only_matmul
     from glmbot.model.quantization import dequantize, pack_int4, quantize_rows
 
-    kernels = [(8, "gemv"), (8, "tensor_cores"), (4, "gemv"), (4, "tensor_cores")]
     print(f"{torch.cuda.get_device_name()}, torch {torch.version.__version__}")
     print("| matmul | M | bf16 cuBLAS us | " + " | ".join(f"int{b} {k} us" for b, k in kernels) + " | max rel. error |")
     print("|---|---|---|" + "---|" * len(kernels) + "---|")
@@ -135,9 +134,12 @@ def main() -> None:
     ap.add_argument("--autotune-rows", default="1,64")
     ap.add_argument("--train", default="", help="instead, training token counts M to time (e.g. 3622,3840,4096)")
     ap.add_argument("--quantized", action="store_true", help="int8 / int4 weights: glmbot's kernel vs converting them")
+    ap.add_argument("--kernels", default="8:gemv,8:tensor_cores,4:gemv,4:tensor_cores",
+                    help="with --quantized: bits:kernel pairs to time (kernels: glmbot.model.quant_kernels.KERNELS)")
     args = ap.parse_args()
     if args.quantized:
-        return quantized_table([int(r) for r in args.rows.split(",")])
+        kernels = [(int(b), k) for b, k in (c.split(":") for c in args.kernels.split(","))]
+        return quantized_table([int(r) for r in args.rows.split(",")], kernels)
     if args.train:
         return train_table([int(r) for r in args.train.split(",")])
     rows = [int(r) for r in args.rows.split(",")]

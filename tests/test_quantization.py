@@ -353,16 +353,18 @@ def test_gradient_checkpointing_through_a_quantized_base_gives_the_same_prefix_g
                     reason="the weight-only kernel needs Triton and a CUDA GPU with bf16 tensor cores")
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("rows", [1, 5, 16, 64, 128])
-def test_weight_only_kernel_equals_the_dequantized_product(bits, rows):
+@pytest.mark.parametrize("inputs", [4104, 4106])
+def test_weight_only_kernel_equals_the_dequantized_product(bits, rows, inputs):
     """The decode-sized CUDA kernel, reached through F.linear on a quantized weight, reads the stored
     layout (int8, or int4 with the official nibble order) and gives the dequantized weight's
-    product within bf16 rounding; odd shapes included."""
+    product within bf16 rounding; odd shapes included (4106 inputs: rows of no whole int32 words,
+    which one row takes through the tensor-core kernel)."""
     torch.manual_seed(0)
-    w = torch.randn(200, 4104, device="cuda") * 0.02
+    w = torch.randn(200, inputs, device="cuda") * 0.02
     values, scale = quantize_rows(w, bits)
     qdata = pack_int4(values) if bits == 4 else values
     weight = RowQuantizedWeight(qdata, scale, bits, torch.bfloat16)  # notes the GPU's capability
-    x = torch.randn(rows, 4104, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(rows, inputs, device="cuda", dtype=torch.bfloat16)
     assert quant_kernels.available(x)  # the model's F.linear below takes the kernel
     got = torch.nn.functional.linear(x, weight).float()
     want = x.float() @ dequantize(qdata, scale, bits, torch.float32).t()
@@ -375,13 +377,14 @@ import torch, triton
 from glmbot.model import quant_kernels as qk
 from glmbot.model.quantization import dequantize, pack_int4, quantize_rows
 torch.manual_seed(0)
-n, k = 40, 1040  # neither a multiple of any tile: the masks are exercised
+n, k = 40, 1040  # neither a multiple of any tile (in words too: 260 int8, 130 int4): the masks are exercised
 w = torch.randn(n, k) * 0.02
 worst = 0.0
 for bits in (8, 4):
     values, scale = quantize_rows(w, bits)
     q = pack_int4(values) if bits == 4 else values
     ref = dequantize(q, scale, bits, torch.float32)
+    words = q.view(torch.int32)  # the gemv's view of the stored rows
     runs = [(1, torch.bfloat16, c, qk._gemv_kernel.fn, (triton.cdiv(n, c.kwargs["BN"]),)) for c in qk._GEMV_CONFIGS]
     for m in (1, 5, 33):
         bm = min(max(qk.rows_bucket(m), 16), 128)
@@ -391,7 +394,7 @@ for bits in (8, 4):
         x = torch.randn(m, k).to(dtype)
         y = torch.full((m, n), float("nan"), dtype=dtype)
         if kernel is qk._gemv_kernel.fn:
-            kernel[grid](x, q, scale, y, n, k, q.stride(0), BITS=bits, **config.kwargs)
+            kernel[grid](x, words, scale, y, n, words.shape[1], words.stride(0), BITS=bits, **config.kwargs)
         else:
             kernel[grid](x, q, scale, y, m, n, k, x.stride(0), q.stride(0), y.stride(0), BITS=bits, BM=bm, **config.kwargs)
         want = x.float() @ ref.t()
@@ -412,7 +415,8 @@ def _interpreter_runs() -> bool:
 def test_weight_only_kernels_in_tritons_interpreter():
     """Every tile configuration of both CUDA kernels, run on the CPU by Triton's interpreter, gives
     the dequantized weight's product: int8 and int4 (the official nibble order, interleaved in
-    the tensor-core tile), one row and several, shapes that no tile divides. (The interpreter's
+    the tensor-core tile, read from int32 words in the gemv), one row and several, shapes that no
+    tile divides. (The interpreter's
     bf16 tensor-core product is wrong by itself, so those tiles run in fp16 here; the GPU test
     above covers bf16.)"""
     import os

@@ -10,14 +10,17 @@ bytes and reads those again. These kernels load tiles of glmbot's stored layout
 the high nibble, with one scale per output row), widen them to the activation's precision in
 registers and apply the row scales to the fp32 sums: y = (x @ values^T) * scale.
 
-- one row (batch-1 decode): `_gemv_kernel` on the CUDA cores, many narrow column tiles so that
-  enough weight bytes are in flight;
+- one row (batch-1 decode): `_gemv_kernel` on the CUDA cores, the weight read as int32 words and
+  widened with integer ops (no conversion instruction per weight), many narrow column tiles so
+  that enough weight bytes are in flight;
 - 2 to `MAX_ROWS` rows: `_tensor_core_kernel`, one tile of all the rows (16 to 128) per program
   so each weight tile is read once; int4's two nibbles are interleaved into one (BN, BK) tile, so x
-  is read contiguously and one tensor-core product runs per K step.
+  is read contiguously and one tensor-core product runs per K step. (The word form, one strided
+  tensor-core product per value of the word, was 5-8x slower at 16-64 rows on an H100.)
 
-Per decode step's products on an H200 (docs/PERFORMANCE.md, bf16 cuBLAS in the same run: 3.60 /
-3.70 / 3.88 ms at 1 / 64 / 128 rows): int8 2.44 / 4.72 / 5.90 ms, int4 2.59 / 6.62 / 8.44 ms.
+Per decode step's products (docs/PERFORMANCE.md, bf16 cuBLAS in the same run): on an H100 4.63 /
+4.81 ms at 1 / 64 rows against int8 2.61 / 4.78 ms and int4 2.13 / 6.60 ms; on an H200 (before
+the word gemv) 3.60 / 3.70 ms against int8 2.44 / 4.72 and int4 2.59 / 6.62.
 Products of more rows (prefill, training) take the converted weight through cuBLAS
 (compute-bound there). Tile sizes are Triton's autotuner's choice per (rows bucket, out, in,
 bits); the engine's decode warm-up runs before any CUDA-graph capture, so tuning never happens
@@ -98,41 +101,66 @@ if triton is not None:
         out = (acc * scale[None, :]).to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
 
+
+    # One row: the stored weight read as int32 words (4 int8 or 8 int4 values each) and widened
+    # with shifts, masks and the float "magic number" (0x4B000000 | v is the fp32 2**23 + v), so no
+    # int-to-float conversion instruction runs per weight (H100: int4 2.60 -> 2.13 ms per decode
+    # step's products, int8 2.75 -> 2.61; docs/PERFORMANCE.md).
     _GEMV_CONFIGS = [
-        triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=s)
-        for bn, bk, w, s in ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 512, 8, 3),
-                             (16, 1024, 8, 2), (64, 128, 4, 4), (8, 1024, 4, 2),
-                             # int4 reads half the bytes per column: wider tiles keep as many in flight
-                             (16, 2048, 8, 2), (32, 1024, 8, 3), (8, 2048, 4, 3))
+        triton.Config({"BN": bn, "BW": bw}, num_warps=w, num_stages=s)
+        for bn, bw, w, s in ((8, 128, 4, 3), (16, 64, 4, 4), (16, 128, 4, 3), (32, 64, 4, 4), (32, 128, 8, 3),
+                             (16, 256, 8, 2), (64, 32, 4, 4), (8, 256, 4, 3), (4, 256, 4, 3), (4, 512, 8, 2))
     ]
 
-    @triton.autotune(configs=_GEMV_CONFIGS, key=["N", "K", "BITS"])
     @triton.jit
-    def _gemv_kernel(x_ptr, q_ptr, s_ptr, y_ptr, N, K, stride_qn,
-                     BITS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        """One row: y[cols] = (values[cols] @ x) * scale[cols] on the CUDA cores; products are
-        summed elementwise in a (BN, stored bytes) tile and reduced once at the end."""
+    def _widen(words, i: tl.constexpr, BITS: tl.constexpr):
+        """Value i of each word (the word already XORed with the sign bits) as fp32: the XOR
+        makes each value's bits v + 2**(BITS-1), exact under 2**23, and the subtraction removes
+        both offsets."""
+        v = (words >> (BITS * i)) & ((1 << BITS) - 1)
+        return (v | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + (1 << (BITS - 1)))
+
+    @triton.jit
+    def _column(i: tl.constexpr, BITS: tl.constexpr):
+        """Input column of value i within its word (little-endian bytes): int8 bytes in order;
+        an int4 byte holds the even column in its high nibble, so value i (bits 4i..4i+3) is
+        column i ^ 1."""
+        if BITS == 4:
+            return i ^ 1
+        else:
+            return i
+
+    @triton.autotune(configs=_GEMV_CONFIGS, key=["N", "WORDS", "BITS"])
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, WORDS, stride_wn,
+                     BITS: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr):
+        """One row: y[cols] = (values[cols] @ x) * scale[cols] on the CUDA cores for BN columns;
+        products are summed elementwise in a (BN, BW) tile and reduced once at the end."""
+        PER: tl.constexpr = 32 // BITS  # values per word
+        FLIP: tl.constexpr = -2004318072 if BITS == 4 else -2139062144  # 0x88888888 / 0x80808080
         cols = tl.program_id(0) * BN + tl.arange(0, BN)
         col_ok = cols < N
-        STORED: tl.constexpr = BK * BITS // 8
-        acc = tl.zeros((BN, STORED), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            js = k0 * BITS // 8 + tl.arange(0, STORED)
-            j_ok = js < K * BITS // 8
-            q = tl.load(q_ptr + cols[:, None] * stride_qn + js[None, :], mask=col_ok[:, None] & j_ok[None, :], other=0)
-            if BITS == 8:
-                x = tl.load(x_ptr + js, mask=j_ok, other=0.0).to(tl.float32)
-                acc += q.to(tl.float32) * x[None, :]
-            else:
-                x_even = tl.load(x_ptr + 2 * js, mask=j_ok, other=0.0).to(tl.float32)
-                x_odd = tl.load(x_ptr + 2 * js + 1, mask=j_ok, other=0.0).to(tl.float32)
-                acc += (q >> 4).to(tl.float32) * x_even[None, :]
-                acc += ((q << 4).to(tl.int8) >> 4).to(tl.float32) * x_odd[None, :]
+        acc = tl.zeros((BN, BW), dtype=tl.float32)
+        for w0 in range(0, WORDS, BW):
+            ws = w0 + tl.arange(0, BW)
+            ok = ws < WORDS
+            words = tl.load(w_ptr + cols[:, None] * stride_wn + ws[None, :], mask=col_ok[:, None] & ok[None, :], other=0)
+            words = words ^ FLIP
+            for i in tl.static_range(PER):
+                x = tl.load(x_ptr + ws * PER + _column(i, BITS), mask=ok, other=0.0).to(tl.float32)
+                acc += _widen(words, i, BITS) * x[None, :]
         scale = tl.load(s_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + cols, (tl.sum(acc, axis=1) * scale).to(y_ptr.dtype.element_ty), mask=col_ok)
 
 
 KERNELS = ("gemv", "tensor_cores")
+
+
+def word_aligned(qdata: torch.Tensor) -> bool:
+    """The gemv reads the stored rows as int32 words: their bytes must come in whole, aligned words
+    (every official GLM shape does; others take the tensor-core kernel at one row)."""
+    return qdata.stride(1) == 1 and qdata.shape[1] % 4 == 0 and qdata.stride(0) % 4 == 0 \
+        and qdata.storage_offset() % 4 == 0
 
 
 def weight_only_matmul(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: int,
@@ -145,10 +173,12 @@ def weight_only_matmul(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tens
         raise ValueError(f"int4 needs an even number of input columns, got {K}")
     x2d = x2d.contiguous()
     y = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
-    if (kernel or ("gemv" if M == 1 else "tensor_cores")) == "gemv":
-        if M != 1:
-            raise ValueError(f"the gemv kernel takes one row, got {M}")
-        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BN"]),)](x2d, qdata, scale, y, N, K, qdata.stride(0), BITS=bits)
+    if kernel == "gemv" and (M != 1 or not word_aligned(qdata)):
+        raise ValueError(f"the gemv kernel takes one row of whole int32 words, got {M} rows of {qdata.shape[1]} bytes")
+    if kernel == "gemv" or (kernel is None and M == 1 and word_aligned(qdata)):
+        words = qdata.view(torch.int32)
+        _gemv_kernel[lambda meta: (triton.cdiv(N, meta["BN"]),)](x2d, words, scale, y, N, words.shape[1],
+                                                                 words.stride(0), BITS=bits)
         return y
     bm = min(max(rows_bucket(M), 16), 128)  # the tensor cores' smallest tile is 16 rows
 
