@@ -416,13 +416,8 @@ def test_weight_only_kernels_in_tritons_interpreter():
     """Every tile configuration of both CUDA kernels, run on the CPU by Triton's interpreter, gives
     the dequantized weight's product: int8 and int4 (the official nibble order, interleaved in
     the tensor-core tile, read from int32 words in the gemv), one row and several, shapes that no
-    tile divides. (The interpreter's
-    bf16 tensor-core product is wrong by itself, so those tiles run in fp16 here; the GPU test
-    above covers bf16.)"""
-    import os
-    import subprocess
-    import sys
-
+    tile divides. (The interpreter's bf16 tensor-core product is wrong by itself, so those tiles
+    run in fp16 here; the GPU test above covers bf16.)"""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

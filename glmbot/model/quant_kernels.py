@@ -101,7 +101,6 @@ if triton is not None:
         out = (acc * scale[None, :]).to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
 
-
     # One row: the stored weight read as int32 words (4 int8 or 8 int4 values each) and widened
     # with shifts, masks and the float "magic number" (0x4B000000 | v is the fp32 2**23 + v), so no
     # int-to-float conversion instruction runs per weight (H100: int4 2.60 -> 2.13 ms per decode
