@@ -79,9 +79,6 @@ class TrainSettings:
         "share of the data's rows trained again behind an earlier round (another of its questions and answers), "
         "so a question asked mid-conversation gets its answer too; 0 = the official recipe (the data's own "
         "history only)"))
-    question_noise: float = field(default=0.0, metadata=_help(
-        "uniform noise on the question tokens' input embeddings while training, NEFTune's scale "
-        "(alpha / sqrt(tokens x hidden) per value), so the prefix answers rewordings too; 0 = off (official)"))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "recompute activations in backward to save memory"))
     compile: bool = field(default=True, metadata=_help(
@@ -103,8 +100,6 @@ class TrainSettings:
             raise ValueError("max_steps and epochs must be >= 0")
         if not 0 <= self.question_rewrites <= 20:
             raise ValueError(f"question_rewrites must be in 0..20, got {self.question_rewrites}")
-        if not 0 <= self.question_noise <= 50:
-            raise ValueError(f"question_noise must be in 0..50 (NEFTune's alpha; 5 is typical), got {self.question_noise}")
         if not 0 <= self.history_share <= 1:
             raise ValueError(f"history_share must be in [0, 1], got {self.history_share}")
         if self.max_steps == 0 and self.epochs == 0:

@@ -612,14 +612,13 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
 
 def answer_loss(model: ChatGLMForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor, prefix: PrefixKV | None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor, prefix: PrefixKV | None) -> torch.Tensor:
     """The training loss of `forward(labels=...)`, with logits computed only where a label is.
 
     Prompt positions carry no label, so projecting them onto the 65k vocabulary (and keeping
     that for backward) is pure waste: (B*T, vocab) fp32 becomes (answer tokens, vocab).
-    `inputs_embeds` replaces the embedding of `input_ids` (the trainer's question noise).
     """
-    hidden = model.transformer(input_ids, None, attention_mask, None, prefix, inputs_embeds)  # (B, T, hidden)
+    hidden = model.transformer(input_ids, None, attention_mask, None, prefix)  # (B, T, hidden)
     targets = labels[:, 1:]
     keep = targets != -100  # (B, T-1)
     logits = model.transformer.output_layer(hidden[:, :-1][keep])  # (N, vocab)

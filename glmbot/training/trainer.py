@@ -155,20 +155,7 @@ class PrefixTrainer:
             kv = encoder.kv(torch.bfloat16 if use_bf16 else self.model.dtype)
             prefix = PrefixKV.repeat(kv, B)
             prefix = PrefixKV(torch.nn.functional.dropout(prefix.kv, 0.1, training=True))  # official dropout
-            embeds = self._noisy_questions(batch) if self.settings.question_noise > 0 else None
-            return answer_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], prefix, embeds)
-
-    def _noisy_questions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The input embeddings with uniform noise on the prompt's real tokens (no label, not
-        padding), NEFTune's scale alpha / sqrt(T * hidden): the prefix learns to answer a
-        neighbourhood of each question rather than its exact embeddings. Answers stay clean, so
-        the teacher-forced answer is still learned exactly."""
-        embeds = self.model.transformer.embedding(batch["input_ids"])  # (B, T, hidden)
-        T, hidden = embeds.shape[-2:]
-        question = (batch["labels"] == -100) & (batch["attention_mask"] > 0)
-        scale = self.settings.question_noise / (T * hidden) ** 0.5
-        noise = torch.empty_like(embeds).uniform_(-scale, scale)
-        return embeds + noise * question.unsqueeze(-1).to(embeds.dtype)
+            return answer_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], prefix)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, encoded: list[Encoded], resume: bool = False) -> TrainResult:
