@@ -62,8 +62,9 @@ QUESTIONS = ["请问多久能到账？", "帮我写一段介绍", "这个怎么�
 # ---- the server process ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def tiny_engine(args: argparse.Namespace):
-    """The engine over the builtin tiny base with random prefixes, keyword routing and the repo's plugins."""
+def bench_engine(args: argparse.Namespace):
+    """The engine over the builtin tiny base (or, with --shape full, random 6B-shape weights) with
+    random prefixes, keyword routing and the repo's plugins."""
     import torch
 
     from glmbot import load_base
@@ -130,7 +131,7 @@ def serve(args: argparse.Namespace) -> None:
     """Child process: the tiny engine served on loopback."""
     from glmbot.http import create_app, run_server
 
-    with tiny_engine(args) as (engine, settings):
+    with bench_engine(args) as (engine, settings):
         run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
 
 
@@ -145,7 +146,7 @@ def engine_only(args: argparse.Namespace) -> None:
         return [GenerationRequest(query=c.text, domain=None if c.model == "auto" else c.model,
                                   max_new_tokens=args.max_tokens, do_sample=False, ignore_eos=True)
                 for c in plan_clients(n, target, 0)]
-    with tiny_engine(args) as (engine, _):
+    with bench_engine(args) as (engine, _):
         engine.generate_many(requests(4))  # warm-up
         started = time.perf_counter()
         results = engine.generate_many(requests(args.clients))
@@ -178,6 +179,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     wait = 60 if args.shape == "tiny" else 600  # the full shape compiles and captures its decode steps first
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
+        if child.poll() is not None:  # it failed to start (its error is above): do not wait out the deadline
+            raise SystemExit(f"the server process exited with code {child.returncode} before answering /health")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return child, url
