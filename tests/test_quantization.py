@@ -372,6 +372,20 @@ def test_weight_only_kernel_equals_the_dequantized_product(bits, rows, inputs):
     assert (got - want).abs().max() <= 1e-2 * want.abs().max()
 
 
+def test_the_gemv_takes_only_rows_of_whole_aligned_words():
+    """The one-row kernel reads the stored rows as int32 words; rows whose bytes are not whole,
+    aligned words (an odd width, a view that starts mid-word) go to the tensor-core kernel, and
+    forcing the gemv on them names why."""
+    whole = torch.zeros(8, 2052, dtype=torch.int8)
+    assert quant_kernels.word_aligned(whole)
+    assert not quant_kernels.word_aligned(torch.zeros(8, 2053, dtype=torch.int8))
+    assert not quant_kernels.word_aligned(whole[:, 1:2049])
+    assert not quant_kernels.word_aligned(whole.t())
+    x = torch.zeros(1, 4106)
+    with pytest.raises(ValueError, match="one row of whole int32 words, got 1 rows of 2053 bytes"):
+        quant_kernels.weight_only_matmul(x, torch.zeros(8, 2053, dtype=torch.int8), torch.ones(8), 4, kernel="gemv")
+
+
 _INTERPRETED = """
 import torch, triton
 from glmbot.model import quant_kernels as qk
