@@ -106,24 +106,19 @@ def full_shape(device: str, names: list[str]):
     prefixes of 16..128 positions."""
     import torch
 
-    from glmbot.model import ChatGLMForConditionalGeneration
     from glmbot.model.family import family_named
     from glmbot.model.loading import resolve_base
     from glmbot.model.tokenizer import ChatGLMTokenizer
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from serving_bench import family_config, make_prefixes
+    from serving_bench import family_config, make_prefixes, random_model
 
     if not device.startswith("cuda"):
         raise SystemExit("--shape full needs --device cuda (12.5 GB of bf16 weights)")
     tok = ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))
     config = family_config(family_named("chatglm2"), "full")
     config.padded_vocab_size = -(-tok.vocab_size // 64) * 64
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(device):
-        model = ChatGLMForConditionalGeneration(config)
-    torch.set_default_dtype(torch.float32)
-    model.requires_grad_(False).eval()
+    model = random_model(config, torch.bfloat16, device)
     return model, tok, dict(zip(names, make_prefixes(model, len(names), 128, spread=True).values()))
 
 

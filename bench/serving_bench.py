@@ -123,6 +123,18 @@ def family_config(family, shape: str) -> ChatGLMConfig:
     return ChatGLMConfig(glm_family=family.name, **values)
 
 
+def random_model(config: ChatGLMConfig, dtype: torch.dtype, device: str) -> ChatGLMForConditionalGeneration:
+    """A frozen model of `config` with random weights, initialised straight on the device (no checkpoint file)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = ChatGLMForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(old)
+    return model.requires_grad_(False).eval()
+
+
 def build_model(args: argparse.Namespace) -> tuple[ChatGLMForConditionalGeneration, object]:
     family = family_named(args.family)
     if args.shape is None and family.name == "chatglm2":
@@ -130,16 +142,7 @@ def build_model(args: argparse.Namespace) -> tuple[ChatGLMForConditionalGenerati
     shape = args.shape or "tiny"
     if shape == "full" and not args.device.startswith("cuda"):
         raise SystemExit("--shape full needs --device cuda (12.5 GB of bf16 weights; GLM-4-9B: 18.8 GB)")
-    config = family_config(family, shape)
-    dtype = torch.bfloat16 if shape == "full" else torch.float32
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(args.device):  # random init straight on the device: no checkpoint file
-            model = ChatGLMForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(old)
-    model.requires_grad_(False).eval()
+    model = random_model(family_config(family, shape), torch.bfloat16 if shape == "full" else torch.float32, args.device)
     if family.name == "chatglm2":
         # Ids of the built-in tokenizer are valid ids of the full vocabulary; the text is meaningless anyway.
         return model, ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))

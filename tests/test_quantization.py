@@ -384,6 +384,8 @@ def test_the_gemv_takes_only_rows_of_whole_aligned_words():
     x = torch.zeros(1, 4106)
     with pytest.raises(ValueError, match="one row of whole int32 words, got 1 rows of 2053 bytes"):
         quant_kernels.weight_only_matmul(x, torch.zeros(8, 2053, dtype=torch.int8), torch.ones(8), 4, kernel="gemv")
+    with pytest.raises(ValueError, match="unknown kernel 'tensor_core': use one of gemv, tensor_cores"):
+        quant_kernels.weight_only_matmul(x, torch.zeros(8, 2052, dtype=torch.int8), torch.ones(8), 4, kernel="tensor_core")
 
 
 _INTERPRETED = """

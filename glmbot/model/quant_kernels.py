@@ -168,6 +168,8 @@ def weight_only_matmul(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tens
     weight: one row on the CUDA cores, more on the tensor cores (`kernel` forces one, for benches)."""
     M, K = x2d.shape
     N = qdata.shape[0]
+    if kernel not in (None, *KERNELS):
+        raise ValueError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)} (or None to choose by rows)")
     if bits == 4 and K % 2:
         raise ValueError(f"int4 needs an even number of input columns, got {K}")
     x2d = x2d.contiguous()
