@@ -72,6 +72,7 @@ def bench_engine(args: argparse.Namespace):
     from glmbot.model.prefix import PrefixEncoder
     from glmbot.plugins import get_manager
     from glmbot.serving.engine import Engine
+    from glmbot.serving.factory import fast_path_options
     from glmbot.serving.router import DomainProfile, Router
 
     names = list(DOMAINS)[:args.domains]
@@ -95,8 +96,9 @@ def bench_engine(args: argparse.Namespace):
     plugins = get_manager(settings)  # the default [plugins] paths: the repo's plugins/
     print(f"{'engine' if args.engine_only else 'server'}: plugins {', '.join(sorted(plugins.records))}; answer "
           f"filters {', '.join(n for n, _ in plugins.collect('register_answer_filters')) or 'none'}", flush=True)
+    # On CUDA: CUDA graphs and compiled parts, as `glmbot serve` runs (glmbot/serving/factory.py).
     with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256 if args.shape == "tiny" else 512,
-                plugins=plugins) as engine:
+                plugins=plugins, **fast_path_options(settings, model)) as engine:
         yield engine, settings
 
 
