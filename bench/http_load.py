@@ -128,6 +128,11 @@ def serve(args: argparse.Namespace) -> None:
     """Child process: the tiny engine served on loopback."""
     from glmbot.http import create_app, run_server
 
+    import importlib.util
+
+    fast = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
+    print(f"server: uvicorn with {'uvloop' if fast['uvloop'] else 'asyncio'} and "
+          f"{'httptools' if fast['httptools'] else 'h11'}", flush=True)
     with bench_engine(args) as (engine, settings):
         run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
 
@@ -145,11 +150,15 @@ def engine_only(args: argparse.Namespace) -> None:
                 for c in plan_clients(n, target, 0)]
     with bench_engine(args) as (engine, _):
         engine.generate_many(requests(4))  # warm-up
+        before = engine.stats()
         started = time.perf_counter()
         results = engine.generate_many(requests(args.clients))
         seconds = time.perf_counter() - started
+        after = engine.stats()
     tokens = sum(r.usage.completion_tokens for r in results)
-    print(json.dumps({"tokens": tokens, "seconds": seconds}), flush=True)
+    print(json.dumps({"tokens": tokens, "seconds": seconds,
+                      "prefill_forwards": after.prefill_forwards - before.prefill_forwards,
+                      "prefill_s": after.prefill_s - before.prefill_s}), flush=True)
 
 
 def compare_engine(args: argparse.Namespace, measured: Measured) -> None:
@@ -162,7 +171,8 @@ def compare_engine(args: argparse.Namespace, measured: Measured) -> None:
     engine_rate = alone["tokens"] / alone["seconds"]
     http_rate = sum(c.tokens for c in measured.clients if not c.leaves) / measured.load_s
     console.print(f"engine alone, the same {args.clients} requests at once (no HTTP): {engine_rate:,.0f} tokens/s; "
-                  f"over HTTP {http_rate:,.0f} tokens/s = {http_rate / engine_rate:.0%} of it")
+                  f"over HTTP {http_rate:,.0f} tokens/s = {http_rate / engine_rate:.0%} of it; the engine alone ran "
+                  f"{alone['prefill_forwards']} prefill forwards, {alone['prefill_s'] / alone['seconds']:.0%} of its time")
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
@@ -291,13 +301,38 @@ async def poll_health(http: httpx.AsyncClient, url: str, stop: asyncio.Event, lo
         await asyncio.sleep(0.2)
 
 
+def run_load_in_processes(target: Target, clients: list[Client], max_tokens: int, timeout: float,
+                          procs: int) -> tuple[float, HealthLog]:
+    """The concurrent load from `procs` client processes (one event loop each, so that a fast server is
+    not measured against one Python process's parsing speed); every process starts at the same moment."""
+    import concurrent.futures
+    import multiprocessing
+
+    slices = [clients[i::procs] for i in range(procs)]
+    start_at = time.time() + 2.0  # past the processes' start-up
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = list(pool.map(_load_slice, [target] * procs, slices, [max_tokens] * procs, [timeout] * procs,
+                             [start_at] * procs, [i == 0 for i in range(procs)]))
+    for part, (finished, _, health) in zip(slices, done):
+        for mine, theirs in zip(part, finished):
+            mine.__dict__.update(theirs.__dict__)
+    return max(end for _, end, _ in done) - start_at, done[0][2]
+
+
+def _load_slice(target: Target, clients: list[Client], max_tokens: int, timeout: float, start_at: float,
+                poll: bool) -> tuple[list[Client], float, HealthLog]:
+    time.sleep(max(0.0, start_at - time.time()))
+    _, health = asyncio.run(run_load(target, clients, max_tokens, timeout, concurrent=True, poll=poll))
+    return clients, time.time(), health
+
+
 async def run_load(target: Target, clients: list[Client], max_tokens: int, timeout: float,
-                   concurrent: bool) -> tuple[float, HealthLog]:
+                   concurrent: bool, poll: bool = True) -> tuple[float, HealthLog]:
     url = target.url
     limits = httpx.Limits(max_connections=len(clients) + 4, max_keepalive_connections=len(clients) + 4)
     health, stop = HealthLog(), asyncio.Event()
     async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=target.headers) as http:
-        poller = asyncio.create_task(poll_health(http, url, stop, health))
+        poller = asyncio.create_task(poll_health(http, url, stop, health) if poll else stop.wait())
         started = time.perf_counter()
         if concurrent:
             await asyncio.wait_for(asyncio.gather(*(run_client(http, url, c, max_tokens) for c in clients)), timeout)
@@ -340,7 +375,8 @@ def wait_rows_freed(url: str, cancelled_before: int, leavers: int, timeout: floa
 def engine_counters(target: Target) -> dict[str, float]:
     """The engine's decode counters from /metrics."""
     names = ("glmbot_engine_decode_steps_total", "glmbot_engine_decode_tokens_total",
-             "glmbot_engine_decode_seconds_total")
+             "glmbot_engine_decode_seconds_total", "glmbot_engine_prefill_forwards_total",
+             "glmbot_engine_prefill_seconds_total")
     lines = httpx.get(target.url + "/metrics", headers=target.headers, timeout=10).text.splitlines()
     return {name: float(line.split()[1]) for line in lines for name in names if line.startswith(name + " ")}
 
@@ -386,7 +422,10 @@ def measure(args: argparse.Namespace, target: Target) -> Measured:
     clients = plan_clients(args.clients, target, args.disconnect_every)
     cancelled_before = httpx.get(target.url + "/health").json()["finished"].get("cancelled", 0)
     engine_before = engine_counters(target)
-    load_s, health = asyncio.run(run_load(target, clients, args.max_tokens, args.timeout, concurrent=True))
+    if args.client_procs > 1:
+        load_s, health = run_load_in_processes(target, clients, args.max_tokens, args.timeout, args.client_procs)
+    else:
+        load_s, health = asyncio.run(run_load(target, clients, args.max_tokens, args.timeout, concurrent=True))
     leavers = sum(c.leaves and not c.error for c in clients)
     cancelled, freed_s = wait_rows_freed(target.url, cancelled_before, leavers)
     engine = {k: v - engine_before[k] for k, v in engine_counters(target).items()}
@@ -410,7 +449,9 @@ def report(args: argparse.Namespace, target: Target, m: Measured) -> list[str]:
     console.print(f"engine during the load: {m.engine['glmbot_engine_decode_steps_total']:.0f} decode steps, "
                   f"{m.engine['glmbot_engine_decode_tokens_total'] / steps:.1f} rows per step on average, "
                   f"{1e3 * m.engine['glmbot_engine_decode_seconds_total'] / steps:.1f} ms per step, "
-                  f"{m.engine['glmbot_engine_decode_seconds_total'] / m.load_s:.0%} of the wall time in decode steps")
+                  f"{m.engine['glmbot_engine_decode_seconds_total'] / m.load_s:.0%} of the wall time in decode steps; "
+                  f"{m.engine['glmbot_engine_prefill_forwards_total']:.0f} prefill forwards, "
+                  f"{m.engine['glmbot_engine_prefill_seconds_total'] / m.load_s:.0%} of the wall time")
     lat = m.health.latencies
     console.print(f"/health during the load: {len(lat)} polls, all 200: {not m.health.failures}, "
                   f"p50 {percentile(lat, 50) * 1e3:.0f} ms, max {max(lat) * 1e3:.0f} ms")
@@ -460,6 +501,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (eos ignored)")
     parser.add_argument("--disconnect-every", type=int, default=10, help="every N-th client leaves mid-stream")
     parser.add_argument("--baseline", type=int, default=20, help="requests of the one-at-a-time baseline")
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="client processes for the concurrent load (on a many-core GPU host: 4-8, so one "
+                             "Python process parsing every stream does not cap what is measured)")
     parser.add_argument("--rows", type=int, default=64, help="engine batch rows ([serving] max_batch_size)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds the whole load may take")
     parser.add_argument("--sensitive-words", default="", help="comma-separated words for the sensitive-word "

@@ -221,6 +221,9 @@ def test_health_and_metrics_report_requests_tokens_and_the_prefix_cache(server, 
     assert samples['glmbot_http_request_duration_seconds_bucket{le="+Inf"}'] == \
         samples["glmbot_http_request_duration_seconds_count"] >= 1
     assert samples["glmbot_engine_active_rows"] == 0 and "glmbot_engine_decode_tokens_total" in samples
+    # every request so far had its prompt prefilled: at least one forward, taking some time
+    assert samples["glmbot_engine_prefill_forwards_total"] >= 1 and samples["glmbot_engine_prefill_seconds_total"] > 0
+    assert samples["glmbot_engine_prefill_tokens_total"] >= samples["glmbot_engine_prefill_forwards_total"]
 
 
 # ---- LangChain over HTTP ----------------------------------------------------------------------------

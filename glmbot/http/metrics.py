@@ -105,6 +105,10 @@ def engine_lines(s: Any) -> list[str]:
         *_family("glmbot_engine_decode_seconds_total", "counter", "time spent in decode steps",
                  {"": round(s.mean_decode_step_ms * s.decode_steps / 1e3, 6)}),
         *_family("glmbot_engine_prefill_tokens_total", "counter", "prompt tokens prefilled", {"": s.prefill_tokens}),
+        *_family("glmbot_engine_prefill_forwards_total", "counter", "prefill forwards run",
+                 {"": s.prefill_forwards}),
+        *_family("glmbot_engine_prefill_seconds_total", "counter", "time spent in prefill forwards",
+                 {"": round(s.prefill_s, 6)}),
         *_family("glmbot_engine_finished_total", "counter", "requests finished by reason",
                  {_labels(reason=r): n for r, n in sorted(s.finished.items())}),
     ]
