@@ -94,8 +94,10 @@ def recall_dialogues(pairs: list[tuple[str, str]], rng: random.Random, count: in
     return dialogues
 
 
-def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int, reworded: bool) -> dict:
+def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int, reworded: bool,
+           service_count: int = 0, service_recall_count: int = 0, service_rounds: int = 6) -> dict:
     """Text passages, QA pairs and dialogues, held-out text removed; and what each source gave."""
+    from service_intents import service_conversations, service_recall
     from tiny_corpus import corpus_parts
 
     rng = random.Random(seed)
@@ -107,6 +109,12 @@ def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int, reword
     shop_pairs = [r for conv in generated["support"] for r in conv]
     recall = recall_dialogues([p for rows in qa.values() for p in rows] + shop_pairs * 3, rng,
                               recall_count, recall_rounds, reworded)
+    # Everyday service questions in many wordings (scripts/service_intents.py), own rng: the parts
+    # above stay as they were.
+    service_rng = random.Random(seed + 1)
+    service = service_conversations(service_rng, service_count)
+    recall += [d for d in service_recall(service_rng, service_recall_count, service_rounds)
+               if sum(len(q) + len(a) for q, a in d) <= MAX_LEN - 40]
 
     held = held_out_strings()
     dropped = 0
@@ -126,6 +134,8 @@ def gather(cache: Path, seed: int, recall_count: int, recall_rounds: int, reword
     qa = {k: clean(v, False) for k, v in qa.items()}
     chat = {k: clean(v, False) for k, v in generated.items()}
     chat["small_talk"] = chat["small_talk"] * 3  # the base's own voice must not drown in the dictionaries
+    if service:
+        chat["service"] = clean(service, False)
     recall = clean(recall, False)
     return {"text": text, "qa": qa, "chat": chat, "recall": recall, "held_out_dropped": dropped,
             "sources": [{"package": s.package, "version": s.version, "sha256": s.sha256, "licence": s.licence}
@@ -184,7 +194,8 @@ def save_examples(examples: list[Example], path: Path) -> None:
 
 def corpus_stage(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
-    corpus = gather(args.cache, args.seed, args.recall_dialogues, args.recall_rounds, args.reworded_recall)
+    corpus = gather(args.cache, args.seed, args.recall_dialogues, args.recall_rounds, args.reworded_recall,
+                    args.service_conversations, args.service_recall, args.service_rounds)
     tok = train_tokenizer(corpus, args.work, args.vocab_size)
     examples = encode_examples(corpus, tok)
     save_examples(examples, args.work / "examples.npz")
@@ -199,7 +210,9 @@ def corpus_stage(args) -> None:
     sizes["recall"] = sum(len(q) + len(a) for c in corpus["recall"] for q, a in c)
     info = {"sources": corpus["sources"], "characters_per_part": sizes,
             "recall_dialogues": {"count": args.recall_dialogues, "max_rounds": args.recall_rounds,
-                                 "reworded": args.reworded_recall}, "held_out_items_dropped": corpus["held_out_dropped"],
+                                 "reworded": args.reworded_recall},
+            "service": {"conversations": args.service_conversations, "recall": args.service_recall,
+                        "max_rounds": args.service_rounds}, "held_out_items_dropped": corpus["held_out_dropped"],
             "examples": len(examples), "tokens": int(sum(len(x) for x, _, _ in examples)),
             "vocab": tok.vocab_size, "gb2312_not_in_vocab": len(uncovered),
             "gb2312_not_in_text": sum(c not in seen for c in gb)}
@@ -367,6 +380,11 @@ def main() -> None:
     ap.add_argument("--recall-dialogues", type=int, default=40_000, help="in-context recall dialogues in the corpus")
     ap.add_argument("--recall-rounds", type=int, default=5, help="most rounds before the question comes again")
     ap.add_argument("--reworded-recall", action="store_true", help="the question comes again in the trainer's rewordings too")
+    ap.add_argument("--service-conversations", type=int, default=0,
+                    help="everyday service conversations (scripts/service_intents.py) in the chat part")
+    ap.add_argument("--service-recall", type=int, default=0,
+                    help="service recall dialogues: a question asked again in another wording gets the earlier answer")
+    ap.add_argument("--service-rounds", type=int, default=6, help="most rounds before a service question comes again")
     args = ap.parse_args()
     if args.stage in ("corpus", "all"):
         corpus_stage(args)
