@@ -8,7 +8,9 @@
    dictionaries; licences there) and generate the project's own dialogues (scripts/tiny_corpus.py:
    greetings, small talk, shop support, ad copy). Add in-context recall dialogues (a question
    asked again, in other words, later in the conversation gets the earlier answer): the skill a
-   prefix uses, since P-Tuning v2 trains keys and values that the base reads like context. Drop
+   prefix uses, since P-Tuning v2 trains keys and values that the base reads like context.
+   Optionally (`--service-conversations`, `--service-recall`; off by default, tried and not
+   shipped: docs/PERFORMANCE.md) everyday service questions in many wordings. Drop
    anything that contains text of the held-out domains (bench/domains, scripts/tuning_domains,
    tests/data). Train a SentencePiece tokenizer that must contain all 6,763 GB2312 hanzi,
    full-width punctuation, ASCII letters and digits (byte fallback for the rest; settings that
