@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -127,8 +128,6 @@ def full_shape(device: str, names: list[str]):
 def serve(args: argparse.Namespace) -> None:
     """Child process: the tiny engine served on loopback."""
     from glmbot.http import create_app, run_server
-
-    import importlib.util
 
     fast = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
     print(f"server: uvicorn with {'uvloop' if fast['uvloop'] else 'asyncio'} and "

@@ -514,16 +514,18 @@ def _draw_facts(rng: random.Random, biz: Business) -> dict[str, str]:
     return facts
 
 
+def _answer_templates(intent: Intent, biz: Business) -> tuple[str, ...]:
+    """The intent's answer templates that fit `biz` ("own": only the rules the business allows)."""
+    if intent.key != "own":
+        return intent.answers
+    return tuple(t[2:] for t in intent.answers if t[0] in biz.own_rules)
+
+
 def _sheet(rng: random.Random) -> Sheet:
     biz = rng.choice(BUSINESSES)
     facts = _draw_facts(rng, biz)
     keys = tuple(i.key for i in INTENTS if i.key in biz.intents)
-    answers = {}
-    for key in keys:
-        templates = INTENT_BY_KEY[key].answers
-        if key == "own":
-            templates = tuple(t[2:] for t in templates if t[0] in biz.own_rules)
-        answers[key] = rng.choice(templates).format_map(facts)
+    answers = {key: rng.choice(_answer_templates(INTENT_BY_KEY[key], biz)).format_map(facts) for key in keys}
     return Sheet(biz, facts, answers, keys)
 
 
@@ -562,14 +564,6 @@ def service_recall(rng: random.Random, count: int, max_rounds: int = 8) -> list[
     return out
 
 
-_SAMPLE_SLOTS = {"item": "月卡", "card": "会员卡", "noun": "店", "own": "酒水", "shop": "阳光健身"}
-
-
-def all_phrasings() -> list[str]:
-    """Every question template of every intent, slots filled with a sample value."""
-    return [p.format_map(_SAMPLE_SLOTS) for intent in INTENTS for p in intent.phrasings]
-
-
 def _check() -> None:
     slot = re.compile(r"[{}]")
     keys = {i.key for i in INTENTS}
@@ -587,12 +581,11 @@ def _check() -> None:
         assert biz.intents <= keys, f"{biz.kind}: unknown intents {biz.intents - keys}"
         assert ("own" in biz.intents) == bool(biz.own), f"{biz.kind}: own intent without own (or back)"
         assert len(biz.intents) >= 10, f"{biz.kind}: only {len(biz.intents)} intents"
-    try:  # the shop support intents hold out dev phrasings; none may leak into the corpus through here
-        from support_intents import INTENTS as SUPPORT
-        held_out = {p.rstrip("？?。!！") for i in SUPPORT for p in i.dev}
-        assert not held_out & set(seen), f"held-out support phrasings reused: {held_out & set(seen)}"
-    except ImportError:
-        pass
+    # the shop support intents hold out dev phrasings; none may leak into the corpus through here
+    from support_intents import INTENTS as SUPPORT  # scripts/ is on the path: this file runs as a script
+
+    held_out = {p.rstrip("？?。!！") for i in SUPPORT for p in i.dev}
+    assert not held_out & set(seen), f"held-out support phrasings reused: {held_out & set(seen)}"
     # every phrasing and every answer of every applicable intent, for every business, fills all slots
     rng = random.Random(0)
     lengths = []
@@ -601,7 +594,7 @@ def _check() -> None:
             facts = _draw_facts(rng, biz)
             for key in biz.intents:
                 intent = INTENT_BY_KEY[key]
-                templates = [t[2:] for t in intent.answers if t[0] in biz.own_rules] if key == "own" else intent.answers
+                templates = _answer_templates(intent, biz)
                 for text in (*intent.phrasings, *templates):
                     filled = text.format_map(facts)
                     assert not slot.search(filled), f"{biz.kind}/{key}: {filled}"
@@ -616,7 +609,8 @@ def _check() -> None:
         assert earlier and all(q != last_q for q, _ in earlier), conv
         assert 3 <= len(conv) <= 9
     assert service_recall(random.Random(5), 3) == service_recall(random.Random(5), 3), "not deterministic"
-    phrasings = all_phrasings()
+    sample = {"item": "月卡", "card": "会员卡", "noun": "店", "own": "酒水", "shop": "阳光健身"}
+    phrasings = [p.format_map(sample) for intent in INTENTS for p in intent.phrasings]
     plens = sorted(len(p) for p in phrasings)
     print(f"businesses {len(BUSINESSES)}, intents {len(INTENTS)}, phrasings {len(phrasings)}")
     print(f"intents per business {min(len(b.intents) for b in BUSINESSES)}-{max(len(b.intents) for b in BUSINESSES)}")
