@@ -162,6 +162,9 @@ class RoutingSettings:
     min_score: float = field(default=0.25, metadata=_help(
         "classifier score under which the fallback is used"))
     sticky: bool = field(default=True, metadata=_help("keep a conversation on its first route"))
+    small_talk_to_base: bool = field(default=True, metadata=_help(
+        "a message of small talk alone (你好, 谢谢, 你是谁) goes to the plain base model even under a domain "
+        "requested by name; an exact version (domain@vN) always gets its adapter"))
 
 
 @dataclass

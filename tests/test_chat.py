@@ -24,10 +24,10 @@ def registry_of(config):
     return Registry(f"sqlite:///{config.parent / 'adapters' / 'registry.db'}", config.parent / "adapters")
 
 
-def engine_answer(config, query, domain):
+def engine_answer(config, query, domain, history=()):
     model, tok = load_base("builtin:tiny", device="cpu")
     with registry_of(config) as reg, Engine(model, tok, registry=reg) as engine:
-        return engine.generate(GenerationRequest(query=query, domain=domain, do_sample=False,
+        return engine.generate(GenerationRequest(query=query, history=history, domain=domain, do_sample=False,
                                                  max_new_tokens=256)).text
 
 
@@ -35,6 +35,20 @@ def test_piped_mode_prints_exactly_the_answer(project):
     done = cli_process(project, "chat", "--domain", "support", "--temperature", "0", input="退货多久到账？\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == engine_answer(project, "退货多久到账？", "support") + "\n"
+
+
+def test_small_talk_in_a_pinned_chat_is_answered_by_the_plain_base(project):
+    """`glmbot chat --domain support`: "谢谢" alone goes to the plain base (a prefix trained on the
+    domain's questions garbles it), the next question to the pinned domain again."""
+    done = cli_process(project, "chat", "--domain", "support", "--temperature", "0", input="谢谢\n退货多久到账？\n")
+    assert done.returncode == 0, done.stderr
+    thanks, refund = done.stdout.splitlines()
+    assert thanks == engine_answer(project, "谢谢", "base")
+    assert refund == engine_answer(project, "退货多久到账？", "support", history=[("谢谢", thanks)])
+    with registry_of(project) as reg:
+        turns = [t for c in reg.list_conversations() for t in reg.conversation_turns(c.id)]
+    logged = [(t.query, t.adapter, t.route_reason) for t in turns if t.query in ("谢谢", "退货多久到账？")]
+    assert ("谢谢", None, "small_talk") in logged and ("退货多久到账？", "support@v1", "explicit") in logged
 
 
 def test_closed_stdin_empty_lines_and_unknown_domain(project):

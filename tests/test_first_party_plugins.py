@@ -84,12 +84,12 @@ def test_hooks_get_the_documented_arguments_from_the_engine_and_router(project):
     model, tok = load_base("builtin:tiny", device="cpu")
     with Registry(settings.db_url, settings.adapters_dir) as reg:
         with build_engine(settings, model, tok, reg, manager, max_len=256) as engine:
-            edited = engine.generate(GenerationRequest(messages=[{"role": "user", "content": "在吗"}], domain="support",
+            edited = engine.generate(GenerationRequest(messages=[{"role": "user", "content": "我想咨询一下"}], domain="support",
                                                        do_sample=False, max_new_tokens=24))
         with build_engine(settings, model, tok, reg, None, max_len=256) as engine:
             direct = engine.generate(GenerationRequest(query="退货多久到账？", domain="support", do_sample=False,
                                                        max_new_tokens=24))
     assert calls[0][0] == "register_routers" and callable(calls[0][1])
-    assert calls[1] == ("before_generate", "support", "在吗")
+    assert calls[1] == ("before_generate", "support", "我想咨询一下")
     assert calls[2] == ("after_generate", "support", direct.text)
     assert edited.text == direct.text + "【已审核】"

@@ -49,7 +49,7 @@ def test_lcel_chain_with_prompt_template_and_parser(engine):
 
 
 def test_metadata_carries_route_and_usage(engine):
-    msg = ChatGlmbot(engine=engine, **GREEDY).invoke("你好", domain="ads")
+    msg = ChatGlmbot(engine=engine, **GREEDY).invoke("类型#裙*颜色#白色", domain="ads")
     assert isinstance(msg, AIMessage)
     assert msg.response_metadata["adapter"] == "ads" and msg.response_metadata["route_reason"] == "explicit"
     assert msg.usage_metadata["input_tokens"] > 0 and msg.usage_metadata["output_tokens"] > 0
@@ -146,7 +146,7 @@ def test_no_arguments_share_one_engine_built_from_glmbot_toml(tmp_path, monkeypa
         assert list(stack._shared.values()) == [engine] and llm.invoke("你好") and engine.stats().finished
         assert reply.response_metadata["adapter"] == "support@v1" and reply.response_metadata["domain"] == "support"
         assert reply.content == direct(engine, [{"role": "user", "content": "退货多久到账？"}])
-        assert ChatGlmbot(config=str(config), domain="ads", **GREEDY).invoke("你好").response_metadata["adapter"] \
+        assert ChatGlmbot(config=str(config), domain="ads", **GREEDY).invoke("类型#裙*颜色#白色").response_metadata["adapter"] \
             == "ads@v1"
         assert len(stack._shared) == 1  # the same file: the same engine
     finally:

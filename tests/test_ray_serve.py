@@ -127,15 +127,15 @@ def summary(response: httpx.Response) -> tuple:
 def test_domains_stay_on_their_replica_and_the_stats_show_it(stack):
     url, *_ = stack
     assert len(replicas(url)) == 2
-    assert chat(url, "support", "你好").status_code == 200
+    assert chat(url, "support", "运费谁出").status_code == 200
     first = holder(url, "support")
     time.sleep(1.5)  # Ray's routers learn which replica holds what within ~0.1-1 s
-    assert chat(url, "ads", "你好").status_code == 200
+    assert chat(url, "ads", "运费谁出").status_code == 200
     second = holder(url, "ads")
     time.sleep(1.5)
     assert first != second  # a domain new to the cluster goes to the replica holding the fewest
     before = {name: r["requests"] for name, r in replicas(url).items()}
-    bodies = [("support", "我要退货"), ("ads", "写个文案"), ("support", "你好"), ("ads", "你好")] * 3
+    bodies = [("support", "我要退货"), ("ads", "写个文案"), ("support", "运费谁出"), ("ads", "运费谁出")] * 3
     with httpx.Client(timeout=60) as client:
         threads = [threading.Thread(target=client.post, args=(url + "/v1/chat/completions",),
                                     kwargs={"json": {"model": m, "messages": [{"role": "user", "content": q}],
@@ -154,16 +154,16 @@ def test_domains_stay_on_their_replica_and_the_stats_show_it(stack):
 
 def test_same_api_and_answers_as_glmbot_serve(stack):
     url, local, *_ = stack
-    cases = [("support", "你好"), ("auto", "我想退货"), ("auto", "帮我写个文案"), ("auto", "今年年假几天"),
-             ("support@v1", "你好"), ("base", "你好"), ("nosuch", "你好")]
+    cases = [("support", "运费谁出"), ("auto", "我想退货"), ("auto", "帮我写个文案"), ("auto", "今年年假几天"),
+             ("support@v1", "运费谁出"), ("base", "运费谁出"), ("nosuch", "运费谁出")]
     for model, question in cases:
         assert summary(chat(url, model, question)) == summary(chat(local, model, question)), (model, question)
     routed = chat(url, "auto", "我想退货").json()["glmbot"]
     assert (routed["domain"], routed["reason"]) == ("support", "keyword")
-    bad = chat(url, "support", "你好", max_tokens=0)
+    bad = chat(url, "support", "运费谁出", max_tokens=0)
     assert bad.status_code == 400 and "max_tokens = 0" in bad.json()["error"]["message"]
-    too_long = chat(url, "support", "你好" * 600, max_tokens=1000)
-    assert summary(too_long) == summary(chat(local, "support", "你好" * 600, max_tokens=1000))
+    too_long = chat(url, "support", "运费谁出" * 600, max_tokens=1000)
+    assert summary(too_long) == summary(chat(local, "support", "运费谁出" * 600, max_tokens=1000))
     assert too_long.status_code == 400
     ids = [[m["id"] for m in httpx.get(u + "/v1/models", timeout=30).json()["data"]] for u in (url, local)]
     assert ids[0] == ids[1] == ["base", "auto", "ads", "hr", "support"]
@@ -171,10 +171,10 @@ def test_same_api_and_answers_as_glmbot_serve(stack):
 
 def test_streams_come_through_piece_by_piece(stack):
     url, local, *_ = stack
-    whole = chat(local, "ads", "你好", max_tokens=24).json()
+    whole = chat(local, "ads", "运费谁出", max_tokens=24).json()
     expected = whole["choices"][0]["message"]["content"]
     body = {"model": "ads", "stream": True, "max_tokens": 24, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "你好"}]}
+            "messages": [{"role": "user", "content": "运费谁出"}]}
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
@@ -194,16 +194,16 @@ def ask_every_replica(question: str, domain: str) -> list[tuple[str, str]]:
 
 def test_a_promotion_and_a_rollback_reach_both_replicas(stack):
     url, local, registry, engine, config = stack
-    before = ask_every_replica("你好", "support")
+    before = ask_every_replica("运费谁出", "support")
     assert len(before) == 2 and {a for a, _ in before} == {"support@v1"} and len(set(before)) == 1
     v2 = register(registry, config, "support", 11)
-    after = ask_every_replica("你好", "support")
-    expected = engine.generate(GenerationRequest(messages=[{"role": "user", "content": "你好"}], adapter=v2.ref,
+    after = ask_every_replica("运费谁出", "support")
+    expected = engine.generate(GenerationRequest(messages=[{"role": "user", "content": "运费谁出"}], adapter=v2.ref,
                                                  max_new_tokens=12)).text
     assert after == [(v2.ref, expected)] * 2 and expected != before[0][1]
-    assert summary(chat(url, "support", "你好", 12))[1:3] == (expected, v2.ref)
+    assert summary(chat(url, "support", "运费谁出", 12))[1:3] == (expected, v2.ref)
     registry.rollback("support")
-    assert ask_every_replica("你好", "support") == before
+    assert ask_every_replica("运费谁出", "support") == before
     assert summary(chat(url, "auto", "我想退货")) == summary(chat(local, "auto", "我想退货"))
 
 
@@ -228,7 +228,7 @@ def test_a_client_that_leaves_frees_its_row_on_the_replica(stack):
 
     before = cancelled()
     body = {"model": "ads", "stream": True, "max_tokens": 900, "ignore_eos": True,
-            "messages": [{"role": "user", "content": "你好"}]}
+            "messages": [{"role": "user", "content": "运费谁出"}]}
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
         pieces = 0
         for line in response.iter_lines():
@@ -245,7 +245,7 @@ def test_a_client_that_leaves_frees_its_row_on_the_replica(stack):
 
 def stream_into(url: str, model: str, record: dict) -> None:
     body = {"model": model, "stream": True, "max_tokens": 900, "ignore_eos": True,
-            "messages": [{"role": "user", "content": "你好"}]}
+            "messages": [{"role": "user", "content": "运费谁出"}]}
     try:
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
             record["status"] = response.status_code
@@ -289,6 +289,6 @@ def test_a_replica_killed_under_load_fails_only_its_own_streams(stack):
             assert r["ended"] - killed_at < 20
         else:
             assert r["finish"] == "length" and "error" not in r, r
-    again = chat(url, "support", "你好")  # served by the survivor (or Ray's replacement of the victim)
+    again = chat(url, "support", "运费谁出")  # served by the survivor (or Ray's replacement of the victim)
     assert again.status_code == 200 and again.json()["glmbot"]["adapter"] == "support@v1"
     assert victim not in replicas(url)

@@ -151,6 +151,20 @@ def test_explicit_domain_adapter_and_base():
     assert (base.domain, base.adapter, base.reason) == (None, None, "explicit")
 
 
+def test_small_talk_under_a_named_domain_goes_to_the_plain_base_but_not_under_a_version():
+    router = hand_router()
+    for social in ("谢谢", "你好！", "你是谁"):
+        decision = router.route(social, conversation_id="c", explicit="support")
+        assert (decision.domain, decision.adapter, decision.reason) == (None, None, "small_talk"), social
+        assert "support@vN" in decision.detail
+    assert router.route("谢谢，我要退款", explicit="support").domain == "support"  # it asks something
+    assert router.route("谢谢", explicit="support@v2").adapter == "support@v2"  # an exact version is left alone
+    assert router.route("那运费呢？", conversation_id="c").reason != "sticky"  # small talk was not remembered
+    off = hand_router(small_talk_to_base=False)
+    assert (off.route("谢谢", explicit="support").domain, off.route("谢谢", explicit="support").reason) == (
+        "support", "explicit")
+
+
 def test_unknown_explicit_domain_lists_the_known_ones():
     with pytest.raises(UnknownDomainError) as info:
         hand_router().route("x", explicit="sales@v1")

@@ -146,7 +146,7 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(client, engine):
 
 
 def test_two_domains_at_once_from_threads_are_batched_and_match_solo_answers(client, engine):
-    plan = [("support", "退货多久到账？"), ("ads", "写一段文案"), ("support", "你好"), ("ads", "谢谢")] * 2
+    plan = [("support", "退货多久到账？"), ("ads", "写一段文案"), ("support", "什么时候发货？"), ("ads", "类型#裙*颜色#白色")] * 2
     solo = {(m, q): direct(engine, user(q), m, 24, ignore_eos=True) for m, q in set(plan)}
     peak_before = engine.stats().peak_rows
 

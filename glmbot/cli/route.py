@@ -14,7 +14,7 @@ from glmbot.registry.catalog import domain_state, domain_states
 from glmbot.serving.router import RouteDecision
 from glmbot.serving.routing_setup import build_router
 
-REASON_STYLE = {"explicit": "bold", "sticky": "bold", "plugin": "magenta", "keyword": "green", "pattern": "green",
+REASON_STYLE = {"explicit": "bold", "small_talk": "yellow", "sticky": "bold", "plugin": "magenta", "keyword": "green", "pattern": "green",
                 "classifier": "cyan", "fallback": "yellow"}
 
 

@@ -6,7 +6,9 @@ regex rules > a TF-IDF classifier over each domain's training prompts > fallback
 General chat falls through to the fallback (the plain base model by default), so greetings
 never reach a prefix that may have forgotten how to say hello: a message of greetings, thanks or
 questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
-something ("那运费呢？", "怎么办？") stays with it.
+something ("那运费呢？", "怎么办？") stays with it. Under a domain requested by name (`glmbot chat
+--domain hr`, HTTP model "hr") such a message goes to the plain base as well (reason small_talk,
+[routing] small_talk_to_base); an exact version (hr@v2) always gets its adapter.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from glmbot.segment import jieba_module
 log = logging.getLogger(__name__)
 
 BASE = "base"  # the plain base model, in `explicit` and `fallback`
-REASONS = ("explicit", "sticky", "plugin", "keyword", "pattern", "classifier", "fallback")
+REASONS = ("explicit", "small_talk", "sticky", "plugin", "keyword", "pattern", "classifier", "fallback")
 # Set by the engine, not the router: the routed adapter's files are damaged, so the request went to
 # an earlier intact version of its domain, or to the plain base model (RouteDecision.damaged names it).
 DAMAGED_FALLBACK = "damaged_fallback"
@@ -67,6 +69,19 @@ def small_talk_only(text: str) -> bool:
     """True for a message of greetings, thanks, farewells or questions about the assistant itself
     and nothing else that asks anything."""
     return _GREETINGS.search(text.casefold()) is not None and not content_tokens(text)
+
+
+def small_talk_route(decision: RouteDecision, text: str) -> RouteDecision:
+    """A domain requested by name (not domain@vN) does not get a message of small talk alone: its prefix
+    was trained on the domain's questions, and on the builtin base it garbled "谢谢" where the plain
+    base answers "不客气". An exact version is left to its adapter (someone evaluating it)."""
+    if decision.reason != "explicit" or decision.domain is None or decision.adapter is not None:
+        return decision
+    if not small_talk_only(text):
+        return decision
+    return RouteDecision(None, None, "small_talk", 1.0, detail=(
+        f"small talk alone under domain {decision.domain!r}: plain base model ([routing] small_talk_to_base; "
+        f"ask for {decision.domain}@vN to send it to the adapter)"))
 
 
 @dataclass(frozen=True)
@@ -250,12 +265,13 @@ class Router:
 
     def __init__(self, profiles: list[DomainProfile], *, fallback: str = BASE,
                  min_score: float = DEFAULT_MIN_SCORE, sticky: bool = True,
-                 sticky_capacity: int = STICKY_CAPACITY) -> None:
+                 sticky_capacity: int = STICKY_CAPACITY, small_talk_to_base: bool = True) -> None:
         if not 0.0 <= min_score <= 1.0:
             raise ConfigError(f"routing.min_score must be in 0..1 (a cosine similarity), got {min_score}")
         self.fallback = fallback
         self.min_score = min_score
         self.sticky = sticky
+        self.small_talk_to_base = small_talk_to_base
         self._table = _build_table(profiles)
         self._check_fallback(self._table)
         self._memory = StickyRoutes(sticky_capacity)
@@ -277,7 +293,8 @@ class Router:
                 patterns=list(domain.patterns) if domain else [],
                 prompts=list(prompts_by_domain.get(name, [])), adapter_version=versions.get(name)))
         routing = settings.routing
-        return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky)
+        return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky,
+                   small_talk_to_base=routing.small_talk_to_base)
 
     @property
     def domains(self) -> list[str]:
@@ -334,6 +351,8 @@ class Router:
         table = self._table
         if explicit is not None:
             decision = self._explicit(explicit, table)
+            if self.small_talk_to_base:
+                decision = small_talk_route(decision, text)
         else:
             remembered = self._sticky(conversation_id, table)
             if remembered is not None and not (remembered.domain is not None and small_talk_only(text)):
@@ -342,7 +361,7 @@ class Router:
                         or self._from_classifier(text, table))
         # A fallback is not remembered: a conversation that opens with "你好" must still reach the
         # support prefix when its second message asks about a refund.
-        if self.sticky and conversation_id is not None and decision.reason != "fallback":
+        if self.sticky and conversation_id is not None and decision.reason not in ("fallback", "small_talk"):
             self._memory.put(conversation_id, decision)
         return decision
 

@@ -33,7 +33,8 @@ def build_router(settings: Settings, registry: Any = None, plugins: Any = None) 
         raise ConfigError(f"{settings.source}: [routing] fallback = {fallback!r} {why} (routable domains: {known}); "
                           f"promote one (glmbot adapters promote {fallback}@vN) or set fallback = {BASE!r}")
     routing = settings.routing
-    router = Router(profiles, fallback=fallback, min_score=routing.min_score, sticky=routing.sticky)
+    router = Router(profiles, fallback=fallback, min_score=routing.min_score, sticky=routing.sticky,
+                    small_talk_to_base=routing.small_talk_to_base)
     if plugins is not None:
         plugins.call("register_routers", register=router.add_plugin_router)
     return router
