@@ -6,6 +6,7 @@
     python bench/http_load.py --disconnect-every 0 --compare-engine  # HTTP vs the engine alone, same load
     python bench/http_load.py --url http://127.0.0.1:8000  # an already running `glmbot serve`
     python bench/http_load.py --device cuda --shape full --disconnect-every 0 --compare-engine  # one GPU
+    python bench/http_load.py --duration 20 --max-tokens 128 --compare-engine  # steady state, vs the engine alone
 
 Without --url, a server process (the builtin tiny base, random prefixes for --domains domains,
 keyword routing, the default plugins of the repo's plugins/ folder, conversation log off) listens
@@ -28,6 +29,11 @@ from the first to the last one (an answer held back and sent whole has 1 chunk a
 --compare-engine then sends the same concurrent requests straight into the same engine (a child
 process built like the server's, no HTTP) and prints the HTTP tokens/s as a share of it: what the
 HTTP layer costs at that concurrency (issue 20's target: within 10%).
+
+--duration S measures a steady state instead: every client sends its request again as soon as the
+last one ended, and the engine's decode tokens (from /metrics) are counted over S seconds after
+--warmup; with --compare-engine the engine alone gets the same clients (threads, no HTTP) and the
+same window. Its report splits the window into decode, prefill and idle time of the engine thread.
 
 Checks (the run fails otherwise): every staying client gets all its tokens, [DONE] and the route
 it should (the `glmbot` extension); every leaving client's request is cancelled in the engine and
@@ -92,7 +98,10 @@ def bench_engine(args: argparse.Namespace):
                 prefixes[name] = encoder.kv()
     router = Router([DomainProfile(name, keywords=[DOMAINS[name]]) for name in names])
     words = [w for w in args.sensitive_words.split(",") if w]
-    settings = settings_from_dict({"server": {"log_conversations": False}, "serving": {"max_batch_size": args.rows},
+    serving = {"max_batch_size": args.rows}
+    if args.prefill_wait_steps is not None:
+        serving["prefill_wait_steps"] = args.prefill_wait_steps
+    settings = settings_from_dict({"server": {"log_conversations": False}, "serving": serving,
                                    "plugins": {"sensitive_words": words}}, root=REPO)
     plugins = get_manager(settings)  # the default [plugins] paths: the repo's plugins/
     print(f"{'engine' if args.engine_only else 'server'}: plugins {', '.join(sorted(plugins.records))}; answer "
@@ -147,6 +156,11 @@ def engine_only(args: argparse.Namespace) -> None:
         return [GenerationRequest(query=c.text, domain=None if c.model == "auto" else c.model,
                                   max_new_tokens=args.max_tokens, do_sample=False, ignore_eos=True)
                 for c in plan_clients(n, target, 0)]
+    if args.duration > 0:
+        with bench_engine(args) as (engine, _):
+            engine.generate_many(requests(4))  # warm-up
+            print(json.dumps(steady_engine_alone(engine, requests(args.clients), args)), flush=True)
+        return
     with bench_engine(args) as (engine, _):
         engine.generate_many(requests(4))  # warm-up
         before = engine.stats()
@@ -160,13 +174,53 @@ def engine_only(args: argparse.Namespace) -> None:
                       "prefill_s": after.prefill_s - before.prefill_s}), flush=True)
 
 
+def steady_engine_alone(engine, templates: list, args: argparse.Namespace) -> dict:
+    """--duration: one thread per client sends its request again as soon as it ends; the engine's
+    counters are read at the window's ends, as the HTTP run reads them from /metrics."""
+    import dataclasses
+    import threading
+
+    start = time.time()
+    window = (start + args.warmup, start + args.warmup + args.duration)
+
+    def client(template) -> None:
+        while time.time() < window[1]:
+            engine.generate(dataclasses.replace(template))
+
+    threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in templates]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, window[0] - time.time()))
+    before, t0 = engine.stats(), time.time()
+    time.sleep(max(0.0, window[1] - time.time()))
+    after, t1 = engine.stats(), time.time()
+    for t in threads:
+        t.join()
+    decode_s = lambda s: s.mean_decode_step_ms * s.decode_steps / 1e3  # noqa: E731
+    return {"tokens": after.decode_tokens - before.decode_tokens, "seconds": t1 - t0,
+            "prefill_forwards": after.prefill_forwards - before.prefill_forwards,
+            "prefill_s": after.prefill_s - before.prefill_s, "idle_s": after.idle_s - before.idle_s,
+            "decode_s": decode_s(after) - decode_s(before), "decode_steps": after.decode_steps - before.decode_steps}
+
+
+def engine_flags(args: argparse.Namespace) -> list[str]:
+    """The options a child process (server or engine alone) needs to build the same engine."""
+    flags = ["--domains", str(args.domains), "--rows", str(args.rows), "--sensitive-words", args.sensitive_words,
+             "--device", args.device, "--shape", args.shape]
+    return flags + (["--prefill-wait-steps", str(args.prefill_wait_steps)] if args.prefill_wait_steps is not None
+                    else [])
+
+
+def run_engine_alone(args: argparse.Namespace) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--engine-only", "--clients", str(args.clients), "--max-tokens",
+                          str(args.max_tokens), "--duration", str(args.duration), "--warmup", str(args.warmup),
+                          *engine_flags(args)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def compare_engine(args: argparse.Namespace, measured: Measured) -> None:
     """The engine alone at the same concurrency (a child process like the server's) beside the HTTP figure."""
-    out = subprocess.run([sys.executable, __file__, "--engine-only", "--clients", str(args.clients), "--domains",
-                          str(args.domains), "--rows", str(args.rows), "--max-tokens", str(args.max_tokens),
-                          "--sensitive-words", args.sensitive_words, "--device", args.device, "--shape", args.shape],
-                         capture_output=True, text=True, check=True)
-    alone = json.loads(out.stdout.strip().splitlines()[-1])
+    alone = run_engine_alone(args)
     engine_rate = alone["tokens"] / alone["seconds"]
     http_rate = sum(c.tokens for c in measured.clients if not c.leaves) / measured.load_s
     console.print(f"engine alone, the same {args.clients} requests at once (no HTTP): {engine_rate:,.0f} tokens/s; "
@@ -178,9 +232,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    child = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--domains",
-                              str(args.domains), "--rows", str(args.rows),
-                              "--sensitive-words", args.sensitive_words, "--device", args.device, "--shape", args.shape])
+    child = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), *engine_flags(args)])
     url = f"http://127.0.0.1:{port}"
     wait = 60 if args.shape == "tiny" else 600  # the full shape compiles and captures its decode steps first
     deadline = time.monotonic() + wait
@@ -212,6 +264,7 @@ class Client:
     last_chunk_s: float | None = None
     total_s: float | None = None
     error: str | None = None
+    started_at: float = 0.0  # wall clock (time.time()) when the request was sent
 
 
 @dataclass
@@ -253,6 +306,7 @@ def plan_clients(n: int, target: Target, disconnect_every: int) -> list[Client]:
 
 
 async def run_client(http: httpx.AsyncClient, url: str, client: Client, max_tokens: int) -> None:
+    client.started_at = time.time()
     body = {"model": client.model, "messages": [{"role": "user", "content": client.text}], "stream": True,
             "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
@@ -344,6 +398,108 @@ async def run_load(target: Target, clients: list[Client], max_tokens: int, timeo
     return seconds, health
 
 
+# ---- steady state (--duration) ------------------------------------------------------------------------
+
+async def run_steady(target: Target, templates: list[Client], max_tokens: int, end_at: float,
+                     timeout: float) -> list[Client]:
+    """Each template is one client that sends its request again as soon as the last one ended,
+    until end_at; returns every request sent."""
+    sent: list[Client] = []
+    limits = httpx.Limits(max_connections=len(templates) + 4, max_keepalive_connections=len(templates) + 4)
+
+    async def loop(http: httpx.AsyncClient, template: Client) -> None:
+        while time.time() < end_at:
+            client = Client(template.model, template.text, template.expected)
+            sent.append(client)
+            await run_client(http, target.url, client, max_tokens)
+
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=target.headers) as http:
+        await asyncio.wait_for(asyncio.gather(*(loop(http, t) for t in templates)),
+                               end_at - time.time() + timeout)
+    return sent
+
+
+def _steady_slice(target: Target, templates: list[Client], max_tokens: int, start_at: float, end_at: float,
+                  timeout: float) -> list[Client]:
+    time.sleep(max(0.0, start_at - time.time()))
+    return asyncio.run(run_steady(target, templates, max_tokens, end_at, timeout))
+
+
+@dataclass
+class Steady:
+    requests: list[Client]
+    window: tuple[float, float]
+    engine: dict[str, float]  # counter deltas over the window
+
+    @property
+    def seconds(self) -> float:
+        return self.window[1] - self.window[0]
+
+
+def measure_steady(args: argparse.Namespace, target: Target) -> Steady:
+    """--clients clients, each sending its request back to back; the engine's decode tokens over
+    the window [start + --warmup, start + --warmup + --duration] from /metrics."""
+    import concurrent.futures
+    import multiprocessing
+    import threading
+
+    asyncio.run(run_load(target, plan_clients(4, target, 0), args.max_tokens, args.timeout, True))  # warm-up
+    templates = plan_clients(args.clients, target, 0)
+    start_at = time.time() + (2.0 if args.client_procs > 1 else 0.2)  # past the client processes' start-up
+    end_at = start_at + args.warmup + args.duration
+    samples: list[tuple[float, dict[str, float]]] = []
+
+    def sample() -> None:
+        for at in (start_at + args.warmup, end_at):
+            time.sleep(max(0.0, at - time.time()))
+            samples.append((time.time(), engine_counters(target)))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    procs = max(1, args.client_procs)
+    slices = [templates[i::procs] for i in range(procs)]
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_steady_slice, [target] * procs, slices, [args.max_tokens] * procs,
+                              [start_at] * procs, [end_at] * procs, [args.timeout] * procs))
+    sampler.join()
+    (t0, c0), (t1, c1) = samples
+    return Steady([c for part in parts for c in part], (t0, t1), {k: c1[k] - c0[k] for k in c1})
+
+
+def report_steady(args: argparse.Namespace, m: Steady) -> tuple[float, list[str]]:
+    """Print the window's figures; returns the HTTP tokens/s and the failed checks."""
+    e, seconds = m.engine, m.seconds
+    rate = e["glmbot_engine_decode_tokens_total"] / seconds
+    inside = [c for c in m.requests if m.window[0] <= c.started_at and c.done and c.first_token_s is not None]
+    first = [c.first_token_s for c in inside]
+    steps = max(e["glmbot_engine_decode_steps_total"], 1)
+    where = f"{'builtin:tiny' if args.shape == 'tiny' else 'ChatGLM2-6B shape (random bf16)'} on {args.device}"
+    console.print(f"steady state over HTTP ({where}, {args.clients} clients back to back, {args.rows} rows, "
+                  f"{args.max_tokens} tokens per answer, prefill_wait_steps {args.prefill_wait_steps or 0}), "
+                  f"{seconds:.1f} s window: {rate:,.0f} tokens/s; {len(m.requests)} requests sent in all")
+    if first:
+        console.print(f"  TTFT of the {len(first)} requests sent in the window: p50 {percentile(first, 50) * 1e3:.0f} "
+                      f"ms, p99 {percentile(first, 99) * 1e3:.0f} ms")
+    console.print(f"  engine: {steps:.0f} decode steps, {e['glmbot_engine_decode_tokens_total'] / steps:.1f} rows per "
+                  f"step, {1e3 * e['glmbot_engine_decode_seconds_total'] / steps:.2f} ms per step; share of the "
+                  f"window: decode {e['glmbot_engine_decode_seconds_total'] / seconds:.0%}, prefill "
+                  f"{e['glmbot_engine_prefill_seconds_total'] / seconds:.0%} "
+                  f"({e['glmbot_engine_prefill_forwards_total'] / seconds:.1f} forwards/s), idle "
+                  f"{e['glmbot_engine_idle_seconds_total'] / seconds:.0%}")
+    return rate, check([c for c in m.requests if c.done or c.error], args.max_tokens, HealthLog())
+
+
+def compare_steady(args: argparse.Namespace, http_rate: float) -> None:
+    a = run_engine_alone(args)
+    rate, seconds = a["tokens"] / a["seconds"], a["seconds"]
+    steps = max(a["decode_steps"], 1)
+    console.print(f"engine alone, the same {args.clients} clients back to back (no HTTP): {rate:,.0f} tokens/s; "
+                  f"{1e3 * a['decode_s'] / steps:.2f} ms per step; share: decode {a['decode_s'] / seconds:.0%}, "
+                  f"prefill {a['prefill_s'] / seconds:.0%} ({a['prefill_forwards'] / seconds:.1f} forwards/s), idle "
+                  f"{a['idle_s'] / seconds:.0%}")
+    console.print(f"over HTTP: {http_rate:,.0f} tokens/s = [bold]{http_rate / rate:.0%}[/] of the engine alone")
+
+
 # ---- checks and report -------------------------------------------------------------------------------
 
 def check(clients: list[Client], max_tokens: int, health: HealthLog) -> list[str]:
@@ -375,7 +531,7 @@ def engine_counters(target: Target) -> dict[str, float]:
     """The engine's decode counters from /metrics."""
     names = ("glmbot_engine_decode_steps_total", "glmbot_engine_decode_tokens_total",
              "glmbot_engine_decode_seconds_total", "glmbot_engine_prefill_forwards_total",
-             "glmbot_engine_prefill_seconds_total")
+             "glmbot_engine_prefill_seconds_total", "glmbot_engine_idle_seconds_total")
     lines = httpx.get(target.url + "/metrics", headers=target.headers, timeout=10).text.splitlines()
     return {name: float(line.split()[1]) for line in lines for name in names if line.startswith(name + " ")}
 
@@ -478,11 +634,24 @@ def main() -> None:
         server, url = start_server(args)
         target = Target(url, list(DOMAINS)[:args.domains], keywords=True)
     try:
-        measured = measure(args, target)
+        if args.duration > 0:
+            steady = measure_steady(args, target)
+        else:
+            measured = measure(args, target)
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+    if args.duration > 0:
+        http_rate, problems = report_steady(args, steady)
+        if args.compare_engine:
+            compare_steady(args, http_rate)
+        for problem in problems[:20]:
+            console.print(f"[red]FAIL[/] {problem}")
+        if problems:
+            raise SystemExit(f"{len(problems)} check(s) failed")
+        console.print("[green]all checks passed[/]: routes, token counts, streamed chunks, [DONE]")
+        return
     problems = report(args, target, measured)
     if args.compare_engine:
         compare_engine(args, measured)
@@ -516,6 +685,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="the engine's device (cuda: the server on the GPU)")
     parser.add_argument("--shape", choices=("tiny", "full"), default="tiny",
                         help="tiny: the builtin base; full: random bf16 ChatGLM2-6B weights (needs --device cuda)")
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="steady state: each client sends its request again as soon as it ends, and the "
+                             "engine's decode tokens are counted over this many seconds (after --warmup); 0 = "
+                             "the one-burst scenarios above")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the --duration window")
+    parser.add_argument("--prefill-wait-steps", type=int, default=None,
+                        help="[serving] prefill_wait_steps of the engine (default: glmbot.toml's)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child of --compare-engine
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

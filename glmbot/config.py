@@ -136,6 +136,10 @@ class ServingSettings:
         "prompt tokens prefilled between two decode steps at most: longer prompts go in over several steps, so "
         "streams already decoding wait for one bounded forward (larger: sooner first tokens of long prompts, "
         "longer pauses for running streams)"))
+    prefill_wait_steps: int = field(default=0, metadata=_help(
+        "while streams decode, a new prompt may wait up to this many decode steps so that arrivals prefill "
+        "together in one forward instead of one forward each; it goes at once when the waiting prompts are a "
+        "quarter of the decoding rows or a full prefill_tokens budget. 0 = prefill every arrival at the next step"))
     pin: list[str] = field(default_factory=list, metadata=_help("adapters kept resident, e.g. ['support']"))
     compile: bool = field(default=True, metadata=_help(
         "on CUDA, torch.compile each block's dense parts before the decode step is captured; ignored on CPU"))
@@ -153,6 +157,8 @@ class ServingSettings:
         for name in ("max_batch_size", "prefill_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.prefill_wait_steps < 0:
+            raise ValueError(f"prefill_wait_steps must be >= 0 (0 = no waiting), got {self.prefill_wait_steps}")
 
 
 @dataclass

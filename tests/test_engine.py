@@ -267,6 +267,42 @@ def test_a_long_prompt_does_not_stall_streams_that_are_decoding(base, tok, prefi
     assert running.handle.result().text == oracle(base, tok, QUERIES[0], prefixes["support"], 60)
 
 
+def test_arrivals_wait_a_few_steps_to_prefill_together_without_changing_answers(base, tok, prefixes):
+    """prefill_wait_steps=3: prompts that arrive one step apart while 12 streams decode go in together,
+    in one forward, once the first has waited 3 decode steps; the streams advance meanwhile; answers are the oracle's.
+    Prompts as many as a quarter of the decoding rows go in at once."""
+    sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=20, slot_len=256,
+                      prefill_wait_steps=3)
+    sched.admit([scheduler_job(tok, QUERIES[i % 6], prefixes["support"], 40) for i in range(12)])
+    sched.step()  # nothing decodes yet: prefilled at once
+    assert len(sched.decoding) == 12 and sched.stats.prefill_forwards == 1
+    plan = [("hr", QUERIES[1]), ("ads", QUERIES[3])]
+    late = [scheduler_job(tok, q, prefixes[d], 6) for d, q in plan]
+    sampled = sched.rows[0].sampled
+    sched.admit(late[:1])
+    sched.step()
+    sched.admit(late[1:])
+    for _ in range(2):
+        assert sched.stats.prefill_forwards == 1 and len(sched.decoding) == 12  # waiting for company
+        sched.step()
+    assert sched.stats.prefill_forwards == 1  # the first has waited 3 decode steps: it goes in next
+    sched.step()
+    assert sched.stats.prefill_forwards == 2 and len(sched.decoding) == 14  # both in one forward
+    assert sched.rows[0].sampled == sampled + 4  # the running streams never paused
+    while any(not job.handle.done for job in late):
+        sched.step()
+    for job, (d, q) in zip(late, plan):
+        assert job.handle.result().text == oracle(base, tok, q, prefixes[d], 6)
+    sched.admit([scheduler_job(tok, QUERIES[2], None, 20) for _ in range(3)])  # 4 x 3 >= 12 decoding
+    sched.step()
+    assert sched.stats.prefill_forwards == 3 and len(sched.decoding) == 15
+    sched.admit([scheduler_job(tok, QUERIES[0], None, 4)])  # 1 of 15: waits
+    sched.step()
+    assert sched.stats.prefill_forwards == 3 and len(sched.waiting) == 1
+    while sched.active:
+        sched.step()
+
+
 def test_a_request_cancelled_while_its_prompt_goes_in_frees_its_row(base, tok, prefixes):
     sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=2, slot_len=256,
                       prefill_token_budget=8)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,7 @@ class EngineStats:
     prefill_forwards: int
     prefill_tokens: int
     prefill_s: float
+    idle_s: float  # the engine thread waited with no request to prepare, prefill or decode
     finished: dict[str, int]
     slot_bytes: int
     prefix_cache: PrefixCacheStats | None
@@ -146,7 +148,8 @@ class Engine:
             self.scheduler = Scheduler(
                 model, stop_ids(self.family, tokenizer), tokenizer.pad_token_id, tokenizer.decode,
                 max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
-                cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline)
+                cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline,
+                prefill_wait_steps=self.settings.serving.prefill_wait_steps)
         if self.family.chat_format == "roles":
             self.scheduler.segment_id = tokenizer.special_ids["<|assistant|>"]
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,
@@ -161,6 +164,7 @@ class Engine:
         self._closing = False  # the engine thread may exit once nothing is left
         self._handles: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
         self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="glmbot-prepare")
+        self._idle_s = 0.0
         self._thread = threading.Thread(target=self._run, name="glmbot-engine", daemon=True)
         self._thread.start()
 
@@ -243,7 +247,7 @@ class Engine:
             decode_tokens=s.decode_tokens, mean_decode_step_ms=1e3 * s.decode_s / max(s.decode_steps, 1),
             peak_rows=s.peak_rows,
             prefill_forwards=s.prefill_forwards, prefill_tokens=s.prefill_tokens, prefill_s=s.prefill_s,
-            finished=dict(s.finished), slot_bytes=self.scheduler.slots.nbytes,
+            idle_s=self._idle_s, finished=dict(s.finished), slot_bytes=self.scheduler.slots.nbytes,
             prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None)
 
     def close(self, wait: bool = False) -> None:
@@ -435,8 +439,11 @@ class Engine:
         with torch.no_grad():
             while True:
                 with self._cond:
-                    while not self._ready and not self.scheduler.active and not self._closing:
-                        self._cond.wait()
+                    if not self._ready and not self.scheduler.active and not self._closing:
+                        idle_from = time.perf_counter()
+                        while not self._ready and not self.scheduler.active and not self._closing:
+                            self._cond.wait()
+                        self._idle_s += time.perf_counter() - idle_from
                     if self._closing and not self._ready and not self.scheduler.active:
                         return
                     take = min(len(self._ready), self.scheduler.free_rows)

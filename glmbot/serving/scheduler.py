@@ -74,6 +74,7 @@ class Row:
         self.admitted_at = time.perf_counter()
         self.first_token_at: float | None = None
         self.prefilled = 0  # prompt tokens already in the row's KV slots (chunked prefill)
+        self.admitted_step = 0  # the scheduler's decode step count when the row was admitted
         self.tools = ToolGate(job.tools_family, decode, segment_id) if job.tools_family is not None else None
 
     @property
@@ -141,7 +142,7 @@ class Scheduler:
     def __init__(self, model: torch.nn.Module, eos_token_id: int | Sequence[int], pad_token_id: int,
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
-                 pipeline: bool | None = None):
+                 pipeline: bool | None = None, prefill_wait_steps: int = 0):
         cfg = model.config
         self.model = model
         # Generation ends at any of the family's stop ids (ChatGLM2: eos; ChatGLM3/GLM-4: eos, <|user|>, <|observation|>)
@@ -158,6 +159,9 @@ class Scheduler:
         if prefill_token_budget <= 0:
             raise GenerationError(f"prefill_token_budget must be a positive number of tokens, got {prefill_token_budget}")
         self.prefill_token_budget = prefill_token_budget
+        if prefill_wait_steps < 0:
+            raise GenerationError(f"prefill_wait_steps must be >= 0, got {prefill_wait_steps}")
+        self.prefill_wait_steps = prefill_wait_steps
         self.waiting: list[Row] = []  # admitted rows whose prompt is not all prefilled yet, oldest first
         self.stats = SchedulerStats()
         # Pipelining: queue decode step N+1 on step N's tokens while they are still on the device,
@@ -202,7 +206,24 @@ class Scheduler:
             slot = self.rows.index(None)  # the lowest free row keeps the decode batch compact
             self.slots.reset_row(slot, job.prefix)
             self.rows[slot] = row = Row(slot, job, self.decode_text, self.segment_id)
+            row.admitted_step = self.stats.decode_steps
             self.waiting.append(row)
+
+    def prefill_due(self) -> bool:
+        """Whether the waiting prompts go in before this decode step. With prefill_wait_steps, prompts
+        that arrive one by one while streams decode wait a few steps, so that one forward takes them
+        together (each forward has a fixed cost: an eager pass over every layer), unless nothing
+        decodes, a prompt is half in, they are a quarter of the decoding rows or a full budget, or
+        the oldest has waited prefill_wait_steps steps."""
+        if not self.waiting or self.prefill_wait_steps <= 0:
+            return bool(self.waiting)
+        decoding = sum(1 for r in self.rows if r is not None and r.decoding)
+        waiting = [r for r in self.waiting if self.rows[r.slot] is r]
+        if not decoding or not waiting or 4 * len(waiting) >= decoding or any(r.prefilled for r in waiting):
+            return True
+        if sum(len(r.job.prompt_ids) for r in waiting) >= self.prefill_token_budget:
+            return True
+        return self.stats.decode_steps - waiting[0].admitted_step >= self.prefill_wait_steps
 
     def prefill(self) -> None:
         """Prefill up to `prefill_token_budget` prompt tokens of the waiting rows, oldest first; a
@@ -275,7 +296,7 @@ class Scheduler:
 
         Pipelined, the forward of the next step is queued before this step's tokens are read.
         """
-        if self.waiting:
+        if self.prefill_due():
             self.prefill()
         start = time.perf_counter()
         current, self.inflight = self.inflight, None
