@@ -141,6 +141,9 @@ def serve(args: argparse.Namespace) -> None:
     fast = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
     print(f"server: uvicorn with {'uvloop' if fast['uvloop'] else 'asyncio'} and "
           f"{'httptools' if fast['httptools'] else 'h11'}", flush=True)
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
+    print(f"server: GIL switch interval {sys.getswitchinterval() * 1e3:g} ms", flush=True)
     with bench_engine(args) as (engine, settings):
         run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
 
@@ -207,7 +210,8 @@ def engine_flags(args: argparse.Namespace) -> list[str]:
     """The options a child process (server or engine alone) needs to build the same engine."""
     flags = ["--domains", str(args.domains), "--rows", str(args.rows), "--sensitive-words", args.sensitive_words,
              "--device", args.device, "--shape", args.shape]
-    return flags + (["--prefill-wait-steps", str(args.prefill_wait_steps)] if args.prefill_wait_steps is not None
+    flags += ["--prefill-wait-steps", str(args.prefill_wait_steps)] if args.prefill_wait_steps is not None else []
+    return flags + (["--switch-interval-ms", str(args.switch_interval_ms)] if args.switch_interval_ms is not None
                     else [])
 
 
@@ -475,7 +479,8 @@ def report_steady(args: argparse.Namespace, m: Steady) -> tuple[float, list[str]
     steps = max(e["glmbot_engine_decode_steps_total"], 1)
     where = f"{'builtin:tiny' if args.shape == 'tiny' else 'ChatGLM2-6B shape (random bf16)'} on {args.device}"
     console.print(f"steady state over HTTP ({where}, {args.clients} clients back to back, {args.rows} rows, "
-                  f"{args.max_tokens} tokens per answer, prefill_wait_steps {args.prefill_wait_steps or 0}), "
+                  f"{args.max_tokens} tokens per answer, prefill_wait_steps "
+                  f"{'as glmbot.toml' if args.prefill_wait_steps is None else args.prefill_wait_steps}), "
                   f"{seconds:.1f} s window: {rate:,.0f} tokens/s; {len(m.requests)} requests sent in all")
     if first:
         console.print(f"  TTFT of the {len(first)} requests sent in the window: p50 {percentile(first, 50) * 1e3:.0f} "
@@ -692,6 +697,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the --duration window")
     parser.add_argument("--prefill-wait-steps", type=int, default=None,
                         help="[serving] prefill_wait_steps of the engine (default: glmbot.toml's)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="the server process's GIL switch interval (sys.setswitchinterval; default: its own)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child of --compare-engine
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

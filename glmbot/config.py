@@ -136,7 +136,7 @@ class ServingSettings:
         "prompt tokens prefilled between two decode steps at most: longer prompts go in over several steps, so "
         "streams already decoding wait for one bounded forward (larger: sooner first tokens of long prompts, "
         "longer pauses for running streams)"))
-    prefill_wait_steps: int = field(default=0, metadata=_help(
+    prefill_wait_steps: int = field(default=8, metadata=_help(
         "while streams decode, a new prompt may wait up to this many decode steps so that arrivals prefill "
         "together in one forward instead of one forward each; it goes at once when the waiting prompts are a "
         "quarter of the decoding rows or a full prefill_tokens budget. 0 = prefill every arrival at the next step"))

@@ -17,7 +17,7 @@ from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.serving.engine import Engine
-from glmbot.serving.requests import GenerationRequest, RequestHandle, TextStream, chat_turns
+from glmbot.serving.requests import GenerationRequest, RequestHandle, TextStream, batched_wakeups, chat_turns
 from glmbot.serving.sampling import SamplingParams, choose_tokens
 from glmbot.serving.scheduler import Job, Scheduler
 
@@ -366,6 +366,39 @@ def test_an_async_consumer_that_falls_behind_gets_one_wake_up_and_the_deltas_joi
     deltas, wakeups = asyncio.run(run())
     # four pushes: one wake-up; "！": one, which the finish, pushed before it ran, rides on
     assert deltas == ["你好世界", "！"] and wakeups == 2
+
+
+def test_a_step_wakes_all_its_streams_with_one_call_per_event_loop(monkeypatch):
+    """Inside batched_wakeups() (the engine's step) pushes to three streams queue nothing on the loop;
+    at its end one cross-thread call wakes all three, each with its own delta."""
+    async def run() -> tuple[list[str], int, int]:
+        loop = asyncio.get_running_loop()
+        calls = []
+        real = loop.call_soon_threadsafe
+
+        def counted(*args):
+            calls.append(args)
+            return real(*args)
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+        handles = [RequestHandle(greedy("x")) for _ in range(3)]
+        streams = [h.astream() for h in handles]
+        readers = [asyncio.ensure_future(s.__anext__()) for s in streams]
+        await asyncio.sleep(0)  # every consumer waits for its first delta
+        inside = []
+
+        def step() -> None:
+            with batched_wakeups():
+                for handle, text in zip(handles, "甲乙丙"):
+                    handle._push(text)
+                inside.append(len(calls))
+        engine = threading.Thread(target=step)
+        engine.start()
+        engine.join()
+        got = list(await asyncio.gather(*readers))
+        return got, inside[0], len(calls)
+
+    deltas, during, wakeups = asyncio.run(run())
+    assert deltas == ["甲", "乙", "丙"] and during == 0 and wakeups == 1
 
 
 def test_text_stream_holds_back_incomplete_characters_whitespace_and_stop_prefixes(tok):

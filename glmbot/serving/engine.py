@@ -40,7 +40,7 @@ from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
 from glmbot.serving.prompts import build_prompt, tools_refused
-from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle
+from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
 from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, small_talk_only
 from glmbot.serving.routing_setup import route_request
 from glmbot.serving.sampling import SamplingParams
@@ -453,10 +453,11 @@ class Engine:
     def _iterate(self, jobs: list[Job]) -> None:
         """Admit `jobs` between steps, then run one decode step; errors fail the batch, not the engine."""
         try:
-            self.scheduler.drop_cancelled()
-            if jobs:
-                self.scheduler.admit(jobs)
-            self.scheduler.step()
+            with batched_wakeups():  # the step's streams are woken together, once per event loop
+                self.scheduler.drop_cancelled()
+                if jobs:
+                    self.scheduler.admit(jobs)
+                self.scheduler.step()
         except Exception as exc:  # noqa: BLE001 - keep serving the requests that come next
             log.exception("engine step failed")
             error = GenerationError(f"the engine failed while generating ({type(exc).__name__}: {exc}); the requests "

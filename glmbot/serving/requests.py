@@ -7,6 +7,7 @@ A `RequestHandle` is filled by the engine's thread and read by any thread or eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -247,6 +248,39 @@ class TextStream:
         return delta
 
 
+class _Wakeups(threading.local):
+    pending: dict[asyncio.AbstractEventLoop, list[_AsyncWaiter]] | None = None
+
+
+_wakeups = _Wakeups()
+
+
+@contextlib.contextmanager
+def batched_wakeups() -> Iterator[None]:
+    """Inside, async consumers woken from this thread are collected and woken at the end with one
+    cross-thread call per event loop: a decode step that advances 200 streams makes one self-pipe
+    write and one callback on the server's loop, not 200 of each."""
+    if _wakeups.pending is not None:  # nested: the outer block wakes them
+        yield
+        return
+    _wakeups.pending = {}
+    try:
+        yield
+    finally:
+        pending, _wakeups.pending = _wakeups.pending, None
+        for loop, waiters in pending.items():
+            try:
+                loop.call_soon_threadsafe(_set_all, waiters)
+            except RuntimeError:  # that loop is closed: its consumers are gone
+                for waiter in waiters:
+                    waiter.queued = False
+
+
+def _set_all(waiters: list[_AsyncWaiter]) -> None:
+    for waiter in waiters:
+        waiter.set()
+
+
 class _AsyncWaiter:
     """An astream() consumer's event, set from the engine thread. At most one wake-up is queued on
     its loop at a time: tokens pushed before the queued one runs are read with it, so a loop that
@@ -260,12 +294,15 @@ class _AsyncWaiter:
         if self.queued:
             return
         self.queued = True
+        if _wakeups.pending is not None:  # inside batched_wakeups(): woken with the others at its end
+            _wakeups.pending.setdefault(self.loop, []).append(self)
+            return
         try:
-            self.loop.call_soon_threadsafe(self._set)
+            self.loop.call_soon_threadsafe(self.set)
         except RuntimeError:  # that loop is closed: its consumer is gone
             self.queued = False
 
-    def _set(self) -> None:  # the loop's thread: cleared before the consumer reads, so no push is missed
+    def set(self) -> None:  # the loop's thread: cleared before the consumer reads, so no push is missed
         self.queued = False
         self.event.set()
 
