@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 import typer
-from conftest import small_config
+from conftest import small_config, small_model
 from test_engine import QUERIES, base, greedy, oracle, tok  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
 from glmbot.config import Settings, settings_from_dict
 from glmbot.errors import (AdapterIntegrityError, ConfigError, PrefixCheckpointError, UnknownAdapterError,
                            UnknownDomainError)
-from glmbot.model.fingerprint import architecture
+from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
@@ -36,15 +36,19 @@ def registry(tmp_path):
     reg.close()
 
 
+BASE_FINGERPRINT = base_fingerprint(small_model())  # test_engine's `base`: the engine serves only its adapters
+
+
 def add_adapter(reg: Registry, domain: str, length: int, seed: int, config=None, promote: bool = True,
-                prompts: list[str] | None = None, hyperparams: dict | None = None) -> torch.Tensor:
+                prompts: list[str] | None = None, hyperparams: dict | None = None,
+                fingerprint: str = BASE_FINGERPRINT) -> torch.Tensor:
     """Register (and promote) a random prefix; returns its KV (2L, G, P, D) for the oracle."""
     config = config or small_config()
     reg.ensure_domain(domain)
     torch.manual_seed(seed)
     encoder = PrefixEncoder(config, length)
     info = reg.register_adapter(domain, encoder_state(encoder), base_model="builtin:test",
-                                base_fingerprint="sha256:0123456789abcdef", architecture=architecture(config),
+                                base_fingerprint=fingerprint, architecture=architecture(config),
                                 routing_prompts=prompts, hyperparams=hyperparams)
     if promote:
         reg.promote(info.ref)
@@ -132,6 +136,29 @@ def test_an_adapter_for_another_base_is_refused_with_a_clear_error(base, tok, re
         assert handles[1].result().adapter == "support@v1"
         with pytest.raises(UnknownAdapterError, match="has no version v7"):
             engine.generate(GenerationRequest(query="hi", adapter="support@v7", max_new_tokens=4))
+
+
+def test_an_adapter_trained_on_other_weights_of_the_same_shape_is_refused(base, tok, registry, five_domains):
+    """Same architecture, another base's weights (the builtin base of 2026-12-04 against today's): its
+    prefix would fit and answer nonsense, so it is refused, naming both fingerprints and the fix."""
+    other = base_fingerprint(small_model(seed=1))
+    assert other != BASE_FINGERPRINT
+    add_adapter(registry, "legacy", 4, 9, fingerprint=other)
+    with Engine(base, tok, registry=registry, max_batch_size=4, max_len=64) as engine:
+        with pytest.raises(PrefixCheckpointError) as info:
+            engine.generate(greedy(QUERIES[0], "legacy", 4))
+        assert engine.generate(greedy(QUERIES[0], "support", 4)).adapter == "support@v1"
+    message = str(info.value)
+    assert other in message and BASE_FINGERPRINT in message and "glmbot train --domain legacy" in message
+
+
+def test_a_fingerprint_does_not_change_with_the_dtype_the_base_is_loaded_in():
+    """fp16 weights (ChatGLM2-6B's files) loaded as float16, float32 or bfloat16: one fingerprint."""
+    half = small_model().half()
+    full = small_model().half().float()
+    brain = small_model().half().to(torch.bfloat16)
+    assert base_fingerprint(half) == base_fingerprint(full) == base_fingerprint(brain)
+    assert base_fingerprint(small_model(seed=1)) != base_fingerprint(small_model())
 
 
 def test_a_promotion_is_seen_by_the_next_request(base, tok, registry, five_domains):

@@ -9,6 +9,7 @@ The cluster is shut down at the end."""
 from __future__ import annotations
 
 import faulthandler
+import functools
 import json
 import socket
 import threading
@@ -25,7 +26,7 @@ from glmbot import load_base
 from glmbot.config import settings_from_dict
 from glmbot.http import ServerThread, create_app
 from glmbot.integrations.ray_serve import deploy
-from glmbot.model.fingerprint import architecture
+from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
 from glmbot.registry import Registry
@@ -45,13 +46,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.cache
+def tiny_fingerprint() -> str:
+    """The replicas' base (builtin:tiny): they serve only adapters trained on it."""
+    return base_fingerprint(load_base("builtin:tiny", device="cpu")[0])
+
+
 def register(registry: Registry, config, domain: str, seed: int, promote: bool = True):
     torch.manual_seed(seed)
     encoder = PrefixEncoder(config, 8 + seed % 3 * 4)
     with torch.no_grad():
         encoder.embedding.weight.normal_(0, 1.0)  # strong enough that domains and versions answer differently
     info = registry.register_adapter(domain, encoder_state(encoder), base_model="builtin:tiny",
-                                     base_fingerprint="sha256:0123456789abcdef", architecture=architecture(config))
+                                     base_fingerprint=tiny_fingerprint(), architecture=architecture(config))
     if promote:
         registry.promote(info.ref)
     return info

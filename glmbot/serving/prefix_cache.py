@@ -71,9 +71,10 @@ class PrefixSource(Protocol):
 class RegistryPrefixSource:
     """Adapters of a `glmbot.registry.Registry`, checked against the serving base's config."""
 
-    def __init__(self, registry: Any, config: ChatGLMConfig):
+    def __init__(self, registry: Any, config: ChatGLMConfig, base_fingerprint: str = ""):
         self.registry = registry
         self.config = config
+        self.base_fingerprint = base_fingerprint  # the served base's; "" = not checked
 
     def resolve(self, ref: str | int) -> ResolvedAdapter:
         return self._resolved(self.registry.resolve(ref))
@@ -101,12 +102,13 @@ class RegistryPrefixSource:
         The encoder runs on the serving device in fp32, as the official code runs it before casting
         (a projection prefix at P=128 is ~30 GFLOP: seconds on a CPU, milliseconds on a GPU).
         """
-        from glmbot.model.fingerprint import check_same_family
+        from glmbot.model.fingerprint import check_same_base, check_same_family
         from glmbot.model.prefix_io import prefix_encoder_from_state
         from glmbot.registry.store import WEIGHTS
 
         state, info = self.registry.load_prefix_state(adapter.id)
         check_same_family(info.base_fingerprint, self.config, info.ref)
+        check_same_base(info.base_fingerprint, self.base_fingerprint, info.ref, info.domain)
         if (info.id, info.files.get(WEIGHTS, "")) != adapter.key:
             raise UnknownAdapterError(f"adapter {adapter.ref} (id {adapter.id}) was replaced while it was being "
                                       "loaded; send the request again")
