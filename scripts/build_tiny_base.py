@@ -9,8 +9,9 @@
    greetings, small talk, shop support, ad copy). Add in-context recall dialogues (a question
    asked again, in other words, later in the conversation gets the earlier answer): the skill a
    prefix uses, since P-Tuning v2 trains keys and values that the base reads like context.
-   Optionally (`--service-conversations`, `--service-recall`; off by default, tried and not
-   shipped: docs/PERFORMANCE.md) everyday service questions in many wordings. Drop
+   Add everyday service conversations (scripts/service_intents.py: 27 kinds of business, 38
+   intents asked in many wordings) and service recall dialogues (`--service-conversations`,
+   `--service-recall`; 0 = the base of 2026-12-04, docs/PERFORMANCE.md compares both). Drop
    anything that contains text of the held-out domains (bench/domains, scripts/tuning_domains,
    tests/data). Train a SentencePiece tokenizer that must contain all 6,763 GB2312 hanzi,
    full-width punctuation, ASCII letters and digits (byte fallback for the rest; settings that
@@ -376,17 +377,17 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=864)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-tokens", type=int, default=65_536)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=6500)
     ap.add_argument("--minutes", type=float, default=7.0, help="stop early past this (recorded in build_info)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recall-dialogues", type=int, default=40_000, help="in-context recall dialogues in the corpus")
     ap.add_argument("--recall-rounds", type=int, default=5, help="most rounds before the question comes again")
     ap.add_argument("--reworded-recall", action="store_true", help="the question comes again in the trainer's rewordings too")
-    ap.add_argument("--service-conversations", type=int, default=0,
+    ap.add_argument("--service-conversations", type=int, default=12_000,
                     help="everyday service conversations (scripts/service_intents.py) in the chat part")
-    ap.add_argument("--service-recall", type=int, default=0,
+    ap.add_argument("--service-recall", type=int, default=25_000,
                     help="service recall dialogues: a question asked again in another wording gets the earlier answer")
-    ap.add_argument("--service-rounds", type=int, default=6, help="most rounds before a service question comes again")
+    ap.add_argument("--service-rounds", type=int, default=5, help="most rounds before a service question comes again")
     args = ap.parse_args()
     if args.stage in ("corpus", "all"):
         corpus_stage(args)

@@ -23,7 +23,7 @@ def project(tmp_path_factory):
     extra = f"""
 [plugins]
 paths = ["{REPO_PLUGINS}"]
-sensitive_words = ["知更鸟"]
+sensitive_words = ["智能助手"]
 [plugins.options.order_status]
 db = "orders.db"
 """
@@ -49,8 +49,8 @@ def test_sensitive_words_are_masked_in_answers(project):
     plain = cli_process(project, "chat", "--domain", "base", "--temperature", "0", "--no-log", input="你好\n",
                         env_extra={"GLMBOT_LOAD_PLUGINS": "order_status"})
     masked = cli_process(project, "chat", "--domain", "base", "--temperature", "0", "--no-log", input="你好\n")
-    assert "知更鸟" in plain.stdout and "知更鸟" not in masked.stdout  # the builtin base greets as 知更鸟好物
-    assert masked.stdout == plain.stdout.replace("知更鸟", "***")
+    assert "智能助手" in plain.stdout and "智能助手" not in masked.stdout  # the builtin base greets as 智能助手
+    assert masked.stdout == plain.stdout.replace("智能助手", "****")
 
 
 def test_keyword_router_plugin_routes_before_the_rules(project):

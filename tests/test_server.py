@@ -18,7 +18,7 @@ from glmbot.config import settings_from_dict
 from glmbot.errors import GenerationError
 from glmbot.http import ServerThread, create_app
 from glmbot.integrations.langchain import ChatGlmbot
-from glmbot.model.fingerprint import architecture
+from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
 from glmbot.registry import Registry
@@ -47,9 +47,9 @@ def serving_engine(registry: Registry) -> Engine:
         torch.manual_seed(seed)
         encoder = PrefixEncoder(model.config, 8 + 4 * seed)
         with torch.no_grad():
-            encoder.embedding.weight.normal_(0, 1.0)  # strong enough that the domains answer differently
+            encoder.embedding.weight.normal_(0, 3.0)  # strong enough that the domains answer differently
         info = registry.register_adapter(domain, encoder_state(encoder), base_model="builtin:tiny",
-                                         base_fingerprint="sha256:0123456789abcdef",
+                                         base_fingerprint=base_fingerprint(model),
                                          architecture=architecture(model.config))
         registry.promote(info.ref)
     settings = settings_from_dict({"server": SERVER})

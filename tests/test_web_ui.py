@@ -18,7 +18,7 @@ from test_server import open_registry, serving_engine
 
 from glmbot.config import settings_from_dict
 from glmbot.http import ServerThread, create_app
-from glmbot.model.fingerprint import architecture
+from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
 from glmbot.serving.requests import GenerationRequest
@@ -45,9 +45,9 @@ def engine(registry, tmp_path_factory):
         torch.manual_seed(7)
         encoder = PrefixEncoder(eng.model.config, 8)
         with torch.no_grad():
-            encoder.embedding.weight.normal_(0, 1.0)
+            encoder.embedding.weight.normal_(0, 3.0)  # strong enough that v2 answers otherwise than v1
         registry.register_adapter("support", encoder_state(encoder), base_model="builtin:tiny",
-                                  base_fingerprint="sha256:0123456789abcdef", architecture=architecture(eng.model.config),
+                                  base_fingerprint=base_fingerprint(eng.model), architecture=architecture(eng.model.config),
                                   metrics={"rouge-l": 41.5, "bleu-4": 12.25, "probe_kept": 0.875},
                                   provenance={"run_dir": str(run_dir), "data": "support.jsonl"})
         yield eng
