@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from glmbot.config import Settings, settings_from_dict
 from glmbot.errors import (AdapterIntegrityError, ConfigError, PrefixCheckpointError, UnknownAdapterError,
                            UnknownDomainError)
-from glmbot.model.fingerprint import architecture, base_fingerprint
+from glmbot.model.fingerprint import architecture, base_fingerprint, base_fingerprints
 from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
@@ -159,6 +159,17 @@ def test_a_fingerprint_does_not_change_with_the_dtype_the_base_is_loaded_in():
     brain = small_model().half().to(torch.bfloat16)
     assert base_fingerprint(half) == base_fingerprint(full) == base_fingerprint(brain)
     assert base_fingerprint(small_model(seed=1)) != base_fingerprint(small_model())
+    # adapters registered before the rounding recorded the unrounded sample: still served
+    assert base_fingerprints(half)[1] != base_fingerprints(half)[0] and len(set(base_fingerprints(brain))) == 1
+
+
+def test_an_adapter_with_the_fingerprint_of_before_the_rounding_is_still_served(tok, registry):
+    """A fp16 base: adapters registered before 2026-12-05 carry the unrounded fingerprint."""
+    half_base = small_model().half().float()  # fp16 weights, served in fp32
+    legacy = base_fingerprints(half_base)[1]
+    add_adapter(registry, "older", 4, 3, fingerprint=legacy)
+    with Engine(half_base, tok, registry=registry, max_batch_size=2, max_len=64) as engine:
+        assert engine.generate(greedy(QUERIES[0], "older", 4)).adapter == "older@v1"
 
 
 def test_a_promotion_is_seen_by_the_next_request(base, tok, registry, five_domains):

@@ -35,12 +35,22 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     'glm4/sha256:...'; ChatGLM2's stay as they were), so every adapter records the family it was
     trained on, and a ChatGLM2 prefix (same width as a ChatGLM3 one) is refused on ChatGLM3.
     Quantizing the blocks (int8/int4) leaves the embeddings, and so the fingerprint, as they are.
+    The sample is rounded to bf16 first, so one base loaded in float32, float16 or bfloat16 has one
+    fingerprint (ChatGLM2-6B's fp16 files trained on in bf16 and served in fp32 still match).
     """
+    return _fingerprint(model, torch.bfloat16)
+
+
+def base_fingerprints(model: torch.nn.Module) -> tuple[str, str]:
+    """The fingerprints an adapter of this base may carry: base_fingerprint's first, then the one
+    adapters registered before 2026-12-05 recorded (the sample unrounded, as the base was loaded)."""
+    return base_fingerprint(model), _fingerprint(model, torch.float32)
+
+
+def _fingerprint(model: torch.nn.Module, rounded_to: torch.dtype) -> str:
     digest = hashlib.sha256(json.dumps(architecture(model.config), sort_keys=True).encode())
     for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-        # Rounded to bf16 first, so one base loaded in float32, float16 or bfloat16 has one fingerprint
-        # (ChatGLM2-6B's fp16 files trained on in bf16 and served in fp32 still match its adapters).
-        sample = weight.detach()[:SAMPLE_ROWS].to("cpu", torch.bfloat16).to(torch.float32).contiguous()
+        sample = weight.detach()[:SAMPLE_ROWS].to("cpu", rounded_to).to(torch.float32).contiguous()
         digest.update(sample.numpy().tobytes())
     family = getattr(model.config, "glm_family", None) or DEFAULT_FAMILY
     tag = "" if family == DEFAULT_FAMILY else family + "/"
@@ -66,13 +76,13 @@ def check_same_family(adapter_fingerprint: str, config: ChatGLMConfig, adapter: 
             f"[model] base_model to its {trained} base")
 
 
-def check_same_base(adapter_fingerprint: str, base: str, adapter: str, domain: str) -> None:
-    """Refuse an adapter trained on other base weights than the served base (fingerprint `base`)."""
+def check_same_base(adapter_fingerprint: str, base: tuple[str, ...], adapter: str, domain: str) -> None:
+    """Refuse an adapter trained on other base weights than the served base (`base_fingerprints`)."""
     from glmbot.errors import PrefixCheckpointError
 
-    if adapter_fingerprint and base and adapter_fingerprint != base:
+    if adapter_fingerprint and base and adapter_fingerprint not in base:
         raise PrefixCheckpointError(
             f"adapter {adapter} was trained on a base with fingerprint {adapter_fingerprint}, but the served base "
-            f"has fingerprint {base}: a prefix only works on the base weights it was trained on (the builtin base "
-            f"changed on 2026-12-05); retrain it on this base (glmbot train --domain {domain}) or set [model] "
-            "base_model to the base it was trained on")
+            f"has fingerprint {base[0]}: a prefix only works on the base weights it was trained on (the "
+            f"builtin base changed on 2026-12-05); retrain it on this base (glmbot train --domain {domain}) or set "
+            "[model] base_model to the base it was trained on")

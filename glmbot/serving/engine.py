@@ -34,7 +34,7 @@ from glmbot.config import Settings
 from glmbot.errors import AdapterIntegrityError, GenerationError, GlmbotError, UnknownDomainError
 from glmbot.model.chat_format import stop_ids
 from glmbot.model.family import family_of
-from glmbot.model.fingerprint import base_fingerprint
+from glmbot.model.fingerprint import base_fingerprints
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
 from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
@@ -185,7 +185,7 @@ class Engine:
             raise GenerationError("give the engine a registry or in-memory prefixes, not both")
         if registry is None and prefixes is None:
             return None
-        source = RegistryPrefixSource(registry, self.model.config, base_fingerprint(self.model)) \
+        source = RegistryPrefixSource(registry, self.model.config, base_fingerprints(self.model)) \
             if registry is not None else StaticPrefixSource(prefixes)
         capacity = int(self.settings.serving.prefix_cache_mib * MIB)
         return PrefixCache(source, capacity_bytes=capacity, device=self.model.device, dtype=self.model.dtype)

@@ -71,10 +71,10 @@ class PrefixSource(Protocol):
 class RegistryPrefixSource:
     """Adapters of a `glmbot.registry.Registry`, checked against the serving base's config."""
 
-    def __init__(self, registry: Any, config: ChatGLMConfig, base_fingerprint: str = ""):
+    def __init__(self, registry: Any, config: ChatGLMConfig, base_fingerprints: tuple[str, ...] = ()):
         self.registry = registry
         self.config = config
-        self.base_fingerprint = base_fingerprint  # the served base's; "" = not checked
+        self.base_fingerprints = base_fingerprints  # the served base's (fingerprint.base_fingerprints); empty: unchecked
 
     def resolve(self, ref: str | int) -> ResolvedAdapter:
         return self._resolved(self.registry.resolve(ref))
@@ -108,7 +108,7 @@ class RegistryPrefixSource:
 
         state, info = self.registry.load_prefix_state(adapter.id)
         check_same_family(info.base_fingerprint, self.config, info.ref)
-        check_same_base(info.base_fingerprint, self.base_fingerprint, info.ref, info.domain)
+        check_same_base(info.base_fingerprint, self.base_fingerprints, info.ref, info.domain)
         if (info.id, info.files.get(WEIGHTS, "")) != adapter.key:
             raise UnknownAdapterError(f"adapter {adapter.ref} (id {adapter.id}) was replaced while it was being "
                                       "loaded; send the request again")
