@@ -651,20 +651,20 @@ def main() -> None:
         http_rate, problems = report_steady(args, steady)
         if args.compare_engine:
             compare_steady(args, http_rate)
-        for problem in problems[:20]:
-            console.print(f"[red]FAIL[/] {problem}")
-        if problems:
-            raise SystemExit(f"{len(problems)} check(s) failed")
-        console.print("[green]all checks passed[/]: routes, token counts, streamed chunks, [DONE]")
+        finish(problems, "routes, token counts, streamed chunks, [DONE]")
         return
     problems = report(args, target, measured)
     if args.compare_engine:
         compare_engine(args, measured)
+    finish(problems, "routes, token counts, streamed chunks, [DONE], freed rows, /health")
+
+
+def finish(problems: list[str], checked: str) -> None:
     for problem in problems[:20]:
         console.print(f"[red]FAIL[/] {problem}")
     if problems:
         raise SystemExit(f"{len(problems)} check(s) failed")
-    console.print("[green]all checks passed[/]: routes, token counts, streamed chunks, [DONE], freed rows, /health")
+    console.print(f"[green]all checks passed[/]: {checked}")
 
 
 def parse_args() -> argparse.Namespace:

@@ -337,18 +337,23 @@ def test_stream_deltas_concatenate_to_the_text_sync_and_async(engine):
     assert texts == [h.result().text for h in handles] and texts[0] == result.text
 
 
+def count_cross_thread_calls(monkeypatch) -> list:
+    """The running loop's call_soon_threadsafe calls, recorded as they come (call from inside it)."""
+    loop = asyncio.get_running_loop()
+    calls, real = [], loop.call_soon_threadsafe
+
+    def counted(*args):
+        calls.append(args)
+        return real(*args)
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    return calls
+
+
 def test_an_async_consumer_that_falls_behind_gets_one_wake_up_and_the_deltas_joined(monkeypatch):
     """Tokens pushed while the loop is busy queue one cross-thread wake-up, not one each, and come
     out as one delta; a consumer that keeps up still gets each delta on its own."""
     async def run() -> tuple[list[str], int]:
-        loop = asyncio.get_running_loop()
-        calls = []
-        real = loop.call_soon_threadsafe
-
-        def counted(*args):
-            calls.append(args)
-            return real(*args)
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+        calls = count_cross_thread_calls(monkeypatch)
         handle = RequestHandle(greedy("x"))
         got, stream = [], handle.astream()
         reader = asyncio.ensure_future(stream.__anext__())
@@ -372,14 +377,7 @@ def test_a_step_wakes_all_its_streams_with_one_call_per_event_loop(monkeypatch):
     """Inside batched_wakeups() (the engine's step) pushes to three streams queue nothing on the loop;
     at its end one cross-thread call wakes all three, each with its own delta."""
     async def run() -> tuple[list[str], int, int]:
-        loop = asyncio.get_running_loop()
-        calls = []
-        real = loop.call_soon_threadsafe
-
-        def counted(*args):
-            calls.append(args)
-            return real(*args)
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+        calls = count_cross_thread_calls(monkeypatch)
         handles = [RequestHandle(greedy("x")) for _ in range(3)]
         streams = [h.astream() for h in handles]
         readers = [asyncio.ensure_future(s.__anext__()) for s in streams]
