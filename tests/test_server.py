@@ -17,6 +17,7 @@ from glmbot import load_base
 from glmbot.config import settings_from_dict
 from glmbot.errors import GenerationError
 from glmbot.http import ServerThread, create_app
+from glmbot.http.responses import CompletionIds, chunk_body, content_events, sse
 from glmbot.integrations.langchain import ChatGlmbot
 from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix import PrefixEncoder
@@ -203,6 +204,15 @@ def test_general_chat_on_auto_falls_back_to_the_plain_base(client, engine):
     reply = client.chat.completions.create(model="auto", messages=user("你好"), temperature=0, max_tokens=16)
     assert reply.glmbot["reason"] == "fallback" and reply.glmbot["domain"] is None
     assert reply.choices[0].message.content == direct(engine, user("你好"), "base", 16)
+
+
+def test_pre_rendered_content_events_equal_the_encoded_chunk_byte_for_byte():
+    ids = CompletionIds("chatcmpl-1", 1700000000, 'support@v2 "quoted" \\ 模型')
+    texts = ["", "你好", 'a "quote", a \\ and\nnew lines\t', "\u0000\u001f", "😀 emoji", "</script>"]
+    for usage in (False, True):
+        content = content_events(ids, with_usage=usage)
+        for text in texts:
+            assert content(text) == sse(chunk_body(ids, {"content": text}, with_usage=usage)), (usage, text)
 
 
 # ---- health and metrics -----------------------------------------------------------------------------

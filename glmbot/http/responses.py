@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,15 @@ def chunk_body(ids: CompletionIds, delta: dict[str, Any], finish_reason: str | N
     if with_usage:
         body["usage"] = None  # stream_options.include_usage: only the last chunk carries usage
     return body
+
+
+def content_events(ids: CompletionIds, with_usage: bool = False) -> Callable[[str], str]:
+    """`sse(chunk_body(ids, {"content": text}, with_usage=with_usage))` for any text, byte for byte,
+    from one pre-rendered frame: a stream's deltas cost one small json.dumps each, not the body's."""
+    marker = "\u0000glmbot-content\u0000"
+    frame = sse(chunk_body(ids, {"content": marker}, with_usage=with_usage))
+    head, tail = frame.split(json.dumps(marker, ensure_ascii=False))
+    return lambda text: head + json.dumps(text, ensure_ascii=False) + tail
 
 
 def usage_chunk(ids: CompletionIds, result: GenerationResult) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from glmbot.http.responses import (
     CompletionIds,
     chunk_body,
     completion_body,
+    content_events,
     glmbot_extension,
     openai_finish_reason,
     sse,
@@ -169,12 +170,13 @@ class ChatService:
     async def _events(self, chat: ChatCompletionRequest, exchange: _Exchange, ids: CompletionIds,
                       deltas: AsyncIterator[str], first: str | None) -> AsyncIterator[str]:
         usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        content = content_events(ids, with_usage=usage)  # the per-token event, pre-rendered
         try:
             yield sse(chunk_body(ids, {"role": "assistant", "content": ""}, with_usage=usage))
             if first is not None:
-                yield sse(chunk_body(ids, {"content": first}, with_usage=usage))
+                yield content(first)
                 async for delta in deltas:
-                    yield sse(chunk_body(ids, {"content": delta}, with_usage=usage))
+                    yield content(delta)
             result = exchange.handle.result()
             if result.tool_calls:  # held back by the engine until parsed: content (if any), then the calls
                 if first is None and result.text:
