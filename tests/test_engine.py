@@ -373,6 +373,29 @@ def test_an_async_consumer_that_falls_behind_gets_one_wake_up_and_the_deltas_joi
     assert deltas == ["你好世界", "！"] and wakeups == 2
 
 
+def test_a_thread_waiting_for_the_result_is_not_woken_by_each_token():
+    """result() callers (one thread per request: LangChain's invoke, the benches' clients) sleep until
+    the end; only stream() readers are woken per delta."""
+    handle = RequestHandle(greedy("x"))
+    waits = []
+    real_wait = handle._finished.wait
+
+    def counted(timeout=None):
+        waits.append(timeout)
+        return real_wait(timeout)
+    handle._finished.wait = counted
+    reader = threading.Thread(target=handle.result)
+    reader.start()
+    wait_until(lambda: len(waits) == 1)
+    for piece in "一二三四五六七八九十" * 5:
+        handle._push(piece)
+    time.sleep(0.05)
+    assert len(waits) == 1  # asleep through all 50 deltas
+    handle._finish()
+    reader.join(5)
+    assert not reader.is_alive() and len(waits) == 1 and "".join(handle.stream()) == "一二三四五六七八九十" * 5
+
+
 def test_a_step_wakes_all_its_streams_with_one_call_per_event_loop(monkeypatch):
     """Inside batched_wakeups() (the engine's step) pushes to three streams queue nothing on the loop;
     at its end one cross-thread call wakes all three, each with its own delta."""

@@ -315,7 +315,11 @@ class RequestHandle:
         self.id = next(_ids)
         self.submitted_at = time.perf_counter()
         self._wake_engine = wake_engine
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # stream() readers: woken by every pushed delta
+        self._finished = threading.Condition(lock)  # result() callers: woken once, at the end (a thread
+        # per request blocked in result() is not woken by each of its tokens: 200 such threads cost the
+        # engine thread GIL time every step)
         self._chunks: list[str] = []
         self._done = False
         self._result: GenerationResult | None = None
@@ -338,8 +342,8 @@ class RequestHandle:
 
     def result(self, timeout: float | None = None) -> GenerationResult:
         """Wait for the end; raises the request's error (GenerationError, UnknownDomainError, ...)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._done, timeout):
+        with self._finished:
+            if not self._finished.wait_for(lambda: self._done, timeout):
                 raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
         if self._error is not None:
             raise self._error
@@ -405,6 +409,7 @@ class RequestHandle:
                 return
             self._result, self._error, self._done = result, error, True
             self._cond.notify_all()
+            self._finished.notify_all()
         self._wake_async()
 
     def _wake_async(self) -> None:
