@@ -68,13 +68,11 @@ class EventStreamResponse(StreamingResponse):
         # was ~9% of the event loop's time at 200 streams): it cancels a send pending too long.
         loop, streaming = asyncio.get_running_loop(), asyncio.current_task()
         pending: list[float] = []  # when the send in progress started; empty between sends
-        stalled = asyncio.Event()
 
-        async def watchdog() -> None:
+        async def watchdog() -> None:  # returns only after cancelling a stalled send
             while True:
                 await asyncio.sleep(self.send_timeout_s / 4)
                 if pending and loop.time() - pending[0] >= self.send_timeout_s:
-                    stalled.set()
                     streaming.cancel()
                     return
 
@@ -85,7 +83,7 @@ class EventStreamResponse(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
                 pending.clear()
         except asyncio.CancelledError:
-            if not stalled.is_set():
+            if not guard.done():  # cancelled from outside (the client left, shutdown): not ours
                 raise
             if hasattr(streaming, "uncancel"):  # Python 3.11+: this cancellation is handled here
                 streaming.uncancel()

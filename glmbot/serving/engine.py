@@ -440,11 +440,10 @@ class Engine:
         with torch.no_grad():
             while True:
                 with self._cond:
-                    if not self._ready and not self.scheduler.active and not self._closing:
-                        idle_from = time.perf_counter()
-                        while not self._ready and not self.scheduler.active and not self._closing:
-                            self._cond.wait()
-                        self._idle_s += time.perf_counter() - idle_from
+                    idle_from = time.perf_counter()
+                    while not self._ready and not self.scheduler.active and not self._closing:
+                        self._cond.wait()
+                    self._idle_s += time.perf_counter() - idle_from
                     if self._closing and not self._ready and not self.scheduler.active:
                         return
                     take = min(len(self._ready), self.scheduler.free_rows)

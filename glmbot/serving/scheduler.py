@@ -217,7 +217,7 @@ class Scheduler:
         the oldest has waited prefill_wait_steps steps."""
         if not self.waiting or self.prefill_wait_steps <= 0:
             return bool(self.waiting)
-        decoding = sum(1 for r in self.rows if r is not None and r.decoding)
+        decoding = len(self.decoding)
         waiting = [r for r in self.waiting if self.rows[r.slot] is r]
         if not decoding or not waiting or 4 * len(waiting) >= decoding or any(r.prefilled for r in waiting):
             return True
