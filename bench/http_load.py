@@ -75,7 +75,6 @@ def bench_engine(args: argparse.Namespace):
     import torch
 
     from glmbot import load_base
-    from glmbot.config import settings_from_dict
     from glmbot.model.prefix import PrefixEncoder
     from glmbot.plugins import get_manager
     from glmbot.serving.engine import Engine
@@ -97,12 +96,7 @@ def bench_engine(args: argparse.Namespace):
                 encoder.embedding.weight.normal_(0, 1.0)
                 prefixes[name] = encoder.kv()
     router = Router([DomainProfile(name, keywords=[DOMAINS[name]]) for name in names])
-    words = [w for w in args.sensitive_words.split(",") if w]
-    serving = {"max_batch_size": args.rows}
-    if args.prefill_wait_steps is not None:
-        serving["prefill_wait_steps"] = args.prefill_wait_steps
-    settings = settings_from_dict({"server": {"log_conversations": False}, "serving": serving,
-                                   "plugins": {"sensitive_words": words}}, root=REPO)
+    settings = bench_settings(args)
     plugins = get_manager(settings)  # the default [plugins] paths: the repo's plugins/
     print(f"{'engine' if args.engine_only else 'server'}: plugins {', '.join(sorted(plugins.records))}; answer "
           f"filters {', '.join(n for n, _ in plugins.collect('register_answer_filters')) or 'none'}", flush=True)
@@ -110,6 +104,27 @@ def bench_engine(args: argparse.Namespace):
     with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256 if args.shape == "tiny" else 512,
                 plugins=plugins, **fast_path_options(settings, model)) as engine:
         yield engine, settings
+
+
+def bench_settings(args: argparse.Namespace):
+    from glmbot.config import settings_from_dict
+
+    words = [w for w in args.sensitive_words.split(",") if w]
+    serving = {"max_batch_size": args.rows}
+    if args.prefill_wait_steps is not None:
+        serving["prefill_wait_steps"] = args.prefill_wait_steps
+    return settings_from_dict({"server": {"log_conversations": False}, "serving": serving,
+                               "plugins": {"sensitive_words": words}}, root=REPO)
+
+
+def process_bench_engine(args: argparse.Namespace):
+    """In the engine process of --engine-process: bench_engine's engine (the process's bridge closes it)."""
+    stack = contextlib.ExitStack()
+    _KEPT.append(stack)  # an unreferenced stack's generator would be collected, closing the engine
+    return stack.enter_context(bench_engine(args))[0]
+
+
+_KEPT: list = []
 
 
 def full_shape(device: str, names: list[str]):
@@ -144,6 +159,16 @@ def serve(args: argparse.Namespace) -> None:
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1e3)
     print(f"server: GIL switch interval {sys.getswitchinterval() * 1e3:g} ms", flush=True)
+    if args.engine_process:  # the engine in a process of its own, as `glmbot serve` runs on CUDA
+        from glmbot.model.loading import resolve_base
+        from glmbot.model.tokenizer import ChatGLMTokenizer
+        from glmbot.serving.engine_process import ProcessEngine
+
+        print("server: the engine in its own process", flush=True)
+        tokenizer = ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))  # both shapes use it
+        with ProcessEngine(process_bench_engine, (args,), tokenizer) as engine:
+            run_server(create_app(engine, settings=bench_settings(args)), "127.0.0.1", args.port, log_level="warning")
+        return
     with bench_engine(args) as (engine, settings):
         run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
 
@@ -211,6 +236,7 @@ def engine_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--domains", str(args.domains), "--rows", str(args.rows), "--sensitive-words", args.sensitive_words,
              "--device", args.device, "--shape", args.shape]
     flags += ["--prefill-wait-steps", str(args.prefill_wait_steps)] if args.prefill_wait_steps is not None else []
+    flags += ["--engine-process"] if args.engine_process else []
     return flags + (["--switch-interval-ms", str(args.switch_interval_ms)] if args.switch_interval_ms is not None
                     else [])
 
@@ -477,7 +503,8 @@ def report_steady(args: argparse.Namespace, m: Steady) -> tuple[float, list[str]
     inside = [c for c in m.requests if m.window[0] <= c.started_at and c.done and c.first_token_s is not None]
     first = [c.first_token_s for c in inside]
     steps = max(e["glmbot_engine_decode_steps_total"], 1)
-    where = f"{'builtin:tiny' if args.shape == 'tiny' else 'ChatGLM2-6B shape (random bf16)'} on {args.device}"
+    where = f"{'builtin:tiny' if args.shape == 'tiny' else 'ChatGLM2-6B shape (random bf16)'} on {args.device}" + \
+            (', the engine in its own process' if args.engine_process else '')
     console.print(f"steady state over HTTP ({where}, {args.clients} clients back to back, {args.rows} rows, "
                   f"{args.max_tokens} tokens per answer, prefill_wait_steps "
                   f"{'as glmbot.toml' if args.prefill_wait_steps is None else args.prefill_wait_steps}), "
@@ -699,6 +726,9 @@ def parse_args() -> argparse.Namespace:
                         help="[serving] prefill_wait_steps of the engine (default: glmbot.toml's)")
     parser.add_argument("--switch-interval-ms", type=float, default=None,
                         help="the server process's GIL switch interval (sys.setswitchinterval; default: its own)")
+    parser.add_argument("--engine-process", action="store_true",
+                        help="the server's engine in a process of its own ([serving] engine_process, the default on "
+                             "CUDA); without it the engine shares the server's process")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child of --compare-engine
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

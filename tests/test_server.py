@@ -43,6 +43,14 @@ def open_registry(root) -> Registry:
 def serving_engine(registry: Registry) -> Engine:
     """The builtin tiny base serving two registered, promoted random prefixes (the caller closes it)."""
     model, tok = load_base("builtin:tiny", device="cpu")
+    register_random_domains(registry, model)
+    settings = settings_from_dict({"server": SERVER})
+    return Engine(model, tok, registry=registry, router=build_router(settings, registry), settings=settings,
+                  max_batch_size=16, max_len=MAX_LEN)
+
+
+def register_random_domains(registry: Registry, model) -> None:
+    """Two domains (KEYWORDS), each with a promoted random prefix strong enough to answer differently."""
     for seed, (domain, keyword) in enumerate(KEYWORDS.items()):
         registry.add_domain(domain, keywords=[keyword])
         torch.manual_seed(seed)
@@ -53,9 +61,6 @@ def serving_engine(registry: Registry) -> Engine:
                                          base_fingerprint=base_fingerprint(model),
                                          architecture=architecture(model.config))
         registry.promote(info.ref)
-    settings = settings_from_dict({"server": SERVER})
-    return Engine(model, tok, registry=registry, router=build_router(settings, registry), settings=settings,
-                  max_batch_size=16, max_len=MAX_LEN)
 
 
 @pytest.fixture(scope="module")

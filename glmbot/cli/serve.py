@@ -54,7 +54,7 @@ def serve(
 
         return serve_on_ray(settings, host, port, keys)
     registry = common.get_registry()
-    engine = common.get_engine()
+    engine = serving_engine(settings)
     app = create_app(engine, settings=settings, registry=registry, api_keys=keys, web_ui=True)
     models = [card["id"] for card in app.state.service.model_cards()]
     shown_host = f"[{host}]" if ":" in host else host
@@ -68,3 +68,14 @@ def serve(
         run_server(app, host, port)
     finally:
         engine.close()
+
+
+def serving_engine(settings):
+    """The engine `glmbot serve` answers from: in a process of its own where [serving] engine_process
+    says so (default: on CUDA), else in this process."""
+    from glmbot.serving.engine_process import ProcessEngine, wants_engine_process
+
+    if wants_engine_process(settings):
+        common.console.print("engine: in its own process ([serving] engine_process)", highlight=False)
+        return ProcessEngine.from_settings(settings)
+    return common.get_engine()

@@ -307,6 +307,13 @@ class _AsyncWaiter:
         self.event.set()
 
 
+class _Watcher:
+    """A `RequestHandle.watch` callback in the handle's list of waiters."""
+
+    def __init__(self, wake: Callable[[], None]):
+        self.wake = wake
+
+
 class RequestHandle:
     """The caller's side of a submitted request; thread-safe, usable from async code."""
 
@@ -325,7 +332,7 @@ class RequestHandle:
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
-        self._async_waiters: list[_AsyncWaiter] = []
+        self._waiters: list[_AsyncWaiter | _Watcher] = []  # woken after each delta and at the end
 
     @property
     def done(self) -> bool:
@@ -369,13 +376,12 @@ class RequestHandle:
         many streams falls behind the engine; one per token when it keeps up)."""
         waiter = _AsyncWaiter(asyncio.get_running_loop())
         with self._cond:
-            self._async_waiters.append(waiter)
+            self._waiters.append(waiter)
         try:
             seen = 0
             while True:
                 waiter.event.clear()
-                with self._cond:
-                    chunks, done = self._chunks[seen:], self._done
+                chunks, done = self.updates(seen)
                 seen += len(chunks)
                 if chunks:
                     yield chunks[0] if len(chunks) == 1 else "".join(chunks)
@@ -385,9 +391,23 @@ class RequestHandle:
                     await waiter.event.wait()
         finally:
             with self._cond:
-                self._async_waiters.remove(waiter)
+                self._waiters.remove(waiter)
         if self._error is not None:
             raise self._error
+
+    def updates(self, seen: int) -> tuple[list[str], bool]:
+        """The deltas after the first `seen`, and whether the request had ended when they were read
+        (every delta is pushed before the end, so a reader that gets done=True has them all)."""
+        with self._cond:
+            return self._chunks[seen:], self._done
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` from the engine's thread after each delta and at the end (keep it short:
+        it runs inside the decode step); read what changed with `updates`."""
+        with self._cond:
+            self._waiters.append(_Watcher(wake))
+        if self.done:
+            wake()
 
     async def aresult(self) -> GenerationResult:
         async for _ in self.astream():
@@ -414,6 +434,6 @@ class RequestHandle:
 
     def _wake_async(self) -> None:
         with self._cond:
-            waiters = list(self._async_waiters)
+            waiters = list(self._waiters)
         for waiter in waiters:
             waiter.wake()
