@@ -115,10 +115,9 @@ def test_http_api_over_the_engine_process(stack):
 
 
 def test_a_dead_engine_process_fails_open_requests_with_one_clear_error(tmp_path):
-    with open_registry(tmp_path) as registry:
-        registry.add_domain("support", keywords=["退货"])
-    remote = ProcessEngine.from_settings(process_settings(tmp_path), max_len=MAX_LEN)
-    try:
+    settings = process_settings(tmp_path)
+    with open_registry(tmp_path) as registry, ProcessEngine.from_settings(settings, max_len=MAX_LEN) as remote, \
+            ServerThread(create_app(remote, settings=settings, registry=registry)) as server:
         handle = remote.submit(GenerationRequest(query="你好", max_new_tokens=230, ignore_eos=True, domain="base"))
         next(handle.stream())
         remote.process.kill()
@@ -126,8 +125,11 @@ def test_a_dead_engine_process_fails_open_requests_with_one_clear_error(tmp_path
             handle.result(timeout=30)
         with pytest.raises(ServingUnavailableError, match="restart the server"):
             remote.submit(GenerationRequest(query="你好"))
-    finally:
-        remote.close()
+        health = httpx.get(server.url + "/health")
+        assert health.status_code == 503 and "engine process stopped" in health.json()["error"]
+        chat = httpx.post(server.url + "/v1/chat/completions",
+                          json={"model": "base", "messages": [{"role": "user", "content": "你好"}]})
+        assert chat.status_code == 503 and "restart the server" in chat.json()["error"]["message"]
 
 
 def test_auto_means_an_engine_process_on_cuda_only():

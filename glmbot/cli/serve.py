@@ -76,6 +76,6 @@ def serving_engine(settings):
     from glmbot.serving.engine_process import ProcessEngine, wants_engine_process
 
     if wants_engine_process(settings):
-        common.console.print("engine: in its own process ([serving] engine_process)", highlight=False)
+        common.console.print("engine: in its own process ([serving] engine_process)", highlight=False, markup=False)
         return ProcessEngine.from_settings(settings)
     return common.get_engine()

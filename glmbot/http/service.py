@@ -80,14 +80,21 @@ class ChatService:
     # ---- small endpoints ------------------------------------------------------------------------
 
     async def health(self) -> JSONResponse:
-        s = self.engine.stats()
+        try:
+            s = self.engine.stats()
+        except ServingUnavailableError as exc:  # the engine process is gone: not healthy
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
         family = engine_family(self.engine)
         return JSONResponse({"status": "ok", "base_family": family.name, "active_rows": s.active_rows, "queued": s.queued,
                              "max_batch_size": self.engine.max_batch_size, "max_len": self.engine.max_len,
                              "finished": s.finished})
 
     async def metrics_text(self) -> PlainTextResponse:
-        return PlainTextResponse(self.metrics.render(self.engine.stats()), media_type=CONTENT_TYPE)
+        try:
+            stats = self.engine.stats()
+        except ServingUnavailableError as exc:
+            raise APIError(503, str(exc), "server_error", "unavailable") from None
+        return PlainTextResponse(self.metrics.render(stats), media_type=CONTENT_TYPE)
 
     async def models(self) -> JSONResponse:
         return JSONResponse({"object": "list", "data": await asyncio.to_thread(self.model_cards)})
@@ -132,7 +139,7 @@ class ChatService:
                      ids: CompletionIds, started: float) -> Response:
         try:
             handle = self.engine.submit(gen)
-        except GenerationError as exc:  # the engine is closing
+        except (GenerationError, ServingUnavailableError) as exc:  # the engine is closing, or its process is gone
             raise APIError(503, str(exc), "server_error", "unavailable") from None
         exchange = _Exchange(handle, gen, chat.model, started)
         try:

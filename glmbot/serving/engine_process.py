@@ -27,6 +27,7 @@ import itertools
 import logging
 import multiprocessing
 import pickle
+import signal
 import threading
 from typing import Any, Callable
 
@@ -35,7 +36,8 @@ from glmbot.serving.requests import GenerationRequest, GenerationResult, Request
 
 log = logging.getLogger(__name__)
 ASK_TIMEOUT_S = 30.0  # a stats or invalidate query; the engine process answers between its steps
-CLOSE_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 60.0  # close(wait=True): the open requests finish first
+CANCEL_TIMEOUT_S = 15.0  # close(): they are cancelled at the next step
 
 
 def wants_engine_process(settings: Any) -> bool:
@@ -224,9 +226,10 @@ class ProcessEngine:
             return
         self._closed = True
         self._send_quietly(("close", wait))
-        self.process.join(CLOSE_TIMEOUT_S)
+        timeout = CLOSE_TIMEOUT_S if wait else CANCEL_TIMEOUT_S
+        self.process.join(timeout)
         if self.process.is_alive():
-            log.warning("the engine process did not stop within %g s; terminating it", CLOSE_TIMEOUT_S)
+            log.warning("the engine process did not stop within %g s; terminating it", timeout)
             self.process.terminate()
             self.process.join(5)
         self._reader.join(10)
@@ -256,6 +259,7 @@ def engine_from_settings(settings: Any, engine_kwargs: dict[str, Any]) -> Any:
 
 def engine_main(build: Callable[..., Any], build_args: tuple, inbox: Any, outbox: Any) -> None:
     """The child's entry: build the engine, say ready (or why not), then serve the pipes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server stops us
     logging.basicConfig(level=logging.INFO, format="glmbot-engine %(levelname)s %(name)s: %(message)s")
     try:
         engine = build(*build_args)
