@@ -79,8 +79,9 @@ class SlotCache:
         layer = self.slots.kv[layer_idx]  # (R, 2, G, S+1, D)
         # Advanced indices around slices put the indexed dims first: the target is (B, T, 2, G, D).
         layer[self.row_index, :, :, self.write_pos] = kv
-        rows = layer[:self.write_pos.shape[0]] if self.rows is None else layer[self.rows]
-        return rows[:, 0, :, :self.kv_len], rows[:, 1, :, :self.kv_len]
+        readable = layer[..., :self.kv_len, :]  # a view: the gather below copies only the slots read
+        rows = readable[:self.write_pos.shape[0]] if self.rows is None else readable[self.rows]
+        return rows[:, 0], rows[:, 1]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         # The model only uses this to derive positions and masks, which the engine passes itself.
