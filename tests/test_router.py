@@ -60,7 +60,7 @@ def test_sticky_beats_plugin():
     router = hand_router()
     first = router.route("我要退款", conversation_id="c1")
     router.add_plugin_router(always("ads"))
-    again = router.route("写个文案吧", conversation_id="c1")
+    again = router.route("再写一个吧", conversation_id="c1")
     assert (again.domain, again.reason, again.score) == ("support", "sticky", first.score)
     assert "keyword" in again.detail
     other = router.route("我要退款", conversation_id="c2")
@@ -192,6 +192,20 @@ def test_greetings_and_thanks_skip_a_sticky_domain_but_follow_ups_keep_it():
     for follow_up in ("怎么办？", "那运费呢？", "可以吗？"):
         decision = router.route(follow_up, conversation_id="c")
         assert (decision.domain, decision.reason) == ("support", "sticky"), follow_up
+
+
+def test_another_domains_keyword_moves_a_routed_conversation_but_not_a_named_one():
+    router = hand_router()
+    assert router.route("我要退款", conversation_id="c").domain == "support"
+    moved = router.route("帮我写个文案", conversation_id="c")  # ads' keyword, none of support's
+    assert (moved.domain, moved.reason) == ("ads", "keyword") and "leaves support" in moved.detail
+    assert router.route("再写一个吧", conversation_id="c").domain == "ads"  # and stays there
+    both = router.route("退款的文案怎么写", conversation_id="c")  # its own keyword too: stays
+    assert (both.domain, both.reason) == ("ads", "sticky")
+    assert router.route("订单号 12345678 查一下", conversation_id="c").domain == "support"  # a pattern moves it too
+    router.route("年假有几天？", conversation_id="n", explicit="hr")
+    named = router.route("我要退款", conversation_id="n")
+    assert (named.domain, named.reason) == ("hr", "sticky")
 
 
 def test_explicit_base_is_sticky():

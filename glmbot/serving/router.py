@@ -6,7 +6,8 @@ regex rules > a TF-IDF classifier over each domain's training prompts > fallback
 General chat falls through to the fallback (the plain base model by default), so greetings
 never reach a prefix that may have forgotten how to say hello: a message of greetings, thanks or
 questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
-something ("那运费呢？", "怎么办？") stays with it. Under a domain requested by name (`glmbot chat
+something ("那运费呢？", "怎么办？") stays with it; a message with another domain's keyword or pattern, and
+none of its own, moves a routed conversation to that domain (one asked for by name stays). Under a domain requested by name (`glmbot chat
 --domain hr`, HTTP model "hr") such a message goes to the plain base as well (reason small_talk,
 [routing] small_talk_to_base); an exact version (hr@v2) always gets its adapter.
 """
@@ -356,9 +357,12 @@ class Router:
         else:
             remembered = self._sticky(conversation_id, table)
             if remembered is not None and not (remembered.domain is not None and small_talk_only(text)):
-                return remembered
-            decision = (self._from_plugins(text, history, table) or self._from_rules(text, table)
-                        or self._from_classifier(text, table))
+                decision = self._topic_change(text, conversation_id, remembered, table)
+                if decision is None:
+                    return remembered
+            else:
+                decision = (self._from_plugins(text, history, table) or self._from_rules(text, table)
+                            or self._from_classifier(text, table))
         # A fallback is not remembered: a conversation that opens with "你好" must still reach the
         # support prefix when its second message asks about a refund.
         if self.sticky and conversation_id is not None and decision.reason not in ("fallback", "small_talk"):
@@ -399,6 +403,26 @@ class Router:
         return RouteDecision(first.domain, first.adapter, "sticky", first.score,
                              detail=f"conversation {conversation_id!r} stays where {first.reason} sent it"
                                     + (f" ({first.detail})" if first.detail else ""))
+
+    def _topic_change(self, text: str, conversation_id: str, remembered: RouteDecision,
+                      table: _RoutingTable) -> RouteDecision | None:
+        """A keyword or pattern of another domain, and none of the conversation's own: the
+        conversation moves there ("退货多久到账？" after questions about the library). A domain the
+        conversation asked for by name stays."""
+        first = self._memory.get(conversation_id)
+        if first is None or first.reason == "explicit":
+            return None
+        rule = self._from_rules(text, table)
+        if rule is None or rule.domain == remembered.domain or self._rules_match(text, remembered.domain, table):
+            return None
+        left = remembered.domain or "the plain base"
+        return replace(rule, detail=f"{rule.detail}; the conversation leaves {left}")
+
+    @staticmethod
+    def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:
+        folded = text.casefold()
+        return (any(d == domain and k in folded for d, _, k in table.keywords)
+                or any(d == domain and p.search(text) for d, _, p in table.patterns))
 
     def _from_plugins(self, text: str, history: Any, table: _RoutingTable) -> RouteDecision | None:
         # A broken or misconfigured plugin router is skipped with a warning: routing goes on.
