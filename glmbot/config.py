@@ -172,6 +172,11 @@ class RoutingSettings:
     min_score: float = field(default=0.25, metadata=_help(
         "classifier score under which the fallback is used"))
     sticky: bool = field(default=True, metadata=_help("keep a conversation on its first route"))
+    topic_change_score: float = field(default=0.6, metadata=_help(
+        "a message whose classifier score for another domain reaches this leaves the conversation's sticky domain "
+        "for it (a keyword or pattern of another domain, and none of its own, always does); the score is the mean "
+        "cosine of its nearest training prompts of that domain, so it grows with the domain's data; follow-ups such as "
+        "'那要多久？' score well under it; 1 = only keywords and patterns move a conversation"))
     small_talk_to_base: bool = field(default=True, metadata=_help(
         "a message of small talk alone (你好, 谢谢, 你是谁) goes to the plain base model even under a domain "
         "requested by name; an exact version (domain@vN) always gets its adapter"))

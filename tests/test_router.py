@@ -208,6 +208,22 @@ def test_another_domains_keyword_moves_a_routed_conversation_but_not_a_named_one
     assert (named.domain, named.reason) == ("hr", "sticky")
 
 
+def test_a_question_that_scores_high_for_another_domain_moves_the_conversation_but_a_follow_up_stays():
+    router = hand_router(topic_change_score=0.45)  # 8 prompts a domain: a training prompt itself scores 0.5
+    assert router.route("年假有几天？", conversation_id="c").domain == "hr"
+    follow_up = router.route("那发票呢？", conversation_id="c")  # a word of support's prompts: 0.35
+    assert (follow_up.domain, follow_up.reason) == ("hr", "sticky")
+    moved = router.route("退货运费谁出？", conversation_id="c")  # support's own training prompt
+    assert (moved.domain, moved.reason) == ("support", "classifier") and moved.score >= 0.45
+    assert "leaves hr" in moved.detail
+    assert hand_router().route("退货运费谁出？").score < 0.6  # so the default (0.6) keeps hr here
+    keywords_only = hand_router(topic_change_score=1.0)
+    keywords_only.route("年假有几天？", conversation_id="c")
+    assert keywords_only.route("退货运费谁出？", conversation_id="c").reason == "sticky"
+    with pytest.raises(ConfigError, match="topic_change_score must be in 0..1"):
+        hand_router(topic_change_score=1.5)
+
+
 def test_explicit_base_is_sticky():
     router = hand_router()
     router.route("你好", conversation_id="c", explicit="base")

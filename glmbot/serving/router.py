@@ -7,7 +7,8 @@ General chat falls through to the fallback (the plain base model by default), so
 never reach a prefix that may have forgotten how to say hello: a message of greetings, thanks or
 questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
 something ("那运费呢？", "怎么办？") stays with it; a message with another domain's keyword or pattern, and
-none of its own, moves a routed conversation to that domain (one asked for by name stays). Under a domain requested by name (`glmbot chat
+none of its own, or a classifier score of [routing] topic_change_score for another domain, moves a
+routed conversation to that domain (one asked for by name stays). Under a domain requested by name (`glmbot chat
 --domain hr`, HTTP model "hr") such a message goes to the plain base as well (reason small_talk,
 [routing] small_talk_to_base); an exact version (hr@v2) always gets its adapter.
 """
@@ -266,9 +267,14 @@ class Router:
 
     def __init__(self, profiles: list[DomainProfile], *, fallback: str = BASE,
                  min_score: float = DEFAULT_MIN_SCORE, sticky: bool = True,
-                 sticky_capacity: int = STICKY_CAPACITY, small_talk_to_base: bool = True) -> None:
+                 sticky_capacity: int = STICKY_CAPACITY, small_talk_to_base: bool = True,
+                 topic_change_score: float = 0.6) -> None:
         if not 0.0 <= min_score <= 1.0:
             raise ConfigError(f"routing.min_score must be in 0..1 (a cosine similarity), got {min_score}")
+        if not 0.0 <= topic_change_score <= 1.0:
+            raise ConfigError(f"routing.topic_change_score must be in 0..1 (1 = only keywords and patterns move a "
+                              f"conversation), got {topic_change_score}")
+        self.topic_change_score = topic_change_score
         self.fallback = fallback
         self.min_score = min_score
         self.sticky = sticky
@@ -295,7 +301,7 @@ class Router:
                 prompts=list(prompts_by_domain.get(name, [])), adapter_version=versions.get(name)))
         routing = settings.routing
         return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky,
-                   small_talk_to_base=routing.small_talk_to_base)
+                   small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score)
 
     @property
     def domains(self) -> list[str]:
@@ -406,17 +412,23 @@ class Router:
 
     def _topic_change(self, text: str, conversation_id: str, remembered: RouteDecision,
                       table: _RoutingTable) -> RouteDecision | None:
-        """A keyword or pattern of another domain, and none of the conversation's own: the
-        conversation moves there ("退货多久到账？" after questions about the library). A domain the
-        conversation asked for by name stays."""
+        """A keyword or pattern of another domain and none of the conversation's own, or a
+        classifier score of at least topic_change_score for another domain: the conversation moves
+        there ("退货多久到账？" after questions about the library). A domain asked for by name stays."""
         first = self._memory.get(conversation_id)
         if first is None or first.reason == "explicit":
             return None
-        rule = self._from_rules(text, table)
-        if rule is None or rule.domain == remembered.domain or self._rules_match(text, remembered.domain, table):
+        moved = self._from_rules(text, table)
+        if moved is not None and self._rules_match(text, remembered.domain, table):
+            return None
+        if moved is None and self.topic_change_score < 1.0:
+            moved = self._from_classifier(text, table)
+            if moved.reason != "classifier" or moved.score < self.topic_change_score:
+                return None
+        if moved is None or moved.domain == remembered.domain:
             return None
         left = remembered.domain or "the plain base"
-        return replace(rule, detail=f"{rule.detail}; the conversation leaves {left}")
+        return replace(moved, detail=f"{moved.detail}; the conversation leaves {left}")
 
     @staticmethod
     def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:

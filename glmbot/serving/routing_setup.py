@@ -34,7 +34,7 @@ def build_router(settings: Settings, registry: Any = None, plugins: Any = None) 
                           f"promote one (glmbot adapters promote {fallback}@vN) or set fallback = {BASE!r}")
     routing = settings.routing
     router = Router(profiles, fallback=fallback, min_score=routing.min_score, sticky=routing.sticky,
-                    small_talk_to_base=routing.small_talk_to_base)
+                    small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score)
     if plugins is not None:
         plugins.call("register_routers", register=router.add_plugin_router)
     return router
