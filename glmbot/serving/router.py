@@ -363,12 +363,14 @@ class Router:
         else:
             remembered = self._sticky(conversation_id, table)
             if remembered is not None and not (remembered.domain is not None and small_talk_only(text)):
-                decision = self._topic_change(text, conversation_id, remembered, table)
-                if decision is None:
+                moved = self._topic_change(text, conversation_id, remembered, table)
+                if moved is None:
                     return remembered
-            else:
-                decision = (self._from_plugins(text, history, table) or self._from_rules(text, table)
-                            or self._from_classifier(text, table))
+                self._memory.put(conversation_id, moved)  # remembered as decided, shown with the move
+                return replace(moved, detail=f"{moved.detail}; the conversation leaves "
+                                             f"{remembered.domain or 'the plain base'}")
+            decision = (self._from_plugins(text, history, table) or self._from_rules(text, table)
+                        or self._from_classifier(text, table))
         # A fallback is not remembered: a conversation that opens with "你好" must still reach the
         # support prefix when its second message asks about a refund.
         if self.sticky and conversation_id is not None and decision.reason not in ("fallback", "small_talk"):
@@ -425,10 +427,7 @@ class Router:
             moved = self._from_classifier(text, table)
             if moved.reason != "classifier" or moved.score < self.topic_change_score:
                 return None
-        if moved is None or moved.domain == remembered.domain:
-            return None
-        left = remembered.domain or "the plain base"
-        return replace(moved, detail=f"{moved.detail}; the conversation leaves {left}")
+        return None if moved is None or moved.domain == remembered.domain else moved
 
     @staticmethod
     def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:
