@@ -13,7 +13,7 @@ import pytest
 
 from glmbot import load_base
 from glmbot.config import settings_from_dict
-from glmbot.errors import ServingUnavailableError, UnknownDomainError
+from glmbot.errors import ModelLoadError, ServingUnavailableError, UnknownDomainError
 from glmbot.http import ServerThread, create_app
 from glmbot.plugins import get_manager
 from glmbot.serving.factory import build_engine
@@ -130,6 +130,15 @@ def test_a_dead_engine_process_fails_open_requests_with_one_clear_error(tmp_path
         chat = httpx.post(server.url + "/v1/chat/completions",
                           json={"model": "base", "messages": [{"role": "user", "content": "你好"}]})
         assert chat.status_code == 503 and "restart the server" in chat.json()["error"]["message"]
+
+
+def refuse_to_build(base: str):
+    raise ModelLoadError(f"no base at {base!r}: give a ChatGLM2-6B folder or 'builtin:tiny'")
+
+
+def test_an_engine_that_cannot_be_built_raises_its_own_error_in_the_server_process():
+    with pytest.raises(ModelLoadError, match="no base at '/nowhere'"):
+        ProcessEngine(refuse_to_build, ("/nowhere",), tokenizer=None)
 
 
 def test_auto_means_an_engine_process_on_cuda_only():

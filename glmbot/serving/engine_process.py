@@ -98,18 +98,20 @@ class ProcessEngine:
         """The child's ("ready", info) once its base is loaded, or its loading error raised here."""
         while not self._in.poll(0.5):
             if not self.process.is_alive():
-                raise ServingUnavailableError(f"the engine process exited (code {self.process.exitcode}) while "
-                                              "loading the base; its messages above say why")
+                raise self._exited_while_loading()
         try:
             kind, value = self._in.recv()
         except EOFError:
-            self.process.join(5)
-            raise ServingUnavailableError(f"the engine process exited (code {self.process.exitcode}) while "
-                                          "loading the base; its messages above say why") from None
+            raise self._exited_while_loading() from None
         if kind == "failed":
             self.process.join(CLOSE_TIMEOUT_S)
             raise value
         return value
+
+    def _exited_while_loading(self) -> ServingUnavailableError:
+        self.process.join(5)
+        return ServingUnavailableError(f"the engine process exited (code {self.process.exitcode}) while loading "
+                                       "the base; its messages above say why")
 
     # ---- requests ----------------------------------------------------------------------------------
 
