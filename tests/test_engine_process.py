@@ -4,6 +4,7 @@ one clear error for every open request when the engine process dies."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -130,6 +131,18 @@ def test_a_dead_engine_process_fails_open_requests_with_one_clear_error(tmp_path
         chat = httpx.post(server.url + "/v1/chat/completions",
                           json={"model": "base", "messages": [{"role": "user", "content": "你好"}]})
         assert chat.status_code == 503 and "restart the server" in chat.json()["error"]["message"]
+
+
+def test_close_stops_the_engine_process_promptly(tmp_path):
+    """close() ends the child at once (no wait for the terminate fallback); the child's exit code is 0."""
+    remote = ProcessEngine.from_settings(process_settings(tmp_path), max_len=MAX_LEN)
+
+    async def answer() -> str:
+        return "".join([d async for d in remote.submit(GenerationRequest(query="你好", max_new_tokens=8)).astream()])
+    assert asyncio.run(answer())
+    started = time.monotonic()
+    remote.close()
+    assert time.monotonic() - started < 5 and remote.process.exitcode == 0
 
 
 def refuse_to_build(base: str):

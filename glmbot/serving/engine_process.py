@@ -69,6 +69,7 @@ class ProcessEngine:
         self._replies: dict[int, concurrent.futures.Future] = {}
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
+        self._join_lock = threading.Lock()
         self._gone_error: ServingUnavailableError | None = None
         self._closed = False
         context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
@@ -104,12 +105,18 @@ class ProcessEngine:
         except EOFError:
             raise self._exited_while_loading() from None
         if kind == "failed":
-            self.process.join(CLOSE_TIMEOUT_S)
+            self._join(CLOSE_TIMEOUT_S)
             raise value
         return value
 
+    def _join(self, timeout: float) -> None:
+        """Process.join from one thread at a time: two threads joining the same child (the reader on
+        EOF and close()) could miss its exit and wait out the whole timeout."""
+        with self._join_lock:
+            self.process.join(timeout)
+
     def _exited_while_loading(self) -> ServingUnavailableError:
-        self.process.join(5)
+        self._join(5)
         return ServingUnavailableError(f"the engine process exited (code {self.process.exitcode}) while loading "
                                        "the base; its messages above say why")
 
@@ -212,7 +219,8 @@ class ProcessEngine:
 
     def _gone(self) -> None:
         """The engine process ended: every open request and query fails with one clear error."""
-        self.process.join(5)
+        if not self._closed:  # it died: its exit code, for the message
+            self._join(5)
         self._gone_error = ServingUnavailableError(
             "the server is shutting down" if self._closed else
             f"the engine process stopped (exit code {self.process.exitcode}); restart the server")
@@ -229,11 +237,11 @@ class ProcessEngine:
         self._closed = True
         self._send_quietly(("close", wait))
         timeout = CLOSE_TIMEOUT_S if wait else CANCEL_TIMEOUT_S
-        self.process.join(timeout)
+        self._join(timeout)
         if self.process.is_alive():
             log.warning("the engine process did not stop within %g s; terminating it", timeout)
             self.process.terminate()
-            self.process.join(5)
+            self._join(5)
         self._reader.join(10)
         self._out.close()
 
