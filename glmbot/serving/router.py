@@ -299,7 +299,11 @@ class Router:
                 name, keywords=list(domain.keywords) if domain else [],
                 patterns=list(domain.patterns) if domain else [],
                 prompts=list(prompts_by_domain.get(name, [])), adapter_version=versions.get(name)))
-        routing = settings.routing
+        return cls.configured(profiles, settings.routing)
+
+    @classmethod
+    def configured(cls, profiles: list[DomainProfile], routing: Any) -> Router:
+        """A router over `profiles` with the values of glmbot.toml's [routing] (a RoutingSettings)."""
         return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky,
                    small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score)
 

@@ -32,9 +32,7 @@ def build_router(settings: Settings, registry: Any = None, plugins: Any = None) 
         why = "has no active adapter in the registry" if registry is not None else "is not a [domains] table"
         raise ConfigError(f"{settings.source}: [routing] fallback = {fallback!r} {why} (routable domains: {known}); "
                           f"promote one (glmbot adapters promote {fallback}@vN) or set fallback = {BASE!r}")
-    routing = settings.routing
-    router = Router(profiles, fallback=fallback, min_score=routing.min_score, sticky=routing.sticky,
-                    small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score)
+    router = Router.configured(profiles, settings.routing)
     if plugins is not None:
         plugins.call("register_routers", register=router.add_plugin_router)
     return router
