@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
@@ -68,10 +67,10 @@ QUESTIONS = ["请问多久能到账？", "帮我写一段介绍", "这个怎么�
 
 # ---- the server process ------------------------------------------------------------------------------
 
-@contextlib.contextmanager
 def bench_engine(args: argparse.Namespace):
     """The engine over the builtin tiny base (or, with --shape full, random 6B-shape weights) with
-    random prefixes, keyword routing and the repo's plugins."""
+    random prefixes, keyword routing and the repo's plugins (the caller closes it: `with`). Also the
+    engine process's build function of --engine-process."""
     import torch
 
     from glmbot import load_base
@@ -101,9 +100,8 @@ def bench_engine(args: argparse.Namespace):
     print(f"{'engine' if args.engine_only else 'server'}: plugins {', '.join(sorted(plugins.records))}; answer "
           f"filters {', '.join(n for n, _ in plugins.collect('register_answer_filters')) or 'none'}", flush=True)
     # On CUDA: CUDA graphs and compiled parts, as `glmbot serve` runs (glmbot/serving/factory.py).
-    with Engine(model, tok, prefixes=prefixes, router=router, settings=settings, max_len=256 if args.shape == "tiny" else 512,
-                plugins=plugins, **fast_path_options(settings, model)) as engine:
-        yield engine, settings
+    return Engine(model, tok, prefixes=prefixes, router=router, settings=settings,
+                  max_len=256 if args.shape == "tiny" else 512, plugins=plugins, **fast_path_options(settings, model))
 
 
 def bench_settings(args: argparse.Namespace):
@@ -116,15 +114,6 @@ def bench_settings(args: argparse.Namespace):
     return settings_from_dict({"server": {"log_conversations": False}, "serving": serving,
                                "plugins": {"sensitive_words": words}}, root=REPO)
 
-
-def process_bench_engine(args: argparse.Namespace):
-    """In the engine process of --engine-process: bench_engine's engine (the process's bridge closes it)."""
-    stack = contextlib.ExitStack()
-    _KEPT.append(stack)  # an unreferenced stack's generator would be collected, closing the engine
-    return stack.enter_context(bench_engine(args))[0]
-
-
-_KEPT: list = []
 
 
 def full_shape(device: str, names: list[str]):
@@ -166,11 +155,11 @@ def serve(args: argparse.Namespace) -> None:
 
         print("server: the engine in its own process", flush=True)
         tokenizer = ChatGLMTokenizer.from_pretrained(resolve_base("builtin:tiny"))  # both shapes use it
-        with ProcessEngine(process_bench_engine, (args,), tokenizer) as engine:
+        with ProcessEngine(bench_engine, (args,), tokenizer) as engine:
             run_server(create_app(engine, settings=bench_settings(args)), "127.0.0.1", args.port, log_level="warning")
         return
-    with bench_engine(args) as (engine, settings):
-        run_server(create_app(engine, settings=settings), "127.0.0.1", args.port, log_level="warning")
+    with bench_engine(args) as engine:
+        run_server(create_app(engine, settings=engine.settings), "127.0.0.1", args.port, log_level="warning")
 
 
 def engine_only(args: argparse.Namespace) -> None:
@@ -185,11 +174,11 @@ def engine_only(args: argparse.Namespace) -> None:
                                   max_new_tokens=args.max_tokens, do_sample=False, ignore_eos=True)
                 for c in plan_clients(n, target, 0)]
     if args.duration > 0:
-        with bench_engine(args) as (engine, _):
+        with bench_engine(args) as engine:
             engine.generate_many(requests(4))  # warm-up
             print(json.dumps(steady_engine_alone(engine, requests(args.clients), args)), flush=True)
         return
-    with bench_engine(args) as (engine, _):
+    with bench_engine(args) as engine:
         engine.generate_many(requests(4))  # warm-up
         before = engine.stats()
         started = time.perf_counter()

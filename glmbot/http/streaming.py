@@ -67,21 +67,21 @@ class EventStreamResponse(StreamingResponse):
         # One watchdog per stream rather than a timer per chunk (asyncio.wait_for around each send
         # was ~9% of the event loop's time at 200 streams): it cancels a send pending too long.
         loop, streaming = asyncio.get_running_loop(), asyncio.current_task()
-        pending: list[float] = []  # when the send in progress started; empty between sends
+        sending_since: float | None = None  # when the send in progress started; None between sends
 
         async def watchdog() -> None:  # returns only after cancelling a stalled send
             while True:
                 await asyncio.sleep(self.send_timeout_s / 4)
-                if pending and loop.time() - pending[0] >= self.send_timeout_s:
+                if sending_since is not None and loop.time() - sending_since >= self.send_timeout_s:
                     streaming.cancel()
                     return
 
         guard = asyncio.create_task(watchdog())
         try:
             async for chunk in self.body_iterator:
-                pending.append(loop.time())
+                sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
-                pending.clear()
+                sending_since = None
         except asyncio.CancelledError:
             if not guard.done():  # cancelled from outside (the client left, shutdown): not ours
                 raise

@@ -307,13 +307,6 @@ class _AsyncWaiter:
         self.event.set()
 
 
-class _Watcher:
-    """A `RequestHandle.watch` callback in the handle's list of waiters."""
-
-    def __init__(self, wake: Callable[[], None]):
-        self.wake = wake
-
-
 class RequestHandle:
     """The caller's side of a submitted request; thread-safe, usable from async code."""
 
@@ -332,7 +325,7 @@ class RequestHandle:
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
-        self._waiters: list[_AsyncWaiter | _Watcher] = []  # woken after each delta and at the end
+        self._waiters: list[Callable[[], None]] = []  # called after each delta and at the end (astream, watch)
 
     @property
     def done(self) -> bool:
@@ -376,7 +369,7 @@ class RequestHandle:
         many streams falls behind the engine; one per token when it keeps up)."""
         waiter = _AsyncWaiter(asyncio.get_running_loop())
         with self._cond:
-            self._waiters.append(waiter)
+            self._waiters.append(waiter.wake)
         try:
             seen = 0
             while True:
@@ -391,7 +384,7 @@ class RequestHandle:
                     await waiter.event.wait()
         finally:
             with self._cond:
-                self._waiters.remove(waiter)
+                self._waiters.remove(waiter.wake)
         if self._error is not None:
             raise self._error
 
@@ -405,7 +398,7 @@ class RequestHandle:
         """Call `wake()` from the engine's thread after each delta and at the end (keep it short:
         it runs inside the decode step); read what changed with `updates`."""
         with self._cond:
-            self._waiters.append(_Watcher(wake))
+            self._waiters.append(wake)
         if self.done:
             wake()
 
@@ -435,5 +428,5 @@ class RequestHandle:
     def _wake_async(self) -> None:
         with self._cond:
             waiters = list(self._waiters)
-        for waiter in waiters:
-            waiter.wake()
+        for wake in waiters:
+            wake()
