@@ -103,6 +103,26 @@ def test_add_checks_the_data_before_writing_anything(tmp_path, capsys, args, mes
         assert "hr" not in [d.name for d in reg.list_domains()]
 
 
+def test_add_takes_the_columns_its_format_error_names(tmp_path, capsys):
+    # The format error says "name them with --prompt-column COL --response-column COL"; a newcomer
+    # who did so with `domains add` got "No such option". The columns are stored and train reads them.
+    config, data = hr_project(tmp_path)
+    write_jsonl(data / "qa.jsonl", [{"question": "年假有几天？", "answer": "每年十五天。"},
+                                    {"question": "工资几号发？", "answer": "每月十号。"}])
+    code, _, err = cli(config, "domains", "add", "hr", "--data", str(data / "qa.jsonl"), capsys=capsys)
+    assert code == 1 and "--prompt-column COL --response-column COL" in " ".join(err.split())
+    code, out, err = cli(config, "domains", "add", "hr", "--data", str(data / "qa.jsonl"), "--prompt-column",
+                         "question", "--response-column", "answer", capsys=capsys)
+    assert code == 0, err
+    assert "2 examples" in out and "question -> answer" in out
+    table = load_settings(config).domains["hr"]
+    assert (table.prompt_column, table.response_column, table.history_column) == ("question", "answer", "")
+    code, out, err = cli(config, "train", "-d", "hr", "--steps", "1", capsys=capsys)
+    assert code == 0, err
+    assert re.search(r"^\s*format\s+chat: question -> answer", out, re.M), out
+    assert re.search(r"^\s*samples\s+2 \+", out, re.M), out
+
+
 def test_a_domain_with_candidates_only_is_not_unknown_anywhere(tmp_path, capsys):
     config, data = hr_project(tmp_path)
     assert cli(config, "domains", "add", "hr", "--data", str(data / "hr.jsonl"), "--keywords", "年假,工资",

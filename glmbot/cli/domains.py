@@ -51,19 +51,25 @@ def add(
     description: Annotated[str, typer.Option("--description", "-d", help="what the domain covers")] = "",
     keyword: Annotated[Optional[list[str]], typer.Option("--keyword", "-k", help="routing keyword (repeatable)")] = None,
     pattern: Annotated[Optional[list[str]], typer.Option("--pattern", "-p", help="routing regex (repeatable)")] = None,
+    prompt_column: Annotated[str, typer.Option(help="the question column, when it is neither prompt nor content")] = "",
+    response_column: Annotated[str, typer.Option(help="the answer column, when it is neither response nor "
+                                                      "summary")] = "",
+    history_column: Annotated[str, typer.Option(help="the earlier rounds' column ([[question, answer], ...])")] = "",
 ) -> None:
-    """Create a domain: a [domains.NAME] table in glmbot.toml (data, format, keywords) and its registry entry."""
+    """Create a domain: a [domains.NAME] table in glmbot.toml (data, format, columns, keywords) and its registry entry."""
     from glmbot.config_file import add_domain_table, config_file_for
     from glmbot.registry.refs import check_domain_name
 
     settings, registry = common.get_settings(), common.get_registry()
     check_domain_name(name)
     path = config_file_for(settings)
-    loaded = {which: _check_data(value, fmt) for which, value in (("data", data), ("dev_data", dev_data)) if value}
+    columns = {"prompt_column": prompt_column, "response_column": response_column, "history_column": history_column}
+    loaded = {which: _check_data(value, fmt, columns) for which, value in (("data", data), ("dev_data", dev_data))
+              if value}
     words = [*(keyword or ()), *(w.strip() for w in re.split(r"[,，]", keywords or "") if w.strip())]
     add_domain_table(path, name, {
         "description": description, "data": _stored_path(data, path.parent), "dev_data": _stored_path(dev_data, path.parent),
-        "format": fmt, "keywords": list(dict.fromkeys(words)), "patterns": list(pattern or ())})
+        "format": fmt, **columns, "keywords": list(dict.fromkeys(words)), "patterns": list(pattern or ())})
     registry.ensure_domain(name, description)
     common.console.print(f"Added domain [bold]{name}[/] to {escape(str(path))} (\\[domains.{name}]).", highlight=False)
     if "data" in loaded:
@@ -75,11 +81,12 @@ def add(
         common.console.print(f"Train its first adapter with: glmbot train --domain {name} --data FILE.jsonl")
 
 
-def _check_data(value: str, fmt: str | None):  # -> glmbot.training.data.LoadedData
+def _check_data(value: str, fmt: str | None, columns: dict[str, str]):  # -> glmbot.training.data.LoadedData
     """Read the file now, so a missing file or unknown columns fail here rather than at the first training."""
     from glmbot.training.data import AUTO, load_data
 
-    return load_data(value, fmt or AUTO)
+    return load_data(value, fmt or AUTO, columns["prompt_column"], columns["response_column"],
+                     columns["history_column"] or None)
 
 
 def _stored_path(value: str | None, config_dir: Path) -> str:

@@ -7,8 +7,8 @@ General chat falls through to the fallback (the plain base model by default), so
 never reach a prefix that may have forgotten how to say hello: a message of greetings, thanks or
 questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
 something ("那运费呢？", "怎么办？") stays with it; a message with another domain's keyword or pattern, and
-none of its own, or a classifier score of [routing] topic_change_score for another domain, moves a
-routed conversation to that domain (one asked for by name stays). Under a domain requested by name (`glmbot chat
+none of its own, a classifier score of [routing] topic_change_score for another domain, or one of
+its training prompts asked as it is, moves a routed conversation to that domain (one asked for by name stays). Under a domain requested by name (`glmbot chat
 --domain hr`, HTTP model "hr") such a message goes to the plain base as well (reason small_talk,
 [routing] small_talk_to_base); an exact version (hr@v2) always gets its adapter.
 """
@@ -41,6 +41,8 @@ DEFAULT_MIN_SCORE = 0.25
 # everyday word ("你喜欢什么颜色？" vs "颜色买错了可以换吗？") is not enough; 2 (not 3) keeps a message
 # equal to a training prompt of a domain without paraphrases at 0.5, above min_score.
 TOP_K = 2
+# A message this close to one training prompt is that prompt (give or take a particle or a stop-word).
+SAME_PROMPT_COSINE = 0.9
 STICKY_CAPACITY = 10_000
 
 # Greeting phrases, and questions to the assistant about itself, are cut out of the text before
@@ -169,20 +171,28 @@ class PromptClassifier:
 
     def token_scores(self, tokens: list[str]) -> dict[str, float]:
         """Score 0..1 of every domain for already extracted content tokens."""
-        if not tokens:
-            return {domain: 0.0 for domain in self.domains}
+        nearest = self._cosines(tokens)
+        result = {}
+        for domain in self.domains:
+            k = min(self.top_k, self._domain_size[domain]) or 1
+            result[domain] = sum(nearest[domain][:k]) / k
+        return result
+
+    def nearest_prompt(self, tokens: list[str]) -> dict[str, float]:
+        """The cosine of every domain's single closest prompt (1.0: the message is one of them)."""
+        nearest = self._cosines(tokens)
+        return {domain: nearest[domain][0] if nearest[domain] else 0.0 for domain in self.domains}
+
+    def _cosines(self, tokens: list[str]) -> dict[str, list[float]]:
+        """Each domain's cosines with `tokens`, highest first (prompts sharing no word left out)."""
         dots: dict[int, float] = defaultdict(float)
-        for token, weight in self._unit_vector(tokens).items():
+        for token, weight in (self._unit_vector(tokens).items() if tokens else ()):
             for index, doc_weight in self._postings.get(token, ()):
                 dots[index] += weight * doc_weight
         nearest: dict[str, list[float]] = defaultdict(list)
         for index, cosine in dots.items():
             nearest[self._doc_domain[index]].append(cosine)
-        result = {}
-        for domain in self.domains:
-            k = min(self.top_k, self._domain_size[domain]) or 1
-            result[domain] = sum(sorted(nearest[domain], reverse=True)[:k]) / k
-        return result
+        return {domain: sorted(nearest[domain], reverse=True) for domain in self.domains}
 
 
 class StickyRoutes:
@@ -429,9 +439,17 @@ class Router:
             return None
         if moved is None and self.topic_change_score < 1.0:
             moved = self._from_classifier(text, table)
-            if moved.reason != "classifier" or moved.score < self.topic_change_score:
+            if moved.reason != "classifier" or (moved.score < self.topic_change_score
+                                                and not self._asks_a_prompt_of(text, moved.domain, table)):
                 return None
         return None if moved is None or moved.domain == remembered.domain else moved
+
+    @staticmethod
+    def _asks_a_prompt_of(text: str, domain: str, table: _RoutingTable) -> bool:
+        """The message is (nearly) one of `domain`'s training prompts. A domain with one wording per
+        question scores such a message only 0.5 (the mean of its TOP_K nearest), under
+        topic_change_score, and a conversation could not move to it by asking its own question."""
+        return table.classifier.nearest_prompt(content_tokens(text))[domain] >= SAME_PROMPT_COSINE
 
     @staticmethod
     def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:
