@@ -77,6 +77,7 @@ def test_high_lr_warns_about_forgetting_and_low_lr_does_not(tmp_path, capsys):
     config = make_project(tmp_path)
     code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.9", "--no-eval", capsys=capsys)
     assert code == 0 and "wrecks general chat" in err and "lower the learning rate" in err
+    assert "this run's --lr was 0.9" in " ".join(err.split())  # the advice is relative to this run, no fixed range
     code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.001", "--no-eval", capsys=capsys)
     assert code == 0 and "wrecks" not in err and "general answers kept" in out
     with registry_of(config) as reg:

@@ -237,8 +237,9 @@ def _print_outcome(outcome, job) -> None:
     if p is not None and p.forgot:
         common.err_console.print(f"[bold yellow]warning:[/] the prefix wrecks general chat (answers kept "
                                  f"{p.kept:.0%}, reference score {p.reference_score_base:.2f} -> "
-                                 f"{p.reference_score_tuned:.2f}): {p.hint}. Served through the router, "
-                                 "general chat goes to the plain base and never sees this prefix (routing.fallback).")
+                                 f"{p.reference_score_tuned:.2f}): {p.hint}; this run's --lr was "
+                                 f"{job.settings.learning_rate:g}. Served through the router, general chat goes to "
+                                 "the plain base and never sees this prefix (routing.fallback).")
     elif p is not None:
         common.console.print(f"forgetting probe: general answers kept {p.kept:.0%} (ok)")
     common.console.print(f"registered [bold]{a.ref}[/] (candidate, id {a.id})"

@@ -26,8 +26,8 @@ _ROUGE_KEYS = METRIC_KEYS[:3]
 # (kept low, references still met) or that was already bad at the references is not flagged.
 FORGET_RELATIVE_DROP = 0.5  # the tuned reference score fell by more than half of the base's
 FORGET_KEPT = 0.5           # and tuned answers share less than half (char LCS F1) with the base's
-FORGET_HINT = ("lower the learning rate (e.g. 1e-4..2e-3), shorten training or mix general chat data "
-               "into the domain's data")
+FORGET_HINT = ("lower the learning rate (a little at a time: too low and the domain is not learned), shorten "
+               "training or mix general chat data into the domain's data")
 # A prefix learned its data when its ROUGE-L (0..100) on the training questions beats the plain
 # base's by at least this many points, or is within this distance of 100 (no room left to gain).
 # Measured on builtin:tiny + builtin:support: +1.8 after 30 steps (nothing yet), +8 after 100, +30 after 200.
