@@ -216,7 +216,7 @@ def test_two_process_gloo_training_registers_once(tmp_path):
     (("--data", "{empty}"), "holds no examples"),
     (("--data", "{gbk}"), "not UTF-8"),
     (("--data", "{hist}"), "history must be a list of"),
-    (("--data", "{blank}"), "every answer is empty"),
+    (("--data", "{blank}"), "blank.jsonl:1: the answer ('response') is empty"),
 ])
 def test_bad_training_input_fails_before_training(tmp_path, capsys, args, message):
     config = make_project(tmp_path)

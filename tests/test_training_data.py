@@ -103,11 +103,20 @@ def test_ambiguous_or_unknown_columns_name_what_was_seen_and_the_fix(tmp_path, r
     (['{"prompt": "a", "response": "b", "history": ["q", "r"]}'], "chat", "history must be a list of"),
     (['["a", "b"]'], "chat", "must be a JSON object"),
     (['{"content": "a"}'], "advertisegen", "missing column 'summary'"),
+    (['[', '{"prompt": "a", "response": "b"}', ']'], "chat", r"x.jsonl:1: malformed JSON .*one JSON object per line"),
+    (['{"prompt": "a", "response": "b"}', '{"prompt": "c", "response": " "}'], "chat",
+     r"x.jsonl:2: the answer \('response'\) is empty"),
 ])
 def test_bad_files_give_one_clear_error(tmp_path, lines, fmt, message):
     path = write_lines(tmp_path / "x.jsonl", lines)
     with pytest.raises(DataError, match=message):
         load_examples(path, fmt)
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    path = tmp_path / "notepad.jsonl"  # Windows Notepad's "UTF-8 with BOM"
+    path.write_bytes(b"\xef\xbb\xbf" + '{"prompt": "年假有几天？", "response": "十五天。"}\n'.encode())
+    assert load_examples(path) == [Example("年假有几天？", "十五天。")]
 
 
 def test_missing_file_and_non_utf8(tmp_path):

@@ -499,7 +499,7 @@ class Router:
         best_score = scores[best] if best is not None else 0.0
         if best is not None and best_score > 0 and best_score >= self.min_score:
             return RouteDecision(best, None, "classifier", best_score, scores,
-                                 detail=f"nearest training prompts are {best!r}'s{_active(table, best)}")
+                                 detail=f"nearest training prompts are {best}'s{_active(table, best)}")
         if not tokens:
             why = "only greetings, stop-words or punctuation"
         elif best_score == 0.0:

@@ -93,7 +93,7 @@ def resolve_data_path(name: str | Path) -> Path:
             raise DataError(f"plugin data set {name!r} gave {path}, which does not exist")
         return path
     named = f" or a plugin data set ({', '.join(sorted(datasets))})" if datasets else ""
-    raise DataError(f"data file {path} does not exist; pass a JSONL file, builtin:support{named}")
+    raise DataError(f"data file {path} does not exist; pass the path of a JSONL file, or builtin:support{named}")
 
 
 def plugin_datasets() -> dict:
@@ -157,7 +157,7 @@ def resolve_columns(first_row: dict, where: str, fmt: str = AUTO, prompt_column:
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
     """(file:line, object) of every non-blank line of a JSONL file; DataError naming file:line otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows Notepad) is dropped
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as UTF-8") from None
@@ -169,7 +169,8 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}); the file must hold one "
+                            "JSON object per line (JSONL), not one JSON array or document") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
         rows.append((where, row))
@@ -195,6 +196,9 @@ def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", resp
         prompt, response = row[cols.prompt], row[cols.response]
         if not isinstance(prompt, str) or not isinstance(response, str):
             raise DataError(f"{where}: {cols.prompt!r} and {cols.response!r} must be strings")
+        if not response.strip():
+            raise DataError(f"{where}: the answer ({cols.response!r}) is empty; every line needs one to learn "
+                            "from: fill it in or drop the line")
         examples.append(Example(prompt, response, _history(row.get(cols.history), where) if cols.history else ()))
     return LoadedData(path, cols, examples)
 
