@@ -235,8 +235,21 @@ def advice_round(rng: random.Random) -> Round:
     return rng.choice(prompts), answer
 
 
+CASUAL_SHARE = 0.3  # user turns typed without their end punctuation (今天天气怎么样), as people type in a chat
+_END_MARKS = "？！。?!."
+
+
+def casual(conversations: list[list[Round]], seed: int) -> list[list[Round]]:
+    """`conversations` with CASUAL_SHARE of the user turns' end punctuation dropped. Its own random
+    stream (`seed`), so the rest of the corpus is what it was before this was added."""
+    rng = random.Random(seed)
+    return [[(q.rstrip(_END_MARKS) if rng.random() < CASUAL_SHARE and q.rstrip(_END_MARKS) else q, a) for q, a in c]
+            for c in conversations]
+
+
 def small_talk_conversations(rng: random.Random, count: int) -> list[list[Round]]:
-    """`count` chats, ~15% of them 2-3 rounds; every probe pair is included three times."""
+    """`count` chats, ~15% of them 2-3 rounds; every probe pair is included three times (as written),
+    and some user turns of the others come without their end punctuation (`casual`)."""
     topics = (chat_round, arithmetic_round, knowledge_round, advice_round)
     weights = (0.33, 0.22, 0.28, 0.17)
     conversations: list[list[Round]] = [[probe] for probe in PROBES for _ in range(3)]
@@ -250,4 +263,5 @@ def small_talk_conversations(rng: random.Random, count: int) -> list[list[Round]
             conversations.append(rounds)
         else:
             conversations.append([rng.choices(topics, weights)[0](rng)])
-    return conversations
+    probes = 3 * len(PROBES)
+    return conversations[:probes] + casual(conversations[probes:], count)
