@@ -13,8 +13,8 @@ from rich.table import Table
 from glmbot.cli import common
 from glmbot.cli.adapters import age, format_metrics, human_size, status_text
 
-app = typer.Typer(help="Business domains (support, after-sales, HR, ...): each gets its own adapters.",
-                  no_args_is_help=True)
+app = typer.Typer(cls=common.HelpGroup, no_args_is_help=True,
+                  help="Business domains (support, after-sales, HR, ...): each gets its own adapters.")
 
 
 @app.command("list")
@@ -56,7 +56,14 @@ def add(
                                                       "summary")] = "",
     history_column: Annotated[str, typer.Option(help="the earlier rounds' column ([[question, answer], ...])")] = "",
 ) -> None:
-    """Create a domain: a [domains.NAME] table in glmbot.toml (data, format, columns, keywords) and its registry entry."""
+    """Create a domain: a [domains.NAME] table in glmbot.toml (data, format, columns, keywords) and its registry entry.
+
+    Examples:
+
+    \b
+      glmbot domains add hr --data hr.jsonl --keywords 年假,工资
+      glmbot domains add faq --data faq.jsonl --prompt-column question --response-column answer
+    """
     from glmbot.config_file import add_domain_table, config_file_for
     from glmbot.registry.refs import check_domain_name
 

@@ -91,7 +91,15 @@ def train(
                               help="processes (GPUs) to train on, launched with torchrun")] = 1,
     quantize: common.QuantizeOpt = None,
 ) -> None:
-    """Train a P-Tuning v2 prefix for DOMAIN, evaluate it, and register it as a candidate."""
+    """Train a P-Tuning v2 prefix for DOMAIN, evaluate it, and register it as a candidate.
+
+    Examples:
+
+    \b
+      glmbot train --domain support --promote
+      glmbot train --domain hr --data hr.jsonl --steps 300
+      glmbot train --domain hr --resume
+    """
     from glmbot.training import pipeline
 
     if promote not in ("no", "better", "force"):
