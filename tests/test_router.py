@@ -186,10 +186,10 @@ def test_greetings_and_thanks_skip_a_sticky_domain_but_follow_ups_keep_it():
     which is not remembered, so the conversation's next question is still the domain's."""
     router = hand_router()
     assert router.route("我要退款", conversation_id="c").domain == "support"
-    for social in ("谢谢", "好的，谢谢！", "你好", "再见", "你是谁", "你好，你能做什么？"):
+    for social in ("谢谢", "好的，谢谢！", "你好", "再见", "你是谁", "你好，你能做什么？", "今天天气怎么样", "现在几点了？"):
         decision = router.route(social, conversation_id="c")
         assert (decision.domain, decision.reason) == (None, "fallback"), social
-    for follow_up in ("怎么办？", "那运费呢？", "可以吗？"):
+    for follow_up in ("怎么办？", "那运费呢？", "可以吗？", "现在几点发货？"):
         decision = router.route(follow_up, conversation_id="c")
         assert (decision.domain, decision.reason) == ("support", "sticky"), follow_up
 

@@ -45,7 +45,7 @@ TOP_K = 2
 SAME_PROMPT_COSINE = 0.9
 STICKY_CAPACITY = 10_000
 
-# Greeting phrases, and questions to the assistant about itself, are cut out of the text before
+# Greeting phrases, questions to the assistant about itself and everyday chit-chat are cut out of the text before
 # segmentation (jieba splits 晚上好 into 晚上/好, and 晚上 alone is a real word); a message left with
 # no content words goes to the fallback (the plain base, which a domain prefix may have made forget
 # who it is: "你是谁" after a domain question got the prefix's garble).
@@ -54,7 +54,10 @@ _GREETINGS = re.compile("|".join(sorted((
     "感谢", "再见", "拜拜", "早上好", "上午好", "中午好", "下午好", "晚上好", "早安", "午安", "晚安", "好的",
     "嗯嗯", "哦哦", "嗨",
     "你是谁", "您是谁", "你叫什么", "你叫什么名字", "你是什么", "你是机器人吗", "你是人工智能吗",
-    "你能做什么", "你会做什么", "你会干什么", "你能干什么", "介绍一下你自己", "自我介绍一下"), key=len, reverse=True)))
+    "你能做什么", "你会做什么", "你会干什么", "你能干什么", "介绍一下你自己", "自我介绍一下",
+    # chit-chat the plain base answers (scripts/small_talk.py); a prefix answered 今天天气怎么样 with its domain's garble
+    "今天天气怎么样", "天气怎么样", "明天会下雨吗", "现在几点了", "今天几号", "今天星期几", "你好吗", "最近怎么样",
+    "你几岁了", "我好无聊", "陪我聊聊天", "陪我聊天"), key=len, reverse=True)))
 _STOP_WORDS = frozenset((
     "的 了 吗 呢 吧 啊 呀 嘛 哦 嗯 啦 喽 么 呗 哈 喂 我 你 您 他 她 它 我们 你们 他们 咱们 是 在 有 和 与 就 也 都 还 很 "
     "这 那 这个 那个 这些 那些 一下 请 请问 可以 能 会 要 想 给 帮 帮我 帮忙 把 被 让 对 吗 什么 怎么 怎么办 "
