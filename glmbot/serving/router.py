@@ -73,8 +73,8 @@ def content_tokens(text: str) -> list[str]:
 
 
 def small_talk_only(text: str) -> bool:
-    """True for a message of greetings, thanks, farewells or questions about the assistant itself
-    and nothing else that asks anything."""
+    """True for a message of greetings, thanks, farewells, questions about the assistant itself or
+    everyday chit-chat (weather, the time) and nothing else that asks anything."""
     return _GREETINGS.search(text.casefold()) is not None and not content_tokens(text)
 
 
