@@ -126,6 +126,10 @@ def test_missing_file_and_non_utf8(tmp_path):
     bad.write_bytes('{"prompt": "a", "response": "b"}\n'.encode() + '{"prompt": "你好"}'.encode("gbk"))
     with pytest.raises(DataError, match=r"gbk.jsonl:2: not UTF-8"):
         load_examples(bad)
+    # The decoder drops a byte order mark; the line named is still the file's own.
+    bad.write_bytes(b"\xef\xbb\xbf" + '{"prompt": "a", "response": "b"}\n'.encode() * 2 + "你好".encode("gbk"))
+    with pytest.raises(DataError, match=r"gbk.jsonl:3: not UTF-8 text \(byte 0xc4\)"):
+        load_examples(bad)
     with pytest.raises(DataError, match="builtin:support"):
         load_examples("builtin:nothing")
 

@@ -174,17 +174,18 @@ class PromptClassifier:
 
     def token_scores(self, tokens: list[str]) -> dict[str, float]:
         """Score 0..1 of every domain for already extracted content tokens."""
-        nearest = self._cosines(tokens)
-        result = {}
+        return self.scores_and_nearest(tokens)[0]
+
+    def scores_and_nearest(self, tokens: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+        """token_scores, and the cosine of every domain's single closest prompt (1.0: the message is
+        one of them), from one pass over the index."""
+        cosines = self._cosines(tokens)
+        scores, nearest = {}, {}
         for domain in self.domains:
             k = min(self.top_k, self._domain_size[domain]) or 1
-            result[domain] = sum(nearest[domain][:k]) / k
-        return result
-
-    def nearest_prompt(self, tokens: list[str]) -> dict[str, float]:
-        """The cosine of every domain's single closest prompt (1.0: the message is one of them)."""
-        nearest = self._cosines(tokens)
-        return {domain: nearest[domain][0] if nearest[domain] else 0.0 for domain in self.domains}
+            scores[domain] = sum(cosines[domain][:k]) / k
+            nearest[domain] = cosines[domain][0] if cosines[domain] else 0.0
+        return scores, nearest
 
     def _cosines(self, tokens: list[str]) -> dict[str, list[float]]:
         """Each domain's cosines with `tokens`, highest first (prompts sharing no word left out)."""
@@ -441,18 +442,14 @@ class Router:
         if moved is not None and self._rules_match(text, remembered.domain, table):
             return None
         if moved is None and self.topic_change_score < 1.0:
-            moved = self._from_classifier(text, table)
+            moved, nearest = self._classify(text, table)
+            # A message that is (nearly) one of the domain's own training prompts moves it too: a
+            # domain with one wording per question scores such a message only 0.5 (the mean of its
+            # TOP_K nearest), under topic_change_score.
             if moved.reason != "classifier" or (moved.score < self.topic_change_score
-                                                and not self._asks_a_prompt_of(text, moved.domain, table)):
+                                                and nearest[moved.domain] < SAME_PROMPT_COSINE):
                 return None
         return None if moved is None or moved.domain == remembered.domain else moved
-
-    @staticmethod
-    def _asks_a_prompt_of(text: str, domain: str, table: _RoutingTable) -> bool:
-        """The message is (nearly) one of `domain`'s training prompts. A domain with one wording per
-        question scores such a message only 0.5 (the mean of its TOP_K nearest), under
-        topic_change_score, and a conversation could not move to it by asking its own question."""
-        return table.classifier.nearest_prompt(content_tokens(text))[domain] >= SAME_PROMPT_COSINE
 
     @staticmethod
     def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:
@@ -495,22 +492,26 @@ class Router:
         return None
 
     def _from_classifier(self, text: str, table: _RoutingTable) -> RouteDecision:
+        return self._classify(text, table)[0]
+
+    def _classify(self, text: str, table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
+        """The classifier's decision, with each domain's nearest-prompt cosine beside it."""
         tokens = content_tokens(text)
-        scores = table.classifier.token_scores(tokens)
+        scores, nearest = table.classifier.scores_and_nearest(tokens)
         # max() keeps the first of equal scores, i.e. the domain listed first.
         best = max(table.profiles, key=lambda name: scores[name], default=None)
         best_score = scores[best] if best is not None else 0.0
         if best is not None and best_score > 0 and best_score >= self.min_score:
             return RouteDecision(best, None, "classifier", best_score, scores,
-                                 detail=f"nearest training prompts are {best}'s{_active(table, best)}")
+                                 detail=f"nearest training prompts are {best}'s{_active(table, best)}"), nearest
         if not tokens:
-            why = "only greetings, stop-words or punctuation"
+            why = "only greetings, chit-chat, stop-words or punctuation"
         elif best_score == 0.0:
             why = "no word of the message occurs in any domain's training prompts"
         else:
             why = f"best classifier score {best_score:.3f} ({best}) < min_score {self.min_score}"
         domain = None if self.fallback == BASE else self.fallback
-        return RouteDecision(domain, None, "fallback", best_score, scores, detail=why)
+        return RouteDecision(domain, None, "fallback", best_score, scores, detail=why), nearest
 
 
 def _active(table: _RoutingTable, domain: str) -> str:

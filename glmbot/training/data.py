@@ -9,6 +9,7 @@ their own longest row and grouped by length instead of padded to max_source + ma
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import random
@@ -159,7 +160,11 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows Notepad) is dropped
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raw = path.read_bytes()
+        # utf-8-sig counts exc.start after the mark it dropped: without the shift, a bad byte that
+        # opens a line would be blamed on the line before.
+        start = exc.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        line = raw[:start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as UTF-8") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
