@@ -61,7 +61,7 @@ def test_add_stores_the_domain_and_train_eval_need_no_flags(tmp_path, capsys):
     assert code == 0, err
     assert f"Added domain hr to {config} ([domains.hr])" in out
     assert "2 examples, chat: prompt -> response (+ history)" in out
-    assert "Train its first adapter with: glmbot train --domain hr\n" in out
+    assert "Train its first adapter with: glmbot train --domain hr --promote\n" in out
     text = config.read_text(encoding="utf-8")
     assert text.startswith(before)  # comments and every other table kept as they were
     table = load_settings(config).domains["hr"]

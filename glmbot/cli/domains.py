@@ -83,9 +83,9 @@ def add(
         d = loaded["data"]
         common.console.print(f"data: {d.path} ({len(d.examples)} examples, {d.columns.describe()})", highlight=False,
                              markup=False)
-        common.console.print(f"Train its first adapter with: glmbot train --domain {name}")
+        common.console.print(f"Train its first adapter with: glmbot train --domain {name} --promote")
     else:
-        common.console.print(f"Train its first adapter with: glmbot train --domain {name} --data FILE.jsonl")
+        common.console.print(f"Train its first adapter with: glmbot train --domain {name} --data FILE.jsonl --promote")
 
 
 def _check_data(value: str, fmt: str | None, columns: dict[str, str]):  # -> glmbot.training.data.LoadedData

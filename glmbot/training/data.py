@@ -195,6 +195,9 @@ def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", resp
     examples = []
     for where, row in rows:
         missing = [c for c in (cols.prompt, cols.response) if c not in row]
+        if missing and where != rows[0][0]:  # the columns fit the first line: this line lacks a value
+            raise DataError(f"{where}: no {missing[0]!r} on this line (the lines use {cols.prompt!r} and "
+                            f"{cols.response!r}); every line needs both: fill it in or drop the line")
         if missing:
             raise DataError(f"{where}: missing column {missing[0]!r}; columns found: {', '.join(sorted(row))} "
                             f"(set prompt_column/response_column or --format)")

@@ -9,6 +9,8 @@ is never promoted. Under torch.distributed only rank 0 evaluates, writes and reg
 
 from __future__ import annotations
 
+import difflib
+
 import logging
 import time
 from dataclasses import dataclass
@@ -72,9 +74,13 @@ def ensure_registered_domain(registry, settings: Settings, domain: str) -> None:
         registry.get_domain(domain)
     except UnknownDomainError:
         if domain not in settings.domains:
+            known = sorted({d.name for d in registry.list_domains()} | set(settings.domains))
+            close = difflib.get_close_matches(domain, known, n=1)
+            hint = (f"did you mean {close[0]!r}? " if close else "") + (
+                f"known domains: {', '.join(known)}; " if known else "")
             raise UnknownDomainError(
-                f"domain {domain!r} is neither registered nor in {settings.source}; add it with its data: "
-                f"glmbot domains add {domain} --data FILE.jsonl") from None
+                f"domain {domain!r} is neither registered nor in {settings.source}; {hint}to add it with its "
+                f"data: glmbot domains add {domain} --data FILE.jsonl") from None
         cfg = settings.domains[domain]
         registry.ensure_domain(domain, cfg.description)
 
