@@ -243,6 +243,20 @@ def test_serve_refuses_a_public_host_without_keys_before_loading_anything(tmp_pa
     assert code == 1 and "refusing to serve on '0.0.0.0' without API keys" in err and "--api-key" in err
 
 
+def test_serve_refuses_a_port_in_use_before_loading_anything(tmp_path, capsys):
+    import socket
+
+    from cli_helpers import cli, make_project
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli(make_project(tmp_path), "serve", "--port", str(port), capsys=capsys)
+    assert code == 1 and f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+    assert "glmbot serve ·" not in out  # refused before the model was loaded and the banner printed
+
+
 def test_bad_server_settings_are_refused_by_name():
     with pytest.raises(ConfigError, match="port"):
         settings_from_dict({"server": {"port": 70000}})

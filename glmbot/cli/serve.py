@@ -39,7 +39,7 @@ def serve(
       GLMBOT_API_KEYS=secret1 glmbot serve --host 0.0.0.0
       glmbot serve --ray          # [ray] replicas on a Ray cluster, same API
     """
-    from glmbot.http import check_bind, create_app, resolve_api_keys, run_server
+    from glmbot.http import check_bind, check_port, create_app, resolve_api_keys, run_server
 
     common.use_quantization(quantize)
     settings = common.get_settings()
@@ -53,6 +53,7 @@ def serve(
         from glmbot.cli.serve_ray import serve_on_ray
 
         return serve_on_ray(settings, host, port, keys)
+    check_port(host, port)
     registry = common.get_registry()
     engine = serving_engine(settings)
     app = create_app(engine, settings=settings, registry=registry, api_keys=keys, web_ui=True)

@@ -22,8 +22,8 @@ from __future__ import annotations
 from glmbot.http.app import SEND_TIMEOUT_S, create_app
 from glmbot.http.auth import API_KEYS_ENV, check_bind, is_loopback, resolve_api_keys
 from glmbot.http.schemas import ChatCompletionRequest
-from glmbot.http.server import ServerThread, run_server, server_config
+from glmbot.http.server import ServerThread, check_port, run_server, server_config
 from glmbot.http.streaming import EventStreamResponse
 
 __all__ = ["API_KEYS_ENV", "SEND_TIMEOUT_S", "ChatCompletionRequest", "EventStreamResponse", "ServerThread",
-           "check_bind", "create_app", "is_loopback", "resolve_api_keys", "run_server", "server_config"]
+           "check_bind", "check_port", "create_app", "is_loopback", "resolve_api_keys", "run_server", "server_config"]

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 import time
 from typing import Any
@@ -14,7 +16,31 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from glmbot.errors import ConfigError
 from glmbot.http.auth import check_bind
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program already listens on, before minutes of model loading (uvicorn
+    would find out only after the model is loaded and its banner printed)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot bind host {host!r}: {exc.strerror}; pass --host 127.0.0.1 or a local "
+                          "address of this machine") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closing socket does not count
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use (another glmbot serve?); pass "
+                                  f"--port with a free one, e.g. --port {port + 1}, or stop the other server") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pass another --host or "
+                              "--port") from None
 
 
 def server_config(app: FastAPI, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
