@@ -242,12 +242,22 @@ def _print_outcome(outcome, job) -> None:
         common.console.print("dev: " + ", ".join(f"{k} {v:.2f}" for k, v in e.metrics.items())
                              + f" on {e.count} samples; predictions in {e.predictions_path}")
     p = outcome.probe
-    if p is not None and p.forgot:
+    fallback = common.get_settings().routing.fallback
+    if p is not None and p.forgot and fallback == "base":
+        # The usual case for the default recipe on a small base: the router keeps general chat away
+        # from the prefix, so this is worth knowing, not alarming.
+        common.console.print(f"forgetting probe: asked general questions itself, the prefix keeps {p.kept:.0%} of "
+                             f"the plain base's answers (reference score {p.reference_score_base:.2f} -> "
+                             f"{p.reference_score_tuned:.2f}). glmbot chat and serve send general chat to the plain "
+                             "base (routing.fallback), so this matters only where the prefix is asked for by name; "
+                             f"to keep more: {p.hint} (this run's --lr was {job.settings.learning_rate:g})",
+                             highlight=False, soft_wrap=True)
+    elif p is not None and p.forgot:
         common.err_console.print(f"[bold yellow]warning:[/] the prefix wrecks general chat (answers kept "
                                  f"{p.kept:.0%}, reference score {p.reference_score_base:.2f} -> "
                                  f"{p.reference_score_tuned:.2f}): {p.hint}; this run's --lr was "
-                                 f"{job.settings.learning_rate:g}. Served through the router, general chat goes to "
-                                 "the plain base and never sees this prefix (routing.fallback).")
+                                 f"{job.settings.learning_rate:g}. routing.fallback is {fallback!r}, not the plain "
+                                 "base, so general chat can reach a prefix.", highlight=False, soft_wrap=True)
     elif p is not None:
         common.console.print(f"forgetting probe: general answers kept {p.kept:.0%} (ok)")
     common.console.print(f"registered [bold]{a.ref}[/] (candidate, id {a.id})"
