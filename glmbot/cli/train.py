@@ -15,6 +15,7 @@ from rich.table import Table
 from glmbot.cli import common
 from glmbot.cli.values import checked
 from glmbot.errors import GlmbotError
+from glmbot.serving.router import BASE
 from glmbot.training.metrics import METRIC_KEYS
 
 Opt = typer.Option
@@ -243,7 +244,7 @@ def _print_outcome(outcome, job) -> None:
                              + f" on {e.count} samples; predictions in {e.predictions_path}")
     p = outcome.probe
     fallback = common.get_settings().routing.fallback
-    if p is not None and p.forgot and fallback == "base":
+    if p is not None and p.forgot and fallback == BASE:
         # The usual case for the default recipe on a small base: the router keeps general chat away
         # from the prefix, so this is worth knowing, not alarming.
         common.console.print(f"forgetting probe: asked general questions itself, the prefix keeps {p.kept:.0%} of "

@@ -37,8 +37,9 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
+                free = port + 1 if port < 65535 else 8000
                 raise ConfigError(f"port {port} on {host} is already in use (another glmbot serve?); pass "
-                                  f"--port with a free one, e.g. --port {port + 1}, or stop the other server") from None
+                                  f"--port with a free one, e.g. --port {free}, or stop the other server") from None
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pass another --host or "
                               "--port") from None
 

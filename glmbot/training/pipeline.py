@@ -10,7 +10,6 @@ is never promoted. Under torch.distributed only rank 0 evaluates, writes and reg
 from __future__ import annotations
 
 import difflib
-
 import logging
 import time
 from dataclasses import dataclass
