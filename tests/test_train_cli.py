@@ -73,7 +73,7 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
     assert done.stdout.strip() == "退款会原路退回，审核通过后1-3个工作日到账。", done.stdout
 
 
-def test_high_lr_warns_about_forgetting_and_low_lr_does_not(tmp_path, capsys):
+def test_high_lr_reports_forgetting_and_low_lr_does_not(tmp_path, capsys):
     config = make_project(tmp_path)
     code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.9", "--no-eval", capsys=capsys)
     said = " ".join(out.split())
@@ -86,6 +86,13 @@ def test_high_lr_warns_about_forgetting_and_low_lr_does_not(tmp_path, capsys):
     with registry_of(config) as reg:
         high, low = reg.list_adapters("support")
         assert high.metrics["probe_forgot"] == 1.0 and low.metrics["probe_forgot"] == 0.0
+    # When general chat falls back to a domain instead of the plain base, forgetting is a warning.
+    with open(config, "a", encoding="utf-8") as f:
+        f.write('[routing]\nfallback = "support"\n')
+    code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.9", "--no-eval", capsys=capsys)
+    said = " ".join(err.split())
+    assert code == 0 and "warning: the prefix wrecks general chat" in said and "lower the learning rate" in said
+    assert "routing.fallback is 'support', not the plain base" in said and "the prefix keeps" not in out
 
 
 def test_promote_refuses_a_prefix_that_learned_nothing(tmp_path, capsys):
