@@ -26,6 +26,7 @@ from glmbot.errors import ConfigError
 from glmbot.http import (
     ServerThread,
     check_bind,
+    check_port,
     create_app,
     is_loopback,
     resolve_api_keys,
@@ -253,6 +254,9 @@ def test_serve_refuses_a_port_in_use_before_loading_anything(tmp_path, capsys):
         taken.listen()
         port = taken.getsockname()[1]
         code, out, err = cli(make_project(tmp_path), "serve", "--port", str(port), capsys=capsys)
+        with pytest.raises(ConfigError, match=f"port {port} on localhost is already in use"):
+            check_port("localhost", port)  # every address of the name is checked, the IPv4 one among them
+    check_port("127.0.0.1", port)  # free again once closed
     assert code == 1 and f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
     assert "glmbot serve ·" not in out  # refused before the model was loaded and the banner printed
 

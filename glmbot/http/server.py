@@ -30,18 +30,20 @@ def check_port(host: str, port: int) -> None:
     except socket.gaierror as exc:
         raise ConfigError(f"cannot bind host {host!r}: {exc.strerror}; pass --host 127.0.0.1 or a local "
                           "address of this machine") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closing socket does not count
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                free = port + 1 if port < 65535 else 8000
-                raise ConfigError(f"port {port} on {host} is already in use (another glmbot serve?); pass "
-                                  f"--port with a free one, e.g. --port {free}, or stop the other server") from None
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pass another --host or "
-                              "--port") from None
+    # Every address the name gives, as asyncio's create_server (uvicorn's) binds them all: "localhost"
+    # is 127.0.0.1 and ::1.
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio: a closing socket does not count
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    free = port + 1 if port < 65535 else 8000
+                    raise ConfigError(f"port {port} on {host} is already in use (another glmbot serve?); pass "
+                                      f"--port with a free one, e.g. --port {free}, or stop the other server") from None
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pass another --host or "
+                                  "--port") from None
 
 
 def server_config(app: FastAPI, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
