@@ -216,7 +216,7 @@ def test_a_question_that_scores_high_for_another_domain_moves_the_conversation_b
     moved = router.route("退货运费谁出？", conversation_id="c")  # support's own training prompt
     assert (moved.domain, moved.reason) == ("support", "classifier") and moved.score >= 0.45
     assert "leaves hr" in moved.detail
-    keywords_only = hand_router(topic_change_score=1.0)
+    keywords_only = hand_router(topic_change_score=1.0, leave_off_topic=False)  # the strictest stickiness
     keywords_only.route("年假有几天？", conversation_id="c")
     assert keywords_only.route("退货运费谁出？", conversation_id="c").reason == "sticky"
     with pytest.raises(ConfigError, match="topic_change_score must be in 0..1"):
@@ -235,7 +235,56 @@ def test_another_domains_own_question_moves_the_conversation_though_it_scores_un
     assert (moved.domain, moved.reason) == ("support", "classifier") and "leaves hr" in moved.detail
     back = router.route("年假有几天", conversation_id="c")
     assert (back.domain, back.reason) == ("hr", "classifier")
-    assert router.route("发票可以补开吗", conversation_id="c").reason == "sticky"  # shares a word, is no prompt of support
+    assert router.route("那发票呢？", conversation_id="c").reason == "sticky"  # shares a word, is no prompt of support
+
+
+def test_an_off_topic_message_leaves_the_conversations_domain_for_that_message_only():
+    # Found by a newcomer: after a dental question, "帮我写一首关于春天的诗" got the dental prefix's garble.
+    router = hand_router()
+    assert router.route("年假有几天？", conversation_id="c").domain == "hr"
+    history = [("年假有几天？", "入职满一年有5天年假，满十年10天。")]
+    poem = router.route("帮我写一首关于春天的诗", conversation_id="c", history=history)
+    assert (poem.domain, poem.reason) == (None, "fallback")
+    assert "leave_off_topic" in poem.detail and "hr" in poem.detail
+    history.append(("帮我写一首关于春天的诗", "春风拂面……"))
+    back = router.route("那病假呢？", conversation_id="c", history=history)  # the conversation kept its domain
+    assert (back.domain, back.reason) == ("hr", "sticky")
+    # One content word, follow-up words, or words of the conversation so far: a follow-up, it stays.
+    for text in ("那年终奖呢？", "再说详细一点", "满十年以后每年加几天？"):
+        assert router.route(text, conversation_id="c", history=history).reason == "sticky", text
+    # A domain requested by name keeps every message but small talk; the setting off keeps them all.
+    assert router.route("帮我写一首关于春天的诗", explicit="hr").domain == "hr"
+    strict = hand_router(leave_off_topic=False)
+    strict.route("年假有几天？", conversation_id="c")
+    assert strict.route("帮我写一首关于春天的诗", conversation_id="c").reason == "sticky"
+
+
+def test_an_off_topic_message_may_move_the_conversation_to_another_domain():
+    router = hand_router()
+    router.route("年假有几天？", conversation_id="c")
+    moved = router.route("退货的运费谁来出？", conversation_id="c")  # support's words (0.35), none of hr's
+    assert (moved.domain, moved.reason) == ("support", "classifier") and "leave_off_topic" in moved.detail
+    assert router.route("那运费呢？", conversation_id="c").domain == "support"
+
+
+def test_a_conversation_without_memory_is_replayed_from_its_history():
+    # Found by a newcomer: OpenAI clients send the whole conversation with a new (or no) id each time,
+    # and the follow-up "那要拍片吗？" then fell to the plain base.
+    router = hand_router()
+    history = [("你好", "你好！有什么可以帮您？"), ("怎么请病假？", "在系统里提交病假申请并附医院证明。")]
+    for cid in (None, "new-id"):
+        follow_up = router.route("那年假呢？", conversation_id=cid, history=history)
+        assert (follow_up.domain, follow_up.reason) == ("hr", "sticky") and "replayed" in follow_up.detail
+    assert router.route("那年假呢？").reason == "fallback"  # without the history nothing says hr
+    # The replay moves as a remembered conversation would: a keyword of support, none of hr's.
+    moved = history + [("我要退款", "请提供订单号。")]
+    assert router.route("那运费呢？", history=moved).domain == "support"
+    calls = []
+    router.add_plugin_router(lambda text, rounds: calls.append(text))
+    assert router.route("那年假呢？", history=history).reason == "sticky"
+    assert calls == []  # the replay asks no plugin router about the earlier questions
+    router.route("推荐一部好看的电影", history=history)
+    assert calls == ["推荐一部好看的电影"]  # off hr's topic: routed afresh, plugin routers first
 
 
 def test_explicit_base_is_sticky():

@@ -8,7 +8,11 @@ never reach a prefix that may have forgotten how to say hello: a message of gree
 questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
 something ("那运费呢？", "怎么办？") stays with it; a message with another domain's keyword or pattern, and
 none of its own, a classifier score of [routing] topic_change_score for another domain, or one of
-its training prompts asked as it is, moves a routed conversation to that domain (one asked for by name stays). Under a domain requested by name (`glmbot chat
+its training prompts asked as it is, moves a routed conversation to that domain (one asked for by name stays), and
+one of two or more content words that shares none with the domain's training prompts ("帮我写一首关于春天的诗")
+is routed afresh, mostly to the fallback, while the conversation keeps its domain for later follow-ups. A
+conversation the router does not remember is replayed from the history sent with the message, so stateless
+clients (the OpenAI API sends every earlier message each time) get the same routes. Under a domain requested by name (`glmbot chat
 --domain hr`, HTTP model "hr") such a message goes to the plain base as well (reason small_talk,
 [routing] small_talk_to_base); an exact version (hr@v2) always gets its adapter.
 """
@@ -43,6 +47,20 @@ DEFAULT_MIN_SCORE = 0.25
 TOP_K = 2
 # A message this close to one training prompt is that prompt (give or take a particle or a stop-word).
 SAME_PROMPT_COSINE = 0.9
+# A routed conversation's message of at least this many content words of two or more characters
+# (jieba leaves unknown words in single characters: 到账 -> 到/账), follow-up words such as 一点 not
+# counted, none of its words in the domain's training prompts, its rules or the conversation so far,
+# is routed afresh ([routing] leave_off_topic). Measured on the 7 bench and tuning domains (2026-12-06;
+# each domain's 10 paraphrases and 25 general-chat messages asked behind its first training round):
+# 68/70 paraphrases stay with their domain and 128/175 general-chat messages go on (without the rule:
+# 70/70 and 7/175; counting single characters too, 68/70 and 147/175, but "多久到账" after "我想退货" left).
+OFF_TOPIC_WORDS = 2
+OFF_TOPIC = "off topic"  # _topic_change's answer for such a message
+# Words of a follow-up that ask for more of the same ("再写一个吧", "短一点", "能不能更活泼一些"): not counted
+# among those OFF_TOPIC_WORDS.
+_FOLLOW_UP_WORDS = frozenset((
+    "再 再来 来 又 还 还有 还要 还能 别的 其他 其它 一点 一些 一条 一句 一个 一次 一遍 更 更加 再次 重新 换 换个 "
+    "再说 说说 详细 具体 仔细 简单 简短 短 长 不能 能不能 可不可以 行不行 那要 那么 然后 这样 那样 这种 那种 怎么样 多久 多长时间 多少钱").split())
 STICKY_CAPACITY = 10_000
 
 # Greeting phrases, questions to the assistant about itself and everyday chit-chat are cut out of the text before
@@ -282,13 +300,14 @@ class Router:
     def __init__(self, profiles: list[DomainProfile], *, fallback: str = BASE,
                  min_score: float = DEFAULT_MIN_SCORE, sticky: bool = True,
                  sticky_capacity: int = STICKY_CAPACITY, small_talk_to_base: bool = True,
-                 topic_change_score: float = 0.6) -> None:
+                 topic_change_score: float = 0.6, leave_off_topic: bool = True) -> None:
         if not 0.0 <= min_score <= 1.0:
             raise ConfigError(f"routing.min_score must be in 0..1 (a cosine similarity), got {min_score}")
         if not 0.0 <= topic_change_score <= 1.0:
             raise ConfigError(f"routing.topic_change_score must be in 0..1 (1 = only keywords and patterns move a "
                               f"conversation), got {topic_change_score}")
         self.topic_change_score = topic_change_score
+        self.leave_off_topic = leave_off_topic
         self.fallback = fallback
         self.min_score = min_score
         self.sticky = sticky
@@ -319,7 +338,8 @@ class Router:
     def configured(cls, profiles: list[DomainProfile], routing: Any) -> Router:
         """A router over `profiles` with the values of glmbot.toml's [routing] (a RoutingSettings)."""
         return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky,
-                   small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score)
+                   small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score,
+                   leave_off_topic=routing.leave_off_topic)
 
     @property
     def domains(self) -> list[str]:
@@ -370,7 +390,12 @@ class Router:
 
     def route(self, text: str, *, conversation_id: str | None = None, history: Any = None,
               explicit: str | None = None) -> RouteDecision:
-        """The route of one message: the first stage that decides, with its reason and score."""
+        """The route of one message: the first stage that decides, with its reason and score.
+
+        history: the earlier (question, answer) rounds. A conversation the router has no memory of
+        (no id, a new id, or one forgotten) is replayed from them, so a stateless client that sends
+        the whole conversation each time routes its follow-ups as a remembered conversation would.
+        """
         if not isinstance(text, str):
             raise TypeError(f"route() needs the message text as a str, got {type(text).__name__}")
         table = self._table
@@ -378,22 +403,57 @@ class Router:
             decision = self._explicit(explicit, table)
             if self.small_talk_to_base:
                 decision = small_talk_route(decision, text)
-        else:
-            remembered = self._sticky(conversation_id, table)
-            if remembered is not None and not (remembered.domain is not None and small_talk_only(text)):
-                moved = self._topic_change(text, conversation_id, remembered, table)
-                if moved is None:
-                    return remembered
-                self._memory.put(conversation_id, moved)  # remembered as decided, shown with the move
+            if self.sticky and conversation_id is not None and decision.reason != "small_talk":
+                self._memory.put(conversation_id, decision)
+            return decision
+        first, where = None, ""
+        if self.sticky and conversation_id is not None:
+            first, where = self._remembered(conversation_id, table), f"conversation {conversation_id!r}"
+        if first is None and self.sticky and history:
+            first, where = self._replay(history, table), "the conversation (replayed from its history)"
+        decision, kept = self._decide(text, history, first, where, table)
+        if self.sticky and conversation_id is not None and kept is not None and kept is not first:
+            self._memory.put(conversation_id, kept)
+        return decision
+
+    def _decide(self, text: str, history: Any, first: RouteDecision | None, where: str, table: _RoutingTable,
+                plugins: bool = True) -> tuple[RouteDecision, RouteDecision | None]:
+        """The decision for `text` in a conversation whose route so far is `first` (None: not routed
+        yet), and the route the conversation keeps afterwards. plugins=False skips plugin routers."""
+        if first is not None and not (first.domain is not None and small_talk_only(text)):
+            moved = self._topic_change(text, history, first, table)
+            if moved is None:
+                return RouteDecision(first.domain, first.adapter, "sticky", first.score,
+                                     detail=f"{where} stays where {first.reason} sent it"
+                                            + (f" ({first.detail})" if first.detail else "")), first
+            if moved is not OFF_TOPIC:
                 return replace(moved, detail=f"{moved.detail}; the conversation leaves "
-                                             f"{remembered.domain or 'the plain base'}")
-            decision = (self._from_plugins(text, history, table) or self._from_rules(text, table)
-                        or self._from_classifier(text, table))
+                                             f"{first.domain or 'the plain base'}"), moved
+            decision = self._staged(text, history, table, plugins)
+            # An off-topic message that goes to the fallback does not end the conversation's route: a
+            # follow-up on the domain's topic after it ("那周六呢？" after "帮我写首诗") still reaches its prefix.
+            kept = first if decision.reason in ("fallback", "small_talk") else decision
+            return replace(decision, detail=f"{decision.detail}; off the topic of {first.domain}'s conversation "
+                                            f"([routing] leave_off_topic)"), kept
+        decision = self._staged(text, history, table, plugins)
         # A fallback is not remembered: a conversation that opens with "你好" must still reach the
         # support prefix when its second message asks about a refund.
-        if self.sticky and conversation_id is not None and decision.reason not in ("fallback", "small_talk"):
-            self._memory.put(conversation_id, decision)
-        return decision
+        return decision, (first if decision.reason in ("fallback", "small_talk") else decision)
+
+    def _staged(self, text: str, history: Any, table: _RoutingTable, plugins: bool) -> RouteDecision:
+        """Plugin routers, then keyword and pattern rules, then the classifier (or the fallback)."""
+        return ((self._from_plugins(text, history, table) if plugins else None) or self._from_rules(text, table)
+                or self._from_classifier(text, table))
+
+    def _replay(self, history: Any, table: _RoutingTable) -> RouteDecision | None:
+        """The route a remembered conversation would have after its earlier questions, by the rules
+        and the classifier (plugin routers are asked about the message itself only, not again about
+        every earlier one on each request)."""
+        first = None
+        rounds = _rounds(history)
+        for i, (question, _) in enumerate(rounds):
+            first = self._decide(question, rounds[:i], first, "", table, plugins=False)[1]
+        return first
 
     def explain(self, text: str) -> list[tuple[str, float]]:
         """Classifier score of every domain for `text`, best first."""
@@ -420,36 +480,51 @@ class Router:
         adapter = f"{domain}@v{ref.version}"
         return RouteDecision(domain, adapter, "explicit", 1.0, detail=f"adapter {adapter} requested")
 
-    def _sticky(self, conversation_id: str | None, table: _RoutingTable) -> RouteDecision | None:
-        if not self.sticky or conversation_id is None:
-            return None
+    def _remembered(self, conversation_id: str, table: _RoutingTable) -> RouteDecision | None:
         first = self._memory.get(conversation_id)
         if first is None or (first.domain is not None and first.domain not in table.profiles):
             return None
-        return RouteDecision(first.domain, first.adapter, "sticky", first.score,
-                             detail=f"conversation {conversation_id!r} stays where {first.reason} sent it"
-                                    + (f" ({first.detail})" if first.detail else ""))
+        return first
 
-    def _topic_change(self, text: str, conversation_id: str, remembered: RouteDecision,
-                      table: _RoutingTable) -> RouteDecision | None:
-        """A keyword or pattern of another domain and none of the conversation's own, or a
-        classifier score of at least topic_change_score for another domain: the conversation moves
-        there ("退货多久到账？" after questions about the library). A domain asked for by name stays."""
-        first = self._memory.get(conversation_id)
-        if first is None or first.reason == "explicit":
+    def _topic_change(self, text: str, history: Any, first: RouteDecision,
+                      table: _RoutingTable) -> RouteDecision | str | None:
+        """Where a message leaves a routed conversation for, OFF_TOPIC, or None when it stays.
+
+        A keyword or pattern of another domain and none of the conversation's own, or a classifier
+        score of at least topic_change_score for another domain: the conversation moves there
+        ("退货多久到账？" after questions about the library). OFF_TOPIC (route the message afresh, see
+        `_off_topic`) for a message that has nothing to do with the domain or the conversation. A
+        domain asked for by name stays."""
+        if first.reason == "explicit":
             return None
         moved = self._from_rules(text, table)
-        if moved is not None and self._rules_match(text, remembered.domain, table):
+        if moved is not None and self._rules_match(text, first.domain, table):
             return None
-        if moved is None and self.topic_change_score < 1.0:
-            moved, nearest = self._classify(text, table)
+        if moved is None:
+            tokens = content_tokens(text)
+            decision, nearest = self._classify_tokens(tokens, table)
             # A message that is (nearly) one of the domain's own training prompts moves it too: a
             # domain with one wording per question scores such a message only 0.5 (the mean of its
             # TOP_K nearest), under topic_change_score.
-            if moved.reason != "classifier" or (moved.score < self.topic_change_score
-                                                and nearest[moved.domain] < SAME_PROMPT_COSINE):
-                return None
-        return None if moved is None or moved.domain == remembered.domain else moved
+            if (self.topic_change_score < 1.0 and decision.reason == "classifier" and decision.domain != first.domain
+                    and (decision.score >= self.topic_change_score or nearest[decision.domain] >= SAME_PROMPT_COSINE)):
+                return decision
+            return OFF_TOPIC if self._off_topic(text, tokens, decision.scores, history, first, table) else None
+        return None if moved.domain == first.domain else moved
+
+    def _off_topic(self, text: str, tokens: list[str], scores: dict[str, float], history: Any,
+                   first: RouteDecision, table: _RoutingTable) -> bool:
+        """[routing] leave_off_topic: OFF_TOPIC_WORDS or more content words that are not follow-up
+        words (再, 一点, 还有...), none of them in the domain's training prompts, its rules or the
+        conversation's earlier rounds ("帮我写一首关于春天的诗" after "拔智齿多少钱？"; "再写一个吧" after
+        "帮我写个连衣裙文案" stays)."""
+        if not self.leave_off_topic or first.domain is None or scores.get(first.domain, 0.0) > 0.0:
+            return False
+        words = [t for t in tokens if t not in _FOLLOW_UP_WORDS]
+        if sum(len(w) > 1 for w in words) < OFF_TOPIC_WORDS or self._rules_match(text, first.domain, table):
+            return False
+        said = "\n".join(part for turn in _rounds(history) for part in turn).casefold()
+        return not any(word in said for word in words)
 
     @staticmethod
     def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:
@@ -496,7 +571,9 @@ class Router:
 
     def _classify(self, text: str, table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
         """The classifier's decision, with each domain's nearest-prompt cosine beside it."""
-        tokens = content_tokens(text)
+        return self._classify_tokens(content_tokens(text), table)
+
+    def _classify_tokens(self, tokens: list[str], table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
         scores, nearest = table.classifier.scores_and_nearest(tokens)
         # max() keeps the first of equal scores, i.e. the domain listed first.
         best = max(table.profiles, key=lambda name: scores[name], default=None)
@@ -512,6 +589,14 @@ class Router:
             why = f"best classifier score {best_score:.3f} ({best}) < min_score {self.min_score}"
         domain = None if self.fallback == BASE else self.fallback
         return RouteDecision(domain, None, "fallback", best_score, scores, detail=why), nearest
+
+
+def _rounds(history: Any) -> list[tuple[str, str]]:
+    """The (question, answer) rounds of `history`; anything else in it (a plugin's own shape) is skipped."""
+    if not isinstance(history, (list, tuple)):
+        return []
+    return [(turn[0], turn[1]) for turn in history
+            if isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(x, str) for x in turn)]
 
 
 def _active(table: _RoutingTable, domain: str) -> str:
