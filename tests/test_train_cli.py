@@ -305,3 +305,37 @@ def test_eval_scores_a_predictions_file_like_the_official_recipe(tmp_path, capsy
     code, out, _ = cli(make_project(tmp_path / "p"), "eval", "--predictions", str(path), capsys=capsys)
     expected = score([r["predict"] for r in rows], [r["labels"] for r in rows])
     assert code == 0 and f"{expected['rouge-l']:.2f}" in out and f"{expected['bleu-4']:.2f}" in out
+
+
+def test_promote_without_dev_data_judges_a_retrain_by_its_training_questions(tmp_path):
+    # Found by a newcomer: with no dev data, `train --promote` of a fixed data file never replaced v1
+    # ("has no rouge-l (no dev data?)"), so chat kept answering from the old prefix.
+    from glmbot.registry import Registry
+    from glmbot.training.evaluate import LearningCheck
+    from glmbot.training.pipeline import _maybe_promote
+    from registry_fixtures import register
+
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "adapters")
+    registry.add_domain("hr")
+    settings = TrainSettings()
+
+    def trained(seed: int, sha: str, rouge_l: float):
+        adapter = register(registry, "hr", seed=seed, dataset_sha256=sha, metrics={"train_rouge-l": rouge_l})
+        return adapter, LearningCheck(rouge_l, 20.0, 12, learned=True)
+
+    first, check = trained(0, "a" * 64, 90.0)
+    assert _maybe_promote(registry, first, "better", "rouge-l", check, settings) == (True, "first adapter of the domain")
+    same, check = trained(1, "a" * 64, 88.0)  # the same data, no better: v1 stays
+    promoted, why = _maybe_promote(registry, same, "better", "rouge-l", check, settings)
+    assert not promoted and "same data as the active hr@v1" in why and "88.0" in why and "90.0" in why
+    better, check = trained(2, "a" * 64, 97.0)
+    assert _maybe_promote(registry, better, "better", "rouge-l", check, settings)[0]
+    fixed, check = trained(3, "b" * 64, 80.0)  # the user's corrected file: other data, learned it
+    promoted, why = _maybe_promote(registry, fixed, "better", "rouge-l", check, settings)
+    assert promoted and "other data than the active hr@v3" in why
+    assert registry.resolve("hr").version == 4
+    # Without a learning check (--no-eval) there is nothing to judge by: refused, naming the fix.
+    blind = register(registry, "hr", seed=5, dataset_sha256="c" * 64)
+    promoted, why = _maybe_promote(registry, blind, "better", "rouge-l", None, settings)
+    assert not promoted and "use --promote force" in why
+    registry.close()
