@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from glmbot.errors import GlmbotError
@@ -135,12 +136,12 @@ class ChatClient:
                 self.console.print()
             if not self.interactive:  # piped: a failed answer is the command's failure (exit code 1)
                 raise
-            self.err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            self.err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             return
         self.console.print()
         self.s.finish(request, query, result)
         if self.interactive:
-            self.console.print(f"[dim]{route_line(result)}[/]")
+            self.console.print(f"[dim]{escape(route_line(result))}[/]")  # "[routing] ..." is text
 
     def _fit(self, query: str) -> str:
         limit = self.s.options.max_source_tokens
@@ -162,7 +163,7 @@ class ChatClient:
                    "history": self._history, "retry": self._retry, "save": self._save, "help": self._help,
                    "quit": lambda _: "quit", "exit": lambda _: "quit"}.get(name)
         if handler is None:
-            self.err.print(f"unknown command /{name}")
+            self.err.print(f"unknown command /{name}", markup=False)
             self.console.print(HELP, markup=False)
             return None
         return handler(arg)
@@ -171,10 +172,11 @@ class ChatClient:
         known = self.known_domains()
         if not arg or (arg != BASE and arg not in known):
             reason = self.why_not_servable(arg) if arg else ""
-            self.err.print(reason or f"unknown domain {arg!r}; known: {', '.join([BASE, *known])}", highlight=False)
+            self.err.print(reason or f"unknown domain {arg!r}; known: {', '.join([BASE, *known])}", markup=False,
+                           highlight=False)
             return
         self.s.options.domain, self.s.options.adapter = arg, None
-        self.console.print(f"[dim]answering with {arg}[/]")
+        self.console.print(f"[dim]answering with {escape(arg)}[/]")
 
     def _auto(self, _: str) -> None:
         self.s.options.domain = self.s.options.adapter = None
@@ -195,7 +197,7 @@ class ChatClient:
         if not self.s.history:
             self.console.print("[dim](empty)[/]")
         for i, (q, a) in enumerate(self.s.history, start=1):
-            self.console.print(f"[bold]{i}. 问[/] {q}\n   [bold]答[/] {a}", highlight=False)
+            self.console.print(f"[bold]{i}. 问[/] {escape(q)}\n   [bold]答[/] {escape(a)}", highlight=False)
 
     def _retry(self, _: str) -> None:
         if not self.s.history:
@@ -214,9 +216,9 @@ class ChatClient:
         try:
             atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
         except OSError as exc:
-            self.err.print(f"cannot write {path}: {exc.strerror}")
+            self.err.print(f"cannot write {path}: {exc.strerror}", markup=False)
             return
-        self.console.print(f"[dim]saved {len(self.s.history)} turns to {path}[/]")
+        self.console.print(f"[dim]saved {len(self.s.history)} turns to {escape(str(path))}[/]")
 
     def _help(self, _: str) -> None:
         self.console.print(HELP, markup=False)

@@ -89,8 +89,12 @@ def test_terminal_conversation_with_a_domain_switch_is_logged(project):
     child.sendline("类型#裙*颜色#白色")
     child.expect("ads@v1 · explicit")
     child.expect("你 > ")
+    child.sendline("谢谢")  # small talk under a named domain: its status line names the setting, brackets kept
+    child.expect_exact("small_talk · 1.00 · small talk alone under domain 'ads'")
+    child.expect_exact("([routing] small_talk_to_base;")  # rich markup would eat "[routing]"
+    child.expect("你 > ")
     child.sendline("/history")
-    child.expect("2. 问")
+    child.expect("3. 问")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
     child.close()
@@ -98,5 +102,6 @@ def test_terminal_conversation_with_a_domain_switch_is_logged(project):
     with registry_of(project) as reg:
         conv = next(c for c in reg.list_conversations() if c.title == "退货多久到账？")
         turns = reg.conversation_turns(conv.id)
-    assert [(t.adapter, t.route_reason) for t in turns] == [("support@v1", "classifier"), ("ads@v1", "explicit")]
+    assert [(t.adapter, t.route_reason) for t in turns] == [("support@v1", "classifier"), ("ads@v1", "explicit"),
+                                                            (None, "small_talk")]
     assert all(t.completion_tokens > 0 and t.answer for t in turns)
