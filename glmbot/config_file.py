@@ -58,3 +58,25 @@ def add_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     atomic_write_text(path, new_text)
     os.chmod(path, mode)  # the temp file was created 0600
+
+
+def remove_domain_table(path: Path, name: str) -> bool:
+    """Remove [domains.NAME] from the glmbot.toml at `path`, keeping the rest of the file as it was;
+    False when the file has no such table (nothing is written then)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    domains = doc.get("domains")
+    if domains is None or name not in domains:
+        return False
+    del domains[name]
+    new_text = tomlkit.dumps(doc).rstrip("\n") + "\n"  # the blank line `domains add` put before a last table
+    settings_from_dict(tomlkit.parse(new_text).unwrap(), root=path.parent, source=str(path))  # e.g. routing.fallback
+    mode = path.stat().st_mode & 0o777
+    atomic_write_text(path, new_text)
+    os.chmod(path, mode)
+    return True

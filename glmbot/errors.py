@@ -6,6 +6,9 @@ Only the CLI turns these into exit codes and one-line messages.
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class GlmbotError(Exception):
     """Base class of every error glmbot raises on purpose."""
@@ -44,6 +47,19 @@ class UnknownDomainError(RegistryError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def unknown_domain(name: str, known: Iterable[str], *, listed: str = "known", add: bool = True) -> UnknownDomainError:
+    """The error for a domain name nothing knows: a near miss named first ("did you mean 'dental'?"),
+    then the `listed` domains, then (add=True) how to create it, worded so that a typo is not
+    turned into a new domain by following the hint."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    message = f"unknown domain {name!r}; " + (f"did you mean {close[0]!r}? " if close else "")
+    message += f"{listed}: {', '.join(known) or 'none yet'}"
+    if add:
+        message += f"; {'or add a new domain' if close else 'add it'} with: glmbot domains add {name} --data FILE.jsonl"
+    return UnknownDomainError(message)
 
 
 class UnknownAdapterError(RegistryError, KeyError):

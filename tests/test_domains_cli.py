@@ -161,3 +161,26 @@ def test_a_domain_with_candidates_only_is_not_unknown_anywhere(tmp_path, capsys)
     assert code == 0 and "skipped: hr" not in out and re.search(r"^domain:\s+hr$", out, re.M)
     code, info, _ = cli(config, "info", capsys=capsys)
     assert "hr (v3 active; keywords 年假, 工资)" in " ".join(info.split())
+
+
+def test_rm_takes_back_a_misspelled_domain_and_keeps_one_with_adapters(tmp_path, capsys):
+    # Found by a newcomer: following `adapters show dentl`'s hint made a junk domain no command removed.
+    config, data = hr_project(tmp_path)
+    before = config.read_text(encoding="utf-8")
+    assert cli(config, "domains", "add", "hrr", "--data", str(data / "hr.jsonl"), capsys=capsys)[0] == 0
+    code, out, err = cli(config, "domains", "rm", "hrrr", capsys=capsys)
+    assert code == 1 and "did you mean 'hrr'?" in " ".join(err.split())
+    code, out, err = cli(config, "domains", "rm", "hrr", capsys=capsys)
+    assert code == 0 and "Removed domain hrr from" in " ".join(out.split()) and "the registry" in out
+    assert config.read_text(encoding="utf-8") == before  # the table gone, every other line (comments too) kept
+    with registry_of(config) as reg:
+        assert "hrr" not in {d.name for d in reg.list_domains()}
+    # A domain with adapters: refused before glmbot.toml is touched, naming the versions and the fix.
+    assert cli(config, "domains", "add", "hr", "--data", str(data / "hr.jsonl"), capsys=capsys)[0] == 0
+    register_candidates(config, "hr", 2)
+    with_hr = config.read_text(encoding="utf-8")
+    code, out, err = cli(config, "domains", "rm", "hr", capsys=capsys)
+    assert code == 1 and "still has adapters (hr@v1, hr@v2)" in " ".join(err.split()) and "glmbot adapters rm" in err
+    assert config.read_text(encoding="utf-8") == with_hr
+    with registry_of(config) as reg:
+        assert len(reg.list_adapters("hr")) == 2

@@ -34,9 +34,13 @@ def test_bad_domain_names(unchanged: Registry, name: str):
 
 
 def test_unknown_domain_offers_the_command(unchanged: Registry):
-    with pytest.raises(UnknownDomainError, match=r"unknown domain 'sales' \(known: support\); add it with: "
-                                                 r"glmbot domains add sales"):
+    with pytest.raises(UnknownDomainError, match=r"unknown domain 'sales'; known: support; add it with: "
+                                                 r"glmbot domains add sales --data FILE.jsonl"):
         register(unchanged, "sales")
+    # A near miss is named first, and the command that would create the typo is offered as a last resort.
+    with pytest.raises(UnknownDomainError, match=r"unknown domain 'suport'; did you mean 'support'\? known: support; "
+                                                 r"or add a new domain with: glmbot domains add suport"):
+        unchanged.list_adapters("suport")
     with pytest.raises(UnknownDomainError, match="glmbot domains add hr"):
         unchanged.list_adapters("hr")
 

@@ -182,7 +182,7 @@ def test_refs(support: Registry):
     with pytest.raises(UnknownAdapterError, match="no adapter with id 999"):
         support.resolve(999)
     with pytest.raises(UnknownDomainError,
-                       match=r"unknown domain 'sales' \(known: support\).*glmbot domains add sales"):
+                       match=r"unknown domain 'sales'; known: support.*glmbot domains add sales"):
         support.resolve("sales@v1")
     with pytest.raises(UnknownAdapterError, match="bad version 'vx'"):
         support.resolve("support@vx")

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
-from glmbot.errors import UnknownDomainError
 
 EXAMPLES = """Examples:
 
@@ -102,16 +101,20 @@ def list_adapters(
       glmbot adapters list --domain support --status active
       glmbot adapters list --json
     """
-    try:
-        adapters = common.get_registry().list_adapters(domain, status)
-    except UnknownDomainError as exc:
-        raise UnknownDomainError(f"--domain {domain!r}: {exc}") from None
+    if domain is not None:
+        common.require_domain(domain)
+    registry = common.get_registry()
+    # A domain of glmbot.toml enters the registry with its first adapter: until then it has none.
+    registered = domain is None or domain in {d.name for d in registry.list_domains()}
+    adapters = registry.list_adapters(domain, status) if registered else []
     if as_json:
         common.print_json([adapter_json(a) for a in adapters])
         return
     if not adapters:
-        common.console.print("No adapters registered yet. Train one (glmbot train --domain DOMAIN) or import one "
-                             "(glmbot adapters import PATH --domain DOMAIN).")
+        which = domain or "DOMAIN"
+        common.console.print(f"No adapters registered{f' for {domain}' if domain else ''} yet. Train one (glmbot "
+                             f"train --domain {which}) or import one (glmbot adapters import PATH --domain {which}).",
+                             highlight=False)
         return
     table = Table(title="Adapters", header_style="bold")
     for column, justify in (("domain", "left"), ("version", "right"), ("status", "left"), ("P", "right"),
@@ -139,6 +142,10 @@ def show(ref: Ref, as_json: JsonOpt = False) -> None:
       glmbot adapters show support@v2
       glmbot adapters show 7 --json         # by id
     """
+    from glmbot.registry.refs import parse_ref
+
+    if (domain := parse_ref(ref).domain) is not None:
+        common.require_domain(domain)
     registry = common.get_registry()
     a = registry.resolve(ref)
     if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from glmbot.cli import common
-from glmbot.errors import UnknownDomainError
+from glmbot.errors import unknown_domain
 
 Opt = typer.Option
 
@@ -83,9 +83,7 @@ def _refuse_domain(settings, registry, domain: str, servable: list[str]) -> None
     reason = _not_servable_reason(settings, registry, domain)
     if reason:
         raise GlmbotError(reason)
-    raise UnknownDomainError(f"unknown domain {domain!r}; domains with an active adapter: "
-                             f"{', '.join(['base', *servable])}; add one with: glmbot domains add {domain} "
-                             "--data FILE.jsonl")
+    raise unknown_domain(domain, ["base", *servable], listed="domains with an active adapter")
 
 
 def _reader(interactive: bool):

@@ -94,6 +94,16 @@ def get_registry():
     return Registry.from_settings(get_settings())
 
 
+def require_domain(name: str) -> None:
+    """The unknown-domain error, with a near miss among glmbot.toml's and the registry's domains (a
+    fresh project's registry knows none of the configured ones yet), unless `name` is one of them."""
+    from glmbot.errors import unknown_domain
+
+    known = set(get_settings().domains) | {d.name for d in get_registry().list_domains()}
+    if name not in known:
+        raise unknown_domain(name, sorted(known))
+
+
 @lru_cache(maxsize=1)
 def load_base_model():
     """(model, tokenizer) of the configured base, on the configured device and dtype."""

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from glmbot.cli import common
 from glmbot.cli.adapters import age, format_metrics, human_size, status_text
+from glmbot.errors import RegistryError
 
 app = typer.Typer(cls=common.HelpGroup, no_args_is_help=True,
                   help="Business domains (support, after-sales, HR, ...): each gets its own adapters.")
@@ -111,18 +112,43 @@ def _stored_path(value: str | None, config_dir: Path) -> str:
         return str(path)
 
 
+@app.command("rm")
+def remove(name: Annotated[str, typer.Argument(help="the domain", show_default=False)]) -> None:
+    """Remove a domain that has no adapters: its [domains.NAME] table in glmbot.toml and its registry entry.
+
+    Remove its adapters first (glmbot adapters rm NAME@vN); nothing is changed while it has any.
+
+    \b
+      glmbot domains rm hrr        # a misspelled domain added by mistake
+    """
+    from glmbot.config_file import config_file_for, remove_domain_table
+
+    settings, registry = common.get_settings(), common.get_registry()
+    registered = name in {d.name for d in registry.list_domains()}
+    if not registered and name not in settings.domains:
+        common.require_domain(name)  # the unknown-domain error, with a near miss
+    if registered and (adapters := registry.list_adapters(name)):  # checked before glmbot.toml is touched
+        refs = ", ".join(a.ref for a in adapters)
+        raise RegistryError(f"domain {name!r} still has adapters ({refs}); remove them first with: glmbot adapters "
+                            f"rm {name}@vN (--force for the active one)")
+    path = config_file_for(settings)
+    removed_table = name in settings.domains and remove_domain_table(path, name)
+    if registered:
+        registry.remove_domain(name)
+    where = [f"{escape(str(path))} (\\[domains.{name}])" if removed_table else "", "the registry" if registered else ""]
+    common.console.print(f"Removed domain [bold]{name}[/] from {' and '.join(w for w in where if w)}.", highlight=False)
+
+
 @app.command("show")
 def show(name: Annotated[str, typer.Argument(help="the domain", show_default=False)]) -> None:
     """A domain's data, routing hints and all its adapter versions."""
-    from glmbot.errors import UnknownDomainError
+    from glmbot.errors import unknown_domain
     from glmbot.registry.catalog import domain_state, domain_states
 
     settings, registry = common.get_settings(), common.get_registry()
     d = domain_state(settings, registry, name)
     if not (d.configured or d.registered):
-        known = ", ".join(s.name for s in domain_states(settings, registry)) or "none yet"
-        raise UnknownDomainError(f"unknown domain {name!r} (known: {known}); add it with: "
-                                 f"glmbot domains add {name} --data FILE.jsonl")
+        raise unknown_domain(name, [s.name for s in domain_states(settings, registry)])
     out = common.console
     out.print(f"[bold]{d.name}[/]: {escape(d.description or '(no description)')}")
     out.print(f"data: {d.data or '-'}    keywords: {', '.join(d.keywords) or '-'}    "

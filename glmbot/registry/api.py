@@ -22,6 +22,7 @@ from glmbot.errors import (
     RegistryError,
     UnknownAdapterError,
     UnknownDomainError,
+    unknown_domain,
 )
 from glmbot.registry import checks, store
 from glmbot.registry.card import (
@@ -54,6 +55,7 @@ from glmbot.registry.tables import (
     AdapterRow,
     DomainRow,
     EvaluationRow,
+    TrainingRunRow,
     utcnow,
 )
 
@@ -118,6 +120,20 @@ class Registry(RecordsMixin, ConversationsMixin, DamageMixin):
         check_domain_name(name)
         with self._db.read() as s:
             return self._domain_info(s, self._domain_row(s, name))
+
+    def remove_domain(self, name: str) -> None:
+        """Delete a domain that has no adapter versions (with its activation history and training runs)."""
+        with self._db.write() as s:
+            dom = self._domain_row(s, name, lock=True)
+            versions = s.exec(select(AdapterRow.version).where(AdapterRow.domain_id == dom.id)
+                              .order_by(AdapterRow.version)).all()
+            if versions:
+                refs = ", ".join(f"{name}@v{v}" for v in versions)
+                raise RegistryError(f"domain {name!r} still has adapters ({refs}); remove them first with: glmbot "
+                                    f"adapters rm {name}@vN (--force for the active one)")
+            s.exec(delete(ActivationRow).where(ActivationRow.domain_id == dom.id))
+            s.exec(delete(TrainingRunRow).where(TrainingRunRow.domain_id == dom.id))
+            s.delete(dom)
 
     def list_domains(self) -> list[DomainInfo]:
         with self._db.read() as s:
@@ -381,9 +397,7 @@ class Registry(RecordsMixin, ConversationsMixin, DamageMixin):
             stmt = stmt.with_for_update().execution_options(populate_existing=True)
         row = s.exec(stmt).first()
         if row is None:
-            known = ", ".join(s.exec(select(DomainRow.name).order_by(DomainRow.name)).all()) or "none yet"
-            raise UnknownDomainError(
-                f"unknown domain {name!r} (known: {known}); add it with: glmbot domains add {name}")
+            raise unknown_domain(name, s.exec(select(DomainRow.name).order_by(DomainRow.name)).all())
         return row
 
     def _resolve_row(self, s: Session, ref: str | int, lock: bool = False) -> tuple[AdapterRow, DomainRow]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from glmbot.config import DOMAIN_NAME_RE, Settings
-from glmbot.errors import ConfigError, UnknownDomainError
+from glmbot.errors import ConfigError, UnknownDomainError, unknown_domain
 from glmbot.segment import jieba_module
 
 log = logging.getLogger(__name__)
@@ -468,8 +468,8 @@ class Router:
             return RouteDecision(None, None, "explicit", 1.0, detail="plain base model requested")
         domain, sep, _ = text.partition("@")
         if domain not in table.profiles:
-            raise UnknownDomainError(f"unknown domain {domain!r} in {explicit!r}; known domains: "
-                                     f"{', '.join(table.profiles) or 'none'} (or {BASE!r} for the plain model)")
+            raise unknown_domain(domain, [*table.profiles, BASE], listed=f"known domains ({BASE!r}: the plain model)",
+                                 add=False)
         if not sep:
             return RouteDecision(domain, None, "explicit", 1.0,
                                  detail=f"domain {domain!r} requested{_active(table, domain)}")

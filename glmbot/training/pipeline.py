@@ -9,7 +9,6 @@ is never promoted. Under torch.distributed only rank 0 evaluates, writes and reg
 
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Callable, Literal
 import torch.distributed as dist
 
 from glmbot.config import Settings, TrainSettings
-from glmbot.errors import UnknownDomainError
+from glmbot.errors import UnknownDomainError, unknown_domain
 from glmbot.model.fingerprint import architecture, base_fingerprint
 from glmbot.model.prefix_io import encoder_state
 from glmbot.training.coverage import CoverageReport, tokenizer_coverage
@@ -74,12 +73,7 @@ def ensure_registered_domain(registry, settings: Settings, domain: str) -> None:
     except UnknownDomainError:
         if domain not in settings.domains:
             known = sorted({d.name for d in registry.list_domains()} | set(settings.domains))
-            close = difflib.get_close_matches(domain, known, n=1)
-            hint = (f"did you mean {close[0]!r}? " if close else "") + (
-                f"known domains: {', '.join(known)}; " if known else "")
-            raise UnknownDomainError(
-                f"domain {domain!r} is neither registered nor in {settings.source}; {hint}to add it with its "
-                f"data: glmbot domains add {domain} --data FILE.jsonl") from None
+            raise unknown_domain(domain, known, listed=f"registered or in {settings.source}") from None
         cfg = settings.domains[domain]
         registry.ensure_domain(domain, cfg.description)
 
