@@ -43,6 +43,7 @@ class ChatOptions:
     max_new_tokens: int | None = None
     system: str = ""
     max_source_tokens: int = 0  # very long questions are cut to this many tokens (0: no limit)
+    no_history: bool = False  # every question is a conversation of its own (a file of test questions)
 
 
 @dataclass
@@ -72,6 +73,9 @@ class ChatSession:
             self.history.append((query, result.text))
         if self.log is not None:
             self.log.record_turn(request, result)
+        if self.options.no_history:
+            self.history.clear()
+            self.conversation_id = new_conversation_id()
 
     def reset(self) -> None:
         self.history.clear()

@@ -105,3 +105,16 @@ def test_terminal_conversation_with_a_domain_switch_is_logged(project):
     assert [(t.adapter, t.route_reason) for t in turns] == [("support@v1", "classifier"), ("ads@v1", "explicit"),
                                                             (None, "small_talk")]
     assert all(t.completion_tokens > 0 and t.answer for t in turns)
+
+
+def test_no_history_asks_every_piped_line_on_its_own(project):
+    """Found by a newcomer: 28 training questions piped into one chat came back 22 right, each behind
+    all the earlier rounds; --no-history answers each as a conversation of its own."""
+    questions = ["退货多久到账？", "什么时候发货？", "发票怎么开？"]
+    done = cli_process(project, "chat", "--domain", "support", "--temperature", "0", "--no-history",
+                       input="\n".join(questions) + "\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [engine_answer(project, q, "support") for q in questions]
+    with registry_of(project) as reg:  # asked only here: each the one turn of its own logged conversation
+        logged = [[t.query for t in reg.conversation_turns(c.id)] for c in reg.list_conversations()]
+    assert sorted(turns for turns in logged if set(turns) & set(questions[1:])) == [["什么时候发货？"], ["发票怎么开？"]]

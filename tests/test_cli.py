@@ -92,6 +92,7 @@ def test_lazily_listed_train_has_its_own_summary():
     assert target == "glmbot.cli.train:train"
     assert summary == train.__doc__.strip().splitlines()[0]
     assert "--domain" in help_of("train")
+    assert "completion" not in help_of("train") and "--install-completion" in help_of()  # glmbot's own, not train's
 
 
 @pytest.mark.parametrize("args, words", [

@@ -23,11 +23,16 @@ def chat(
         "a system instruction: a native system turn on ChatGLM3/GLM-4 bases; ChatGLM2 has no system role, "
         "so there it is put in front of each question"))] = "",
     no_log: Annotated[bool, Opt("--no-log", help="do not store this conversation in the registry")] = False,
+    no_history: Annotated[bool, Opt("--no-history", help=(
+        "ask every question on its own, as a new conversation (lines are otherwise one conversation, each "
+        "answered behind the earlier ones)"))] = False,
     quantize: common.QuantizeOpt = None,
 ) -> None:
     """Chat in the terminal; piped questions print only the answers.
 
-    In the terminal, /help lists the chat commands (switch domain, clear history, quit).
+    Piped or typed, the lines are one conversation: a follow-up such as "那周六呢？" is answered behind
+    the earlier rounds. To check a file of separate questions, add --no-history. In the terminal,
+    /help lists the chat commands (switch domain, clear history, quit).
 
     Examples:
 
@@ -35,6 +40,7 @@ def chat(
       glmbot chat
       glmbot chat --domain support --temperature 0
       echo "退货多久到账？" | glmbot chat
+      glmbot chat --domain hr --no-history < questions.txt
       glmbot chat --adapter support@v2 --no-log
       glmbot chat --system "你是客服助手，请简短回答。"
     """
@@ -50,7 +56,8 @@ def chat(
     engine = common.get_engine()
     warn = lambda message: common.err_console.print(f"[yellow]warning:[/] {message}")  # noqa: E731
     logger = None if no_log else TurnLogger(registry, "cli", on_disabled=warn)
-    options = ChatOptions(domain, adapter, temperature, max_new_tokens, system, settings.train.max_source_length)
+    options = ChatOptions(domain, adapter, temperature, max_new_tokens, system, settings.train.max_source_length,
+                          no_history)
     session = ChatSession(engine, options, logger)
     mode = f"domain {domain}" if domain else f"adapter {adapter}" if adapter else "automatic routing"
     header = (f"[bold]glmbot chat[/] · base {settings.model.base_model} · {mode} · "

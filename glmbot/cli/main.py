@@ -37,7 +37,7 @@ class LazyCommand(TyperCommand):
 
     def load(self) -> TyperCommand:
         module, function = self.target.split(":")
-        single = typer.Typer(rich_markup_mode=None)
+        single = typer.Typer(rich_markup_mode=None, add_completion=False)  # completion belongs to glmbot itself
         single.command(name=self.name)(getattr(importlib.import_module(module), function))
         return typer.main.get_command(single)
 
