@@ -63,8 +63,9 @@ class PlainProgress:
         if now - self.last_print < self.every_s and info.step not in (1, info.total_steps):
             return
         self.last_print = now
+        eta = "-" if info.eta_s is None else clock(info.eta_s)
         common.console.print(f"{self.description} step {info.step}/{info.total_steps} loss {info.loss:.3f} "
-                             f"lr {info.lr:.1e} {info.tokens_per_s:,.0f} tokens/s ETA {clock(info.eta_s)}",
+                             f"lr {info.lr:.1e} {info.tokens_per_s:,.0f} tokens/s ETA {eta}",
                              markup=False, highlight=False, soft_wrap=True)
 
 
