@@ -53,12 +53,15 @@ def age(when: datetime | None, now: datetime | None = None) -> str:
 
 
 # Shown first when an adapter has more metrics than fit (the official P-Tuning v2 evaluation's).
-KEY_METRICS = ("rouge-l", "bleu-4", "rouge-1", "rouge-2")
+# Shown first: dev-set scores, then (a domain without dev data) the training questions' ROUGE-L and
+# whether the prefix learned them; the rest is counted ("(+3)") and in `adapters show`.
+KEY_METRICS = ("rouge-l", "bleu-4", "train_rouge-l", "learned", "rouge-1", "rouge-2")
 
 
 def format_metrics(metrics: dict[str, float], limit: int = 3) -> str:
     order = sorted(metrics, key=lambda n: (KEY_METRICS.index(n) if n in KEY_METRICS else len(KEY_METRICS), n))
-    shown = [f"{name} {metrics[name]:.4g}" for name in order[:limit]]
+    shown = [f"learned {'yes' if metrics[name] else 'no'}" if name == "learned" else f"{name} {metrics[name]:.4g}"
+             for name in order[:limit]]
     more = len(metrics) - limit
     return ", ".join(shown) + (f" (+{more})" if more > 0 else "") if shown else "-"
 
