@@ -47,7 +47,8 @@ def add_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
         domains = tomlkit.table(is_super_table=True)
         doc["domains"] = domains
     elif name in domains:
-        raise ConfigError(f"{path} already has [domains.{name}]; edit that table, or pick another name")
+        raise ConfigError(f"{path} already has [domains.{name}]; change it with: glmbot domains set {name} --data "
+                          "FILE.jsonl (or another option), or pick another name")
     table = tomlkit.table()
     for key, value in values.items():
         if value not in (None, "", [], {}):
@@ -80,3 +81,32 @@ def remove_domain_table(path: Path, name: str) -> bool:
     atomic_write_text(path, new_text)
     os.chmod(path, mode)
     return True
+
+
+def update_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
+    """Set keys of the existing [domains.NAME] table in the glmbot.toml at `path` (None: leave the
+    key as it is; "" or []: remove it), keeping every other line as it was; checked, then written
+    atomically."""
+    path = Path(path)
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; create the domain with: glmbot domains add {name}") from None
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    domains = doc.get("domains")
+    if domains is None or name not in domains:
+        raise ConfigError(f"{path} has no [domains.{name}]; create it with: glmbot domains add {name} --data FILE.jsonl")
+    table = domains[name]
+    for key, value in values.items():
+        if value is None:
+            continue
+        if value in ("", []):
+            table.pop(key, None)
+        else:
+            table[key] = value
+    new_text = tomlkit.dumps(doc)
+    settings_from_dict(tomlkit.parse(new_text).unwrap(), root=path.parent, source=str(path))  # raises on a bad value
+    mode = path.stat().st_mode & 0o777
+    atomic_write_text(path, new_text)
+    os.chmod(path, mode)

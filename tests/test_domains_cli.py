@@ -184,3 +184,31 @@ def test_rm_takes_back_a_misspelled_domain_and_keeps_one_with_adapters(tmp_path,
     assert config.read_text(encoding="utf-8") == with_hr
     with registry_of(config) as reg:
         assert len(reg.list_adapters("hr")) == 2
+
+
+def test_set_changes_a_domains_table_and_a_bad_file_changes_nothing(tmp_path, capsys):
+    # Found by a newcomer: `domains add dental --data ...` on an existing domain only said "edit that
+    # table", and train's no-data hint pointed at that same command.
+    config, data = hr_project(tmp_path)
+    assert cli(config, "domains", "add", "hr", capsys=capsys)[0] == 0
+    code, out, err = cli(config, "train", "-d", "hr", "--steps", "1", capsys=capsys)
+    assert code == 1 and "glmbot domains set NAME --data FILE.jsonl" in " ".join(err.split())
+    code, out, err = cli(config, "domains", "add", "hr", "--data", str(data / "hr.jsonl"), capsys=capsys)
+    assert code == 1 and "change it with: glmbot domains set hr --data" in " ".join(err.split())
+    code, out, err = cli(config, "domains", "set", "hr", "--data", str(data / "hr.jsonl"), "--keywords", "年假，工资",
+                         "-d", "人事", capsys=capsys)
+    assert code == 0, err
+    assert "2 examples" in out and "glmbot train --domain hr --promote" in out
+    hr = load_settings(config).domains["hr"]
+    assert (hr.data, hr.keywords, hr.description) == ("data/hr.jsonl", ["年假", "工资"], "人事")
+    assert config.read_text(encoding="utf-8").startswith(COMMENTED)  # the rest of the file as it was
+    before = config.read_text(encoding="utf-8")
+    missing = cli(config, "domains", "set", "hr", "--data", str(data / "nope.jsonl"), capsys=capsys)
+    assert missing[0] == 1 and "nope.jsonl does not exist" in missing[2]
+    assert config.read_text(encoding="utf-8") == before
+    code, out, err = cli(config, "domains", "set", "hr", "--keywords", "", "--dev-data", str(data / "hr_dev.jsonl"),
+                         capsys=capsys)
+    hr = load_settings(config).domains["hr"]
+    assert code == 0 and hr.keywords == [] and hr.dev_data == "data/hr_dev.jsonl" and hr.data == "data/hr.jsonl"
+    code, out, err = cli(config, "domains", "set", "hrr", "--data", str(data / "hr.jsonl"), capsys=capsys)
+    assert code == 1 and "did you mean 'hr'?" in " ".join(err.split())

@@ -89,6 +89,55 @@ def add(
         common.console.print(f"Train its first adapter with: glmbot train --domain {name} --data FILE.jsonl --promote")
 
 
+@app.command("set")
+def set_(
+    name: Annotated[str, typer.Argument(help="the domain", show_default=False)],
+    data: Annotated[Optional[str], typer.Option(help="training JSONL")] = None,
+    dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU ('' removes it)")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="chat | advertisegen ('' = read from the "
+                                                                "columns)")] = None,
+    keywords: Annotated[Optional[str], typer.Option("--keywords", help="routing keywords, comma-separated; "
+                                                                       "replace the stored ones ('' removes them)")] = None,
+    description: Annotated[Optional[str], typer.Option("--description", "-d", help="what the domain covers")] = None,
+) -> None:
+    """Change a domain's [domains.NAME] table in glmbot.toml: its data files, format, keywords or description.
+
+    A new data file is read first, so a missing file or unknown columns change nothing.
+
+    Examples:
+
+    \b
+      glmbot domains set hr --data hr_v2.jsonl
+      glmbot domains set hr --dev-data hr_dev.jsonl --keywords 年假,工资,加班
+    """
+    from glmbot.config_file import config_file_for, update_domain_table
+
+    settings = common.get_settings()
+    if name not in settings.domains:
+        common.require_domain(name)
+        raise RegistryError(f"domain {name!r} is in the registry but not in {settings.source}; give it a table with: "
+                            f"glmbot domains add {name} --data FILE.jsonl")
+    current = settings.domains[name]
+    columns = {"prompt_column": current.prompt_column, "response_column": current.response_column,
+               "history_column": current.history_column}
+    format_now = current.format if fmt is None else fmt
+    loaded = {which: _check_data(value, format_now or None, columns)
+              for which, value in (("data", data), ("dev_data", dev_data)) if value}
+    path = config_file_for(settings)
+    words = None if keywords is None else list(dict.fromkeys(
+        w.strip() for w in re.split(r"[,，]", keywords) if w.strip()))
+    update_domain_table(path, name, {
+        "data": None if data is None else _stored_path(data, path.parent),
+        "dev_data": None if dev_data is None else _stored_path(dev_data, path.parent),
+        "format": fmt, "keywords": words, "description": description})
+    common.console.print(f"Updated [bold]{name}[/] in {escape(str(path))} (\\[domains.{name}]).", highlight=False)
+    for which, d in loaded.items():
+        common.console.print(f"{which}: {d.path} ({len(d.examples)} examples, {d.columns.describe()})",
+                             highlight=False, markup=False)
+    if "data" in loaded:
+        common.console.print(f"Train on it with: glmbot train --domain {name} --promote")
+
+
 def _check_data(value: str, fmt: str | None, columns: dict[str, str]):  # -> glmbot.training.data.LoadedData
     """Read the file now, so a missing file or unknown columns fail here rather than at the first training."""
     from glmbot.training.data import AUTO, load_data

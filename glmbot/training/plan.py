@@ -55,8 +55,9 @@ class DataSpec:
             "history_column": domain.history_column or None}
         base.update({k: v for k, v in overrides.items() if v is not None})
         if not base.get("train"):
-            raise DataError("no training data: pass --data FILE.jsonl or store it with the domain: "
-                            "glmbot domains add NAME --data FILE.jsonl")
+            store = "domains set NAME" if domain is not None else "domains add NAME"
+            raise DataError(f"no training data: pass --data FILE.jsonl or store it with the domain: glmbot {store} "
+                            "--data FILE.jsonl")
         return cls(**base)
 
     def load(self, which: Literal["train", "dev"]) -> list[Example]:
