@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from glmbot.errors import GlmbotError
+from glmbot.errors import GlmbotError, unknown_domain
 from glmbot.fileio import atomic_write_text
 from glmbot.serving.requests import GenerationRequest, GenerationResult
 from glmbot.serving.router import BASE
@@ -176,8 +176,9 @@ class ChatClient:
         known = self.known_domains()
         if not arg or (arg != BASE and arg not in known):
             reason = self.why_not_servable(arg) if arg else ""
-            self.err.print(reason or f"unknown domain {arg!r}; known: {', '.join([BASE, *known])}", markup=False,
-                           highlight=False)
+            fallback = str(unknown_domain(arg, [BASE, *known], listed="known", add=False)) if arg else (
+                f"usage: /domain NAME; known: {', '.join([BASE, *known])}")
+            self.err.print(reason or fallback, markup=False, highlight=False)
             return
         self.s.options.domain, self.s.options.adapter = arg, None
         self.console.print(f"[dim]answering with {escape(arg)}[/]")

@@ -179,8 +179,9 @@ class RoutingSettings:
         "'那要多久？' score well under it; 1 = only keywords and patterns move a conversation"))
     leave_off_topic: bool = field(default=True, metadata=_help(
         "a routed conversation's message of two or more content words, none of them in its domain's training "
-        "prompts or rules ('帮我写一首关于春天的诗'), is routed afresh (mostly to the fallback); the conversation keeps "
-        "its domain for later follow-ups; a domain asked for by name stays"))
+        "prompts, rules or the conversation so far ('帮我写一首关于春天的诗'), is routed afresh: to the fallback for that "
+        "message alone, or to another domain it matches, which the conversation moves to (unless "
+        "topic_change_score = 1); a domain asked for by name stays"))
     small_talk_to_base: bool = field(default=True, metadata=_help(
         "a message of small talk alone (你好, 谢谢, 你是谁) goes to the plain base model even under a domain "
         "requested by name; an exact version (domain@vN) always gets its adapter"))

@@ -61,26 +61,31 @@ def add_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
     os.chmod(path, mode)  # the temp file was created 0600
 
 
-def remove_domain_table(path: Path, name: str) -> bool:
-    """Remove [domains.NAME] from the glmbot.toml at `path`, keeping the rest of the file as it was;
-    False when the file has no such table (nothing is written then)."""
+def without_domain_table(path: Path, name: str) -> str | None:
+    """The text of the glmbot.toml at `path` without its [domains.NAME] table, every other line kept
+    and the result checked (e.g. routing.fallback naming it); None when it has no such table.
+    Nothing is written: `write_config_text` does that, once the rest of the change has succeeded."""
     path = Path(path)
     if not path.exists():
-        return False
+        return None
     try:
         doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     except tomlkit.exceptions.ParseError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     domains = doc.get("domains")
     if domains is None or name not in domains:
-        return False
+        return None
     del domains[name]
     new_text = tomlkit.dumps(doc).rstrip("\n") + "\n"  # the blank line `domains add` put before a last table
-    settings_from_dict(tomlkit.parse(new_text).unwrap(), root=path.parent, source=str(path))  # e.g. routing.fallback
+    settings_from_dict(tomlkit.parse(new_text).unwrap(), root=path.parent, source=str(path))
+    return new_text
+
+
+def write_config_text(path: Path, text: str) -> None:
+    """Replace the glmbot.toml at `path` atomically, keeping its permissions."""
     mode = path.stat().st_mode & 0o777
-    atomic_write_text(path, new_text)
+    atomic_write_text(path, text)
     os.chmod(path, mode)
-    return True
 
 
 def update_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
@@ -107,6 +112,4 @@ def update_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
             table[key] = value
     new_text = tomlkit.dumps(doc)
     settings_from_dict(tomlkit.parse(new_text).unwrap(), root=path.parent, source=str(path))  # raises on a bad value
-    mode = path.stat().st_mode & 0o777
-    atomic_write_text(path, new_text)
-    os.chmod(path, mode)
+    write_config_text(path, new_text)

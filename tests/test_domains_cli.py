@@ -212,3 +212,8 @@ def test_set_changes_a_domains_table_and_a_bad_file_changes_nothing(tmp_path, ca
     assert code == 0 and hr.keywords == [] and hr.dev_data == "data/hr_dev.jsonl" and hr.data == "data/hr.jsonl"
     code, out, err = cli(config, "domains", "set", "hrr", "--data", str(data / "hr.jsonl"), capsys=capsys)
     assert code == 1 and "did you mean 'hr'?" in " ".join(err.split())
+    before = config.read_text(encoding="utf-8")
+    assert "nothing to change for 'hr'" in " ".join(cli(config, "domains", "set", "hr", capsys=capsys)[2].split())
+    assert "training data cannot be removed" in " ".join(cli(config, "domains", "set", "hr", "--data", "",
+                                                             capsys=capsys)[2].split())
+    assert config.read_text(encoding="utf-8") == before

@@ -45,6 +45,23 @@ def test_unknown_domain_offers_the_command(unchanged: Registry):
         unchanged.list_adapters("hr")
 
 
+def test_a_domain_with_adapters_or_a_running_training_is_not_removed(registry: Registry):
+    registry.add_domain("hr")
+    run = registry.start_run("hr")
+    with pytest.raises(RegistryError, match=rf"domain 'hr' is being trained \(run {run.id}\); wait for it to end"):
+        registry.remove_domain("hr")
+    registry.finish_run(run.id, status="failed")
+    register(registry, "hr")
+    registry.promote("hr@v1")
+    with pytest.raises(RegistryError, match=r"still has adapters \(hr@v1\); remove them first with: glmbot adapters rm"):
+        registry.remove_domain("hr")
+    registry.remove("hr@v1", force=True)
+    registry.remove_domain("hr")  # its activations (promote, deactivate) and training runs go with it
+    assert registry.list_domains() == [] and registry.list_runs() == []
+    with pytest.raises(UnknownDomainError, match="unknown domain 'hr'"):
+        registry.remove_domain("hr")
+
+
 def test_duplicate_domain_and_bad_routing_hints(unchanged: Registry):
     with pytest.raises(RegistryError, match="domain 'support' already exists; see it with: glmbot domains show"):
         unchanged.add_domain("support")

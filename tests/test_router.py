@@ -257,6 +257,9 @@ def test_an_off_topic_message_leaves_the_conversations_domain_for_that_message_o
     strict = hand_router(leave_off_topic=False)
     strict.route("年假有几天？", conversation_id="c")
     assert strict.route("帮我写一首关于春天的诗", conversation_id="c").reason == "sticky"
+    # Words of the conversation are whole words: an answer's 填写 or 关于 does not keep 写 or 关于 here.
+    wordy = [("怎么请年假？", "请在系统中填写年假申请，关于年假的规定见员工手册。")]
+    assert router.route("帮我写一首关于春天的诗", conversation_id="d", history=wordy).reason == "fallback"
 
 
 def test_an_off_topic_message_may_move_the_conversation_to_another_domain():
@@ -265,6 +268,11 @@ def test_an_off_topic_message_may_move_the_conversation_to_another_domain():
     moved = router.route("退货的运费谁来出？", conversation_id="c")  # support's words (0.35), none of hr's
     assert (moved.domain, moved.reason) == ("support", "classifier") and "leave_off_topic" in moved.detail
     assert router.route("那运费呢？", conversation_id="c").domain == "support"
+    # topic_change_score = 1: only keywords and patterns move a conversation, off-topic or not.
+    keywords_only = hand_router(topic_change_score=1.0)
+    keywords_only.route("年假有几天？", conversation_id="c")
+    assert keywords_only.route("退货的运费谁来出？", conversation_id="c").reason == "sticky"
+    assert keywords_only.route("帮我写一首关于春天的诗", conversation_id="c").reason == "fallback"
 
 
 def test_a_conversation_without_memory_is_replayed_from_its_history():
@@ -276,6 +284,8 @@ def test_a_conversation_without_memory_is_replayed_from_its_history():
         follow_up = router.route("那年假呢？", conversation_id=cid, history=history)
         assert (follow_up.domain, follow_up.reason) == ("hr", "sticky") and "replayed" in follow_up.detail
     assert router.route("那年假呢？").reason == "fallback"  # without the history nothing says hr
+    assert router.remembered == 1  # "new-id" keeps the replayed route: its next request is not replayed again
+    assert router.route("那调休呢？", conversation_id="new-id").domain == "hr"
     # The replay moves as a remembered conversation would: a keyword of support, none of hr's.
     moved = history + [("我要退款", "请提供订单号。")]
     assert router.route("那运费呢？", history=moved).domain == "support"

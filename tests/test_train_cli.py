@@ -344,4 +344,26 @@ def test_promote_without_dev_data_judges_a_retrain_by_its_training_questions(tmp
     blind = register(registry, "hr", seed=5, dataset_sha256="c" * 64)
     promoted, why = _maybe_promote(registry, blind, "better", "rouge-l", None, settings)
     assert not promoted and "use --promote force" in why
+    # The active one unscored on its training questions (trained with --no-eval): the learned one goes in.
+    registry.promote(blind.ref)
+    again, check = trained(6, "c" * 64, 95.0)
+    promoted, why = _maybe_promote(registry, again, "better", "rouge-l", check, settings)
+    assert promoted and "has no score on its training questions" in why
+    # An active adapter scored on dev data is not replaced by one that has no dev score.
+    scored = register(registry, "hr", seed=7, dataset_sha256="c" * 64, metrics={"rouge-l": 40.0})
+    registry.promote(scored.ref)
+    unscored, check = trained(8, "d" * 64, 99.0)
+    promoted, why = _maybe_promote(registry, unscored, "better", "rouge-l", check, settings)
+    assert not promoted and f"the active {scored.ref} has" in why
     registry.close()
+
+
+def test_eta_leaves_out_the_first_step_and_the_steps_before_a_resume():
+    from glmbot.training.trainer import StepInfo
+
+    # 2.4 s of start-up in step 1, then 0.27 s a step: 298 steps left take ~80 s, not 12 minutes.
+    assert StepInfo(1, 300, 1.0, 0.1, 0.0, 2.4).eta_s is None
+    assert StepInfo(2, 300, 1.0, 0.1, 0.0, 2.67, first_step=1, after_first_s=0.27).eta_s == pytest.approx(80.46)
+    # Resumed at step 100: this run's steps 102..150 took 13 s, so 150 more take ~39.8 s.
+    assert StepInfo(150, 300, 1.0, 0.1, 0.0, 16.0, first_step=101, after_first_s=13.0).eta_s == pytest.approx(
+        13.0 / 49 * 150)

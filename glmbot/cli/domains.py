@@ -12,7 +12,7 @@ from rich.table import Table
 
 from glmbot.cli import common
 from glmbot.cli.adapters import age, format_metrics, human_size, status_text
-from glmbot.errors import RegistryError
+from glmbot.errors import ConfigError, RegistryError
 
 app = typer.Typer(cls=common.HelpGroup, no_args_is_help=True,
                   help="Business domains (support, after-sales, HR, ...): each gets its own adapters.")
@@ -112,6 +112,12 @@ def set_(
     """
     from glmbot.config_file import config_file_for, update_domain_table
 
+    if all(v is None for v in (data, dev_data, fmt, keywords, description)):
+        raise ConfigError(f"nothing to change for {name!r}: give --data, --dev-data, --format, --keywords or "
+                          "--description")
+    if data is not None and not data.strip():
+        raise ConfigError(f"--data '': a domain's training data cannot be removed; give a JSONL file (or remove the "
+                          f"domain: glmbot domains rm {name})")
     settings = common.get_settings()
     if name not in settings.domains:
         common.require_domain(name)
@@ -170,20 +176,21 @@ def remove(name: Annotated[str, typer.Argument(help="the domain", show_default=F
     \b
       glmbot domains rm hrr        # a misspelled domain added by mistake
     """
-    from glmbot.config_file import config_file_for, remove_domain_table
+    from glmbot.config_file import config_file_for, without_domain_table, write_config_text
 
     settings, registry = common.get_settings(), common.get_registry()
     registered = name in {d.name for d in registry.list_domains()}
     if not registered and name not in settings.domains:
         common.require_domain(name)  # the unknown-domain error, with a near miss
-    if registered and (adapters := registry.list_adapters(name)):  # checked before glmbot.toml is touched
-        refs = ", ".join(a.ref for a in adapters)
-        raise RegistryError(f"domain {name!r} still has adapters ({refs}); remove them first with: glmbot adapters "
-                            f"rm {name}@vN (--force for the active one)")
     path = config_file_for(settings)
-    removed_table = name in settings.domains and remove_domain_table(path, name)
+    # The new glmbot.toml is made and checked first, the registry entry goes next (it refuses a domain
+    # with adapters or a training run), and the file is written last: a refusal changes nothing.
+    new_text = without_domain_table(path, name) if name in settings.domains else None
     if registered:
         registry.remove_domain(name)
+    removed_table = new_text is not None
+    if removed_table:
+        write_config_text(path, new_text)
     where = [f"{escape(str(path))} (\\[domains.{name}])" if removed_table else "", "the registry" if registered else ""]
     common.console.print(f"Removed domain [bold]{name}[/] from {' and '.join(w for w in where if w)}.", highlight=False)
 

@@ -131,6 +131,11 @@ class Registry(RecordsMixin, ConversationsMixin, DamageMixin):
                 refs = ", ".join(f"{name}@v{v}" for v in versions)
                 raise RegistryError(f"domain {name!r} still has adapters ({refs}); remove them first with: glmbot "
                                     f"adapters rm {name}@vN (--force for the active one)")
+            running = s.exec(select(TrainingRunRow.id).where(TrainingRunRow.domain_id == dom.id,
+                                                             TrainingRunRow.status == "running")).all()
+            if running:
+                raise RegistryError(f"domain {name!r} is being trained (run {', '.join(map(str, running))}); wait for "
+                                    "it to end, or stop it, then remove the domain")
             s.exec(delete(ActivationRow).where(ActivationRow.domain_id == dom.id))
             s.exec(delete(TrainingRunRow).where(TrainingRunRow.domain_id == dom.id))
             s.delete(dom)

@@ -9,8 +9,10 @@ questions about the assistant alone ("谢谢", "好的，再见", "你是谁") s
 something ("那运费呢？", "怎么办？") stays with it; a message with another domain's keyword or pattern, and
 none of its own, a classifier score of [routing] topic_change_score for another domain, or one of
 its training prompts asked as it is, moves a routed conversation to that domain (one asked for by name stays), and
-one of two or more content words that shares none with the domain's training prompts ("帮我写一首关于春天的诗")
-is routed afresh, mostly to the fallback, while the conversation keeps its domain for later follow-ups. A
+one of two or more content words that shares none with the domain's training prompts or the conversation so far
+("帮我写一首关于春天的诗") is routed afresh: to the fallback for that message alone (later follow-ups still reach
+the domain), or to another domain it scores min_score for, which the conversation then moves to (not with
+topic_change_score = 1). A
 conversation the router does not remember is replayed from the history sent with the message, so stateless
 clients (the OpenAI API sends every earlier message each time) get the same routes. Under a domain requested by name (`glmbot chat
 --domain hr`, HTTP model "hr") such a message goes to the plain base as well (reason small_talk,
@@ -60,7 +62,7 @@ OFF_TOPIC = "off topic"  # _topic_change's answer for such a message
 # among those OFF_TOPIC_WORDS.
 _FOLLOW_UP_WORDS = frozenset((
     "再 再来 来 又 还 还有 还要 还能 别的 其他 其它 一点 一些 一条 一句 一个 一次 一遍 更 更加 再次 重新 换 换个 "
-    "再说 说说 详细 具体 仔细 简单 简短 短 长 不能 能不能 可不可以 行不行 那要 那么 然后 这样 那样 这种 那种 怎么样 多久 多长时间 多少钱").split())
+    "关于 有关 再说 说说 详细 具体 仔细 简单 简短 短 长 不能 能不能 可不可以 行不行 那要 那么 然后 这样 那样 这种 那种 怎么样 多久 多长时间 多少钱").split())
 STICKY_CAPACITY = 10_000
 
 # Greeting phrases, questions to the assistant about itself and everyday chit-chat are cut out of the text before
@@ -358,7 +360,9 @@ class Router:
     # ------------------------------------------------------------------ changes
 
     def add_plugin_router(self, fn: PluginRouter) -> None:
-        """Ask `fn(text, history) -> RouteDecision | None` after sticky routes and before the rules."""
+        """Ask `fn(text, history) -> RouteDecision | None` after sticky routes and before the rules: about
+        a message that no routed conversation keeps, or one routed afresh as off-topic; never about
+        the earlier questions of a conversation replayed from its history."""
         if not callable(fn):
             raise TypeError(f"plugin router must be callable as fn(text, history), got {fn!r}")
         with self._lock:
@@ -406,13 +410,14 @@ class Router:
             if self.sticky and conversation_id is not None and decision.reason != "small_talk":
                 self._memory.put(conversation_id, decision)
             return decision
-        first, where = None, ""
+        first, where, replayed = None, "", False
         if self.sticky and conversation_id is not None:
             first, where = self._remembered(conversation_id, table), f"conversation {conversation_id!r}"
         if first is None and self.sticky and history:
-            first, where = self._replay(history, table), "the conversation (replayed from its history)"
+            first, where, replayed = self._replay(history, table), "the conversation (replayed from its history)", True
         decision, kept = self._decide(text, history, first, where, table)
-        if self.sticky and conversation_id is not None and kept is not None and kept is not first:
+        # A replayed route is remembered too: the next request of the conversation is not replayed again.
+        if self.sticky and conversation_id is not None and kept is not None and (replayed or kept is not first):
             self._memory.put(conversation_id, kept)
         return decision
 
@@ -423,13 +428,14 @@ class Router:
         if first is not None and not (first.domain is not None and small_talk_only(text)):
             moved = self._topic_change(text, history, first, table)
             if moved is None:
-                return RouteDecision(first.domain, first.adapter, "sticky", first.score,
-                                     detail=f"{where} stays where {first.reason} sent it"
-                                            + (f" ({first.detail})" if first.detail else "")), first
+                return self._stay(first, where), first
             if moved is not OFF_TOPIC:
                 return replace(moved, detail=f"{moved.detail}; the conversation leaves "
                                              f"{first.domain or 'the plain base'}"), moved
             decision = self._staged(text, history, table, plugins)
+            if decision.domain is not None and decision.domain != self.fallback and self.topic_change_score >= 1.0:
+                # topic_change_score = 1: only keywords and patterns move a conversation to another domain.
+                return self._stay(first, where), first
             # An off-topic message that goes to the fallback does not end the conversation's route: a
             # follow-up on the domain's topic after it ("那周六呢？" after "帮我写首诗") still reaches its prefix.
             kept = first if decision.reason in ("fallback", "small_talk") else decision
@@ -444,6 +450,12 @@ class Router:
         """Plugin routers, then keyword and pattern rules, then the classifier (or the fallback)."""
         return ((self._from_plugins(text, history, table) if plugins else None) or self._from_rules(text, table)
                 or self._from_classifier(text, table))
+
+    @staticmethod
+    def _stay(first: RouteDecision, where: str) -> RouteDecision:
+        return RouteDecision(first.domain, first.adapter, "sticky", first.score,
+                             detail=f"{where} stays where {first.reason} sent it"
+                                    + (f" ({first.detail})" if first.detail else ""))
 
     def _replay(self, history: Any, table: _RoutingTable) -> RouteDecision | None:
         """The route a remembered conversation would have after its earlier questions, by the rules
@@ -488,7 +500,7 @@ class Router:
 
     def _topic_change(self, text: str, history: Any, first: RouteDecision,
                       table: _RoutingTable) -> RouteDecision | str | None:
-        """Where a message leaves a routed conversation for, OFF_TOPIC, or None when it stays.
+        """Where a message moves a routed conversation to, OFF_TOPIC, or None when it stays.
 
         A keyword or pattern of another domain and none of the conversation's own, or a classifier
         score of at least topic_change_score for another domain: the conversation moves there
@@ -514,17 +526,17 @@ class Router:
 
     def _off_topic(self, text: str, tokens: list[str], scores: dict[str, float], history: Any,
                    first: RouteDecision, table: _RoutingTable) -> bool:
-        """[routing] leave_off_topic: OFF_TOPIC_WORDS or more content words that are not follow-up
-        words (再, 一点, 还有...), none of them in the domain's training prompts, its rules or the
-        conversation's earlier rounds ("帮我写一首关于春天的诗" after "拔智齿多少钱？"; "再写一个吧" after
-        "帮我写个连衣裙文案" stays)."""
+        """[routing] leave_off_topic: OFF_TOPIC_WORDS or more content words of two or more characters
+        that are not follow-up words (一点, 还有...), none of them in the domain's training prompts, its
+        rules or the words of the conversation's earlier rounds ("帮我写一首关于春天的诗" after "拔智齿多少钱？";
+        "再写一个吧" after "帮我写个连衣裙文案" stays)."""
         if not self.leave_off_topic or first.domain is None or scores.get(first.domain, 0.0) > 0.0:
             return False
-        words = [t for t in tokens if t not in _FOLLOW_UP_WORDS]
-        if sum(len(w) > 1 for w in words) < OFF_TOPIC_WORDS or self._rules_match(text, first.domain, table):
+        words = {t for t in tokens if len(t) > 1 and t not in _FOLLOW_UP_WORDS}
+        if len(words) < OFF_TOPIC_WORDS or self._rules_match(text, first.domain, table):
             return False
-        said = "\n".join(part for turn in _rounds(history) for part in turn).casefold()
-        return not any(word in said for word in words)
+        said = {t for turn in _rounds(history) for part in turn for t in content_tokens(part)}
+        return not words & said
 
     @staticmethod
     def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:

@@ -211,13 +211,16 @@ def _maybe_promote(registry, adapter, promote: Promote, metric: str, learning: L
     why = "first adapter of the domain" if current is None else f"beats {current.ref} on {metric}"
     if promote == "better" and current is not None:
         new, old = adapter.metrics.get(metric), current.metrics.get(metric)
-        if new is None:
+        if new is None and old is None:  # neither was scored on dev data: judge by the training questions
             judged = _judged_without_dev_data(adapter, current, learning)
             if judged is None:
                 return False, f"{adapter.ref} has no {metric} (no dev data?); use --promote force"
             promoted, why = judged
             if not promoted:
                 return False, why
+        elif new is None:
+            return False, f"{adapter.ref} has no {metric} (no dev data?) and the active {current.ref} has; add the " \
+                          f"dev data again, or use --promote force"
         elif old is not None and new <= old:
             return False, f"{metric} {new:.2f} does not beat the active {current.ref} ({old:.2f})"
     registry.promote(adapter.ref)
@@ -227,16 +230,19 @@ def _maybe_promote(registry, adapter, promote: Promote, metric: str, learning: L
 
 
 def _judged_without_dev_data(adapter, current, learning: LearningCheck | None) -> tuple[bool, str] | None:
-    """--promote on a domain without dev data: a retrain on other data (the user's fixed file) is
-    promoted once it learned it; one on the same data must beat the active adapter's ROUGE-L on the
-    training questions. None when there is no learning check to judge by (--no-eval)."""
+    """--promote where neither adapter has a dev score: a retrain on other data (the user's fixed file)
+    is promoted once it learned it; one on the same data must beat the active adapter's ROUGE-L on
+    the training questions, where it has one. None when there is no learning check to judge by (--no-eval)."""
     if learning is None:
         return None
     if adapter.dataset_sha256 != current.dataset_sha256:
         return True, (f"no dev data: trained on other data than the active {current.ref} and learned it "
                       f"(ROUGE-L {learning.prefix_rouge_l:.1f} on its training questions)")
     old = current.metrics.get("train_rouge-l")
-    if old is not None and learning.prefix_rouge_l <= old:
+    if old is None:
+        return True, (f"no dev data, and the active {current.ref} has no score on its training questions to compare "
+                      f"with (imported, or trained with --no-eval); this one learned them")
+    if learning.prefix_rouge_l <= old:
         return False, (f"no dev data, and on the same data as the active {current.ref} its ROUGE-L on the training "
                        f"questions ({learning.prefix_rouge_l:.1f}) does not beat {current.ref}'s ({old:.1f}); "
                        f"use --promote force")

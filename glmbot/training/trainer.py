@@ -51,14 +51,17 @@ class StepInfo:
     lr: float
     tokens_per_s: float
     elapsed_s: float
+    first_step: int = 1          # this run's first step (a resumed run starts after its checkpoint)
+    after_first_s: float = 0.0   # seconds since that first step ended
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds left at the mean step time so far; None after the first step, which also pays for
-        start-up (on the 2-core CPU it made a 81 s run say 12 minutes)."""
-        if self.step < 2:
+        """Seconds left at the mean time of this run's steps after its first, which also pays for
+        start-up (on the 2-core CPU it made an 81 s run say 12 minutes); None until there is one."""
+        steps = self.step - self.first_step
+        if steps < 1:
             return None
-        return self.elapsed_s / self.step * (self.total_steps - self.step)
+        return self.after_first_s / steps * (self.total_steps - self.step)
 
 
 @dataclass
@@ -171,6 +174,7 @@ class PrefixTrainer:
             resumed_from = step
         self.model.train()  # dropouts of the base are 0; train() only matters for checkpointing
         start = time.perf_counter()
+        first_step, first_done = step + 1, None  # this run's first step, and when it ended
         stream = self._micro_batches(encoded, step * s.grad_accum)
         seen: set[int] = set()  # example indices this rank trained on (a manifest per rank)
         try:
@@ -195,10 +199,12 @@ class PrefixTrainer:
                 step += 1
                 losses.append(window_loss)
                 real_tokens += window_tokens * self.world_size
-                elapsed = time.perf_counter() - start
+                now = time.perf_counter()
+                elapsed = now - start
+                first_done = now if first_done is None else first_done
                 if self.on_step is not None:
                     self.on_step(StepInfo(step, total, window_loss, sched.get_last_lr()[0],
-                                          real_tokens / max(elapsed, 1e-9), elapsed))
+                                          real_tokens / max(elapsed, 1e-9), elapsed, first_step, now - first_done))
                 if s.checkpoint_every and step % s.checkpoint_every == 0 and step < total:
                     self._save_checkpoint(encoder, opt, sched, step, losses)
         finally:
