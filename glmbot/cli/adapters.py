@@ -52,8 +52,7 @@ def age(when: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds}s"
 
 
-# Shown first when an adapter has more metrics than fit (the official P-Tuning v2 evaluation's).
-# Shown first: dev-set scores, then (a domain without dev data) the training questions' ROUGE-L and
+# Shown first when an adapter has more metrics than fit: dev-set scores, then (a domain without dev data) the training questions' ROUGE-L and
 # whether the prefix learned them; the rest is counted ("(+3)") and in `adapters show`.
 KEY_METRICS = ("rouge-l", "bleu-4", "train_rouge-l", "learned", "rouge-1", "rouge-2")
 

@@ -173,6 +173,8 @@ def remove(name: Annotated[str, typer.Argument(help="the domain", show_default=F
 
     Remove its adapters first (glmbot adapters rm NAME@vN); nothing is changed while it has any.
 
+    Examples:
+
     \b
       glmbot domains rm hrr        # a misspelled domain added by mistake
     """

@@ -433,8 +433,8 @@ class Router:
                 return replace(moved, detail=f"{moved.detail}; the conversation leaves "
                                              f"{first.domain or 'the plain base'}"), moved
             decision = self._staged(text, history, table, plugins)
-            if decision.domain is not None and decision.domain != self.fallback and self.topic_change_score >= 1.0:
-                # topic_change_score = 1: only keywords and patterns move a conversation to another domain.
+            if decision.reason not in ("fallback", "small_talk") and self.topic_change_score >= 1.0:
+                # topic_change_score = 1: only keywords and patterns (found none above) move a conversation.
                 return self._stay(first, where), first
             # An off-topic message that goes to the fallback does not end the conversation's route: a
             # follow-up on the domain's topic after it ("那周六呢？" after "帮我写首诗") still reaches its prefix.

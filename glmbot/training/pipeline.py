@@ -219,8 +219,8 @@ def _maybe_promote(registry, adapter, promote: Promote, metric: str, learning: L
             if not promoted:
                 return False, why
         elif new is None:
-            return False, f"{adapter.ref} has no {metric} (no dev data?) and the active {current.ref} has; add the " \
-                          f"dev data again, or use --promote force"
+            return False, (f"{adapter.ref} has no {metric} (no dev data?) and the active {current.ref} has; add the "
+                           f"dev data again, or use --promote force")
         elif old is not None and new <= old:
             return False, f"{metric} {new:.2f} does not beat the active {current.ref} ({old:.2f})"
     registry.promote(adapter.ref)
