@@ -27,6 +27,7 @@ import re
 import threading
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from glmbot.config import DOMAIN_NAME_RE, Settings
@@ -422,11 +423,12 @@ class Router:
         return decision
 
     def _decide(self, text: str, history: Any, first: RouteDecision | None, where: str, table: _RoutingTable,
-                plugins: bool = True) -> tuple[RouteDecision, RouteDecision | None]:
+                plugins: bool = True, said: set[str] | None = None) -> tuple[RouteDecision, RouteDecision | None]:
         """The decision for `text` in a conversation whose route so far is `first` (None: not routed
-        yet), and the route the conversation keeps afterwards. plugins=False skips plugin routers."""
+        yet), and the route the conversation keeps afterwards. plugins=False skips plugin routers;
+        said: the words of `history`, where the caller has them."""
         if first is not None and not (first.domain is not None and small_talk_only(text)):
-            moved = self._topic_change(text, history, first, table)
+            moved = self._topic_change(text, history, first, table, said)
             if moved is None:
                 return self._stay(first, where), first
             if moved is not OFF_TOPIC:
@@ -461,10 +463,11 @@ class Router:
         """The route a remembered conversation would have after its earlier questions, by the rules
         and the classifier (plugin routers are asked about the message itself only, not again about
         every earlier one on each request)."""
-        first = None
+        first, said = None, set()  # the words of the rounds so far, grown round by round (not re-read: O(n))
         rounds = _rounds(history)
-        for i, (question, _) in enumerate(rounds):
-            first = self._decide(question, rounds[:i], first, "", table, plugins=False)[1]
+        for i, (question, answer) in enumerate(rounds):
+            first = self._decide(question, rounds[:i], first, "", table, plugins=False, said=said)[1]
+            said |= _words(question) | _words(answer)
         return first
 
     def explain(self, text: str) -> list[tuple[str, float]]:
@@ -498,8 +501,8 @@ class Router:
             return None
         return first
 
-    def _topic_change(self, text: str, history: Any, first: RouteDecision,
-                      table: _RoutingTable) -> RouteDecision | str | None:
+    def _topic_change(self, text: str, history: Any, first: RouteDecision, table: _RoutingTable,
+                      said: set[str] | None = None) -> RouteDecision | str | None:
         """Where a message moves a routed conversation to, OFF_TOPIC, or None when it stays.
 
         A keyword or pattern of another domain and none of the conversation's own, or a classifier
@@ -521,11 +524,11 @@ class Router:
             if (self.topic_change_score < 1.0 and decision.reason == "classifier" and decision.domain != first.domain
                     and (decision.score >= self.topic_change_score or nearest[decision.domain] >= SAME_PROMPT_COSINE)):
                 return decision
-            return OFF_TOPIC if self._off_topic(text, tokens, decision.scores, history, first, table) else None
+            return OFF_TOPIC if self._off_topic(text, tokens, decision.scores, history, first, table, said) else None
         return None if moved.domain == first.domain else moved
 
     def _off_topic(self, text: str, tokens: list[str], scores: dict[str, float], history: Any,
-                   first: RouteDecision, table: _RoutingTable) -> bool:
+                   first: RouteDecision, table: _RoutingTable, said: set[str] | None = None) -> bool:
         """[routing] leave_off_topic: OFF_TOPIC_WORDS or more content words of two or more characters
         that are not follow-up words (一点, 还有...), none of them in the domain's training prompts, its
         rules or the words of the conversation's earlier rounds ("帮我写一首关于春天的诗" after "拔智齿多少钱？";
@@ -535,7 +538,8 @@ class Router:
         words = {t for t in tokens if len(t) > 1 and t not in _FOLLOW_UP_WORDS}
         if len(words) < OFF_TOPIC_WORDS or self._rules_match(text, first.domain, table):
             return False
-        said = {t for turn in _rounds(history) for part in turn for t in content_tokens(part)}
+        if said is None:
+            said = set().union(*(_words(part) for turn in _rounds(history) for part in turn))
         return not words & said
 
     @staticmethod
@@ -601,6 +605,12 @@ class Router:
             why = f"best classifier score {best_score:.3f} ({best}) < min_score {self.min_score}"
         domain = None if self.fallback == BASE else self.fallback
         return RouteDecision(domain, None, "fallback", best_score, scores, detail=why), nearest
+
+
+@lru_cache(maxsize=16_384)
+def _words(text: str) -> frozenset[str]:
+    """content_tokens of an earlier message, cached: every request of a conversation sends them again."""
+    return frozenset(content_tokens(text))
 
 
 def _rounds(history: Any) -> list[tuple[str, str]]:
