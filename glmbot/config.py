@@ -179,7 +179,8 @@ class RoutingSettings:
         "'那要多久？' score well under it; 1 = only keywords and patterns move a conversation"))
     leave_off_topic: bool = field(default=True, metadata=_help(
         "a routed conversation's message of two or more content words, none of them in its domain's training "
-        "prompts, rules or the conversation so far ('帮我写一首关于春天的诗'), is routed afresh: to the fallback for that "
+        "prompts, rules or the conversation so far ('帮我写一首关于春天的诗'; only where an earlier question shared a "
+        "word with those prompts), is routed afresh: to the fallback for that "
         "message alone, or to another domain it matches, which the conversation moves to (unless "
         "topic_change_score = 1); a domain asked for by name stays"))
     small_talk_to_base: bool = field(default=True, metadata=_help(

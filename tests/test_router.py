@@ -265,14 +265,25 @@ def test_an_off_topic_message_leaves_the_conversations_domain_for_that_message_o
 def test_an_off_topic_message_may_move_the_conversation_to_another_domain():
     router = hand_router()
     router.route("年假有几天？", conversation_id="c")
-    moved = router.route("退货的运费谁来出？", conversation_id="c")  # support's words (0.35), none of hr's
+    asked = [("年假有几天？", "十五天。")]
+    moved = router.route("退货的运费谁来出？", conversation_id="c", history=asked)  # support's words (0.35), none of hr's
     assert (moved.domain, moved.reason) == ("support", "classifier") and "leave_off_topic" in moved.detail
     assert router.route("那运费呢？", conversation_id="c").domain == "support"
     # topic_change_score = 1: only keywords and patterns move a conversation, off-topic or not.
     keywords_only = hand_router(topic_change_score=1.0)
     keywords_only.route("年假有几天？", conversation_id="c")
-    assert keywords_only.route("退货的运费谁来出？", conversation_id="c").reason == "sticky"
-    assert keywords_only.route("帮我写一首关于春天的诗", conversation_id="c").reason == "fallback"
+    assert keywords_only.route("退货的运费谁来出？", conversation_id="c", history=asked).reason == "sticky"
+    assert keywords_only.route("帮我写一首关于春天的诗", conversation_id="c", history=asked).reason == "fallback"
+
+
+def test_a_domain_whose_prompts_never_described_the_conversation_keeps_its_follow_ups():
+    # ads is reached by its keyword 文案; its prompts are attribute strings (类型#裙*颜色#白色), so a
+    # follow-up in plain words shares none of them and must not be taken for an off-topic message.
+    router = hand_router()
+    asked = [("帮我写个连衣裙文案", "这款连衣裙清新甜美，适合春夏。")]
+    assert router.route("帮我写个连衣裙文案", conversation_id="c").domain == "ads"
+    for text in ("再写一个更活泼的版本", "换成适合秋天穿搭的风格"):
+        assert router.route(text, conversation_id="c", history=asked).reason == "sticky", text
 
 
 def test_a_conversation_without_memory_is_replayed_from_its_history():

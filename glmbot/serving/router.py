@@ -423,10 +423,10 @@ class Router:
         return decision
 
     def _decide(self, text: str, history: Any, first: RouteDecision | None, where: str, table: _RoutingTable,
-                plugins: bool = True, said: set[str] | None = None) -> tuple[RouteDecision, RouteDecision | None]:
+                plugins: bool = True, said: _Said | None = None) -> tuple[RouteDecision, RouteDecision | None]:
         """The decision for `text` in a conversation whose route so far is `first` (None: not routed
         yet), and the route the conversation keeps afterwards. plugins=False skips plugin routers;
-        said: the words of `history`, where the caller has them."""
+        said: what `history` holds, where the caller has it."""
         if first is not None and not (first.domain is not None and small_talk_only(text)):
             moved = self._topic_change(text, history, first, table, said)
             if moved is None:
@@ -463,11 +463,11 @@ class Router:
         """The route a remembered conversation would have after its earlier questions, by the rules
         and the classifier (plugin routers are asked about the message itself only, not again about
         every earlier one on each request)."""
-        first, said = None, set()  # the words of the rounds so far, grown round by round (not re-read: O(n))
+        first, said = None, _Said()  # what the rounds so far hold, grown round by round (not re-read: O(n))
         rounds = _rounds(history)
         for i, (question, answer) in enumerate(rounds):
             first = self._decide(question, rounds[:i], first, "", table, plugins=False, said=said)[1]
-            said |= _words(question) | _words(answer)
+            said.add(question, answer, table.classifier)
         return first
 
     def explain(self, text: str) -> list[tuple[str, float]]:
@@ -502,7 +502,7 @@ class Router:
         return first
 
     def _topic_change(self, text: str, history: Any, first: RouteDecision, table: _RoutingTable,
-                      said: set[str] | None = None) -> RouteDecision | str | None:
+                      said: _Said | None = None) -> RouteDecision | str | None:
         """Where a message moves a routed conversation to, OFF_TOPIC, or None when it stays.
 
         A keyword or pattern of another domain and none of the conversation's own, or a classifier
@@ -528,19 +528,24 @@ class Router:
         return None if moved.domain == first.domain else moved
 
     def _off_topic(self, text: str, tokens: list[str], scores: dict[str, float], history: Any,
-                   first: RouteDecision, table: _RoutingTable, said: set[str] | None = None) -> bool:
+                   first: RouteDecision, table: _RoutingTable, said: _Said | None = None) -> bool:
         """[routing] leave_off_topic: OFF_TOPIC_WORDS or more content words of two or more characters
         that are not follow-up words (一点, 还有...), none of them in the domain's training prompts, its
-        rules or the words of the conversation's earlier rounds ("帮我写一首关于春天的诗" after "拔智齿多少钱？";
-        "再写一个吧" after "帮我写个连衣裙文案" stays)."""
+        rules or the words of the conversation's earlier rounds, in a conversation an earlier question
+        of which shares a word with those prompts ("帮我写一首关于春天的诗" after "拔智齿多少钱？"; after
+        "帮我写个连衣裙文案", which reached ads by its keyword, "再写一个更活泼的版本" stays)."""
         if not self.leave_off_topic or first.domain is None or scores.get(first.domain, 0.0) > 0.0:
             return False
         words = {t for t in tokens if len(t) > 1 and t not in _FOLLOW_UP_WORDS}
         if len(words) < OFF_TOPIC_WORDS or self._rules_match(text, first.domain, table):
             return False
         if said is None:
-            said = set().union(*(_words(part) for turn in _rounds(history) for part in turn))
-        return not words & said
+            said = _Said()
+            for question, answer in _rounds(history):
+                said.add(question, answer, table.classifier)
+        # Only where the domain's prompts describe this conversation: a domain reached by keywords whose
+        # prompts are of another kind (ads: attribute strings such as 类型#裙*颜色#白色) keeps its follow-ups.
+        return first.domain in said.touched and not words & said.words
 
     @staticmethod
     def _rules_match(text: str, domain: str | None, table: _RoutingTable) -> bool:
@@ -605,6 +610,21 @@ class Router:
             why = f"best classifier score {best_score:.3f} ({best}) < min_score {self.min_score}"
         domain = None if self.fallback == BASE else self.fallback
         return RouteDecision(domain, None, "fallback", best_score, scores, detail=why), nearest
+
+
+@dataclass
+class _Said:
+    """What a conversation's earlier rounds hold, for the off-topic rule: their words, and the domains
+    whose training prompts one of its questions shares a word with."""
+
+    words: set[str] = field(default_factory=set)
+    touched: set[str] = field(default_factory=set)
+
+    def add(self, question: str, answer: str, classifier: PromptClassifier) -> None:
+        asked = _words(question)
+        self.words |= asked | _words(answer)
+        if asked:
+            self.touched |= {d for d, s in classifier.token_scores(list(asked)).items() if s > 0}
 
 
 @lru_cache(maxsize=16_384)
