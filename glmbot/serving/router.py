@@ -10,7 +10,7 @@ something ("那运费呢？", "怎么办？") stays with it; a message with anot
 none of its own, a classifier score of [routing] topic_change_score for another domain, or one of
 its training prompts asked as it is, moves a routed conversation to that domain (one asked for by name stays), and
 one of two or more content words that shares none with the domain's training prompts or the conversation so far
-("帮我写一首关于春天的诗") is routed afresh: to the fallback for that message alone (later follow-ups still reach
+("帮我写一首关于春天的诗"), in a conversation those prompts describe (an earlier question shares a word), is routed afresh: to the fallback for that message alone (later follow-ups still reach
 the domain), or to another domain it scores min_score for, which the conversation then moves to (not with
 topic_change_score = 1). A
 conversation the router does not remember is replayed from the history sent with the message, so stateless
