@@ -283,3 +283,23 @@ def test_a_prefix_sees_as_many_earlier_rounds_as_it_was_trained_with(base, tok, 
     assert deep.usage.prompt_tokens == len(tok.build_chat_input(query, asking))
     assert results["hr"].text == generate_answers(base, tok, [query], kv["hr"], histories=[shown],
                                                   max_new_tokens=8)[0]
+
+
+def test_a_routed_prefix_is_not_shown_a_round_of_general_chat_that_went_to_the_base(base, tok, registry):
+    """A round the router sent to the plain base (off the domain's topic) between two questions of a
+    domain is not the earlier round its prefix sees: the domain's own round is. Asked for by name,
+    the domain was answering that round too, so it keeps it."""
+    kv = add_adapter(registry, "hr", 4, 1, hyperparams={"history_rounds": 1},
+                     prompts=["年假有几天？", "工资几号发？", "加班工资怎么算？", "年假可以顺延吗？"])
+    history = [("年假有几天？", "十五天。"), ("帮我写一首关于春天的诗", "春风吹绿了江南。")]
+    with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_batch_size=4,
+                max_len=192) as eng:
+        poem = eng.generate(greedy(history[1][0], None, 4, history=history[:1]))
+        routed = eng.generate(greedy("工资几号发？", None, 8, history=history))
+        named = eng.generate(greedy("工资几号发？", "hr", 8, history=history))
+    assert poem.route.domain is None and "leave_off_topic" in poem.route.detail
+    assert routed.route.domain == "hr" and routed.route.reason != "explicit"
+    assert routed.usage.prompt_tokens == len(tok.build_chat_input("工资几号发？", history[:1]))
+    assert routed.text == generate_answers(base, tok, ["工资几号发？"], kv, histories=[history[:1]],
+                                           max_new_tokens=8)[0]
+    assert named.usage.prompt_tokens == len(tok.build_chat_input("工资几号发？", history[1:]))

@@ -355,12 +355,26 @@ class Engine:
         if not history:  # the common case: nothing to leave out, no second tokenization
             return prompt_ids
         # Rounds of small talk alone ("谢谢" / "不客气") hold nothing to follow up on, and a prefix's
-        # training rows only ever had a domain round before them: the latest rounds that ask something.
-        asking = [r for r in history if not small_talk_only(r[0])]
+        # training rows only ever had a domain round before them: the latest rounds that ask something,
+        # of the prefix's own domain where the router tells them apart.
+        asking = [history[i] for i in self._own_rounds(req.route, history) if not small_talk_only(history[i][0])]
         if len(asking) == len(history) and len(history) <= rounds:
             return prompt_ids
         query, _, _ = self._prompt(req)  # after plugins' edits of the question
         return self.tokenizer.build_chat_input(query, asking[-rounds:] if rounds else [])  # all where fewer ask
+
+    def _own_rounds(self, route: RouteDecision | None, history: list[tuple[str, str]]) -> list[int]:
+        """The indices of the earlier rounds a routed domain's prefix is shown: those the router sends
+        to that domain when it replays the conversation. A round of general chat that went to the plain
+        base in between (off the domain's topic) is left out: shown "帮我写一首诗" and its poem as the one
+        earlier round, a newcomer's dental prefix answered 3 of 12 follow-up questions wrong. A domain
+        asked for by name or chosen by a plugin router (not replayed), or a conversation none of whose
+        rounds replays to the domain, keeps all its rounds."""
+        every = list(range(len(history)))
+        if self.router is None or route is None or route.domain is None or route.reason in ("explicit", "plugin"):
+            return every
+        own = self.router.rounds_of(route.domain, history)
+        return own or every
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""

@@ -28,7 +28,7 @@ import threading
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from glmbot.config import DOMAIN_NAME_RE, Settings
 from glmbot.errors import ConfigError, UnknownDomainError, unknown_domain
@@ -463,12 +463,26 @@ class Router:
         """The route a remembered conversation would have after its earlier questions, by the rules
         and the classifier (plugin routers are asked about the message itself only, not again about
         every earlier one on each request)."""
+        first = None
+        for _, first in self._replayed(history, table):
+            pass
+        return first
+
+    def _replayed(self, history: Any, table: _RoutingTable) -> Iterator[tuple[RouteDecision, RouteDecision | None]]:
+        """(decision, the route kept afterwards) of each earlier round, in order, as `_replay` makes them."""
         first, said = None, _Said()  # what the rounds so far hold, grown round by round (not re-read: O(n))
         rounds = _rounds(history)
         for i, (question, answer) in enumerate(rounds):
-            first = self._decide(question, rounds[:i], first, "", table, plugins=False, said=said)[1]
+            decision, first = self._decide(question, rounds[:i], first, "", table, plugins=False, said=said)
             said.add(question, answer, table.classifier)
-        return first
+            yield decision, first
+
+    def rounds_of(self, domain: str, history: Any) -> list[int]:
+        """Indices of the earlier rounds whose questions went to `domain` when the conversation is
+        replayed (rules and classifier, as for a conversation the router does not remember): the
+        engine shows a domain's prefix its own rounds, not one of general chat that went to the plain
+        base in between ("帮我写一首诗" between two questions about teeth)."""
+        return [i for i, (decision, _) in enumerate(self._replayed(history, self._table)) if decision.domain == domain]
 
     def explain(self, text: str) -> list[tuple[str, float]]:
         """Classifier score of every domain for `text`, best first."""
