@@ -12,7 +12,7 @@ import pytest
 from glmbot.config import settings_from_dict
 from glmbot.errors import ConfigError, UnknownAdapterError, UnknownDomainError
 from glmbot.serving.router import (DEFAULT_MIN_SCORE, DomainProfile, RouteDecision, Router, StickyRoutes,
-                                   content_tokens)
+                                   content_tokens, small_talk_only)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "glmbot" / "data" / "samples"
 ADS_KEYWORDS = ["文案", "广告", "宣传语", "卖点", "种草", "带货", "商品描述"]
@@ -483,3 +483,20 @@ def test_greetings_do_not_hide_the_question(sample_router):
     decision = sample_router.route("你好，退款多久到账？")
     assert (decision.domain, decision.reason) == ("support", "classifier")
     assert content_tokens("你会做什么菜？") == ["菜"]  # a question about the assistant keeps what it asks
+
+
+def test_chit_chat_with_a_time_or_a_place_goes_to_the_base(sample_router):
+    """"今天北京天气怎么样" reached the support prefix (0.56: 今天 and 北京 are words of two shop questions);
+    beside a chit-chat question words of time and place ask nothing of a domain, in a new conversation
+    and in one routed to a domain. A question beside the chit-chat still routes."""
+    assert sample_router.explain("今天北京天气怎么样？")[0][1] == 0.0
+    for text in ("今天北京天气怎么样？", "北京今天天气如何", "上海明天会下雨吗", "现在几点了？"):
+        assert content_tokens(text) == [], text
+        assert sample_router.route(text).domain is None, text
+        assert small_talk_only(text), text
+    assert sample_router.route("我要退款", conversation_id="weather").domain == "support"
+    decision = sample_router.route("这周末杭州天气怎么样", conversation_id="weather")
+    assert (decision.domain, decision.reason) == (None, "fallback")
+    assert sample_router.route("那运费呢？", conversation_id="weather").domain == "support"
+    assert sample_router.route("今天天气怎么样？今天下单能发货吗？").domain == "support"
+    assert content_tokens("今天下单什么时候到") == ["今天", "下单", "时候", "到"]  # no chit-chat: time words count
