@@ -228,7 +228,7 @@ def test_another_domains_own_question_moves_the_conversation_though_it_scores_un
     # 0.5 (the mean of its 2 nearest prompts), under the default 0.6, so a conversation that had gone
     # to support could not come back to that domain by asking one of its questions.
     router = hand_router()
-    assert router.route("退货运费谁出？").score < router.topic_change_score
+    assert dict(router.explain("退货运费谁出？"))["support"] < router.topic_change_score
     assert router.route("年假有几天？", conversation_id="c").domain == "hr"
     assert router.route("那发票呢？", conversation_id="c").reason == "sticky"  # a follow-up still stays
     moved = router.route("退货运费谁出呢？", conversation_id="c")  # support's prompt, give or take a particle
@@ -500,3 +500,34 @@ def test_chit_chat_with_a_time_or_a_place_goes_to_the_base(sample_router):
     assert sample_router.route("那运费呢？", conversation_id="weather").domain == "support"
     assert sample_router.route("今天天气怎么样？今天下单能发货吗？").domain == "support"
     assert content_tokens("今天下单什么时候到") == ["今天", "下单", "时候", "到"]  # no chit-chat: time words count
+
+
+def test_a_training_prompt_of_stop_words_alone_reaches_its_domain():
+    """Found by a newcomer: a yoga studio's "你们在哪里？" has no content word, went to the plain base
+    and got a made-up address. A message that is one domain's training prompt word for word goes there;
+    small talk stays small talk, and a prompt of two domains decides nothing."""
+    yoga = DomainProfile("yoga", prompts=["你们在哪里？", "年卡多少钱？", "你好", "可以吗？"])
+    router = Router([DomainProfile("support", prompts=[*SUPPORT_PROMPTS, "可以吗？"]), yoga])
+    assert content_tokens("你们在哪里？") == []
+    decision = router.route("你们在哪里")  # punctuation aside
+    assert (decision.domain, decision.reason, decision.score) == ("yoga", "classifier", 1.0)
+    assert "word for word" in decision.detail
+    assert router.route("你好").domain is None  # a training prompt, but small talk alone
+    assert router.route("可以吗？").domain is None  # both domains' prompt
+    assert router.route("怎么申请退货？", conversation_id="c").domain == "support"
+    moved = router.route("你们在哪里？", conversation_id="c")  # another domain's prompt moves the conversation
+    assert (moved.domain, moved.reason) == ("yoga", "classifier") and "leaves support" in moved.detail
+
+
+def test_a_one_word_follow_up_does_not_move_the_conversation_on_its_score():
+    """Found by a newcomer: "那周末呢？" after a yoga studio's opening hours scored 0.79 for the shop's
+    support domain (two of its questions say 周末) and the conversation left for its garble."""
+    support = [*SUPPORT_PROMPTS, "周末发货吗？", "周末客服上班吗？"]
+    router = Router([DomainProfile("support", prompts=support),
+                     DomainProfile("yoga", prompts=["周一到周五几点开门？", "年卡多少钱？", "你们在哪里？"])])
+    assert router.explain("那周末呢？")[0][0] == "support" and router.explain("那周末呢？")[0][1] >= 0.6
+    assert router.route("周一到周五几点开门？", conversation_id="c").domain == "yoga"
+    follow_up = router.route("那周末呢？", conversation_id="c")
+    assert (follow_up.domain, follow_up.reason) == ("yoga", "sticky")
+    moved = router.route("周末客服上班吗", conversation_id="c")  # two words, and support's own question
+    assert (moved.domain, moved.reason) == ("support", "classifier")
