@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from glmbot.cli import main
 from glmbot.registry import Registry
-from tests.cli_helpers import cli, make_project, project_with_adapters
+from tests.cli_helpers import cli, make_project, project_with_adapters, source_env
 
 REPO = Path(__file__).resolve().parents[1]
 # `train` and `domains` are documented by their own owners' tests.
@@ -194,3 +194,22 @@ def test_demo_twice_reuses_its_adapter_and_a_new_recipe_says_what_it_replaced(tm
     with registry_of(config) as reg:
         assert [(a.version, a.status) for a in reg.list_adapters("support")] == [(1, "archived"), (2, "active")]
         assert reg.resolve("support@v2").dataset_sha256 == reg.resolve("support@v1").dataset_sha256
+
+
+def test_outside_a_project_an_unknown_domain_says_no_glmbot_toml_was_found(tmp_path):
+    """Found by a newcomer: in another folder `glmbot chat --domain yoga` said "unknown domain 'yoga'; add it"
+    about the domain they had just trained, with nothing saying that no glmbot.toml had been found."""
+    env = {k: v for k, v in source_env().items() if k != "GLMBOT_CONFIG"}
+    env["COLUMNS"] = "300"
+    done = subprocess.run([sys.executable, "-m", "glmbot", "chat", "--domain", "yoga"], input="年卡多少钱？\n",
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1
+    assert "unknown domain 'yoga'" in done.stderr
+    assert f"hint: no glmbot.toml in {tmp_path} or a folder above it" in done.stderr and "--config" in done.stderr
+    listed = subprocess.run([sys.executable, "-m", "glmbot", "domains", "list"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=300)
+    assert "No domains yet" in listed.stdout and "no glmbot.toml" in listed.stdout
+    (tmp_path / "glmbot.toml").write_text("", encoding="utf-8")  # in a project: the error alone
+    done = subprocess.run([sys.executable, "-m", "glmbot", "chat", "--domain", "yoga"], input="年卡多少钱？\n",
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert "unknown domain 'yoga'" in done.stderr and "hint:" not in done.stderr

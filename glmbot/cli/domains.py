@@ -26,6 +26,9 @@ def list_domains() -> None:
     states = domain_states(common.get_settings(), common.get_registry())
     if not states:
         common.console.print("No domains yet. Add one with: glmbot domains add NAME --data FILE.jsonl")
+        hint = common.no_config_hint()
+        if hint:
+            common.console.print(f"[bold]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
         return
     table = Table(title="Domains", header_style="bold")
     for column in ("name", "description", "active", "versions", "data", "keywords", "patterns"):

@@ -18,7 +18,7 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 from glmbot.cli import adapters, chat, common, demo, domains, evaluate, hub, info, logs, plugins, route, serve
-from glmbot.errors import GlmbotError
+from glmbot.errors import GlmbotError, UnknownAdapterError, UnknownDomainError
 
 # Commands whose module imports torch when it is imported (seconds on a small machine): the help
 # listing shows their summary from here, and the module is imported only when the command runs.
@@ -165,6 +165,9 @@ def run() -> None:
         app(args=argv)
     except GlmbotError as exc:  # messages name config tables like [server]: print them verbatim
         common.err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        hint = common.no_config_hint() if isinstance(exc, (UnknownDomainError, UnknownAdapterError)) else None
+        if hint:
+            common.err_console.print(f"[bold]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         common.err_console.print("interrupted")
