@@ -150,7 +150,8 @@ def test_the_metrics_column_puts_what_says_most_first():
     # "learned 1, probe_forgot 1, probe_kept 0.1645 (+3)" in alphabetical order (a newcomer's puzzle).
     trained = {"learned": 1.0, "probe_forgot": 1.0, "probe_kept": 0.1645, "train_rouge-l": 100.0,
                "train_rouge-l_base": 23.6, "train_loss": 0.01}
-    assert format_metrics(trained) == "train_rouge-l 100, learned yes, probe_forgot 1 (+3)"
+    # The probe as the share `glmbot train` printed ("keeps 16%"), not "probe_forgot 1" (another puzzle).
+    assert format_metrics(trained) == "train_rouge-l 100, learned yes, general chat kept 16% (+2)"
     assert format_metrics({"rouge-l": 40.1, "bleu-4": 20.0, "learned": 0.0, "train_rouge-l": 99.0}) == (
         "rouge-l 40.1, bleu-4 20, train_rouge-l 99 (+1)")
     assert format_metrics({"learned": 0.0}) == "learned no" and format_metrics({}) == "-"

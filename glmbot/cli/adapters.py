@@ -54,13 +54,18 @@ def age(when: datetime | None, now: datetime | None = None) -> str:
 
 # Shown first when an adapter has more metrics than fit: dev-set scores, then (a domain without dev data) the training questions' ROUGE-L and
 # whether the prefix learned them; the rest is counted ("(+3)") and in `adapters show`.
-KEY_METRICS = ("rouge-l", "bleu-4", "train_rouge-l", "learned", "rouge-1", "rouge-2")
+KEY_METRICS = ("rouge-l", "bleu-4", "train_rouge-l", "learned", "probe_kept", "rouge-1", "rouge-2")
 
 
 def format_metrics(metrics: dict[str, float], limit: int = 3) -> str:
+    """The first `limit` metrics, those that say most first, in words where a number would puzzle:
+    "learned yes", and the forgetting probe as "general chat kept 16%" (`glmbot train` prints the
+    same share; probe_forgot, its 0/1 verdict, is left to --json)."""
+    metrics = {k: v for k, v in metrics.items() if not (k == "probe_forgot" and "probe_kept" in metrics)}
     order = sorted(metrics, key=lambda n: (KEY_METRICS.index(n) if n in KEY_METRICS else len(KEY_METRICS), n))
-    shown = [f"learned {'yes' if metrics[name] else 'no'}" if name == "learned" else f"{name} {metrics[name]:.4g}"
-             for name in order[:limit]]
+    words = {"learned": lambda v: f"learned {'yes' if v else 'no'}",
+             "probe_kept": lambda v: f"general chat kept {v:.0%}"}
+    shown = [words[name](metrics[name]) if name in words else f"{name} {metrics[name]:.4g}" for name in order[:limit]]
     more = len(metrics) - limit
     return ", ".join(shown) + (f" (+{more})" if more > 0 else "") if shown else "-"
 
