@@ -89,6 +89,8 @@ def test_format_is_read_from_the_columns_and_an_explicit_one_overrides(tmp_path)
     ({"question": "q", "answer": "a"},
      r"both.jsonl:1: cannot tell the data format: columns found: answer, question, but it needs "
      r"prompt/response \(chat\) or content/summary \(advertisegen\); .*--prompt-column COL --response-column COL"),
+    ({"prompt": "q", "reponse": "a"},  # a newcomer's typo is named with the column it stands for
+     r"columns found: prompt, reponse, but it needs .* \(a typo\? 'reponse' for 'response'\); rename"),
 ])
 def test_ambiguous_or_unknown_columns_name_what_was_seen_and_the_fix(tmp_path, row, message):
     path = write_lines(tmp_path / "both.jsonl", [row])

@@ -10,6 +10,7 @@ their own longest row and grouped by length instead of padded to max_source + ma
 from __future__ import annotations
 
 import codecs
+import difflib
 import hashlib
 import json
 import random
@@ -138,8 +139,12 @@ def detect_format(columns: set[str] | list[str], where: str) -> str:
     if fits:
         raise DataError(f"{where}: columns found: {seen}, which fit both {shapes}; "
                         f"pick one with --format {' or --format '.join(fits)}")
-    raise DataError(f"{where}: cannot tell the data format: columns found: {seen}, but it needs {shapes}; "
-                    "rename the columns, or name them with --prompt-column COL --response-column COL")
+    wanted = {name for c in FORMATS.values() for name in (c.prompt, c.response)}
+    typos = [f"{found!r} for {close[0]!r}" for found in sorted(set(columns) - wanted)
+             if (close := difflib.get_close_matches(found, sorted(wanted), n=1, cutoff=0.75))]
+    raise DataError(f"{where}: cannot tell the data format: columns found: {seen}, but it needs {shapes}"
+                    + (f" (a typo? {', '.join(typos)})" if typos else "")
+                    + "; rename the columns, or name them with --prompt-column COL --response-column COL")
 
 
 def resolve_columns(first_row: dict, where: str, fmt: str = AUTO, prompt_column: str = "",
