@@ -176,7 +176,8 @@ class RoutingSettings:
         "a message whose classifier score for another domain reaches this leaves the conversation's sticky domain "
         "for it (a keyword or pattern of another domain, and none of its own, always does); the score is the mean "
         "cosine of its nearest training prompts of that domain, so it grows with the domain's data; follow-ups such as "
-        "'那要多久？' score well under it; 1 = only keywords and patterns move a conversation"))
+        "'那要多久？' score well under it, and a message of one content word ('那周末呢？') never moves it on its score; "
+        "1 = only keywords and patterns move a conversation"))
     leave_off_topic: bool = field(default=True, metadata=_help(
         "a routed conversation's message of two or more content words, none of them in its domain's training "
         "prompts, rules or the conversation so far ('帮我写一首关于春天的诗'; only where an earlier question shared a "

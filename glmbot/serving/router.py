@@ -2,12 +2,14 @@
 
 The first stage that decides wins, and every decision carries its reason and score:
 explicit domain/adapter > the conversation's sticky route > plugin routers > keyword rules >
-regex rules > a TF-IDF classifier over each domain's training prompts > fallback.
+regex rules > a TF-IDF classifier over each domain's training prompts (a message that is one of them
+word for word goes to its domain, even one of stop-words alone such as "你们在哪里？") > fallback.
 General chat falls through to the fallback (the plain base model by default), so greetings
 never reach a prefix that may have forgotten how to say hello: a message of greetings, thanks or
 questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
 something ("那运费呢？", "怎么办？") stays with it; a message with another domain's keyword or pattern, and
-none of its own, a classifier score of [routing] topic_change_score for another domain, or one of
+none of its own, a classifier score of [routing] topic_change_score for another domain (with two or more
+content words: "那周末呢？" stays), or one of
 its training prompts asked as it is, moves a routed conversation to that domain (one asked for by name stays), and
 one of two or more content words that shares none with the domain's training prompts or the conversation so far
 ("帮我写一首关于春天的诗"), in a conversation those prompts describe (an earlier question shares a word), is routed afresh: to the fallback for that message alone (later follow-ups still reach
