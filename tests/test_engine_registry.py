@@ -20,6 +20,7 @@ from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
 from glmbot.registry import Registry
+from glmbot.serving import engine as engine_module
 from glmbot.serving.engine import Engine
 from glmbot.serving.prefix_cache import MIB
 from glmbot.serving.requests import GenerationRequest
@@ -233,6 +234,33 @@ def test_a_domain_promoted_after_start_is_served_when_asked_for(base, tok, regis
         got = engine.generate(GenerationRequest(query="hello", domain="finance", do_sample=False, max_new_tokens=6))
     assert got.adapter == "finance@v1" and got.route.reason == "explicit"
     assert got.text == oracle(base, tok, "hello", kv, 6)
+
+
+def test_a_registry_changed_while_serving_routes_and_names_what_answers(base, tok, registry, monkeypatch):
+    """Found by a newcomer: after `glmbot adapters archive yoga` (the active version) while serving,
+    model "auto" answered every yoga question 404 "model 'auto' does not exist"; after a promotion from
+    the CLI the route still said "(active v1)" while v2 answered. A domain promoted again becomes
+    routable within REGISTRY_CHECK_S (0 here)."""
+    monkeypatch.setattr(engine_module, "REGISTRY_CHECK_S", 0.0)
+    prompts = ["年卡多少钱？", "次卡怎么卖？", "可以停车吗？"]
+    v1 = add_adapter(registry, "yoga", 4, 1, prompts=prompts)
+    with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_len=64) as engine:
+        assert "(active v1)" in engine.generate(greedy("年卡多少钱？", None, 4)).route.detail
+        v2 = add_adapter(registry, "yoga", 4, 2, prompts=prompts)  # promoted while serving
+        got = engine.generate(greedy("年卡多少钱？", None, 6))
+        assert got.adapter == "yoga@v2" and "(active v2)" in got.route.detail
+        assert got.text == oracle(base, tok, "年卡多少钱？", v2, 6)
+        named = engine.generate(greedy("次卡怎么卖？", "yoga", 4))
+        assert named.adapter == "yoga@v2" and "(active v2)" in named.route.detail
+        registry.archive("yoga@v2")  # the domain has no active adapter now
+        after = engine.generate(greedy("年卡多少钱？", None, 6, conversation_id="c"))
+        assert after.route.domain is None and after.adapter is None  # the plain base answers
+        assert after.text == oracle(base, tok, "年卡多少钱？", None, 6)
+        with pytest.raises(UnknownAdapterError, match="no active adapter"):  # asked for by name: said so
+            engine.generate(greedy("年卡多少钱？", "yoga", 4))
+        registry.promote("yoga@v1")
+        back = engine.generate(greedy("年卡多少钱？", None, 6, conversation_id="c"))
+        assert back.adapter == "yoga@v1" and back.text == oracle(base, tok, "年卡多少钱？", v1, 6)
 
 
 def test_a_request_sent_again_is_routed_again(base, tok, registry, five_domains):

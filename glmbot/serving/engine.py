@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from glmbot.config import Settings
-from glmbot.errors import AdapterIntegrityError, GenerationError, GlmbotError, UnknownDomainError
+from glmbot.errors import AdapterIntegrityError, GenerationError, GlmbotError, UnknownAdapterError, UnknownDomainError
 from glmbot.model.chat_format import stop_ids
 from glmbot.model.family import family_of
 from glmbot.model.fingerprint import base_fingerprints
@@ -43,13 +43,14 @@ from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, Reg
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
 from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, small_talk_only
-from glmbot.serving.routing_setup import route_request
+from glmbot.serving.routing_setup import refresh_router, registry_profiles, route_request
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PREFIX_LEN = 128  # the official P; longer adapters need Engine(max_prefix_len=...)
+REGISTRY_CHECK_S = 1.0  # routed requests look for newly promoted domains at most this often (one registry query)
 
 
 class _Group:
@@ -144,6 +145,7 @@ class Engine:
         if max_prefix_len < 0:
             raise GenerationError(f"max_prefix_len must be >= 0, got {max_prefix_len}")
         self.registry = registry
+        self._registry_checked = float("-inf")  # when routed requests last looked for newly promoted domains
         self.prefix_cache = self._build_prefix_cache(registry, prefixes)
         with torch.no_grad():
             self.scheduler = Scheduler(
@@ -314,12 +316,13 @@ class Engine:
         if isinstance(req.stop, str) or not all(isinstance(s, str) and s for s in req.stop):
             raise GenerationError(f"stop must be a list of non-empty strings, got {req.stop!r}")
         query, history, prompt_ids = self._prompt(req)
+        self._add_promoted_domains()
         route = self._route(req, query, history)
         req.route = route
         rewrite = None
         if self.plugins is not None and query is not None:
             prompt_ids, rewrite = self._plugins_before(req, query, prompt_ids)
-        route, adapter, prefix = self._prefix(route)
+        route, adapter, prefix = self._current_prefix(req, route, query, history)
         req.route = route
         if req.prompt_ids is None and adapter is not None:
             prompt_ids = self._latest_rounds(req, history, adapter.history_rounds, prompt_ids)
@@ -406,6 +409,46 @@ class Engine:
         if req.routed_upstream and req.route is not None:  # the Ray Serve ingress routed it; replicas follow
             return req.route
         return route_request(self.router, self.settings, self.registry, req, query, history)
+
+    def _current_prefix(self, req: GenerationRequest, route: RouteDecision, query: str | None,
+                        history: list) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
+        """`_prefix`, with the router brought up to date where the registry changed under it (from the
+        CLI or the dashboard while serving) and the request routed again: a routed domain that lost its
+        active adapter (archived) no longer fails the request (a newcomer's `model: auto` got "model
+        'auto' does not exist"), and a domain promoted to another version is named with it."""
+        try:
+            resolved = self._prefix(route)
+        except UnknownAdapterError:
+            if route.reason == "explicit" or not self._reread_routes():
+                raise
+            return self._prefix(self._route(req, query, history))
+        route, adapter, _ = resolved
+        known = self.router.adapter_version(route.domain) if self.router is not None and adapter is not None else None
+        if (known is not None and route.adapter is None and route.reason != DAMAGED_FALLBACK
+                and known != adapter.version and self._reread_routes()):
+            return self._prefix(self._route(req, query, history))
+        return resolved
+
+    def _add_promoted_domains(self) -> None:
+        """At most every REGISTRY_CHECK_S: domains that got an active adapter since the router read the
+        registry (promoted from the CLI or the dashboard while serving) become routable. Only added: a
+        router's own profiles stay."""
+        if self.router is None or self.registry is None:
+            return
+        now = time.monotonic()
+        if now - self._registry_checked < REGISTRY_CHECK_S:
+            return
+        self._registry_checked = now
+        known = set(self.router.domains)
+        if any(d.active_version is not None and d.name not in known for d in self.registry.list_domains()):
+            promoted = [p for p in registry_profiles(self.settings, self.registry) if p.name not in known]
+            self.router.update_profiles(promoted)
+
+    def _reread_routes(self) -> bool:
+        if self.router is None or self.registry is None:
+            return False
+        refresh_router(self.router, self.settings, self.registry)
+        return True
 
     def _prefix(self, route: RouteDecision) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
         """The route's adapter and prefix KV; a routed request whose adapter is damaged gets a new route."""

@@ -508,6 +508,11 @@ class Router:
         base in between ("帮我写一首诗" between two questions about teeth)."""
         return [i for i, (decision, _) in enumerate(self._replayed(history, self._table)) if decision.domain == domain]
 
+    def adapter_version(self, domain: str) -> int | None:
+        """The active adapter version the router last read for `domain` (None: unknown or not routable)."""
+        profile = self._table.profiles.get(domain)
+        return profile.adapter_version if profile is not None else None
+
     def explain(self, text: str) -> list[tuple[str, float]]:
         """Classifier score of every domain for `text`, best first."""
         table = self._table

@@ -25,7 +25,7 @@ def build_router(settings: Settings, registry: Any = None, plugins: Any = None) 
 
     plugins: a PluginManager whose register_routers hooks add routers asked before the rules.
     """
-    profiles = _registry_profiles(settings, registry) if registry is not None else _settings_profiles(settings)
+    profiles = registry_profiles(settings, registry) if registry is not None else _settings_profiles(settings)
     fallback = settings.routing.fallback
     if fallback != BASE and fallback not in {p.name for p in profiles}:
         known = ", ".join(p.name for p in profiles) or "none"
@@ -43,7 +43,7 @@ def _settings_profiles(settings: Settings) -> list[DomainProfile]:
                           prompts=settings_prompts(settings, name)) for name, d in settings.domains.items()]
 
 
-def _registry_profiles(settings: Settings, registry: Any) -> list[DomainProfile]:
+def registry_profiles(settings: Settings, registry: Any) -> list[DomainProfile]:
     profiles = []
     for domain in registry.list_domains():
         if domain.active_version is None:
@@ -97,7 +97,7 @@ def _merge(*lists) -> list[str]:  # noqa: ANN002 - sequences of str
 
 def refresh_router(router: Router, settings: Settings, registry: Any) -> None:
     """Bring the router's domains up to date with the registry (a domain promoted after start)."""
-    profiles = _registry_profiles(settings, registry)
+    profiles = registry_profiles(settings, registry)
     gone = set(router.domains) - {p.name for p in profiles}
     router.update_profiles(profiles, remove=gone)
 
@@ -122,7 +122,12 @@ def route_request(router: Router | None, settings: Settings, registry: Any, req:
             if explicit is None or registry is None:
                 raise
             refresh_router(router, settings, registry)
-            return route()
+            try:
+                return route()
+            except UnknownDomainError:
+                if explicit.partition("@")[0].strip() in {d.name for d in registry.list_domains()}:
+                    registry.resolve(explicit)  # a domain without an active adapter: the registry's error says so
+                raise
     if explicit is None:
         return RouteDecision(None, None, "fallback", 0.0, detail="no router configured: plain base model")
     explicit = explicit.strip()
