@@ -105,6 +105,25 @@ def test_adapter_lifecycle_commands(cli):
     assert result.exit_code == 1 and isinstance(result.exception, UnknownAdapterError)
 
 
+def test_a_version_that_learned_nothing_is_promoted_only_with_force(cli):
+    """Found by a newcomer: a 100-step run warned "the prefix learned nothing", then `adapters promote`
+    made it active without a word and the domain's answers turned to garble."""
+    run, registry = cli
+    registry.add_domain("yoga")
+    registry.promote(register(registry, "yoga", seed=1, metrics={"learned": 1.0, "train_rouge-l": 100.0}).ref)
+    weak = register(registry, "yoga", seed=2, metrics={"learned": 0.0, "train_rouge-l": 21.0,
+                                                      "train_rouge-l_base": 23.2})
+    refused = run("adapters", "promote", weak.ref)
+    assert refused.exit_code == 1 and registry.resolve("yoga").version == 1
+    assert "yoga@v2 learned nothing in training (ROUGE-L on its training questions 21.0, the plain base 23.2)" in (
+        str(refused.exception)) and "glmbot adapters promote yoga@v2 --force" in str(refused.exception)
+    assert "now the active adapter" in run("adapters", "promote", weak.ref, "--force").output
+    assert registry.resolve("yoga").version == 2
+    assert "no active adapter" not in run("adapters", "archive", "yoga@v1").output  # not the active one
+    archived = run("adapters", "archive", "yoga@v2").output  # the active one: the domain is left without
+    assert "yoga has no active adapter now" in archived and "glmbot adapters promote yoga@vN" in archived
+
+
 def test_verify_exit_code(cli):
     run, registry = cli
     registry.add_domain("support")

@@ -50,6 +50,12 @@ def test_the_loss_curve_is_the_runs_and_absent_without_a_run(backend):
 def test_actions_ask_first_then_go_through_the_registry(backend, registry):
     assert backend.action_question("promote", "ads@v1").startswith("Promote ads@v1? It replaces ads@v1")
     assert "ads will have none" in backend.action_question("archive", "ads@v1")
+    state, v2 = registry.load_prefix_state("support@v2")  # a version whose training learned nothing: said so
+    weak = registry.register_adapter("support", state, base_model=v2.base_model, base_fingerprint=v2.base_fingerprint,
+                                     architecture=v2.architecture, metrics={"learned": 0.0})
+    assert f"Careful: {weak.ref} learned nothing in training" in backend.action_question("promote", weak.ref)
+    assert "Careful" not in backend.action_question("promote", "support@v2")
+    registry.remove(weak.ref)
     with pytest.raises(GlmbotError, match="no earlier active version"):
         backend.act("rollback", "ads@v1")  # refused, with the registry's message shown on the page
     with pytest.raises(GlmbotError, match="unknown action 'delete'"):

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
+from glmbot.errors import RegistryError
 
 EXAMPLES = """Examples:
 
@@ -199,8 +200,11 @@ def show(ref: Ref, as_json: JsonOpt = False) -> None:
 
 
 @app.command("promote")
-def promote(ref: Ref) -> None:
+def promote(ref: Ref, force: Annotated[bool, typer.Option(
+        "--force", help="promote even a version whose training found it learned nothing")] = False) -> None:
     """Make REF the active adapter of its domain (the previous one is archived).
+
+    A version whose training found that it learned nothing is refused without --force.
 
     Examples:
 
@@ -208,7 +212,15 @@ def promote(ref: Ref) -> None:
       glmbot adapters promote support@v3
       glmbot adapters promote 7
     """
-    a = common.get_registry().promote(ref)
+    from glmbot.training.metrics import learned_nothing
+
+    registry = common.get_registry()
+    candidate = registry.resolve(ref)
+    why = learned_nothing(candidate.ref, candidate.metrics)
+    if why and not force:
+        raise RegistryError(f"{why}; retrain it (glmbot train --domain {candidate.domain}), or promote it anyway "
+                            f"with: glmbot adapters promote {candidate.ref} --force")
+    a = registry.promote(ref)
     common.console.print(f"{a.ref} is now the active adapter of [bold]{a.domain}[/] "
                          f"(undo with: glmbot adapters rollback {a.domain}).")
 
@@ -235,8 +247,12 @@ def archive(ref: Ref) -> None:
     \b
       glmbot adapters archive support@v1
     """
-    a = common.get_registry().archive(ref)
+    registry = common.get_registry()
+    a = registry.archive(ref)
     common.console.print(f"Archived {a.ref}.")
+    if not registry.list_adapters(a.domain, status="active"):
+        common.console.print(f"{a.domain} has no active adapter now: its questions go to other domains or the plain "
+                             f"base. Serve it again with: glmbot adapters promote {a.domain}@vN", highlight=False)
 
 
 @app.command("rm")

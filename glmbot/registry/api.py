@@ -317,7 +317,8 @@ class Registry(RecordsMixin, ConversationsMixin, DamageMixin):
                 if not force:
                     raise RegistryError(
                         f"{info.ref} is the active adapter of {dom.name!r}; promote another version first "
-                        f"(glmbot adapters promote {dom.name}@vN) or remove it anyway with --force (force=True)")
+                        f"(glmbot adapters promote {dom.name}@vN) or remove it anyway with: glmbot adapters rm "
+                        f"{info.ref} --force")
                 s.add(ActivationRow(domain_id=dom.id, action=DEACTIVATE, adapter_id=row.id))
             s.exec(delete(EvaluationRow).where(EvaluationRow.adapter_id == row.id))
             s.delete(row)

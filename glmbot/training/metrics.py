@@ -41,6 +41,18 @@ def learned(prefix_rouge_l: float, base_rouge_l: float) -> bool:
     return prefix_rouge_l >= min(base_rouge_l + LEARNED_MIN_GAIN, 100.0 - LEARNED_MIN_GAIN)
 
 
+def learned_nothing(ref: str, metrics: dict[str, float]) -> str | None:
+    """Why `ref` should not be made active, when its training found that it learned nothing (its
+    metrics' `learned` is 0); None otherwise (learned, or not checked: imported, pulled)."""
+    if metrics.get("learned", 1.0):
+        return None
+    scores = ""
+    if "train_rouge-l" in metrics and "train_rouge-l_base" in metrics:
+        scores = (f" (ROUGE-L on its training questions {metrics['train_rouge-l']:.1f}, the plain base "
+                  f"{metrics['train_rouge-l_base']:.1f})")
+    return f"{ref} learned nothing in training{scores}: it answers its domain no better than the plain base"
+
+
 def _sample_scores(pred: str, ref: str) -> dict[str, float]:
     """The official per-sample scores (x 100, rounded to 4 decimals) of one prediction."""
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu

@@ -20,6 +20,7 @@ from glmbot.serving.prompts import build_prompt, engine_family
 from glmbot.serving.requests import GenerationRequest, GenerationResult
 from glmbot.serving.router import BASE
 from glmbot.serving.turn_log import new_conversation_id
+from glmbot.training.metrics import learned_nothing
 
 # The columns of the versions table, and the metrics shown in it (the official P-Tuning v2 evaluation's
 # ROUGE/BLEU, then the forgetting probe's share of general answers kept).
@@ -177,7 +178,9 @@ class WebBackend:
         domain = ref.partition("@")[0]
         active = next((a.ref for a in self.registry.list_adapters(domain, status="active")), None)
         if action == "promote":
-            return f"Promote {ref}? It replaces {active or 'no active version'} for every routed request of {domain}."
+            why = learned_nothing(ref, self.registry.resolve(ref).metrics)
+            return (f"Promote {ref}? It replaces {active or 'no active version'} for every routed request of {domain}."
+                    + (f" Careful: {why}." if why else ""))
         if action == "rollback":
             return f"Roll {domain} back from {active or '(none active)'} to the version active before it?"
         return f"Archive {ref}?" + (f" It is the active version: {domain} will have none." if active == ref else "")
