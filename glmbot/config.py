@@ -432,6 +432,16 @@ def find_config_file(start: Path | None = None) -> Path | None:
     return None
 
 
+def no_config_note(settings: Settings) -> str | None:
+    """What to say beside an unknown domain when no glmbot.toml was found (settings are the defaults): a
+    newcomer in another folder otherwise read "unknown domain 'yoga'" about the domain they had just trained."""
+    if settings.source != "<defaults>":
+        return None
+    return (f"no glmbot.toml in {Path.cwd()} or a folder above it, so glmbot runs on its defaults (your domains "
+            f"and adapters are not seen): run it in your project's folder, or pass --config PATH/glmbot.toml "
+            f"(ChatGlmbot(config=...), or set {CONFIG_ENV})")
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Load glmbot.toml (explicit path, $GLMBOT_CONFIG, or the nearest one); defaults if none."""
     file = Path(path) if path is not None else find_config_file()

@@ -331,3 +331,17 @@ def test_a_routed_prefix_is_not_shown_a_round_of_general_chat_that_went_to_the_b
     assert routed.text == generate_answers(base, tok, ["工资几号发？"], kv, histories=[history[:1]],
                                            max_new_tokens=8)[0]
     assert named.usage.prompt_tokens == len(tok.build_chat_input("工资几号发？", history[1:]))
+
+
+def test_an_unknown_domain_says_when_no_glmbot_toml_was_found(base, tok, registry, monkeypatch, tmp_path):
+    """Found by a newcomer: ChatGlmbot() run from another folder fell back to the defaults silently, and
+    bind(domain="yoga") raised a bare "unknown domain 'yoga'" (the CLI said why; the library did not)."""
+    monkeypatch.chdir(tmp_path)
+    with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_len=64) as engine:
+        with pytest.raises(UnknownDomainError, match=f"no glmbot.toml in {tmp_path}.*ChatGlmbot\\(config=...\\)"):
+            engine.generate(greedy("年卡多少钱？", "yoga", 4))
+        configured = settings_from_dict({}, source=str(tmp_path / "glmbot.toml"))
+        engine.settings = configured  # a project's settings: the error alone
+        with pytest.raises(UnknownDomainError) as raised:
+            engine.generate(greedy("年卡多少钱？", "yoga", 4))
+        assert "glmbot.toml" not in str(raised.value)

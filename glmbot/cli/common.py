@@ -97,15 +97,12 @@ def get_registry():
 def no_config_hint() -> str | None:
     """A line for errors and empty listings when no glmbot.toml was found: a newcomer in another
     folder otherwise read "unknown domain 'yoga'" about the domain they had just trained."""
+    from glmbot.config import no_config_note
+
     try:
-        settings = get_settings()
+        return no_config_note(get_settings())
     except Exception:  # noqa: BLE001 - a bad config has its own error
         return None
-    if settings.source != "<defaults>":
-        return None
-    return (f"no glmbot.toml in {Path.cwd()} or a folder above it, so glmbot runs on its defaults (your domains "
-            "and adapters are not seen): run it in your project's folder, or pass --config PATH/glmbot.toml "
-            "(or set GLMBOT_CONFIG)")
 
 
 def require_domain(name: str) -> None:

@@ -166,7 +166,7 @@ def run() -> None:
     except GlmbotError as exc:  # messages name config tables like [server]: print them verbatim
         common.err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         hint = common.no_config_hint() if isinstance(exc, (UnknownDomainError, UnknownAdapterError)) else None
-        if hint:
+        if hint and hint not in str(exc):  # the engine's routing may have said it already
             common.err_console.print(f"[bold]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:

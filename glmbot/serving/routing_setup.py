@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any
 
-from glmbot.config import Settings
+from glmbot.config import Settings, no_config_note
 from glmbot.errors import ConfigError, DataError, GenerationError, UnknownDomainError
 from glmbot.serving.router import BASE, DomainProfile, RouteDecision, Router
 
@@ -124,10 +124,13 @@ def route_request(router: Router | None, settings: Settings, registry: Any, req:
             refresh_router(router, settings, registry)
             try:
                 return route()
-            except UnknownDomainError:
+            except UnknownDomainError as exc:
                 if explicit.partition("@")[0].strip() in {d.name for d in registry.list_domains()}:
                     registry.resolve(explicit)  # a domain without an active adapter: the registry's error says so
-                raise
+                note = no_config_note(settings)
+                if note is None:
+                    raise
+                raise UnknownDomainError(f"{exc}; {note}") from None
     if explicit is None:
         return RouteDecision(None, None, "fallback", 0.0, detail="no router configured: plain base model")
     explicit = explicit.strip()
