@@ -8,6 +8,7 @@ test leaves a screenshot (conftest.py: GLMBOT_SCREENSHOT_DIR, default test-scree
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import httpx
@@ -160,6 +161,9 @@ def test_chat_streams_the_answer_in_pieces_with_its_route_then_switches_domain(p
 
 def test_the_adapters_page_promotes_a_version_and_the_chat_answers_with_it(page, engine, registry):
     open_adapters(page)
+    # A first visit shows a version with its details, not an empty Version box (a newcomer's first look).
+    expect(page.locator("#adapters-ref input")).to_have_value(re.compile(r"^[a-z]+@v\d+$"))
+    page.locator("#adapters-details").get_by_text("sha256").first.wait_for()
     pick(page, "adapters-domain", "support")
     expect(page.locator("#adapters-versions")).to_contain_text("support@v2")
     expect(page.locator("#adapters-ref input")).to_have_value("support@v2")  # the newest is picked
@@ -177,6 +181,7 @@ def test_the_adapters_page_promotes_a_version_and_the_chat_answers_with_it(page,
     page.click("#adapters-confirm")
     page.get_by_text("support@v2 is now active").wait_for()
     assert registry.resolve("support").version == 2
+    expect(page.locator("#adapters-details")).to_contain_text("support@v2 · active")  # not the stale status
     assert "active" in page.locator("#adapters-versions").inner_text()
 
     page.get_by_role("tab", name="Chat").click()

@@ -25,7 +25,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -413,20 +413,23 @@ class Engine:
     def _current_prefix(self, req: GenerationRequest, route: RouteDecision, query: str | None,
                         history: list) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
         """`_prefix`, with the router brought up to date where the registry changed under it (from the
-        CLI or the dashboard while serving) and the request routed again: a routed domain that lost its
-        active adapter (archived) no longer fails the request (a newcomer's `model: auto` got "model
-        'auto' does not exist"), and a domain promoted to another version is named with it."""
+        CLI or the dashboard while serving): a routed domain that lost its active adapter (archived) is
+        routed again rather than failing the request (a newcomer's `model: auto` got "model 'auto' does
+        not exist"), and a route to a domain promoted to another version names that version."""
         try:
             resolved = self._prefix(route)
         except UnknownAdapterError:
             if route.reason == "explicit" or not self._reread_routes():
                 raise
             return self._prefix(self._route(req, query, history))
-        route, adapter, _ = resolved
+        route, adapter, prefix = resolved
         known = self.router.adapter_version(route.domain) if self.router is not None and adapter is not None else None
         if (known is not None and route.adapter is None and route.reason != DAMAGED_FALLBACK
                 and known != adapter.version and self._reread_routes()):
-            return self._prefix(self._route(req, query, history))
+            # Not routed again: the first routing already remembered the conversation, which would now
+            # read "sticky". The decision stands; only the version it names is the one that answers.
+            detail = route.detail.replace(f"(active v{known})", f"(active v{adapter.version})")
+            return replace(route, detail=detail), adapter, prefix
         return resolved
 
     def _add_promoted_domains(self) -> None:

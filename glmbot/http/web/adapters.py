@@ -75,13 +75,18 @@ def adapters_tab(backend: WebBackend) -> OnLoad:
         return gr.Row(visible=True), backend.action_question(action, name), (action, name), ""
 
     def run(job: tuple[str, str] | None, name: str | None) -> tuple:
+        """The action, then the domain's versions and the picked version's details again: the picked
+        version stays picked, so its details (which said "active" after a rollback) are reloaded here."""
         if job is None:
-            return gr.Row(visible=False), None, "nothing to confirm", *load_domain(None)
+            return gr.Row(visible=False), None, "nothing to confirm", *load_domain(None), *load_version(name)
         try:
             said = "**done:** " + backend.act(*job)
         except GlmbotError as exc:
             said = f"**refused:** {exc}"
-        return gr.Row(visible=False), None, said, *load_domain(job[1].partition("@")[0], name)
+        domain_name = job[1].partition("@")[0]
+        refs = backend.refs(domain_name)
+        picked = name if name in refs else (refs[0] if refs else None)  # as load_domain picks it
+        return gr.Row(visible=False), None, said, *load_domain(domain_name, name), *load_version(picked)
 
     async def side_by_side(a: str | None, b: str | None, text: str) -> tuple[str, str]:
         if not (a and b and text.strip()):
@@ -92,13 +97,15 @@ def adapters_tab(backend: WebBackend) -> OnLoad:
             return f"error: {exc}", ""
         return first, second
 
-    def load_page(name: str | None) -> tuple:
-        """On a page load: choices and the shown domain's versions, never a value (the page may be in use)."""
+    def load_page(name: str | None, current: str | None) -> tuple:
+        """On a page load: choices and the shown domain's versions, and its newest version picked where
+        none is (the details were blank on a first visit); a value picked already is left alone."""
         names, every = backend.domains(), backend.refs()
         shown = name if name in names else None
+        refs = backend.refs(shown) if shown else []
+        picked = current if current in refs else (refs[0] if refs else None)
         return (gr.Dropdown(choices=names), backend.versions(shown) if shown else None,
-                gr.Dropdown(choices=backend.refs(shown) if shown else []), gr.Dropdown(choices=every),
-                gr.Dropdown(choices=every))
+                gr.Dropdown(choices=refs, value=picked), gr.Dropdown(choices=every), gr.Dropdown(choices=every))
 
     domain_outputs = [domain, versions, ref]
     all_inputs, all_outputs = [domain, ref, left, right], [*domain_outputs, left, right]
@@ -109,7 +116,7 @@ def adapters_tab(backend: WebBackend) -> OnLoad:
     ref.change(load_version, ref, [details, curve])
     for action, button in buttons.items():
         button.click(lambda name, action=action: ask(action, name), ref, [confirm_row, question, pending, status])
-    confirm.click(run, [pending, ref], [confirm_row, pending, status, *domain_outputs])
+    confirm.click(run, [pending, ref], [confirm_row, pending, status, *domain_outputs, details, curve])
     cancel.click(lambda: (gr.Row(visible=False), None, "cancelled"), None, [confirm_row, pending, status])
     compare.click(side_by_side, [left, right, question_in], [answer_left, answer_right])
-    return load_page, [domain], all_outputs
+    return load_page, [domain, ref], all_outputs
