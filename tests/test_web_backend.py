@@ -36,9 +36,15 @@ def test_versions_rows_carry_status_metrics_and_weights_hash(backend, registry):
     rows = {row[0]: dict(zip(VERSION_COLUMNS, row)) for row in backend.versions("support")}
     assert list(rows) == ["support@v2", "support@v1"]
     v2 = registry.resolve("support@v2")
-    assert rows["support@v2"]["rouge-l"] == 41.5 and rows["support@v2"]["probe_kept"] == 0.875
+    assert rows["support@v2"]["rouge-l"] == 41.5 and rows["support@v2"]["general chat kept"] == "88%"
     assert rows["support@v2"]["weights sha256"] == v2.files["adapter_model.safetensors"][:16]
     assert rows["support@v1"]["status"] == "active" and rows["support@v1"]["rouge-l"] is None
+    state, _ = registry.load_prefix_state("support@v2")  # no dev data: the training questions' score, in words
+    plain = registry.register_adapter("support", state, base_model=v2.base_model, base_fingerprint=v2.base_fingerprint,
+                                      architecture=v2.architecture, metrics={"train_rouge-l": 100.0, "learned": 1.0})
+    row = dict(zip(VERSION_COLUMNS, backend.versions("support")[0]))
+    assert (row["version"], row["train_rouge-l"], row["learned"], row["rouge-l"]) == (plain.ref, 100.0, "yes", None)
+    registry.remove(plain.ref)
 
 
 def test_the_loss_curve_is_the_runs_and_absent_without_a_run(backend):

@@ -22,10 +22,19 @@ from glmbot.serving.router import BASE
 from glmbot.serving.turn_log import new_conversation_id
 from glmbot.training.metrics import learned_nothing
 
-# The columns of the versions table, and the metrics shown in it (the official P-Tuning v2 evaluation's
-# ROUGE/BLEU, then the forgetting probe's share of general answers kept).
-METRIC_COLUMNS = ("rouge-l", "bleu-4", "probe_kept")
+# The columns of the versions table, and the metrics shown in it: the official P-Tuning v2 evaluation's
+# ROUGE/BLEU on dev data, the training questions' ROUGE-L and whether the prefix learned them (a domain
+# without dev data had empty columns), then the forgetting probe's share of general answers kept, in the
+# words `glmbot adapters list` uses (a newcomer read "learned 1, probe_kept 0.1738").
+METRIC_COLUMNS = ("rouge-l", "bleu-4", "train_rouge-l", "learned", "general chat kept")
 VERSION_COLUMNS = ("version", "status", *METRIC_COLUMNS, "P", "created", "weights sha256")
+
+
+def _metric_cells(metrics: dict[str, float]) -> list[Any]:
+    learned = metrics.get("learned")
+    kept = metrics.get("probe_kept")
+    return [metrics.get("rouge-l"), metrics.get("bleu-4"), metrics.get("train_rouge-l"),
+            None if learned is None else ("yes" if learned else "no"), None if kept is None else f"{kept:.0%}"]
 ACTIONS = ("promote", "rollback", "archive")
 
 
@@ -124,7 +133,7 @@ class WebBackend:
         for a in sorted(self.registry.list_adapters(domain), key=lambda a: -a.version):
             weights = next((sha for name, sha in sorted(a.files.items()) if name.endswith(".safetensors")), "")
             rows.append([a.ref, a.status + (" (damaged)" if a.damage else ""),
-                         *(a.metrics.get(m) for m in METRIC_COLUMNS), a.pre_seq_len,
+                         *_metric_cells(a.metrics), a.pre_seq_len,
                          a.created_at.strftime("%Y-%m-%d %H:%M") if a.created_at else "-", weights[:16]])
         return rows
 
