@@ -70,7 +70,7 @@ def chat(**fields) -> dict:
     (b"{not json", 400, ["not valid JSON"]),
     (b"[1, 2]", 400, ["must be a JSON object"]),
     ({"messages": user("hi")}, 400, ["model", "Field required"]),
-    (chat(messages=[]), 400, ["messages"]),
+    (chat(messages=[]), 400, ["invalid field messages", 'at least [{"role": "user", "content": "..."}]']),
     (chat(messages=[{"role": "tool", "content": "x"}]), 400, ["ChatGLM2 has no tool calls", "ChatGLM3 or GLM-4"]),
     (chat(messages=[{"role": "robot", "content": "x"}]), 400, ["messages.0.role"]),
     (chat(messages=[{"role": "assistant", "content": "x"}]), 400, ["last message must come from the user"]),
@@ -93,6 +93,8 @@ def chat(**fields) -> dict:
     (chat(stop=[""]), 400, ["stop"]),
     (chat(user="x" * 65), 400, ["not a usable conversation id"]),
     (chat(messages=user("很长的问题" * 200), max_tokens=16), 400, ["exceeds this engine's context limit"]),
+    # the engine's max_new_tokens is the field the client sent: max_tokens (a newcomer read "max_new_tokens")
+    (chat(messages=user("很长的问题" * 20), max_tokens=MAX_LEN - 20), 400, ["set max_tokens to at most"]),
 ])
 def test_bad_requests_get_400_naming_the_problem(server, body, status, needles):
     assert_error(post(server, body), status, *needles)

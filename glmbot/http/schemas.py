@@ -117,6 +117,8 @@ def parse_chat_request(data: Any) -> ChatCompletionRequest:
         got = f" (got {json.dumps(first['input'], ensure_ascii=False)[:60]})" if "input" in first else ""
         more = f"; {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""
         hint = " (not an OpenAI chat field glmbot serves)" if first["type"] == "extra_forbidden" else ""
+        if where == "messages" and first["type"] == "too_short":
+            hint = '; send the conversation, at least [{"role": "user", "content": "..."}]'
         raise APIError(400, f"invalid field {where}: {first['msg']}{hint}{got}{more}", param=where) from None
     _check_unsupported(chat)
     return chat

@@ -248,7 +248,10 @@ class ChatService:
                 cards = []
             return _no_such_model(model, cards, str(exc))
         if isinstance(exc, GenerationError):
-            return APIError(400, str(exc))
+            # The engine's name for the API's max_tokens: a client must read the field it sent.
+            message = str(exc)
+            return APIError(400, message.replace("max_new_tokens", "max_tokens"),
+                            param="max_tokens" if "max_new_tokens" in message else None)
         if isinstance(exc, ServingUnavailableError):  # a Ray Serve replica died under the request
             return APIError(503, str(exc), "server_error", "unavailable")
         if isinstance(exc, DatabaseError):
