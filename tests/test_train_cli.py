@@ -266,6 +266,21 @@ def test_format_from_columns_uncovered_characters_and_plain_progress(tmp_path, c
     assert plan["columns"] == {"fmt": "advertisegen", "prompt": "content", "response": "summary", "history": ""}
 
 
+def test_a_question_with_two_answers_is_pointed_out_before_training(tmp_path, capsys):
+    """Found by a newcomer: an edit left 有淋浴吗？ with two answers, and training blended them silently."""
+    config = make_project(tmp_path)
+    rows = [("有淋浴吗？", "有，更衣室有淋浴。"), ("年卡多少钱？", "年卡3680元。"), ("有淋浴吗？", "没有淋浴。"),
+            ("年卡多少钱？", "年卡3680元。")]  # the same answer twice is fine
+    data = tmp_path / "yoga.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) for p, r in rows),
+                    encoding="utf-8")
+    code, _, err = cli(config, "train", "-d", "support", "--data", str(data), "--steps", "1", "--no-eval",
+                       capsys=capsys)
+    assert code == 0, err
+    assert "warning: 1 question(s) of the data have more than one answer (有淋浴吗？)" in err
+    assert "keep one answer per question" in err and "年卡" not in err
+
+
 @pytest.mark.parametrize("args,message", [
     (("--lr", "abc"), "--lr 'abc' is not a number: give a learning rate between 0 and 1, e.g. --lr 1e-1"),
     (("--learning-rate", "2"), "--lr 2: must be a learning rate between 0 and 1, e.g. --lr 1e-1"),

@@ -192,7 +192,7 @@ def _run(model, tok, registry, job, resume, promote, metric, evaluate, quiet):
 
 
 def _print_summary(job, base_model: str) -> None:
-    from glmbot.training.data import AUTO
+    from glmbot.training.data import AUTO, conflicting_answers
 
     s, t, c = job.summary, job.settings, job.coverage
     table = Table(title=f"Training data for '{job.domain}'", show_header=False, box=None)
@@ -216,6 +216,13 @@ def _print_summary(job, base_model: str) -> None:
     ]:
         table.add_row(f"[bold]{key}[/]", escape(value))
     common.console.print(table)
+    # AdvertiseGen's attribute keys come with several ad texts each, by design: only chat data is checked.
+    twice = conflicting_answers(job.train_examples) if job.plan.columns.fmt == "chat" else []
+    if twice:
+        shown = "、".join(twice[:3]) + (" ..." if len(twice) > 3 else "")
+        common.err_console.print(
+            f"[bold yellow]warning:[/] {len(twice)} question(s) of the data have more than one answer ({escape(shown)}): "
+            "the prefix learns a blend of them; keep one answer per question", highlight=False, soft_wrap=True)
     if c.too_low:
         common.err_console.print(
             f"[bold yellow]warning:[/] {c.byte_share:.1%} of the answer tokens are characters that {base_model}'s "

@@ -129,6 +129,15 @@ class LoadedData:
     examples: list[Example]
 
 
+def conflicting_answers(examples: list[Example]) -> list[str]:
+    """Questions (with the same earlier rounds) that the data answers in more than one way, in order:
+    a prefix learns a blend of such answers (a newcomer's edit left 有淋浴吗？ with two)."""
+    answers: dict[tuple, set[str]] = {}
+    for ex in examples:
+        answers.setdefault((ex.prompt.strip(), ex.history), set()).add(ex.response.strip())
+    return [prompt for (prompt, _), seen in answers.items() if len(seen) > 1]
+
+
 def detect_format(columns: set[str] | list[str], where: str) -> str:
     """'chat' or 'advertisegen' from a row's column names; DataError naming the columns when neither or both fit."""
     fits = [name for name, c in FORMATS.items() if {c.prompt, c.response} <= set(columns)]
