@@ -159,3 +159,24 @@ def test_server_and_engine_together_are_refused(engine):
         ChatGlmbot(engine=engine, base_url="http://127.0.0.1:8000")
     with pytest.raises(GenerationError, match="and config='glmbot.toml'"):
         ChatGlmbot(config="glmbot.toml", base_url="http://127.0.0.1:8000")
+
+
+def test_a_server_that_is_not_running_is_named_with_the_fix():
+    """Found by a newcomer: ChatGlmbot(base_url=...) with no server raised httpx's bare "[Errno 111]
+    Connection refused"."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = ChatGlmbot(base_url=f"http://127.0.0.1:{port}")
+
+    async def first_chunk():
+        async for chunk in model.astream("你好"):
+            return chunk
+
+    for call in (lambda: model.invoke("你好"), lambda: next(iter(model.stream("你好"))),
+                 lambda: asyncio.run(first_chunk())):
+        with pytest.raises(GenerationError, match=f"cannot reach a glmbot server at http://127.0.0.1:{port}/v1.*"
+                                                  "start one with `glmbot serve`"):
+            call()

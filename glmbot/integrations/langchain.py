@@ -25,6 +25,7 @@ through server-sent events) and returns the same metadata, read from the `glmbot
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, AsyncIterator, Iterator
@@ -291,7 +292,7 @@ class _HttpBackend:
         import httpx
 
         body, headers = self.payload(request, stream=False)
-        with httpx.Client(timeout=self.timeout) as client:
+        with self.reaching(), httpx.Client(timeout=self.timeout) as client:
             response = client.post(self.url, json=body, headers=headers)
         if response.status_code != 200:
             raise self.error(response.status_code, response.content)
@@ -308,7 +309,7 @@ class _HttpBackend:
 
         body, headers = self.payload(request, stream=True)
         events = _StreamEvents()
-        with httpx.Client(timeout=self.timeout) as client, \
+        with self.reaching(), httpx.Client(timeout=self.timeout) as client, \
                 client.stream("POST", self.url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 raise self.error(response.status_code, response.read())
@@ -321,14 +322,26 @@ class _HttpBackend:
 
         body, headers = self.payload(request, stream=True)
         events = _StreamEvents()
-        async with httpx.AsyncClient(timeout=self.timeout) as client, \
-                client.stream("POST", self.url, json=body, headers=headers) as response:
-            if response.status_code != 200:
-                raise self.error(response.status_code, await response.aread())
-            async for line in response.aiter_lines():
-                for item in events.feed(line):
-                    yield item
+        with self.reaching():
+            async with httpx.AsyncClient(timeout=self.timeout) as client, \
+                    client.stream("POST", self.url, json=body, headers=headers) as response:
+                if response.status_code != 200:
+                    raise self.error(response.status_code, await response.aread())
+                async for line in response.aiter_lines():
+                    for item in events.feed(line):
+                        yield item
         yield events.closing()
+
+    @contextlib.contextmanager
+    def reaching(self) -> Iterator[None]:
+        """A server that cannot be reached is named, with the fix: httpx said only "[Errno 111] Connection refused"."""
+        import httpx
+
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise GenerationError(f"cannot reach a glmbot server at {self.url} ({exc}): start one with `glmbot serve`, "
+                                  "or give ChatGlmbot the base_url it listens on") from None
 
     def error(self, status: int, content: bytes) -> GenerationError:
         try:
