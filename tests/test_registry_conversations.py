@@ -41,3 +41,20 @@ def test_bad_conversation_input_writes_nothing(registry):  # noqa: F811
     with pytest.raises(RegistryError, match="no conversation 'nope'"):
         registry.conversation_turns("nope")
     assert registry.list_conversations() == []
+
+
+def test_a_conversation_is_found_by_the_start_of_its_id(registry):  # noqa: F811
+    """Found by a newcomer: `glmbot logs show b5305c` (the start of a 32-character id, as the command's own
+    example shows) answered "no conversation"."""
+    for cid, query in (("3f2a9c0e11", "你好"), ("3f2b0000", "再见"), ("a_b", "x"), ("axb", "y")):
+        registry.log_turn(cid, source="cli", query=query, answer="嗯", route_reason="fallback", prompt_tokens=1,
+                          completion_tokens=1)
+    assert [t.query for t in registry.conversation_turns("3f2a")] == ["你好"]
+    assert [t.query for t in registry.conversation_turns("3f2b0000")] == ["再见"]
+    with pytest.raises(RegistryError, match="'3f2' starts several conversations .*give more of its id"):
+        registry.conversation_turns("3f2")
+    with pytest.raises(RegistryError, match="no conversation 'zz'; list them with: glmbot logs list"):
+        registry.conversation_turns("zz")
+    assert [t.query for t in registry.conversation_turns("a_")] == ["x"]  # '_' is a character, not a wildcard
+    out = io.StringIO()
+    assert registry.export_conversations(out, "3f2b") == 1 and json.loads(out.getvalue())["query"] == "再见"

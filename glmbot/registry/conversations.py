@@ -90,9 +90,10 @@ class ConversationsMixin:
                     for c, n, last in s.exec(stmt)]
 
     def conversation_turns(self, conversation_id: str) -> list[TurnInfo]:
+        """The turns of a conversation, oldest first; `conversation_id` may be the start of one id
+        (`glmbot logs show 3f2a9c0e`, as `logs list` shows ids)."""
         with self._db.read() as s:
-            if s.get(ConversationRow, conversation_id) is None:
-                raise RegistryError(f"no conversation {conversation_id!r}; list them with: glmbot logs list")
+            conversation_id = _conversation_id(s, conversation_id)
             rows = s.exec(select(TurnRow).where(TurnRow.conversation_id == conversation_id).order_by(TurnRow.id))
             return [TurnInfo.from_row(r) for r in rows]
 
@@ -101,7 +102,7 @@ class ConversationsMixin:
         with self._db.read() as s:
             stmt = select(TurnRow).order_by(TurnRow.id)
             if conversation_id is not None:
-                stmt = stmt.where(TurnRow.conversation_id == conversation_id)
+                stmt = stmt.where(TurnRow.conversation_id == _conversation_id(s, conversation_id))
             n = 0
             for row in s.exec(stmt):
                 record = asdict(TurnInfo.from_row(row))
@@ -109,3 +110,18 @@ class ConversationsMixin:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
             return n
+
+
+def _conversation_id(session, given: str) -> str:  # noqa: ANN001 - a sqlmodel Session
+    """The conversation id `given` names: itself, or the one id it starts (a newcomer typed the first
+    6 characters of a 32-character id and got "no conversation")."""
+    if session.get(ConversationRow, given) is not None:
+        return given
+    found = list(session.exec(select(ConversationRow.id).where(
+        ConversationRow.id.startswith(given, autoescape=True)).limit(3))) if given else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise RegistryError(f"{given!r} starts several conversations ({', '.join(found[:2])}, ...); give more of its id")
+    raise RegistryError(f"no conversation {given!r}; list them with: glmbot logs list")
+
