@@ -185,6 +185,8 @@ def test_the_adapters_page_promotes_a_version_and_the_chat_answers_with_it(page,
     assert "active" in page.locator("#adapters-versions").inner_text()
 
     page.get_by_role("tab", name="Chat").click()
+    pick(page, "chat-target", "support (active v2)")  # the picker follows the promotion (it said active v1)
+    pick(page, "chat-target", "auto-routed")
     ask(page, QUESTION)  # auto-routed: the keyword picks support, which now means v2
     shown = last_answer(page)
     assert "adapter support@v2 · route keyword" in shown

@@ -24,7 +24,7 @@ OnLoad = tuple[Callable, Any, Any]  # (fn, inputs, outputs) run when a page load
 
 def chat_tab(backend: WebBackend) -> OnLoad:
     """The Chat tab; returns what to refresh when a page loads (the picker's choices)."""
-    with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+    with gr.Tab("Chat", id="chat", elem_id="tab-chat") as tab:
         target = gr.Dropdown(choices=backend.targets(), value=AUTO, label="Answer with", elem_id="chat-target",
                              info="auto-routed, the plain base, a domain's active version, or a named version")
         system = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system",
@@ -66,6 +66,14 @@ def chat_tab(backend: WebBackend) -> OnLoad:
         # choices only: a value sent back here could undo a pick made while the page was loading
         return gr.Dropdown(choices=backend.targets())
 
+    def back_to_chat(current: str | None) -> gr.Dropdown:
+        """Coming back from the Adapters tab: the versions as they are now (after a promote there the
+        list still said "yoga (active v2)"); a pick that no longer exists goes back to auto."""
+        choices = backend.targets()
+        kept = current if current in {value for _, value in choices} else AUTO
+        return gr.Dropdown(choices=choices, value=kept)
+
+    tab.select(back_to_chat, target, target)
     return refresh_targets, None, [target]
 
 
