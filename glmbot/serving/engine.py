@@ -25,7 +25,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -43,14 +43,14 @@ from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, Reg
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
 from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, small_talk_only
-from glmbot.serving.routing_setup import refresh_router, registry_profiles, route_request
+from glmbot.serving.routing_setup import registry_profiles, route_request
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PREFIX_LEN = 128  # the official P; longer adapters need Engine(max_prefix_len=...)
-REGISTRY_CHECK_S = 1.0  # routed requests look for newly promoted domains at most this often (one registry query)
+REGISTRY_CHECK_S = 1.0  # routing follows promotions and archivals at most this often (one registry query)
 
 
 class _Group:
@@ -145,7 +145,7 @@ class Engine:
         if max_prefix_len < 0:
             raise GenerationError(f"max_prefix_len must be >= 0, got {max_prefix_len}")
         self.registry = registry
-        self._registry_checked = float("-inf")  # when routed requests last looked for newly promoted domains
+        self._registry_checked = float("-inf")  # when routing last followed the registry (_follow_registry)
         self.prefix_cache = self._build_prefix_cache(registry, prefixes)
         with torch.no_grad():
             self.scheduler = Scheduler(
@@ -316,7 +316,7 @@ class Engine:
         if isinstance(req.stop, str) or not all(isinstance(s, str) and s for s in req.stop):
             raise GenerationError(f"stop must be a list of non-empty strings, got {req.stop!r}")
         query, history, prompt_ids = self._prompt(req)
-        self._add_promoted_domains()
+        self._follow_registry()
         route = self._route(req, query, history)
         req.route = route
         rewrite = None
@@ -412,46 +412,35 @@ class Engine:
 
     def _current_prefix(self, req: GenerationRequest, route: RouteDecision, query: str | None,
                         history: list) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
-        """`_prefix`, with the router brought up to date where the registry changed under it (from the
-        CLI or the dashboard while serving): a routed domain that lost its active adapter (archived) is
-        routed again rather than failing the request (a newcomer's `model: auto` got "model 'auto' does
-        not exist"), and a route to a domain promoted to another version names that version."""
+        """`_prefix`; a routed domain whose active adapter was archived since the router last followed
+        the registry is routed again over the domains served now, rather than failing the request."""
         try:
-            resolved = self._prefix(route)
+            return self._prefix(route)
         except UnknownAdapterError:
-            if route.reason == "explicit" or not self._reread_routes():
+            if route.reason == "explicit" or self.router is None or self.registry is None:
                 raise
+            self._follow_registry(now=True)
             return self._prefix(self._route(req, query, history))
-        route, adapter, prefix = resolved
-        known = self.router.adapter_version(route.domain) if self.router is not None and adapter is not None else None
-        if (known is not None and route.adapter is None and route.reason != DAMAGED_FALLBACK
-                and known != adapter.version and self._reread_routes()):
-            # Not routed again: the first routing already remembered the conversation, which would now
-            # read "sticky". The decision stands; only the version it names is the one that answers.
-            detail = route.detail.replace(f"(active v{known})", f"(active v{adapter.version})")
-            return replace(route, detail=detail), adapter, prefix
-        return resolved
 
-    def _add_promoted_domains(self) -> None:
-        """At most every REGISTRY_CHECK_S: domains that got an active adapter since the router read the
-        registry (promoted from the CLI or the dashboard while serving) become routable. Only added: a
-        router's own profiles stay."""
+    def _follow_registry(self, now: bool = False) -> None:
+        """At most every REGISTRY_CHECK_S (or now), the router's domains as the registry has them: a
+        domain promoted while serving (from the CLI or the dashboard) becomes routable, one promoted to
+        another version is routed and named with it (the route said "(active v1)" while v2 answered),
+        one whose active adapter was archived is no longer routed (a newcomer's `model: auto` got 404
+        "model 'auto' does not exist"). Profiles the router was given without a version stay as they are."""
         if self.router is None or self.registry is None:
             return
-        now = time.monotonic()
-        if now - self._registry_checked < REGISTRY_CHECK_S:
+        checked = time.monotonic()
+        if not now and checked - self._registry_checked < REGISTRY_CHECK_S:
             return
-        self._registry_checked = now
-        known = set(self.router.domains)
-        if any(d.active_version is not None and d.name not in known for d in self.registry.list_domains()):
-            promoted = [p for p in registry_profiles(self.settings, self.registry) if p.name not in known]
-            self.router.update_profiles(promoted)
-
-    def _reread_routes(self) -> bool:
-        if self.router is None or self.registry is None:
-            return False
-        refresh_router(self.router, self.settings, self.registry)
-        return True
+        self._registry_checked = checked
+        active = {d.name: d.active_version for d in self.registry.list_domains() if d.active_version is not None}
+        known = {name: self.router.adapter_version(name) for name in self.router.domains}
+        changed = {name for name, version in active.items() if name not in known or known[name] not in (None, version)}
+        gone = [name for name, version in known.items() if version is not None and name not in active]
+        if changed or gone:
+            profiles = [p for p in registry_profiles(self.settings, self.registry) if p.name in changed]
+            self.router.update_profiles(profiles, remove=gone)
 
     def _prefix(self, route: RouteDecision) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
         """The route's adapter and prefix KV; a routed request whose adapter is damaged gets a new route."""
