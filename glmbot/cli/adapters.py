@@ -64,9 +64,10 @@ def format_metrics(metrics: dict[str, float], limit: int = 3) -> str:
     same share; probe_forgot, its 0/1 verdict, is left to --json)."""
     metrics = {k: v for k, v in metrics.items() if not (k == "probe_forgot" and "probe_kept" in metrics)}
     order = sorted(metrics, key=lambda n: (KEY_METRICS.index(n) if n in KEY_METRICS else len(KEY_METRICS), n))
-    words = {"learned": lambda v: f"learned {'yes' if v else 'no'}",
-             "probe_kept": lambda v: f"general chat kept {v:.0%}"}
-    shown = [words[name](metrics[name]) if name in words else f"{name} {metrics[name]:.4g}" for name in order[:limit]]
+    from glmbot.training.metrics import METRIC_LABELS, metric_words
+
+    shown = [f"{METRIC_LABELS.get(name, name)} {metric_words(name, metrics[name]) or f'{metrics[name]:.4g}'}"
+             for name in order[:limit]]
     more = len(metrics) - limit
     return ", ".join(shown) + (f" (+{more})" if more > 0 else "") if shown else "-"
 

@@ -41,6 +41,20 @@ def learned(prefix_rouge_l: float, base_rouge_l: float) -> bool:
     return prefix_rouge_l >= min(base_rouge_l + LEARNED_MIN_GAIN, 100.0 - LEARNED_MIN_GAIN)
 
 
+# Metrics that read better in words than as numbers, shown so by `glmbot adapters list` and the dashboard
+# (a newcomer read "learned 1, probe_forgot 1, probe_kept 0.1738"): their label, and how a value reads.
+METRIC_LABELS = {"probe_kept": "general chat kept"}
+
+
+def metric_words(name: str, value: float) -> str | None:
+    """A metric's value in words ("yes", "17%"), or None where the number itself is what to show."""
+    if name == "learned":
+        return "yes" if value else "no"
+    if name == "probe_kept":
+        return f"{value:.0%}"
+    return None
+
+
 def learned_nothing(ref: str, metrics: dict[str, float]) -> str | None:
     """Why `ref` should not be made active, when its training found that it learned nothing (its
     metrics' `learned` is 0); None otherwise (learned, or not checked: imported, pulled)."""

@@ -20,21 +20,18 @@ from glmbot.serving.prompts import build_prompt, engine_family
 from glmbot.serving.requests import GenerationRequest, GenerationResult
 from glmbot.serving.router import BASE
 from glmbot.serving.turn_log import new_conversation_id
-from glmbot.training.metrics import learned_nothing
+from glmbot.training.metrics import METRIC_LABELS, learned_nothing, metric_words
 
 # The columns of the versions table, and the metrics shown in it: the official P-Tuning v2 evaluation's
 # ROUGE/BLEU on dev data, the training questions' ROUGE-L and whether the prefix learned them (a domain
 # without dev data had empty columns), then the forgetting probe's share of general answers kept, in the
 # words `glmbot adapters list` uses (a newcomer read "learned 1, probe_kept 0.1738").
-METRIC_COLUMNS = ("rouge-l", "bleu-4", "train_rouge-l", "learned", "general chat kept")
-VERSION_COLUMNS = ("version", "status", *METRIC_COLUMNS, "P", "created", "weights sha256")
+METRICS = ("rouge-l", "bleu-4", "train_rouge-l", "learned", "probe_kept")
+VERSION_COLUMNS = ("version", "status", *(METRIC_LABELS.get(m, m) for m in METRICS), "P", "created", "weights sha256")
 
 
 def _metric_cells(metrics: dict[str, float]) -> list[Any]:
-    learned = metrics.get("learned")
-    kept = metrics.get("probe_kept")
-    return [metrics.get("rouge-l"), metrics.get("bleu-4"), metrics.get("train_rouge-l"),
-            None if learned is None else ("yes" if learned else "no"), None if kept is None else f"{kept:.0%}"]
+    return [None if metrics.get(m) is None else (metric_words(m, metrics[m]) or metrics[m]) for m in METRICS]
 ACTIONS = ("promote", "rollback", "archive")
 
 
