@@ -124,4 +124,3 @@ def _conversation_id(session, given: str) -> str:  # noqa: ANN001 - a sqlmodel S
     if found:
         raise RegistryError(f"{given!r} starts several conversations ({', '.join(found[:2])}, ...); give more of its id")
     raise RegistryError(f"no conversation {given!r}; list them with: glmbot logs list")
-

@@ -434,7 +434,13 @@ class Engine:
         if not now and checked - self._registry_checked < REGISTRY_CHECK_S:
             return
         self._registry_checked = checked
-        active = {d.name: d.active_version for d in self.registry.list_domains() if d.active_version is not None}
+        try:
+            domains = self.registry.list_domains()
+        except GlmbotError as exc:
+            # The registry is unreachable: route as before; a request that needs an adapter fails on its own.
+            log.warning("routing could not read the registry's domains: %s", exc)
+            return
+        active = {d.name: d.active_version for d in domains if d.active_version is not None}
         known = {name: self.router.adapter_version(name) for name in self.router.domains}
         changed = {name for name, version in active.items() if name not in known or known[name] not in (None, version)}
         gone = [name for name, version in known.items() if version is not None and name not in active]
