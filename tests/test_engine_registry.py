@@ -20,7 +20,7 @@ from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.prefix_io import encoder_state
 from glmbot.registry import Registry
-from glmbot.serving import engine as engine_module
+from glmbot.serving import routing_setup
 from glmbot.serving.engine import Engine
 from glmbot.serving.prefix_cache import MIB
 from glmbot.serving.requests import GenerationRequest
@@ -241,7 +241,7 @@ def test_a_registry_changed_while_serving_routes_and_names_what_answers(base, to
     model "auto" answered every yoga question 404 "model 'auto' does not exist"; after a promotion from
     the CLI the route still said "(active v1)" while v2 answered. A domain promoted again becomes
     routable within REGISTRY_CHECK_S (0 here)."""
-    monkeypatch.setattr(engine_module, "REGISTRY_CHECK_S", 0.0)
+    monkeypatch.setattr(routing_setup, "REGISTRY_CHECK_S", 0.0)
     prompts = ["年卡多少钱？", "次卡怎么卖？", "可以停车吗？"]
     v1 = add_adapter(registry, "yoga", 4, 1, prompts=prompts)
     with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_len=64) as engine:
@@ -345,3 +345,22 @@ def test_an_unknown_domain_says_when_no_glmbot_toml_was_found(base, tok, registr
         with pytest.raises(UnknownDomainError) as raised:
             engine.generate(greedy("年卡多少钱？", "yoga", 4))
         assert "glmbot.toml" not in str(raised.value)
+
+
+def test_a_registry_follower_reads_the_registry_at_most_once_an_interval(registry, monkeypatch):
+    """The engine and the Ray Serve ingress route through one RegistryFollower: promotions and archivals
+    reach the router, but the registry is read at most every REGISTRY_CHECK_S."""
+    add_adapter(registry, "yoga", 4, 1, prompts=["年卡多少钱？"])
+    router = build_router(Settings(), registry)
+    follower = routing_setup.RegistryFollower(router, Settings(), registry)
+    monkeypatch.setattr(routing_setup, "REGISTRY_CHECK_S", 60.0)
+    follower.follow()  # the first read
+    add_adapter(registry, "hr", 4, 2, prompts=["年假有几天？"])
+    add_adapter(registry, "yoga", 4, 3, prompts=["年卡多少钱？"])  # yoga@v2 active
+    follower.follow()  # within the interval: not read
+    assert router.domains == ["yoga"] and router.adapter_version("yoga") == 1
+    follower.follow(now=True)
+    assert sorted(router.domains) == ["hr", "yoga"] and router.adapter_version("yoga") == 2
+    registry.archive("hr@v1")
+    follower.follow(now=True)
+    assert router.domains == ["yoga"] and router.route("年假有几天？").domain is None

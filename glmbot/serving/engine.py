@@ -43,14 +43,13 @@ from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, Reg
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
 from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, small_talk_only
-from glmbot.serving.routing_setup import registry_profiles, route_request
+from glmbot.serving.routing_setup import RegistryFollower, route_request
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PREFIX_LEN = 128  # the official P; longer adapters need Engine(max_prefix_len=...)
-REGISTRY_CHECK_S = 1.0  # routing follows promotions and archivals at most this often (one registry query)
 
 
 class _Group:
@@ -145,7 +144,9 @@ class Engine:
         if max_prefix_len < 0:
             raise GenerationError(f"max_prefix_len must be >= 0, got {max_prefix_len}")
         self.registry = registry
-        self._registry_checked = float("-inf")  # when routing last followed the registry (_follow_registry)
+        # Routing follows promotions and archivals made while serving (None: nothing to follow).
+        self._follower = (RegistryFollower(router, self.settings, registry)
+                          if router is not None and registry is not None else None)
         self.prefix_cache = self._build_prefix_cache(registry, prefixes)
         with torch.no_grad():
             self.scheduler = Scheduler(
@@ -316,7 +317,8 @@ class Engine:
         if isinstance(req.stop, str) or not all(isinstance(s, str) and s for s in req.stop):
             raise GenerationError(f"stop must be a list of non-empty strings, got {req.stop!r}")
         query, history, prompt_ids = self._prompt(req)
-        self._follow_registry()
+        if self._follower is not None:
+            self._follower.follow()
         route = self._route(req, query, history)
         req.route = route
         rewrite = None
@@ -417,36 +419,10 @@ class Engine:
         try:
             return self._prefix(route)
         except UnknownAdapterError:
-            if route.reason == "explicit" or self.router is None or self.registry is None:
+            if route.reason == "explicit" or self._follower is None:
                 raise
-            self._follow_registry(now=True)
+            self._follower.follow(now=True)
             return self._prefix(self._route(req, query, history))
-
-    def _follow_registry(self, now: bool = False) -> None:
-        """At most every REGISTRY_CHECK_S (or now), the router's domains as the registry has them: a
-        domain promoted while serving (from the CLI or the dashboard) becomes routable, one promoted to
-        another version is routed and named with it (the route said "(active v1)" while v2 answered),
-        one whose active adapter was archived is no longer routed (a newcomer's `model: auto` got 404
-        "model 'auto' does not exist"). Profiles the router was given without a version stay as they are."""
-        if self.router is None or self.registry is None:
-            return
-        checked = time.monotonic()
-        if not now and checked - self._registry_checked < REGISTRY_CHECK_S:
-            return
-        self._registry_checked = checked
-        try:
-            domains = self.registry.list_domains()
-        except GlmbotError as exc:
-            # The registry is unreachable: route as before; a request that needs an adapter fails on its own.
-            log.warning("routing could not read the registry's domains: %s", exc)
-            return
-        active = {d.name: d.active_version for d in domains if d.active_version is not None}
-        known = {name: self.router.adapter_version(name) for name in self.router.domains}
-        changed = {name for name, version in active.items() if name not in known or known[name] not in (None, version)}
-        gone = [name for name, version in known.items() if version is not None and name not in active]
-        if changed or gone:
-            profiles = [p for p in registry_profiles(self.settings, self.registry) if p.name in changed]
-            self.router.update_profiles(profiles, remove=gone)
 
     def _prefix(self, route: RouteDecision) -> tuple[RouteDecision, ResolvedAdapter | None, torch.Tensor | None]:
         """The route's adapter and prefix KV; a routed request whose adapter is damaged gets a new route."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from glmbot.config import Settings, no_config_note
-from glmbot.errors import ConfigError, DataError, GenerationError, UnknownDomainError
+from glmbot.errors import ConfigError, DataError, GenerationError, GlmbotError, UnknownDomainError
 from glmbot.serving.router import BASE, DomainProfile, RouteDecision, Router
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,41 @@ def settings_prompts(settings: Settings, name: str) -> list[str]:
 
 def _merge(*lists) -> list[str]:  # noqa: ANN002 - sequences of str
     return list(dict.fromkeys(item for items in lists for item in items))
+
+
+REGISTRY_CHECK_S = 1.0  # a RegistryFollower reads the registry's domains at most this often (one query)
+
+
+class RegistryFollower:
+    """Keeps a serving router's domains as the registry has them, read at most every REGISTRY_CHECK_S
+    before routing (the engine, and the Ray Serve ingress, which routes for its replicas): a domain
+    promoted while serving (from the CLI or the dashboard) becomes routable, one promoted to another
+    version is routed and named with it (the route said "(active v1)" while v2 answered), one whose
+    active adapter was archived is no longer routed (a newcomer's `model: auto` got 404 "model 'auto'
+    does not exist"). Profiles the router was given without a version stay as they are."""
+
+    def __init__(self, router: Router, settings: Settings, registry: Any):
+        self.router, self.settings, self.registry = router, settings, registry
+        self._checked = float("-inf")
+
+    def follow(self, now: bool = False) -> None:
+        checked = time.monotonic()
+        if not now and checked - self._checked < REGISTRY_CHECK_S:
+            return
+        self._checked = checked
+        try:
+            domains = self.registry.list_domains()
+        except GlmbotError as exc:
+            # The registry is unreachable: route as before; a request that needs an adapter fails on its own.
+            log.warning("routing could not read the registry's domains: %s", exc)
+            return
+        active = {d.name: d.active_version for d in domains if d.active_version is not None}
+        known = {name: self.router.adapter_version(name) for name in self.router.domains}
+        changed = {name for name, version in active.items() if name not in known or known[name] not in (None, version)}
+        gone = [name for name, version in known.items() if version is not None and name not in active]
+        if changed or gone:
+            profiles = [p for p in registry_profiles(self.settings, self.registry) if p.name in changed]
+            self.router.update_profiles(profiles, remove=gone)
 
 
 def refresh_router(router: Router, settings: Settings, registry: Any) -> None:

@@ -32,7 +32,7 @@ from glmbot.serving.engine import EngineStats
 from glmbot.serving.prefix_cache import PrefixCacheStats
 from glmbot.serving.requests import GenerationRequest, RequestHandle, chat_turns
 from glmbot.serving.router import RouteDecision
-from glmbot.serving.routing_setup import route_request
+from glmbot.serving.routing_setup import RegistryFollower, route_request
 from glmbot.serving.scheduler import finish_without_row
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class RemoteEngine:
     def __init__(self, replicas: Any, *, router: Any, settings: Any, registry: Any, tokenizer: Any, max_len: int):
         self.replicas = replicas  # a DeploymentHandle of GlmbotReplica
         self.router, self.settings, self.registry, self.tokenizer = router, settings, registry, tokenizer
+        # Routing follows promotions and archivals made while serving (None: nothing to follow).
+        self._follower = (RegistryFollower(router, settings, registry)
+                          if router is not None and registry is not None else None)
         self.max_len = max_len
         self.family = getattr(tokenizer, "family", None) or CHATGLM2  # the replicas' base family
         self.max_batch_size = settings.serving.max_batch_size  # per replica
@@ -124,6 +127,8 @@ class RemoteEngine:
 
     def _route(self, request: GenerationRequest) -> RouteDecision:
         query, history = (None, []) if request.prompt_ids is not None else chat_turns(request, self.family)
+        if self._follower is not None:
+            self._follower.follow()  # promotions and archivals made while serving
         return route_request(self.router, self.settings, self.registry, request, query, history)
 
     # ---- stats -------------------------------------------------------------------------------------
