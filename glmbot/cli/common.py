@@ -98,10 +98,11 @@ def no_config_hint() -> str | None:
     """A line for errors and empty listings when no glmbot.toml was found: a newcomer in another
     folder otherwise read "unknown domain 'yoga'" about the domain they had just trained."""
     from glmbot.config import no_config_note
+    from glmbot.errors import GlmbotError
 
     try:
         return no_config_note(get_settings())
-    except Exception:  # noqa: BLE001 - a bad config has its own error
+    except GlmbotError:  # a glmbot.toml that cannot be read: its own error says so, not this hint
         return None
 
 
