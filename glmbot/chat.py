@@ -30,6 +30,9 @@ HELP = """commands:
   /reset         start a new conversation
   /history       show this conversation
   /retry         answer the last question again
+  /teach         wrong answer? list the closest answers of your domains' data
+  /teach N       add the last question with answer N to that domain's data file
+  /teach TEXT    add the last question with TEXT as its answer (the domain that answered)
   /save FILE     write the conversation as JSON
   /help          this help
   /quit          leave (Ctrl-D works too)"""
@@ -88,7 +91,7 @@ class ChatClient:
 
     def __init__(self, session: ChatSession, console: Console, err: Console, *, interactive: bool,
                  known_domains: Callable[[], list[str]], tokenizer=None, header: str = "",
-                 why_not_servable: Callable[[str], str] = lambda name: ""):
+                 why_not_servable: Callable[[str], str] = lambda name: "", teacher=None):
         self.s = session
         self.console, self.err = console, err
         self.interactive = interactive
@@ -96,6 +99,8 @@ class ChatClient:
         self.why_not_servable = why_not_servable  # domain -> why it cannot answer yet ("" = unknown to glmbot)
         self.tokenizer = tokenizer
         self.header = header
+        self.teacher = teacher  # glmbot.training.teach.Teacher, or None where /teach is not offered
+        self._offered: tuple[str, list] | None = None  # (question, candidates) of the last bare /teach
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, read_line: Callable[[], str]) -> None:
@@ -144,6 +149,7 @@ class ChatClient:
             return
         self.console.print()
         self.s.finish(request, query, result)
+        self._offered = None
         if self.interactive:
             self.console.print(f"[dim]{escape(route_line(result))}[/]")  # "[routing] ..." is text
 
@@ -164,7 +170,7 @@ class ChatClient:
         name, _, arg = line[1:].partition(" ")
         arg = arg.strip()
         handler = {"domain": self._domain, "auto": self._auto, "adapters": self._adapters, "reset": self._reset,
-                   "history": self._history, "retry": self._retry, "save": self._save, "help": self._help,
+                   "history": self._history, "retry": self._retry, "save": self._save, "teach": self._teach, "help": self._help,
                    "quit": lambda _: "quit", "exit": lambda _: "quit"}.get(name)
         if handler is None:
             self.err.print(f"unknown command /{name}", markup=False)
@@ -210,6 +216,63 @@ class ChatClient:
             return
         query, _answer = self.s.history.pop()
         self.answer(query)
+
+    def _teach(self, arg: str) -> None:
+        if self.teacher is None:
+            self.err.print("/teach needs a glmbot.toml project (its domains' data files)")
+            return
+        if not self.s.history:
+            self.err.print("nothing to teach yet: ask a question, then /teach if the answer was wrong")
+            return
+        question, given = self.s.history[-1]
+        try:
+            if not arg:
+                self._offer(question, given)
+                return
+            offered = self._offered[1] if self._offered and self._offered[0] == question else []
+            if arg.isdigit() and 1 <= int(arg) <= len(offered):
+                pick = offered[int(arg) - 1]
+                domain, answer = pick.domain, pick.response
+            else:
+                domain, answer = self._answering_domain(), arg
+                if domain is None:
+                    self.err.print("the last answer came from the plain base, so no domain is named: /teach alone "
+                                   "lists answers of your domains to pick by number, or /domain NAME, /retry, "
+                                   "then /teach TEXT", markup=False)
+                    return
+            added = self.teacher.add(domain, question, answer)
+        except GlmbotError as exc:
+            self.err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            return
+        retrain = f"glmbot train --domain {domain} --promote"
+        if added.already:
+            self.console.print(f"already in {added.path} (example {added.line}) with that answer; if the active "
+                               f"adapter was trained before it was added, retrain: {retrain}", markup=False)
+        else:
+            self.console.print(f"added {question!r} -> {answer!r} to {added.path} (example {added.line}, "
+                               f"{added.examples} in all); the prefix learns it when you retrain: {retrain}",
+                               markup=False, highlight=False)
+
+    def _offer(self, question: str, given: str) -> None:
+        candidates = self.teacher.candidates(question, given)
+        if not candidates:
+            self.err.print("none of your domains has a data file of its own to add to (builtin samples are not "
+                           "changed); add one: glmbot domains add NAME --data FILE.jsonl", markup=False)
+            return
+        self._offered = (question, candidates)
+        self.console.print(f"answers of your data closest to {question!r}:", markup=False, highlight=False)
+        for i, c in enumerate(candidates, start=1):
+            self.console.print(f"  {i}. [{c.domain}] {c.response}", markup=False, highlight=False)
+        self.console.print("[dim]/teach N adds the question with answer N; /teach TEXT with an answer of your own[/]")
+
+    def _answering_domain(self) -> str | None:
+        """The domain whose prefix gave the last answer (None: the plain base)."""
+        result = self.s.last_result
+        if result is not None and result.route is not None:
+            return result.route.domain
+        adapter = self.s.options.adapter
+        domain = self.s.options.domain or (adapter.partition("@")[0] if adapter else None)
+        return None if domain == BASE else domain
 
     def _save(self, arg: str) -> None:
         if not arg:

@@ -46,6 +46,7 @@ def chat(
     """
     from glmbot.chat import ChatClient, ChatOptions, ChatSession
     from glmbot.serving.turn_log import TurnLogger
+    from glmbot.training.teach import Teacher
 
     common.use_quantization(quantize)
     settings, registry = common.get_settings(), common.get_registry()
@@ -64,7 +65,8 @@ def chat(
               f"domains: {', '.join(known()) or 'none yet (glmbot train --domain NAME)'}")
     client = ChatClient(session, common.console, common.err_console, interactive=interactive, known_domains=known,
                         tokenizer=engine.tokenizer, header=header,
-                        why_not_servable=lambda name: _not_servable_reason(settings, registry, name))
+                        why_not_servable=lambda name: _not_servable_reason(settings, registry, name),
+                        teacher=Teacher(settings))
     try:
         client.run(_reader(interactive))
     finally:

@@ -1,0 +1,90 @@
+"""Teaching a domain a question it answered wrong: closest answers offered, the data file grows safely."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from glmbot.config import settings_from_dict
+from glmbot.errors import DataError
+from glmbot.training.data import Example, load_examples
+from glmbot.training.teach import Teacher, add_example, nearest_answers
+from tests.cli_helpers import cli_process, project_with_adapters
+
+YOGA = [("你们几点开门？", "工作日早上7点开门，晚上9点半关门。"),
+        ("周末营业时间是几点？", "周六周日早上9点开门，晚上6点关门。"),
+        ("年卡多少钱？", "年卡3680元，一年内不限次数上团课。"),
+        ("可以免费体验吗？", "新朋友可以免费体验一节团课，请提前一天在小程序预约。")]
+
+
+def write_jsonl(path, rows, keys=("prompt", "response"), newline_at_end=True):
+    text = "\n".join(json.dumps(dict(zip(keys, r)), ensure_ascii=False) for r in rows)
+    path.write_text(text + ("\n" if newline_at_end else ""), encoding="utf-8")
+    return path
+
+
+def settings_for(tmp_path, **domains):
+    return settings_from_dict({"domains": domains}, root=tmp_path)
+
+
+def test_nearest_answers_find_the_meant_answer_by_question_or_by_the_given_answer():
+    data = {"yoga": [Example(q, a) for q, a in YOGA], "hr": [Example("年假有多少天？", "入职满一年有5天年假。")]}
+    by_question = nearest_answers("办一张年卡要多少钱？", "", data)
+    assert by_question[0].response == YOGA[2][1] and by_question[0].domain == "yoga"
+    assert len({c.response for c in by_question}) == 3  # distinct answers
+    # No word of the question matches, but the wrong answer started like the right one.
+    by_answer = nearest_answers("头一回来能白上一节吗", "新朋友可以免费体验一节瑜伽垫和毛巾。", data, k=1)
+    assert by_answer[0].response == YOGA[3][1]
+
+
+def test_add_example_appends_in_the_files_own_columns_and_refuses_a_second_answer(tmp_path):
+    chat = write_jsonl(tmp_path / "yoga.jsonl", YOGA, newline_at_end=False)  # a hand-saved file, no final newline
+    ads = write_jsonl(tmp_path / "ads.jsonl", [("类型#裙", "一条白裙。")], keys=("content", "summary"))
+    settings = settings_for(tmp_path, yoga={"data": "yoga.jsonl"}, ads={"data": "ads.jsonl"})
+
+    added = add_example(settings, "yoga", " 星期六几点关门？ ", YOGA[1][1])
+    assert (added.line, added.examples, added.already) == (5, 5, False) and added.path == chat
+    assert load_examples(chat)[-1] == Example("星期六几点关门？", YOGA[1][1])
+    assert chat.read_text(encoding="utf-8").count("\n") == 5  # the last line of the old file was ended first
+
+    again = add_example(settings, "yoga", "星期六几点关门？", YOGA[1][1])
+    assert again.already and again.line == 5 and len(load_examples(chat)) == 5
+    before = chat.read_bytes()
+    with pytest.raises(DataError, match=r"example 5\) already answers '星期六几点关门？'.*edit that line"):
+        add_example(settings, "yoga", "星期六几点关门？", YOGA[0][1])
+    assert chat.read_bytes() == before
+
+    add_example(settings, "ads", "类型#裤", "一条黑裤。")
+    assert json.loads(ads.read_text(encoding="utf-8").splitlines()[-1]) == {"content": "类型#裤", "summary": "一条黑裤。"}
+
+
+def test_data_glmbot_does_not_own_is_refused_with_the_fix(tmp_path):
+    settings = settings_for(tmp_path, support={"data": "builtin:support"}, gone={"data": "missing.jsonl"},
+                            empty={"description": "no data yet"})
+    with pytest.raises(DataError, match=r"builtin sample builtin:support.*support_train\.jsonl.*domains set support"):
+        add_example(settings, "support", "退货多久到账？", "3到5个工作日。")
+    with pytest.raises(DataError, match=r"'missing\.jsonl', which is not a file here.*domains set gone --data"):
+        add_example(settings, "gone", "问", "答")
+    with pytest.raises(DataError, match=r"no data file.*domains set empty --data"):
+        add_example(settings, "empty", "问", "答")
+    with pytest.raises(DataError, match=r"'nope' is not in glmbot.toml; known: empty, gone, support"):
+        add_example(settings, "nope", "问", "答")
+    assert Teacher(settings).candidates("退货多久到账？", "") == []  # nothing the user owns to offer
+
+
+def test_teach_in_the_chat_adds_the_picked_answer_to_the_domains_file(tmp_path):
+    data = write_jsonl(tmp_path / "yoga.jsonl", YOGA)
+    config = project_with_adapters(tmp_path, extra_toml='\n[domains.yoga]\ndata = "yoga.jsonl"\n')
+    lines = ["/teach", "年卡要多少钱？", "/teach", "/teach 1", "/teach 9", "/teach 1"]
+    done = cli_process(config, "chat", "--domain", "base", "--temperature", "0", "--no-log",
+                       input="\n".join(lines) + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "nothing to teach yet" in done.stderr
+    offered = done.stdout.split("answers of your data closest to '年卡要多少钱？':")[1]
+    assert offered.splitlines()[1].strip() == f"1. [yoga] {YOGA[2][1]}"
+    assert "(example 5, 5 in all)" in done.stdout and "glmbot train --domain yoga --promote" in done.stdout
+    # "9" is no offered number: it is taken as an answer, which needs the domain that answered (none here).
+    assert "came from the plain base" in done.stderr
+    assert "already in" in done.stdout  # the same pick again writes nothing
+    assert load_examples(data)[4:] == [Example("年卡要多少钱？", YOGA[2][1])]
