@@ -109,7 +109,8 @@ class TrainSettings:
 @dataclass
 class GenerationSettings:
     max_new_tokens: int = field(default=256, metadata=_help("tokens generated at most per answer"))
-    do_sample: bool = field(default=True, metadata=_help("sample (official default) or greedy"))
+    do_sample: bool = field(default=True, metadata=_help(
+        "sample (official default) or greedy; left unset on a builtin base, greedy (see builtin_greedy)"))
     temperature: float = field(default=0.8, metadata=_help("official chat default 0.8"))
     top_p: float = field(default=0.8, metadata=_help("official chat default 0.8"))
     top_k: int = field(default=0, metadata=_help("0 = off"))
@@ -413,6 +414,16 @@ def settings_from_dict(data: dict, *, root: Path | None = None, source: str = "<
         settings.domains[name] = _build(DomainSettings, table, f"domains.{name}.", source)
     settings.root = root if root is not None else Path.cwd()
     settings.source = source
+    generation = data.get("generation")
+    return builtin_greedy(settings, generation if isinstance(generation, dict) else {})
+
+
+def builtin_greedy(settings: Settings, generation: dict) -> Settings:
+    """Greedy answers on a builtin base unless [generation] sets do_sample: its 9.6M parameters drift
+    into noise when sampled (a newcomer's project, whose glmbot.toml `domains add` wrote without a
+    [generation] table, answered one question three ways, one of them 可以 repeated 250 times)."""
+    if "do_sample" not in generation and settings.model.base_model.startswith("builtin:"):
+        settings.generation = dataclasses.replace(settings.generation, do_sample=False)
     return settings
 
 
@@ -446,7 +457,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """Load glmbot.toml (explicit path, $GLMBOT_CONFIG, or the nearest one); defaults if none."""
     file = Path(path) if path is not None else find_config_file()
     if file is None:
-        return Settings()
+        return builtin_greedy(Settings(), {})
     if not file.is_file():
         raise ConfigError(f"config file {file} does not exist")
     try:

@@ -217,3 +217,19 @@ def test_set_changes_a_domains_table_and_a_bad_file_changes_nothing(tmp_path, ca
     assert "training data cannot be removed" in " ".join(cli(config, "domains", "set", "hr", "--data", "",
                                                              capsys=capsys)[2].split())
     assert config.read_text(encoding="utf-8") == before
+
+
+def test_a_project_without_generation_settings_answers_greedy_on_the_builtin_base(tmp_path, monkeypatch):
+    """`domains add` in an empty folder writes a glmbot.toml of one [domains.X] table: its answers must
+    not be sampled at 0.8 (a newcomer got one question answered three ways, once as 可以 x 250)."""
+    config = tmp_path / "glmbot.toml"
+    config.write_text('[domains.hr]\ndata = "hr.jsonl"\n', encoding="utf-8")
+    assert load_settings(config).generation.do_sample is False
+    config.write_text('[generation]\ndo_sample = true\n', encoding="utf-8")  # the user's choice wins
+    assert load_settings(config).generation.do_sample is True
+    config.write_text('[model]\nbase_model = "THUDM/chatglm2-6b"\n', encoding="utf-8")  # official default there
+    assert load_settings(config).generation.do_sample is True
+    monkeypatch.chdir(tmp_path / "..")
+    monkeypatch.delenv("GLMBOT_CONFIG", raising=False)
+    if not any((p / "glmbot.toml").is_file() for p in (tmp_path.parent, *tmp_path.parent.parents)):
+        assert load_settings().generation.do_sample is False  # no glmbot.toml at all: the builtin default base
