@@ -531,3 +531,25 @@ def test_a_one_word_follow_up_does_not_move_the_conversation_on_its_score():
     assert (follow_up.domain, follow_up.reason) == ("yoga", "sticky")
     moved = router.route("周末客服上班吗", conversation_id="c")  # two words, and support's own question
     assert (moved.domain, moved.reason) == ("support", "classifier")
+
+
+def test_a_system_prompt_is_not_routed_on():
+    """ChatGLM2 puts the system message in front of the question; a system prompt naming a domain's
+    keyword (你是退款客服) sent 你好 and a poem request to that domain's prefix, which garbled them."""
+    from glmbot.serving.requests import GenerationRequest, chat_turns
+    from glmbot.serving.routing_setup import route_request
+
+    router, settings = hand_router(), settings_from_dict({})
+
+    def route(user: str, system: str, **kw):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        request = GenerationRequest(messages=messages, **kw)
+        query, history = chat_turns(request)
+        assert query == system + user  # the model still sees the system prompt
+        return route_request(router, settings, None, request, query, history)
+
+    assert route("你好", "你是退款客服。").domain is None
+    assert route("帮我写一首诗", "你是退款客服。").domain is None
+    assert route("我要退款", "你是客服。").domain == "support"  # the user's own words still route
+    request = GenerationRequest(query="你好", system="你是退款客服。")
+    assert route_request(router, settings, None, request, *chat_turns(request)).domain is None

@@ -114,6 +114,19 @@ def chat_turns(request: GenerationRequest, family: GlmFamily | None = None) -> t
     return _rounds_turns(request)
 
 
+def without_system(request: GenerationRequest, query: str | None) -> str | None:
+    """`query` as the user wrote it: what routing reads. On ChatGLM2 the system message is put in front
+    of the query (see chat_turns), and a system prompt such as 你是租车客服 then matched the domain's
+    keyword 租车 for every message, 你好 and a poem request included."""
+    if query is None:
+        return None
+    messages = request.messages
+    system = (messages[0].get("content") if messages and isinstance(messages[0], Mapping)
+              and messages[0].get("role") == "system" else None)
+    system = system if isinstance(system, str) else request.system or ""
+    return query[len(system):] if system and query.startswith(system) else query
+
+
 def _uses_tools(request: GenerationRequest) -> bool:
     return bool(request.tools) or any(isinstance(m, Mapping) and (m.get("role") in ("tool", "observation")
                                                                    or m.get("tool_calls"))

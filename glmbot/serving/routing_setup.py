@@ -16,6 +16,7 @@ from typing import Any
 
 from glmbot.config import Settings, no_config_note
 from glmbot.errors import ConfigError, DataError, GenerationError, GlmbotError, UnknownDomainError
+from glmbot.serving.requests import without_system
 from glmbot.serving.router import BASE, DomainProfile, RouteDecision, Router
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,8 @@ def route_request(router: Router | None, settings: Settings, registry: Any, req:
     explicit = req.adapter or req.domain
     if router is not None and (query is not None or explicit is not None):
         def route() -> RouteDecision:
-            return router.route(query or "", conversation_id=req.conversation_id, history=history, explicit=explicit)
+            text = without_system(req, query) or ""
+            return router.route(text, conversation_id=req.conversation_id, history=history, explicit=explicit)
 
         try:
             return route()
