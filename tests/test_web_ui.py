@@ -214,3 +214,8 @@ def test_with_api_keys_the_pages_want_a_key_to_log_in(engine, registry):
         assert http.post("/login", data={"username": "lead", "password": "wrong"}).status_code == 400
         assert http.post("/login", data={"username": "lead", "password": "s3cret"}).status_code == 200
         assert http.get("/config").status_code == 200  # the session cookie now opens the pages
+    with ServerThread(app) as running:  # the server's own address leads a browser to the pages
+        root = httpx.get(running.url + "/")
+        assert root.status_code == 307 and root.headers["location"] == "/ui/"
+        missing = httpx.get(running.url + "/chat")
+        assert missing.status_code == 404 and "chat page and adapter dashboard at /ui/" in missing.json()["error"]["message"]

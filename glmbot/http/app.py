@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import RedirectResponse
 
 from glmbot.config import Settings
 from glmbot.http.auth import key_guard, resolve_api_keys
@@ -62,12 +63,16 @@ def create_app(engine: Any, *, settings: Settings, registry: Any = None, api_key
     app.add_api_route("/v1/models/{model_id:path}", service.model, methods=["GET"], dependencies=guard)
     app.add_api_route("/v1/chat/completions", chat_endpoint(service), methods=["POST"], dependencies=guard)
     if web_ui:
-        _mount_web_ui(app, engine, settings, registry, keys)
+        ui_path = app.state.web_ui_path = _mount_web_ui(app, engine, settings, registry, keys)
+        # A browser pointed at the server's address (what serve's banner names first) finds the chat page.
+        app.add_api_route("/", lambda: RedirectResponse(f"{ui_path}/"), methods=["GET"], include_in_schema=False)
     return app
 
 
-def _mount_web_ui(app: FastAPI, engine: Any, settings: Settings, registry: Any, keys: Sequence[str]) -> None:
+def _mount_web_ui(app: FastAPI, engine: Any, settings: Settings, registry: Any, keys: Sequence[str]) -> str:
+    """Mount the pages; returns their path."""
     from glmbot.http.web import (  # gradio takes seconds to import
+        UI_PATH,
         WebBackend,
         mount_web_ui,
     )
@@ -76,3 +81,4 @@ def _mount_web_ui(app: FastAPI, engine: Any, settings: Settings, registry: Any, 
     if registry is not None and settings.server.log_conversations:
         logger = TurnLogger(registry, "web", on_disabled=log.warning)
     mount_web_ui(app, WebBackend(engine, registry, settings, logger), keys)
+    return UI_PATH

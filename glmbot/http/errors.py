@@ -41,9 +41,11 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        ui = getattr(request.app.state, "web_ui_path", None)
         message = (f"no route {request.method} {request.url.path}; glmbot serves GET /v1/models, "
-                   "POST /v1/chat/completions, GET /health, GET /metrics") if exc.status_code in (404, 405) \
-            else str(exc.detail)
+                   "POST /v1/chat/completions, GET /health, GET /metrics"
+                   + (f", and a chat page and adapter dashboard at {ui}/" if ui else "")) \
+            if exc.status_code in (404, 405) else str(exc.detail)
         return JSONResponse(error_body(message, "invalid_request_error", "not_found" if exc.status_code == 404
                                        else None), status_code=exc.status_code, headers=exc.headers)
 
