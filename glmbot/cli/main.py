@@ -113,11 +113,21 @@ app.add_typer(plugins.app, name="plugins")
 app.add_typer(logs.app, name="logs")
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from glmbot import __version__
+
+        common.console.print(f"glmbot {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="glmbot.toml to use (default: nearest)",
                                                    show_default=False)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=show_version,
+                                          help="print glmbot's version and exit")] = False,
 ) -> None:
     """glmbot: train, register, route and serve ChatGLM2 prefix adapters."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -84,8 +84,9 @@ def train(
     resume: Annotated[bool, Opt(help="continue the domain's interrupted run with its own plan (data, steps, "
                                      "settings)")] = False,
     run_dir: Annotated[Optional[Path], Opt(help="run folder (default runs/DOMAIN/TIMESTAMP)")] = None,
-    promote: Annotated[str, Opt(help="--promote: activate if it learned and beats the active adapter on --metric; "
-                                "--promote=force: always")] = "no",
+    promote: Annotated[str, Opt(metavar="[=force]", show_default=False, help=(
+        "activate the new adapter if it learned and beats the active one on --metric; --promote=force: "
+        "always (default: register it as a candidate only)"))] = "no",
     metric: Annotated[str, Opt(help=f"metric for --promote: {', '.join(METRIC_KEYS)}")] = "rouge-l",
     no_eval: Annotated[bool, Opt("--no-eval", help="skip the dev-set evaluation")] = False,
     nproc: Annotated[int, Opt(parser=_NPROC, metavar="INTEGER",
