@@ -49,11 +49,18 @@ def imported_modules(config: Path, *args: str) -> set[str]:
     (("route", "--help"), {"torch", "transformers", "sqlalchemy"}),
     (("adapters", "list"), {"torch", "transformers"}),
     (("domains", "list"), {"torch", "transformers"}),
+    (("--version",), {"torch", "transformers", "sqlalchemy", "sqlmodel", "jieba"}),
 ])
 def test_commands_that_need_no_model_do_not_import_torch(project, args, absent):
     modules = imported_modules(project, *args)
     assert "glmbot" in modules and "typer" in modules
     assert not absent & modules
+
+
+def test_version_prints_the_packages_version(project, capsys):
+    import glmbot
+
+    assert cli(project, "--version", capsys=capsys) == (0, f"glmbot {glmbot.__version__}\n", "")
 
 
 def all_commands(command, path=()):
