@@ -219,3 +219,42 @@ def test_with_api_keys_the_pages_want_a_key_to_log_in(engine, registry):
         assert root.status_code == 307 and root.headers["location"] == "/ui/"
         missing = httpx.get(running.url + "/chat")
         assert missing.status_code == 404 and "chat page and adapter dashboard at /ui/" in missing.json()["error"]["message"]
+
+
+def test_a_wrongly_answered_question_is_added_to_the_domains_data(browser, engine, registry, tmp_path,
+                                                                  screenshot_on_failure):
+    """The chat's "Wrong answer?" panel offers the closest answers of the domain's own file and appends
+    the question with the picked one (`/teach` in the terminal chat)."""
+    import json
+
+    from glmbot.training.data import Example, load_examples
+
+    rows = [("退货多久到账？", "退款3到5个工作日原路到账。"), ("几点发货？", "下午4点前付款当天发货。")]
+    data = tmp_path / "support.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "response": a}, ensure_ascii=False) + "\n" for q, a in rows),
+                    encoding="utf-8")
+    settings = settings_from_dict({"generation": GENERATION, "domains": {"support": {"data": "support.jsonl"}}},
+                                  root=tmp_path)
+    app = create_app(engine, settings=settings, registry=registry, web_ui=True)
+    with ServerThread(app) as running:
+        context = browser.new_context(viewport={"width": 1280, "height": 1400})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(running.url + "/ui/")
+        page.wait_for_selector("#chat-input textarea")
+        try:
+            ask(page, "退款要几天才能到账？")
+            page.get_by_text("Wrong answer? Add the question to a domain's data").click()
+            page.click("#teach-find")
+            right = f"[support] {rows[0][1]}"
+            expect(page.locator("#teach-pick")).to_contain_text(right)
+            page.get_by_label(right).check()
+            page.click("#teach-add")
+            expect(page.locator("#teach-note")).to_contain_text("Added to support.jsonl (example 3, 3 in all)")
+            assert load_examples(data)[-1] == Example("退款要几天才能到账？", rows[0][1])
+            page.click("#teach-add")  # the same pick again writes nothing
+            expect(page.locator("#teach-note")).to_contain_text("has it already (example 3)")
+            assert len(load_examples(data)) == 3
+        finally:
+            screenshot_on_failure(page)
+            context.close()

@@ -149,7 +149,8 @@ class Teacher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def candidates(self, question: str, given: str, k: int = 3) -> list[Candidate]:
+    def candidates(self, question: str, given: str, k: int = 5) -> list[Candidate]:
+        # The right answer of a paraphrase is among the first 5 for 36 of 40 (tuning domains), 3: 35.
         data = {name: loaded.examples for name, loaded in teachable_data(self.settings).items()}
         return nearest_answers(question, given, data, k)
 

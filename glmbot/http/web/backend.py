@@ -119,6 +119,31 @@ class WebBackend:
                  t.route_reason or "-", None if t.route_score is None else round(t.route_score, 3)]
                 for t in self.registry.conversation_turns(conversation_id)]
 
+    # ---- teaching a wrongly answered question ------------------------------------------------------
+
+    def teach_domains(self) -> list[str]:
+        """Domains whose data is a file of the user's own, which a taught example can be added to."""
+        from glmbot.training.teach import teachable_data
+
+        return sorted(teachable_data(self.settings))
+
+    def teach_candidates(self, question: str, given: str) -> list[tuple[str, str]]:
+        """(domain, answer) of the data's answers closest to `question` (and to the `given` answer)."""
+        from glmbot.training.teach import Teacher
+
+        return [(c.domain, c.response) for c in Teacher(self.settings).candidates(question, given)]
+
+    def teach(self, domain: str, question: str, answer: str) -> str:
+        """Add `question` -> `answer` to `domain`'s data file; what happened (GlmbotError if refused)."""
+        from glmbot.training.teach import Teacher
+
+        added = Teacher(self.settings).add(domain, question, answer)
+        retrain = f"`glmbot train --domain {domain} --promote`"
+        if added.already:
+            return f"{added.path.name} has it already (example {added.line}); retrain if the adapter is older: {retrain}"
+        return (f"Added to {added.path.name} (example {added.line}, {added.examples} in all). "
+                f"The prefix learns it when you retrain: {retrain}")
+
     # ---- adapters ---------------------------------------------------------------------------------
 
     def domains(self) -> list[str]:

@@ -36,11 +36,13 @@ def chat_tab(backend: WebBackend) -> OnLoad:
             message = gr.Textbox(placeholder="Ask a question…", show_label=False, elem_id="chat-input", scale=6)
             send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
             new = gr.Button("New conversation", elem_id="chat-new", scale=1)
+        answered_by = gr.State(None)  # the domain whose prefix gave the last answer (None: the plain base)
+        teach_panel(backend, history, answered_by)
 
     async def respond(text: str, model: str, prompt: str, shown: list, pairs: list,
-                      conversation_id: str | None) -> AsyncIterator[tuple]:
+                      conversation_id: str | None, domain: str | None) -> AsyncIterator[tuple]:
         if not text.strip():
-            yield shown, pairs, conversation_id, text
+            yield shown, pairs, conversation_id, text, domain
             return
         conversation_id = conversation_id or new_conversation_id()
         shown = [*shown, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
@@ -51,16 +53,18 @@ def chat_tab(backend: WebBackend) -> OnLoad:
                 else:
                     shown[-1] = {"role": "assistant", "content": f"{reply.text}\n\n*{route_note(reply.result)}*"}
                     pairs = [*pairs, (text, reply.text)]
-                yield shown, pairs, conversation_id, ""
+                    route = reply.result.route
+                    domain = route.domain if route is not None else None
+                yield shown, pairs, conversation_id, "", domain
         except GlmbotError as exc:
             shown[-1] = {"role": "assistant", "content": f"**error:** {exc}"}
-            yield shown, pairs, conversation_id, text
+            yield shown, pairs, conversation_id, text, domain
 
-    inputs = [message, target, system, chatbot, history, conversation]
-    outputs = [chatbot, history, conversation, message]
+    inputs = [message, target, system, chatbot, history, conversation, answered_by]
+    outputs = [chatbot, history, conversation, message, answered_by]
     send.click(respond, inputs, outputs)
     message.submit(respond, inputs, outputs)
-    new.click(lambda: ([], [], None, ""), None, outputs)
+    new.click(lambda: ([], [], None, "", None), None, outputs)
 
     def refresh_targets() -> gr.Dropdown:
         # choices only: a value sent back here could undo a pick made while the page was loading
@@ -75,6 +79,53 @@ def chat_tab(backend: WebBackend) -> OnLoad:
 
     tab.select(back_to_chat, target, target)
     return refresh_targets, None, [target]
+
+
+def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
+    """Under the chat: add the last question, with the right answer, to a domain's data file (/teach in
+    `glmbot chat`). The builtin base answers rewordings only in part; a trained line comes back."""
+    with gr.Accordion("Wrong answer? Add the question to a domain's data", open=False, elem_id="teach"):
+        find = gr.Button("Show the closest answers of your data", elem_id="teach-find")
+        offered = gr.State([])  # [(domain, answer)] behind the radio's choices
+        picked = gr.Radio(choices=[], label="The right answer", elem_id="teach-pick", type="index")
+        with gr.Row():
+            own = gr.Textbox(label="Or an answer of your own", elem_id="teach-own", scale=3)
+            domain = gr.Dropdown(choices=[], label="for domain", elem_id="teach-domain", scale=1)
+        add = gr.Button("Add to the data file", elem_id="teach-add")
+        note = gr.Markdown(elem_id="teach-note")
+
+    def show(pairs: list, last: str | None) -> tuple:
+        if not pairs:
+            return [], gr.Radio(choices=[]), gr.Dropdown(), "Ask a question first."
+        question, given = pairs[-1]
+        found = backend.teach_candidates(question, given)
+        domains = backend.teach_domains()
+        if not domains:
+            return [], gr.Radio(choices=[]), gr.Dropdown(choices=[]), (
+                "No domain has a data file of its own to add to (builtin samples are not changed): "
+                "`glmbot domains add NAME --data FILE.jsonl`")
+        picker = gr.Dropdown(choices=domains, value=last if last in domains else None)
+        radio = gr.Radio(choices=[f"[{d}] {a}" for d, a in found], value=None, label=f"The right answer to: {question}")
+        return found, radio, picker, ""
+
+    def teach(pairs: list, found: list, index: int | None, text: str, chosen: str | None) -> str:
+        if not pairs:
+            return "Ask a question first."
+        if text.strip():
+            if not chosen:
+                return "Pick the domain whose data gets your answer."
+            target, answer = chosen, text
+        elif index is not None and 0 <= index < len(found):
+            target, answer = found[index]
+        else:
+            return "Pick one of the answers, or write your own."
+        try:
+            return backend.teach(target, pairs[-1][0], answer)
+        except GlmbotError as exc:
+            return f"**error:** {exc}"
+
+    find.click(show, [history, answered_by], [offered, picked, domain, note])
+    add.click(teach, [history, offered, picked, own, domain], note)
 
 
 def log_tab(backend: WebBackend) -> OnLoad:
