@@ -88,3 +88,19 @@ def test_teach_in_the_chat_adds_the_picked_answer_to_the_domains_file(tmp_path):
     assert "came from the plain base" in done.stderr
     assert "already in" in done.stdout  # the same pick again writes nothing
     assert load_examples(data)[4:] == [Example("年卡要多少钱？", YOGA[2][1])]
+
+
+def test_concurrent_additions_all_land_and_the_file_keeps_its_mode(tmp_path):
+    """The web chat and a terminal chat may add at once: each read-append-replace runs under a lock."""
+    import os
+    import stat
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = write_jsonl(tmp_path / "yoga.jsonl", YOGA)
+    os.chmod(data, 0o644)
+    settings = settings_for(tmp_path, yoga={"data": "yoga.jsonl"})
+    questions = [f"第{i}个问题？" for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda q: add_example(settings, "yoga", q, YOGA[0][1]), questions))
+    assert sorted(e.prompt for e in load_examples(data)[len(YOGA):]) == sorted(questions)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o644  # not the temp file's 0600

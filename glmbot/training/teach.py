@@ -9,12 +9,16 @@ file `[domains.NAME] data` names, in that file's own columns, atomically. Retrai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from glmbot.config import Settings
 from glmbot.errors import DataError
@@ -124,9 +128,18 @@ def add_example(settings: Settings, domain: str, question: str, answer: str) -> 
     question, answer = question.strip(), answer.strip()
     if not question or not answer:
         raise DataError("both the question and its answer need some text")
-    problem = writable_data_problem(domain, config_data_path(settings.domains[domain].data, settings.root))
+    path = config_data_path(settings.domains[domain].data, settings.root)
+    problem = writable_data_problem(domain, path)
     if problem:
         raise DataError(problem)
+    # The web chat and a terminal chat may add to one file at once: without the lock, the later
+    # read-append-replace would drop the earlier line.
+    file = str(Path(path).expanduser().resolve())
+    with FileLock(Path(tempfile.gettempdir()) / f"glmbot-{hashlib.sha256(file.encode()).hexdigest()[:16]}.lock"):
+        return _append(settings, domain, question, answer)
+
+
+def _append(settings: Settings, domain: str, question: str, answer: str) -> Added:
     loaded = _load(settings, domain)
     for line, ex in enumerate(loaded.examples, start=1):
         if ex.prompt.strip() == question and not ex.history:
