@@ -247,11 +247,12 @@ class ChatClient:
         retrain = f"glmbot train --domain {domain} --promote"
         if added.already:
             self.console.print(f"already in {added.path} (example {added.line}) with that answer; if the active "
-                               f"adapter was trained before it was added, retrain: {retrain}", markup=False)
+                               f"adapter was trained before it was added, retrain: {retrain}", markup=False,
+                               highlight=False, soft_wrap=True)
         else:
             self.console.print(f"added {question!r} -> {answer!r} to {added.path} (example {added.line}, "
                                f"{added.examples} in all); the prefix learns it when you retrain: {retrain}",
-                               markup=False, highlight=False)
+                               markup=False, highlight=False, soft_wrap=True)
 
     def _offer(self, question: str, given: str) -> None:
         candidates = self.teacher.candidates(question, given)
@@ -262,7 +263,7 @@ class ChatClient:
         self._offered = (question, candidates)
         self.console.print(f"answers of your data closest to {question!r}:", markup=False, highlight=False)
         for i, c in enumerate(candidates, start=1):
-            self.console.print(f"  {i}. [{c.domain}] {c.response}", markup=False, highlight=False)
+            self.console.print(f"  {i}. [{c.domain}] {c.response}", markup=False, highlight=False, soft_wrap=True)
         self.console.print("[dim]/teach N adds the question with answer N; /teach TEXT with an answer of your own[/]")
 
     def _answering_domain(self) -> str | None:
