@@ -101,6 +101,7 @@ class ChatClient:
         self.header = header
         self.teacher = teacher  # glmbot.training.teach.Teacher, or None where /teach is not offered
         self._offered: tuple[str, list] | None = None  # (question, candidates) of the last bare /teach
+        self._tipped = False  # the /teach tip was shown
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, read_line: Callable[[], str]) -> None:
@@ -152,6 +153,10 @@ class ChatClient:
         self._offered = None
         if self.interactive:
             self.console.print(f"[dim]{escape(route_line(result))}[/]")  # "[routing] ..." is text
+            if not self._tipped and self.teacher is not None and self.teacher.has_data():
+                self._tipped = True  # once: the newcomer who meets a wrong answer learns the way to fix it
+                self.console.print("[dim]a wrong answer? /teach adds the question, with the right answer, to your "
+                                   "domain's data[/]")
 
     def _fit(self, query: str) -> str:
         limit = self.s.options.max_source_tokens

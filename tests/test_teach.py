@@ -105,3 +105,25 @@ def test_concurrent_additions_all_land_and_the_file_keeps_its_mode(tmp_path):
         list(pool.map(lambda q: add_example(settings, "yoga", q, YOGA[0][1]), questions))
     assert sorted(e.prompt for e in load_examples(data)[len(YOGA):]) == sorted(questions)
     assert stat.S_IMODE(data.stat().st_mode) == 0o644  # not the temp file's 0600
+
+
+def test_the_terminal_chat_tells_once_how_to_fix_a_wrong_answer(tmp_path):
+    import os
+    import sys
+
+    import pexpect
+
+    write_jsonl(tmp_path / "yoga.jsonl", YOGA)
+    config = project_with_adapters(tmp_path, extra_toml='\n[domains.yoga]\ndata = "yoga.jsonl"\n')
+    env = {**os.environ, "GLMBOT_CONFIG": str(config), "COLUMNS": "200", "TERM": "dumb"}
+    child = pexpect.spawn(sys.executable, ["-m", "glmbot", "chat", "--no-log"], env=env, cwd=str(tmp_path),
+                          encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child.expect("你 > ")
+    child.sendline("年卡要多少钱？")
+    child.expect_exact("a wrong answer? /teach adds the question")
+    child.expect("你 > ")
+    child.sendline("你好")
+    child.expect("你 > ")
+    assert "/teach" not in child.before  # once per session
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
