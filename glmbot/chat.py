@@ -175,8 +175,8 @@ class ChatClient:
         name, _, arg = line[1:].partition(" ")
         arg = arg.strip()
         handler = {"domain": self._domain, "auto": self._auto, "adapters": self._adapters, "reset": self._reset,
-                   "history": self._history, "retry": self._retry, "save": self._save, "teach": self._teach, "help": self._help,
-                   "quit": lambda _: "quit", "exit": lambda _: "quit"}.get(name)
+                   "history": self._history, "retry": self._retry, "save": self._save, "teach": self._teach,
+                   "help": self._help, "quit": lambda _: "quit", "exit": lambda _: "quit"}.get(name)
         if handler is None:
             self.err.print(f"unknown command /{name}", markup=False)
             self.console.print(HELP, markup=False)

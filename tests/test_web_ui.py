@@ -218,7 +218,8 @@ def test_with_api_keys_the_pages_want_a_key_to_log_in(engine, registry):
         root = httpx.get(running.url + "/")
         assert root.status_code == 307 and root.headers["location"] == "/ui/"
         missing = httpx.get(running.url + "/chat")
-        assert missing.status_code == 404 and "chat page and adapter dashboard at /ui/" in missing.json()["error"]["message"]
+        assert missing.status_code == 404
+        assert "chat page and adapter dashboard at /ui/" in missing.json()["error"]["message"]
 
 
 def test_a_wrongly_answered_question_is_added_to_the_domains_data(browser, engine, registry, tmp_path,

@@ -140,7 +140,8 @@ class WebBackend:
         added = Teacher(self.settings).add(domain, question, answer)
         retrain = f"`glmbot train --domain {domain} --promote`"
         if added.already:
-            return f"{added.path.name} has it already (example {added.line}); retrain if the adapter is older: {retrain}"
+            return (f"{added.path.name} has it already (example {added.line}); retrain if the adapter is older: "
+                    f"{retrain}")
         return (f"Added to {added.path.name} (example {added.line}, {added.examples} in all). "
                 f"The prefix learns it when you retrain: {retrain}")
 

@@ -90,7 +90,7 @@ def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
         picked = gr.Radio(choices=[], label="The right answer", elem_id="teach-pick", type="index")
         with gr.Row():
             own = gr.Textbox(label="Or an answer of your own", elem_id="teach-own", scale=3)
-            domain = gr.Dropdown(choices=[], label="for domain", elem_id="teach-domain", scale=1)
+            domain = gr.Dropdown(choices=backend.teach_domains(), label="for domain", elem_id="teach-domain", scale=1)
         add = gr.Button("Add to the data file", elem_id="teach-add")
         note = gr.Markdown(elem_id="teach-note")
 
