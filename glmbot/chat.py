@@ -20,7 +20,7 @@ from rich.table import Table
 from glmbot.errors import GlmbotError, unknown_domain
 from glmbot.fileio import atomic_write_text
 from glmbot.serving.requests import GenerationRequest, GenerationResult
-from glmbot.serving.router import BASE
+from glmbot.serving.router import BASE, small_talk_only
 from glmbot.serving.turn_log import new_conversation_id
 
 HELP = """commands:
@@ -32,7 +32,8 @@ HELP = """commands:
   /retry         answer the last question again
   /teach         wrong answer? list the closest answers of your domains' data
   /teach N       add the last question with answer N to that domain's data file
-  /teach TEXT    add the last question with TEXT as its answer (the domain that answered)
+  /teach TEXT    add the last question with TEXT as its answer (to the domain that answered)
+  /teach @D TEXT the same, to domain D's data
   /save FILE     write the conversation as JSON
   /help          this help
   /quit          leave (Ctrl-D works too)"""
@@ -153,7 +154,8 @@ class ChatClient:
         self._offered = None
         if self.interactive:
             self.console.print(f"[dim]{escape(route_line(result))}[/]")  # "[routing] ..." is text
-            if not self._tipped and self.teacher is not None and self.teacher.has_data():
+            if not self._tipped and not small_talk_only(query) and self.teacher is not None \
+                    and self.teacher.has_data():
                 self._tipped = True  # once: the newcomer who meets a wrong answer learns the way to fix it
                 self.console.print("[dim]a wrong answer? /teach adds the question, with the right answer, to your "
                                    "domain's data[/]")
@@ -196,6 +198,10 @@ class ChatClient:
 
     def _auto(self, _: str) -> None:
         self.s.options.domain = self.s.options.adapter = None
+        # The router remembers where /domain sent this conversation and would keep it there.
+        router = getattr(self.s.engine, "router", None)
+        if router is not None:
+            router.forget(self.s.conversation_id)
         self.console.print("[dim]routing automatically[/]")
 
     def _adapters(self, _: str) -> None:
@@ -224,30 +230,22 @@ class ChatClient:
 
     def _teach(self, arg: str) -> None:
         if self.teacher is None:
-            self.err.print("/teach needs a glmbot.toml project (its domains' data files)")
+            self.err.print("/teach needs a glmbot.toml project (its domains' data files)", soft_wrap=True)
             return
         if not self.s.history:
-            self.err.print("nothing to teach yet: ask a question, then /teach if the answer was wrong")
+            self.err.print("nothing to teach yet: ask a question, then /teach if the answer was wrong", soft_wrap=True)
             return
         question, given = self.s.history[-1]
+        if small_talk_only(question):
+            self.err.print(f"{question!r} is small talk, which the plain base answers; /teach adds questions of "
+                           "your domains", markup=False, highlight=False, soft_wrap=True)
+            return
         try:
-            if not arg:
-                self._offer(question, given)
-                return
-            offered = self._offered[1] if self._offered and self._offered[0] == question else []
-            if arg.isdigit() and 1 <= int(arg) <= len(offered):
-                pick = offered[int(arg) - 1]
-                domain, answer = pick.domain, pick.response
-            else:
-                domain, answer = self._answering_domain(), arg
-                if domain is None:
-                    self.err.print("the last answer came from the plain base, so no domain is named: /teach alone "
-                                   "lists answers of your domains to pick by number, or /domain NAME, /retry, "
-                                   "then /teach TEXT", markup=False)
-                    return
-            added = self.teacher.add(domain, question, answer)
+            added, domain, answer = self._teach_pick(arg, question, given)
         except GlmbotError as exc:
-            self.err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            self.err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            return
+        if added is None:
             return
         retrain = f"glmbot train --domain {domain} --promote"
         if added.already:
@@ -259,11 +257,44 @@ class ChatClient:
                                f"{added.examples} in all); the prefix learns it when you retrain: {retrain}",
                                markup=False, highlight=False, soft_wrap=True)
 
+    def _teach_pick(self, arg: str, question: str, given: str) -> tuple:
+        """(Added or None, domain, answer) for `/teach ARG`: none for a bare /teach (it lists the answers)."""
+        if not arg:
+            self._offer(question, given)
+            return None, None, None
+        offered = self._offered[1] if self._offered and self._offered[0] == question else []
+        if arg.isdigit():  # a number picks an offered answer; it is never taken as the answer itself
+            if not 1 <= int(arg) <= len(offered):
+                which = f"1-{len(offered)} were offered" if offered else "none were offered yet: /teach lists them"
+                raise GlmbotError(f"/teach {arg}: no answer {arg} to pick ({which}); to answer with a number, "
+                                  f"write it with its unit, e.g. /teach {arg}元")
+            pick = offered[int(arg) - 1]
+            return self.teacher.add(pick.domain, question, pick.response), pick.domain, pick.response
+        domain, _, text = arg[1:].partition(" ") if arg.startswith("@") else (self._teach_domain(), "", arg)
+        if not domain:
+            return None, None, None
+        if not text.strip():
+            raise GlmbotError(f"/teach @{domain} needs the answer after the domain: /teach @{domain} ANSWER")
+        return self.teacher.add(domain, question, text), domain, text.strip()
+
+    def _teach_domain(self) -> str | None:
+        """The domain a `/teach TEXT` goes to: the one that answered, else the only one with a data file."""
+        domain = self._answering_domain()
+        if domain is not None:
+            return domain
+        owned = self.teacher.domains()
+        if len(owned) == 1:
+            return owned[0]
+        self.err.print("the last answer came from the plain base: name the domain, /teach @DOMAIN ANSWER "
+                       f"({', '.join(owned) or 'no domain has a data file of its own'}), or /teach alone to pick "
+                       "one of the closest answers", markup=False, highlight=False, soft_wrap=True)
+        return None
+
     def _offer(self, question: str, given: str) -> None:
         candidates = self.teacher.candidates(question, given)
         if not candidates:
             self.err.print("none of your domains has a data file of its own to add to (builtin samples are not "
-                           "changed); add one: glmbot domains add NAME --data FILE.jsonl", markup=False)
+                           "changed); add one: glmbot domains add NAME --data FILE.jsonl", markup=False, soft_wrap=True)
             return
         self._offered = (question, candidates)
         self.console.print(f"answers of your data closest to {question!r}:", markup=False, highlight=False)

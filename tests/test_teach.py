@@ -76,19 +76,24 @@ def test_data_glmbot_does_not_own_is_refused_with_the_fix(tmp_path):
 def test_teach_in_the_chat_adds_the_picked_answer_to_the_domains_file(tmp_path):
     data = write_jsonl(tmp_path / "yoga.jsonl", YOGA)
     config = project_with_adapters(tmp_path, extra_toml='\n[domains.yoga]\ndata = "yoga.jsonl"\n')
-    lines = ["/teach", "年卡要多少钱？", "/teach", "/teach 1", "/teach 9", "/teach 1"]
+    lines = ["/teach", "年卡要多少钱？", "/teach", "/teach 1", "/teach 9", "/teach 1", "你好", "/teach 1",
+             "周末几点关门？", f"/teach {YOGA[1][1]}", "/teach @nope 答"]
     done = cli_process(config, "chat", "--domain", "base", "--temperature", "0", "--no-log",
                        input="\n".join(lines) + "\n", env_extra={"COLUMNS": "80"})
     assert done.returncode == 0, done.stderr
     assert "nothing to teach yet" in done.stderr
     offered = done.stdout.split("answers of your data closest to '年卡要多少钱？':")[1]
     assert offered.splitlines()[1].strip() == f"1. [yoga] {YOGA[2][1]}"
-    added = next(line for line in done.stdout.splitlines() if line.startswith("added"))  # one line, piped too
-    assert "(example 5, 5 in all)" in added and added.endswith("glmbot train --domain yoga --promote")
-    # "9" is no offered number: it is taken as an answer, which needs the domain that answered (none here).
-    assert "came from the plain base" in done.stderr
+    added = [line for line in done.stdout.splitlines() if line.startswith("added")]  # one line each, piped too
+    assert "(example 5, 5 in all)" in added[0] and added[0].endswith("glmbot train --domain yoga --promote")
+    # A number is never taken as the answer itself (a newcomer's /teach 99 became the answer "99").
+    assert "/teach 9: no answer 9 to pick (1-4 were offered)" in done.stderr
     assert "already in" in done.stdout  # the same pick again writes nothing
-    assert load_examples(data)[4:] == [Example("年卡要多少钱？", YOGA[2][1])]
+    assert "'你好' is small talk" in done.stderr
+    # The plain base answered, and yoga is the one domain with a data file: an answer of one's own goes there.
+    assert "(example 6, 6 in all)" in added[1]
+    assert "domain 'nope' is not in glmbot.toml" in done.stderr
+    assert load_examples(data)[4:] == [Example("年卡要多少钱？", YOGA[2][1]), Example("周末几点关门？", YOGA[1][1])]
 
 
 def test_concurrent_additions_all_land_and_the_file_keeps_its_mode(tmp_path):
@@ -125,5 +130,14 @@ def test_the_terminal_chat_tells_once_how_to_fix_a_wrong_answer(tmp_path):
     child.sendline("你好")
     child.expect("你 > ")
     assert "/teach" not in child.before  # once per session
+    # /auto after /domain: the router no longer keeps the conversation where /domain sent it.
+    child.sendline("/domain support")
+    child.sendline("退货多久到账？")
+    child.expect("support@v1 · explicit")
+    child.expect("你 > ")
+    child.sendline("/auto")
+    child.sendline("类型#裙")
+    child.expect("ads@v1")
+    child.expect("你 > ")
     child.sendline("/quit")
     child.expect(pexpect.EOF)

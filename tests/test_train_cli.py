@@ -50,7 +50,7 @@ def test_default_train_registers_evaluated_adapter_that_learned_the_domain(tmp_p
         # It learned its data: clearly above the plain base on its own training questions.
         assert adapter.metrics["learned"] == 1.0
         assert adapter.metrics["train_rouge-l"] >= adapter.metrics["train_rouge-l_base"] + LEARNED_MIN_GAIN
-    assert re.search(r"^learned: ROUGE-L on 32 training questions: prefix [\d.]+, plain base [\d.]+", out, re.M)
+    assert re.search(r"^learned: ROUGE-L on 32 of 225 training questions: prefix [\d.]+, plain base [\d.]+", out, re.M)
     run = next((tmp_path / "runs" / "support").iterdir())
     plan = json.loads((run / "plan.json").read_text())
     assert plan["train"]["max_steps"] == 300 and plan["data"] == "builtin:support"

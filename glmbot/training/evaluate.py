@@ -56,13 +56,15 @@ class LearningCheck:
     base_rouge_l: float
     samples: int
     learned: bool  # metrics.learned: the prefix is LEARNED_MIN_GAIN points above the base (or near 100)
+    total: int = 0  # training questions in the data (samples of them were asked, evenly spread)
 
     @property
     def gain(self) -> float:
         return self.prefix_rouge_l - self.base_rouge_l
 
     def describe(self) -> str:
-        return (f"ROUGE-L on {self.samples} training questions: prefix {self.prefix_rouge_l:.1f}, plain base "
+        asked = f"{self.samples} of {self.total}" if self.total > self.samples else f"{self.samples}"
+        return (f"ROUGE-L on {asked} training questions: prefix {self.prefix_rouge_l:.1f}, plain base "
                 f"{self.base_rouge_l:.1f} ({self.gain:+.1f}; learned needs +{LEARNED_MIN_GAIN:g})")
 
 
@@ -83,7 +85,8 @@ def check_learning(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenizer
                  for p, r, b, t in zip(prompts, references, base, tuned))
         atomic_write_text(Path(out_dir) / LEARNING_CHECK_FILE, "\n".join(lines) + "\n")
     prefix_score, base_score = score(tuned, references)["rouge-l"], score(base, references)["rouge-l"]
-    return LearningCheck(round(prefix_score, 4), round(base_score, 4), len(picked), learned(prefix_score, base_score))
+    return LearningCheck(round(prefix_score, 4), round(base_score, 4), len(picked), learned(prefix_score, base_score),
+                         len(examples))
 
 
 def load_probe(path: Path = PROBE_FILE) -> tuple[list[str], list[str]]:

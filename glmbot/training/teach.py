@@ -170,10 +170,13 @@ class Teacher:
     def add(self, domain: str, question: str, answer: str) -> Added:
         return add_example(self.settings, domain, question, answer)
 
+    def domains(self) -> list[str]:
+        """The domains with a data file of the user's own (where /teach can add), sorted."""
+        return sorted(name for name, d in self.settings.domains.items()
+                      if not writable_data_problem(name, config_data_path(d.data, self.settings.root)))
+
     def has_data(self) -> bool:
-        """Whether any domain has a data file of the user's own (where /teach can add)."""
-        return any(not writable_data_problem(name, config_data_path(d.data, self.settings.root))
-                   for name, d in self.settings.domains.items())
+        return bool(self.domains())
 
 
 __all__ = ["Added", "Candidate", "Teacher", "add_example", "nearest_answers", "teachable_data", "writable_data_problem"]

@@ -15,6 +15,7 @@ import gradio as gr
 from glmbot.errors import GlmbotError
 from glmbot.http.schemas import AUTO
 from glmbot.http.web.backend import WebBackend, route_note, supports_system_role
+from glmbot.serving.router import small_talk_only
 from glmbot.serving.turn_log import new_conversation_id
 
 LOG_COLUMNS = ["id", "source", "turns", "started", "first question"]
@@ -98,6 +99,8 @@ def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
         if not pairs:
             return [], gr.Radio(choices=[]), gr.Dropdown(), "Ask a question first."
         question, given = pairs[-1]
+        if small_talk_only(question):
+            return [], gr.Radio(choices=[]), gr.Dropdown(), f"“{question}” is small talk, which the plain base answers."
         found = backend.teach_candidates(question, given)
         domains = backend.teach_domains()
         if not domains:
@@ -111,6 +114,8 @@ def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
     def teach(pairs: list, found: list, index: int | None, text: str, chosen: str | None) -> str:
         if not pairs:
             return "Ask a question first."
+        if small_talk_only(pairs[-1][0]):
+            return f"“{pairs[-1][0]}” is small talk, which the plain base answers."
         if text.strip():
             if not chosen:
                 return "Pick the domain whose data gets your answer."
