@@ -255,6 +255,9 @@ def test_a_wrongly_answered_question_is_added_to_the_domains_data(browser, engin
             assert load_examples(data)[-1] == Example("退款要几天才能到账？", rows[0][1])
             page.click("#teach-add")  # the same pick again writes nothing
             expect(page.locator("#teach-note")).to_contain_text("has it already (example 3)")
+            ask(page, "几点能发货？")  # the answers listed were for the question before: not added to this one
+            page.click("#teach-add")
+            expect(page.locator("#teach-note")).to_contain_text("Show the closest answers for this question first")
             assert len(load_examples(data)) == 3
         finally:
             screenshot_on_failure(page)

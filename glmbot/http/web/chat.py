@@ -87,7 +87,7 @@ def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
     `glmbot chat`). The builtin base answers rewordings only in part; a trained line comes back."""
     with gr.Accordion("Wrong answer? Add the question to a domain's data", open=False, elem_id="teach"):
         find = gr.Button("Show the closest answers of your data", elem_id="teach-find")
-        offered = gr.State([])  # [(domain, answer)] behind the radio's choices
+        offered = gr.State(None)  # (question, [(domain, answer)]) behind the radio's choices
         picked = gr.Radio(choices=[], label="The right answer", elem_id="teach-pick", type="index")
         with gr.Row():
             own = gr.Textbox(label="Or an answer of your own", elem_id="teach-own", scale=3)
@@ -97,23 +97,25 @@ def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
 
     def show(pairs: list, last: str | None) -> tuple:
         if not pairs:
-            return [], gr.Radio(choices=[]), gr.Dropdown(), "Ask a question first."
+            return None, gr.Radio(choices=[]), gr.Dropdown(), "Ask a question first."
         question, given = pairs[-1]
         if small_talk_only(question):
-            return [], gr.Radio(choices=[]), gr.Dropdown(), f"“{question}” is small talk, which the plain base answers."
+            return None, gr.Radio(choices=[]), gr.Dropdown(), f"“{question}” is small talk, which the plain base answers."
         found = backend.teach_candidates(question, given)
         domains = backend.teach_domains()
         if not domains:
-            return [], gr.Radio(choices=[]), gr.Dropdown(choices=[]), (
+            return None, gr.Radio(choices=[]), gr.Dropdown(choices=[]), (
                 "No domain has a data file of its own to add to (builtin samples are not changed): "
                 "`glmbot domains add NAME --data FILE.jsonl`")
         picker = gr.Dropdown(choices=domains, value=last if last in domains else None)
         radio = gr.Radio(choices=[f"[{d}] {a}" for d, a in found], value=None, label=f"The right answer to: {question}")
-        return found, radio, picker, ""
+        return (question, found), radio, picker, ""
 
-    def teach(pairs: list, found: list, index: int | None, text: str, chosen: str | None) -> str:
+    def teach(pairs: list, offer: tuple | None, index: int | None, text: str, chosen: str | None) -> str:
         if not pairs:
             return "Ask a question first."
+        # Answers listed for an earlier question must not be added to the one asked since.
+        found = offer[1] if offer and offer[0] == pairs[-1][0] else []
         if small_talk_only(pairs[-1][0]):
             return f"“{pairs[-1][0]}” is small talk, which the plain base answers."
         if text.strip():
@@ -123,7 +125,8 @@ def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
         elif index is not None and 0 <= index < len(found):
             target, answer = found[index]
         else:
-            return "Pick one of the answers, or write your own."
+            return ("Pick one of the answers, or write your own." if found else
+                    "Show the closest answers for this question first, or write your own.")
         try:
             return backend.teach(target, pairs[-1][0], answer)
         except GlmbotError as exc:
