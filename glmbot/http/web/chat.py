@@ -100,7 +100,8 @@ def teach_panel(backend: WebBackend, history: Any, answered_by: Any) -> None:
             return None, gr.Radio(choices=[]), gr.Dropdown(), "Ask a question first."
         question, given = pairs[-1]
         if small_talk_only(question):
-            return None, gr.Radio(choices=[]), gr.Dropdown(), f"“{question}” is small talk, which the plain base answers."
+            return (None, gr.Radio(choices=[]), gr.Dropdown(),
+                    f"“{question}” is small talk, which the plain base answers.")
         found = backend.teach_candidates(question, given)
         domains = backend.teach_domains()
         if not domains:
