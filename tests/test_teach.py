@@ -71,6 +71,10 @@ def test_data_glmbot_does_not_own_is_refused_with_the_fix(tmp_path):
     with pytest.raises(DataError, match=r"'nope' is not in glmbot.toml; known: empty, gone, support"):
         add_example(settings, "nope", "问", "答")
     assert Teacher(settings).candidates("退货多久到账？", "") == []  # nothing the user owns to offer
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "问"\n', encoding="utf-8")  # a hand edit gone wrong
+    broken = settings_for(tmp_path, bad={"data": "bad.jsonl"})
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: malformed JSON"):  # said, not skipped in silence
+        Teacher(broken).candidates("问", "")
 
 
 def test_teach_in_the_chat_adds_the_picked_answer_to_the_domains_file(tmp_path):

@@ -120,11 +120,16 @@ def without_system(request: GenerationRequest, query: str | None) -> str | None:
     keyword 租车 for every message, 你好 and a poem request included."""
     if query is None:
         return None
-    messages = request.messages
-    system = (messages[0].get("content") if messages and isinstance(messages[0], Mapping)
-              and messages[0].get("role") == "system" else None)
-    system = system if isinstance(system, str) else request.system or ""
+    system = _system_text(request)
     return query[len(system):] if system and query.startswith(system) else query
+
+
+def _system_text(request: GenerationRequest) -> str:
+    """The system text _rounds_turns puts in front of the query: a first system message, else `system`."""
+    first = request.messages[0] if request.messages else None
+    if isinstance(first, Mapping) and first.get("role") == "system" and isinstance(first.get("content"), str):
+        return first["content"]
+    return request.system or ""
 
 
 def _uses_tools(request: GenerationRequest) -> bool:
@@ -170,7 +175,9 @@ def _rounds_turns(request: GenerationRequest) -> tuple[str, list[tuple[str, str]
                 or not isinstance(m.get("content"), str):
             raise GenerationError(f"messages[{i}] = {m!r:.80} is not a {{'role': 'system'|'user'|'assistant', "
                                   "'content': str}} message")
-    system = messages.pop(0)["content"] if messages[0]["role"] == "system" else (request.system or "")
+    system = _system_text(request)
+    if messages[0]["role"] == "system":
+        messages.pop(0)
     if not messages or messages[-1]["role"] != "user":
         raise GenerationError("the last message must come from the user (role 'user'); got "
                               f"{messages[-1]['role'] if messages else 'only a system message'!r}")

@@ -82,16 +82,14 @@ def nearest_answers(question: str, given: str, data: dict[str, list[Example]], k
 
 def teachable_data(settings: Settings) -> dict[str, LoadedData]:
     """The data of every domain whose data is a file of the user's own (builtin samples and plugin
-    data sets are not glmbot's to change); a file that cannot be read is left out."""
-    found = {}
-    for name, domain in settings.domains.items():
-        if writable_data_problem(name, config_data_path(domain.data, settings.root)):
-            continue
-        try:
-            found[name] = _load(settings, name)
-        except DataError:
-            continue
-    return found
+    data sets are not glmbot's to change); a file that cannot be read raises its DataError (file:line)."""
+    return {name: _load(settings, name) for name in teachable_domains(settings)}
+
+
+def teachable_domains(settings: Settings) -> list[str]:
+    """The domains with a data file of the user's own (where a taught example can go), sorted."""
+    return sorted(name for name, d in settings.domains.items()
+                  if not writable_data_problem(name, config_data_path(d.data, settings.root)))
 
 
 def writable_data_problem(domain: str, data: str) -> str:
@@ -171,12 +169,11 @@ class Teacher:
         return add_example(self.settings, domain, question, answer)
 
     def domains(self) -> list[str]:
-        """The domains with a data file of the user's own (where /teach can add), sorted."""
-        return sorted(name for name, d in self.settings.domains.items()
-                      if not writable_data_problem(name, config_data_path(d.data, self.settings.root)))
+        return teachable_domains(self.settings)
 
     def has_data(self) -> bool:
         return bool(self.domains())
 
 
-__all__ = ["Added", "Candidate", "Teacher", "add_example", "nearest_answers", "teachable_data", "writable_data_problem"]
+__all__ = ["Added", "Candidate", "Teacher", "add_example", "nearest_answers", "teachable_data", "teachable_domains",
+           "writable_data_problem"]

@@ -123,9 +123,9 @@ class WebBackend:
 
     def teach_domains(self) -> list[str]:
         """Domains whose data is a file of the user's own, which a taught example can be added to."""
-        from glmbot.training.teach import teachable_data
+        from glmbot.training.teach import teachable_domains
 
-        return sorted(teachable_data(self.settings))
+        return teachable_domains(self.settings)
 
     def teach_candidates(self, question: str, given: str) -> list[tuple[str, str]]:
         """(domain, answer) of the data's answers closest to `question` (and to the `given` answer)."""
