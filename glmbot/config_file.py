@@ -56,9 +56,10 @@ def add_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
     domains[name] = table
     new_text = tomlkit.dumps(doc)
     settings_from_dict(tomlkit.parse(new_text).unwrap(), root=path.parent, source=str(path))  # raises on a bad value
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    atomic_write_text(path, new_text)
-    os.chmod(path, mode)  # the temp file was created 0600
+    new = not path.exists()
+    atomic_write_text(path, new_text)  # an existing file keeps its mode there
+    if new:
+        os.chmod(path, 0o644)  # not the temp file's 0600
 
 
 def without_domain_table(path: Path, name: str) -> str | None:
@@ -82,10 +83,8 @@ def without_domain_table(path: Path, name: str) -> str | None:
 
 
 def write_config_text(path: Path, text: str) -> None:
-    """Replace the glmbot.toml at `path` atomically, keeping its permissions."""
-    mode = path.stat().st_mode & 0o777
+    """Replace the glmbot.toml at `path` atomically, keeping its permissions (atomic_write_text does)."""
     atomic_write_text(path, text)
-    os.chmod(path, mode)
 
 
 def update_domain_table(path: Path, name: str, values: dict[str, Any]) -> None:
