@@ -188,6 +188,10 @@ class RoutingSettings:
     small_talk_to_base: bool = field(default=True, metadata=_help(
         "a message of small talk alone (你好, 谢谢, 你是谁) goes to the plain base model even under a domain "
         "requested by name; an exact version (domain@vN) always gets its adapter"))
+    second_look: bool = field(default=True, metadata=_help(
+        "a message whose words reach no domain is looked at again by the characters of its words too "
+        "(笔记本坏了找谁修 ~ 电脑坏了去哪修), beside a reference of general chat (glmbot/data/general_chat.txt): "
+        "a domain gets it where it scores above nearly all that general chat does for the domain"))
 
 
 @dataclass

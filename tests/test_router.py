@@ -553,3 +553,68 @@ def test_a_system_prompt_is_not_routed_on():
     assert route("我要退款", "你是客服。").domain == "support"  # the user's own words still route
     request = GenerationRequest(query="你好", system="你是退款客服。")
     assert route_request(router, settings, None, request, *chat_turns(request)).domain is None
+
+
+# ---------------------------------------------------------------------------- the second look
+
+IT_HELPDESK = Path(__file__).resolve().parents[1] / "bench" / "domains" / "it_helpdesk" / "train.jsonl"
+
+
+def it_router(**kwargs) -> Router:
+    prompts = [json.loads(line)["prompt"] for line in IT_HELPDESK.read_text(encoding="utf-8").splitlines() if line]
+    return Router([DomainProfile("it", prompts=prompts)], **kwargs)
+
+
+def test_a_rewording_that_shares_characters_but_no_word_gets_a_second_look():
+    """输错密码账号锁了怎么解 shares 密码 and 账号 with the IT desk's questions, but 锁 is a word of its own here
+    and 锁定 there: under min_score, the word classifier sent it to the plain base, which made up an answer;
+    the character 锁 of 锁定 takes it to the domain."""
+    words_only = it_router(second_look=False).route("输错密码账号锁了怎么解？")
+    assert (words_only.domain, words_only.reason) == (None, "fallback")
+    decision = it_router().route("输错密码账号锁了怎么解？")
+    assert (decision.domain, decision.reason) == ("it", "classifier")
+    assert decision.detail.startswith("second look:") and "more than general chat" in decision.detail
+    assert decision.score >= 0.6 * DEFAULT_MIN_SCORE
+
+
+@pytest.mark.parametrize("text", ["帮我写一首关于春天的诗", "给我讲个冷笑话", "红烧肉怎么做", "你觉得人生的意义是什么",
+                                  "去云南旅游有什么建议", "今天心情不太好"])
+def test_general_chat_stays_with_the_base_after_a_second_look(text):
+    decision = it_router().route(text)
+    assert decision.domain is None, decision.detail
+
+
+def test_a_broad_domain_needs_a_higher_second_look_score():
+    """Each domain's bar is what nearly all the general-chat reference scores for it: the shop's 225 broad
+    questions share characters with everyday chat far more than a 30-line IT FAQ does."""
+    support = [row["prompt"] for row in jsonl("support_train.jsonl")]
+    it = [json.loads(line)["prompt"] for line in IT_HELPDESK.read_text(encoding="utf-8").splitlines() if line]
+    table = Router([DomainProfile("support", prompts=support), DomainProfile("it", prompts=it)])._table
+    assert table.second.thresholds["support"] > table.second.thresholds["it"]
+    # Words of support below min_score, characters too: still the plain base.
+    assert Router([DomainProfile("support", prompts=support)]).route("你会不会累啊").domain is None
+
+
+def test_second_look_follows_min_score_and_can_be_turned_off():
+    assert it_router(min_score=0.99).route("输错密码账号锁了怎么解？").domain is None
+    it = [DomainProfile("it", prompts=["账号被锁定了怎么办？", "VPN怎么连接？", "打印机卡纸怎么处理？"])]
+    off = Router.configured(it, settings_from_dict({"routing": {"second_look": False}}).routing)
+    assert off.route("账号锁了怎么解开").domain is None
+    assert Router.configured(it, settings_from_dict({}).routing).route("账号锁了怎么解开").domain == "it"
+
+
+def test_the_general_chat_reference_holds_no_held_out_message():
+    """glmbot/data/general_chat.txt (scripts/make_general_chat.py) must not contain what the routing is
+    measured on: bench/routing's sets, the held-out domains' paraphrases, routing_heldout.jsonl."""
+    from glmbot.serving.router import general_chat
+
+    reference = {line.strip().rstrip("？?。！!") for line in general_chat()}
+    assert len(reference) > 300
+    root = Path(__file__).resolve().parents[1]
+    held_out = [row["text"] for row in jsonl("routing_heldout.jsonl")]
+    for path in [*(root / "bench" / "routing").rglob("*.jsonl"), *(root / "bench" / "domains").rglob("*.jsonl")]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            held_out.append(row.get("text") or row["prompt"])
+    assert len(held_out) > 400
+    assert not [text for text in held_out if text.strip().rstrip("？?。！!") in reference]

@@ -3,7 +3,9 @@
 The first stage that decides wins, and every decision carries its reason and score:
 explicit domain/adapter > the conversation's sticky route > plugin routers > keyword rules >
 regex rules > a TF-IDF classifier over each domain's training prompts (a message that is one of them
-word for word goes to its domain, even one of stop-words alone such as "你们在哪里？") > fallback.
+word for word goes to its domain, even one of stop-words alone such as "你们在哪里？") > a second look at a
+message no domain's words reach, by the characters of its words too, against a reference of general chat
+([routing] second_look: 笔记本坏了找谁修 ~ 电脑坏了去哪修) > fallback.
 General chat falls through to the fallback (the plain base model by default), so greetings
 never reach a prefix that may have forgotten how to say hello: a message of greetings, thanks or
 questions about the assistant alone ("谢谢", "好的，再见", "你是谁") skips a conversation's sticky domain too, while a follow-up that asks
@@ -30,6 +32,7 @@ import threading
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from glmbot.config import DOMAIN_NAME_RE, Settings
@@ -67,6 +70,19 @@ _FOLLOW_UP_WORDS = frozenset((
     "再 再来 来 又 还 还有 还要 还能 别的 其他 其它 一点 一些 一条 一句 一个 一次 一遍 更 更加 再次 重新 换 换个 "
     "关于 有关 再说 说说 详细 具体 仔细 简单 简短 短 长 不能 能不能 可不可以 行不行 那要 那么 然后 这样 那样 这种 那种 怎么样 多久 多长时间 多少钱").split())
 STICKY_CAPACITY = 10_000
+GENERAL_CHAT_FILE = Path(__file__).resolve().parents[1] / "data" / "general_chat.txt"
+# The second look ([routing] second_look, SecondLook), chosen on bench/routing_bench.py's tuning domains and
+# first held-out set (2026-12-06): each character of a content word counts as a feature of this weight
+# (0.5 and 2 routed fewer rewordings or more general chat); a domain needs this share of min_score at least
+# (0.15 of the default 0.25)...
+CHAR_WEIGHT = 1.0
+SECOND_MIN_SHARE = 0.6
+# ...and more than all but this share of the general-chat reference scores for it. Held-out rewordings reaching
+# their domain in a project of its own, and general-chat messages sent to it, tuning domains / first held-out
+# set: 0.01 25/40, 1/160 / 30/54, 6/300; 0.02 28/40, 1/160 / 32/54, 13/300; 0.03 31/40, 1/160 / 33/54, 15/300;
+# no such bar: beside the shop's 225 support questions, 68 of 300 general-chat messages went to a domain (26 by
+# words alone; 31 with the bar).
+GENERAL_SHARE = 0.02
 
 # Greeting phrases, questions to the assistant about itself and everyday chit-chat are cut out of the text before
 # segmentation (jieba splits 晚上好 into 晚上/好, and 晚上 alone is a real word); a message left with
@@ -93,7 +109,12 @@ _STOP_WORDS = frozenset((
     "这 那 这个 那个 这些 那些 一下 请 请问 可以 能 会 要 想 给 帮 帮我 帮忙 把 被 让 对 吗 什么 怎么 怎么办 "
     "如何 为什么 哪 哪里 哪儿 多少 几 一个 个 好 不 没 没有 自己 现在 就是 还是 或者 如果 因为 所以 但是 "
     "hello hi hey thanks thank you bye ok okay please the a an is are to of and").split())
-_CONTENT_CHAR = re.compile(r"\w")  # a token with no letter, digit or CJK character is punctuation
+_CONTENT_CHAR = re.compile(r"\w")
+# Characters that ask nothing by themselves (不会, 有没有, 会不会): not character features of the second look.
+_FUNCTION_CHARS = frozenset("".join(w for w in _STOP_WORDS if not w.isascii())
+                            + "不会有没是能可以要想就还也都很这那个一么什怎几多少哪吗呢吧了的得地着过在和与或把被让给对")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_CHAR_MARK = "\x00"  # a character feature's key: the mark, then the character (a word is never one)  # a token with no letter, digit or CJK character is punctuation
 
 def content_tokens(text: str) -> list[str]:
     """jieba words of `text` without greetings, stop-words and punctuation (case-folded); beside a
@@ -177,9 +198,10 @@ class PromptClassifier:
     score of off-topic messages towards 0.
     """
 
-    def __init__(self, prompts_by_domain: dict[str, list[str]], top_k: int = TOP_K) -> None:
+    def __init__(self, prompts_by_domain: dict[str, list[str]], top_k: int = TOP_K, char_weight: float = 0.0) -> None:
         self.domains = list(prompts_by_domain)
         self.top_k = top_k
+        self.char_weight = char_weight
         docs: list[tuple[str, list[str]]] = []
         for domain, prompts in prompts_by_domain.items():
             for prompt in dict.fromkeys(prompts):  # repeated prompts would count twice in the top-k
@@ -188,7 +210,7 @@ class PromptClassifier:
                     docs.append((domain, tokens))
         document_frequency: Counter[str] = Counter()
         for _, tokens in docs:
-            document_frequency.update(set(tokens))
+            document_frequency.update(set(self._features(tokens)))
         n = len(docs)
         # Smoothed IDF (as scikit-learn); unseen words get the largest value.
         self._idf = {t: math.log((1 + n) / (1 + df)) + 1 for t, df in document_frequency.items()}
@@ -201,8 +223,20 @@ class PromptClassifier:
             for token, weight in self._unit_vector(tokens).items():
                 self._postings[token].append((index, weight))
 
+    def _features(self, tokens: list[str]) -> Counter[str]:
+        """The words, and with char_weight each CJK character of a word of two or more characters
+        (电脑坏了去哪修 and 笔记本坏了找谁修 share 坏 and 修, but no word)."""
+        features: Counter[str] = Counter(tokens)
+        if self.char_weight:
+            for token in tokens:
+                if len(token) > 1:
+                    for char in _CJK.findall(token):
+                        if char not in _FUNCTION_CHARS:
+                            features[_CHAR_MARK + char] += self.char_weight
+        return features
+
     def _unit_vector(self, tokens: list[str]) -> dict[str, float]:
-        vector = {t: count * self._idf.get(t, self._unseen_idf) for t, count in Counter(tokens).items()}
+        vector = {t: count * self._idf.get(t, self._unseen_idf) for t, count in self._features(tokens).items()}
         norm = math.sqrt(sum(w * w for w in vector.values()))
         return {t: w / norm for t, w in vector.items()}
 
@@ -290,9 +324,39 @@ class _RoutingTable:
     patterns: list[tuple[str, str, re.Pattern[str]]]  # (domain, source, compiled)
     classifier: PromptClassifier
     prompts: dict[str, str | None]  # a training prompt's letters and digits -> its domain (None: several domains)
+    second: SecondLook | None = None  # [routing] second_look
 
 
-def _build_table(profiles: Iterable[DomainProfile]) -> _RoutingTable:
+class SecondLook:
+    """A second look at a message whose words reach no domain ([routing] second_look): its words and the
+    characters of its words (电脑坏了去哪修 and 笔记本坏了找谁修 share 坏 and 修, but no word) against
+    each domain's training prompts and a reference of general chat (glmbot/data/general_chat.txt). A
+    domain gets the message where it scores SECOND_MIN_SHARE x min_score, more than the general chat does, and more
+    than all but GENERAL_SHARE of the reference's messages score for it: so a domain of 225 broad shop
+    questions, which everyday chat shares characters with, needs a higher score than a 30-line FAQ."""
+
+    def __init__(self, prompts_by_domain: dict[str, list[str]]) -> None:
+        self.classifier = PromptClassifier({**prompts_by_domain, BASE: list(general_chat())}, char_weight=CHAR_WEIGHT)
+        reference = [self.classifier.token_scores(tokens) for tokens in _general_chat_tokens()]
+        self.thresholds = {}
+        for domain in prompts_by_domain:
+            ranked = sorted(scores[domain] for scores in reference)
+            self.thresholds[domain] = ranked[min(len(ranked) - 1, int((1 - GENERAL_SHARE) * len(ranked)))] if ranked else 0.0
+
+    def route(self, tokens: list[str], min_score: float) -> tuple[str, float, float, float] | None:
+        """(domain, its score, the general chat's, the domain's threshold), or None."""
+        scores = self.classifier.token_scores(tokens)
+        general = scores.pop(BASE)
+        best = max(scores, key=lambda name: scores[name], default=None)
+        if best is None:
+            return None
+        need = max(SECOND_MIN_SHARE * min_score, self.thresholds[best])
+        if scores[best] < need or scores[best] <= general:
+            return None
+        return best, scores[best], general, need
+
+
+def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False) -> _RoutingTable:
     by_name: dict[str, DomainProfile] = {}
     keywords, patterns = [], []
     for profile in profiles:
@@ -318,7 +382,8 @@ def _build_table(profiles: Iterable[DomainProfile]) -> _RoutingTable:
             key = _letters(prompt)
             if key:
                 prompts[key] = name if prompts.get(key, name) == name else None
-    return _RoutingTable(by_name, keywords, patterns, classifier, prompts)
+    second = SecondLook({name: p.prompts for name, p in by_name.items()}) if second_look and by_name else None
+    return _RoutingTable(by_name, keywords, patterns, classifier, prompts, second)
 
 
 class Router:
@@ -327,7 +392,7 @@ class Router:
     def __init__(self, profiles: list[DomainProfile], *, fallback: str = BASE,
                  min_score: float = DEFAULT_MIN_SCORE, sticky: bool = True,
                  sticky_capacity: int = STICKY_CAPACITY, small_talk_to_base: bool = True,
-                 topic_change_score: float = 0.6, leave_off_topic: bool = True) -> None:
+                 topic_change_score: float = 0.6, leave_off_topic: bool = True, second_look: bool = True) -> None:
         if not 0.0 <= min_score <= 1.0:
             raise ConfigError(f"routing.min_score must be in 0..1 (a cosine similarity), got {min_score}")
         if not 0.0 <= topic_change_score <= 1.0:
@@ -339,7 +404,8 @@ class Router:
         self.min_score = min_score
         self.sticky = sticky
         self.small_talk_to_base = small_talk_to_base
-        self._table = _build_table(profiles)
+        self.second_look = second_look
+        self._table = _build_table(profiles, second_look)
         self._check_fallback(self._table)
         self._memory = StickyRoutes(sticky_capacity)
         self._plugins: tuple[PluginRouter, ...] = ()
@@ -366,7 +432,7 @@ class Router:
         """A router over `profiles` with the values of glmbot.toml's [routing] (a RoutingSettings)."""
         return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky,
                    small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score,
-                   leave_off_topic=routing.leave_off_topic)
+                   leave_off_topic=routing.leave_off_topic, second_look=routing.second_look)
 
     @property
     def domains(self) -> list[str]:
@@ -406,7 +472,7 @@ class Router:
                 del merged[name]
             for profile in profiles:
                 merged[profile.name] = profile
-            table = _build_table(merged.values())
+            table = _build_table(merged.values(), self.second_look)
             self._check_fallback(table)
             self._table = table
             self._memory.keep_domains(table.profiles)
@@ -650,7 +716,23 @@ class Router:
                              detail=f"one of {domain}'s training prompts, word for word{_active(table, domain)}")
 
     def _from_classifier(self, text: str, table: _RoutingTable) -> RouteDecision:
-        return self._classify(text, table)[0]
+        tokens = content_tokens(text)
+        decision = self._classify_tokens(tokens, table)[0]
+        if decision.reason == "fallback" and tokens and table.second is not None:
+            second = self._second_look(tokens, table)
+            # The word classifier's scores stay beside the decision (glmbot route shows them).
+            return replace(second, scores=decision.scores) if second is not None else decision
+        return decision
+
+    def _second_look(self, tokens: list[str], table: _RoutingTable) -> RouteDecision | None:
+        found = table.second.route(tokens, self.min_score)
+        if found is None:
+            return None
+        domain, score, general, need = found
+        return RouteDecision(domain, None, "classifier", score,
+                             detail=f"second look: its words and characters match {domain}'s training prompts "
+                                    f"({score:.2f}, needed {need:.2f}) more than general chat ({general:.2f})"
+                                    f"{_active(table, domain)}")
 
     def _classify(self, text: str, table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
         """The classifier's decision, with each domain's nearest-prompt cosine beside it."""
@@ -693,6 +775,18 @@ class _Said:
 def _words(text: str) -> frozenset[str]:
     """content_tokens of an earlier message, cached: every request of a conversation sends them again."""
     return frozenset(content_tokens(text))
+
+
+@lru_cache(maxsize=1)
+def _general_chat_tokens() -> tuple[list[str], ...]:
+    return tuple(tokens for tokens in map(content_tokens, general_chat()) if tokens)
+
+
+@lru_cache(maxsize=1)
+def general_chat() -> tuple[str, ...]:
+    """The router's reference of general chat (glmbot/data/general_chat.txt, scripts/make_general_chat.py)."""
+    lines = GENERAL_CHAT_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
 
 def _letters(text: str) -> str:
