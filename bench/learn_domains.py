@@ -9,11 +9,13 @@
 Each domain folder holds train.jsonl (30-40 Q/A lines) and paraphrases.jsonl (10 close rewordings
 of training questions with the same answers), written by hand for this bench and kept out of
 the base's corpus and out of recipe tuning (scripts/tuning_domains/ is what the recipe was tuned
-on). Per domain: the time to train with the [train] defaults, and ROUGE-L (official: jieba words,
+on; bench/routing/test2's folders, with rewordings.jsonl, work too). Per domain: the time to train with the [train] defaults, and ROUGE-L (official: jieba words,
 rouge_chinese) of greedy answers on the training questions, on the paraphrases, and on the
 training questions asked as a conversation's second turn (behind another question of the domain
 and its answer, as `glmbot chat` sends it), for the trained prefix and, as the baseline in the
-same run, the plain base. Targets (issue 17): training questions >= 90, paraphrases >= 50. Run it
+same run, the plain base. The last column answers the paraphrases as a project of that domain alone
+does with automatic routing (the prefix where the router sends a paraphrase to the domain, the plain
+base elsewhere), with the router's words alone and with its second look ([routing] second_look). Targets (issue 17): training questions >= 90, paraphrases >= 50. Run it
 alone: timings share the CPU. A domain's 10 paraphrases move by ~9 points (one standard deviation)
 from seed to seed, so compare settings over many seeds; on CUDA a seed is not even repeatable (bf16,
 atomic adds): a rerun of the same 4 seeds moved it_helpdesk's mean from 54.9 to 39.2.
@@ -35,8 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from glmbot import load_base  # noqa: E402
 from glmbot.config import load_settings  # noqa: E402
+from glmbot.serving.router import DomainProfile, Router  # noqa: E402
 from glmbot.training.data import Example, encode_all, load_examples  # noqa: E402
 from glmbot.training.evaluate import evaluate_prefix  # noqa: E402
+from glmbot.training.metrics import score  # noqa: E402
 from glmbot.training.rewrites import augmented_rows  # noqa: E402
 from glmbot.training.trainer import PrefixTrainer  # noqa: E402
 
@@ -47,6 +51,25 @@ TARGET_TRAIN, TARGET_PARAPHRASE = 90.0, 50.0
 def rouge_l(model, tok, kv, examples) -> float:
     """ROUGE-L of greedy answers (glmbot eval's own scoring)."""
     return evaluate_prefix(model, tok, kv, examples, max_new_tokens=96).metrics["rouge-l"]
+
+
+def answers(model, tok, kv, examples) -> list[str]:
+    return evaluate_prefix(model, tok, kv, examples, max_new_tokens=96).predictions
+
+
+def routed_rouge_l(name: str, questions, paraphrases, tuned: list[str], plain: list[str], second_look: bool) -> float:
+    """ROUGE-L of the paraphrases answered as `glmbot chat` answers them in a project of this domain alone:
+    by the prefix where the router sends a paraphrase to the domain, by the plain base where it does not."""
+    router = Router([DomainProfile(name, prompts=[q.prompt for q in questions])], second_look=second_look)
+    routed = [router.route(p.prompt).domain == name for p in paraphrases]
+    predictions = [t if r else b for t, b, r in zip(tuned, plain, routed)]
+    return score(predictions, [p.response for p in paraphrases])["rouge-l"]
+
+
+def paraphrase_file(folder: Path) -> Path:
+    """paraphrases.jsonl (bench/domains, scripts/tuning_domains) or rewordings.jsonl (bench/routing)."""
+    path = folder / "paraphrases.jsonl"
+    return path if path.exists() else folder / "rewordings.jsonl"
 
 
 def as_second_turn(examples: list[Example]) -> list[Example]:
@@ -84,15 +107,16 @@ def main() -> None:
           f"batch {train.batch_size}, question rewrites {train.question_rewrites}, history share "
           f"{train.history_share:g}; {args.device}\n")
     print("| domain | seed | lines | train s | ROUGE-L train (base) | ROUGE-L paraphrases (base) | ROUGE-L train as "
-          "2nd turn (base) | targets met |")
-    print("|---|---|---|---|---|---|---|---|")
+          "2nd turn (base) | targets met | paraphrases routed: words / second look |")
+    print("|---|---|---|---|---|---|---|---|---|")
     met, paraphrase_means = 0, []
     names = args.domains.split(",") if args.domains else sorted(p.name for p in domains_dir.iterdir() if p.is_dir())
     for name in names:
         questions = load_examples(domains_dir / name / "train.jsonl")
-        paraphrases = load_examples(domains_dir / name / "paraphrases.jsonl")
+        paraphrases = load_examples(paraphrase_file(domains_dir / name))
         second = as_second_turn(questions)
         base = [rouge_l(model, tok, None, rows) for rows in (questions, paraphrases, second)]
+        plain = answers(model, tok, None, paraphrases)
         runs = []
         for seed in seeds:
             run = dataclasses.replace(train, seed=seed)
@@ -104,10 +128,13 @@ def main() -> None:
                 result = PrefixTrainer(model, run, Path(tmp), tok.pad_token_id).fit(encoded)
                 seconds = time.perf_counter() - started
             kv = result.encoder.kv().detach()
-            tuned = [rouge_l(model, tok, kv, rows) for rows in (questions, paraphrases, second)]
+            prefixed = answers(model, tok, kv, paraphrases)
+            tuned = [rouge_l(model, tok, kv, questions), score(prefixed, [p.response for p in paraphrases])["rouge-l"],
+                     rouge_l(model, tok, kv, second)]
+            tuned += [routed_rouge_l(name, questions, paraphrases, prefixed, plain, look) for look in (False, True)]
             runs.append((seconds, *tuned))
             print(row(name, str(seed), len(questions), seconds, tuned, base), flush=True)
-        mean = [statistics.mean(r[i] for r in runs) for i in range(4)]
+        mean = [statistics.mean(r[i] for r in runs) for i in range(6)]
         if len(seeds) > 1:
             print(row(name, "mean", len(questions), mean[0], mean[1:], base), flush=True)
         met += mean[1] >= TARGET_TRAIN and mean[2] >= TARGET_PARAPHRASE
@@ -120,7 +147,7 @@ def main() -> None:
 def row(name: str, seed: str, lines: int, seconds: float, tuned: list[float], base: list[float]) -> str:
     ok = tuned[0] >= TARGET_TRAIN and tuned[1] >= TARGET_PARAPHRASE
     return (f"| {name} | {seed} | {lines} | {seconds:.0f} | {tuned[0]:.1f} ({base[0]:.1f}) | {tuned[1]:.1f} "
-            f"({base[1]:.1f}) | {tuned[2]:.1f} ({base[2]:.1f}) | {'yes' if ok else 'no'} |")
+            f"({base[1]:.1f}) | {tuned[2]:.1f} ({base[2]:.1f}) | {'yes' if ok else 'no'} | {tuned[3]:.1f} / {tuned[4]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ class RoutingSettings:
         "requested by name; an exact version (domain@vN) always gets its adapter"))
     second_look: bool = field(default=True, metadata=_help(
         "a message whose words reach no domain is looked at again by the characters of its words too "
-        "(笔记本坏了找谁修 ~ 电脑坏了去哪修), beside a reference of general chat (glmbot/data/general_chat.txt): "
+        "(打印卡住了 ~ 打印机卡纸怎么处理), beside a reference of general chat (glmbot/data/general_chat.txt): "
         "a domain gets it where it scores above nearly all that general chat does for the domain"))
 
 

@@ -294,7 +294,9 @@ def test_a_conversation_without_memory_is_replayed_from_its_history():
     for cid in (None, "new-id"):
         follow_up = router.route("那年假呢？", conversation_id=cid, history=history)
         assert (follow_up.domain, follow_up.reason) == ("hr", "sticky") and "replayed" in follow_up.detail
-    assert router.route("那年假呢？").reason == "fallback"  # without the history nothing says hr
+    # Without the history it is no follow-up: its words alone reach no domain (the second look finds hr by 年假).
+    assert hand_router(second_look=False).route("那年假呢？").reason == "fallback"
+    assert router.route("那年假呢？").reason == "classifier"
     assert router.remembered == 1  # "new-id" keeps the replayed route: its next request is not replayed again
     assert router.route("那调休呢？", conversation_id="new-id").domain == "hr"
     # The replay moves as a remembered conversation would: a keyword of support, none of hr's.
@@ -618,3 +620,22 @@ def test_the_general_chat_reference_holds_no_held_out_message():
             held_out.append(row.get("text") or row["prompt"])
     assert len(held_out) > 400
     assert not [text for text in held_out if text.strip().rstrip("？?。！!") in reference]
+
+
+def test_a_conversation_the_second_look_opened_lets_general_chat_leave():
+    """打印卡住了 shares no word with the IT desk's questions (打印机, 卡纸), only characters: the conversation
+    it opens is still the domain's, so 帮我写一首关于春天的诗 leaves it for the plain base (leave_off_topic), and
+    a follow-up stays."""
+    it = [DomainProfile("it", prompts=["账号被锁定了怎么办？", "VPN怎么连接？", "打印机卡纸怎么处理？", "密码忘了怎么重置？",
+                                       "邮箱满了怎么办？", "电脑很卡怎么办？"])]
+    router = Router(it)
+    assert router._table.classifier.token_scores(content_tokens("打印卡住了"))["it"] == 0.0
+    history = []
+    for text, want, reason in (("打印卡住了", "it", "classifier"), ("帮我写一首关于春天的诗", None, "fallback"),
+                               ("那要等多久呢", "it", "sticky")):
+        decision = router.route(text, conversation_id="c", history=list(history))
+        assert (decision.domain, decision.reason) == (want, reason), (text, decision.detail)
+        history.append((text, "……"))
+    # A stateless client (a new id each time) gets the same routes from the replayed history.
+    replayed = router.route("帮我写一首关于春天的诗", conversation_id="other", history=history[:1])
+    assert replayed.domain is None and "leave_off_topic" in replayed.detail
