@@ -147,7 +147,8 @@ def main() -> None:
 def row(name: str, seed: str, lines: int, seconds: float, tuned: list[float], base: list[float]) -> str:
     ok = tuned[0] >= TARGET_TRAIN and tuned[1] >= TARGET_PARAPHRASE
     return (f"| {name} | {seed} | {lines} | {seconds:.0f} | {tuned[0]:.1f} ({base[0]:.1f}) | {tuned[1]:.1f} "
-            f"({base[1]:.1f}) | {tuned[2]:.1f} ({base[2]:.1f}) | {'yes' if ok else 'no'} | {tuned[3]:.1f} / {tuned[4]:.1f} |")
+            f"({base[1]:.1f}) | {tuned[2]:.1f} ({base[2]:.1f}) | {'yes' if ok else 'no'} "
+            f"| {tuned[3]:.1f} / {tuned[4]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def shop_checks(split: str) -> list[tuple[str, str]]:
 
 
 def general_chat(split: str) -> list[str]:
-    path = ROOT / "bench" / "routing" / ("test2/general_chat.jsonl" if split == "test2" else f"general_chat_{split}.jsonl")
+    name = "test2/general_chat.jsonl" if split == "test2" else f"general_chat_{split}.jsonl"
+    path = ROOT / "bench" / "routing" / name
     return [r["text"] for r in jsonl(path)]
 
 

@@ -109,12 +109,12 @@ _STOP_WORDS = frozenset((
     "这 那 这个 那个 这些 那些 一下 请 请问 可以 能 会 要 想 给 帮 帮我 帮忙 把 被 让 对 吗 什么 怎么 怎么办 "
     "如何 为什么 哪 哪里 哪儿 多少 几 一个 个 好 不 没 没有 自己 现在 就是 还是 或者 如果 因为 所以 但是 "
     "hello hi hey thanks thank you bye ok okay please the a an is are to of and").split())
-_CONTENT_CHAR = re.compile(r"\w")
+_CONTENT_CHAR = re.compile(r"\w")  # a token with no letter, digit or CJK character is punctuation
 # Characters that ask nothing by themselves (不会, 有没有, 会不会): not character features of the second look.
 _FUNCTION_CHARS = frozenset("".join(w for w in _STOP_WORDS if not w.isascii())
                             + "不会有没是能可以要想就还也都很这那个一么什怎几多少哪吗呢吧了的得地着过在和与或把被让给对")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
-_CHAR_MARK = "\x00"  # a character feature's key: the mark, then the character (a word is never one)  # a token with no letter, digit or CJK character is punctuation
+_CHAR_MARK = "\x00"  # a character feature's key: the mark, then the character (a word is never one)
 
 def content_tokens(text: str) -> list[str]:
     """jieba words of `text` without greetings, stop-words and punctuation (case-folded); beside a
@@ -330,17 +330,17 @@ class SecondLook:
     """A second look at a message whose words reach no domain ([routing] second_look): its words and the
     characters of its words (打印卡住了 and 打印机卡纸怎么处理？ share no word) against
     each domain's training prompts and a reference of general chat (glmbot/data/general_chat.txt). A
-    domain gets the message where it scores SECOND_MIN_SHARE x min_score, more than the general chat does, and more
-    than all but GENERAL_SHARE of the reference's messages score for it: so a domain of 225 broad shop
-    questions, which everyday chat shares characters with, needs a higher score than a 30-line FAQ."""
+    domain gets the message where it scores SECOND_MIN_SHARE x min_score, more than the general chat does,
+    and more than all but GENERAL_SHARE of the reference's messages score for it: so a domain of 225 broad
+    shop questions, which everyday chat shares characters with, needs a higher score than a 30-line FAQ."""
 
     def __init__(self, prompts_by_domain: dict[str, list[str]]) -> None:
         self.classifier = PromptClassifier({**prompts_by_domain, BASE: list(general_chat())}, char_weight=CHAR_WEIGHT)
         reference = [self.classifier.token_scores(tokens) for tokens in _general_chat_tokens()]
-        self.thresholds = {}
+        self.thresholds: dict[str, float] = {}
         for domain in prompts_by_domain:
             ranked = sorted(scores[domain] for scores in reference)
-            self.thresholds[domain] = ranked[min(len(ranked) - 1, int((1 - GENERAL_SHARE) * len(ranked)))] if ranked else 0.0
+            self.thresholds[domain] = ranked[min(len(ranked) - 1, int((1 - GENERAL_SHARE) * len(ranked)))]
 
     def route(self, tokens: list[str], min_score: float) -> tuple[str, float, float, float] | None:
         """(domain, its score, the general chat's, the domain's threshold), or None."""
@@ -733,11 +733,8 @@ class Router:
                                     f"({score:.2f}, needed {need:.2f}) more than general chat ({general:.2f})"
                                     f"{_active(table, domain)}")
 
-    def _classify(self, text: str, table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
-        """The classifier's decision, with each domain's nearest-prompt cosine beside it."""
-        return self._classify_tokens(content_tokens(text), table)
-
     def _classify_tokens(self, tokens: list[str], table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
+        """The word classifier's decision, with each domain's nearest-prompt cosine beside it."""
         scores, nearest = table.classifier.scores_and_nearest(tokens)
         # max() keeps the first of equal scores, i.e. the domain listed first.
         best = max(table.profiles, key=lambda name: scores[name], default=None)
