@@ -66,7 +66,8 @@ def route(
         passes = score > 0 and score >= router.min_score
         mark = "chosen" if name == decision.domain else ("above min_score" if passes else "")
         table.add_row(name, f"{score:.3f}", mark)
-    table.caption = f"min_score {router.min_score}; below it the message goes to fallback {router.fallback!r}"
+    below = "the second look by characters decides, else" if router.second_look else "the message goes to"
+    table.caption = f"min_score {router.min_score}; below it {below} fallback {router.fallback!r}"
     common.console.print(table)
 
 
@@ -81,7 +82,9 @@ def route_json(registry, decision: RouteDecision, scores: list[tuple[str, float]
             pass
     return {"domain": decision.domain, "adapter": adapter, "reason": decision.reason, "score": decision.score,
             "detail": decision.detail, "classifier_scores": dict(scores), "min_score": router.min_score,
-            "fallback": router.fallback}
+            "fallback": router.fallback, "second_look": router.second_look}
+
+
 def _refuse_explicit(settings, registry, explicit: str | None) -> None:
     """A domain asked for by name that exists but cannot answer yet: say why instead of 'unknown'."""
     name = (explicit or "").strip().split("@", 1)[0]
