@@ -6,19 +6,21 @@
     python bench/learn_domains.py --domains-dir scripts/tuning_domains --device cuda --seeds 1,2,3,4,5,6
                                                         # recipe work: the tuning domains, many seeds on a GPU
 
-Each domain folder holds train.jsonl (30-40 Q/A lines) and paraphrases.jsonl (10 close rewordings
-of training questions with the same answers), written by hand for this bench and kept out of
-the base's corpus and out of recipe tuning (scripts/tuning_domains/ is what the recipe was tuned
-on; bench/routing/test2's folders, with rewordings.jsonl, work too). Per domain: the time to train with the [train] defaults, and ROUGE-L (official: jieba words,
-rouge_chinese) of greedy answers on the training questions, on the paraphrases, and on the
-training questions asked as a conversation's second turn (behind another question of the domain
-and its answer, as `glmbot chat` sends it), for the trained prefix and, as the baseline in the
-same run, the plain base. The last column answers the paraphrases as a project of that domain alone
-does with automatic routing (the prefix where the router sends a paraphrase to the domain, the plain
-base elsewhere), with the router's words alone and with its second look ([routing] second_look). Targets (issue 17): training questions >= 90, paraphrases >= 50. Run it
-alone: timings share the CPU. A domain's 10 paraphrases move by ~9 points (one standard deviation)
-from seed to seed, so compare settings over many seeds; on CUDA a seed is not even repeatable (bf16,
-atomic adds): a rerun of the same 4 seeds moved it_helpdesk's mean from 54.9 to 39.2.
+Each domain folder holds train.jsonl (30-40 Q/A lines) and paraphrases.jsonl (10 close rewordings of
+training questions with the same answers), written by hand for this bench and kept out of the base's
+corpus and out of recipe tuning (scripts/tuning_domains/ is what the recipe was tuned on;
+bench/routing/test2's folders, with rewordings.jsonl, work too). Per domain: the time to train with
+the [train] defaults, and ROUGE-L (official: jieba words, rouge_chinese) of greedy answers on the
+training questions, on the paraphrases, and on the training questions asked as a conversation's
+second turn (behind another question of the domain and its answer, as `glmbot chat` sends it), for
+the trained prefix and, as the baseline in the same run, the plain base. The last column answers the
+paraphrases as a project of that domain alone does with automatic routing (the prefix where the
+router sends a paraphrase to the domain, the plain base elsewhere), with the router's words alone
+and with its second look ([routing] second_look). Targets (issue 17): training questions >= 90,
+paraphrases >= 50. Run it alone: timings share the CPU. A domain's 10 paraphrases move by ~9 points
+(one standard deviation) from seed to seed, so compare settings over many seeds; on CUDA a seed is
+not even repeatable (bf16, atomic adds): a rerun of the same 4 seeds moved it_helpdesk's mean from
+54.9 to 39.2.
 """
 
 from __future__ import annotations
