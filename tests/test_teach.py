@@ -145,3 +145,17 @@ def test_the_terminal_chat_tells_once_how_to_fix_a_wrong_answer(tmp_path):
     child.expect("你 > ")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+
+
+def test_the_learning_check_asks_the_newest_line():
+    """A newcomer's retrain after /teach said "32 of 33 training questions" and left out the one just taught:
+    the check's even spread now runs from the first line to the last."""
+    from glmbot.training.data import Example
+    from glmbot.training.evaluate import spread
+
+    rows = [Example(f"问题{i}", f"答案{i}") for i in range(33)]
+    picked = spread(rows, 32)
+    assert len(picked) == 32 == len({r.prompt for r in picked}) and picked[0] is rows[0] and picked[-1] is rows[-1]
+    assert spread(rows[:5], 32) == rows[:5]
+    big = [Example(f"q{i}", "a") for i in range(225)]
+    assert [int(r.prompt[1:]) for r in spread(big, 32)][:3] == [0, 7, 14] and spread(big, 32)[-1] is big[-1]

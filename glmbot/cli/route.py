@@ -15,7 +15,7 @@ from glmbot.serving.router import RouteDecision
 from glmbot.serving.routing_setup import build_router
 
 REASON_STYLE = {"explicit": "bold", "small_talk": "yellow", "sticky": "bold", "plugin": "magenta", "keyword": "green", "pattern": "green",
-                "classifier": "cyan", "fallback": "yellow"}
+                "classifier": "cyan", "second_look": "cyan", "fallback": "yellow"}
 
 
 def route(

@@ -42,7 +42,7 @@ from glmbot.segment import jieba_module
 log = logging.getLogger(__name__)
 
 BASE = "base"  # the plain base model, in `explicit` and `fallback`
-REASONS = ("explicit", "small_talk", "sticky", "plugin", "keyword", "pattern", "classifier", "fallback")
+REASONS = ("explicit", "small_talk", "sticky", "plugin", "keyword", "pattern", "classifier", "second_look", "fallback")
 # Set by the engine, not the router: the routed adapter's files are damaged, so the request went to
 # an earlier intact version of its domain, or to the plain base model (RouteDecision.damaged names it).
 DAMAGED_FALLBACK = "damaged_fallback"
@@ -342,17 +342,17 @@ class SecondLook:
             ranked = sorted(scores[domain] for scores in reference)
             self.thresholds[domain] = ranked[min(len(ranked) - 1, int((1 - GENERAL_SHARE) * len(ranked)))]
 
-    def route(self, tokens: list[str], min_score: float) -> tuple[str, float, float, float] | None:
-        """(domain, its score, the general chat's, the domain's threshold), or None."""
+    def look(self, tokens: list[str], min_score: float) -> tuple[str, float, float, float]:
+        """(the closest domain, its score, the general chat's, the score that domain needs)."""
         scores = self.classifier.token_scores(tokens)
         general = scores.pop(BASE)
-        best = max(scores, key=lambda name: scores[name], default=None)
-        if best is None:
-            return None
-        need = max(SECOND_MIN_SHARE * min_score, self.thresholds[best])
-        if scores[best] < need or scores[best] <= general:
-            return None
-        return best, scores[best], general, need
+        best = max(scores, key=lambda name: scores[name])
+        return best, scores[best], general, max(SECOND_MIN_SHARE * min_score, self.thresholds[best])
+
+    def route(self, tokens: list[str], min_score: float) -> str | None:
+        """The domain the second look sends `tokens` to, or None."""
+        domain, score, general, need = self.look(tokens, min_score)
+        return domain if score >= need and score > general else None
 
 
 def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False) -> _RoutingTable:
@@ -718,20 +718,22 @@ class Router:
         tokens = content_tokens(text)
         decision = self._classify_tokens(tokens, table)[0]
         if decision.reason == "fallback" and tokens and table.second is not None:
-            second = self._second_look(tokens, table)
-            # The word classifier's scores stay beside the decision (glmbot route shows them).
-            return replace(second, scores=decision.scores) if second is not None else decision
+            return self._second_look(tokens, decision, table)
         return decision
 
-    def _second_look(self, tokens: list[str], table: _RoutingTable) -> RouteDecision | None:
-        found = table.second.route(tokens, self.min_score)
-        if found is None:
-            return None
-        domain, score, general, need = found
-        return RouteDecision(domain, None, "classifier", score,
-                             detail=f"second look: its words and characters match {domain}'s training prompts "
-                                    f"({score:.2f}, needed {need:.2f}) more than general chat ({general:.2f})"
-                                    f"{_active(table, domain)}")
+    def _second_look(self, tokens: list[str], fallback: RouteDecision, table: _RoutingTable) -> RouteDecision:
+        """The second look's route, or the word classifier's fallback with what the second look saw."""
+        domain, score, general, need = table.second.look(tokens, self.min_score)
+        if score >= need and score > general:
+            # The word classifier's scores stay beside the decision (glmbot route shows them).
+            return RouteDecision(domain, None, "second_look", score, fallback.scores,
+                                 detail=f"its words and characters match {domain}'s training prompts ({score:.2f}, "
+                                        f"needed {need:.2f}) more than general chat ({general:.2f}){_active(table, domain)}")
+        if score < need:
+            seen = f"{domain} {score:.2f}, under the {need:.2f} it needs"
+        else:
+            seen = f"general chat {general:.2f}, {domain} {score:.2f}"
+        return replace(fallback, detail=f"{fallback.detail}; by its characters too: {seen}")
 
     def _classify_tokens(self, tokens: list[str], table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
         """The word classifier's decision, with each domain's nearest-prompt cosine beside it."""
@@ -768,7 +770,7 @@ class _Said:
             # A question the second look sent to a domain (by characters, perhaps no word) describes it too.
             found = table.second.route(list(asked), min_score) if table.second is not None else None
             if found is not None:
-                self.touched.add(found[0])
+                self.touched.add(found)
 
 
 @lru_cache(maxsize=16_384)

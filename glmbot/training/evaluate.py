@@ -75,7 +75,7 @@ def check_learning(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenizer
 
     Both answer sets are written to `out_dir/learning_check.jsonl` ({prompt, labels, base, prefix}).
     """
-    picked = examples[::max(1, len(examples) // samples)][:samples]
+    picked = spread(examples, samples)
     prompts, histories = [e.prompt for e in picked], [e.history for e in picked]
     references = [e.response for e in picked]
     base = generate_answers(model, tok, prompts, None, histories=histories, max_new_tokens=max_new_tokens)
@@ -87,6 +87,17 @@ def check_learning(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenizer
     prefix_score, base_score = score(tuned, references)["rouge-l"], score(base, references)["rouge-l"]
     return LearningCheck(round(prefix_score, 4), round(base_score, 4), len(picked), learned(prefix_score, base_score),
                          len(examples))
+
+
+def spread(examples: list[Example], samples: int) -> list[Example]:
+    """Up to `samples` of `examples`, evenly spread from the first to the last (the last line of a data
+    file is often the newest, e.g. one `/teach` just added: a step of len // samples left it out)."""
+    n = len(examples)
+    if n <= samples:
+        return list(examples)
+    if samples <= 1:
+        return list(examples[-samples:]) if samples else []
+    return [examples[round(i * (n - 1) / (samples - 1))] for i in range(samples)]
 
 
 def load_probe(path: Path = PROBE_FILE) -> tuple[list[str], list[str]]:
