@@ -264,6 +264,8 @@ class ChatService:
 
 def _no_such_model(model: str, cards: list[dict[str, Any]], why: str = "") -> APIError:
     names = ", ".join(c["id"] for c in cards) or "none"
+    # The version example names one of this server's own domains (a newcomer's project has no 'support').
+    domain = next((c["id"] for c in cards if c["id"] not in ("auto", "base") and "@" not in c["id"]), "support")
     return APIError(404, f"model {model!r} does not exist{f' ({why})' if why else ''}; available models: {names} "
-                         "(a domain may also be asked for by version, e.g. support@v2)",
+                         f"(a domain may also be asked for by version, e.g. {domain}@v2)",
                     code="model_not_found", param="model")
