@@ -341,10 +341,15 @@ class SecondLook:
         for domain in prompts_by_domain:
             ranked = sorted(scores[domain] for scores in reference)
             self.thresholds[domain] = ranked[min(len(ranked) - 1, int((1 - GENERAL_SHARE) * len(ranked)))]
+        # A stateless client's every request replays the same earlier questions (Router._replayed).
+        self._look = lru_cache(maxsize=STICKY_CAPACITY)(self._look_uncached)
 
     def look(self, tokens: list[str], min_score: float) -> tuple[str, float, float, float]:
         """(the closest domain, its score, the general chat's, the score that domain needs)."""
-        scores = self.classifier.token_scores(tokens)
+        return self._look(tuple(tokens), min_score)
+
+    def _look_uncached(self, tokens: tuple[str, ...], min_score: float) -> tuple[str, float, float, float]:
+        scores = self.classifier.token_scores(list(tokens))
         general = scores.pop(BASE)
         best = max(scores, key=lambda name: scores[name])
         return best, scores[best], general, max(SECOND_MIN_SHARE * min_score, self.thresholds[best])
