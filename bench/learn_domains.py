@@ -117,8 +117,9 @@ def main() -> None:
         questions = load_examples(domains_dir / name / "train.jsonl")
         paraphrases = load_examples(paraphrase_file(domains_dir / name))
         second = as_second_turn(questions)
-        base = [rouge_l(model, tok, None, rows) for rows in (questions, paraphrases, second)]
         plain = answers(model, tok, None, paraphrases)
+        base = [rouge_l(model, tok, None, questions), score(plain, [p.response for p in paraphrases])["rouge-l"],
+                rouge_l(model, tok, None, second)]
         runs = []
         for seed in seeds:
             run = dataclasses.replace(train, seed=seed)

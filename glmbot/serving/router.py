@@ -33,7 +33,7 @@ from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from glmbot.config import DOMAIN_NAME_RE, Settings
 from glmbot.errors import ConfigError, UnknownDomainError, unknown_domain
@@ -326,6 +326,20 @@ class _RoutingTable:
     second: SecondLook | None = None  # [routing] second_look
 
 
+class Look(NamedTuple):
+    """What the second look saw of a message: the closest domain, its score, the general chat's, and the
+    score that domain needs."""
+
+    domain: str
+    score: float
+    general: float
+    need: float
+
+    @property
+    def routes(self) -> bool:
+        return self.score >= self.need and self.score > self.general
+
+
 class SecondLook:
     """A second look at a message whose words reach no domain ([routing] second_look): its words and the
     characters of its words (打印卡住了 and 打印机卡纸怎么处理？ share no word) against
@@ -344,20 +358,14 @@ class SecondLook:
         # A stateless client's every request replays the same earlier questions (Router._replayed).
         self._look = lru_cache(maxsize=STICKY_CAPACITY)(self._look_uncached)
 
-    def look(self, tokens: list[str], min_score: float) -> tuple[str, float, float, float]:
-        """(the closest domain, its score, the general chat's, the score that domain needs)."""
+    def look(self, tokens: list[str], min_score: float) -> Look:
         return self._look(tuple(tokens), min_score)
 
-    def _look_uncached(self, tokens: tuple[str, ...], min_score: float) -> tuple[str, float, float, float]:
+    def _look_uncached(self, tokens: tuple[str, ...], min_score: float) -> Look:
         scores = self.classifier.token_scores(list(tokens))
         general = scores.pop(BASE)
         best = max(scores, key=lambda name: scores[name])
-        return best, scores[best], general, max(SECOND_MIN_SHARE * min_score, self.thresholds[best])
-
-    def route(self, tokens: list[str], min_score: float) -> str | None:
-        """The domain the second look sends `tokens` to, or None."""
-        domain, score, general, need = self.look(tokens, min_score)
-        return domain if score >= need and score > general else None
+        return Look(best, scores[best], general, max(SECOND_MIN_SHARE * min_score, self.thresholds[best]))
 
 
 def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False) -> _RoutingTable:
@@ -728,8 +736,9 @@ class Router:
 
     def _second_look(self, tokens: list[str], fallback: RouteDecision, table: _RoutingTable) -> RouteDecision:
         """The second look's route, or the word classifier's fallback with what the second look saw."""
-        domain, score, general, need = table.second.look(tokens, self.min_score)
-        if score >= need and score > general:
+        look = table.second.look(tokens, self.min_score)
+        domain, score, general, need = look
+        if look.routes:
             # The word classifier's scores stay beside the decision (glmbot route shows them).
             return RouteDecision(domain, None, "second_look", score, fallback.scores,
                                  detail=f"its words and characters match {domain}'s training prompts ({score:.2f}, "
@@ -773,9 +782,8 @@ class _Said:
         if asked:
             self.touched |= {d for d, s in table.classifier.token_scores(list(asked)).items() if s > 0}
             # A question the second look sent to a domain (by characters, perhaps no word) describes it too.
-            found = table.second.route(list(asked), min_score) if table.second is not None else None
-            if found is not None:
-                self.touched.add(found)
+            if table.second is not None and (look := table.second.look(list(asked), min_score)).routes:
+                self.touched.add(look.domain)
 
 
 @lru_cache(maxsize=16_384)
