@@ -106,6 +106,9 @@ class TrainSettings:
             raise ValueError("set max_steps or epochs (both are 0)")
 
 
+LOOP_PERIOD = 8  # longest repeated piece, in tokens, that [generation] loop_stop looks for
+
+
 @dataclass
 class GenerationSettings:
     max_new_tokens: int = field(default=256, metadata=_help("tokens generated at most per answer"))
@@ -115,6 +118,9 @@ class GenerationSettings:
     top_p: float = field(default=0.8, metadata=_help("official chat default 0.8"))
     top_k: int = field(default=0, metadata=_help("0 = off"))
     repetition_penalty: float = field(default=1.0, metadata=_help("1.0 = off"))
+    loop_stop: int = field(default=32, metadata=_help(
+        "an answer whose last N tokens are one piece of 1-8 tokens over and over ends there (finish reason "
+        "stop): greedy decoding that enters a loop never leaves it and would fill max_new_tokens; 0 = off"))
     max_length: int = field(default=8192, metadata=_help("prompt + answer tokens at most (official 8192)"))
 
     def __post_init__(self) -> None:
@@ -126,6 +132,8 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.repetition_penalty <= 0:
             raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
+        if self.loop_stop != 0 and self.loop_stop < 2 * LOOP_PERIOD:
+            raise ValueError(f"loop_stop must be 0 (off) or at least {2 * LOOP_PERIOD} tokens, got {self.loop_stop}")
 
 
 @dataclass

@@ -601,3 +601,50 @@ def test_cuda_graph_decode_equals_eager_and_the_oracle(tok):
     for (domain, query), result in zip(plan, outputs["graph"]):
         assert tok.decode(list(result)).strip() == oracle(model, tok, query, kvs.get(domain), 12)
     assert tok.decode(list(late.token_ids)).strip() == oracle(model, tok, QUERIES[5], kvs["support"], 12)
+
+
+# ---------------------------------------------------------------------------- answers caught in a loop
+
+class GivenTokens:
+    """A DecodeProbe that makes every row generate `pattern` over and over, whatever the logits say."""
+
+    def __init__(self, pattern: list[int]):
+        self.pattern = pattern
+
+    def observe(self, rows, indices, logits):  # noqa: ANN001 - the DecodeProbe protocol
+        return [self.pattern[i % len(self.pattern)] for i in indices]
+
+
+def looped(base, tok, pattern: list[int], loop_stop: int, **request):
+    settings = Settings()
+    settings.generation.loop_stop = loop_stop
+    assert not set(pattern) & {tok.eos_token_id, tok.pad_token_id}
+    with Engine(base, tok, settings=settings, max_batch_size=4, max_len=128) as eng:
+        eng.scheduler.probe = GivenTokens(pattern)
+        return eng.generate(greedy(QUERIES[2], None, 60, **request))
+
+
+@pytest.mark.parametrize("period", [1, 2, 8])
+def test_an_answer_repeating_one_piece_ends_after_loop_stop_tokens(base, tok, period):
+    """Greedy decoding that loops (一击一击一击...) never leaves the loop: the answer ends once its last
+    loop_stop tokens repeat one piece of up to 8 tokens, instead of running to max_new_tokens."""
+    pattern = list(range(100, 100 + period))
+    result = looped(base, tok, pattern, loop_stop=16)
+    assert result.finish_reason == "stop"
+    assert list(result.token_ids) == [pattern[i % period] for i in range(16)]  # it repeats from the first token
+
+
+def test_no_loop_stop_for_longer_pieces_when_off_or_when_eos_is_ignored(base, tok):
+    result = looped(base, tok, list(range(100, 109)), loop_stop=16)  # 9 tokens: longer than the 8 looked for
+    assert result.finish_reason == "length" and len(result.token_ids) == 60
+    result = looped(base, tok, [100, 101], loop_stop=0)
+    assert result.finish_reason == "length" and len(result.token_ids) == 60
+    result = looped(base, tok, [100, 101], loop_stop=16, ignore_eos=True)  # benchmarks generate max_tokens
+    assert result.finish_reason == "length" and len(result.token_ids) == 60
+
+
+def test_loop_stop_below_two_pieces_is_refused():
+    from glmbot.config import GenerationSettings
+
+    with pytest.raises(ValueError, match="loop_stop must be 0 .off. or at least 16 tokens, got 5"):
+        GenerationSettings(loop_stop=5)

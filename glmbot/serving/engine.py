@@ -346,7 +346,7 @@ class Engine:
                 name, ANSWER_FILTERS_HOOK, exc))
         tools_family = self.family if req.tools and req.prompt_ids is None else None
         return Job(handle, prompt_ids, prefix, params, max_new, tuple(req.stop), bool(req.ignore_eos), route, adapter,
-                   rewrite, filters, tools_family)
+                   rewrite, filters, tools_family, loop_stop=0 if req.ignore_eos else gen.loop_stop)
 
     def _latest_rounds(self, req: GenerationRequest, history: list[tuple[str, str]], rounds: int | None,
                        prompt_ids: list[int]) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from glmbot.config import LOOP_PERIOD
 from glmbot.errors import GenerationError
 from glmbot.model.chat_format import ToolCall
 from glmbot.model.family import GlmFamily
@@ -55,6 +56,8 @@ class Job:
     # The request has tools (ChatGLM3/GLM-4): its stream goes through a ToolGate (a call is never shown
     # as text) and the reply is parsed into text + tool calls at the end.
     tools_family: GlmFamily | None = None
+    # [generation] loop_stop: the answer ends once its last loop_stop tokens repeat one piece (0 = off)
+    loop_stop: int = 0
 
     @property
     def prefix_len(self) -> int:
@@ -76,6 +79,20 @@ class Row:
         self.prefilled = 0  # prompt tokens already in the row's KV slots (chunked prefill)
         self.admitted_step = 0  # the scheduler's decode step count when the row was admitted
         self.tools = ToolGate(job.tools_family, decode, segment_id) if job.tools_family is not None else None
+        self._runs = [0] * LOOP_PERIOD  # per period p: how many last tokens equal the token p before them
+
+    def looping(self, span: int) -> bool:
+        """After a token is added: do the completion's last `span` tokens repeat one piece of 1 to
+        LOOP_PERIOD tokens (一击一击一击...)? Kept up per token in O(LOOP_PERIOD)."""
+        c = self.completion
+        hit = False
+        for p in range(1, LOOP_PERIOD + 1):
+            if len(c) > p and c[-1 - p] == c[-1]:
+                self._runs[p - 1] += 1
+                hit = hit or self._runs[p - 1] + p >= span
+            else:
+                self._runs[p - 1] = 0
+        return hit
 
     @property
     def decoding(self) -> bool:
@@ -444,10 +461,13 @@ class Scheduler:
             delta = row.tools.push(token, row.completion, delta)
         if job.rewrite is None:
             job.handle._push(delta)
+        looping = job.loop_stop > 0 and row.looping(job.loop_stop)
         if row.text.stopped and (row.tools is None or row.tools.state == "open"):
             # With tools, stop strings cut a text answer only: a call (or a first line that may
             # still become one) runs to its own stop id, so its arguments are never cut short.
             self._finish(row, "stop")
+        elif looping and (row.tools is None or row.tools.state == "open"):
+            self._finish(row, "stop")  # greedy decoding never leaves a loop: the rest would repeat it
         elif row.sampled >= job.max_new_tokens:
             # a text cut by a stop string while its first line was still held (the tool gate's
             # "wait") ran on in case it became a call: it was stopped, not cut by the length
