@@ -71,10 +71,10 @@ def shop_checks(split: str) -> list[tuple[str, str]]:
     return [(r["text"], r["domain"]) for r in jsonl(SAMPLES / "routing_heldout.jsonl")]
 
 
-def general_chat(split: str) -> list[str]:
+def general_chat(split: str, path: Path | None = None) -> list[str]:
+    """The split's general-chat messages, or those of `path` (rows with "text" or "prompt")."""
     name = "test2/general_chat.jsonl" if split == "test2" else f"general_chat_{split}.jsonl"
-    path = ROOT / "bench" / "routing" / name
-    return [r["text"] for r in jsonl(path)]
+    return [r.get("text", r.get("prompt")) for r in jsonl(path or ROOT / "bench" / "routing" / name)]
 
 
 def measure(kwargs: dict, settings, domains, chat, shop) -> dict[str, tuple[int, int]]:
@@ -111,6 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", choices=("dev", "test", "test2"), default="test2")
     ap.add_argument("--config", default=str(ROOT / "glmbot.toml"))
+    ap.add_argument("--chat", type=Path, help="general-chat messages to use instead of the split's, e.g. "
+                    "bench/chat/newcomer_chat.jsonl (a newcomer's first messages, never tuned on)")
     args = ap.parse_args()
     settings = load_settings(args.config)
     routing = settings.routing
@@ -118,7 +120,7 @@ def main() -> None:
                       leave_off_topic=routing.leave_off_topic, second_look=routing.second_look)
     variants = [("words only (second_look = false)", {**configured, "second_look": False}),
                 ("second look (second_look = true)", {**configured, "second_look": True})]
-    domains, chat, shop = newcomer_domains(args.split), general_chat(args.split), shop_checks(args.split)
+    domains, chat, shop = newcomer_domains(args.split), general_chat(args.split, args.chat), shop_checks(args.split)
     print(f"split {args.split}: {len(domains)} newcomer domains ({', '.join(domains)}), "
           f"{sum(len(rw) for _, rw in domains.values())} rewordings, {len(chat)} general-chat messages, "
           f"{len(shop)} shop held-out messages")
