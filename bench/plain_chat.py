@@ -67,23 +67,11 @@ def numbers_in(text: str) -> set[int]:
 
 
 def answers(base: str, rows: list[dict], max_new_tokens: int) -> list[tuple[str, str]]:
-    settings = Settings()
-    settings.model.base_model = base
     model, tok = load_base(base, device="cpu")
-    with Engine(model, tok, settings=settings, max_batch_size=16) as engine:
+    with Engine(model, tok, settings=Settings(), max_batch_size=16) as engine:
         results = engine.generate_many([GenerationRequest(query=r["prompt"], do_sample=False,
                                                           max_new_tokens=max_new_tokens) for r in rows])
-    out = []
-    for r in results:
-        looped = r.finish_reason == "stop" and len(r.token_ids) >= settings.generation.loop_stop and \
-            _tail_repeats(list(r.token_ids), settings.generation.loop_stop)
-        out.append((r.text, "loop" if looped else ("length" if r.finish_reason == "length" else "eos")))
-    return out
-
-
-def _tail_repeats(ids: list[int], span: int) -> bool:
-    tail = ids[-span:]
-    return any(all(tail[i] == tail[i - p] for i in range(p, span)) for p in range(1, 9))
+    return [(r.text, {"stop": "eos"}.get(r.finish_reason, r.finish_reason)) for r in results]
 
 
 def main() -> None:

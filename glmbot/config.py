@@ -120,7 +120,7 @@ class GenerationSettings:
     repetition_penalty: float = field(default=1.0, metadata=_help("1.0 = off"))
     loop_stop: int = field(default=32, metadata=_help(
         "an answer whose last N tokens are one piece of 1-8 tokens over and over ends there (finish reason "
-        "stop): greedy decoding that enters a loop never leaves it and would fill max_new_tokens; 0 = off"))
+        "loop; OpenAI's stop): greedy decoding that enters a loop never leaves it and would fill max_new_tokens; 0 = off"))
     max_length: int = field(default=8192, metadata=_help("prompt + answer tokens at most (official 8192)"))
 
     def __post_init__(self) -> None:

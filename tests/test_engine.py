@@ -629,8 +629,10 @@ def test_an_answer_repeating_one_piece_ends_after_loop_stop_tokens(base, tok, pe
     """Greedy decoding that loops (一击一击一击...) never leaves the loop: the answer ends once its last
     loop_stop tokens repeat one piece of up to 8 tokens, instead of running to max_new_tokens."""
     pattern = list(range(100, 100 + period))
+    from glmbot.http.responses import openai_finish_reason
+
     result = looped(base, tok, pattern, loop_stop=16)
-    assert result.finish_reason == "stop"
+    assert result.finish_reason == "loop" and openai_finish_reason(result) == "stop"  # the HTTP API's client sees stop
     assert list(result.token_ids) == [pattern[i % period] for i in range(16)]  # it repeats from the first token
 
 

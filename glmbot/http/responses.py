@@ -16,7 +16,7 @@ from typing import Any
 from glmbot.model.chat_format import ToolCall
 from glmbot.serving.requests import GenerationResult
 
-_FINISH = {"stop": "stop", "length": "length"}  # glmbot finish_reason -> OpenAI's
+_FINISH = {"stop": "stop", "loop": "stop", "length": "length"}  # glmbot finish_reason -> OpenAI's
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from glmbot.model.family import GlmFamily
     from glmbot.serving.router import RouteDecision
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "loop", "length", "cancelled", "error"]  # loop: cut by [generation] loop_stop
 _ids = itertools.count(1)
 
 

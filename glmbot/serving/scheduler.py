@@ -467,7 +467,7 @@ class Scheduler:
             # still become one) runs to its own stop id, so its arguments are never cut short.
             self._finish(row, "stop")
         elif looping and (row.tools is None or row.tools.state == "open"):
-            self._finish(row, "stop")  # greedy decoding never leaves a loop: the rest would repeat it
+            self._finish(row, "loop")  # greedy decoding never leaves a loop: the rest would repeat it
         elif row.sampled >= job.max_new_tokens:
             # a text cut by a stop string while its first line was still held (the tool gate's
             # "wait") ran on in case it became a call: it was stopped, not cut by the length
