@@ -20,7 +20,9 @@ newcomer who adds a domain in this folder gets them.
 Two scenarios: "alone" (one newcomer domain beside the shop's, once per domain) and "together"
 (every newcomer domain of the split at once). Per router setting: rewordings that reach their own
 domain, general chat sent to some domain (lower is better), and the shop's own held-out messages
-routed right. Both rows use glmbot.toml's [routing]; the first without its second look, the baseline.
+routed right. The rows use glmbot.toml's [routing]: without the second look and the general-chat reference (the
+baseline), with the second look alone, and with both ([routing] general_chat: a message whose words are
+closer to the reference of general chat than to every domain goes to the plain base).
 """
 
 from __future__ import annotations
@@ -117,9 +119,13 @@ def main() -> None:
     settings = load_settings(args.config)
     routing = settings.routing
     configured = dict(fallback="base", min_score=routing.min_score, topic_change_score=routing.topic_change_score,
-                      leave_off_topic=routing.leave_off_topic, second_look=routing.second_look)
-    variants = [("words only (second_look = false)", {**configured, "second_look": False}),
-                ("second look (second_look = true)", {**configured, "second_look": True})]
+                      leave_off_topic=routing.leave_off_topic, second_look=routing.second_look,
+                      general_chat=routing.general_chat)
+    variants = [("words only (second_look = false, general_chat = false)",
+                 {**configured, "second_look": False, "general_chat": False}),
+                ("second look (second_look = true, general_chat = false)",
+                 {**configured, "second_look": True, "general_chat": False}),
+                ("second look and general chat (both true)", {**configured, "second_look": True, "general_chat": True})]
     domains, chat, shop = newcomer_domains(args.split), general_chat(args.split, args.chat), shop_checks(args.split)
     print(f"split {args.split}: {len(domains)} newcomer domains ({', '.join(domains)}), "
           f"{sum(len(rw) for _, rw in domains.values())} rewordings, {len(chat)} general-chat messages, "

@@ -200,6 +200,9 @@ class RoutingSettings:
         "a message whose words reach no domain is looked at again by the characters of its words too "
         "(打印卡住了 ~ 打印机卡纸怎么处理), beside a reference of general chat (glmbot/data/general_chat.txt): "
         "a domain gets it where it scores above nearly all that general chat does for the domain"))
+    general_chat: bool = field(default=True, metadata=_help(
+        "a message whose words are closer to a reference of general chat (glmbot/data/general_chat.txt) than to "
+        "every domain's training prompts goes to the fallback: 一个星期有几天？ shares 几天 with 退货几天到账 but is chat"))
 
 
 @dataclass

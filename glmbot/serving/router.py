@@ -33,7 +33,7 @@ from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from glmbot.config import DOMAIN_NAME_RE, Settings
 from glmbot.errors import ConfigError, UnknownDomainError, unknown_domain
@@ -198,12 +198,15 @@ class PromptClassifier:
     score of off-topic messages towards 0.
     """
 
-    def __init__(self, prompts_by_domain: dict[str, list[str]], top_k: int = TOP_K, char_weight: float = 0.0) -> None:
+    def __init__(self, prompts_by_domain: dict[str, list[str]], top_k: int = TOP_K, char_weight: float = 0.0,
+                 reference: Sequence[str] = ()) -> None:
+        """reference: messages of general chat, indexed like a domain's prompts (so their words weigh in
+        the IDF) but scored apart: `general_score`."""
         self.domains = list(prompts_by_domain)
         self.top_k = top_k
         self.char_weight = char_weight
         docs: list[tuple[str, list[str]]] = []
-        for domain, prompts in prompts_by_domain.items():
+        for domain, prompts in {**prompts_by_domain, **({BASE: list(reference)} if reference else {})}.items():
             for prompt in dict.fromkeys(prompts):  # repeated prompts would count twice in the top-k
                 tokens = content_tokens(prompt)
                 if tokens:
@@ -267,7 +270,13 @@ class PromptClassifier:
         nearest: dict[str, list[float]] = defaultdict(list)
         for index, cosine in dots.items():
             nearest[self._doc_domain[index]].append(cosine)
-        return {domain: sorted(nearest[domain], reverse=True) for domain in self.domains}
+        return {domain: sorted(nearest[domain], reverse=True) for domain in (*self.domains, BASE)}
+
+    def general_score(self, tokens: list[str]) -> float:
+        """The reference's score for `tokens`, as a domain's (0 without a reference)."""
+        cosines = self._cosines(tokens)[BASE]
+        k = min(self.top_k, self._domain_size[BASE]) or 1
+        return sum(cosines[:k]) / k
 
 
 class StickyRoutes:
@@ -324,6 +333,7 @@ class _RoutingTable:
     classifier: PromptClassifier
     prompts: dict[str, str | None]  # a training prompt's letters and digits -> its domain (None: several domains)
     second: SecondLook | None = None  # [routing] second_look
+    general_chat: bool = False  # [routing] general_chat: the classifier holds the general-chat reference
 
 
 class Look(NamedTuple):
@@ -368,7 +378,8 @@ class SecondLook:
         return Look(best, scores[best], general, max(SECOND_MIN_SHARE * min_score, self.thresholds[best]))
 
 
-def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False) -> _RoutingTable:
+def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False,
+                 general: bool = False) -> _RoutingTable:
     by_name: dict[str, DomainProfile] = {}
     keywords, patterns = [], []
     for profile in profiles:
@@ -387,7 +398,8 @@ def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False) -
                                   f"expression: {exc}") from None
     # The longest matching keyword is the most specific one; the stable sort keeps profile order on ties.
     keywords.sort(key=lambda entry: -len(entry[1]))
-    classifier = PromptClassifier({name: p.prompts for name, p in by_name.items()})
+    classifier = PromptClassifier({name: p.prompts for name, p in by_name.items()},
+                                  reference=general_chat() if general and by_name else ())
     prompts: dict[str, str | None] = {}
     for name, profile in by_name.items():
         for prompt in profile.prompts:
@@ -395,7 +407,7 @@ def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False) -
             if key:
                 prompts[key] = name if prompts.get(key, name) == name else None
     second = SecondLook({name: p.prompts for name, p in by_name.items()}) if second_look and by_name else None
-    return _RoutingTable(by_name, keywords, patterns, classifier, prompts, second)
+    return _RoutingTable(by_name, keywords, patterns, classifier, prompts, second, general and bool(by_name))
 
 
 class Router:
@@ -404,7 +416,8 @@ class Router:
     def __init__(self, profiles: list[DomainProfile], *, fallback: str = BASE,
                  min_score: float = DEFAULT_MIN_SCORE, sticky: bool = True,
                  sticky_capacity: int = STICKY_CAPACITY, small_talk_to_base: bool = True,
-                 topic_change_score: float = 0.6, leave_off_topic: bool = True, second_look: bool = True) -> None:
+                 topic_change_score: float = 0.6, leave_off_topic: bool = True, second_look: bool = True,
+                 general_chat: bool = True) -> None:
         if not 0.0 <= min_score <= 1.0:
             raise ConfigError(f"routing.min_score must be in 0..1 (a cosine similarity), got {min_score}")
         if not 0.0 <= topic_change_score <= 1.0:
@@ -417,7 +430,8 @@ class Router:
         self.sticky = sticky
         self.small_talk_to_base = small_talk_to_base
         self.second_look = second_look
-        self._table = _build_table(profiles, second_look)
+        self.general_chat = general_chat
+        self._table = _build_table(profiles, second_look, general_chat)
         self._check_fallback(self._table)
         self._memory = StickyRoutes(sticky_capacity)
         self._plugins: tuple[PluginRouter, ...] = ()
@@ -444,7 +458,8 @@ class Router:
         """A router over `profiles` with the values of glmbot.toml's [routing] (a RoutingSettings)."""
         return cls(profiles, fallback=routing.fallback, min_score=routing.min_score, sticky=routing.sticky,
                    small_talk_to_base=routing.small_talk_to_base, topic_change_score=routing.topic_change_score,
-                   leave_off_topic=routing.leave_off_topic, second_look=routing.second_look)
+                   leave_off_topic=routing.leave_off_topic, second_look=routing.second_look,
+                   general_chat=routing.general_chat)
 
     @property
     def domains(self) -> list[str]:
@@ -484,7 +499,7 @@ class Router:
                 del merged[name]
             for profile in profiles:
                 merged[profile.name] = profile
-            table = _build_table(merged.values(), self.second_look)
+            table = _build_table(merged.values(), self.second_look, self.general_chat)
             self._check_fallback(table)
             self._table = table
             self._memory.keep_domains(table.profiles)
@@ -755,13 +770,16 @@ class Router:
         # max() keeps the first of equal scores, i.e. the domain listed first.
         best = max(table.profiles, key=lambda name: scores[name], default=None)
         best_score = scores[best] if best is not None else 0.0
-        if best is not None and best_score > 0 and best_score >= self.min_score:
+        general = table.classifier.general_score(tokens) if table.general_chat and best_score >= self.min_score else 0.0
+        if best is not None and best_score > 0 and best_score >= self.min_score and best_score > general:
             return RouteDecision(best, None, "classifier", best_score, scores,
                                  detail=f"nearest training prompts are {best}'s{_active(table, best)}"), nearest
         if not tokens:
             why = "only greetings, chit-chat, stop-words or punctuation"
         elif best_score == 0.0:
             why = "no word of the message occurs in any domain's training prompts"
+        elif best_score >= self.min_score:
+            why = f"its words are closer to general chat ({general:.3f}) than to {best}'s training prompts ({best_score:.3f})"
         else:
             why = f"best classifier score {best_score:.3f} ({best}) < min_score {self.min_score}"
         domain = None if self.fallback == BASE else self.fallback
