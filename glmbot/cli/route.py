@@ -67,7 +67,8 @@ def route(
         mark = "chosen" if name == decision.domain else ("above min_score" if passes else "")
         table.add_row(name, f"{score:.3f}", mark)
     below = "the second look by characters decides, else" if router.second_look else "the message goes to"
-    table.caption = f"min_score {router.min_score}; below it {below} fallback {router.fallback!r}"
+    where = "below it, or where general chat scores higher," if router.general_chat else "below it"
+    table.caption = f"min_score {router.min_score}; {where} {below} fallback {router.fallback!r}"
     common.console.print(table)
 
 
@@ -82,7 +83,7 @@ def route_json(registry, decision: RouteDecision, scores: list[tuple[str, float]
             pass
     return {"domain": decision.domain, "adapter": adapter, "reason": decision.reason, "score": decision.score,
             "detail": decision.detail, "classifier_scores": dict(scores), "min_score": router.min_score,
-            "fallback": router.fallback, "second_look": router.second_look}
+            "fallback": router.fallback, "second_look": router.second_look, "general_chat": router.general_chat}
 
 
 def _refuse_explicit(settings, registry, explicit: str | None) -> None:
