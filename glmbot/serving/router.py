@@ -333,7 +333,6 @@ class _RoutingTable:
     classifier: PromptClassifier
     prompts: dict[str, str | None]  # a training prompt's letters and digits -> its domain (None: several domains)
     second: SecondLook | None = None  # [routing] second_look
-    general_chat: bool = False  # [routing] general_chat: the classifier holds the general-chat reference
 
 
 class Look(NamedTuple):
@@ -407,7 +406,7 @@ def _build_table(profiles: Iterable[DomainProfile], second_look: bool = False,
             if key:
                 prompts[key] = name if prompts.get(key, name) == name else None
     second = SecondLook({name: p.prompts for name, p in by_name.items()}) if second_look and by_name else None
-    return _RoutingTable(by_name, keywords, patterns, classifier, prompts, second, general and bool(by_name))
+    return _RoutingTable(by_name, keywords, patterns, classifier, prompts, second)
 
 
 class Router:
@@ -770,7 +769,7 @@ class Router:
         # max() keeps the first of equal scores, i.e. the domain listed first.
         best = max(table.profiles, key=lambda name: scores[name], default=None)
         best_score = scores[best] if best is not None else 0.0
-        general = table.classifier.general_score(tokens) if table.general_chat and best_score >= self.min_score else 0.0
+        general = table.classifier.general_score(tokens) if best_score >= self.min_score else 0.0  # 0: no reference
         if best is not None and best_score > 0 and best_score >= self.min_score and best_score > general:
             return RouteDecision(best, None, "classifier", best_score, scores,
                                  detail=f"nearest training prompts are {best}'s{_active(table, best)}"), nearest
