@@ -201,7 +201,7 @@ class PromptClassifier:
     def __init__(self, prompts_by_domain: dict[str, list[str]], top_k: int = TOP_K, char_weight: float = 0.0,
                  reference: Sequence[str] = ()) -> None:
         """reference: messages of general chat, indexed like a domain's prompts (so their words weigh in
-        the IDF) but scored apart: `general_score`."""
+        the IDF) but scored apart: the third value of `scores_and_nearest`."""
         self.domains = list(prompts_by_domain)
         self.top_k = top_k
         self.char_weight = char_weight
@@ -250,16 +250,17 @@ class PromptClassifier:
         """Score 0..1 of every domain for already extracted content tokens."""
         return self.scores_and_nearest(tokens)[0]
 
-    def scores_and_nearest(self, tokens: list[str]) -> tuple[dict[str, float], dict[str, float]]:
-        """token_scores, and the cosine of every domain's single closest prompt (1.0: the message is
-        one of them), from one pass over the index."""
+    def scores_and_nearest(self, tokens: list[str]) -> tuple[dict[str, float], dict[str, float], float]:
+        """token_scores, the cosine of every domain's single closest prompt (1.0: the message is one of
+        them), and the reference's score as a domain's (0 without one), from one pass over the index."""
         cosines = self._cosines(tokens)
         scores, nearest = {}, {}
-        for domain in self.domains:
+        for domain in (*self.domains, BASE):
             k = min(self.top_k, self._domain_size[domain]) or 1
             scores[domain] = sum(cosines[domain][:k]) / k
             nearest[domain] = cosines[domain][0] if cosines[domain] else 0.0
-        return scores, nearest
+        general, _ = scores.pop(BASE), nearest.pop(BASE)
+        return scores, nearest, general
 
     def _cosines(self, tokens: list[str]) -> dict[str, list[float]]:
         """Each domain's cosines with `tokens`, highest first (prompts sharing no word left out)."""
@@ -271,12 +272,6 @@ class PromptClassifier:
         for index, cosine in dots.items():
             nearest[self._doc_domain[index]].append(cosine)
         return {domain: sorted(nearest[domain], reverse=True) for domain in (*self.domains, BASE)}
-
-    def general_score(self, tokens: list[str]) -> float:
-        """The reference's score for `tokens`, as a domain's (0 without a reference)."""
-        cosines = self._cosines(tokens)[BASE]
-        k = min(self.top_k, self._domain_size[BASE]) or 1
-        return sum(cosines[:k]) / k
 
 
 class StickyRoutes:
@@ -358,7 +353,7 @@ class SecondLook:
     shop questions, which everyday chat shares characters with, needs a higher score than a 30-line FAQ."""
 
     def __init__(self, prompts_by_domain: dict[str, list[str]]) -> None:
-        self.classifier = PromptClassifier({**prompts_by_domain, BASE: list(general_chat())}, char_weight=CHAR_WEIGHT)
+        self.classifier = PromptClassifier(prompts_by_domain, char_weight=CHAR_WEIGHT, reference=general_chat())
         reference = [self.classifier.token_scores(tokens) for tokens in _general_chat_tokens()]
         self.thresholds: dict[str, float] = {}
         for domain in prompts_by_domain:
@@ -371,8 +366,7 @@ class SecondLook:
         return self._look(tuple(tokens), min_score)
 
     def _look_uncached(self, tokens: tuple[str, ...], min_score: float) -> Look:
-        scores = self.classifier.token_scores(list(tokens))
-        general = scores.pop(BASE)
+        scores, _, general = self.classifier.scores_and_nearest(list(tokens))
         best = max(scores, key=lambda name: scores[name])
         return Look(best, scores[best], general, max(SECOND_MIN_SHARE * min_score, self.thresholds[best]))
 
@@ -765,11 +759,10 @@ class Router:
 
     def _classify_tokens(self, tokens: list[str], table: _RoutingTable) -> tuple[RouteDecision, dict[str, float]]:
         """The word classifier's decision, with each domain's nearest-prompt cosine beside it."""
-        scores, nearest = table.classifier.scores_and_nearest(tokens)
+        scores, nearest, general = table.classifier.scores_and_nearest(tokens)
         # max() keeps the first of equal scores, i.e. the domain listed first.
         best = max(table.profiles, key=lambda name: scores[name], default=None)
         best_score = scores[best] if best is not None else 0.0
-        general = table.classifier.general_score(tokens) if best_score >= self.min_score else 0.0  # 0: no reference
         if best is not None and best_score > 0 and best_score >= self.min_score and best_score > general:
             return RouteDecision(best, None, "classifier", best_score, scores,
                                  detail=f"nearest training prompts are {best}'s{_active(table, best)}"), nearest
