@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import re
 import sys
 from collections import Counter, defaultdict
@@ -32,8 +33,9 @@ from glmbot.serving.requests import GenerationRequest  # noqa: E402
 
 DATA = ROOT / "bench" / "chat" / "newcomer_chat.jsonl"
 _DIGITS = {c: i for i, c in enumerate("零一二三四五六七八九")}
-_OPS = {"加": "+", "+": "+", "减": "-", "-": "-", "乘以": "*", "乘": "*", "*": "*", "×": "*", "x": "*",
-        "除以": "/", "除": "/", "/": "/", "÷": "/"}
+_ADD, _SUB, _MUL, _DIV = operator.add, operator.sub, operator.mul, operator.truediv
+_OPS = {"加": _ADD, "+": _ADD, "减": _SUB, "-": _SUB, "乘以": _MUL, "乘": _MUL, "*": _MUL, "×": _MUL, "x": _MUL,
+        "除以": _DIV, "除": _DIV, "/": _DIV, "÷": _DIV}
 
 
 def chinese_to_int(text: str) -> int | None:
@@ -54,9 +56,9 @@ def expected_result(prompt: str) -> int | None:
     if not m:
         return None
     a, b = chinese_to_int(m[1]), chinese_to_int(m[3])
-    if a is None or b is None:
+    if a is None or b is None or (_OPS[m[2]] is _DIV and b == 0):
         return None
-    value = eval(f"{a}{_OPS[m[2]]}{b}")  # noqa: S307 - two integers and one operator of _OPS
+    value = _OPS[m[2]](a, b)
     return int(value) if value == int(value) else None
 
 
