@@ -20,7 +20,9 @@ newcomer who adds a domain in this folder gets them.
 Two scenarios: "alone" (one newcomer domain beside the shop's, once per domain) and "together"
 (every newcomer domain of the split at once). Per router setting: rewordings that reach their own
 domain, general chat sent to some domain (lower is better), and the shop's own held-out messages
-routed right. The rows use glmbot.toml's [routing]: without the second look and the general-chat reference (the
+routed right; and, with every domain together, the second message of a conversation that opened with
+a domain's first training question: its rewordings that stay with it, general chat that goes to the plain
+base ([routing] leave_off_topic). The rows use glmbot.toml's [routing]: without the second look and the general-chat reference (the
 baseline), with the second look alone, and with both ([routing] general_chat: a message whose words are
 closer to the reference of general chat than to every domain goes to the plain base).
 """
@@ -46,6 +48,18 @@ def jsonl(path: Path) -> list[dict]:
 
 def newcomer_domains(split: str) -> dict[str, tuple[list[str], list[str]]]:
     """name -> (training prompts, rewordings of some of them)."""
+    return {folder.name: ([r["prompt"] for r in jsonl(folder / "train.jsonl")],
+                          [r["prompt"] for r in jsonl(folder / name)]) for folder, name in _folders(split)}
+
+
+def first_rounds(split: str) -> dict[str, tuple[str, str]]:
+    """name -> the domain's first training (question, answer): a conversation's opening round."""
+    return {folder.name: tuple(jsonl(folder / "train.jsonl")[0][k] for k in ("prompt", "response"))
+            for folder, _ in _folders(split)}
+
+
+def _folders(split: str) -> list[tuple[Path, str]]:
+    """(domain folder, its rewordings file's name) of the split."""
     if split == "dev":
         folders = [(ROOT / "scripts" / "tuning_domains" / n, "paraphrases.jsonl")
                    for n in ("gym", "bakery", "driving_school", "property")]
@@ -55,8 +69,7 @@ def newcomer_domains(split: str) -> dict[str, tuple[list[str], list[str]]]:
     else:
         folders = [(ROOT / "bench" / "routing" / "test2" / n, "rewordings.jsonl")
                    for n in ("hotel", "phone_repair", "kindergarten")]
-    return {folder.name: ([r["prompt"] for r in jsonl(folder / "train.jsonl")],
-                          [r["prompt"] for r in jsonl(folder / name)]) for folder, name in folders}
+    return folders
 
 
 def shop_profiles(settings) -> list[DomainProfile]:
@@ -79,7 +92,7 @@ def general_chat(split: str, path: Path | None = None) -> list[str]:
     return [r.get("text", r.get("prompt")) for r in jsonl(path or ROOT / "bench" / "routing" / name)]
 
 
-def measure(kwargs: dict, settings, domains, chat, shop) -> dict[str, tuple[int, int]]:
+def measure(kwargs: dict, settings, domains, chat, shop, openings) -> dict[str, tuple[int, int]]:
     base = shop_profiles(settings)
     out = {}
     # a fresh project: one newcomer domain and nothing else
@@ -106,7 +119,22 @@ def measure(kwargs: dict, settings, domains, chat, shop) -> dict[str, tuple[int,
     out["together: general chat to a domain"] = (sum(router.route(t).domain is not None for t in chat), len(chat))
     out["together: shop's held-out routed right"] = (
         sum((router.route(t).domain or "base") == want for t, want in shop), len(shop))
+    # asked in a conversation that opened with the domain's first training question
+    kept = moved = 0
+    for name, (_, rewordings) in domains.items():
+        kept += sum(_after(router, openings[name], t).domain == name for t in rewordings)
+        moved += sum(_after(router, openings[name], t).domain is None for t in chat)
+    out["after a domain question: rewordings kept"] = (kept, sum(len(rw) for _, rw in domains.values()))
+    out["after a domain question: general chat to the base"] = (moved, len(chat) * len(domains))
     return out
+
+
+def _after(router: Router, opening: tuple[str, str], text: str):
+    """The route of `text` as the second message of a conversation whose first round is `opening`
+    (question, answer), sent with its history as `glmbot chat` and the HTTP API send it."""
+    router.forget("bench")
+    router.route(opening[0], conversation_id="bench")
+    return router.route(text, conversation_id="bench", history=[opening])
 
 
 def main() -> None:
@@ -130,7 +158,8 @@ def main() -> None:
     print(f"split {args.split}: {len(domains)} newcomer domains ({', '.join(domains)}), "
           f"{sum(len(rw) for _, rw in domains.values())} rewordings, {len(chat)} general-chat messages, "
           f"{len(shop)} shop held-out messages")
-    rows = [(label, measure(kwargs, settings, domains, chat, shop)) for label, kwargs in variants]
+    openings = first_rounds(args.split)
+    rows = [(label, measure(kwargs, settings, domains, chat, shop, openings)) for label, kwargs in variants]
     columns = list(rows[0][1])
     print("| setting | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")

@@ -262,6 +262,25 @@ def test_an_off_topic_message_leaves_the_conversations_domain_for_that_message_o
     assert router.route("帮我写一首关于春天的诗", conversation_id="d", history=wordy).reason == "fallback"
 
 
+def test_general_chat_sharing_a_word_with_the_domain_leaves_it_for_that_message():
+    """Found by a newcomer: "一个星期有几天" after a laundry's "几天能取衣服？" stayed with the laundry prefix
+    (几天 is one of its words) and got its garble. Its words are far closer to general chat."""
+    laundry = ["几天能取衣服？", "羽绒服怎么洗？", "洗一件衬衫多少钱？", "可以上门取件吗？", "衣服洗坏了怎么赔？"]
+    router = Router([DomainProfile("laundry", prompts=laundry)])
+    opened = [("几天能取衣服？", "一般三天，加急第二天就能取。")]
+    router.route(opened[0][0], conversation_id="c")
+    week = router.route("一个星期有几天？", conversation_id="c", history=opened)
+    assert (week.domain, week.reason) == (None, "fallback") and "leave_off_topic" in week.detail
+    asked = [*opened, ("一个星期有几天？", "七天。")]
+    # The conversation keeps its domain: its follow-ups, one word or sharing the domain's, stay.
+    for text in ("那周末呢？", "羽绒服要洗几天？", "加急要多少钱？"):
+        assert router.route(text, conversation_id="c", history=asked).domain == "laundry", text
+    # Without the general-chat reference there is nothing to be closer to: it stays.
+    plain = Router([DomainProfile("laundry", prompts=laundry)], general_chat=False)
+    plain.route(opened[0][0], conversation_id="c")
+    assert plain.route("一个星期有几天？", conversation_id="c", history=opened).reason == "sticky"
+
+
 def test_an_off_topic_message_may_move_the_conversation_to_another_domain():
     router = hand_router()
     router.route("年假有几天？", conversation_id="c")
