@@ -190,7 +190,8 @@ class RoutingSettings:
     leave_off_topic: bool = field(default=True, metadata=_help(
         "a routed conversation's message of two or more content words, none of them in its domain's training "
         "prompts, rules or the conversation so far ('帮我写一首关于春天的诗'; only where an earlier question shared a "
-        "word with those prompts), is routed afresh: to the fallback for that "
+        "word with those prompts), or whose words are far closer to general chat ([routing] general_chat) than to "
+        "its domain's prompts ('一个星期有几天' after '几天能取衣服？'), is routed afresh: to the fallback for that "
         "message alone, or to another domain it matches, which the conversation moves to (unless "
         "topic_change_score = 1); a domain asked for by name stays"))
     small_talk_to_base: bool = field(default=True, metadata=_help(
