@@ -331,6 +331,29 @@ def test_a_routed_prefix_is_not_shown_a_round_of_general_chat_that_went_to_the_b
     assert routed.text == generate_answers(base, tok, ["工资几号发？"], kv, histories=[history[:1]],
                                            max_new_tokens=8)[0]
     assert named.usage.prompt_tokens == len(tok.build_chat_input("工资几号发？", history[1:]))
+    assert poem.usage.prompt_tokens == len(tok.build_chat_input(history[1][0], history[:1]))  # a real base: all
+
+
+def test_the_builtin_base_answering_general_chat_sees_only_the_rounds_that_went_to_it(base, tok, registry,
+                                                                                      monkeypatch):
+    """The builtin base was pretrained on general chat alone: behind one support round it answered
+    一年有几个季节 with a florist's opening hours. Routed general chat shows it the conversation's rounds
+    that went to the plain base; asked for by name, it is the whole conversation's model and sees all."""
+    add_adapter(registry, "hr", 4, 1, hyperparams={"history_rounds": 1},
+                prompts=["年假有几天？", "工资几号发？", "加班工资怎么算？", "年假可以顺延吗？"])
+    monkeypatch.setattr(base.config, "name_or_path", "builtin:tiny", raising=False)
+    history = [("年假有几天？", "十五天。"), ("帮我写一首关于春天的诗", "春风吹绿了江南。")]
+    river = "世界上最长的河流是哪条？"
+    with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_batch_size=4,
+                max_len=192) as eng:
+        poem = eng.generate(greedy(history[1][0], None, 6, history=history[:1]))
+        later = eng.generate(greedy(river, None, 6, history=history))
+        named = eng.generate(greedy(river, "base", 6, history=history))
+    assert poem.route.domain is None and later.route.domain is None and "leave_off_topic" in later.route.detail
+    assert poem.usage.prompt_tokens == len(tok.build_chat_input(history[1][0], []))
+    assert poem.text == generate_answers(base, tok, [history[1][0]], None, max_new_tokens=6)[0]
+    assert later.usage.prompt_tokens == len(tok.build_chat_input(river, history[1:]))  # the poem round went to it
+    assert named.usage.prompt_tokens == len(tok.build_chat_input(river, history))
 
 
 def test_an_unknown_domain_says_when_no_glmbot_toml_was_found(base, tok, registry, monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -35,6 +36,7 @@ from glmbot.errors import AdapterIntegrityError, GenerationError, GlmbotError, U
 from glmbot.model.chat_format import stop_ids
 from glmbot.model.family import family_of
 from glmbot.model.fingerprint import base_fingerprints
+from glmbot.model.loading import BUILTIN_SCHEME
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
 from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
@@ -330,6 +332,8 @@ class Engine:
             prompt_ids = self._latest_rounds(req, history, adapter.history_rounds, prompt_ids)
         elif req.prompt_ids is None and prefix is None and query is not None and small_talk_only(query):
             prompt_ids = self._latest_rounds(req, history, 0, prompt_ids)  # "你好" asks nothing the rounds hold
+        elif req.prompt_ids is None and prefix is None and query is not None and history and self._builtin_base:
+            prompt_ids = self._latest_rounds(req, history, len(history), prompt_ids)
         n = len(prompt_ids)
         if n + max_new > self.max_len:
             raise GenerationError(
@@ -374,12 +378,23 @@ class Engine:
         base in between (off the domain's topic) is left out: shown "帮我写一首诗" and its poem as the one
         earlier round, a newcomer's dental prefix answered 3 of 12 follow-up questions wrong. A domain
         asked for by name or chosen by a plugin router (not replayed), or a conversation none of whose
-        rounds replays to the domain, keeps all its rounds."""
+        rounds replays to the domain, keeps all its rounds. The builtin base answering general chat is
+        shown the rounds that went to it, none if none did (`_builtin_base`)."""
         every = list(range(len(history)))
-        if self.router is None or route is None or route.domain is None or route.reason in ("explicit", "plugin"):
+        if self.router is None or route is None or route.reason in ("explicit", "plugin"):
             return every
+        if route.domain is None:
+            return self.router.rounds_of(None, history) if self._builtin_base else every
         own = self.router.rounds_of(route.domain, history)
         return own or every
+
+    @cached_property
+    def _builtin_base(self) -> bool:
+        """A builtin base was pretrained on general-chat conversations alone, never behind a domain's
+        rounds: behind one support round it answered 一年有几个季节 with a florist's opening hours, and only 24
+        of a newcomer's 80 first messages (bench/chat) as it answers them alone. Routed general chat shows it only
+        the conversation's rounds that went to the plain base; a real base (ChatGLM2-6B) sees them all."""
+        return str(getattr(self.model.config, "name_or_path", "")).startswith(BUILTIN_SCHEME)
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
