@@ -271,9 +271,12 @@ def test_general_chat_sharing_a_word_with_the_domain_leaves_it_for_that_message(
     router.route(opened[0][0], conversation_id="c")
     week = router.route("一个星期有几天？", conversation_id="c", history=opened)
     assert (week.domain, week.reason) == (None, "fallback") and "leave_off_topic" in week.detail
+    # Found by another: 帮我写一首诗 (写 and 诗 are words of one character) stayed with a bike shop's prefix.
+    poem = router.route("帮我写一首诗", conversation_id="c", history=opened)
+    assert (poem.domain, poem.reason) == (None, "fallback") and "leave_off_topic" in poem.detail
     asked = [*opened, ("一个星期有几天？", "七天。")]
     # The conversation keeps its domain: its follow-ups, one word or sharing the domain's, stay.
-    for text in ("那周末呢？", "羽绒服要洗几天？", "加急要多少钱？"):
+    for text in ("那周末呢？", "羽绒服要洗几天？", "加急要多少钱？", "鞋能洗吗？"):
         assert router.route(text, conversation_id="c", history=asked).domain == "laundry", text
     # Without the general-chat reference there is nothing to be closer to: it stays.
     plain = Router([DomainProfile("laundry", prompts=laundry)], general_chat=False)

@@ -64,7 +64,8 @@ SAME_PROMPT_COSINE = 0.9
 # 70/70 and 7/175; counting single characters too, 68/70 and 147/175, but "多久到账" after "我想退货" left).
 OFF_TOPIC_WORDS = 2
 # Such a message whose words share some with the domain's prompts leaves too when the general-chat reference
-# scores it this many times the domain ("一个星期有几天" after "几天能取衣服？": 0.72 against 0.18 through 几天).
+# scores it this many times the domain ("一个星期有几天" after "几天能取衣服？": 0.72 against 0.18 through 几天);
+# for this comparison words of one character count too (帮我写一首诗: 写, 一首, 诗).
 # bench/routing_bench.py --split dev (tuning domains, second message of a conversation; 2026-12-06): rewordings
 # kept / general chat to the base: rule off 37/40, 111/160; x1 33/40, 132/160; x1.5 35/40, 131/160; x2 37/40,
 # 129/160; x3 37/40, 124/160.
@@ -672,31 +673,34 @@ class Router:
 
     def _off_topic(self, text: str, tokens: list[str], scores: dict[str, float], general: float, history: Any,
                    first: RouteDecision, table: _RoutingTable, said: _Said | None = None) -> bool:
-        """[routing] leave_off_topic: OFF_TOPIC_WORDS or more content words of two or more characters
-        that are not follow-up words (一点, 还有...), none of its domain's rules matching, and either
-        - none of them in the domain's training prompts or the words of the conversation's earlier rounds,
-          in a conversation an earlier question of which shares a word with those prompts ("帮我写一首关于春天
-          的诗" after "拔智齿多少钱？"; after "帮我写个连衣裙文案", which reached ads by its keyword,
-          "再写一个更活泼的版本" stays), or
-        - closer to the reference of general chat than to the domain's prompts by GENERAL_OVER_OWN ([routing]
-          general_chat), no word of it in the conversation's rounds but those of the prompts ("一个星期有几天"
-          after "几天能取衣服？" leaves, though laundry's prompts say 几天 too; "满十年以后每年加几天？" after an
-          answer saying 满十年 stays)."""
-        if not self.leave_off_topic or first.domain is None:
+        """[routing] leave_off_topic: none of the domain's rules matching, and either
+        - OFF_TOPIC_WORDS or more content words that are not follow-up words (一点, 还有...), closer to the
+          reference of general chat than to the domain's prompts by GENERAL_OVER_OWN ([routing] general_chat),
+          in a conversation the domain's prompts describe or sharing words with them, no word of it in the
+          conversation's rounds but those of the prompts ("一个星期有几天" and "帮我写一首诗" after "几天能取衣服？"
+          leave, though laundry's prompts say 几天 too; "满十年以后每年加几天？" after an answer saying 满十年
+          stays), or
+        - OFF_TOPIC_WORDS or more such words of two or more characters, none of them in the domain's
+          training prompts or the words of the conversation's earlier rounds, in a conversation an earlier
+          question of which shares a word with those prompts ("帮我写一首关于春天的诗" after "拔智齿多少钱？";
+          after "帮我写个连衣裙文案", which reached ads by its keyword, "再写一个更活泼的版本" stays)."""
+        if not self.leave_off_topic or first.domain is None or self._rules_match(text, first.domain, table):
             return False
-        words = {t for t in tokens if len(t) > 1 and t not in _FOLLOW_UP_WORDS}
-        if len(words) < OFF_TOPIC_WORDS or self._rules_match(text, first.domain, table):
+        asked = {t for t in tokens if t not in _FOLLOW_UP_WORDS}
+        words = {t for t in asked if len(t) > 1}
+        if len(asked) < OFF_TOPIC_WORDS:
             return False
         if said is None:
             said = _Said()
             for question, answer in _rounds(history):
                 said.add(question, answer, table, self.min_score)
         own = scores.get(first.domain, 0.0)
-        if own > 0.0:
-            if general <= GENERAL_OVER_OWN * own:
-                return False
-            prompt_words = {w for w in words if table.classifier.token_scores([w]).get(first.domain, 0.0) > 0.0}
-            return not (words - prompt_words) & said.words
+        if general > GENERAL_OVER_OWN * own and (own > 0.0 or first.domain in said.touched):
+            prompt_words = {w for w in asked if table.classifier.token_scores([w]).get(first.domain, 0.0) > 0.0}
+            if not (asked - prompt_words) & said.words:
+                return True
+        if own > 0.0 or len(words) < OFF_TOPIC_WORDS:
+            return False
         # Only where the domain's prompts describe this conversation: a domain reached by keywords whose
         # prompts are of another kind (ads: attribute strings such as 类型#裙*颜色#白色) keeps its follow-ups.
         return first.domain in said.touched and not words & said.words
