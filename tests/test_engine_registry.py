@@ -224,6 +224,8 @@ def test_route_command_prints_the_decision_and_every_score(tmp_path, monkeypatch
     assert "ads@v1 (active)" in by_keyword.output and "keyword" in by_keyword.output
     assert "'文案'" in by_keyword.output and "Classifier scores" in by_keyword.output
     assert "classifier" in by_class.output and "chosen" in by_class.output
+    # a domain reached by another stage than these scores says which (a newcomer read "chosen" at 0.000)
+    assert "chosen by keyword" in by_keyword.output and "chosen by" not in by_class.output
     assert "base (plain model)" in explicit.output and "explicit" in explicit.output
     assert json.loads((tmp_path / "adapters" / "ads" / "v1" / "routing_prompts.json").read_text())
 

@@ -33,6 +33,13 @@ def test_bad_domain_names(unchanged: Registry, name: str):
         register(unchanged, name, create_domain=True)
 
 
+def test_a_name_with_capitals_is_offered_in_lowercase(unchanged: Registry):
+    with pytest.raises(RegistryError, match="e.g. 'bike'$"):  # a newcomer's --domain Bike
+        unchanged.add_domain("Bike")
+    with pytest.raises(RegistryError, match="e.g. 'support'$"):  # lowercase does not mend it
+        unchanged.add_domain("a/b")
+
+
 def test_unknown_domain_offers_the_command(unchanged: Registry):
     with pytest.raises(UnknownDomainError, match=r"unknown domain 'sales'; known: support; add it with: "
                                                  r"glmbot domains add sales --data FILE.jsonl"):

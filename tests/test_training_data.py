@@ -108,6 +108,7 @@ def test_ambiguous_or_unknown_columns_name_what_was_seen_and_the_fix(tmp_path, r
     (['{"prompt": "a", "response": "b"}', '{"prompt": "c"}'], "auto",
      r"x.jsonl:2: no 'response' on this line \(the lines use 'prompt' and 'response'\); every line needs both"),
     (['[', '{"prompt": "a", "response": "b"}', ']'], "chat", r"x.jsonl:1: malformed JSON .*one JSON object per line"),
+    (['{"prompt": "a", "response": "b",}'], "chat", r"x.jsonl:1: malformed JSON .*fix that line.*stray comma"),
     (['{"prompt": "a", "response": "b"}', '{"prompt": "c", "response": " "}'], "chat",
      r"x.jsonl:2: the answer \('response'\) is empty"),
 ])

@@ -64,7 +64,10 @@ def route(
     table = Table("domain", "classifier score", "", title="Classifier scores", header_style="bold")
     for name, score in scores:
         passes = score > 0 and score >= router.min_score
-        mark = "chosen" if name == decision.domain else ("above min_score" if passes else "")
+        if name == decision.domain:  # by these scores, or by another stage (keyword, second look...)
+            mark = "chosen" if decision.reason == "classifier" else f"chosen by {decision.reason.replace('_', ' ')}"
+        else:
+            mark = "above min_score" if passes else ""
         table.add_row(name, f"{score:.3f}", mark)
     below = "the second look by characters decides, else" if router.second_look else "the message goes to"
     where = "below it, or where general chat scores higher," if router.general_chat else "below it"

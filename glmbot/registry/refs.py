@@ -19,11 +19,17 @@ _ID_RE = re.compile(r"#?(\d+)")
 
 def check_domain_name(name: object) -> str:
     """`name` if it is a valid domain name, else a RegistryError saying what is allowed."""
-    if not isinstance(name, str) or not DOMAIN_NAME_RE.fullmatch(name) or not re.search(r"[a-z]", name):
+    if not isinstance(name, str) or not _valid_domain_name(name):
+        lowered = name.lower() if isinstance(name, str) else ""
+        example = repr(lowered) if _valid_domain_name(lowered) else "'support'"  # 'Bike' -> e.g. 'bike'
         raise RegistryError(
             f"invalid domain name {name!r}: use 1-64 lowercase letters, digits, '-' or '_', starting with a "
-            "letter or digit and containing at least one letter (no '/', '\\', '.' or spaces), e.g. 'support'")
+            f"letter or digit and containing at least one letter (no '/', '\\', '.' or spaces), e.g. {example}")
     return name
+
+
+def _valid_domain_name(name: str) -> bool:
+    return bool(DOMAIN_NAME_RE.fullmatch(name) and re.search(r"[a-z]", name))
 
 
 @dataclass(frozen=True)

@@ -188,8 +188,12 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}); the file must hold one "
-                            "JSON object per line (JSONL), not one JSON array or document") from None
+            opened = line.strip()
+            if opened.startswith("[") or opened == "{":  # a JSON array, or one object over several lines
+                fix = "the file must hold one JSON object per line (JSONL), not one JSON array or document"
+            else:  # a newcomer's trailing comma was told the file was an array
+                fix = "fix that line: each line is one complete JSON object (a stray comma, quote or brace?)"
+            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}); {fix}") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
         rows.append((where, row))
