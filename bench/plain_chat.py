@@ -10,7 +10,9 @@ Each message goes to the plain base as its own conversation through the serving 
 `glmbot chat` sends it (with [generation] loop_stop). Per kind and base: answers that ended on their
 own (eos), answers cut as a loop (loop_stop) or by max_new_tokens, and arithmetic answered right
 (the number in the answer equals the sum). Whether an answer is *sensible* needs a reader: --out
-writes every answer for that, and the table prints them side by side with --show.
+writes every answer for that, and the table prints them side by side with --show. Rows marked
+"in_shipped_corpus" (9: 你好, 你是谁？, two time questions, five facts) are questions of the shipped base's
+corpus word for word (written before this file): its answers to them are recall; --show marks them [seen].
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def main() -> None:
     print(f"| all | {len(rows)} | " + " | ".join(f"{t['eos']} / {t['loop']} / {t['length']}" for t in totals.values()) + " |")
     if args.show:
         for i, r in enumerate(rows):
-            print(f"\n[{r['kind']}] {r['prompt']}")
+            seen = " [seen]" if r.get("in_shipped_corpus") else ""
+            print(f"\n[{r['kind']}]{seen} {r['prompt']}")
             for b in bases:
                 text, how = results[b][i]
                 print(f"  {b} ({how}): {text[:120]}")
