@@ -164,9 +164,8 @@ class ServingSettings:
         "earlier rounds of a conversation a domain prefix sees (ChatGLM2's [Round N] prompt): 'trained' = the "
         "latest ones that ask something (not small talk alone), as many as its training rows had (one with [train] history_share; all for adapters that "
         "do not record it, e.g. imported ones), and a message of small talk alone (greetings, thanks, 你是谁) that goes "
-        "to the plain base none; 'all' = the whole conversation everywhere. Other plain-base turns see all, but on a "
-        "builtin base (pretrained on general chat alone) routed general chat sees only the rounds that went to the "
-        "plain base"))
+        "to the plain base none, nor does routed general chat on a builtin base (it answers best alone); 'all' = the "
+        "whole conversation everywhere. Other plain-base turns see all"))
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "prefill_tokens"):

@@ -336,11 +336,10 @@ def test_a_routed_prefix_is_not_shown_a_round_of_general_chat_that_went_to_the_b
     assert poem.usage.prompt_tokens == len(tok.build_chat_input(history[1][0], history[:1]))  # a real base: all
 
 
-def test_the_builtin_base_answering_general_chat_sees_only_the_rounds_that_went_to_it(base, tok, registry,
-                                                                                      monkeypatch):
-    """The builtin base was pretrained on general chat alone: behind one support round it answered
-    一年有几个季节 with a florist's opening hours. Routed general chat shows it the conversation's rounds
-    that went to the plain base; asked for by name, it is the whole conversation's model and sees all."""
+def test_the_builtin_base_answers_routed_general_chat_alone(base, tok, registry, monkeypatch):
+    """The builtin base answers general chat best alone: behind one support round it answered 一年有几个
+    季节 with a florist's opening hours, and behind a round of general chat it broke too. Routed general
+    chat reaches it without earlier rounds; asked for by name, it is the conversation's model and sees all."""
     add_adapter(registry, "hr", 4, 1, hyperparams={"history_rounds": 1},
                 prompts=["年假有几天？", "工资几号发？", "加班工资怎么算？", "年假可以顺延吗？"])
     monkeypatch.setattr(base.config, "name_or_path", "builtin:tiny", raising=False)
@@ -354,7 +353,7 @@ def test_the_builtin_base_answering_general_chat_sees_only_the_rounds_that_went_
     assert poem.route.domain is None and later.route.domain is None and "leave_off_topic" in later.route.detail
     assert poem.usage.prompt_tokens == len(tok.build_chat_input(history[1][0], []))
     assert poem.text == generate_answers(base, tok, [history[1][0]], None, max_new_tokens=6)[0]
-    assert later.usage.prompt_tokens == len(tok.build_chat_input(river, history[1:]))  # the poem round went to it
+    assert later.usage.prompt_tokens == len(tok.build_chat_input(river, []))  # not even the poem round
     assert named.usage.prompt_tokens == len(tok.build_chat_input(river, history))
 
 

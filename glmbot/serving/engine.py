@@ -330,10 +330,11 @@ class Engine:
         req.route = route
         if req.prompt_ids is None and adapter is not None:
             prompt_ids = self._latest_rounds(req, history, adapter.history_rounds, prompt_ids)
-        elif req.prompt_ids is None and prefix is None and query is not None and small_talk_only(query):
-            prompt_ids = self._latest_rounds(req, history, 0, prompt_ids)  # "你好" asks nothing the rounds hold
-        elif req.prompt_ids is None and prefix is None and query is not None and history and self._builtin_base:
-            prompt_ids = self._latest_rounds(req, history, len(history), prompt_ids)
+        elif req.prompt_ids is None and prefix is None and query is not None and (
+                small_talk_only(query) or (self._builtin_base and self.router is not None
+                                           and route.reason not in ("explicit", "plugin"))):
+            # "你好" asks nothing the rounds hold; the builtin base answers general chat best alone
+            prompt_ids = self._latest_rounds(req, history, 0, prompt_ids)
         n = len(prompt_ids)
         if n + max_new > self.max_len:
             raise GenerationError(
@@ -378,22 +379,20 @@ class Engine:
         base in between (off the domain's topic) is left out: shown "帮我写一首诗" and its poem as the one
         earlier round, a newcomer's dental prefix answered 3 of 12 follow-up questions wrong. A domain
         asked for by name or chosen by a plugin router (not replayed), or a conversation none of whose
-        rounds replays to the domain, keeps all its rounds. The builtin base answering general chat is
-        shown the rounds that went to it, none if none did (`_builtin_base`)."""
+        rounds replays to the domain, keeps all its rounds."""
         every = list(range(len(history)))
-        if self.router is None or route is None or route.reason in ("explicit", "plugin"):
+        if self.router is None or route is None or route.domain is None or route.reason in ("explicit", "plugin"):
             return every
-        if route.domain is None:
-            return self.router.rounds_of(None, history) if self._builtin_base else every
         own = self.router.rounds_of(route.domain, history)
         return own or every
 
     @cached_property
     def _builtin_base(self) -> bool:
-        """A builtin base was pretrained on general-chat conversations alone, never behind a domain's
-        rounds: behind one support round it answered 一年有几个季节 with a florist's opening hours, and only 24
-        of a newcomer's 80 first messages (bench/chat) as it answers them alone. Routed general chat shows it only
-        the conversation's rounds that went to the plain base; a real base (ChatGLM2-6B) sees them all."""
+        """A builtin base (9.6M parameters) answers general chat best without earlier rounds: behind one
+        support round it answered 一年有几个季节 with a florist's opening hours, and only 24 of a newcomer's 80
+        first messages (bench/chat) as it answers them alone; behind one round of general chat, 28. Routed
+        general chat reaches it alone; a real base (ChatGLM2-6B) and the base asked for by name see every
+        round."""
         return str(getattr(self.model.config, "name_or_path", "")).startswith(BUILTIN_SCHEME)
 
     def _plugins_before(self, req: GenerationRequest, query: str, prompt_ids: list[int]):
