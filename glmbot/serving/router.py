@@ -676,8 +676,8 @@ class Router:
         """[routing] leave_off_topic: none of the domain's rules matching, and either
         - OFF_TOPIC_WORDS or more content words that are not follow-up words (一点, 还有...), closer to the
           reference of general chat than to the domain's prompts by GENERAL_OVER_OWN ([routing] general_chat),
-          in a conversation the domain's prompts describe or sharing words with them, no word of it in the
-          conversation's rounds but those of the prompts ("一个星期有几天" and "帮我写一首诗" after "几天能取衣服？"
+          sharing words with those prompts or in a conversation an earlier question of which does, no word of
+          it in the conversation's rounds but those of the prompts ("一个星期有几天" and "帮我写一首诗" after "几天能取衣服？"
           leave, though laundry's prompts say 几天 too; "满十年以后每年加几天？" after an answer saying 满十年
           stays), or
         - OFF_TOPIC_WORDS or more such words of two or more characters, none of them in the domain's
