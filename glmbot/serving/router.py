@@ -269,6 +269,10 @@ class PromptClassifier:
         general, _ = scores.pop(BASE), nearest.pop(BASE)
         return scores, nearest, general
 
+    def has_word(self, domain: str, token: str) -> bool:
+        """Whether one of `domain`'s prompts holds the word `token` (read from the index)."""
+        return any(self._doc_domain[index] == domain for index, _ in self._postings.get(token, ()))
+
     def _cosines(self, tokens: list[str]) -> dict[str, list[float]]:
         """Each domain's cosines with `tokens`, highest first (prompts sharing no word left out)."""
         dots: dict[int, float] = defaultdict(float)
@@ -696,7 +700,7 @@ class Router:
                 said.add(question, answer, table, self.min_score)
         own = scores.get(first.domain, 0.0)
         if general > GENERAL_OVER_OWN * own and (own > 0.0 or first.domain in said.touched):
-            prompt_words = {w for w in asked if table.classifier.token_scores([w]).get(first.domain, 0.0) > 0.0}
+            prompt_words = {w for w in asked if table.classifier.has_word(first.domain, w)}
             if not (asked - prompt_words) & said.words:
                 return True
         if own > 0.0 or len(words) < OFF_TOPIC_WORDS:
