@@ -59,6 +59,18 @@ def test_add_example_appends_in_the_files_own_columns_and_refuses_a_second_answe
     assert json.loads(ads.read_text(encoding="utf-8").splitlines()[-1]) == {"content": "类型#裤", "summary": "一条黑裤。"}
 
 
+def test_a_taught_example_goes_into_a_csv_file_as_one_more_row(tmp_path):
+    """A domain trained from a spreadsheet's CSV export grows by a CSV row in the header's column order
+    (a question holding a comma quoted), not by a JSON line the file could no longer be read with."""
+    faq = tmp_path / "faq.csv"
+    faq.write_text("id,response,prompt\r\n1,十五天。,年假有几天？\r\n", encoding="utf-8")
+    settings = settings_for(tmp_path, hr={"data": "faq.csv"})
+    added = add_example(settings, "hr", "年假, 有几天？", "十五天。")
+    assert (added.line, added.examples) == (2, 2)
+    assert faq.read_text(encoding="utf-8").splitlines()[-1] == ',十五天。,"年假, 有几天？"'
+    assert load_examples(faq) == [Example("年假有几天？", "十五天。"), Example("年假, 有几天？", "十五天。")]
+
+
 def test_data_glmbot_does_not_own_is_refused_with_the_fix(tmp_path):
     settings = settings_for(tmp_path, support={"data": "builtin:support"}, gone={"data": "missing.jsonl"},
                             empty={"description": "no data yet"})

@@ -160,3 +160,41 @@ def test_coverage_counts_characters_the_tokenizer_spells_in_bytes(tok):
     clean = [Example("你好", "谢谢")]
     clean_report = tokenizer_coverage(tok, clean, encode_all(tok, clean, 64, 128)[0])
     assert clean_report.uncovered_chars == 0 and clean_report.byte_share == 0 < COVERAGE_WARN_SHARE
+
+
+def test_a_spreadsheets_csv_or_tsv_export_is_read_by_its_header_row(tmp_path):
+    """A newcomer's FAQ often lives in a spreadsheet: its CSV export (Excel's UTF-8 with a byte order
+    mark, a quoted cell holding a comma, a cell over two lines, blank rows) and TSV are read as they
+    are; the columns are detected as for JSONL."""
+    csv_file = tmp_path / "faq.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + ('prompt,response\r\n年假有几天？,十五天。\r\n\r\n'
+                                            '"能报销吗, 怎么报？","可以，月底提交发票。\n财务审核后打款。"\r\n').encode())
+    assert load_examples(csv_file) == [Example("年假有几天？", "十五天。"),
+                                       Example("能报销吗, 怎么报？", "可以，月底提交发票。\n财务审核后打款。")]
+    tsv = tmp_path / "ads.tsv"
+    tsv.write_text("content\tsummary\n类型#裙\t一条白裙。\n", encoding="utf-8")
+    loaded = load_data(tsv)
+    assert loaded.columns.fmt == "advertisegen" and loaded.examples == [Example("类型#裙", "一条白裙。")]
+    with_history = tmp_path / "chat.csv"
+    with_history.write_text('prompt,response,history\n那周末呢？,周末也开。,"[[""几点开门？"", ""九点。""]]"\n',
+                            encoding="utf-8")
+    assert load_examples(with_history) == [Example("那周末呢？", "周末也开。", (("几点开门？", "九点。"),))]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("one.csv", "年假有几天？,十五天。\n", r"one.csv has one row \(年假有几天？, 十五天。\), read as its header.*prompt,response"),
+    ("two.csv", "年假有几天？,十五天。\n工资几号发？,十号。\n",
+     r"cannot tell the data format: columns found: 十五天。, 年假有几天？.*first row of a .csv file is its header"),
+    ("extra.csv", "prompt,response\n年假,十五天,另算\n",
+     r"extra.csv:2: 3 cells but the header row has 2 \(prompt, response\); put a cell that holds a comma in double quotes"),
+    ("quote.csv", 'prompt,response\n"年假,十五天\n', r"quote.csv:\d+: malformed CSV"),
+    ("empty.tsv", "\n", r"holds no examples; add rows under a header row"),
+    ("short.csv", "prompt,response\n年假有几天？\n", r"short.csv:2: the answer \('response'\) is empty"),
+    ("sheet.jsonl", "prompt,response\n", r"sheet.jsonl:1: malformed JSON .*name the file .csv"),
+    ("blank.csv", 'prompt,response,history\n问,答,not json\n', r"blank.csv:2: the history cell must be a JSON list"),
+])
+def test_a_bad_csv_gets_one_clear_error(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_examples(path)

@@ -1,6 +1,7 @@
-"""Training data: JSONL loading with clear errors, official preprocessing, per-batch padding.
+"""Training data: JSONL (or CSV/TSV) loading with clear errors, official preprocessing, per-batch padding.
 
-Two shapes are read: chat (`prompt`, `response`, optional `history` as [[query, response], ...])
+A spreadsheet's export works as it is: a .csv or .tsv file with a header row names the columns
+(`prompt,response` or `content,summary`; a history cell holds the same JSON list as JSONL's). Two shapes are read: chat (`prompt`, `response`, optional `history` as [[query, response], ...])
 and AdvertiseGen (`content` -> `summary`); which one a file holds is read from its first row's
 columns (`fmt="auto"`), a named format or column only overrides. Each example becomes the official layout
 `[gMASK] sop prompt | answer | eos` with labels -100 on the prompt, but batches are padded to
@@ -10,8 +11,11 @@ their own longest row and grouped by length instead of padded to max_source + ma
 from __future__ import annotations
 
 import codecs
+import csv
 import difflib
 import hashlib
+import io
+import itertools
 import json
 import random
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from glmbot.model.tokenizer import ChatGLMTokenizer
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
 AUTO = "auto"  # detect the format from the columns
+DELIMITERS = {".csv": ",", ".tsv": "\t"}  # spreadsheet exports, read by their header row
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,12 @@ def file_sha256(path: Path) -> str:
 def _history(value, where: str) -> tuple[tuple[str, str], ...]:
     if value in (None, ""):
         return ()
+    if isinstance(value, str):  # a CSV cell: the JSON list of a JSONL line, as text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(f"{where}: the history cell must be a JSON list of [query, response] pairs, got "
+                            f"{value!r:.80}") from None
     if not isinstance(value, list) or not all(
             isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in value):
         raise DataError(f"{where}: history must be a list of [query, response] string pairs, got {value!r:.80}")
@@ -170,7 +181,8 @@ def resolve_columns(first_row: dict, where: str, fmt: str = AUTO, prompt_column:
 
 
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
-    """(file:line, object) of every non-blank line of a JSONL file; DataError naming file:line otherwise."""
+    """(file:line, object) of every non-blank line of a JSONL file (or row of a CSV/TSV file);
+    DataError naming file:line otherwise."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows Notepad) is dropped
     except UnicodeDecodeError as exc:
@@ -180,6 +192,8 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
         start = exc.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
         line = raw[:start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as UTF-8") from None
+    if path.suffix.lower() in DELIMITERS:
+        return _table_rows(path, text, DELIMITERS[path.suffix.lower()])
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -191,12 +205,42 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
             opened = line.strip()
             if opened.startswith("[") or opened == "{":  # a JSON array, or one object over several lines
                 fix = "the file must hold one JSON object per line (JSONL), not one JSON array or document"
+            elif "," in opened and not opened.startswith("{"):  # a spreadsheet's export under a .jsonl name
+                fix = ("each line must be one JSON object; for comma-separated values with a header row "
+                       "(prompt,response), name the file .csv")
             else:  # a newcomer's trailing comma was told the file was an array
                 fix = "fix that line: each line is one complete JSON object (a stray comma, quote or brace?)"
             raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}); {fix}") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
         rows.append((where, row))
+    return rows
+
+
+def _table_rows(path: Path, text: str, delimiter: str) -> list[tuple[str, dict]]:
+    """(file:line, {column: cell}) of every non-blank row of a CSV/TSV file under its header row."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    header, rows, start = None, [], 1
+    try:
+        for record in reader:
+            where, start = f"{path}:{start}", reader.line_num + 1  # a quoted cell may span lines
+            if not any(cell.strip() for cell in record):
+                continue
+            if header is None:
+                header = [cell.strip() for cell in record]
+                continue
+            if len(record) > len(header):
+                raise DataError(f"{where}: {len(record)} cells but the header row has {len(header)} "
+                                f"({', '.join(header)}); put a cell that holds a {'comma' if delimiter == ',' else 'tab'} "
+                                f"in double quotes")
+            rows.append((where, dict(itertools.zip_longest(header, record, fillvalue=""))))  # short row: empty cells
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed {path.suffix[1:].upper()} ({exc}); fix that row "
+                        f"(a double quote not closed, or one inside a quoted cell not doubled?)") from None
+    if header is not None and not rows:
+        sep = "," if delimiter == "," else "<tab>"
+        raise DataError(f"{path} has one row ({', '.join(header)}), read as its header: the first row names the "
+                        f"columns (e.g. prompt{sep}response), the examples go below it, one per row")
     return rows
 
 
@@ -207,9 +251,17 @@ def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", resp
     rows = _read_rows(path)
     if not rows:
         shape = FORMATS.get(fmt, FORMATS["chat"])
-        raise DataError(f"{path} holds no examples; add JSON lines with {prompt_column or shape.prompt!r} and "
+        lines = "rows under a header row" if path.suffix.lower() in DELIMITERS else "JSON lines"
+        raise DataError(f"{path} holds no examples; add {lines} with {prompt_column or shape.prompt!r} and "
                         f"{response_column or shape.response!r}")
-    cols = resolve_columns(rows[0][1], rows[0][0], fmt, prompt_column, response_column, history_column)
+    try:
+        cols = resolve_columns(rows[0][1], rows[0][0], fmt, prompt_column, response_column, history_column)
+    except DataError as exc:
+        if path.suffix.lower() not in DELIMITERS or str(exc).startswith("unknown data format"):
+            raise
+        sep = "," if path.suffix.lower() == ".csv" else "<tab>"
+        raise DataError(f"{exc} (the first row of a {path.suffix} file is its header: e.g. prompt{sep}response)"
+                        ) from None
     examples = []
     for where, row in rows:
         missing = [c for c in (cols.prompt, cols.response) if c not in row]

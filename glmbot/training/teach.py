@@ -9,7 +9,9 @@ file `[domains.NAME] data` names, in that file's own columns, atomically. Retrai
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -23,7 +25,7 @@ from filelock import FileLock
 from glmbot.config import Settings
 from glmbot.errors import DataError
 from glmbot.fileio import atomic_write_bytes
-from glmbot.training.data import Example, LoadedData, resolve_data_path
+from glmbot.training.data import DELIMITERS, Example, LoadedData, resolve_data_path
 from glmbot.training.plan import DataSpec, config_data_path
 
 _NOT_TEXT = re.compile(r"[\W_]+")  # punctuation and spaces say nothing of which answer is meant
@@ -107,7 +109,7 @@ def writable_data_problem(domain: str, data: str) -> str:
                 f"glmbot domains set {domain} --data FILE.jsonl")
     if not Path(data).expanduser().is_file():
         return (f"domain {domain!r} trains on {data!r}, which is not a file here (a plugin data set?); "
-                f"point the domain at a JSONL file: glmbot domains set {domain} --data FILE.jsonl")
+                f"point the domain at a JSONL or CSV file: glmbot domains set {domain} --data FILE.jsonl")
     return ""
 
 
@@ -149,9 +151,21 @@ def _append(settings: Settings, domain: str, question: str, answer: str) -> Adde
     if raw and not raw.endswith(b"\n"):
         raw += b"\n"
     row = {loaded.columns.prompt: question, loaded.columns.response: answer}
-    atomic_write_bytes(loaded.path, raw + (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(loaded.path, raw + _line(loaded.path, raw, row).encode("utf-8"))
     count = len(loaded.examples) + 1
     return Added(loaded.path, count, count)
+
+
+def _line(path: Path, raw: bytes, row: dict[str, str]) -> str:
+    """`row` as one more line of the data file: a JSON object, or a CSV/TSV row in its header's order."""
+    delimiter = DELIMITERS.get(path.suffix.lower())
+    if delimiter is None:
+        return json.dumps(row, ensure_ascii=False) + "\n"
+    lines = raw.decode("utf-8-sig").splitlines()
+    header = next(next(csv.reader([line], delimiter=delimiter)) for line in lines if line.strip())
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter, lineterminator="\n").writerow([row.get(c.strip(), "") for c in header])
+    return out.getvalue()
 
 
 class Teacher:
