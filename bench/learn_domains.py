@@ -13,7 +13,9 @@ bench/routing/test2's folders, with rewordings.jsonl, work too). Per domain: the
 the [train] defaults, and ROUGE-L (official: jieba words, rouge_chinese) of greedy answers on the
 training questions, on the paraphrases, and on the training questions asked as a conversation's
 second turn (behind another question of the domain and its answer, as `glmbot chat` sends it), for
-the trained prefix and, as the baseline in the same run, the plain base. The last column answers the
+the trained prefix and, as the baseline in the same run, the plain base. Then the paraphrases as a
+second turn: behind a training round, and as the engine serves them on the builtin base (alone, but
+behind the round where the message leans on it: `leans_back`). The last column answers the
 paraphrases as a project of that domain alone does with automatic routing (the prefix where the
 router sends a paraphrase to the domain, the plain base elsewhere), with the router's words alone
 and with its second look ([routing] second_look). Targets (issue 17): training questions >= 90,
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from glmbot import load_base  # noqa: E402
 from glmbot.config import load_settings  # noqa: E402
-from glmbot.serving.router import DomainProfile, Router  # noqa: E402
+from glmbot.serving.router import DomainProfile, Router, leans_back  # noqa: E402
 from glmbot.training.data import Example, encode_all, load_examples  # noqa: E402
 from glmbot.training.evaluate import evaluate_prefix  # noqa: E402
 from glmbot.training.metrics import score  # noqa: E402
@@ -74,14 +76,24 @@ def paraphrase_file(folder: Path) -> Path:
     return path if path.exists() else folder / "rewordings.jsonl"
 
 
-def as_second_turn(examples: list[Example]) -> list[Example]:
-    """Each question behind another question of the domain (a fixed other one) and its answer."""
-    n = len(examples)
+def as_second_turn(examples: list[Example], before: list[Example] | None = None) -> list[Example]:
+    """Each question behind another question of `before` (default: the domain's own; a fixed other
+    one with another answer) and its answer."""
+    pool = examples if before is None else before
+    n = len(pool)
     rounds = []
     for i, ex in enumerate(examples):
-        earlier = next(examples[(i + k) % n] for k in range(7, 7 + n) if examples[(i + k) % n].response != ex.response)
+        earlier = next(pool[(i + k) % n] for k in range(7, 7 + n) if pool[(i + k) % n].response != ex.response)
         rounds.append(Example(ex.prompt, ex.response, ((earlier.prompt, earlier.response),)))
     return rounds
+
+
+def served_rouge_l(behind: list[Example], alone: list[str], shown: list[str]) -> float:
+    """ROUGE-L of questions asked as a second turn, as the engine answers them on the builtin base: the
+    answer given alone, or the one behind the earlier round for a follow-up that leans on it
+    (`leans_back`: "那周末呢？")."""
+    predictions = [b if leans_back(ex.prompt) else a for a, b, ex in zip(alone, shown, behind)]
+    return score(predictions, [ex.response for ex in behind])["rouge-l"]
 
 
 def main() -> None:
@@ -109,14 +121,16 @@ def main() -> None:
           f"batch {train.batch_size}, question rewrites {train.question_rewrites}, history share "
           f"{train.history_share:g}; {args.device}\n")
     print("| domain | seed | lines | train s | ROUGE-L train (base) | ROUGE-L paraphrases (base) | ROUGE-L train as "
-          "2nd turn (base) | targets met | paraphrases routed: words / second look |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "2nd turn (base) | targets met | paraphrases routed: words / second look | paraphrases as 2nd turn: "
+          "behind the round / as served |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     met, paraphrase_means = 0, []
     names = args.domains.split(",") if args.domains else sorted(p.name for p in domains_dir.iterdir() if p.is_dir())
     for name in names:
         questions = load_examples(domains_dir / name / "train.jsonl")
         paraphrases = load_examples(paraphrase_file(domains_dir / name))
         second = as_second_turn(questions)
+        paraphrases_second = as_second_turn(paraphrases, questions)
         plain = answers(model, tok, None, paraphrases)
         base = [rouge_l(model, tok, None, questions), score(plain, [p.response for p in paraphrases])["rouge-l"],
                 rouge_l(model, tok, None, second)]
@@ -135,9 +149,12 @@ def main() -> None:
             tuned = [rouge_l(model, tok, kv, questions), score(prefixed, [p.response for p in paraphrases])["rouge-l"],
                      rouge_l(model, tok, kv, second)]
             tuned += [routed_rouge_l(name, questions, paraphrases, prefixed, plain, look) for look in (False, True)]
+            shown = answers(model, tok, kv, paraphrases_second)
+            tuned += [score(shown, [p.response for p in paraphrases])["rouge-l"],
+                      served_rouge_l(paraphrases_second, prefixed, shown)]
             runs.append((seconds, *tuned))
             print(row(name, str(seed), len(questions), seconds, tuned, base), flush=True)
-        mean = [statistics.mean(r[i] for r in runs) for i in range(6)]
+        mean = [statistics.mean(r[i] for r in runs) for i in range(8)]
         if len(seeds) > 1:
             print(row(name, "mean", len(questions), mean[0], mean[1:], base), flush=True)
         met += mean[1] >= TARGET_TRAIN and mean[2] >= TARGET_PARAPHRASE
@@ -151,7 +168,7 @@ def row(name: str, seed: str, lines: int, seconds: float, tuned: list[float], ba
     ok = tuned[0] >= TARGET_TRAIN and tuned[1] >= TARGET_PARAPHRASE
     return (f"| {name} | {seed} | {lines} | {seconds:.0f} | {tuned[0]:.1f} ({base[0]:.1f}) | {tuned[1]:.1f} "
             f"({base[1]:.1f}) | {tuned[2]:.1f} ({base[2]:.1f}) | {'yes' if ok else 'no'} "
-            f"| {tuned[3]:.1f} / {tuned[4]:.1f} |")
+            f"| {tuned[3]:.1f} / {tuned[4]:.1f} | {tuned[5]:.1f} / {tuned[6]:.1f} |")
 
 
 if __name__ == "__main__":

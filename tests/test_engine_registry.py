@@ -357,6 +357,34 @@ def test_the_builtin_base_answers_routed_general_chat_alone(base, tok, registry,
     assert named.usage.prompt_tokens == len(tok.build_chat_input(river, history))
 
 
+def test_on_the_builtin_base_a_domains_question_gets_no_earlier_round(base, tok, registry, monkeypatch):
+    """Found by a newcomer (piano school, builtin base): behind one earlier question, 10 of 29 training
+    questions came back exact; asked alone, 29. On the builtin base a domain's question reaches its
+    prefix without the earlier rounds, routed or asked for by name; a short follow-up that leans on them
+    ("那病假呢？") keeps the round, as does a prefix whose own data has follow-ups, and a real base."""
+    prompts = ["年假有几天？", "工资几号发？", "加班工资怎么算？", "病假工资怎么算？"]
+    kv = add_adapter(registry, "hr", 4, 1, hyperparams={"history_rounds": 1}, prompts=prompts)
+    history = [("年假有几天？", "十五天。")]
+    asked = ["工资几号发？", "加班的工资怎么计算？", "那病假呢？"]
+
+    def answered(domain):
+        with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_batch_size=4,
+                    max_len=192) as eng:
+            return [eng.generate(greedy(q, domain, 6, history=history)) for q in asked]
+
+    real = answered(None)
+    monkeypatch.setattr(base.config, "name_or_path", "builtin:tiny", raising=False)
+    routed, named = answered(None), answered("hr")
+    assert all(r.route.domain == "hr" for r in real + routed + named)
+    alone = [len(tok.build_chat_input(q, [])) for q in asked]
+    behind = [len(tok.build_chat_input(q, history)) for q in asked]
+    assert [r.usage.prompt_tokens for r in real] == behind
+    assert [r.usage.prompt_tokens for r in routed] == [r.usage.prompt_tokens for r in named] == alone[:2] + behind[2:]
+    assert routed[0].text == generate_answers(base, tok, [asked[0]], kv, max_new_tokens=6)[0]
+    add_adapter(registry, "hr", 4, 2, hyperparams={"history_rounds": 1, "data_history_rounds": 1}, prompts=prompts)
+    assert [r.usage.prompt_tokens for r in answered(None)] == behind  # its data's own follow-ups
+
+
 def test_an_unknown_domain_says_when_no_glmbot_toml_was_found(base, tok, registry, monkeypatch, tmp_path):
     """Found by a newcomer: ChatGlmbot() run from another folder fell back to the defaults silently, and
     bind(domain="yoga") raised a bare "unknown domain 'yoga'" (the CLI said why; the library did not)."""

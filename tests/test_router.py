@@ -12,7 +12,7 @@ import pytest
 from glmbot.config import settings_from_dict
 from glmbot.errors import ConfigError, UnknownAdapterError, UnknownDomainError
 from glmbot.serving.router import (DEFAULT_MIN_SCORE, DomainProfile, RouteDecision, Router, StickyRoutes,
-                                   content_tokens, small_talk_only)
+                                   content_tokens, leans_back, small_talk_only)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "glmbot" / "data" / "samples"
 ADS_KEYWORDS = ["文案", "广告", "宣传语", "卖点", "种草", "带货", "商品描述"]
@@ -192,6 +192,28 @@ def test_greetings_and_thanks_skip_a_sticky_domain_but_follow_ups_keep_it():
     for follow_up in ("怎么办？", "那运费呢？", "可以吗？", "现在几点发货？"):
         decision = router.route(follow_up, conversation_id="c")
         assert (decision.domain, decision.reason) == ("support", "sticky"), follow_up
+
+
+def test_a_sticky_route_says_it_was_an_earlier_message_that_went_there():
+    """A newcomer read "one of piano's training prompts, word for word" under a reworded question: the
+    detail was the first message's. It says so now."""
+    router = Router([DomainProfile("piano", prompts=["周末上课吗？", "一节课多少钱？"])])
+    assert router.route("周末上课吗？", conversation_id="c").domain == "piano"
+    stay = router.route("上一次课要花多少钱？", conversation_id="c")
+    assert stay.reason == "sticky"
+    assert stay.detail.startswith("conversation 'c' stays with piano, where an earlier message went by classifier "
+                                  "(that message: one of piano's training prompts, word for word")
+
+
+def test_a_short_follow_up_leans_on_the_rounds_before_it():
+    """What the engine still shows the earlier rounds on the builtin base: a short message that takes its
+    topic from the round before ("那网课呢？" after a price), not a question that asks for itself."""
+    leaning = ("那网课呢？", "网课呢", "那周末呢", "还有呢？", "那个多少钱？", "它贵吗", "可以吗？", "怎么办")
+    assert [q for q in leaning if not leans_back(q)] == []
+    asking = ("会员卡怎么办理呢？", "有网课吗？", "那如果我中途不想学了怎么办呢", "上一次课要花多少钱？", "停车方便吗")
+    assert [q for q in asking if leans_back(q)] == []
+    router = Router([DomainProfile("piano", prompts=["有网课吗？"])])
+    assert router.prompt_of("有网课吗") == "piano" and router.prompt_of("网课") is None
 
 
 def test_another_domains_keyword_moves_a_routed_conversation_but_not_a_named_one():

@@ -65,7 +65,10 @@ def route(
     for name, score in scores:
         passes = score > 0 and score >= router.min_score
         if name == decision.domain:  # by these scores, or by another stage (keyword, second look...)
-            mark = "chosen" if decision.reason == "classifier" else f"chosen by {decision.reason.replace('_', ' ')}"
+            if decision.reason != "classifier":
+                mark = f"chosen by {decision.reason.replace('_', ' ')}"
+            else:  # a training prompt word for word scores 1 above, whatever its cosine here
+                mark = "chosen: a training prompt" if router.prompt_of(text) == name else "chosen"
         else:
             mark = "above min_score" if passes else ""
         table.add_row(name, f"{score:.3f}", mark)

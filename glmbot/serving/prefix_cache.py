@@ -40,6 +40,7 @@ class ResolvedAdapter:
     version: int | None = None
     damage: str | None = None  # the registry marked its files damaged: never served (see PrefixCache.get)
     history_rounds: int | None = None  # most earlier rounds a training row had (None: not recorded)
+    data_history_rounds: int | None = None  # of those, the data's own (its follow-ups; None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,9 @@ class RegistryPrefixSource:
     def _resolved(info: Any) -> ResolvedAdapter:  # noqa: ANN401 - glmbot.registry.AdapterInfo
         from glmbot.registry.store import WEIGHTS
 
-        rounds = info.hyperparams.get("history_rounds")
+        rounds, own = (info.hyperparams.get(key) for key in ("history_rounds", "data_history_rounds"))
         return ResolvedAdapter((info.id, info.files.get(WEIGHTS, "")), info.id, info.ref, info.domain, info.version,
-                               info.damage, rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None)
+                               info.damage, _count(rounds), _count(own))
 
     def load(self, adapter: ResolvedAdapter, device: torch.device) -> torch.Tensor:
         """Verified files -> fp32 prefix KV (raises AdapterIntegrityError, PrefixCheckpointError).
@@ -325,3 +326,8 @@ class PrefixCache:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def _count(value: object) -> int | None:
+    """A recorded round count, or None where the adapter's hyperparams have none (or not a number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

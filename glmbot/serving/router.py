@@ -123,6 +123,9 @@ _FUNCTION_CHARS = frozenset("".join(w for w in _STOP_WORDS if not w.isascii())
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _CHAR_MARK = "\x00"  # a character feature's key: the mark, then the character (a word is never one)
 
+LEANING_CHARS = 8  # a message this short that opens with 那 or ends in 呢 leans on the rounds before it
+
+
 def content_tokens(text: str) -> list[str]:
     """jieba words of `text` without greetings, stop-words and punctuation (case-folded); beside a
     chit-chat question (天气怎么样), without words of time and place too."""
@@ -136,6 +139,17 @@ def content_tokens(text: str) -> list[str]:
         when_where = {p.word for p in jieba.posseg.lcut(cut) if p.flag in _WHEN_WHERE_TAGS}
         words = [w for w in words if w not in when_where]
     return words
+
+
+def leans_back(text: str) -> bool:
+    """True for a short message that takes its topic from the rounds before it: "那周末呢？", "网课呢",
+    "那个多少钱？", "还有呢", "可以吗？" (at most LEANING_CHARS letters opening with 那/还有 or pointing
+    back with 这个/那个/它, a word or two and 呢, or no content word at all; "会员卡怎么办理呢？" and
+    "上一次课要花多少钱？" ask for themselves)."""
+    letters = _letters(text)
+    return len(letters) <= LEANING_CHARS and (
+        letters.startswith(("那", "还有")) or any(w in letters for w in ("这个", "那个", "它"))
+        or (letters.endswith("呢") and len(letters) <= 5) or not content_tokens(text))
 
 
 def small_talk_only(text: str) -> bool:
@@ -577,8 +591,9 @@ class Router:
     @staticmethod
     def _stay(first: RouteDecision, where: str) -> RouteDecision:
         return RouteDecision(first.domain, first.adapter, "sticky", first.score,
-                             detail=f"{where} stays where {first.reason} sent it"
-                                    + (f" ({first.detail})" if first.detail else ""))
+                             detail=f"{where} stays with {first.domain or 'the plain base'}, where an earlier "
+                                    f"message went by {first.reason}"
+                                    + (f" (that message: {first.detail})" if first.detail else ""))
 
     def _replay(self, history: Any, table: _RoutingTable) -> RouteDecision | None:
         """The route a remembered conversation would have after its earlier questions, by the rules
@@ -604,6 +619,11 @@ class Router:
         engine shows a domain's prefix its own rounds, not one of general chat that went to the plain
         base in between ("帮我写一首诗" between two questions about teeth)."""
         return [i for i, (decision, _) in enumerate(self._replayed(history, self._table)) if decision.domain == domain]
+
+    def prompt_of(self, text: str) -> str | None:
+        """The domain one of whose training prompts `text` is, word for word (punctuation, spaces and
+        case aside), or None."""
+        return self._table.prompts.get(_letters(text))
 
     def adapter_version(self, domain: str) -> int | None:
         """The active adapter version the router last read for `domain` (None: unknown or not routable)."""

@@ -53,6 +53,7 @@ class PreparedJob:
     reworded_rows: int = 0  # of `encoded`, after the data's own rows: rewordings of its questions
     history_rows: int = 0  # then rows behind an earlier round
     history_rounds: int = 0  # most earlier rounds any training row has (served so: [serving] prefix_history)
+    data_history_rounds: int = 0  # most earlier rounds a row of the data itself has (its own follow-ups)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def prepare(tok, settings: Settings, domain: str, data: DataSpec, train: TrainSe
                    dev_sha256=file_sha256(dev.path) if dev else "", base_model=settings.model.base_model)
     return PreparedJob(domain, train, data, loaded.examples, dev.examples if dev else [], encoded, summary,
                        Path(run_dir), plan, coverage, len(reworded), len(behind),
-                       history_rounds(loaded.examples, behind))
+                       history_rounds(loaded.examples, behind), history_rounds(loaded.examples, []))
 
 
 def interrupted_run_dir(settings: Settings, domain: str) -> Path:
@@ -189,7 +190,8 @@ def _register(model, registry, job: PreparedJob, result: TrainResult, outcome: T
     adapter = registry.register_adapter(
         job.domain, encoder_state(result.encoder), base_model=str(model.config.name_or_path),
         base_fingerprint=base_fingerprint(model), architecture=architecture(model.config), source="trained",
-        hyperparams={**_hyperparams(job.settings), "steps_run": result.steps, "history_rounds": job.history_rounds},
+        hyperparams={**_hyperparams(job.settings), "steps_run": result.steps, "history_rounds": job.history_rounds,
+                     "data_history_rounds": job.data_history_rounds},
         dataset_sha256=job.summary.sha256,
         sample_count=job.summary.samples, metrics=metrics,
         provenance={"run_dir": str(job.run_dir), "data": job.summary.source},
