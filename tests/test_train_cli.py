@@ -108,6 +108,7 @@ def test_promote_refuses_a_prefix_that_learned_nothing(tmp_path, capsys):
                      r"\(--lr 0\.2\)", out)  # twice the default 0.1
     with registry_of(config) as reg:  # trained behind one earlier round: served with that many (prefix_history)
         assert reg.list_adapters("hr")[0].hyperparams["history_rounds"] == 1
+        assert reg.list_adapters("hr")[0].hyperparams["data_history_rounds"] == 0  # none of the data's own
     code, out, err = cli(config, "train", "-d", "hr", "--data", str(data), "--steps", "2", "--promote=force",
                          capsys=capsys)
     assert code == 0 and "promoted: forced, although it learned nothing" in out
@@ -278,6 +279,8 @@ def test_a_question_with_two_answers_is_pointed_out_before_training(tmp_path, ca
                        capsys=capsys)
     assert code == 0, err
     assert "warning: 1 question(s) of the data have more than one answer (有淋浴吗？)" in err
+    # A file of a few lines is learned by heart: said before training (a newcomer's 3 lines trained silently).
+    assert "warning: only 4 example(s): the prefix learns these questions and little else" in " ".join(err.split())
     assert "keep one answer per question" in err and "年卡" not in err
 
 

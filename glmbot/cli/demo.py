@@ -193,8 +193,9 @@ def _serve(settings, model, tok, messages: list[str]) -> None:
         table.add_row(m, f"{route.reason} {route.score:.2f}", "a plugin tool" if tool else (r.adapter or "plain base"),
                       r.text)
     common.console.print(table)
-    common.console.print("Next: [bold]glmbot chat[/], [bold]glmbot adapters list[/], "
-                         "[bold]glmbot train --domain ads[/], [bold]glmbot serve[/].")
+    common.console.print("Next: [bold]glmbot chat[/], [bold]glmbot adapters list[/], [bold]glmbot serve[/]; your own "
+                         "data, in a folder of your own: [bold]glmbot domains add NAME --data FILE.jsonl[/] (or .csv), "
+                         "then [bold]glmbot train --domain NAME --promote[/].", highlight=False)
 
 
 def _domain(settings, name: str):  # noqa: ANN001

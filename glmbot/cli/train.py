@@ -192,6 +192,9 @@ def _run(model, tok, registry, job, resume, promote, metric, evaluate, quiet):
                                 evaluate=evaluate, on_step=bar.update)
 
 
+FEW_EXAMPLES = 10  # fewer lines than this: a warning that the domain is barely described
+
+
 def _print_summary(job, base_model: str) -> None:
     from glmbot.training.data import AUTO, conflicting_answers
 
@@ -224,6 +227,11 @@ def _print_summary(job, base_model: str) -> None:
         common.err_console.print(
             f"[bold yellow]warning:[/] {len(twice)} question(s) of the data have more than one answer ({escape(shown)}): "
             "the prefix learns a blend of them; keep one answer per question", highlight=False, soft_wrap=True)
+    if s.samples < FEW_EXAMPLES:
+        common.err_console.print(
+            f"[bold yellow]warning:[/] only {s.samples} example(s): the prefix learns these questions and little "
+            f"else; {FEW_EXAMPLES * 2}-40 lines, with the ways your users really ask, answer far more of them",
+            highlight=False, soft_wrap=True)
     if c.too_low:
         common.err_console.print(
             f"[bold yellow]warning:[/] {c.byte_share:.1%} of the answer tokens are characters that {base_model}'s "
@@ -255,12 +263,10 @@ def _print_outcome(outcome, job) -> None:
     if p is not None and p.forgot and fallback == BASE:
         # The usual case for the default recipe on a small base: the router keeps general chat away
         # from the prefix, so this is worth knowing, not alarming.
-        common.console.print(f"forgetting probe: asked general questions itself, the prefix keeps {p.kept:.0%} of "
-                             f"the plain base's answers (reference score {p.reference_score_base:.2f} -> "
-                             f"{p.reference_score_tuned:.2f}). glmbot chat and serve send general chat to the plain "
-                             "base (routing.fallback), so this matters only where the prefix is asked for by name; "
-                             f"to keep more: {p.hint} (this run's --lr was {job.settings.learning_rate:g})",
-                             highlight=False, soft_wrap=True)
+        common.console.print(f"general chat: glmbot chat and serve send general chat to the plain base; by itself "
+                             f"the prefix keeps {p.kept:.0%} of its general answers, which matters only with "
+                             f"--domain {job.domain} (to keep more: {p.hint}; this run's --lr was "
+                             f"{job.settings.learning_rate:g})", highlight=False, soft_wrap=True)
     elif p is not None and p.forgot:
         common.err_console.print(f"[bold yellow]warning:[/] the prefix wrecks general chat (answers kept "
                                  f"{p.kept:.0%}, reference score {p.reference_score_base:.2f} -> "
