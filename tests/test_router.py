@@ -201,7 +201,7 @@ def test_a_sticky_route_says_it_was_an_earlier_message_that_went_there():
     assert router.route("周末上课吗？", conversation_id="c").domain == "piano"
     stay = router.route("上一次课要花多少钱？", conversation_id="c")
     assert stay.reason == "sticky"
-    assert stay.detail.startswith("conversation 'c' stays with piano, where an earlier message went by classifier "
+    assert stay.detail.startswith("the conversation stays with piano, where an earlier message went by classifier "
                                   "(that message: one of piano's training prompts, word for word")
 
 

@@ -548,7 +548,7 @@ class Router:
             return decision
         first, where, replayed = None, "", False
         if self.sticky and conversation_id is not None:
-            first, where = self._remembered(conversation_id, table), f"conversation {conversation_id!r}"
+            first, where = self._remembered(conversation_id, table), "the conversation"
         if first is None and self.sticky and history:
             first, where, replayed = self._replay(history, table), "the conversation (replayed from its history)", True
         decision, kept = self._decide(text, history, first, where, table)
