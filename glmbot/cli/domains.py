@@ -46,7 +46,7 @@ def list_domains() -> None:
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="lowercase letters, digits, '-' or '_'", show_default=False)],
-    data: Annotated[Optional[str], typer.Option(help="training JSONL (stored in glmbot.toml)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="training data: JSONL, or CSV/TSV with a header row (stored in glmbot.toml)")] = None,
     dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="chat | advertisegen (default: read from the "
                                                                 "columns)")] = None,
@@ -95,7 +95,7 @@ def add(
 @app.command("set")
 def set_(
     name: Annotated[str, typer.Argument(help="the domain", show_default=False)],
-    data: Annotated[Optional[str], typer.Option(help="training JSONL")] = None,
+    data: Annotated[Optional[str], typer.Option(help="training data: JSONL, or CSV/TSV with a header row")] = None,
     dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU ('' removes it)")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="chat | advertisegen ('' = read from the "
                                                                 "columns)")] = None,
