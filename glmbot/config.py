@@ -164,7 +164,8 @@ class ServingSettings:
         "earlier rounds of a conversation a domain prefix sees (ChatGLM2's [Round N] prompt): 'trained' = the "
         "latest ones that ask something (not small talk alone), as many as its training rows had (one with [train] history_share; all for adapters that "
         "do not record it, e.g. imported ones); on a builtin base none, except for a short follow-up that leans on "
-        "them (那周末呢？) or a prefix whose data has its own history; a message of small talk alone (greetings, thanks, 你是谁) that goes "
+        "them (那周末呢？) or a prefix whose data has its own history; a message of small talk alone (greetings, "
+        "thanks, 你是谁) that goes "
         "to the plain base none, nor does routed general chat on a builtin base (it answers best alone); 'all' = the "
         "whole conversation everywhere. Other plain-base turns see all"))
 

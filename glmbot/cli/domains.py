@@ -46,7 +46,8 @@ def list_domains() -> None:
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="lowercase letters, digits, '-' or '_'", show_default=False)],
-    data: Annotated[Optional[str], typer.Option(help="training data: JSONL, or CSV/TSV with a header row (stored in glmbot.toml)")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help="training data: JSONL, or CSV/TSV with a header row (stored in glmbot.toml)")] = None,
     dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="chat | advertisegen (default: read from the "
                                                                 "columns)")] = None,

@@ -62,7 +62,8 @@ _NPROC = checked("--nproc", int, lambda v: v >= 1, "a number of processes >= 1",
 
 def train(
     domain: Annotated[str, Opt("--domain", "-d", help="business domain, e.g. support")],
-    data: Annotated[Optional[str], Opt(help="training data, JSONL or CSV/TSV with a header row (default: the domain's data in glmbot.toml)")] = None,
+    data: Annotated[Optional[str], Opt(
+        help="training data, JSONL or CSV/TSV with a header row (default: the domain's data in glmbot.toml)")] = None,
     dev_data: Annotated[Optional[str], Opt(help="dev JSONL for ROUGE/BLEU")] = None,
     fmt: Annotated[Optional[str], Opt("--format", help="chat | advertisegen (default: read from the columns)")] = None,
     prompt_column: Annotated[Optional[str], Opt(help="name of the prompt column")] = None,

@@ -1,7 +1,8 @@
 """Training data: JSONL (or CSV/TSV) loading with clear errors, official preprocessing, per-batch padding.
 
 A spreadsheet's export works as it is: a .csv or .tsv file with a header row names the columns
-(`prompt,response` or `content,summary`; a history cell holds the same JSON list as JSONL's). Two shapes are read: chat (`prompt`, `response`, optional `history` as [[query, response], ...])
+(`prompt,response` or `content,summary`; a history cell holds the same JSON list as JSONL's).
+Two shapes are read: chat (`prompt`, `response`, optional `history` as [[query, response], ...])
 and AdvertiseGen (`content` -> `summary`); which one a file holds is read from its first row's
 columns (`fmt="auto"`), a named format or column only overrides. Each example becomes the official layout
 `[gMASK] sop prompt | answer | eos` with labels -100 on the prompt, but batches are padded to
@@ -230,9 +231,9 @@ def _table_rows(path: Path, text: str, delimiter: str) -> list[tuple[str, dict]]
                 header = [cell.strip() for cell in record]
                 continue
             if len(record) > len(header):
+                mark = "comma" if delimiter == "," else "tab"
                 raise DataError(f"{where}: {len(record)} cells but the header row has {len(header)} "
-                                f"({', '.join(header)}); put a cell that holds a {'comma' if delimiter == ',' else 'tab'} "
-                                f"in double quotes")
+                                f"({', '.join(header)}); put a cell that holds a {mark} in double quotes")
             rows.append((where, dict(itertools.zip_longest(header, record, fillvalue=""))))  # short row: empty cells
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: malformed {path.suffix[1:].upper()} ({exc}); fix that row "
