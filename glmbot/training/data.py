@@ -255,10 +255,11 @@ def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", resp
         lines = "rows under a header row" if path.suffix.lower() in DELIMITERS else "JSON lines"
         raise DataError(f"{path} holds no examples; add {lines} with {prompt_column or shape.prompt!r} and "
                         f"{response_column or shape.response!r}")
+    detected = fmt == AUTO and not (prompt_column or response_column)  # read from the first row's columns
     try:
         cols = resolve_columns(rows[0][1], rows[0][0], fmt, prompt_column, response_column, history_column)
     except DataError as exc:
-        if path.suffix.lower() not in DELIMITERS or str(exc).startswith("unknown data format"):
+        if not (detected and path.suffix.lower() in DELIMITERS):
             raise
         sep = "," if path.suffix.lower() == ".csv" else "<tab>"
         raise DataError(f"{exc} (the first row of a {path.suffix} file is its header: e.g. prompt{sep}response)"
