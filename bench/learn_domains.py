@@ -15,10 +15,12 @@ training questions, on the paraphrases, and on the training questions asked as a
 second turn (behind another question of the domain and its answer, as `glmbot chat` sends it), for
 the trained prefix and, as the baseline in the same run, the plain base. Then the paraphrases as a
 second turn: behind a training round, and as the engine serves them on the builtin base (alone, but
-behind the round where the message leans on it: `leans_back`). The last column answers the
-paraphrases as a project of that domain alone does with automatic routing (the prefix where the
-router sends a paraphrase to the domain, the plain base elsewhere), with the router's words alone
-and with its second look ([routing] second_look). Targets (issue 17): training questions >= 90,
+behind the round where the message leans on it: `leans_back`). Then the paraphrases answered as a
+project of that domain alone does with automatic routing (the prefix where the router sends a
+paraphrase to the domain, the plain base elsewhere), with the router's words alone and with its
+second look ([routing] second_look). The last column is what the engine answers on the builtin base:
+a paraphrase close to one training question is asked as that question ([serving] closest_question),
+with the domain named (`glmbot chat --domain D`) and routed by the second look. Targets (issue 17): training questions >= 90,
 paraphrases >= 50. Run it alone: timings share the CPU. A domain's 10 paraphrases move by ~9 points
 (one standard deviation) from seed to seed, so compare settings over many seeds; on CUDA a seed is
 not even repeatable (bf16, atomic adds): a rerun of the same 4 seeds moved it_helpdesk's mean from
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from glmbot import load_base  # noqa: E402
 from glmbot.config import load_settings  # noqa: E402
+from glmbot.serving.closest import ClosestQuestion  # noqa: E402
 from glmbot.serving.router import DomainProfile, Router, leans_back  # noqa: E402
 from glmbot.training.data import Example, encode_all, load_examples  # noqa: E402
 from glmbot.training.evaluate import evaluate_prefix  # noqa: E402
@@ -88,6 +91,16 @@ def as_second_turn(examples: list[Example], before: list[Example] | None = None)
     return rounds
 
 
+def as_closest_question(questions: list[Example], trained: list[str], paraphrases: list[Example],
+                        prefixed: list[str]) -> list[str]:
+    """The paraphrases' answers as the engine gives them on the builtin base ([serving] closest_question): a
+    paraphrase close to one training question is asked as that question, the others as they are."""
+    closest = ClosestQuestion([q.prompt for q in questions])
+    by_question = {q.prompt: answer for q, answer in zip(questions, trained)}
+    return [by_question[found] if (found := closest.find(p.prompt)) else answer
+            for p, answer in zip(paraphrases, prefixed)]
+
+
 def served_rouge_l(behind: list[Example], alone: list[str], shown: list[str]) -> float:
     """ROUGE-L of questions asked as a second turn, as the engine answers them on the builtin base: the
     answer given alone, or the one behind the earlier round for a follow-up that leans on it
@@ -122,8 +135,8 @@ def main() -> None:
           f"{train.history_share:g}; {args.device}\n")
     print("| domain | seed | lines | train s | ROUGE-L train (base) | ROUGE-L paraphrases (base) | ROUGE-L train as "
           "2nd turn (base) | targets met | paraphrases routed: words / second look | paraphrases as 2nd turn: "
-          "behind the round / as served |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "behind the round / as served | paraphrases as served: domain named / routed (second look) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     met, paraphrase_means = 0, []
     names = args.domains.split(",") if args.domains else sorted(p.name for p in domains_dir.iterdir() if p.is_dir())
     for name in names:
@@ -146,15 +159,19 @@ def main() -> None:
                 seconds = time.perf_counter() - started
             kv = result.encoder.kv().detach()
             prefixed = answers(model, tok, kv, paraphrases)
-            tuned = [rouge_l(model, tok, kv, questions), score(prefixed, [p.response for p in paraphrases])["rouge-l"],
-                     rouge_l(model, tok, kv, second)]
+            trained = answers(model, tok, kv, questions)
+            asked = as_closest_question(questions, trained, paraphrases, prefixed)
+            tuned = [score(trained, [q.response for q in questions])["rouge-l"],
+                     score(prefixed, [p.response for p in paraphrases])["rouge-l"], rouge_l(model, tok, kv, second)]
             tuned += [routed_rouge_l(name, questions, paraphrases, prefixed, plain, look) for look in (False, True)]
             shown = answers(model, tok, kv, paraphrases_second)
             tuned += [score(shown, [p.response for p in paraphrases])["rouge-l"],
-                      served_rouge_l(paraphrases_second, prefixed, shown)]
+                      served_rouge_l(paraphrases_second, asked, shown)]
+            tuned += [score(asked, [p.response for p in paraphrases])["rouge-l"],
+                      routed_rouge_l(name, questions, paraphrases, asked, plain, True)]
             runs.append((seconds, *tuned))
             print(row(name, str(seed), len(questions), seconds, tuned, base), flush=True)
-        mean = [statistics.mean(r[i] for r in runs) for i in range(8)]
+        mean = [statistics.mean(r[i] for r in runs) for i in range(len(runs[0]))]
         if len(seeds) > 1:
             print(row(name, "mean", len(questions), mean[0], mean[1:], base), flush=True)
         met += mean[1] >= TARGET_TRAIN and mean[2] >= TARGET_PARAPHRASE
@@ -168,7 +185,7 @@ def row(name: str, seed: str, lines: int, seconds: float, tuned: list[float], ba
     ok = tuned[0] >= TARGET_TRAIN and tuned[1] >= TARGET_PARAPHRASE
     return (f"| {name} | {seed} | {lines} | {seconds:.0f} | {tuned[0]:.1f} ({base[0]:.1f}) | {tuned[1]:.1f} "
             f"({base[1]:.1f}) | {tuned[2]:.1f} ({base[2]:.1f}) | {'yes' if ok else 'no'} "
-            f"| {tuned[3]:.1f} / {tuned[4]:.1f} | {tuned[5]:.1f} / {tuned[6]:.1f} |")
+            f"| {tuned[3]:.1f} / {tuned[4]:.1f} | {tuned[5]:.1f} / {tuned[6]:.1f} | {tuned[7]:.1f} / {tuned[8]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -210,6 +210,7 @@ def test_route_command_prints_the_decision_and_every_score(tmp_path, monkeypatch
     reg = Registry(f"sqlite:///{tmp_path / 'adapters' / 'registry.db'}", tmp_path / "adapters")
     reg.add_domain("ads", keywords=["文案"])
     add_adapter(reg, "ads", 4, 2, prompts=["类型#裙*颜色#白色*风格#甜美"])
+    add_adapter(reg, "hr", 4, 3, prompts=["加班工资怎么算？", "病假工资怎么算？", "年假有几天？"])
     reg.close()
     app = typer.Typer()
     app.command()(route)
@@ -218,6 +219,8 @@ def test_route_command_prints_the_decision_and_every_score(tmp_path, monkeypatch
         by_keyword = CliRunner().invoke(app, ["帮我写个文案"])
         by_class = CliRunner().invoke(app, ["类型#裙*颜色#白色"])
         explicit = CliRunner().invoke(app, ["你好", "--domain", "base"])
+        reworded = CliRunner().invoke(app, ["加班的工资怎么计算？", "--json"])
+        reworded_text = CliRunner().invoke(app, ["加班的工资怎么计算？"])
     finally:
         common.set_config_path(None)
     assert by_keyword.exit_code == 0, by_keyword.output
@@ -228,6 +231,11 @@ def test_route_command_prints_the_decision_and_every_score(tmp_path, monkeypatch
     assert "chosen by keyword" in by_keyword.output and "chosen by" not in by_class.output
     assert "base (plain model)" in explicit.output and "explicit" in explicit.output
     assert json.loads((tmp_path / "adapters" / "ads" / "v1" / "routing_prompts.json").read_text())
+    # on the builtin base (the default base_model) a rewording is asked as its closest training question
+    assert reworded.exit_code == 0, reworded.output
+    assert json.loads(reworded.output)["asked_as"] == "加班工资怎么算？"
+    assert "asked as: 加班工资怎么算？" in reworded_text.output and "[serving] closest_question" in reworded_text.output
+    assert "asked as" not in by_keyword.output + by_class.output
 
 
 def test_a_domain_promoted_after_start_is_served_when_asked_for(base, tok, registry, five_domains):
@@ -367,9 +375,11 @@ def test_on_the_builtin_base_a_domains_question_gets_no_earlier_round(base, tok,
     history = [("年假有几天？", "十五天。")]
     asked = ["工资几号发？", "加班的工资怎么计算？", "那病假呢？"]
 
+    words_as_asked = settings_from_dict({"serving": {"closest_question": False}})  # 加班的工资 ~ 加班工资: below
+
     def answered(domain):
         with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_batch_size=4,
-                    max_len=192) as eng:
+                    max_len=192, settings=words_as_asked) as eng:
             return [eng.generate(greedy(q, domain, 6, history=history)) for q in asked]
 
     real = answered(None)
@@ -383,6 +393,43 @@ def test_on_the_builtin_base_a_domains_question_gets_no_earlier_round(base, tok,
     assert routed[0].text == generate_answers(base, tok, [asked[0]], kv, max_new_tokens=6)[0]
     add_adapter(registry, "hr", 4, 2, hyperparams={"history_rounds": 1, "data_history_rounds": 1}, prompts=prompts)
     assert [r.usage.prompt_tokens for r in answered(None)] == behind  # its data's own follow-ups
+
+
+def test_on_the_builtin_base_a_reworded_question_is_asked_as_its_training_question(base, tok, registry, monkeypatch):
+    """On the builtin base a prefix gives back its training answers (ROUGE-L 97-100) but rewordings of its
+    questions only in part (the tuning domains' paraphrases: 62.0). A question close to one training
+    question and to no other is asked as it ([serving] closest_question), and the route's detail says so;
+    a training question, a question as close to two, an adapter that did not record its questions, a real
+    base, and the setting turned off keep the user's words."""
+    prompts = ["年假有几天？", "工资几号发？", "加班工资怎么算？", "病假工资怎么算？", "离职要提前多久说？"]
+    kv = add_adapter(registry, "hr", 4, 1, prompts=prompts)
+    asked = ["加班的工资怎么计算？", "公司年假一年能休几天？", "工资怎么算？", "年假有几天？"]
+    stands_for = ["加班工资怎么算？", "年假有几天？", None, None]
+
+    def answered(settings=None):
+        with Engine(base, tok, registry=registry, router=build_router(Settings(), registry), max_batch_size=4,
+                    max_len=192, settings=settings) as eng:
+            return [eng.generate(greedy(q, "hr", 6)) for q in asked]
+
+    def as_asked(results):
+        return [len(tok.build_chat_input(q, [])) for q in asked] == [r.usage.prompt_tokens for r in results]
+
+    assert as_asked(answered())  # a real base reads rewordings itself
+    monkeypatch.setattr(base.config, "name_or_path", "builtin:tiny", raising=False)
+    builtin = answered()
+    assert [r.usage.prompt_tokens for r in builtin] == [len(tok.build_chat_input(f or q, [])) for f, q in
+                                                        zip(stands_for, asked)]
+    assert builtin[0].text == generate_answers(base, tok, ["加班工资怎么算？"], kv, max_new_tokens=6)[0]
+    assert "asked as its training question '加班工资怎么算？'" in builtin[0].route.detail
+    assert "training question" not in builtin[2].route.detail + builtin[3].route.detail
+    assert as_asked(answered(settings_from_dict({"serving": {"closest_question": False}})))
+    with Engine(base, tok, prefixes={"hr": kv}, questions={"hr": prompts}, max_batch_size=4, max_len=192) as eng:
+        in_memory = eng.generate(greedy(asked[0], "hr", 6))  # prefixes held in code, their questions beside them
+    assert (in_memory.text, in_memory.usage.prompt_tokens) == (builtin[0].text, builtin[0].usage.prompt_tokens)
+    add_adapter(registry, "hr", 4, 2)  # imported, say: no routing_prompts.json
+    assert as_asked(answered())
+    add_adapter(registry, "hr", 4, 3, prompts=prompts, hyperparams={"data_format": "advertisegen"})
+    assert as_asked(answered())  # content/summary rows: things to write about, not questions
 
 
 def test_an_unknown_domain_says_when_no_glmbot_toml_was_found(base, tok, registry, monkeypatch, tmp_path):

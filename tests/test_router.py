@@ -11,6 +11,7 @@ import pytest
 
 from glmbot.config import settings_from_dict
 from glmbot.errors import ConfigError, UnknownAdapterError, UnknownDomainError
+from glmbot.serving.closest import ClosestQuestion, asks_questions
 from glmbot.serving.router import (DEFAULT_MIN_SCORE, DomainProfile, RouteDecision, Router, StickyRoutes,
                                    content_tokens, leans_back, small_talk_only)
 
@@ -702,3 +703,21 @@ def test_a_message_closer_to_general_chat_than_to_any_domain_goes_to_the_base():
     assert "its words are closer to general chat" in decision.detail
     refund = Router([DomainProfile("support", prompts=support)]).route("退货几天能到账？")
     assert (refund.domain, refund.reason) == ("support", "classifier")
+
+
+def test_a_rewording_finds_the_one_training_question_it_stands_for():
+    """[serving] closest_question: a question close to one training question by its words and their
+    characters, and to no other, stands for it; a training question itself, a question about as close to
+    two of them, and one sharing no word stand for none."""
+    closest = ClosestQuestion(["年假有几天？", "工资几号发？", "加班工资怎么算？", "病假工资怎么算？", "离职要提前多久说？"])
+    assert closest.find("加班的工资怎么计算？") == "加班工资怎么算？"
+    assert closest.find("公司年假一年能休几天？") == "年假有几天？"
+    assert closest.find("辞职得提前几天讲？") == "离职要提前多久说？"  # 提前, and 职 of 离职 and 辞职
+    assert closest.find("工资怎么算？") is None       # 加班工资 or 病假工资: 0.68 against 0.71, no margin
+    assert closest.find("年假有几天") is None         # the training question itself, without its mark
+    assert closest.find("食堂几点开饭？") is None     # no word in common
+    assert closest.find("你好") is None
+    # AdvertiseGen's attribute strings are not questions: 颜色#黑色 asks for another text than 颜色#白色
+    ads = ["类型#裙*颜色#白色*风格#甜美", "类型#裤*材质#牛仔布*风格#简约"]
+    assert not asks_questions("advertisegen", ["年假有几天？"]) and not asks_questions(None, ads)
+    assert asks_questions("chat", ads) and asks_questions(None, ["年假有几天？", "工资几号发？"])

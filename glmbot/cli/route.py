@@ -11,8 +11,10 @@ from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
 from glmbot.errors import GlmbotError, RegistryError, UnknownDomainError
 from glmbot.registry.catalog import domain_state, domain_states
-from glmbot.serving.router import RouteDecision
-from glmbot.serving.routing_setup import build_router
+from glmbot.model.loading import BUILTIN_SCHEME
+from glmbot.serving.closest import ClosestQuestion, asks_questions
+from glmbot.serving.router import RouteDecision, leans_back
+from glmbot.serving.routing_setup import adapter_routing_prompts, build_router
 
 REASON_STYLE = {"explicit": "bold", "small_talk": "yellow", "sticky": "bold", "plugin": "magenta", "keyword": "green", "pattern": "green",
                 "classifier": "cyan", "second_look": "cyan", "fallback": "yellow"}
@@ -46,15 +48,19 @@ def route(
         raise UnknownDomainError(f"--domain {domain!r}: {exc}") from None
     skipped = [d.not_servable_reason() for d in domain_states(settings, registry) if not d.servable]
     scores = router.explain(text)
+    asked = asked_as(settings, registry, decision, text)
     if as_json:
-        common.print_json(route_json(registry, decision, scores, router) | {"skipped": skipped})
+        common.print_json(route_json(registry, decision, scores, router) | {"skipped": skipped, "asked_as": asked})
         return
     style = REASON_STYLE.get(decision.reason, "bold")
     common.console.print(f"domain:  [bold]{decision.domain or 'base (plain model)'}[/]")
     common.console.print(f"adapter: {adapter_label(registry, decision)}")
     common.console.print(f"reason:  [{style}]{decision.reason}[/]    score: {decision.score:.3f}")
     if decision.detail:
-        common.console.print(f"detail:  {decision.detail}", highlight=False)
+        common.console.print(f"detail:  {decision.detail}", markup=False, highlight=False)  # "[routing] ..." is text
+    if asked is not None:
+        common.console.print(f"asked as: {asked}  (its closest training question; on a builtin base, "
+                             "[serving] closest_question)", markup=False, highlight=False)
     for reason in skipped:
         common.console.print(f"skipped: {reason}", highlight=False)
     if not scores:
@@ -90,6 +96,22 @@ def route_json(registry, decision: RouteDecision, scores: list[tuple[str, float]
     return {"domain": decision.domain, "adapter": adapter, "reason": decision.reason, "score": decision.score,
             "detail": decision.detail, "classifier_scores": dict(scores), "min_score": router.min_score,
             "fallback": router.fallback, "second_look": router.second_look, "general_chat": router.general_chat}
+
+
+def asked_as(settings, registry, decision: RouteDecision, text: str) -> str | None:  # noqa: ANN001
+    """The training question the adapter is asked instead of TEXT ([serving] closest_question: a builtin
+    base, a message asked alone, an adapter that recorded its questions), or None."""
+    if (decision.domain is None or not settings.serving.closest_question or leans_back(text)
+            or not settings.model.base_model.startswith(BUILTIN_SCHEME)):
+        return None
+    try:
+        info = registry.resolve(decision.adapter or decision.domain)
+    except RegistryError:
+        return None
+    questions = None if info.hyperparams.get("data_history_rounds") else adapter_routing_prompts(info)
+    if not questions or not asks_questions(info.hyperparams.get("data_format"), questions):
+        return None
+    return ClosestQuestion(questions).find(text)
 
 
 def _refuse_explicit(settings, registry, explicit: str | None) -> None:

@@ -23,11 +23,11 @@ import logging
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 
@@ -42,6 +42,7 @@ from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
 from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
+from glmbot.serving.closest import ClosestQuestion, asks_questions
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
 from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, leans_back, small_talk_only
@@ -51,6 +52,7 @@ from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
 
 log = logging.getLogger(__name__)
 
+CLOSEST_CAPACITY = 256  # adapters whose training questions are indexed at once ([serving] closest_question)
 DEFAULT_MAX_PREFIX_LEN = 128  # the official P; longer adapters need Engine(max_prefix_len=...)
 
 
@@ -99,7 +101,8 @@ class Engine:
     """Continuous batching over one base model with per-row P-Tuning v2 prefixes.
 
     registry: a glmbot Registry (adapters by domain/REF), or prefixes: {name: prefix KV
-    (2L, G, P, D) or PrefixEncoder} held in memory. router: decides the domain of requests
+    (2L, G, P, D) or PrefixEncoder} held in memory, with questions: {name: its training questions}
+    for [serving] closest_question (the registry's adapters carry theirs). router: decides the domain of requests
     that name none (without one, those go to the plain base model). max_len: prompt +
     max_new_tokens per request (default [generation] max_length, at most the model's
     seq_length); each row has max_prefix_len + max_len slots. prefill_token_budget: prompt tokens
@@ -117,7 +120,8 @@ class Engine:
                  max_batch_size: int | None = None, max_len: int | None = None,
                  max_prefix_len: int = DEFAULT_MAX_PREFIX_LEN, prefill_token_budget: int | None = None,
                  static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2,
-                 plugins: Any = None, pipeline: bool | None = None):
+                 plugins: Any = None, pipeline: bool | None = None,
+                 questions: Mapping[str, list[str]] | None = None):
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
         self.answer_filters = self._collect_answer_filters(plugins)
@@ -149,7 +153,9 @@ class Engine:
         # Routing follows promotions and archivals made while serving (None: nothing to follow).
         self._follower = (RegistryFollower(router, self.settings, registry)
                           if router is not None and registry is not None else None)
-        self.prefix_cache = self._build_prefix_cache(registry, prefixes)
+        self.prefix_cache = self._build_prefix_cache(registry, prefixes, questions)
+        self._closest: OrderedDict[Hashable, ClosestQuestion | None] = OrderedDict()  # by adapter key, LRU
+        self._closest_lock = threading.Lock()
         with torch.no_grad():
             self.scheduler = Scheduler(
                 model, stop_ids(self.family, tokenizer), tokenizer.pad_token_id, tokenizer.decode,
@@ -185,13 +191,14 @@ class Engine:
                         ", ".join(buffering))
         return plugins.collect(ANSWER_FILTERS_HOOK)
 
-    def _build_prefix_cache(self, registry: Any, prefixes: Mapping | None) -> PrefixCache | None:
+    def _build_prefix_cache(self, registry: Any, prefixes: Mapping | None,
+                            questions: Mapping | None) -> PrefixCache | None:
         if registry is not None and prefixes is not None:
             raise GenerationError("give the engine a registry or in-memory prefixes, not both")
         if registry is None and prefixes is None:
             return None
         source = RegistryPrefixSource(registry, self.model.config, base_fingerprints(self.model)) \
-            if registry is not None else StaticPrefixSource(prefixes)
+            if registry is not None else StaticPrefixSource(prefixes, questions)
         capacity = int(self.settings.serving.prefix_cache_mib * MIB)
         return PrefixCache(source, capacity_bytes=capacity, device=self.model.device, dtype=self.model.dtype)
 
@@ -329,8 +336,14 @@ class Engine:
         route, adapter, prefix = self._current_prefix(req, route, query, history)
         req.route = route
         if req.prompt_ids is None and adapter is not None:
-            rounds = 0 if self._asks_alone(adapter, query) else adapter.history_rounds
-            prompt_ids = self._latest_rounds(req, history, rounds, prompt_ids)
+            alone = self._asks_alone(adapter, query)
+            prompt_ids = self._latest_rounds(req, history, 0 if alone else adapter.history_rounds, prompt_ids)
+            asked = self._closest_question(adapter, self._prompt(req)[0]) if alone and not req.tools else None
+            if asked is not None:
+                prompt_ids = self.tokenizer.build_chat_input(asked, [])
+                note = f"asked as its training question {asked!r} ([serving] closest_question)"
+                route = replace(route, detail=f"{route.detail}; {note}" if route.detail else note)
+                req.route = route
         elif req.prompt_ids is None and prefix is None and query is not None and (
                 small_talk_only(query) or (self._builtin_base and self.router is not None
                                            and route.reason not in ("explicit", "plugin"))):
@@ -395,6 +408,29 @@ class Engine:
         follow-ups and a real base (ChatGLM2-6B) keep them."""
         return (self._builtin_base and query is not None and not adapter.data_history_rounds
                 and not leans_back(query))
+
+    def _closest_question(self, adapter: ResolvedAdapter, query: str | None) -> str | None:
+        """The adapter's training question that `query` rewords ([serving] closest_question, builtin base
+        only: glmbot/serving/closest.py), or None."""
+        if query is None or not self.settings.serving.closest_question or self.prefix_cache is None:
+            return None
+        with self._closest_lock:
+            if adapter.key in self._closest:
+                self._closest.move_to_end(adapter.key)
+                index = self._closest[adapter.key]
+                return index.find(query) if index is not None else None
+        try:
+            questions = self.prefix_cache.source.questions(adapter)
+        except GlmbotError as exc:  # a damaged routing_prompts.json: the user's words, as without one
+            log.warning("adapter %s: its training questions could not be read (%s); answering the words as asked",
+                        adapter.ref, exc)
+            questions = None
+        index = ClosestQuestion(questions) if questions and asks_questions(adapter.data_format, questions) else None
+        with self._closest_lock:
+            self._closest[adapter.key] = index
+            while len(self._closest) > CLOSEST_CAPACITY:
+                self._closest.popitem(last=False)
+        return index.find(query) if index is not None else None
 
     @cached_property
     def _builtin_base(self) -> bool:

@@ -41,6 +41,7 @@ class ResolvedAdapter:
     damage: str | None = None  # the registry marked its files damaged: never served (see PrefixCache.get)
     history_rounds: int | None = None  # most earlier rounds a training row had (None: not recorded)
     data_history_rounds: int | None = None  # of those, the data's own (its follow-ups; None: not recorded)
+    data_format: str | None = None  # 'chat' or 'advertisegen' (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class PrefixSource(Protocol):
 
     def fallbacks(self, adapter: ResolvedAdapter) -> list[ResolvedAdapter]: ...
 
+    def questions(self, adapter: ResolvedAdapter) -> list[str] | None:
+        """The adapter's training questions (None: not recorded)."""
+        ...
+
 
 class RegistryPrefixSource:
     """Adapters of a `glmbot.registry.Registry`, checked against the serving base's config."""
@@ -89,13 +94,20 @@ class RegistryPrefixSource:
         """The domain's earlier active versions not marked damaged, most recently active first."""
         return [self._resolved(info) for info in self.registry.earlier_active(adapter.domain)]
 
+    def questions(self, adapter: ResolvedAdapter) -> list[str] | None:
+        """Its routing_prompts.json (sha256-checked); None for an adapter without one (imported)."""
+        from glmbot.serving.routing_setup import adapter_routing_prompts
+
+        return adapter_routing_prompts(self.registry.resolve(adapter.id))
+
     @staticmethod
     def _resolved(info: Any) -> ResolvedAdapter:  # noqa: ANN401 - glmbot.registry.AdapterInfo
         from glmbot.registry.store import WEIGHTS
 
         rounds, own = (info.hyperparams.get(key) for key in ("history_rounds", "data_history_rounds"))
+        fmt = info.hyperparams.get("data_format")
         return ResolvedAdapter((info.id, info.files.get(WEIGHTS, "")), info.id, info.ref, info.domain, info.version,
-                               info.damage, _count(rounds), _count(own))
+                               info.damage, _count(rounds), _count(own), fmt if isinstance(fmt, str) else None)
 
     def load(self, adapter: ResolvedAdapter, device: torch.device) -> torch.Tensor:
         """Verified files -> fp32 prefix KV (raises AdapterIntegrityError, PrefixCheckpointError).
@@ -121,8 +133,10 @@ class RegistryPrefixSource:
 class StaticPrefixSource:
     """Prefixes held in memory by name (tests, benchmarks, prefixes built in code): no registry."""
 
-    def __init__(self, prefixes: Mapping[str, torch.Tensor | PrefixEncoder]):
+    def __init__(self, prefixes: Mapping[str, torch.Tensor | PrefixEncoder],
+                 questions: Mapping[str, list[str]] | None = None):
         self.prefixes = dict(prefixes)
+        self._questions = dict(questions or {})  # name -> its training questions ([serving] closest_question)
 
     def resolve(self, ref: str | int) -> ResolvedAdapter:
         name = str(ref).partition("@")[0]
@@ -137,6 +151,9 @@ class StaticPrefixSource:
 
     def fallbacks(self, adapter: ResolvedAdapter) -> list[ResolvedAdapter]:
         return []  # one prefix per name: nothing earlier to fall back to
+
+    def questions(self, adapter: ResolvedAdapter) -> list[str] | None:
+        return self._questions.get(adapter.domain)
 
     def load(self, adapter: ResolvedAdapter, device: torch.device) -> torch.Tensor:
         value = self.prefixes[adapter.domain]

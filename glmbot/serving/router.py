@@ -227,11 +227,13 @@ class PromptClassifier:
         self.top_k = top_k
         self.char_weight = char_weight
         docs: list[tuple[str, list[str]]] = []
+        self._doc_text: list[str] = []
         for domain, prompts in {**prompts_by_domain, **({BASE: list(reference)} if reference else {})}.items():
             for prompt in dict.fromkeys(prompts):  # repeated prompts would count twice in the top-k
                 tokens = content_tokens(prompt)
                 if tokens:
                     docs.append((domain, tokens))
+                    self._doc_text.append(prompt)
         document_frequency: Counter[str] = Counter()
         for _, tokens in docs:
             document_frequency.update(set(self._features(tokens)))
@@ -287,12 +289,23 @@ class PromptClassifier:
         """Whether one of `domain`'s prompts holds the word `token` (read from the index)."""
         return any(self._doc_domain[index] == domain for index, _ in self._postings.get(token, ()))
 
-    def _cosines(self, tokens: list[str]) -> dict[str, list[float]]:
-        """Each domain's cosines with `tokens`, highest first (prompts sharing no word left out)."""
+    def closest_prompts(self, tokens: list[str], n: int = 2) -> list[tuple[str, float]]:
+        """The `n` prompts of any domain closest to `tokens` and their cosines, highest first (prompts
+        sharing no word left out)."""
+        ranked = sorted(self._dots(tokens).items(), key=lambda item: -item[1])[:n]
+        return [(self._doc_text[index], cosine) for index, cosine in ranked]
+
+    def _dots(self, tokens: list[str]) -> dict[int, float]:
+        """The cosine of every prompt that shares a feature with `tokens`, by prompt index."""
         dots: dict[int, float] = defaultdict(float)
         for token, weight in (self._unit_vector(tokens).items() if tokens else ()):
             for index, doc_weight in self._postings.get(token, ()):
                 dots[index] += weight * doc_weight
+        return dots
+
+    def _cosines(self, tokens: list[str]) -> dict[str, list[float]]:
+        """Each domain's cosines with `tokens`, highest first (prompts sharing no word left out)."""
+        dots = self._dots(tokens)
         nearest: dict[str, list[float]] = defaultdict(list)
         for index, cosine in dots.items():
             nearest[self._doc_domain[index]].append(cosine)

@@ -191,7 +191,7 @@ def _register(model, registry, job: PreparedJob, result: TrainResult, outcome: T
         job.domain, encoder_state(result.encoder), base_model=str(model.config.name_or_path),
         base_fingerprint=base_fingerprint(model), architecture=architecture(model.config), source="trained",
         hyperparams={**_hyperparams(job.settings), "steps_run": result.steps, "history_rounds": job.history_rounds,
-                     "data_history_rounds": job.data_history_rounds},
+                     "data_history_rounds": job.data_history_rounds, "data_format": job.plan.columns.fmt},
         dataset_sha256=job.summary.sha256,
         sample_count=job.summary.samples, metrics=metrics,
         provenance={"run_dir": str(job.run_dir), "data": job.summary.source},
