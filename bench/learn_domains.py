@@ -20,7 +20,10 @@ project of that domain alone does with automatic routing (the prefix where the r
 paraphrase to the domain, the plain base elsewhere), with the router's words alone and with its
 second look ([routing] second_look). The last column is what the engine answers on the builtin base:
 a paraphrase close to one training question is asked as that question ([serving] closest_question),
-with the domain named (`glmbot chat --domain D`) and routed by the second look. Targets (issue 17): training questions >= 90,
+with the domain named (`glmbot chat --domain D`) and routed by the second look; and, where the folder
+has followups.jsonl (short follow-ups such as "那私教课呢？" behind one training round, each standing for
+another training question), those as the engine answers them with the domain named, without and with
+[serving] closest_question. Targets (issue 17): training questions >= 90,
 paraphrases >= 50. Run it alone: timings share the CPU. A domain's 10 paraphrases move by ~9 points
 (one standard deviation) from seed to seed, so compare settings over many seeds; on CUDA a seed is
 not even repeatable (bf16, atomic adds): a rerun of the same 4 seeds moved it_helpdesk's mean from
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import tempfile
@@ -44,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 from glmbot import load_base  # noqa: E402
 from glmbot.config import load_settings  # noqa: E402
 from glmbot.serving.closest import ClosestQuestion  # noqa: E402
+from glmbot.serving.engine import Engine  # noqa: E402
+from glmbot.serving.requests import GenerationRequest  # noqa: E402
 from glmbot.serving.router import DomainProfile, Router, leans_back  # noqa: E402
 from glmbot.training.data import Example, encode_all, load_examples  # noqa: E402
 from glmbot.training.evaluate import evaluate_prefix  # noqa: E402
@@ -101,6 +107,26 @@ def as_closest_question(questions: list[Example], trained: list[str], paraphrase
             for p, answer in zip(paraphrases, prefixed)]
 
 
+def served_follow_ups(model, tok, settings, name: str, kv, questions: list[Example],
+                      follow_ups: list[Example]) -> list[float]:
+    """ROUGE-L of the domain's short follow-ups (followups.jsonl: "那私教课呢？" behind one training round) as
+    the engine answers them with the domain named, without and with [serving] closest_question; NaN
+    without the file."""
+    if not follow_ups:
+        return [math.nan, math.nan]
+    model.eval()
+    out = []
+    for closest in (False, True):
+        served = dataclasses.replace(settings, serving=dataclasses.replace(settings.serving, closest_question=closest))
+        with Engine(model, tok, prefixes={name: kv}, questions={name: [q.prompt for q in questions]},
+                    settings=served, max_batch_size=16, max_len=512) as engine:
+            answers_ = [engine.generate(GenerationRequest(query=f.prompt, history=list(f.history), domain=name,
+                                                          do_sample=False, max_new_tokens=96)).text
+                        for f in follow_ups]
+        out.append(score(answers_, [f.response for f in follow_ups])["rouge-l"])
+    return out
+
+
 def served_rouge_l(behind: list[Example], alone: list[str], shown: list[str]) -> float:
     """ROUGE-L of questions asked as a second turn, as the engine answers them on the builtin base: the
     answer given alone, or the one behind the earlier round for a follow-up that leans on it
@@ -135,8 +161,9 @@ def main() -> None:
           f"{train.history_share:g}; {args.device}\n")
     print("| domain | seed | lines | train s | ROUGE-L train (base) | ROUGE-L paraphrases (base) | ROUGE-L train as "
           "2nd turn (base) | targets met | paraphrases routed: words / second look | paraphrases as 2nd turn: "
-          "behind the round / as served | paraphrases as served: domain named / routed (second look) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "behind the round / as served | paraphrases as served: domain named / routed (second look) | follow-ups as "
+          "served: words as asked / closest question |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     met, paraphrase_means = 0, []
     names = args.domains.split(",") if args.domains else sorted(p.name for p in domains_dir.iterdir() if p.is_dir())
     for name in names:
@@ -144,6 +171,8 @@ def main() -> None:
         paraphrases = load_examples(paraphrase_file(domains_dir / name))
         second = as_second_turn(questions)
         paraphrases_second = as_second_turn(paraphrases, questions)
+        follow_ups = load_examples(domains_dir / name / "followups.jsonl") \
+            if (domains_dir / name / "followups.jsonl").exists() else []
         plain = answers(model, tok, None, paraphrases)
         base = [rouge_l(model, tok, None, questions), score(plain, [p.response for p in paraphrases])["rouge-l"],
                 rouge_l(model, tok, None, second)]
@@ -169,6 +198,7 @@ def main() -> None:
                       served_rouge_l(paraphrases_second, asked, shown)]
             tuned += [score(asked, [p.response for p in paraphrases])["rouge-l"],
                       routed_rouge_l(name, questions, paraphrases, asked, plain, True)]
+            tuned += served_follow_ups(model, tok, settings, name, kv, questions, follow_ups)
             runs.append((seconds, *tuned))
             print(row(name, str(seed), len(questions), seconds, tuned, base), flush=True)
         mean = [statistics.mean(r[i] for r in runs) for i in range(len(runs[0]))]
@@ -185,7 +215,8 @@ def row(name: str, seed: str, lines: int, seconds: float, tuned: list[float], ba
     ok = tuned[0] >= TARGET_TRAIN and tuned[1] >= TARGET_PARAPHRASE
     return (f"| {name} | {seed} | {lines} | {seconds:.0f} | {tuned[0]:.1f} ({base[0]:.1f}) | {tuned[1]:.1f} "
             f"({base[1]:.1f}) | {tuned[2]:.1f} ({base[2]:.1f}) | {'yes' if ok else 'no'} "
-            f"| {tuned[3]:.1f} / {tuned[4]:.1f} | {tuned[5]:.1f} / {tuned[6]:.1f} | {tuned[7]:.1f} / {tuned[8]:.1f} |")
+            f"| {tuned[3]:.1f} / {tuned[4]:.1f} | {tuned[5]:.1f} / {tuned[6]:.1f} | {tuned[7]:.1f} / {tuned[8]:.1f} "
+            f"| {tuned[9]:.1f} / {tuned[10]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -171,8 +171,9 @@ class ServingSettings:
     closest_question: bool = field(default=True, metadata=_help(
         "on a builtin base, a question a domain's prefix answers alone that rewords one of the adapter's training "
         "questions (close by its words and their characters, and to no other) is asked as that training question: "
-        "办张月卡要多少钱？ -> 月卡多少钱？ (the route's detail names it). The tuning domains' paraphrases: ROUGE-L 62.0 "
-        "-> 77.0. A real base always gets the user's words; false = always the user's words"))
+        "办张月卡要多少钱？ -> 月卡多少钱？, and a short follow-up as the one it asks with the question before it (那私教课呢？ "
+        "after 办了卡能退吗？ -> 私教课可以退吗？); the route's detail names it. A real base always gets the user's words; "
+        "false = always the user's words"))
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "prefill_tokens"):

@@ -422,6 +422,10 @@ def test_on_the_builtin_base_a_reworded_question_is_asked_as_its_training_questi
     assert builtin[0].text == generate_answers(base, tok, ["加班工资怎么算？"], kv, max_new_tokens=6)[0]
     assert "asked as its training question '加班工资怎么算？'" in builtin[0].route.detail
     assert "training question" not in builtin[2].route.detail + builtin[3].route.detail
+    with Engine(base, tok, registry=registry, max_batch_size=4, max_len=192) as eng:  # a short follow-up
+        follow = eng.generate(greedy("那病假呢？", "hr", 6, history=[("加班工资怎么算？", "1.5倍。")]))
+    assert follow.usage.prompt_tokens == len(tok.build_chat_input("病假工资怎么算？", []))
+    assert "with '加班工资怎么算？' before it" in follow.route.detail
     assert as_asked(answered(settings_from_dict({"serving": {"closest_question": False}})))
     with Engine(base, tok, prefixes={"hr": kv}, questions={"hr": prompts}, max_batch_size=4, max_len=192) as eng:
         in_memory = eng.generate(greedy(asked[0], "hr", 6))  # prefixes held in code, their questions beside them

@@ -717,6 +717,12 @@ def test_a_rewording_finds_the_one_training_question_it_stands_for():
     assert closest.find("年假有几天") is None         # the training question itself, without its mark
     assert closest.find("食堂几点开饭？") is None     # no word in common
     assert closest.find("你好") is None
+    # a short follow-up asks, with the question before it, the one that holds its own word
+    assert closest.follow_up("那病假呢？", "加班工资怎么算？") == "病假工资怎么算？"
+    assert closest.follow_up("那离职呢", "年假有几天？") == "离职要提前多久说？"
+    assert closest.follow_up("那加班呢？", "加班工资怎么算？") is None  # only the earlier question holds 加班
+    assert closest.follow_up("还有呢？", "年假有几天？") is None        # no word of its own
+    assert closest.follow_up("那食堂呢？", "年假有几天？") is None      # in no training question
     # AdvertiseGen's attribute strings are not questions: 颜色#黑色 asks for another text than 颜色#白色
     ads = ["类型#裙*颜色#白色*风格#甜美", "类型#裤*材质#牛仔布*风格#简约"]
     assert not asks_questions("advertisegen", ["年假有几天？"]) and not asks_questions(None, ads)

@@ -338,10 +338,13 @@ class Engine:
         if req.prompt_ids is None and adapter is not None:
             alone = self._asks_alone(adapter, query)
             prompt_ids = self._latest_rounds(req, history, 0 if alone else adapter.history_rounds, prompt_ids)
-            asked = self._closest_question(adapter, self._prompt(req)[0]) if alone and not req.tools else None
+            earlier = None if alone else self._earlier_question(req, adapter, query, history)
+            asked = self._closest_question(adapter, self._prompt(req)[0], earlier) \
+                if (alone or earlier) and not req.tools else None
             if asked is not None:
                 prompt_ids = self.tokenizer.build_chat_input(asked, [])
-                note = f"asked as its training question {asked!r} ([serving] closest_question)"
+                after = f", with {earlier!r} before it" if earlier else ""
+                note = f"asked as its training question {asked!r}{after} ([serving] closest_question)"
                 route = replace(route, detail=f"{route.detail}; {note}" if route.detail else note)
                 req.route = route
         elif req.prompt_ids is None and prefix is None and query is not None and (
@@ -409,16 +412,26 @@ class Engine:
         return (self._builtin_base and query is not None and not adapter.data_history_rounds
                 and not leans_back(query))
 
-    def _closest_question(self, adapter: ResolvedAdapter, query: str | None) -> str | None:
-        """The adapter's training question that `query` rewords ([serving] closest_question, builtin base
-        only: glmbot/serving/closest.py), or None."""
+    def _earlier_question(self, req: GenerationRequest, adapter: ResolvedAdapter, query: str | None,
+                          history: list[tuple[str, str]]) -> str | None:
+        """On the builtin base, the question a short follow-up leans on ("那周末呢？"): the latest earlier one
+        of the prefix's own rounds that asks something; None elsewhere."""
+        if not (self._builtin_base and query is not None and history and leans_back(query)
+                and not adapter.data_history_rounds):
+            return None
+        asking = [history[i][0] for i in self._own_rounds(req.route, history) if not small_talk_only(history[i][0])]
+        return asking[-1] if asking else None
+
+    def _closest_question(self, adapter: ResolvedAdapter, query: str | None, earlier: str | None = None) -> str | None:
+        """The adapter's training question that `query` rewords, or asks after `earlier` ([serving]
+        closest_question, builtin base only: glmbot/serving/closest.py), or None."""
         if query is None or not self.settings.serving.closest_question or self.prefix_cache is None:
             return None
         with self._closest_lock:
             if adapter.key in self._closest:
                 self._closest.move_to_end(adapter.key)
                 index = self._closest[adapter.key]
-                return index.find(query) if index is not None else None
+                return _stands_for(index, query, earlier)
         try:
             questions = self.prefix_cache.source.questions(adapter)
         except GlmbotError as exc:  # a damaged routing_prompts.json: the user's words, as without one
@@ -430,7 +443,7 @@ class Engine:
             self._closest[adapter.key] = index
             while len(self._closest) > CLOSEST_CAPACITY:
                 self._closest.popitem(last=False)
-        return index.find(query) if index is not None else None
+        return _stands_for(index, query, earlier)
 
     @cached_property
     def _builtin_base(self) -> bool:
@@ -558,3 +571,8 @@ class Engine:
                 if not job.handle.done:
                     finish_without_row(job.handle, "error", job=job, error=error)
 
+
+def _stands_for(index: ClosestQuestion | None, query: str, earlier: str | None) -> str | None:
+    if index is None:
+        return None
+    return index.find(query) if earlier is None else index.follow_up(query, earlier)
