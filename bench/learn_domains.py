@@ -209,7 +209,8 @@ def main() -> None:
         served_means.append(mean[8])
     print(f"\n{met}/{len(names)} domains meet both targets (train >= {TARGET_TRAIN:g}, paraphrases >= "
           f"{TARGET_PARAPHRASE:g}{', mean over the seeds' if len(seeds) > 1 else ''}); paraphrases over the domains: "
-          f"{statistics.mean(paraphrase_means):.1f}; as served with the domain named: {statistics.mean(served_means):.1f}")
+          f"{statistics.mean(paraphrase_means):.1f}; as served with the domain named: "
+          f"{statistics.mean(served_means):.1f}")
 
 
 def row(name: str, seed: str, lines: int, seconds: float, tuned: list[float], base: list[float]) -> str:

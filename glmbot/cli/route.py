@@ -11,7 +11,6 @@ from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
 from glmbot.errors import GlmbotError, RegistryError, UnknownDomainError
 from glmbot.registry.catalog import domain_state, domain_states
-from glmbot.model.loading import BUILTIN_SCHEME
 from glmbot.serving.closest import ClosestQuestion, asks_questions
 from glmbot.serving.router import RouteDecision, leans_back
 from glmbot.serving.routing_setup import adapter_routing_prompts, build_router
@@ -102,7 +101,7 @@ def asked_as(settings, registry, decision: RouteDecision, text: str) -> str | No
     """The training question the adapter is asked instead of TEXT ([serving] closest_question: a builtin
     base, a message asked alone, an adapter that recorded its questions), or None."""
     if (decision.domain is None or not settings.serving.closest_question or leans_back(text)
-            or not settings.model.base_model.startswith(BUILTIN_SCHEME)):
+            or not settings.model.base_model.startswith("builtin:")):  # glmbot.model would import torch
         return None
     try:
         info = registry.resolve(decision.adapter or decision.domain)
