@@ -26,7 +26,7 @@ holds a word or character of its own (私教课可以退吗？): 15 of 16 found,
 
 from __future__ import annotations
 
-from glmbot.serving.router import _CJK, _FUNCTION_CHARS, CHAR_WEIGHT, PromptClassifier, _letters, content_tokens
+from glmbot.serving.router import CHAR_WEIGHT, PromptClassifier, _letters, content_tokens
 
 MIN_COSINE = 0.3  # the closest training question's cosine, words and characters (TF-IDF over the adapter's questions)
 MARGIN = 1.2      # ... and this many times the second closest's: 退款多久到账 and 退货多久到账 leave it to the prefix
@@ -71,17 +71,13 @@ class ClosestQuestion:
         ("那私教课呢？" after "办了卡能退吗？": 私教课可以退吗？), or None: the closest to both that holds a word or
         character of the follow-up's own, other than the earlier question, by MARGIN over the next such one.
         A follow-up with no content word of its own ("还有呢？") stands for none."""
-        own = _features(content_tokens(text))
+        own = self.classifier.features(content_tokens(text)).keys()
         if not own:
             return None
-        fits = [(question, cosine) for question, cosine in
-                self.classifier.closest_prompts(content_tokens(earlier) + content_tokens(text), n=FOLLOW_UP_CANDIDATES)
-                if _letters(question) != _letters(earlier) and own & _features(content_tokens(question))]
+        closest = self.classifier.closest_prompts(content_tokens(earlier) + content_tokens(text), n=FOLLOW_UP_CANDIDATES)
+        fits = [(question, cosine) for question, cosine in closest if _letters(question) != _letters(earlier)
+                and own & self.classifier.features(content_tokens(question)).keys()]
         if not fits or (len(fits) > 1 and fits[0][1] < MARGIN * fits[1][1]):
             return None
         return fits[0][0]
 
-
-def _features(tokens: list[str]) -> set[str]:
-    """Words and the characters of them that ask something (不, 会, 有 left out)."""
-    return set(tokens) | {char for token in tokens for char in _CJK.findall(token) if char not in _FUNCTION_CHARS}

@@ -236,7 +236,7 @@ class PromptClassifier:
                     self._doc_text.append(prompt)
         document_frequency: Counter[str] = Counter()
         for _, tokens in docs:
-            document_frequency.update(set(self._features(tokens)))
+            document_frequency.update(set(self.features(tokens)))
         n = len(docs)
         # Smoothed IDF (as scikit-learn); unseen words get the largest value.
         self._idf = {t: math.log((1 + n) / (1 + df)) + 1 for t, df in document_frequency.items()}
@@ -249,7 +249,7 @@ class PromptClassifier:
             for token, weight in self._unit_vector(tokens).items():
                 self._postings[token].append((index, weight))
 
-    def _features(self, tokens: list[str]) -> Counter[str]:
+    def features(self, tokens: list[str]) -> Counter[str]:
         """The words, and with char_weight each of their CJK characters but function characters (锁 and
         锁定 share 锁, 打印 and 打印机 share 打 and 印)."""
         features: Counter[str] = Counter(tokens)
@@ -261,7 +261,7 @@ class PromptClassifier:
         return features
 
     def _unit_vector(self, tokens: list[str]) -> dict[str, float]:
-        vector = {t: count * self._idf.get(t, self._unseen_idf) for t, count in self._features(tokens).items()}
+        vector = {t: count * self._idf.get(t, self._unseen_idf) for t, count in self.features(tokens).items()}
         norm = math.sqrt(sum(w * w for w in vector.values()))
         return {t: w / norm for t, w in vector.items()}
 
