@@ -11,7 +11,7 @@ import pytest
 
 from glmbot.config import settings_from_dict
 from glmbot.errors import ConfigError, UnknownAdapterError, UnknownDomainError
-from glmbot.serving.closest import ClosestQuestion, asks_questions
+from glmbot.serving.closest import ClosestQuestion, index_of
 from glmbot.serving.router import (DEFAULT_MIN_SCORE, DomainProfile, RouteDecision, Router, StickyRoutes,
                                    content_tokens, leans_back, small_talk_only)
 
@@ -725,5 +725,6 @@ def test_a_rewording_finds_the_one_training_question_it_stands_for():
     assert closest.follow_up("那食堂呢？", "年假有几天？") is None      # in no training question
     # AdvertiseGen's attribute strings are not questions: 颜色#黑色 asks for another text than 颜色#白色
     ads = ["类型#裙*颜色#白色*风格#甜美", "类型#裤*材质#牛仔布*风格#简约"]
-    assert not asks_questions("advertisegen", ["年假有几天？"]) and not asks_questions(None, ads)
-    assert asks_questions("chat", ads) and asks_questions(None, ["年假有几天？", "工资几号发？"])
+    assert index_of("advertisegen", ["年假有几天？"]) is None and index_of(None, ads) is None
+    assert index_of("chat", ads) is not None and index_of(None, ["年假有几天？", "工资几号发？"]) is not None
+    assert index_of("chat", []) is None and index_of(None, None) is None  # an imported adapter records none

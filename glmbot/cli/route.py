@@ -11,7 +11,7 @@ from glmbot.cli import common
 from glmbot.cli.common import JsonOpt
 from glmbot.errors import GlmbotError, RegistryError, UnknownDomainError
 from glmbot.registry.catalog import domain_state, domain_states
-from glmbot.serving.closest import ClosestQuestion, asks_questions
+from glmbot.serving.closest import index_of
 from glmbot.serving.router import RouteDecision, leans_back
 from glmbot.serving.routing_setup import adapter_routing_prompts, build_router
 
@@ -107,10 +107,10 @@ def asked_as(settings, registry, decision: RouteDecision, text: str) -> str | No
         info = registry.resolve(decision.adapter or decision.domain)
     except RegistryError:
         return None
-    questions = None if info.hyperparams.get("data_history_rounds") else adapter_routing_prompts(info)
-    if not questions or not asks_questions(info.hyperparams.get("data_format"), questions):
+    if info.hyperparams.get("data_history_rounds"):
         return None
-    return ClosestQuestion(questions).find(text)
+    index = index_of(info.hyperparams.get("data_format"), adapter_routing_prompts(info))
+    return index.find(text) if index is not None else None
 
 
 def _refuse_explicit(settings, registry, explicit: str | None) -> None:

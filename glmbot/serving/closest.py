@@ -34,13 +34,15 @@ QUANTILE = 0.5    # ... and closer than this share of its questions come to thei
 FOLLOW_UP_CANDIDATES = 8  # closest questions to the earlier one and a follow-up, looked through for its words
 
 
-def asks_questions(data_format: str | None, questions: list[str]) -> bool:
-    """Whether an adapter's prompts are questions a rewording can stand for: not AdvertiseGen's attribute
-    strings (类型#裙*颜色#白色: another colour asks for another text). By the data format it recorded, else
-    (adapters trained before it was recorded) by their shape."""
-    if data_format is not None:
-        return data_format == "chat"
-    return 2 * sum("#" in q for q in questions) < len(questions)
+def index_of(data_format: str | None, questions: list[str] | None) -> ClosestQuestion | None:
+    """The index of an adapter's training questions, or None where a rewording can stand for none of them:
+    none recorded (imported adapters), or AdvertiseGen's attribute strings (类型#裙*颜色#白色: another colour
+    asks for another text), known by the data format the adapter recorded, else (adapters trained before it
+    was recorded) by their shape."""
+    if not questions:
+        return None
+    asks = data_format == "chat" if data_format is not None else 2 * sum("#" in q for q in questions) < len(questions)
+    return ClosestQuestion(questions) if asks else None
 
 
 class ClosestQuestion:
@@ -74,7 +76,8 @@ class ClosestQuestion:
         own = self.classifier.features(content_tokens(text)).keys()
         if not own:
             return None
-        closest = self.classifier.closest_prompts(content_tokens(earlier) + content_tokens(text), n=FOLLOW_UP_CANDIDATES)
+        both = content_tokens(earlier) + content_tokens(text)
+        closest = self.classifier.closest_prompts(both, n=FOLLOW_UP_CANDIDATES)
         fits = [(question, cosine) for question, cosine in closest if _letters(question) != _letters(earlier)
                 and own & self.classifier.features(content_tokens(question)).keys()]
         if not fits or (len(fits) > 1 and fits[0][1] < MARGIN * fits[1][1]):

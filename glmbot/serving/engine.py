@@ -42,7 +42,7 @@ from glmbot.serving.answer_filters import HOOK as ANSWER_FILTERS_HOOK
 from glmbot.serving.answer_filters import AnswerFilterFactory, build_chain
 from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, RegistryPrefixSource,
                                          ResolvedAdapter, StaticPrefixSource)
-from glmbot.serving.closest import ClosestQuestion, asks_questions
+from glmbot.serving.closest import ClosestQuestion, index_of
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
 from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, leans_back, small_talk_only
@@ -339,8 +339,9 @@ class Engine:
             alone = self._asks_alone(adapter, query)
             prompt_ids = self._latest_rounds(req, history, 0 if alone else adapter.history_rounds, prompt_ids)
             earlier = None if alone else self._earlier_question(req, adapter, query, history)
-            asked = self._closest_question(adapter, self._prompt(req)[0], earlier) \
-                if (alone or earlier) and not req.tools else None
+            # the question after plugins' edits (before_generate may rewrite it); without plugins, the one read above
+            current = query if self.plugins is None else self._prompt(req)[0]
+            asked = self._closest_question(adapter, current, earlier) if (alone or earlier) and not req.tools else None
             if asked is not None:
                 prompt_ids = self.tokenizer.build_chat_input(asked, [])
                 after = f", with {earlier!r} before it" if earlier else ""
@@ -438,7 +439,7 @@ class Engine:
             log.warning("adapter %s: its training questions could not be read (%s); answering the words as asked",
                         adapter.ref, exc)
             questions = None
-        index = ClosestQuestion(questions) if questions and asks_questions(adapter.data_format, questions) else None
+        index = index_of(adapter.data_format, questions)
         with self._closest_lock:
             self._closest[adapter.key] = index
             while len(self._closest) > CLOSEST_CAPACITY:
