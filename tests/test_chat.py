@@ -118,3 +118,16 @@ def test_no_history_asks_every_piped_line_on_its_own(project):
     with registry_of(project) as reg:  # asked only here: each the one turn of its own logged conversation
         logged = [[t.query for t in reg.conversation_turns(c.id)] for c in reg.list_conversations()]
     assert sorted(turns for turns in logged if set(turns) & set(questions[1:])) == [["什么时候发货？"], ["发票怎么开？"]]
+
+
+def test_adapters_command_lists_each_domains_active_adapter(project):
+    """/adapters shows what answers each domain (ref, metrics, age) and what the chat answers with now."""
+    done = cli_process(project, "chat", "--domain", "support", input="/adapters\n", env_extra={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    with registry_of(project) as reg:
+        active = {a.domain: a for a in reg.list_adapters(status="active")}
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") >= 4}
+    assert set(active) <= set(rows) and "base" in rows
+    for domain, adapter in active.items():
+        assert adapter.ref in rows[domain] and " ago" in rows[domain]
+    assert "answering with: domain support" in done.stdout

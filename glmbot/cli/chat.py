@@ -66,11 +66,19 @@ def chat(
     client = ChatClient(session, common.console, common.err_console, interactive=interactive, known_domains=known,
                         tokenizer=engine.tokenizer, header=header,
                         why_not_servable=lambda name: _not_servable_reason(settings, registry, name),
-                        teacher=Teacher(settings))
+                        teacher=Teacher(settings), active_adapters=lambda: _active_rows(registry))
     try:
         client.run(_reader(interactive))
     finally:
         engine.close()
+
+
+def _active_rows(registry) -> list[tuple[str, str, str, str]]:
+    """What /adapters lists: each domain's active adapter, its metrics and how long ago it was trained."""
+    from glmbot.cli.adapters import age, format_metrics
+
+    return [(a.domain, a.ref, format_metrics(a.metrics), f"{age(a.created_at)} ago")
+            for a in sorted(registry.list_adapters(status="active"), key=lambda a: a.domain)]
 
 
 def _not_servable_reason(settings, registry, domain: str) -> str:
