@@ -478,6 +478,13 @@ def no_config_note(settings: Settings) -> str | None:
             f"(ChatGlmbot(config=...), or set {CONFIG_ENV})")
 
 
+def sample_domains() -> dict[str, DomainSettings]:
+    """The sample domains shipped in the package (support, ads: glmbot/data/samples/domains.toml), which
+    `glmbot demo` trains where no glmbot.toml defines them."""
+    file = Path(__file__).parent / "data" / "samples" / "domains.toml"
+    return settings_from_dict(tomllib.loads(file.read_text(encoding="utf-8")), source=str(file)).domains
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Load glmbot.toml (explicit path, $GLMBOT_CONFIG, or the nearest one); defaults if none."""
     file = Path(path) if path is not None else find_config_file()

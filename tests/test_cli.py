@@ -221,3 +221,27 @@ def test_outside_a_project_an_unknown_domain_says_no_glmbot_toml_was_found(tmp_p
     done = subprocess.run([sys.executable, "-m", "glmbot", "chat", "--domain", "yoga"], input="年卡多少钱？\n",
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert "unknown domain 'yoga'" in done.stderr and "hint:" not in done.stderr
+
+
+def test_demo_in_a_folder_without_glmbot_toml_trains_the_shipped_sample(tmp_path):
+    """`pip install glmbot && glmbot demo` anywhere: no glmbot.toml, so the packaged support sample is
+    trained and registered under ./adapters, where `glmbot chat` in that folder then finds it."""
+    env = {k: v for k, v in source_env().items() if k != "GLMBOT_CONFIG"}
+    env["COLUMNS"] = "200"
+    run = lambda *args, **kw: subprocess.run([sys.executable, "-m", "glmbot", *args], cwd=tmp_path, env=env,  # noqa: E731
+                                             capture_output=True, text=True, timeout=600, **kw)
+    done = run("demo", "--steps", "2")
+    assert done.returncode == 0, done.stderr
+    assert "support@v1 is now the active adapter of support." in done.stdout
+    assert not (tmp_path / "glmbot.toml").exists()
+    with Registry(f"sqlite:///{tmp_path / 'adapters' / 'registry.db'}", tmp_path / "adapters") as reg:
+        assert [(a.domain, a.version, a.status) for a in reg.list_adapters()] == [("support", 1, "active")]
+    done = run("chat", "--domain", "support", input="你好\n")
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+
+
+def test_shipped_sample_domains_are_the_repository_glmbot_toml_ones():
+    from glmbot.config import load_settings, sample_domains
+
+    repo = load_settings(REPO / "glmbot.toml").domains
+    assert sample_domains() == {name: repo[name] for name in ("support", "ads")}

@@ -199,6 +199,12 @@ def _serve(settings, model, tok, messages: list[str]) -> None:
 
 
 def _domain(settings, name: str):  # noqa: ANN001
+    """DOMAIN's table of glmbot.toml; with no glmbot.toml (a demo run in any folder), the shipped sample's,
+    its adapters then going to ./adapters as every command there finds them."""
+    from glmbot.config import sample_domains
+
+    if name not in settings.domains and settings.source == "<defaults>" and name in sample_domains():
+        settings.domains[name] = sample_domains()[name]
     if name not in settings.domains:
         known = ", ".join(settings.domains) or "none"
         raise UnknownDomainError(f"--domain {name!r} is not a domain of {settings.source} (known: {known}); use "

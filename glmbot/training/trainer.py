@@ -8,12 +8,14 @@ state beside it, so `resume` continues the same loss curve.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
 import math
 import random
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +40,8 @@ PREFIX_INIT_STD = 0.02  # small keys/values: the base's attention is barely dist
 # Training attention on CUDA (ChatGLMForConditionalGeneration.set_training_attention), chosen by
 # bench/train_bench.py on an H200 (docs/PERFORMANCE.md).
 TRAINING_ATTENTION_CUDA = "cudnn"
+ETA_STEPS = 3        # steps after the first before a progress display shows time left
+RECENT_STEPS = 16    # ... at the median of this many latest steps
 
 
 
@@ -53,15 +57,16 @@ class StepInfo:
     elapsed_s: float
     first_step: int = 1          # this run's first step (a resumed run starts after its checkpoint)
     after_first_s: float = 0.0   # seconds since that first step ended
+    recent_step_s: tuple[float, ...] = ()  # the last few steps' seconds, this run's first step left out
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds left at the mean time of this run's steps after its first, which also pays for
-        start-up (on the 2-core CPU it made an 81 s run say 12 minutes); None until there is one."""
-        steps = self.step - self.first_step
-        if steps < 1:
+        """Seconds left at the median of the last few steps. The first step pays for start-up (on the
+        2-core CPU it made an 81 s run say 12 minutes) and the next ones can still be slow (a newcomer's
+        demo said 27 minutes at step 2 of a 2-minute run), so None until ETA_STEPS steps after the first."""
+        if len(self.recent_step_s) < ETA_STEPS:
             return None
-        return self.after_first_s / steps * (self.total_steps - self.step)
+        return statistics.median(self.recent_step_s) * (self.total_steps - self.step)
 
 
 @dataclass
@@ -175,6 +180,8 @@ class PrefixTrainer:
         self.model.train()  # dropouts of the base are 0; train() only matters for checkpointing
         start = time.perf_counter()
         first_step, first_done = step + 1, None  # this run's first step, and when it ended
+        recent: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
+        last = start
         stream = self._micro_batches(encoded, step * s.grad_accum)
         seen: set[int] = set()  # example indices this rank trained on (a manifest per rank)
         try:
@@ -201,10 +208,15 @@ class PrefixTrainer:
                 real_tokens += window_tokens * self.world_size
                 now = time.perf_counter()
                 elapsed = now - start
-                first_done = now if first_done is None else first_done
+                if first_done is None:
+                    first_done = now
+                else:
+                    recent.append(now - last)
+                last = now
                 if self.on_step is not None:
                     self.on_step(StepInfo(step, total, window_loss, sched.get_last_lr()[0],
-                                          real_tokens / max(elapsed, 1e-9), elapsed, first_step, now - first_done))
+                                          real_tokens / max(elapsed, 1e-9), elapsed, first_step, now - first_done,
+                                          tuple(recent)))
                 if s.checkpoint_every and step % s.checkpoint_every == 0 and step < total:
                     self._save_checkpoint(encoder, opt, sched, step, losses)
         finally:
