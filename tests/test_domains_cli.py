@@ -234,3 +234,21 @@ def test_a_project_without_generation_settings_answers_greedy_on_the_builtin_bas
     monkeypatch.delenv("GLMBOT_CONFIG", raising=False)
     settings = load_settings()  # no glmbot.toml at all: the builtin default base
     assert settings.source == "<defaults>" and settings.generation.do_sample is False
+
+
+def test_a_moved_data_file_names_the_glmbot_toml_entry_and_domains_set(tmp_path, capsys):
+    """Found by a newcomer: after moving the file `domains add` stored, train said only "data file moved.tsv
+    does not exist; pass the path of a JSONL file"."""
+    config, data = hr_project(tmp_path)
+    assert cli(config, "domains", "add", "hr", "--data", str(data / "hr.jsonl"), capsys=capsys)[0] == 0
+    (data / "hr.jsonl").rename(data / "hr_old.jsonl")
+    code, out, err = cli(config, "train", "--domain", "hr", "--steps", "1", capsys=capsys)
+    message = " ".join(err.split())
+    assert code == 1 and "Traceback" not in err
+    stored = load_settings(config).domains["hr"].data
+    assert f"data file {data / 'hr.jsonl'} does not exist (data = {stored!r} of [domains.hr] in {config})" in message
+    assert "glmbot domains set hr --data FILE" in message
+    # Given on the command line instead, the file is the user's own word: no glmbot.toml hint.
+    code, out, err = cli(config, "train", "--domain", "hr", "--steps", "1", "--data", str(data / "gone.jsonl"),
+                         capsys=capsys)
+    assert code == 1 and "[domains.hr]" not in err and "gone.jsonl does not exist" in " ".join(err.split())

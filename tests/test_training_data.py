@@ -184,7 +184,8 @@ def test_a_spreadsheets_csv_or_tsv_export_is_read_by_its_header_row(tmp_path):
 @pytest.mark.parametrize("name,text,message", [
     ("one.csv", "年假有几天？,十五天。\n", r"one.csv has one row \(年假有几天？, 十五天。\), read as its header.*prompt,response"),
     ("two.csv", "年假有几天？,十五天。\n工资几号发？,十号。\n",
-     r"cannot tell the data format: columns found: 十五天。, 年假有几天？.*first row of a .csv file is its header"),
+     r"two.csv, header row: cannot tell the data format: columns found: 十五天。, 年假有几天？.*first row of a .csv file "
+     r"is its header"),
     ("extra.csv", "prompt,response\n年假,十五天,另算\n",
      r"extra.csv:2: 3 cells but the header row has 2 \(prompt, response\); put a cell that holds a comma in double quotes"),
     ("quote.csv", 'prompt,response\n"年假,十五天\n', r"quote.csv:\d+: malformed CSV"),

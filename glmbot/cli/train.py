@@ -150,10 +150,32 @@ def _plan(settings, domain: str, resume: bool, run_dir: Path | None, data_flags:
         plan.check_resume(run_dir, data_flags, train_flags, settings.model.base_model)
         return plan.data_spec(), plan.train, run_dir
     spec = DataSpec.for_domain(settings.domains.get(domain), settings.root, **data_flags)
+    _check_configured_files(settings, domain, spec, data_flags)
     if train_flags["max_steps"] == 0 and not (train_flags["epochs"] or settings.train_for(domain).epochs):
         raise GlmbotError("--steps 0 trains by epochs, but no epochs are set: add --epochs N (e.g. --epochs 3) "
                           "or give --steps N")
     return spec, settings.train_for(domain, **train_flags), run_dir
+
+
+def _check_configured_files(settings, domain: str, spec, data_flags: dict) -> None:
+    """A data file glmbot.toml names that is gone: say where the path comes from and how to change it (a
+    newcomer who had moved their file read only "data file moved.tsv does not exist")."""
+    from glmbot.errors import DataError
+    from glmbot.training.data import plugin_datasets
+
+    for which, key, flag in (("train", "data", "--data"), ("dev", "dev_data", "--dev-data")):
+        value = getattr(spec, which)
+        if data_flags.get(which) is not None or not value or value.startswith("builtin:"):
+            continue
+        if Path(value).expanduser().is_file() or value in plugin_datasets():
+            continue
+        stored = getattr(settings.domains[domain], key)
+        full = Path(stored).expanduser()
+        full = full if full.is_absolute() else settings.root / full
+        raise DataError(f"data file {full} does not exist ({key} = {stored!r} of [domains.{domain}] in "
+                        f"{settings.source}); "
+                        f"put the file back, or point the domain at where it is now: glmbot domains set {domain} "
+                        f"{flag} FILE (.jsonl, .csv or .tsv)")
 
 
 def _model(device):

@@ -101,7 +101,8 @@ def resolve_data_path(name: str | Path) -> Path:
             raise DataError(f"plugin data set {name!r} gave {path}, which does not exist")
         return path
     named = f" or a plugin data set ({', '.join(sorted(datasets))})" if datasets else ""
-    raise DataError(f"data file {path} does not exist; pass the path of a JSONL file, or builtin:support{named}")
+    raise DataError(f"data file {path} does not exist; pass the path of a .jsonl, .csv or .tsv file (or builtin:support, "
+                    f"the shipped sample){named}")
 
 
 def plugin_datasets() -> dict:
@@ -257,7 +258,9 @@ def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", resp
                         f"{response_column or shape.response!r}")
     detected = fmt == AUTO and not (prompt_column or response_column)  # read from the first row's columns
     try:
-        cols = resolve_columns(rows[0][1], rows[0][0], fmt, prompt_column, response_column, history_column)
+        # A spreadsheet's columns are named by its header row, not by the first row under it.
+        where = f"{path}, header row" if path.suffix.lower() in DELIMITERS else rows[0][0]
+        cols = resolve_columns(rows[0][1], where, fmt, prompt_column, response_column, history_column)
     except DataError as exc:
         if not (detected and path.suffix.lower() in DELIMITERS):
             raise
