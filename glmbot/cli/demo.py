@@ -32,7 +32,9 @@ def demo(
 
     The adapter is registered and made DOMAIN's active one. Run again with the
     same data, [train] recipe and base, the demo reuses that adapter instead of
-    training another version (--retrain trains one anyway).
+    training another version (--retrain trains one anyway). In a folder without
+    a glmbot.toml it trains the shipped sample (support or ads) into ./adapters,
+    where glmbot chat then finds it.
 
     Examples:
 
