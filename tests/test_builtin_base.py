@@ -58,8 +58,13 @@ def test_default_recipe_learns_a_held_out_domain(base, tmp_path):
     settings = TrainSettings(max_steps=150, checkpoint_every=0)  # the default recipe, a quarter of its steps
     questions = [e.prompt for e in examples]
     before = generate_answers(model, tok, questions)
-    result = PrefixTrainer(model, settings, tmp_path).fit(encoded)
+    steps = []
+    result = PrefixTrainer(model, settings, tmp_path, on_step=steps.append).fit(encoded)
     after = generate_answers(model, tok, questions, result.encoder.kv().detach())
+    # The progress display's time left: none while the first steps (start-up) are all it has, then the
+    # median of the latest steps, which the run's own pace bears out.
+    assert [i.step for i in steps] == list(range(1, 151)) and steps[0].eta_s is None
+    assert steps[-1].eta_s == 0 and 0 < steps[50].eta_s < 100 * (steps[-1].elapsed_s - steps[0].elapsed_s) / 149 * 3
     exact_before = sum(a == e.response for a, e in zip(before, examples))
     exact_after = sum(a == e.response for a, e in zip(after, examples))
     assert exact_before == 0 and exact_after >= 9, (exact_before, exact_after, after)

@@ -55,9 +55,7 @@ class StepInfo:
     lr: float
     tokens_per_s: float
     elapsed_s: float
-    first_step: int = 1          # this run's first step (a resumed run starts after its checkpoint)
-    after_first_s: float = 0.0   # seconds since that first step ended
-    recent_step_s: tuple[float, ...] = ()  # the last few steps' seconds, this run's first step left out
+    recent_step_s: tuple[float, ...] = ()  # the last few steps' seconds, this run's first one (start-up) left out
 
     @property
     def eta_s(self) -> float | None:
@@ -179,9 +177,8 @@ class PrefixTrainer:
             resumed_from = step
         self.model.train()  # dropouts of the base are 0; train() only matters for checkpointing
         start = time.perf_counter()
-        first_step, first_done = step + 1, None  # this run's first step, and when it ended
         recent: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
-        last = start
+        last = None  # when this run's previous step ended (a resumed run's first step pays for start-up too)
         stream = self._micro_batches(encoded, step * s.grad_accum)
         seen: set[int] = set()  # example indices this rank trained on (a manifest per rank)
         try:
@@ -208,15 +205,12 @@ class PrefixTrainer:
                 real_tokens += window_tokens * self.world_size
                 now = time.perf_counter()
                 elapsed = now - start
-                if first_done is None:
-                    first_done = now
-                else:
+                if last is not None:
                     recent.append(now - last)
                 last = now
                 if self.on_step is not None:
                     self.on_step(StepInfo(step, total, window_loss, sched.get_last_lr()[0],
-                                          real_tokens / max(elapsed, 1e-9), elapsed, first_step, now - first_done,
-                                          tuple(recent)))
+                                          real_tokens / max(elapsed, 1e-9), elapsed, tuple(recent)))
                 if s.checkpoint_every and step % s.checkpoint_every == 0 and step < total:
                     self._save_checkpoint(encoder, opt, sched, step, losses)
         finally:
