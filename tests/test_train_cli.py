@@ -78,11 +78,13 @@ def test_high_lr_reports_forgetting_and_low_lr_does_not(tmp_path, capsys):
     code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.9", "--no-eval", capsys=capsys)
     said = " ".join(out.split())
     # With general chat routed to the plain base (the default), a note rather than an alarm.
-    assert code == 0 and "the prefix keeps" in said and "send general chat to the plain base" in said
+    assert code == 0 and "this prefix keeps" in said and "general chat: routed to the plain base" in said
     assert "lower the learning rate" in said and "wrecks general chat" not in err
-    assert "this run's --lr was 0.9" in said  # the advice is relative to this run, no fixed range
+    # The advice is relative to this run, no fixed range, and only where the run went above the recipe's
+    # rate (after a run of the default recipe a newcomer read it as a warning).
+    assert "this run's --lr was 0.9, the recipe's 0.1" in said
     code, out, err = cli(config, "train", "-d", "support", "--steps", "120", "--lr", "0.001", "--no-eval", capsys=capsys)
-    assert code == 0 and "the prefix keeps" not in out and "general answers kept" in out
+    assert code == 0 and "this prefix keeps" not in out and "general answers kept" in out
     with registry_of(config) as reg:
         high, low = reg.list_adapters("support")
         assert high.metrics["probe_forgot"] == 1.0 and low.metrics["probe_forgot"] == 0.0

@@ -287,11 +287,13 @@ def _print_outcome(outcome, job) -> None:
         # The usual case for the default recipe on a small base: the router keeps general chat away from
         # the prefix, so this is worth knowing, not alarming (a newcomer read the learning-rate advice once
         # printed here after a good run as a warning).
+        configured = common.get_settings().train_for(job.domain).learning_rate
+        advice = (f"; to keep more: {p.hint}; this run's --lr was {job.settings.learning_rate:g}, "
+                  f"the recipe's {configured:g}" if job.settings.learning_rate > configured else "")
         common.console.print(f"general chat: routed to the plain base, as usual (alone, this prefix keeps "
                              f"{p.kept:.0%} of the base's general answers: expected of a prefix that learned its "
                              f"domain; it shows only when a general question other than small talk is asked under "
-                             f"--domain {job.domain})",
-                             highlight=False, soft_wrap=True)
+                             f"--domain {job.domain}{advice})", highlight=False, soft_wrap=True)
     elif p is not None and p.forgot:
         common.err_console.print(f"[bold yellow]warning:[/] the prefix wrecks general chat (answers kept "
                                  f"{p.kept:.0%}, reference score {p.reference_score_base:.2f} -> "

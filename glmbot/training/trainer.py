@@ -62,6 +62,8 @@ class StepInfo:
         """Seconds left at the median of the last few steps. The first step pays for start-up (on the
         2-core CPU it made an 81 s run say 12 minutes) and the next ones can still be slow (a newcomer's
         demo said 27 minutes at step 2 of a 2-minute run), so None until ETA_STEPS steps after the first."""
+        if self.step >= self.total_steps:
+            return 0.0
         if len(self.recent_step_s) < ETA_STEPS:
             return None
         return statistics.median(self.recent_step_s) * (self.total_steps - self.step)
