@@ -245,3 +245,21 @@ def test_shipped_sample_domains_are_the_repository_glmbot_toml_ones():
 
     repo = load_settings(REPO / "glmbot.toml").domains
     assert sample_domains() == {name: repo[name] for name in ("support", "ads")}
+
+
+def test_config_after_the_command_is_taken_as_the_global_option(project, capsys, monkeypatch, tmp_path):
+    """Found by a newcomer: the README's "elsewhere: --config" read as `glmbot chat --config x.toml`
+    gave "No such option: --config"; only `glmbot --config x.toml chat` worked."""
+    from glmbot.cli.main import hoist_config
+
+    assert hoist_config(["chat", "--config", "a.toml", "-d", "x"]) == ["--config", "a.toml", "chat", "-d", "x"]
+    assert hoist_config(["route", "-c", "a.toml", "--config=b.toml", "--", "--config"]) == [
+        "-c", "a.toml", "--config=b.toml", "route", "--", "--config"]
+    monkeypatch.chdir(tmp_path)  # no glmbot.toml here: only the option can find the project
+    monkeypatch.setattr(sys, "argv", ["glmbot", "adapters", "list", "--json", "--config", str(project)])
+    with pytest.raises(SystemExit) as stop:
+        main.run()
+    assert (stop.value.code or 0) == 0
+    listed = json.loads(capsys.readouterr().out)
+    with registry_of(project) as reg:
+        assert sorted(a["ref"] for a in listed) == sorted(a.ref for a in reg.list_adapters())

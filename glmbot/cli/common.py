@@ -24,7 +24,6 @@ _config_path: Path | None = None
 
 DomainOpt = Annotated[Optional[str], typer.Option("--domain", "-d", metavar="DOMAIN",
                                                   help="business domain, e.g. support")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="glmbot.toml to use", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables (fields: docs/CLI.md)")]
 QUANTIZATIONS = ("none", "int8", "int4")
 

@@ -149,6 +149,25 @@ def complete_optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+def hoist_config(argv: list[str]) -> list[str]:
+    """`--config PATH` (or -c, --config=PATH) given after the command, as the README's "elsewhere: --config"
+    and the no-glmbot.toml hint read (`glmbot chat --config x.toml`), moved in front of it, where Typer
+    takes it (a newcomer got "No such option: --config"). No command has an option of that name."""
+    front, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            front += argv[i:i + 2]
+            i += 2
+            continue
+        (front if arg.startswith("--config=") else rest).append(arg)
+        i += 1
+    return front + rest
+
+
 def load_plugin_commands(argv: list[str]) -> None:
     """Let plugins add commands (register_commands) before the command line is parsed."""
     from glmbot.config import load_settings
@@ -170,7 +189,7 @@ def load_plugin_commands(argv: list[str]) -> None:
 def run() -> None:
     """Console-script entry point: expected errors become one line on stderr and exit code 1."""
     try:
-        argv = complete_optional_values(sys.argv[1:])
+        argv = complete_optional_values(hoist_config(sys.argv[1:]))
         load_plugin_commands(argv)
         app(args=argv)
     except GlmbotError as exc:  # messages name config tables like [server]: print them verbatim
