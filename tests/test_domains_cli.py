@@ -87,7 +87,7 @@ def test_add_stores_the_domain_and_train_eval_need_no_flags(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--data", "{bad}"), "cannot tell the data format: columns found: answer, question"),
+    (("--data", "{bad}"), "cannot tell the data format: columns found: question, answer"),
     (("--data", "{missing}"), "does not exist"),
     (("--format", "xml"), "domains.hr.format = 'xml' is not one of"),
 ])
@@ -104,13 +104,13 @@ def test_add_checks_the_data_before_writing_anything(tmp_path, capsys, args, mes
 
 
 def test_add_takes_the_columns_its_format_error_names(tmp_path, capsys):
-    # The format error says "name them with --prompt-column COL --response-column COL"; a newcomer
+    # The format error names the columns to pass ("--prompt-column question --response-column answer"); a newcomer
     # who did so with `domains add` got "No such option". The columns are stored and train reads them.
     config, data = hr_project(tmp_path)
     write_jsonl(data / "qa.jsonl", [{"question": "年假有几天？", "answer": "每年十五天。"},
                                     {"question": "工资几号发？", "answer": "每月十号。"}])
     code, _, err = cli(config, "domains", "add", "hr", "--data", str(data / "qa.jsonl"), capsys=capsys)
-    assert code == 1 and "--prompt-column COL --response-column COL" in " ".join(err.split())
+    assert code == 1 and "--prompt-column question --response-column answer" in " ".join(err.split())
     code, out, err = cli(config, "domains", "add", "hr", "--data", str(data / "qa.jsonl"), "--prompt-column",
                          "question", "--response-column", "answer", capsys=capsys)
     assert code == 0, err

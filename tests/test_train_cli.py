@@ -225,7 +225,7 @@ def test_two_process_gloo_training_registers_once(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (("--data", "nope.jsonl"), "does not exist"),
     (("--data", "{bad}"), ":2: malformed JSON"),
-    (("--data", "{cols}"), "columns found: answer, question"),
+    (("--data", "{cols}"), "columns found: question, answer"),
     (("--data", "{empty}"), "holds no examples"),
     (("--data", "{gbk}"), "not UTF-8"),
     (("--data", "{hist}"), "history must be a list of"),

@@ -84,11 +84,11 @@ def test_format_is_read_from_the_columns_and_an_explicit_one_overrides(tmp_path)
 
 @pytest.mark.parametrize("row,message", [
     ({"prompt": "p", "response": "r", "content": "c", "summary": "s"},
-     r"both.jsonl:1: columns found: content, prompt, response, summary, which fit both .*"
+     r"both.jsonl:1: columns found: prompt, response, content, summary, which fit both .*"
      r"pick one with --format chat or --format advertisegen"),
     ({"question": "q", "answer": "a"},
-     r"both.jsonl:1: cannot tell the data format: columns found: answer, question, but it needs "
-     r"prompt/response \(chat\) or content/summary \(advertisegen\); .*--prompt-column COL --response-column COL"),
+     r"both.jsonl:1: cannot tell the data format: columns found: question, answer, but it needs "
+     r"prompt/response \(chat\) or content/summary \(advertisegen\); .*--prompt-column question --response-column answer"),
     ({"prompt": "q", "reponse": "a"},  # a newcomer's typo is named with the column it stands for
      r"columns found: prompt, reponse, but it needs .* \(a typo\? 'reponse' for 'response'\); rename"),
 ])
@@ -184,8 +184,17 @@ def test_a_spreadsheets_csv_or_tsv_export_is_read_by_its_header_row(tmp_path):
 @pytest.mark.parametrize("name,text,message", [
     ("one.csv", "年假有几天？,十五天。\n", r"one.csv has one row \(年假有几天？, 十五天。\), read as its header.*prompt,response"),
     ("two.csv", "年假有几天？,十五天。\n工资几号发？,十号。\n",
-     r"two.csv, header row: cannot tell the data format: columns found: 十五天。, 年假有几天？.*first row of a .csv file "
+     r"two.csv, header row: cannot tell the data format: columns found: 年假有几天？, 十五天。.*first row of a .csv file "
      r"is its header"),
+    # Found by newcomers: Chinese column names (the flags to name them, in the header's order), a Chinese
+    # keyboard's comma in the header or in a row, an Excel workbook.
+    ("zh.csv", "问题,答案\n年假有几天？,十五天。\n",
+     r"columns found: 问题, 答案, .*name them with --prompt-column 问题 --response-column 答案"),
+    ("wide.csv", "prompt，response\n年假有几天？，十五天。\n",
+     r"'prompt，response' is one column: cells are split at an ASCII comma ',', not at '，'"),
+    ("wide_row.csv", "prompt,response\n年假有几天？，十五天。\n",
+     r"wide_row.csv:2: the answer \('response'\) is empty.*the question cell is '年假有几天？，十五天。': cells are split"),
+    ("faq.xlsx", "PK", r"faq.xlsx is a workbook \(Excel\), which glmbot does not read: save the sheet as CSV UTF-8"),
     ("extra.csv", "prompt,response\n年假,十五天,另算\n",
      r"extra.csv:2: 3 cells but the header row has 2 \(prompt, response\); put a cell that holds a comma in double quotes"),
     ("quote.csv", 'prompt,response\n"年假,十五天\n', r"quote.csv:\d+: malformed CSV"),

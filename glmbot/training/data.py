@@ -30,6 +30,7 @@ from glmbot.model.tokenizer import ChatGLMTokenizer
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
 AUTO = "auto"  # detect the format from the columns
 DELIMITERS = {".csv": ",", ".tsv": "\t"}  # spreadsheet exports, read by their header row
+WORKBOOKS = {".xlsx": "Excel", ".xls": "Excel", ".xlsm": "Excel", ".ods": "OpenDocument", ".numbers": "Numbers"}
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,10 @@ def conflicting_answers(examples: list[Example]) -> list[str]:
     return [prompt for (prompt, _), seen in answers.items() if len(seen) > 1]
 
 
-def detect_format(columns: set[str] | list[str], where: str) -> str:
+def detect_format(columns: list[str], where: str) -> str:
     """'chat' or 'advertisegen' from a row's column names; DataError naming the columns when neither or both fit."""
     fits = [name for name, c in FORMATS.items() if {c.prompt, c.response} <= set(columns)]
-    seen = ", ".join(sorted(columns)) or "none"
+    seen = ", ".join(columns) or "none"  # in the order of the header or the JSON object
     if len(fits) == 1:
         return fits[0]
     shapes = " or ".join(f"{c.prompt}/{c.response} ({name})" for name, c in FORMATS.items())
@@ -164,9 +165,16 @@ def detect_format(columns: set[str] | list[str], where: str) -> str:
     wanted = {name for c in FORMATS.values() for name in (c.prompt, c.response)}
     typos = [f"{found!r} for {close[0]!r}" for found in sorted(set(columns) - wanted)
              if (close := difflib.get_close_matches(found, sorted(wanted), n=1, cutoff=0.75))]
+    # A Chinese keyboard's comma does not separate a header's cells: "prompt，response" is one column.
+    wide = [found for found in columns if "，" in found and set(found.replace(" ", "").split("，")) & wanted]
+    named = list(columns)
+    flags = (f"--prompt-column {named[0]} --response-column {named[1]}" if len(named) == 2
+             else "--prompt-column COL --response-column COL")
     raise DataError(f"{where}: cannot tell the data format: columns found: {seen}, but it needs {shapes}"
                     + (f" (a typo? {', '.join(typos)})" if typos else "")
-                    + "; rename the columns, or name them with --prompt-column COL --response-column COL")
+                    + (f" ({wide[0]!r} is one column: cells are split at an ASCII comma ',', not at '，')"
+                       if wide else "")
+                    + f"; rename the columns, or name them with {flags}")
 
 
 def resolve_columns(first_row: dict, where: str, fmt: str = AUTO, prompt_column: str = "",
@@ -176,7 +184,7 @@ def resolve_columns(first_row: dict, where: str, fmt: str = AUTO, prompt_column:
         raise DataError(f"unknown data format {fmt!r}: use one of {', '.join((AUTO, *FORMATS))}")
     if fmt == AUTO:
         # Named columns say where prompt and answer are: no need to guess, chat is the shape with history.
-        fmt = "chat" if prompt_column or response_column else detect_format(set(first_row), where)
+        fmt = "chat" if prompt_column or response_column else detect_format(list(first_row), where)
     base = FORMATS[fmt]
     return Columns(fmt, prompt_column or base.prompt, response_column or base.response,
                    base.history if history_column is None else history_column)
@@ -185,6 +193,10 @@ def resolve_columns(first_row: dict, where: str, fmt: str = AUTO, prompt_column:
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
     """(file:line, object) of every non-blank line of a JSONL file (or row of a CSV/TSV file);
     DataError naming file:line otherwise."""
+    if path.suffix.lower() in WORKBOOKS:
+        raise DataError(f"{path} is a workbook ({WORKBOOKS[path.suffix.lower()]}), which glmbot does not read: save "
+                        "the sheet as CSV UTF-8 (a header row such as prompt,response, then one question and "
+                        "answer a row) and pass the .csv")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows Notepad) is dropped
     except UnicodeDecodeError as exc:
@@ -280,8 +292,11 @@ def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", resp
         if not isinstance(prompt, str) or not isinstance(response, str):
             raise DataError(f"{where}: {cols.prompt!r} and {cols.response!r} must be strings")
         if not response.strip():
+            wide = path.suffix.lower() == ".csv" and "，" in prompt
             raise DataError(f"{where}: the answer ({cols.response!r}) is empty; every line needs one to learn "
-                            "from: fill it in or drop the line")
+                            "from: fill it in or drop the line"
+                            + (f" (the question cell is {prompt!r}: cells are split at an ASCII comma ',', not "
+                               "at '，')" if wide else ""))
         examples.append(Example(prompt, response, _history(row.get(cols.history), where) if cols.history else ()))
     return LoadedData(path, cols, examples)
 
