@@ -331,7 +331,8 @@ class ChatClient:
         except OSError as exc:
             self.err.print(f"cannot write {path}: {exc.strerror}", markup=False)
             return
-        self.console.print(f"[dim]saved {len(self.s.history)} turns to {escape(str(path))}[/]")
+        turns = len(self.s.history)
+        self.console.print(f"[dim]saved {turns} turn{'' if turns == 1 else 's'} to {escape(str(path))}[/]")
 
     def _help(self, _: str) -> None:
         self.console.print(HELP, markup=False)
