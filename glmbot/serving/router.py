@@ -830,7 +830,9 @@ class Router:
         if not tokens:
             why = "only greetings, chit-chat, stop-words or punctuation"
         elif best_score == 0.0:
-            why = "no word of the message occurs in any domain's training prompts"
+            # Name the words looked for: a newcomer read this about 你们店地址在哪？ and saw 你们 and 哪 in their
+            # questions (stop-words, never compared).
+            why = f"none of its words ({', '.join(dict.fromkeys(tokens))}) occurs in any domain's training prompts"
         elif best_score >= self.min_score:
             why = f"its words are closer to general chat ({general:.3f}) than to {best}'s training prompts ({best_score:.3f})"
         else:
