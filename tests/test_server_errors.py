@@ -105,7 +105,7 @@ def test_unknown_models_get_404_listing_the_models(server, model):
     for stream in (False, True):
         error = assert_error(post(server, chat(model=model, stream=stream)), 404,
                              f"model {model!r} does not exist", "available models: base, auto, ads, support",
-                             "e.g. ads@v2")  # one of the server's own domains, not a fixed 'support'
+                             "e.g. ads@v1")  # one of the server's own active adapters, not a fixed support@v2
         assert error["code"] == "model_not_found"
 
 

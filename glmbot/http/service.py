@@ -264,8 +264,10 @@ class ChatService:
 
 def _no_such_model(model: str, cards: list[dict[str, Any]], why: str = "") -> APIError:
     names = ", ".join(c["id"] for c in cards) or "none"
-    # The version example names one of this server's own domains (a newcomer's project has no 'support').
-    domain = next((c["id"] for c in cards if c["id"] not in ("auto", "base") and "@" not in c["id"]), "support")
+    # The version example is one of this server's own active adapters (a newcomer's project has no 'support',
+    # and its only version was v1 where the example said v2).
+    example = next((c["glmbot"]["adapter"] for c in cards
+                    if c["glmbot"].get("kind") == "domain" and c["glmbot"].get("version")), "support@v1")
     return APIError(404, f"model {model!r} does not exist{f' ({why})' if why else ''}; available models: {names} "
-                         f"(a domain may also be asked for by version, e.g. {domain}@v2)",
+                         f"(a domain may also be asked for by version, e.g. {example})",
                     code="model_not_found", param="model")
