@@ -213,6 +213,10 @@ class RoutingSettings:
     general_chat: bool = field(default=True, metadata=_help(
         "a message whose words are closer to a reference of general chat (glmbot/data/general_chat.txt) than to "
         "every domain's training prompts goes to the fallback: 一个星期有几天？ shares 几天 with 退货几天到账 but is chat"))
+    fallback_reply: str = field(default="", metadata=_help(
+        "a fixed answer, given without the model, to a message that reaches no domain and is not small talk "
+        "(你们店在哪？ in words no domain's questions hold): '抱歉，这个问题我还答不上来，请联系工作人员。' instead of the "
+        "plain base, which makes up shop details; empty = the plain base answers (fallback = 'base')"))
 
 
 @dataclass

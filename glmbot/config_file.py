@@ -17,7 +17,11 @@ from glmbot.errors import ConfigError
 from glmbot.fileio import atomic_write_text
 
 NEW_FILE_HEADER = ("# glmbot configuration (glmbot.toml). Every key is optional; see `glmbot info`.\n"
-                   "# Paths are relative to this file.\n")
+                   "# Paths are relative to this file.\n"
+                   "# A question no domain holds goes to the plain base model, which may make up details; to give\n"
+                   "# a fixed answer instead, uncomment:\n"
+                   "# [routing]\n"
+                   "# fallback_reply = \"抱歉，这个问题我还答不上来，请联系工作人员。\"\n")
 
 
 def config_file_for(settings: Settings) -> Path:

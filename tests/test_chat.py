@@ -131,3 +131,26 @@ def test_adapters_command_lists_each_domains_active_adapter(project):
     for domain, adapter in active.items():
         assert adapter.ref in rows[domain] and " ago" in rows[domain]
     assert "answering with: domain support" in done.stdout
+
+
+def test_fallback_reply_answers_what_no_domain_holds_instead_of_the_plain_base(tmp_path):
+    """A newcomer's 你们店地址在哪？ reached no domain and the plain base made up an address; with
+    [routing] fallback_reply set, such a message gets that fixed answer, while small talk still gets
+    the plain base and a domain's question its prefix."""
+    from glmbot.stack import engine_from_config
+
+    reply = "抱歉，这个问题我还答不上来，请联系工作人员。"
+    config = project_with_adapters(tmp_path, f'\n[routing]\nfallback_reply = "{reply}"\n')
+    plain = project_with_adapters(tmp_path / "plain")
+
+    def ask(cfg, query, **kw):
+        with engine_from_config(cfg) as engine:
+            return engine.generate(GenerationRequest(query=query, do_sample=False, max_new_tokens=32, **kw))
+
+    unheld = ask(config, "量子力学难不难学？")
+    assert unheld.text == reply and unheld.route.domain is None and unheld.route.reason == "fallback"
+    assert "[routing] fallback_reply" in unheld.route.detail
+    assert ask(plain, "量子力学难不难学？").text != reply  # unset: the plain base answers
+    for query, kw in (("你好", {}), ("退货多久到账？", {}), ("量子力学难不难学？", {"domain": "base"})):
+        with_reply, without = ask(config, query, **kw), ask(plain, query, **kw)
+        assert with_reply.text == without.text != reply and with_reply.route.reason == without.route.reason

@@ -335,6 +335,12 @@ class Engine:
             prompt_ids, rewrite = self._plugins_before(req, query, prompt_ids)
         route, adapter, prefix = self._current_prefix(req, route, query, history)
         req.route = route
+        reply = self.settings.routing.fallback_reply
+        if reply and prefix is None and route.reason == "fallback" and query is not None and not small_talk_only(query):
+            # No domain holds it and it is not small talk: a fixed answer rather than one the plain base makes up.
+            note = "answered with [routing] fallback_reply"
+            req.route = replace(route, detail=f"{route.detail}; {note}" if route.detail else note)
+            raise PluginAnswered(reply, req.route, len(prompt_ids))
         if req.prompt_ids is None and adapter is not None:
             alone = self._asks_alone(adapter, query)
             prompt_ids = self._latest_rounds(req, history, 0 if alone else adapter.history_rounds, prompt_ids)
