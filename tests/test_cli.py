@@ -263,3 +263,15 @@ def test_config_after_the_command_is_taken_as_the_global_option(project, capsys,
     listed = json.loads(capsys.readouterr().out)
     with registry_of(project) as reg:
         assert sorted(a["ref"] for a in listed) == sorted(a.ref for a in reg.list_adapters())
+
+
+def test_route_names_the_fallback_reply_the_engine_would_give(tmp_path, capsys):
+    config = project_with_adapters(tmp_path, '\n[routing]\nfallback_reply = "请联系工作人员。"\n')
+    code, out, err = cli(config, "route", "量子力学难不难学？", "--json", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["fallback_reply"] == "请联系工作人员。"
+    for text in ("你好", "退货多久到账？"):  # small talk keeps the plain base, a domain's question its prefix
+        code, out, err = cli(config, "route", text, "--json", capsys=capsys)
+        assert code == 0 and json.loads(out)["fallback_reply"] is None, err
+    code, out, err = cli(config, "route", "量子力学难不难学？", capsys=capsys)
+    assert "answer:  请联系工作人员。  (the fixed [routing] fallback_reply" in out

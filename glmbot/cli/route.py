@@ -12,7 +12,7 @@ from glmbot.cli.common import JsonOpt
 from glmbot.errors import GlmbotError, RegistryError, UnknownDomainError
 from glmbot.registry.catalog import domain_state, domain_states
 from glmbot.serving.closest import index_of
-from glmbot.serving.router import RouteDecision, leans_back
+from glmbot.serving.router import RouteDecision, leans_back, small_talk_only
 from glmbot.serving.routing_setup import adapter_routing_prompts, build_router
 
 REASON_STYLE = {"explicit": "bold", "small_talk": "yellow", "sticky": "bold", "plugin": "magenta", "keyword": "green", "pattern": "green",
@@ -48,8 +48,12 @@ def route(
     skipped = [d.not_servable_reason() for d in domain_states(settings, registry) if not d.servable]
     scores = router.explain(text)
     asked = asked_as(settings, registry, decision, text)
+    # The engine answers such a message with [routing] fallback_reply instead of the plain base.
+    fixed = (settings.routing.fallback_reply or None) if (
+        decision.reason == "fallback" and decision.domain is None and not small_talk_only(text)) else None
     if as_json:
-        common.print_json(route_json(registry, decision, scores, router) | {"skipped": skipped, "asked_as": asked})
+        common.print_json(route_json(registry, decision, scores, router)
+                          | {"skipped": skipped, "asked_as": asked, "fallback_reply": fixed})
         return
     style = REASON_STYLE.get(decision.reason, "bold")
     common.console.print(f"domain:  [bold]{decision.domain or 'base (plain model)'}[/]")
@@ -60,6 +64,9 @@ def route(
     if asked is not None:
         common.console.print(f"asked as: {asked}  (its closest training question; on a builtin base, "
                              "[serving] closest_question)", markup=False, highlight=False)
+    if fixed is not None:
+        common.console.print(f"answer:  {fixed}  (the fixed [routing] fallback_reply, not the plain base)",
+                             markup=False, highlight=False)
     for reason in skipped:
         common.console.print(f"skipped: {reason}", highlight=False)
     if not scores:
