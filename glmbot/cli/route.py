@@ -12,7 +12,7 @@ from glmbot.cli.common import JsonOpt
 from glmbot.errors import GlmbotError, RegistryError, UnknownDomainError
 from glmbot.registry.catalog import domain_state, domain_states
 from glmbot.serving.closest import index_of
-from glmbot.serving.router import RouteDecision, leans_back, small_talk_only
+from glmbot.serving.router import RouteDecision, fallback_reply, leans_back
 from glmbot.serving.routing_setup import adapter_routing_prompts, build_router
 
 REASON_STYLE = {"explicit": "bold", "small_talk": "yellow", "sticky": "bold", "plugin": "magenta", "keyword": "green", "pattern": "green",
@@ -48,9 +48,7 @@ def route(
     skipped = [d.not_servable_reason() for d in domain_states(settings, registry) if not d.servable]
     scores = router.explain(text)
     asked = asked_as(settings, registry, decision, text)
-    # The engine answers such a message with [routing] fallback_reply instead of the plain base.
-    fixed = (settings.routing.fallback_reply or None) if (
-        decision.reason == "fallback" and decision.domain is None and not small_talk_only(text)) else None
+    fixed = fallback_reply(decision, text, settings.routing.fallback_reply)
     if as_json:
         common.print_json(route_json(registry, decision, scores, router)
                           | {"skipped": skipped, "asked_as": asked, "fallback_reply": fixed})

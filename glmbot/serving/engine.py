@@ -45,7 +45,7 @@ from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, Reg
 from glmbot.serving.closest import ClosestQuestion, index_of
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
-from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, leans_back, small_talk_only
+from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, fallback_reply, leans_back, small_talk_only
 from glmbot.serving.routing_setup import RegistryFollower, route_request
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
@@ -335,9 +335,8 @@ class Engine:
             prompt_ids, rewrite = self._plugins_before(req, query, prompt_ids)
         route, adapter, prefix = self._current_prefix(req, route, query, history)
         req.route = route
-        reply = self.settings.routing.fallback_reply
-        if reply and prefix is None and route.reason == "fallback" and query is not None and not small_talk_only(query):
-            # No domain holds it and it is not small talk: a fixed answer rather than one the plain base makes up.
+        reply = fallback_reply(route, query, self.settings.routing.fallback_reply) if query is not None else None
+        if reply is not None:  # a fixed answer rather than one the plain base makes up
             note = "answered with [routing] fallback_reply"
             req.route = replace(route, detail=f"{route.detail}; {note}" if route.detail else note)
             raise PluginAnswered(reply, req.route, len(prompt_ids))

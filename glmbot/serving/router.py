@@ -158,6 +158,14 @@ def small_talk_only(text: str) -> bool:
     return _GREETINGS.search(text.casefold()) is not None and not content_tokens(text)
 
 
+def fallback_reply(decision: RouteDecision, text: str, reply: str) -> str | None:
+    """[routing] fallback_reply, where the engine gives it instead of the plain base: a message the router
+    sent to the plain base for want of a domain that is not small talk; else None (also for an empty reply)."""
+    if reply and decision.reason == "fallback" and decision.domain is None and not small_talk_only(text):
+        return reply
+    return None
+
+
 def small_talk_route(decision: RouteDecision, text: str) -> RouteDecision:
     """A domain requested by name (not domain@vN) does not get a message of small talk alone: its prefix
     was trained on the domain's questions, and on the builtin base it garbled "谢谢" where the plain

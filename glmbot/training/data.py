@@ -167,8 +167,7 @@ def detect_format(columns: list[str], where: str) -> str:
              if (close := difflib.get_close_matches(found, sorted(wanted), n=1, cutoff=0.75))]
     # A Chinese keyboard's comma does not separate a header's cells: "prompt，response" is one column.
     wide = [found for found in columns if "，" in found and set(found.replace(" ", "").split("，")) & wanted]
-    named = list(columns)
-    flags = (f"--prompt-column {named[0]} --response-column {named[1]}" if len(named) == 2
+    flags = (f"--prompt-column {columns[0]} --response-column {columns[1]}" if len(columns) == 2
              else "--prompt-column COL --response-column COL")
     raise DataError(f"{where}: cannot tell the data format: columns found: {seen}, but it needs {shapes}"
                     + (f" (a typo? {', '.join(typos)})" if typos else "")
@@ -271,8 +270,8 @@ def load_data(source: str | Path, fmt: str = AUTO, prompt_column: str = "", resp
     detected = fmt == AUTO and not (prompt_column or response_column)  # read from the first row's columns
     try:
         # A spreadsheet's columns are named by its header row, not by the first row under it.
-        where = f"{path}, header row" if path.suffix.lower() in DELIMITERS else rows[0][0]
-        cols = resolve_columns(rows[0][1], where, fmt, prompt_column, response_column, history_column)
+        named_at = f"{path}, header row" if path.suffix.lower() in DELIMITERS else rows[0][0]
+        cols = resolve_columns(rows[0][1], named_at, fmt, prompt_column, response_column, history_column)
     except DataError as exc:
         if not (detected and path.suffix.lower() in DELIMITERS):
             raise
