@@ -92,15 +92,14 @@ class ChatClient:
 
     def __init__(self, session: ChatSession, console: Console, err: Console, *, interactive: bool,
                  known_domains: Callable[[], list[str]], tokenizer=None, header: str = "",
-                 why_not_servable: Callable[[str], str] = lambda name: "", teacher=None,
-                 active_adapters: Callable[[], list[tuple[str, str, str, str]]] | None = None):
+                 active_adapters: Callable[[], list[tuple[str, str, str, str]]],
+                 why_not_servable: Callable[[str], str] = lambda name: "", teacher=None):
         self.s = session
         self.console, self.err = console, err
         self.interactive = interactive
         self.known_domains = known_domains
         self.why_not_servable = why_not_servable  # domain -> why it cannot answer yet ("" = unknown to glmbot)
-        # (domain, adapter, metrics, age) per active adapter, for /adapters; None: the domain names alone
-        self.active_adapters = active_adapters
+        self.active_adapters = active_adapters  # () -> (domain, adapter, metrics, age) per active adapter
         self.tokenizer = tokenizer
         self.header = header
         self.teacher = teacher  # glmbot.training.teach.Teacher, or None where /teach is not offered
@@ -208,9 +207,8 @@ class ChatClient:
         self.console.print("[dim]routing automatically[/]")
 
     def _adapters(self, _: str) -> None:
-        rows = self.active_adapters() if self.active_adapters else [(name, "", "", "") for name in self.known_domains()]
         table = Table("domain", "active adapter", "metrics", "trained", title="active adapters")
-        for row in rows:
+        for row in self.active_adapters():
             table.add_row(*row)
         table.add_row(BASE, "(the plain model)", "", "")
         self.console.print(table)

@@ -64,9 +64,9 @@ def chat(
     header = (f"[bold]glmbot chat[/] · base {settings.model.base_model} · {mode} · "
               f"domains: {', '.join(known()) or 'none yet (glmbot train --domain NAME)'}")
     client = ChatClient(session, common.console, common.err_console, interactive=interactive, known_domains=known,
-                        tokenizer=engine.tokenizer, header=header,
+                        tokenizer=engine.tokenizer, header=header, active_adapters=lambda: _active_rows(registry),
                         why_not_servable=lambda name: _not_servable_reason(settings, registry, name),
-                        teacher=Teacher(settings), active_adapters=lambda: _active_rows(registry))
+                        teacher=Teacher(settings))
     try:
         client.run(_reader(interactive))
     finally:

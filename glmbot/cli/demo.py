@@ -205,8 +205,10 @@ def _domain(settings, name: str):  # noqa: ANN001
     its adapters then going to ./adapters as every command there finds them."""
     from glmbot.config import sample_domains
 
-    if name not in settings.domains and settings.source == "<defaults>" and name in sample_domains():
-        settings.domains[name] = sample_domains()[name]
+    if name not in settings.domains and settings.source == "<defaults>":
+        samples = sample_domains()
+        if name in samples:
+            settings.domains[name] = samples[name]
     if name not in settings.domains:
         known = ", ".join(settings.domains) or "none"
         raise UnknownDomainError(f"--domain {name!r} is not a domain of {settings.source} (known: {known}); use "

@@ -89,8 +89,9 @@ class EngineStats:
     prefix_cache: PrefixCacheStats | None
 
 
-class PluginAnswered(Exception):
-    """A before_generate plugin answered the request itself (no model call)."""
+class AnsweredWithoutModel(Exception):
+    """The request is answered without the model: by a before_generate plugin (a tool), or with
+    [routing] fallback_reply."""
 
     def __init__(self, text: str, route: RouteDecision | None, prompt_tokens: int):
         super().__init__(text)
@@ -295,7 +296,7 @@ class Engine:
             else:
                 with torch.no_grad():
                     job = self._make_job(handle)
-        except PluginAnswered as answered:  # a plugin (e.g. a tool) answered without the model
+        except AnsweredWithoutModel as answered:  # a plugin (e.g. a tool) or fallback_reply answered
             handle._push(answered.text)
             finish_without_row(handle, "stop", text=answered.text, route=answered.route,
                                prompt_tokens=answered.prompt_tokens)
@@ -339,7 +340,7 @@ class Engine:
         if reply is not None:  # a fixed answer rather than one the plain base makes up
             note = "answered with [routing] fallback_reply"
             req.route = replace(route, detail=f"{route.detail}; {note}" if route.detail else note)
-            raise PluginAnswered(reply, req.route, len(prompt_ids))
+            raise AnsweredWithoutModel(reply, req.route, len(prompt_ids))
         if req.prompt_ids is None and adapter is not None:
             alone = self._asks_alone(adapter, query)
             prompt_ids = self._latest_rounds(req, history, 0 if alone else adapter.history_rounds, prompt_ids)
@@ -464,7 +465,7 @@ class Engine:
         """before_generate may answer (a tool) or edit the question; after_generate becomes the rewrite."""
         answer = next(iter(self.plugins.call("before_generate", request=req)), None)
         if answer is not None:
-            raise PluginAnswered(str(answer), req.route, len(prompt_ids))
+            raise AnsweredWithoutModel(str(answer), req.route, len(prompt_ids))
         edited, _, edited_ids = self._prompt(req)
         if edited != query:
             prompt_ids = edited_ids
