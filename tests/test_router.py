@@ -723,6 +723,10 @@ def test_a_rewording_finds_the_one_training_question_it_stands_for():
     assert closest.follow_up("那加班呢？", "加班工资怎么算？") is None  # only the earlier question holds 加班
     assert closest.follow_up("还有呢？", "年假有几天？") is None        # no word of its own
     assert closest.follow_up("那食堂呢？", "年假有几天？") is None      # in no training question
+    # its own word, not a character the earlier question holds too: 换货 shares 货 with 退货, and
+    # 退货多久能到账？ (found in `glmbot chat` after 退货多久到账？) is not what 那换货呢？ asks
+    shop = ClosestQuestion(["退货多久能到账？", "可以换货吗？", "运费谁出？"])
+    assert shop.follow_up("那换货呢？", "退货多久到账？") == "可以换货吗？"
     # AdvertiseGen's attribute strings are not questions: 颜色#黑色 asks for another text than 颜色#白色
     ads = ["类型#裙*颜色#白色*风格#甜美", "类型#裤*材质#牛仔布*风格#简约"]
     assert index_of("advertisegen", ["年假有几天？"]) is None and index_of(None, ads) is None

@@ -73,13 +73,16 @@ class ClosestQuestion:
         ("那私教课呢？" after "办了卡能退吗？": 私教课可以退吗？), or None: the closest to both that holds a word or
         character of the follow-up's own, other than the earlier question, by MARGIN over the next such one.
         A follow-up with no content word of its own ("还有呢？") stands for none."""
-        own = self.classifier.features(content_tokens(text)).keys()
+        # Its own: what the earlier question does not hold (那换货呢？ after 退货多久到账？ shares 货 with it,
+        # and 退货多久能到账？ is not what it asks).
+        features = self.classifier.features
+        own = features(content_tokens(text)).keys() - features(content_tokens(earlier)).keys()
         if not own:
             return None
         both = content_tokens(earlier) + content_tokens(text)
         closest = self.classifier.closest_prompts(both, n=FOLLOW_UP_CANDIDATES)
         fits = [(question, cosine) for question, cosine in closest if _letters(question) != _letters(earlier)
-                and own & self.classifier.features(content_tokens(question)).keys()]
+                and own & features(content_tokens(question)).keys()]
         if not fits or (len(fits) > 1 and fits[0][1] < MARGIN * fits[1][1]):
             return None
         return fits[0][0]
