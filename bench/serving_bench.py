@@ -33,6 +33,14 @@ between two decode steps; 32768 = whole prompts at once, as before chunked prefi
 time to first token p50/p99, the gap between decode steps (what a running stream waits per token)
 p50/p99/max, the rate achieved, end-to-end tokens/s, rows per decode step and how busy the engine was.
 
+--closed-loop N runs N requests from --streams clients instead, each sending its next request as
+soon as its previous answer ends (answer lengths drawn from [max/2, 3max/2], so they fall out of
+step and prompts arrive while other streams decode): end-to-end tokens/s against the plain decode
+step's figure (--streams rows / the mean step of an all-at-once batch run first on the same
+engine), the mean step while the loop runs, and time to first token p50/p99, once per
+--prefill-with-decode mode (on: new prompts go through the running rows' decode forward; off: a
+prefill forward of their own). --arrival-rate compares the modes too.
+
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
 rows over --domains domains (prefix lengths P, P, P/2, P/2, ...) and plain-base rows, prompts of
 mixed lengths, each made to take --verify-tokens given tokens through the engine (with
@@ -47,7 +55,9 @@ Timings on a shared machine are noisy: run it alone; each scenario reports the f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,11 +296,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--verify", action="store_true",
                         help="teacher-forced logits of the engine vs an eager forward, then with injected faults")
     parser.add_argument("--verify-tokens", type=int, default=32, help="given tokens per row with --verify")
+    parser.add_argument("--verify-prefill-tokens", type=int, default=256,
+                        help="with --verify, a second run at this prefill budget (prompt chunks inside decode steps)")
     parser.add_argument("--arrival-rate", type=float, default=0.0,
                         help="instead of the scenarios: requests arriving at this mean rate per second (TTFT)")
     parser.add_argument("--arrival-count", type=int, default=256, help="requests sent with --arrival-rate")
     parser.add_argument("--prefill-tokens", default="32768,2048",
                         help="with --arrival-rate: prefill budgets to compare, tokens per step (32768: whole prompts)")
+    parser.add_argument("--closed-loop", type=int, default=0,
+                        help="instead of the scenarios: this many requests from --streams clients back to back")
+    parser.add_argument("--prefill-with-decode", default="on,off",
+                        help="with --closed-loop / --arrival-rate: [serving] prefill_with_decode modes to compare")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
     parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; the fastest is reported (noise)")
     parser.add_argument("--deterministic", action="store_true",
@@ -373,10 +389,12 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
     prompts = make_prompts(count, args.prompt_len, tok)
     table = Table(title=f"Steady arrivals: {count} requests at {args.arrival_rate:g}/s over {args.domains} domains, "
                         f"prompt {args.prompt_len}, {args.max_new_tokens} new tokens", header_style="bold")
-    for column in ("prefill tokens per step", "TTFT p50 ms", "TTFT p99 ms", "step gap p50 / p99 / max ms",
+    for column in ("prefill tokens per step", "with decode", "TTFT p50 ms", "TTFT p99 ms", "step gap p50 / p99 / max ms",
                    "requests/s", "tokens/s end to end", "mean rows per step", "engine busy"):
         table.add_column(column, justify="right")
-    for budget in (int(b) for b in args.prefill_tokens.split(",")):
+    runs = [(int(b), mode) for b in args.prefill_tokens.split(",") for mode in modes(args)]
+    for budget, mode in runs:
+        settings.serving.prefill_with_decode = mode == "on"
         with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
                     max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
                     prefill_token_budget=budget, cuda_graph=args.cuda_graph) as engine:
@@ -397,11 +415,79 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
         between = sorted(1e3 * g for g in step_gaps) or [float("nan")]
         tokens = sum(r.usage.completion_tokens for r in results)
-        table.add_row(f"{budget:,}", f"{percentile(ttft, 0.5):.1f}", f"{percentile(ttft, 0.99):.1f}",
+        table.add_row(f"{budget:,}", mode, f"{percentile(ttft, 0.5):.1f}", f"{percentile(ttft, 0.99):.1f}",
                       f"{percentile(between, 0.5):.1f} / {percentile(between, 0.99):.1f} / {between[-1]:.1f}",
                       f"{count / seconds:.1f}", f"{tokens / seconds:,.0f}", f"{row_steps / max(steps, 1):.1f}",
                       f"{busy / seconds:.0%}")
     console.print(table)
+
+
+def modes(args: argparse.Namespace) -> list[str]:
+    chosen = [m.strip() for m in args.prefill_with_decode.split(",")]
+    if not chosen or any(m not in ("on", "off") for m in chosen):
+        raise SystemExit(f"--prefill-with-decode takes on, off or both (on,off), got {args.prefill_with_decode!r}")
+    return chosen
+
+
+def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
+    """--closed-loop: see the module docstring."""
+    prefixes = make_prefixes(model, args.domains, args.prefix_len, spread=False)
+    names, count = list(prefixes), args.closed_loop
+    settings = Settings()
+    settings.serving.prefix_cache_mib = 1 << 16
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(args.max_new_tokens // 2, args.max_new_tokens * 3 // 2 + 1, (count,), generator=g).tolist()
+    requests = [GenerationRequest(prompt_ids=p, domain=names[i % len(names)], max_new_tokens=lengths[i],
+                                  do_sample=False, ignore_eos=True)
+                for i, p in enumerate(make_prompts(count, args.prompt_len, tok))]
+    budget = int(args.prefill_tokens.split(",")[-1])
+    table = Table(title=f"Closed loop: {args.streams} clients, {count} requests over {args.domains} domains, prompt "
+                        f"{args.prompt_len}, {args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, "
+                        f"prefill {budget} tokens a step", header_style="bold")
+    for column in ("with decode", "plain step ms", "tokens/s at that step", "tokens/s end to end", "of the step figure",
+                   "mean step ms in the loop", "steps with prompts", "TTFT p50 / p99 ms"):
+        table.add_column(column, justify="right")
+    for mode in modes(args):
+        settings.serving.prefill_with_decode = mode == "on"
+        with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
+                    max_len=args.prompt_len + args.max_new_tokens * 3 // 2, max_prefix_len=args.prefix_len,
+                    prefill_token_budget=1 << 15, cuda_graph=args.cuda_graph) as engine:
+            batch = requests_for(make_prompts(args.streams, args.prompt_len, tok), names, args.max_new_tokens)
+            run_engine(engine, "warm-up", batch)
+            plain = best_of(args.repeat, lambda: run_engine(engine, "all at once", batch))  # one prefill forward
+            engine.scheduler.prefill_token_budget = budget
+            stats = engine.scheduler.stats
+            before = (stats.decode_steps, stats.decode_s, stats.mixed_steps)
+            pending, results, lock = list(reversed(requests)), [], threading.Lock()
+
+            def client() -> None:
+                while True:
+                    with lock:
+                        if not pending:
+                            return
+                        request = pending.pop()
+                    results.append(engine.generate(request))
+
+            clients = [threading.Thread(target=client) for _ in range(args.streams)]
+            start = time.perf_counter()
+            for thread in clients:
+                thread.start()
+            for thread in clients:
+                thread.join()
+            seconds = time.perf_counter() - start
+            loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
+            mixed = stats.mixed_steps - before[2]
+        tokens = sum(r.usage.completion_tokens for r in results)
+        figure = 1e3 * args.streams / plain.step_ms
+        ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
+        table.add_row(mode, f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
+                      f"{tokens / seconds / figure:.1%}", f"{loop_step:.2f}", str(mixed),
+                      f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}")
+    console.print(table)
+
+
+def best_of(repeat: int, run: Callable[[], Measured]) -> Measured:
+    return max((run() for _ in range(repeat)), key=lambda m: m.tokens_per_s)
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -459,15 +545,24 @@ def run_verify(args: argparse.Namespace, model, tok) -> bool:
         # 2026-12-06: 1.44 against the tolerance 0.787, the engine 0.36, the faults 5.1-6.5; docs/PERFORMANCE.md).
         start = time.perf_counter()
         add(rounding_noise(model, cases[:args.domains + 1], prefixes), None, time.perf_counter() - start)
-    with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
-                max_len=n + args.verify_tokens + 8, max_prefix_len=args.prefix_len, prefill_token_budget=1 << 15,
-                cuda_graph=args.cuda_graph, static_shapes=args.cuda_graph) as engine:
-        for fault in faults:
-            start = time.perf_counter()
-            report = verify_engine(engine, cases, prefixes, fault=fault)
-            expected = report.passed if fault is None else (report.fault_injected and not report.passed)
-            ok &= expected
-            add(report, expected, time.perf_counter() - start)
+    # Whole prompts in one forward first; then a budget that has most prompts go in, in chunks, inside
+    # the decode steps of the rows already decoding ([serving] prefill_with_decode).
+    for budget in (1 << 15, args.verify_prefill_tokens):
+        with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
+                    max_len=n + args.verify_tokens + 8, max_prefix_len=args.prefix_len, prefill_token_budget=budget,
+                    cuda_graph=args.cuda_graph, static_shapes=args.cuda_graph) as engine:
+            for fault in faults:
+                start, mixed = time.perf_counter(), engine.stats().mixed_steps
+                report = verify_engine(engine, cases, prefixes, fault=fault)
+                mixed = engine.stats().mixed_steps - mixed
+                report = dataclasses.replace(report, run=f"{report.run}, prefill {budget} tokens a step"
+                                             + (f" ({mixed} decode steps with prompt chunks)" if mixed else ""))
+                expected = report.passed if fault is None else (report.fault_injected and not report.passed)
+                if budget != 1 << 15 and not mixed:
+                    console.print(f"[red]prefill {budget} tokens a step: no decode step took prompt chunks[/red]")
+                    expected = False
+                ok &= expected
+                add(report, expected, time.perf_counter() - start)
     console.print(table)
     console.print("errors: max over each logit vector of |engine - eager| / RMS of the eager logits; tolerance: "
                   "glmbot.serving.verify.tolerance (dtype rounding through 2L+1 sublayers, max over the vocabulary)")
@@ -492,6 +587,8 @@ def main() -> None:
         sys.exit(0 if run_verify(args, model, tok) else 1)
     if args.arrival_rate > 0:
         return run_arrivals(args, model, tok)
+    if args.closed_loop > 0:
+        return run_closed_loop(args, model, tok)
     rows, check = run_scenarios(args, model, tok)
     print_table(rows, "Serving throughput (greedy, eos ignored)")
     same = sum(a == b for a, b in zip(rows[0].outputs, rows[1].outputs))

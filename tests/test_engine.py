@@ -165,8 +165,10 @@ def test_requests_arriving_during_decode_join_the_batch(engine, base, tok, prefi
     late = [engine.submit(greedy(q, d, 6)) for d, q in [("ads", QUERIES[3]), ("support", QUERIES[4]),
                                                           (None, QUERIES[5])]]
     results = [h.result(timeout=60) for h in early + late]
-    assert engine.stats().peak_rows == 6  # the late ones decoded together with the early ones
-    assert engine.stats().prefill_forwards >= 2
+    stats = engine.stats()
+    assert stats.peak_rows == 6  # the late ones decoded together with the early ones
+    # the early ones prefilled in a forward of their own; the late ones inside the early ones' decode steps
+    assert stats.prefill_forwards >= 1 and stats.mixed_steps >= 1
     for handle, result in zip(early + late, results):
         solo = engine.generate(handle.request)
         assert result.token_ids == solo.token_ids and result.text == solo.text
@@ -222,18 +224,24 @@ def scheduler_job(tok, query: str, prefix, max_new_tokens: int) -> Job:
                ignore_eos=True)
 
 
+@pytest.mark.parametrize("with_decode", [True, False], ids=["with-decode", "own-forward"])
 @pytest.mark.parametrize("pipeline", [False, True], ids=["sync", "pipelined"])
-def test_prompts_prefilled_in_chunks_give_the_whole_prompt_tokens(base, tok, prefixes, pipeline):
+def test_prompts_prefilled_in_chunks_give_the_whole_prompt_tokens(base, tok, prefixes, pipeline, with_decode):
     """A budget of 5 prompt tokens a step splits every prompt (11-26 tokens) into chunks, each
-    written at its own positions behind the prefix: the answers equal the oracle's."""
+    written at its own positions behind the prefix, in forwards of their own or (once a row decodes)
+    inside the decode steps: the answers equal the oracle's."""
+    settings = Settings()
+    settings.serving.prefill_with_decode = with_decode
     plan = [("support", QUERIES[0]), ("hr", QUERIES[1] * 2), (None, QUERIES[2]), ("ads", QUERIES[4])]
     with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, prefill_token_budget=5,
-                pipeline=pipeline) as eng:
+                pipeline=pipeline, settings=settings) as eng:
         results = eng.generate_many([greedy(q, d, 8) for d, q in plan])
         stats = eng.stats()
     prompt_tokens = sum(len(tok.build_chat_input(q)) for _, q in plan)
     assert stats.prefill_tokens == prompt_tokens
-    assert stats.prefill_forwards >= prompt_tokens // 5  # no forward took more than the budget
+    # no forward took more than the budget
+    assert stats.prefill_forwards + stats.mixed_steps >= prompt_tokens // 5
+    assert (stats.mixed_steps > 0) == with_decode
     for (domain, query), result in zip(plan, results):
         assert result.text == oracle(base, tok, query, prefixes.get(domain), 8), (domain, query)
 
@@ -273,9 +281,13 @@ def test_arrivals_wait_a_few_steps_to_prefill_together_without_changing_answers(
     Prompts as many as a quarter of the decoding rows go in at once."""
     sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=20, slot_len=256,
                       prefill_wait_steps=3)
+
+    def prefills() -> int:  # forwards of their own, or decode steps that took prompt tokens in
+        return sched.stats.prefill_forwards + sched.stats.mixed_steps
+
     sched.admit([scheduler_job(tok, QUERIES[i % 6], prefixes["support"], 40) for i in range(12)])
     sched.step()  # nothing decodes yet: prefilled at once
-    assert len(sched.decoding) == 12 and sched.stats.prefill_forwards == 1
+    assert len(sched.decoding) == 12 and prefills() == 1
     plan = [("hr", QUERIES[1]), ("ads", QUERIES[3])]
     late = [scheduler_job(tok, q, prefixes[d], 6) for d, q in plan]
     sampled = sched.rows[0].sampled
@@ -283,11 +295,11 @@ def test_arrivals_wait_a_few_steps_to_prefill_together_without_changing_answers(
     sched.step()
     sched.admit(late[1:])
     for _ in range(2):
-        assert sched.stats.prefill_forwards == 1 and len(sched.decoding) == 12  # waiting for company
+        assert prefills() == 1 and len(sched.decoding) == 12  # waiting for company
         sched.step()
-    assert sched.stats.prefill_forwards == 1  # the first has waited 3 decode steps: it goes in next
+    assert prefills() == 1  # the first has waited 3 decode steps: it goes in next
     sched.step()
-    assert sched.stats.prefill_forwards == 2 and len(sched.decoding) == 14  # both in one forward
+    assert prefills() == 2 and len(sched.decoding) == 14  # both in one forward
     assert sched.rows[0].sampled == sampled + 4  # the running streams never paused
     while any(not job.handle.done for job in late):
         sched.step()
@@ -295,10 +307,10 @@ def test_arrivals_wait_a_few_steps_to_prefill_together_without_changing_answers(
         assert job.handle.result().text == oracle(base, tok, q, prefixes[d], 6)
     sched.admit([scheduler_job(tok, QUERIES[2], None, 20) for _ in range(3)])  # 4 x 3 >= 12 decoding
     sched.step()
-    assert sched.stats.prefill_forwards == 3 and len(sched.decoding) == 15
+    assert prefills() == 3 and len(sched.decoding) == 15
     sched.admit([scheduler_job(tok, QUERIES[0], None, 4)])  # 1 of 15: waits
     sched.step()
-    assert sched.stats.prefill_forwards == 3 and len(sched.waiting) == 1
+    assert prefills() == 3 and len(sched.waiting) == 1
     while sched.active:
         sched.step()
 

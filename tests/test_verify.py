@@ -64,6 +64,20 @@ def test_a_stale_kv_slot_fails_the_check(engine, cases, prefixes):
     assert report.max_rel > 1e3 * report.tolerance
 
 
+@pytest.mark.parametrize("pipeline", [False, True], ids=["sync", "pipelined"])
+def test_prompts_prefilled_inside_decode_steps_match_a_plain_forward(base, tok, prefixes, cases, pipeline):
+    """24 prompt tokens a step: after the first rows, prompts go in (in chunks) through the forward of
+    the decode steps of the rows already decoding; every logit vector still matches, and a fault fails."""
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=16, max_len=80, max_prefix_len=16,
+                prefill_token_budget=24, pipeline=pipeline) as eng:
+        clean = verify_engine(eng, cases, prefixes)
+        mixed = eng.stats().mixed_steps
+        stale = verify_engine(eng, cases, prefixes, fault=StaleSlot(9))
+    assert mixed >= sum(len(c.prompt_ids) for c in cases) // 24 - 2  # nearly every prompt chunk rode a decode step
+    assert clean.passed and clean.logits == 16 * 6, clean
+    assert stale.fault_injected and stale.max_rel > 1e3 * stale.tolerance
+
+
 def test_given_tokens_hold_whatever_the_logits_say(engine, cases, prefixes):
     """Teacher forcing decides every token: the engine returns the cases' tokens, not its greedy choice."""
     from glmbot.serving.verify import engine_logits
@@ -93,12 +107,19 @@ def test_cuda_graph_compiled_decode_matches_a_plain_forward_in_bf16(tok):
             clean = verify_engine(eng, cases, kvs)
             swapped = verify_engine(eng, cases, kvs, fault=SwappedPrefixes.between(cases, kvs))
             stale = verify_engine(eng, cases, kvs, fault=StaleSlot(7))
+        # prompts in chunks of 256 tokens, mostly inside the (then eager) decode steps of earlier rows
+        with Engine(model, tok, prefixes=kvs, max_batch_size=64, max_len=96, max_prefix_len=64, cuda_graph=True,
+                    static_shapes=True, prefill_token_budget=256) as eng:
+            mixed_clean = verify_engine(eng, cases, kvs)
+            mixed_steps = eng.stats().mixed_steps
+            mixed_stale = verify_engine(eng, cases, kvs, fault=StaleSlot(7))
     finally:
         model.uncompile_dense()
     assert kernels is not None
     assert clean.passed, clean
     assert 0 < clean.max_rel  # bf16 kernels do round differently: the check is not comparing a thing with itself
-    for broken in (swapped, stale):
+    assert mixed_clean.passed and mixed_steps >= 4, (mixed_clean, mixed_steps)
+    for broken in (swapped, stale, mixed_stale):
         assert broken.fault_injected and not broken.passed, broken
 
 

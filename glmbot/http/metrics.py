@@ -109,6 +109,8 @@ def engine_lines(s: Any) -> list[str]:
                  {"": s.prefill_forwards}),
         *_family("glmbot_engine_prefill_seconds_total", "counter", "time spent in prefill forwards",
                  {"": round(s.prefill_s, 6)}),
+        *_family("glmbot_engine_mixed_steps_total", "counter", "decode steps that prefilled prompt tokens in "
+                 "the same forward", {"": s.mixed_steps}),
         *_family("glmbot_engine_idle_seconds_total", "counter", "time the engine thread waited with no work",
                  {"": round(s.idle_s, 6)}),
         *_family("glmbot_engine_finished_total", "counter", "requests finished by reason",

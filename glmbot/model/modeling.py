@@ -209,6 +209,8 @@ class SelfAttention(nn.Module):
 
         mask: None (causal), an additive (B or 1, 1, T, keys) tensor, or a lower-right CausalBias.
         """
+        if hasattr(cache, "attend"):  # the engine's mixed forward: the cache splits it into its parts
+            return cache.attend(self, q, kv)
         B, T = q.shape[:2]
         q = q.transpose(1, 2)  # (B, H, T, D), a view
         if hasattr(cache, "update_kv"):  # the serving engine's slots: keys and values in one write
@@ -457,7 +459,13 @@ class ChatGLMModel(nn.Module):
                 raise ValueError(f"prefix has {prefix.batch_size} rows but the batch has {B}")
             # generate() expanded the rows (num_return_sequences, beams): repeat each prefix row.
             prefix = prefix.select(torch.arange(prefix.batch_size, device=x.device).repeat_interleave(B // prefix.batch_size))
-        if attention_mask is not None and attention_mask.dim() == 4:
+        if getattr(cache, "owns_masks", False):
+            # The serving engine's mixed forward (glmbot.serving.kv_slots.MixedSlots): decode queries
+            # and prompt chunks in one pass, each part attending with its own mask and positions.
+            if position_ids is None:
+                raise ValueError("a cache that owns its masks needs explicit position_ids")
+            mask = None
+        elif attention_mask is not None and attention_mask.dim() == 4:
             # A caller that manages its own KV slots (the serving engine) gives the additive mask
             # (B, 1, T, P + slots) and the positions itself.
             if position_ids is None:

@@ -80,9 +80,10 @@ class EngineStats:
     decode_tokens: int
     mean_decode_step_ms: float
     peak_rows: int
-    prefill_forwards: int
+    prefill_forwards: int  # forwards of prompt tokens alone
     prefill_tokens: int
-    prefill_s: float
+    prefill_s: float  # in prefill forwards (prompt chunks within decode steps count as decode time)
+    mixed_steps: int  # decode steps that took prompt chunks into their forward ([serving] prefill_with_decode)
     idle_s: float  # the engine thread waited with no request to prepare, prefill or decode
     finished: dict[str, int]
     slot_bytes: int
@@ -162,7 +163,8 @@ class Engine:
                 model, stop_ids(self.family, tokenizer), tokenizer.pad_token_id, tokenizer.decode,
                 max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
                 cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline,
-                prefill_wait_steps=self.settings.serving.prefill_wait_steps)
+                prefill_wait_steps=self.settings.serving.prefill_wait_steps,
+                prefill_with_decode=self.settings.serving.prefill_with_decode)
         if self.family.chat_format == "roles":
             self.scheduler.segment_id = tokenizer.special_ids["<|assistant|>"]
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,
@@ -261,7 +263,7 @@ class Engine:
             decode_tokens=s.decode_tokens, mean_decode_step_ms=1e3 * s.decode_s / max(s.decode_steps, 1),
             peak_rows=s.peak_rows,
             prefill_forwards=s.prefill_forwards, prefill_tokens=s.prefill_tokens, prefill_s=s.prefill_s,
-            idle_s=self._idle_s, finished=dict(s.finished), slot_bytes=self.scheduler.slots.nbytes,
+            mixed_steps=s.mixed_steps, idle_s=self._idle_s, finished=dict(s.finished), slot_bytes=self.scheduler.slots.nbytes,
             prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None)
 
     def close(self, wait: bool = False) -> None:

@@ -109,6 +109,64 @@ def forward_slots(model: torch.nn.Module, slots: KVSlots, input_ids: torch.Tenso
     return out.logits[:, -1]  # (B, V)
 
 
+# A part of a mixed forward: ids, positions, write slots, limits (each (B, T)), slot rows, kv_len
+MixedPart = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", int]
+
+
+class Part:
+    """One part of a mixed forward: `batch` rows of `length` queries each, laid out one after the
+    other in the forward's flat token axis, with their own slots (cache) and mask."""
+
+    def __init__(self, cache: SlotCache, mask: torch.Tensor, batch: int, length: int):
+        self.cache, self.mask, self.batch, self.length = cache, mask, batch, length
+
+
+class MixedSlots:
+    """The cache of a forward whose tokens are several parts in one flat (1, M) axis: the decode
+    queries of the running rows (B, 1) and prompt chunks (B', T') of rows being prefilled. The
+    dense parts of every block (norms, projections, MLP: all the weight reads) run once over all M
+    tokens; attention runs per part, each over its own rows' slots with its own mask."""
+
+    owns_masks = True  # ChatGLMModel.forward builds no mask: each part carries its own
+
+    def __init__(self, parts: list[Part]):
+        self.parts = parts
+
+    def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """q (1, M, H, D), kv (1, M, 2, G, D) -> (1, M, H*D), each part through `attention.attend`."""
+        out, start = [], 0
+        for part in self.parts:
+            n = part.batch * part.length
+            q_part = q[0, start:start + n].view(part.batch, part.length, *q.shape[2:])
+            kv_part = kv[0, start:start + n].view(part.batch, part.length, *kv.shape[2:])
+            out.append(attention.attend(q_part, kv_part, part.mask, part.cache, None).view(n, -1))
+            start += n
+        return torch.cat(out)[None]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+def forward_mixed(model: torch.nn.Module, slots: KVSlots, parts: list[MixedPart]) -> torch.Tensor:
+    """One forward over several parts (see MixedSlots) -> logits of each part's rows' last query,
+    part after part (sum of the parts' B, V).
+
+    parts: per part (input_ids, position_ids, write_pos, limit), each (B, T); its (B,) slot rows, or
+    None for rows 0..B-1 (a decode part); and kv_len, the slots its queries read (>= limit).
+    """
+    dtype = slots.kv.dtype
+    mixed, keep, start = [], [], 0
+    for ids, _, write, limit, rows, kv_len in parts:
+        batch, length = ids.shape
+        mixed.append(Part(SlotCache(slots, rows, write, kv_len), slot_mask(limit, kv_len, dtype), batch, length))
+        keep.append(start + length - 1 + length * torch.arange(batch, device=ids.device))
+        start += batch * length
+    input_ids = torch.cat([p[0].reshape(-1) for p in parts])[None]
+    position_ids = torch.cat([p[1].reshape(-1) for p in parts])[None]
+    hidden = model.transformer(input_ids, position_ids, None, MixedSlots(mixed), None)  # (1, M, hidden)
+    return model.transformer.output_layer(hidden[0, torch.cat(keep)])
+
+
 DecodeOutputs = tuple[torch.Tensor, ...]
 DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], DecodeOutputs]
 

@@ -23,7 +23,8 @@ from glmbot.errors import GenerationError
 from glmbot.model.chat_format import ToolCall
 from glmbot.model.family import GlmFamily
 from glmbot.serving.answer_filters import AnswerFilterError, FilterChain
-from glmbot.serving.kv_slots import DecodeOutputs, GraphedDecode, KVSlots, forward_slots, round_up
+from glmbot.serving.kv_slots import (DecodeOutputs, GraphedDecode, KVSlots, MixedPart, forward_mixed, forward_slots,
+                                     round_up)
 from glmbot.serving.prefix_cache import ResolvedAdapter
 from glmbot.serving.prompts import ToolGate
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
@@ -139,6 +140,7 @@ class Launched:
     tokens: torch.Tensor  # (len(rows),) on the device
     host: torch.Tensor  # (2, len(rows)) tokens and finite flags, filled asynchronously
     ready: torch.cuda.Event | None  # recorded after the copy to `host` (None on CPU: already there)
+    decoded: int  # rows[:decoded] decode; the rest (prompts prefilled in the step) take their first token
 
 
 @dataclass
@@ -148,6 +150,7 @@ class SchedulerStats:
     decode_tokens: int = 0  # row-steps that produced a token
     peak_rows: int = 0  # most rows decoded together in one step
     prefill_forwards: int = 0
+    mixed_steps: int = 0  # decode steps that prefilled prompt tokens in the same forward
     prefill_s: float = 0.0
     prefill_tokens: int = 0
     finished: dict[str, int] = field(default_factory=dict)
@@ -159,7 +162,7 @@ class Scheduler:
     def __init__(self, model: torch.nn.Module, eos_token_id: int | Sequence[int], pad_token_id: int,
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
-                 pipeline: bool | None = None, prefill_wait_steps: int = 0):
+                 pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = True):
         cfg = model.config
         self.model = model
         # Generation ends at any of the family's stop ids (ChatGLM2: eos; ChatGLM3/GLM-4: eos, <|user|>, <|observation|>)
@@ -179,6 +182,9 @@ class Scheduler:
         if prefill_wait_steps < 0:
             raise GenerationError(f"prefill_wait_steps must be >= 0, got {prefill_wait_steps}")
         self.prefill_wait_steps = prefill_wait_steps
+        # Prompt chunks go through the decode step's forward while rows decode: one pass over the
+        # weights for both, where a prefill forward of their own read them all once more (see step).
+        self.prefill_with_decode = prefill_with_decode
         self.waiting: list[Row] = []  # admitted rows whose prompt is not all prefilled yet, oldest first
         self.stats = SchedulerStats()
         # Pipelining: queue decode step N+1 on step N's tokens while they are still on the device,
@@ -245,14 +251,7 @@ class Scheduler:
     def prefill(self) -> None:
         """Prefill up to `prefill_token_budget` prompt tokens of the waiting rows, oldest first; a
         row whose last chunk goes in samples its first token and joins the decode steps."""
-        self.waiting = [r for r in self.waiting if self.rows[r.slot] is r]  # finished (cancelled) meanwhile
-        budget, chunks = self.prefill_token_budget, []
-        for row in self.waiting:
-            if budget <= 0:
-                break
-            n = min(len(row.job.prompt_ids) - row.prefilled, budget)
-            chunks.append((row, row.prefilled, row.prefilled + n))
-            budget -= n
+        chunks = self._take_chunks()
         for group in self._prefill_groups(chunks):
             try:
                 self._prefill(group)
@@ -262,6 +261,18 @@ class Scheduler:
                     if self.rows[row.slot] is row:
                         self._finish(row, "error", GenerationError(f"prefill failed: {type(exc).__name__}: {exc}"))
         self.waiting = [r for r in self.waiting if self.rows[r.slot] is r and not r.decoding]
+
+    def _take_chunks(self) -> list[Chunk]:
+        """The next `prefill_token_budget` prompt tokens of the waiting rows, oldest rows first."""
+        self.waiting = [r for r in self.waiting if self.rows[r.slot] is r]  # finished (cancelled) meanwhile
+        budget, chunks = self.prefill_token_budget, []
+        for row in self.waiting:
+            if budget <= 0:
+                break
+            n = min(len(row.job.prompt_ids) - row.prefilled, budget)
+            chunks.append((row, row.prefilled, row.prefilled + n))
+            budget -= n
+        return chunks
 
     def _prefill_groups(self, chunks: list[Chunk]) -> list[list[Chunk]]:
         """Chunks of similar length together, each group's padded forward within the token budget."""
@@ -278,6 +289,20 @@ class Scheduler:
         """One forward over prompt tokens [start, end) of each chunk's row; rows whose prompt ends
         here sample their first token from its logits."""
         start_time = time.perf_counter()
+        table, kv_len, slots = self._prefill_inputs(chunks)
+        logits = forward_slots(self.model, self.slots, table[0], table[1], table[2], table[3], kv_len, rows=slots)
+        for row, _, end in chunks:
+            row.prefilled = end
+        last = [i for i, (row, _, end) in enumerate(chunks) if end == len(row.job.prompt_ids)]
+        if last:
+            self._sample_and_advance([chunks[i][0] for i in last], logits[last] if len(last) < len(chunks) else logits)
+        self.stats.prefill_forwards += 1
+        self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
+        self.stats.prefill_s += time.perf_counter() - start_time
+
+    def _prefill_inputs(self, chunks: list[Chunk]) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """A group's chunks as one left-padded (B, T) batch -> table (4, B, T) on the device, kv_len
+        and the rows' slot rows (B,)."""
         width = max(end - start for _, start, end in chunks)
         # Left-padded so every row's last token of the chunk is the last query: (4, B, T) =
         # token ids, positions, write slots (scratch for padding), slots visible (1 for padding).
@@ -292,18 +317,14 @@ class Scheduler:
             table[1, i, width - n:] = j
             table[2, i, width - n:] = p + j
             table[3, i, width - n:] = p + j + 1
-        table = table.to(self.device)
         kv_len = round_up(max(end + row.job.prefix_len for row, _, end in chunks))
-        slots = torch.tensor([row.slot for row, _, _ in chunks], device=self.device)
-        logits = forward_slots(self.model, self.slots, table[0], table[1], table[2], table[3], kv_len, rows=slots)
-        for row, _, end in chunks:
-            row.prefilled = end
-        last = [i for i, (row, _, end) in enumerate(chunks) if end == len(row.job.prompt_ids)]
-        if last:
-            self._sample_and_advance([chunks[i][0] for i in last], logits[last] if len(last) < len(chunks) else logits)
-        self.stats.prefill_forwards += 1
-        self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
-        self.stats.prefill_s += time.perf_counter() - start_time
+        return self._to_device(table), kv_len, self._to_device(torch.tensor([row.slot for row, _, _ in chunks]))
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device without waiting for the device's queued work (pinned, async)."""
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     # ---- decode ---------------------------------------------------------------------------------
 
@@ -313,21 +334,49 @@ class Scheduler:
 
         Pipelined, the forward of the next step is queued before this step's tokens are read.
         """
+        chunks: list[Chunk] = []
         if self.prefill_due():
-            self.prefill()
+            if self._mix_now():
+                chunks = self._take_chunks()  # they go through the decode step's forward
+            else:
+                self.prefill()
         start = time.perf_counter()
         current, self.inflight = self.inflight, None
         if current is None:
             rows = self.decoding
             if not rows:
                 return
-            current = self._launch(rows, None)
+            current = self._launch_mixed(rows, None, chunks) if chunks else self._launch(rows, None)
+            chunks = []
             if current is None:
                 return
-        if self.pipeline and self._can_run_ahead():
+        if chunks:
+            self.inflight = self._launch_mixed(self.decoding, current, chunks)
+        elif self.pipeline and self._can_run_ahead():
             self.inflight = self._launch(self.decoding, current)
         self._collect(current)
         self.stats.decode_s += time.perf_counter() - start
+
+    def _mix_now(self) -> bool:
+        """Whether this step's prompt chunks ride in the decode forward (`prefill_with_decode`):
+        only while rows decode (else a prefill forward of their own is the same pass), and, with a
+        step in flight, only if the next one may be queued on it."""
+        if not self.prefill_with_decode or not self.decoding:
+            return False
+        return self.inflight is None or (self.pipeline and self._can_run_ahead())
+
+    def _launch_mixed(self, rows: list[Row], previous: Launched | None, chunks: list[Chunk]) -> Launched | None:
+        """`_launch` with prompt chunks in the same forward; if that forward fails, the chunks'
+        requests fail alone and the decode step runs without them."""
+        try:
+            return self._launch(rows, previous, chunks)
+        except Exception as exc:  # noqa: BLE001 - one prompt's failure must not stop the running streams
+            log.exception("prefill of %d request(s) within a decode step failed", len(chunks))
+            for row, _, _ in chunks:
+                if self.rows[row.slot] is row:
+                    self._finish(row, "error", GenerationError(f"prefill failed: {type(exc).__name__}: {exc}"))
+            self.waiting = [r for r in self.waiting if self.rows[r.slot] is r]
+            return self._launch(self.decoding, previous)
 
     def _can_run_ahead(self) -> bool:
         """Some row will likely still run after the current step, and no row's token choice needs
@@ -336,14 +385,16 @@ class Scheduler:
         return (any(r.sampled + 1 < r.job.max_new_tokens for r in rows)
                 and all(r.job.params.repetition_penalty == 1.0 for r in rows))
 
-    def _launch(self, rows: list[Row], previous: Launched | None) -> Launched | None:
+    def _launch(self, rows: list[Row], previous: Launched | None, chunks: Sequence[Chunk] = ()) -> Launched | None:
         """Queue the decode forward of `rows` and the choice of their tokens; no host sync.
 
         previous: the step still in flight; its rows (those still alive) feed it their token from
         the device and query one position further; other rows (new ones) use their last token.
+        chunks: prompt tokens to prefill in the same forward (an eager one, see MixedSlots); rows
+        whose prompt ends there get their first token from it, chosen with the decode rows'.
         """
-        hi = max(r.slot for r in rows) + 1
-        n = next(b for b in self.buckets if b >= hi) if self.static_shapes else hi
+        hi = max((r.slot for r in rows), default=-1) + 1
+        n = next(b for b in self.buckets if b >= hi) if self.static_shapes and not chunks else hi
         # (5, n): token, position, write slot, slots visible, index of the token in `previous` (-1:
         # the token given here). Idle rows write to scratch and see slot 0.
         columns = [(0, 0, self.slots.scratch, 1, -1)] * n
@@ -355,21 +406,42 @@ class Scheduler:
                 continue  # the step in flight gives this row its last token
             columns[row.slot] = (*row.decode_inputs(ahead=1 if i >= 0 else 0), i)
             launched.append(row)
-        if not launched:
+        if not launched and not chunks:
             return None
-        table = torch.tensor(columns, dtype=torch.long).T.contiguous()
-        if self.device.type == "cuda":
-            table = table.pin_memory().to(self.device, non_blocking=True)
-        ids = table[0]
-        if previous is not None and ahead:
-            ids = torch.where(table[4] >= 0, previous.tokens[table[4].clamp(min=0)], ids)
-        ids, positions, write, limit = ids[:, None], table[1, :, None], table[2, :, None], table[3, :, None]
-        if self.graphed is not None:
-            logits, greedy, finite = self.graphed(ids, positions, write, limit)
+        parts: list[MixedPart] = []
+        if launched:
+            table = self._to_device(torch.tensor(columns, dtype=torch.long).T.contiguous())
+            ids = table[0]
+            if previous is not None and ahead:
+                ids = torch.where(table[4] >= 0, previous.tokens[table[4].clamp(min=0)], ids)
+            parts.append((ids[:, None], table[1, :, None], table[2, :, None], table[3, :, None], None,
+                          round_up(max(c[3] for c in columns))))
+        slot_of = [r.slot for r in launched]
+        decoded = len(launched)
+        if chunks:
+            # The decode part (if any) keeps its rows 0..n-1 first; each group of chunks follows.
+            offset = n if launched else 0
+            for group in self._prefill_groups(list(chunks)):
+                table, kv_len, slots = self._prefill_inputs(group)
+                parts.append((table[0], table[1], table[2], table[3], slots, kv_len))
+                for i, (row, _, end) in enumerate(group):
+                    if end == len(row.job.prompt_ids):  # its first token is chosen from this forward
+                        launched.append(row)
+                        slot_of.append(offset + i)
+                offset += len(group)
+            logits = forward_mixed(self.model, self.slots, parts)
+            greedy, finite = logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+            for row, _, end in chunks:
+                row.prefilled = end
+            self.waiting = [r for r in self.waiting if not r.decoding]
+            self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
+            self.stats.mixed_steps += 1
+        elif self.graphed is not None:
+            logits, greedy, finite = self.graphed(*parts[0][:4])
         else:
-            kv_len = self.slots.length if self.static_shapes else round_up(max(c[3] for c in columns))
-            logits, greedy, finite = self._decode(ids, positions, write, limit, kv_len)
-        index = torch.tensor([r.slot for r in launched]).to(self.device, non_blocking=True)
+            kv_len = self.slots.length if self.static_shapes else parts[0][5]
+            logits, greedy, finite = self._decode(*parts[0][:4], kv_len)
+        index = self._to_device(torch.tensor(slot_of))
         params = [r.job.params for r in launched]
         if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
             # The step already chose them (inside the CUDA graph when there is one): no (B, V) work here.
@@ -386,12 +458,12 @@ class Scheduler:
                                  torch.tensor([g or 0 for g in given], device=self.device))
         both = torch.stack((tokens, finite.long()))
         if self.device.type != "cuda":
-            return Launched(launched, tokens, both, None)
+            return Launched(launched, tokens, both, None, decoded)
         host = torch.empty(both.shape, dtype=both.dtype, pin_memory=True)
         host.copy_(both, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return Launched(launched, tokens, host, ready)
+        return Launched(launched, tokens, host, ready, decoded)
 
     def _collect(self, launched: Launched) -> None:
         """Wait for a launched step's tokens and advance its rows that are still alive."""
@@ -400,9 +472,9 @@ class Scheduler:
         tokens, finite = launched.host.tolist()
         now = time.perf_counter()
         alive = 0
-        for row, token, ok in zip(launched.rows, tokens, finite):
+        for i, (row, token, ok) in enumerate(zip(launched.rows, tokens, finite)):
             if self.rows[row.slot] is row:  # not cancelled, failed or finished meanwhile
-                alive += 1
+                alive += i < launched.decoded  # a first token comes from the prompt: prefill, not decode
                 self._advance(row, token, bool(ok), now)
         if alive:  # a step run ahead for rows that had all ended gave nothing: not counted
             self.stats.decode_steps += 1

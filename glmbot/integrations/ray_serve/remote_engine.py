@@ -186,6 +186,7 @@ def combine_stats(stats: Sequence[EngineStats]) -> EngineStats:
         active_rows=total("active_rows"), queued=total("queued"), decode_steps=steps,
         decode_tokens=total("decode_tokens"), mean_decode_step_ms=mean,
         peak_rows=max((s.peak_rows for s in stats), default=0), prefill_forwards=total("prefill_forwards"),
-        prefill_tokens=total("prefill_tokens"), prefill_s=total("prefill_s"), idle_s=total("idle_s"),
+        prefill_tokens=total("prefill_tokens"), prefill_s=total("prefill_s"),
+        mixed_steps=total("mixed_steps"), idle_s=total("idle_s"),
         finished=dict(finished),
         slot_bytes=total("slot_bytes"), prefix_cache=cache)
