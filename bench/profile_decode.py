@@ -50,11 +50,11 @@ def main() -> None:
             inputs = [torch.full((n, 1), v, dtype=torch.long, device="cuda") for v in (0, 0, scheduler.slots.scratch, 1)]
             with torch.no_grad():
                 for _ in range(3):
-                    scheduler._decode_eager_static(*inputs)
+                    scheduler._decode(*inputs, scheduler.slots.length)
                 torch.cuda.synchronize()
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                     for _ in range(args.steps):
-                        scheduler._decode_eager_static(*inputs)
+                        scheduler._decode(*inputs, scheduler.slots.length)
                     torch.cuda.synchronize()
             print(f"\nbatch {n}:")
             print_kernel_table(prof, args.steps, "step", args.rows)

@@ -303,6 +303,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--arrival-count", type=int, default=256, help="requests sent with --arrival-rate")
     parser.add_argument("--prefill-tokens", default="32768,2048",
                         help="with --arrival-rate: prefill budgets to compare, tokens per step (32768: whole prompts)")
+    parser.add_argument("--context", type=int, default=0,
+                        help="also run the mixed scenario with rows of this many tokens (glmbot serve: "
+                             "[generation] max_length, 8192), decode steps reading the slots the rows reach vs all")
     parser.add_argument("--closed-loop", type=int, default=0,
                         help="instead of the scenarios: this many requests from --streams clients back to back")
     parser.add_argument("--prefill-with-decode", default="on,off",
@@ -346,6 +349,18 @@ def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured],
         if args.cuda_graph:
             console.print("GPU-only decode step (graph replay, no host work): " + ", ".join(
                 f"batch {b}: {replay_ms(engine, b):.2f} ms" for b in engine.scheduler.buckets if b in (1, args.streams)))
+    if args.context:
+        # As `glmbot serve` sizes its rows ([generation] max_length): every row has room for --context
+        # tokens, while these streams use prompt + new tokens of it.
+        for buckets in (True, False):
+            with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
+                        max_len=args.context, max_prefix_len=args.prefix_len, prefill_token_budget=1 << 15,
+                        cuda_graph=args.cuda_graph, kv_length_buckets=buckets) as engine:
+                run_engine(engine, "warm-up", requests_for(prompts, names, 4))
+                reads = "the KV slots its rows reach" if buckets else "all KV slots"
+                rows.append(best(lambda: run_engine(
+                    engine, f"engine, {args.streams} streams, {args.domains} domains, rows of {args.context} "
+                            f"tokens, each step reading {reads}", requests_for(prompts, names, new))))
     mixed_p = list(spread) + [None]
     with new_engine(spread, cuda_graph=args.cuda_graph) as engine:
         run_engine(engine, "warm-up", requests_for(prompts, mixed_p, 4))

@@ -168,39 +168,65 @@ def forward_mixed(model: torch.nn.Module, slots: KVSlots, parts: list[MixedPart]
 
 
 DecodeOutputs = tuple[torch.Tensor, ...]
-DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], DecodeOutputs]
+DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], DecodeOutputs]
+
+MIN_KV_BUCKET = 256  # the shortest KV length a decode graph reads (see kv_buckets)
+
+
+def kv_buckets(length: int) -> list[int]:
+    """KV lengths the decode graphs are captured for: 256, 512, ... doubling, then the full slot
+    length. A step reads the smallest that holds its rows' slots, so short conversations do not
+    pay for the longest context a row may reach (the attention kernel reads every slot it is given:
+    64 rows x 8,320 slots are 15 GB of keys and values per step at ChatGLM2-6B's shape)."""
+    buckets, b = [], MIN_KV_BUCKET
+    while b < length:
+        buckets.append(b)
+        b *= 2
+    return buckets + [length]
 
 
 class GraphedDecode:
-    """The static-shape decode step captured once per batch bucket in a CUDA graph, then replayed.
+    """The static-shape decode step captured once per (batch bucket, KV length bucket) in a CUDA
+    graph, then replayed.
 
-    `decode(input_ids, position_ids, write_pos, limit)`, each (n, 1), must read and write only
-    static tensors (the slot buffers) and use the full slot length, so a replay with new inputs
-    copied into the static buffers computes exactly what an eager call would. It returns a tuple
-    of tensors (the scheduler's: logits, greedy tokens, finite flags).
+    `decode(input_ids, position_ids, write_pos, limit, kv_len)`, inputs (n, 1), must read and write
+    only static tensors (the slot buffers), so a replay with new inputs copied into the static
+    buffers computes exactly what an eager call would. It returns a tuple of tensors (the
+    scheduler's: logits, greedy tokens, finite flags).
     """
 
-    def __init__(self, decode: DecodeFn, buckets: list[int], scratch: int, device: torch.device):
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecodeOutputs]] = {}
+    def __init__(self, decode: DecodeFn, buckets: list[int], kv_lengths: list[int], scratch: int,
+                 device: torch.device):
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecodeOutputs]] = {}
+        self.kv_lengths = sorted(kv_lengths)
         pool = torch.cuda.graph_pool_handle()
-        for n in sorted(buckets, reverse=True):  # the largest first: smaller ones reuse its pool
-            # Idle inputs: position 0, writes to scratch, attend to slot 0 only.
-            static = [torch.full((n, 1), value, dtype=torch.long, device=device) for value in (0, 0, scratch, 1)]
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: lazy initialisation must not happen during capture
-                    decode(*static)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: CUDA work of other threads (prefix loads) must not break this capture.
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                outputs = decode(*static)
-            self.graphs[n] = (graph, static, outputs)
+        inputs: dict[int, list[torch.Tensor]] = {}
+        # the largest first: smaller ones reuse its pool
+        for n in sorted(buckets, reverse=True):
+            # Idle inputs: position 0, writes to scratch, attend to slot 0 only. One set per batch
+            # bucket, shared by its KV lengths.
+            static = inputs[n] = [torch.full((n, 1), value, dtype=torch.long, device=device)
+                                  for value in (0, 0, scratch, 1)]
+            for kv_len in reversed(self.kv_lengths):
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # warm-up: lazy initialisation must not happen during capture
+                        decode(*static, kv_len)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: CUDA work of other threads (prefix loads) must not break this capture.
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    outputs = decode(*static, kv_len)
+                self.graphs[n, kv_len] = (graph, static, outputs)
 
-    def __call__(self, *inputs: torch.Tensor) -> DecodeOutputs:
+    def kv_bucket(self, reach: int) -> int:
+        """The shortest captured KV length >= reach (the most slots any row of the step sees)."""
+        return next(k for k in self.kv_lengths if k >= reach)
+
+    def __call__(self, *inputs: torch.Tensor, reach: int) -> DecodeOutputs:
         n = inputs[0].shape[0]
-        graph, static, outputs = self.graphs[n]
+        graph, static, outputs = self.graphs[n, self.kv_bucket(reach)]
         for buffer, value in zip(static, inputs):
             buffer.copy_(value)
         graph.replay()

@@ -24,7 +24,7 @@ from glmbot.model.chat_format import ToolCall
 from glmbot.model.family import GlmFamily
 from glmbot.serving.answer_filters import AnswerFilterError, FilterChain
 from glmbot.serving.kv_slots import (DecodeOutputs, GraphedDecode, KVSlots, MixedPart, forward_mixed, forward_slots,
-                                     round_up)
+                                     kv_buckets, round_up)
 from glmbot.serving.prefix_cache import ResolvedAdapter
 from glmbot.serving.prompts import ToolGate
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
@@ -162,7 +162,8 @@ class Scheduler:
     def __init__(self, model: torch.nn.Module, eos_token_id: int | Sequence[int], pad_token_id: int,
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
-                 pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = True):
+                 pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = True,
+                 kv_length_buckets: bool = True):
         cfg = model.config
         self.model = model
         # Generation ends at any of the family's stop ids (ChatGLM2: eos; ChatGLM3/GLM-4: eos, <|user|>, <|observation|>)
@@ -194,11 +195,13 @@ class Scheduler:
         self.pipeline = self.device.type == "cuda" if pipeline is None else pipeline
         self.inflight: Launched | None = None
         self.probe: DecodeProbe | None = None  # teacher forcing + logits capture (glmbot.serving.verify)
+        # Static decode shapes read one of these KV lengths: the shortest that holds the step's rows
+        self.kv_lengths = kv_buckets(self.slots.length) if kv_length_buckets else [self.slots.length]
         self.graphed = None
         if cuda_graph:
             if self.device.type != "cuda":
                 raise GenerationError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
-            self.graphed = GraphedDecode(self._decode_eager_static, self.buckets, self.slots.scratch, self.device)
+            self.graphed = GraphedDecode(self._decode, self.buckets, self.kv_lengths, self.slots.scratch, self.device)
 
     @property
     def active(self) -> list[Row]:
@@ -437,9 +440,10 @@ class Scheduler:
             self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
             self.stats.mixed_steps += 1
         elif self.graphed is not None:
-            logits, greedy, finite = self.graphed(*parts[0][:4])
+            logits, greedy, finite = self.graphed(*parts[0][:4], reach=parts[0][5])
         else:
-            kv_len = self.slots.length if self.static_shapes else parts[0][5]
+            reach = parts[0][5]
+            kv_len = next(k for k in self.kv_lengths if k >= reach) if self.static_shapes else reach
             logits, greedy, finite = self._decode(*parts[0][:4], kv_len)
         index = self._to_device(torch.tensor(slot_of))
         params = [r.job.params for r in launched]
@@ -489,9 +493,6 @@ class Scheduler:
         """
         logits = forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len)
         return logits, logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
-
-    def _decode_eager_static(self, ids, positions, write, limit) -> DecodeOutputs:  # noqa: ANN001
-        return self._decode(ids, positions, write, limit, self.slots.length)
 
     # ---- tokens, text and endings ---------------------------------------------------------------
 
