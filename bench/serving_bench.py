@@ -310,6 +310,8 @@ def parse_args() -> argparse.Namespace:
                         help="instead of the scenarios: this many requests from --streams clients back to back")
     parser.add_argument("--prefill-with-decode", default="on,off",
                         help="with --closed-loop / --arrival-rate: [serving] prefill_with_decode modes to compare")
+    parser.add_argument("--prefill-wait-steps", default="8",
+                        help="with --closed-loop: [serving] prefill_wait_steps values to compare (comma-separated)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
     parser.add_argument("--repeat", type=int, default=2, help="runs per scenario; the fastest is reported (noise)")
     parser.add_argument("--deterministic", action="store_true",
@@ -459,11 +461,12 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     table = Table(title=f"Closed loop: {args.streams} clients, {count} requests over {args.domains} domains, prompt "
                         f"{args.prompt_len}, {args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, "
                         f"prefill {budget} tokens a step", header_style="bold")
-    for column in ("with decode", "plain step ms", "tokens/s at that step", "tokens/s end to end", "of the step figure",
+    for column in ("with decode", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end", "of the step figure",
                    "mean step ms in the loop", "steps with prompts", "TTFT p50 / p99 ms"):
         table.add_column(column, justify="right")
-    for mode in modes(args):
+    for mode, wait in [(m, int(w)) for m in modes(args) for w in args.prefill_wait_steps.split(",")]:
         settings.serving.prefill_with_decode = mode == "on"
+        settings.serving.prefill_wait_steps = wait
         with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
                     max_len=args.prompt_len + args.max_new_tokens * 3 // 2, max_prefix_len=args.prefix_len,
                     prefill_token_budget=1 << 15, cuda_graph=args.cuda_graph) as engine:
@@ -495,7 +498,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
-        table.add_row(mode, f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
+        table.add_row(mode, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{loop_step:.2f}", str(mixed),
                       f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}")
     console.print(table)
