@@ -130,6 +130,34 @@ def test_compiled_dense_parts_serve_the_eager_tokens(base, tok, prefixes):
     assert compiled == eager and all(eager)
 
 
+def test_static_decode_steps_read_the_shortest_kv_length_that_holds_their_rows(base, tok, prefixes):
+    """Static-shape (CUDA-graph) decode steps read 256, 512, ... slots, the fewest that hold the
+    rows' prefix and tokens, not every row's whole context; the tokens are those of dynamic steps."""
+    from glmbot.serving.kv_slots import kv_buckets
+
+    keys: list[int] = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        if q.shape[2] == 1 or q.shape[1] == base.config.kv_groups:  # decode queries (grouped or folded)
+            keys.append(k.shape[2])
+        return real_sdpa(q, k, v, *args, **kwargs)
+
+    def run(static: bool):
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=2, max_len=500, static_shapes=static) as eng:
+            request = greedy(QUERIES[0], "support", 300, ignore_eos=True)
+            return eng.generate(request).token_ids, eng.scheduler.slots.length
+
+    dynamic, _ = run(False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+        static, length = run(True)
+    assert static == dynamic and len(static) == 300
+    assert length > 512 and kv_buckets(length) == [256, 512, length]
+    per_step = keys[::base.config.num_layers]
+    assert per_step == sorted(per_step) and set(per_step) == {256, 512}  # 16 + prompt + 300 tokens < 512
+
+
 def test_grouped_kv_decode_attention_gives_the_folded_tokens(base, tok, prefixes):
     """[serving] deterministic = false swaps the decode attention for one grouped-KV call (cuDNN's
     kernel on CUDA): the same attention, so the same tokens here (fp32 on CPU)."""
