@@ -235,7 +235,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 31) -> float:
 
 def replay_ms(engine: Engine, batch: int, replays: int = 50) -> float:
     """GPU time of one decode step alone: the captured graph of a batch bucket replayed back to back."""
-    graph = engine.scheduler.graphed.graphs[batch][0]
+    graph = engine.scheduler.graphed.graphs[batch, engine.scheduler.graphed.kv_lengths[-1]][0]  # all slots
     graph.replay()
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     begin.record()
