@@ -288,10 +288,11 @@ def test_a_question_with_two_answers_is_pointed_out_before_training(tmp_path, ca
 
 @pytest.mark.parametrize("args,message", [
     (("--lr", "abc"), "--lr 'abc' is not a number: give a learning rate between 0 and 1, e.g. --lr 1e-1"),
-    (("--learning-rate", "2"), "--lr 2: must be a learning rate between 0 and 1, e.g. --lr 1e-1"),
+    (("--learning-rate", "2"), "--learning-rate 2: must be a learning rate between 0 and 1, e.g. --learning-rate 1e-1"),
     (("--steps", "-1"), "--steps -1: must be a whole number of optimizer steps >= 0 (0 = train by --epochs), "
                         "e.g. --steps 200"),
-    (("--max-steps", "1.5"), "--steps '1.5' is not a whole number"),
+    (("--max-steps", "1.5"), "--max-steps '1.5' is not a whole number"),  # the alias the user typed
+    (("--max-steps=x",), "--max-steps 'x' is not a whole number"),
     (("--batch-size", "0"), "--batch-size 0: must be a micro-batch size > 0, e.g. --batch-size 16"),
     (("--epochs", "-2"), "--epochs -2: must be a number of passes over the data >= 0"),
     (("--steps", "0"), "--steps 0 trains by epochs, but no epochs are set: add --epochs N"),

@@ -48,10 +48,10 @@ def _init_distributed():
 
 
 # Each value is checked while parsing: a bad one names the flag, the value and the fix (values.py).
-_STEPS = checked("--steps", int, lambda v: v >= 0, "a whole number of optimizer steps >= 0 (0 = train by --epochs)",
-                 "200")
+_STEPS = checked(("--steps", "--max-steps"), int, lambda v: v >= 0,
+                 "a whole number of optimizer steps >= 0 (0 = train by --epochs)", "200")
 _EPOCHS = checked("--epochs", float, lambda v: v >= 0, "a number of passes over the data >= 0", "3")
-_LR = checked("--lr", float, lambda v: 0 < v < 1, "a learning rate between 0 and 1", "1e-1")
+_LR = checked(("--lr", "--learning-rate"), float, lambda v: 0 < v < 1, "a learning rate between 0 and 1", "1e-1")
 _PRE_SEQ_LEN = checked("--pre-seq-len", int, lambda v: v > 0, "a prefix length > 0", "32")
 _BATCH = checked("--batch-size", int, lambda v: v > 0, "a micro-batch size > 0", "16")
 _ACCUM = checked("--grad-accum", int, lambda v: v > 0, "a number of micro-batches per step > 0", "1")

@@ -7,6 +7,7 @@ which the main app prints as one line with exit code 1, like every other glmbot 
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 from glmbot.errors import GlmbotError
@@ -16,14 +17,18 @@ class BadOptionError(GlmbotError):
     """A command-line option got a value it cannot use."""
 
 
-def checked(flag: str, kind: type, ok: Callable[[float], bool], need: str, example: str) -> Callable[[str], object]:
-    """A Typer `parser` for `flag`: `kind` (int or float) values for which `ok` holds.
+def checked(flag: str | tuple[str, ...], kind: type, ok: Callable[[float], bool], need: str,
+            example: str) -> Callable[[str], object]:
+    """A Typer `parser` for `flag` (or its aliases, the first the main one): `kind` (int or float)
+    values for which `ok` holds. An error names the alias the user typed.
 
     need: what a good value is ("a whole number >= 0"); example: a value that works ("200").
     """
     noun = "a whole number" if kind is int else "a number"
+    aliases = (flag,) if isinstance(flag, str) else flag
 
     def parse(value: str):  # noqa: ANN202 - int or float
+        flag = typed(aliases)
         text = str(value).strip()
         try:
             number = kind(text)
@@ -34,3 +39,12 @@ def checked(flag: str, kind: type, ok: Callable[[float], bool], need: str, examp
         return number
 
     return parse
+
+
+def typed(aliases: tuple[str, ...]) -> str:
+    """The spelling of an option the command line used (`--max-steps` for `--steps`), else the first."""
+    for arg in sys.argv[1:]:
+        for alias in aliases:
+            if arg == alias or arg.startswith(alias + "="):
+                return alias
+    return aliases[0]
