@@ -342,4 +342,7 @@ def route_line(result: GenerationResult) -> str:
     where = result.adapter or "base model"
     if route is None:
         return where
-    return " · ".join(x for x in (where, route.reason, f"{route.score:.2f}", route.detail) if x)
+    # A sticky route's detail retells the first message's whole reason: shown under that message already,
+    # repeated under every later answer it buried the answers (a newcomer's report).
+    detail = "kept from earlier in the conversation" if route.reason == "sticky" else route.detail
+    return " · ".join(x for x in (where, route.reason, f"{route.score:.2f}", detail) if x)

@@ -154,3 +154,20 @@ def test_fallback_reply_answers_what_no_domain_holds_instead_of_the_plain_base(t
     for query, kw in (("你好", {}), ("退货多久到账？", {}), ("量子力学难不难学？", {"domain": "base"})):
         with_reply, without = ask(config, query, **kw), ask(plain, query, **kw)
         assert with_reply.text == without.text != reply and with_reply.route.reason == without.route.reason
+
+
+def test_a_sticky_route_says_so_in_a_few_words_under_each_answer():
+    """The status line under an answer in a conversation that stays with its domain no longer retells the
+    first message's whole reason (repeated under every answer, it buried them); other routes keep theirs."""
+    from glmbot.chat import route_line
+    from glmbot.serving.requests import GenerationResult, Timings, Usage
+    from glmbot.serving.router import RouteDecision
+
+    def result(route: RouteDecision) -> GenerationResult:
+        return GenerationResult("答", "stop", Usage(3, 2), route, "bike@v1", 1, Timings(0.0, 0.1, 0.2))
+
+    first = RouteDecision("bike", "bike@v1", "classifier", 1.0, detail="one of bike's training prompts, word for word")
+    sticky = RouteDecision("bike", "bike@v1", "sticky", 1.0, detail="the conversation stays with bike, where an earlier "
+                           "message went by classifier (that message: one of bike's training prompts, word for word)")
+    assert route_line(result(first)) == "bike@v1 · classifier · 1.00 · one of bike's training prompts, word for word"
+    assert route_line(result(sticky)) == "bike@v1 · sticky · 1.00 · kept from earlier in the conversation"

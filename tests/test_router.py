@@ -546,6 +546,8 @@ def test_chit_chat_with_a_time_or_a_place_goes_to_the_base(sample_router):
     assert (decision.domain, decision.reason) == (None, "fallback")
     assert sample_router.route("那运费呢？", conversation_id="weather").domain == "support"
     assert sample_router.route("今天天气怎么样？今天下单能发货吗？").domain == "support"
+    # the reason names the small talk (it said "only greetings, chit-chat, stop-words or punctuation")
+    assert sample_router.route("北京今天天气怎么样？").detail == "small talk (今天天气怎么样), nothing else a domain could answer"
     assert content_tokens("今天下单什么时候到") == ["今天", "下单", "时候", "到"]  # no chit-chat: time words count
 
 

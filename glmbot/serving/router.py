@@ -807,6 +807,11 @@ class Router:
         decision = self._classify_tokens(tokens, table)[0]
         if decision.reason == "fallback" and tokens and table.second is not None:
             return self._second_look(tokens, decision, table)
+        chat = _CHIT_CHAT.search(text.casefold()) if not tokens else None
+        if chat is not None and decision.reason == "fallback":
+            # "北京今天天气怎么样？" was told "only greetings, chit-chat, stop-words or punctuation": name the
+            # small talk, and say why 北京 and 今天 did not count.
+            decision = replace(decision, detail=f"small talk ({chat.group()}), nothing else a domain could answer")
         return decision
 
     def _second_look(self, tokens: list[str], fallback: RouteDecision, table: _RoutingTable) -> RouteDecision:
