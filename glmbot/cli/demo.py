@@ -103,8 +103,9 @@ def _train_and_register(settings, model, tok, recipe: DemoRecipe, train, example
     with training_progress(recipe.domain, total_steps(train, len(encoded))) as bar:
         result = PrefixTrainer(model, train, run_dir, tok.pad_token_id, on_step=bar.update).fit(encoded)
     console.print(f"trained in {result.seconds:.0f}s at {result.tokens_per_s:,.0f} tokens/s; loss "
-                  f"{result.losses[0]:.2f} -> {sum(result.losses[-10:]) / len(result.losses[-10:]):.2f}; "
-                  f"loss curve in {Path(run_dir) / 'loss.png'}")
+                  f"{result.losses[0]:.2f} -> {sum(result.losses[-10:]) / len(result.losses[-10:]):.2f}")
+    # a path of its own line: wrapped inside the sentence it broke in the middle of a folder name
+    console.print(f"loss curve: {Path(run_dir) / 'loss.png'}", soft_wrap=True, highlight=False)
     return result.encoder, _register(model, recipe, result, examples, summary)
 
 
