@@ -303,6 +303,35 @@ def test_a_long_prompt_does_not_stall_streams_that_are_decoding(base, tok, prefi
     assert running.handle.result().text == oracle(base, tok, QUERIES[0], prefixes["support"], 60)
 
 
+def test_a_prompt_that_fails_inside_a_decode_step_fails_alone(base, tok, prefixes, monkeypatch):
+    """A forward that takes a new prompt into the running rows' decode step raises: that request ends with
+    the error, the running stream loses no token and still gives the oracle's answer."""
+    import glmbot.serving.scheduler as scheduler_module
+
+    sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=4, slot_len=256)
+    running = scheduler_job(tok, QUERIES[0], prefixes["support"], 30)
+    sched.admit([running])
+    sched.step()
+    assert sched.decoding and sched.stats.prefill_forwards == 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (a stand-in)")
+
+    monkeypatch.setattr(scheduler_module, "forward_mixed", broken)
+    late = scheduler_job(tok, QUERIES[1], prefixes["hr"], 8)
+    sched.admit([late])
+    before = sched.rows[0].sampled
+    sched.step()
+    assert sched.rows[0].sampled == before + 1  # the decode step ran without the prompt
+    with pytest.raises(GenerationError, match="prefill failed: RuntimeError: CUDA out of memory"):
+        late.handle.result()
+    assert sched.waiting == [] and sched.rows[1] is None  # its row is free again
+    monkeypatch.undo()
+    while sched.active:
+        sched.step()
+    assert running.handle.result().text == oracle(base, tok, QUERIES[0], prefixes["support"], 30)
+
+
 def test_arrivals_wait_a_few_steps_to_prefill_together_without_changing_answers(base, tok, prefixes):
     """prefill_wait_steps=3: prompts that arrive one step apart while 12 streams decode go in together,
     in one forward, once the first has waited 3 decode steps; the streams advance meanwhile; answers are the oracle's.
