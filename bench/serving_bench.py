@@ -39,7 +39,7 @@ step and prompts arrive while other streams decode): end-to-end tokens/s against
 step's figure (--streams rows / the mean step of an all-at-once batch run first on the same
 engine), the mean step while the loop runs, and time to first token p50/p99, once per
 --prefill-with-decode mode (on: new prompts go through the running rows' decode forward; off: a
-prefill forward of their own). --arrival-rate compares the modes too.
+prefill forward of their own) and --prefill-wait-steps value. --arrival-rate compares the modes too.
 
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
 rows over --domains domains (prefix lengths P, P, P/2, P/2, ...) and plain-base rows, prompts of
@@ -336,8 +336,8 @@ def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured],
                       max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
                       prefill_token_budget=1 << 15, **kw)
 
-    def best(run) -> Measured:  # noqa: ANN001 - the fastest of --repeat runs: a shared machine is noisy
-        return max((run() for _ in range(args.repeat)), key=lambda m: m.tokens_per_s)
+    def best(run: Callable[[], Measured]) -> Measured:
+        return best_of(args.repeat, run)
 
     names, few, new = list(prefixes), prompts[:args.baseline_streams], args.max_new_tokens
     rows = [best(lambda: run_generate_baseline(model, few, prefixes, new))]
@@ -406,8 +406,8 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
     prompts = make_prompts(count, args.prompt_len, tok)
     table = Table(title=f"Steady arrivals: {count} requests at {args.arrival_rate:g}/s over {args.domains} domains, "
                         f"prompt {args.prompt_len}, {args.max_new_tokens} new tokens", header_style="bold")
-    for column in ("prefill tokens per step", "with decode", "TTFT p50 ms", "TTFT p99 ms", "step gap p50 / p99 / max ms",
-                   "requests/s", "tokens/s end to end", "mean rows per step", "engine busy"):
+    for column in ("prefill tokens per step", "with decode", "TTFT p50 ms", "TTFT p99 ms",
+                   "step gap p50 / p99 / max ms", "requests/s", "tokens/s end to end", "mean rows per step", "engine busy"):
         table.add_column(column, justify="right")
     runs = [(int(b), mode) for b in args.prefill_tokens.split(",") for mode in modes(args)]
     for budget, mode in runs:
@@ -461,8 +461,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     table = Table(title=f"Closed loop: {args.streams} clients, {count} requests over {args.domains} domains, prompt "
                         f"{args.prompt_len}, {args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, "
                         f"prefill {budget} tokens a step", header_style="bold")
-    for column in ("with decode", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end", "of the step figure",
-                   "mean step ms in the loop", "steps with prompts", "TTFT p50 / p99 ms"):
+    for column in ("with decode", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end",
+                   "of the step figure", "mean step ms in the loop", "steps with prompts", "TTFT p50 / p99 ms"):
         table.add_column(column, justify="right")
     for mode, wait in [(m, int(w)) for m in modes(args) for w in args.prefill_wait_steps.split(",")]:
         settings.serving.prefill_with_decode = mode == "on"
@@ -505,6 +505,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
 
 
 def best_of(repeat: int, run: Callable[[], Measured]) -> Measured:
+    """The fastest of `repeat` runs: a shared machine is noisy."""
     return max((run() for _ in range(repeat)), key=lambda m: m.tokens_per_s)
 
 

@@ -265,7 +265,8 @@ class Engine:
             decode_tokens=s.decode_tokens, mean_decode_step_ms=1e3 * s.decode_s / max(s.decode_steps, 1),
             peak_rows=s.peak_rows,
             prefill_forwards=s.prefill_forwards, prefill_tokens=s.prefill_tokens, prefill_s=s.prefill_s,
-            mixed_steps=s.mixed_steps, idle_s=self._idle_s, finished=dict(s.finished), slot_bytes=self.scheduler.slots.nbytes,
+            mixed_steps=s.mixed_steps, idle_s=self._idle_s, finished=dict(s.finished),
+            slot_bytes=self.scheduler.slots.nbytes,
             prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None)
 
     def close(self, wait: bool = False) -> None:
