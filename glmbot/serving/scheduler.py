@@ -5,7 +5,9 @@ copies its prefix KV into the row's first slots and queues its prompt for prefil
 prefills at most `prefill_token_budget` queued prompt tokens (oldest requests first, a long prompt
 split into chunks over several steps, so that running streams wait for one bounded forward, not
 for every new prompt), then runs ONE decode forward over all rows whose prompt is in, whatever
-adapter each uses, samples a token per row and ends the rows that are done. It is driven by one
+adapter each uses, samples a token per row and ends the rows that are done. While rows decode, the
+prompt chunks ride in that decode forward (one pass over the weights for both, see
+kv_slots.MixedSlots) instead of a prefill forward of their own. It is driven by one
 thread (the engine's); nothing here takes locks.
 """
 
@@ -333,7 +335,9 @@ class Scheduler:
 
     def step(self) -> None:
         """Prefill what the budget allows, then one decode forward over every row whose prompt is
-        in (rows 0..n-1; idle ones and those still prefilling write to scratch).
+        in (rows 0..n-1; idle ones and those still prefilling write to scratch). While rows decode
+        (and `prefill_with_decode`), the prompt chunks go into that decode forward instead of one of
+        their own (see `_mix_now`).
 
         Pipelined, the forward of the next step is queued before this step's tokens are read.
         """
