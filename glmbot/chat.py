@@ -336,13 +336,20 @@ class ChatClient:
         self.console.print(HELP, markup=False)
 
 
+ENGINE_NOTES = ("asked as its training question", "answered with [routing] fallback_reply")  # see serving.engine
+
+
 def route_line(result: GenerationResult) -> str:
     """'support@v2 · keyword · 1.00 · matched 退货' for the status line under an answer."""
     route = result.route
     where = result.adapter or "base model"
     if route is None:
         return where
-    # A sticky route's detail retells the first message's whole reason: shown under that message already,
-    # repeated under every later answer it buried the answers (a newcomer's report).
-    detail = "kept from earlier in the conversation" if route.reason == "sticky" else route.detail
+    detail = route.detail
+    if route.reason == "sticky" and detail:
+        # A sticky route's detail retells the first message's whole reason: shown under that message already,
+        # repeated under every later answer it buried the answers (a newcomer's report). The engine's notes on
+        # this message (asked as a training question, a fixed reply) stay.
+        notes = [part for part in detail.split("; ") if part.startswith(ENGINE_NOTES)]
+        detail = "; ".join(["kept from earlier in the conversation", *notes])
     return " · ".join(x for x in (where, route.reason, f"{route.score:.2f}", detail) if x)

@@ -159,6 +159,8 @@ def test_fallback_reply_answers_what_no_domain_holds_instead_of_the_plain_base(t
 def test_a_sticky_route_says_so_in_a_few_words_under_each_answer():
     """The status line under an answer in a conversation that stays with its domain no longer retells the
     first message's whole reason (repeated under every answer, it buried them); other routes keep theirs."""
+    from dataclasses import replace
+
     from glmbot.chat import route_line
     from glmbot.serving.requests import GenerationResult, Timings, Usage
     from glmbot.serving.router import RouteDecision
@@ -171,3 +173,8 @@ def test_a_sticky_route_says_so_in_a_few_words_under_each_answer():
                            "message went by classifier (that message: one of bike's training prompts, word for word)")
     assert route_line(result(first)) == "bike@v1 · classifier · 1.00 · one of bike's training prompts, word for word"
     assert route_line(result(sticky)) == "bike@v1 · sticky · 1.00 · kept from earlier in the conversation"
+    asked = replace(sticky, detail=sticky.detail + "; asked as its training question '可以换货吗？', with '退货多久到账？' "
+                                                   "before it ([serving] closest_question)")
+    assert route_line(result(asked)) == ("bike@v1 · sticky · 1.00 · kept from earlier in the conversation; asked as its "
+                                         "training question '可以换货吗？', with '退货多久到账？' before it ([serving] "
+                                         "closest_question)")
