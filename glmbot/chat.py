@@ -20,7 +20,7 @@ from rich.table import Table
 from glmbot.errors import GlmbotError, unknown_domain
 from glmbot.fileio import atomic_write_text
 from glmbot.serving.requests import GenerationRequest, GenerationResult
-from glmbot.serving.router import BASE, small_talk_only
+from glmbot.serving.router import BASE, CLOSEST_QUESTION_NOTE, FALLBACK_REPLY_NOTE, small_talk_only
 from glmbot.serving.turn_log import new_conversation_id
 
 HELP = """commands:
@@ -336,9 +336,6 @@ class ChatClient:
         self.console.print(HELP, markup=False)
 
 
-ENGINE_NOTES = ("asked as its training question", "answered with [routing] fallback_reply")  # see serving.engine
-
-
 def route_line(result: GenerationResult) -> str:
     """'support@v2 · keyword · 1.00 · matched 退货' for the status line under an answer."""
     route = result.route
@@ -350,6 +347,6 @@ def route_line(result: GenerationResult) -> str:
         # A sticky route's detail retells the first message's whole reason: shown under that message already,
         # repeated under every later answer it buried the answers (a newcomer's report). The engine's notes on
         # this message (asked as a training question, a fixed reply) stay.
-        notes = [part for part in detail.split("; ") if part.startswith(ENGINE_NOTES)]
+        notes = [part for part in detail.split("; ") if part.startswith((CLOSEST_QUESTION_NOTE, FALLBACK_REPLY_NOTE))]
         detail = "; ".join(["kept from earlier in the conversation", *notes])
     return " · ".join(x for x in (where, route.reason, f"{route.score:.2f}", detail) if x)

@@ -45,7 +45,8 @@ from glmbot.serving.prefix_cache import (MIB, PrefixCache, PrefixCacheStats, Reg
 from glmbot.serving.closest import ClosestQuestion, index_of
 from glmbot.serving.prompts import build_prompt, tools_refused
 from glmbot.serving.requests import GenerationRequest, GenerationResult, RequestHandle, batched_wakeups
-from glmbot.serving.router import DAMAGED_FALLBACK, RouteDecision, fallback_reply, leans_back, small_talk_only
+from glmbot.serving.router import (CLOSEST_QUESTION_NOTE, DAMAGED_FALLBACK, FALLBACK_REPLY_NOTE, RouteDecision,
+                                   fallback_reply, leans_back, small_talk_only)
 from glmbot.serving.routing_setup import RegistryFollower, route_request
 from glmbot.serving.sampling import SamplingParams
 from glmbot.serving.scheduler import Job, Scheduler, finish_without_row
@@ -343,7 +344,7 @@ class Engine:
         req.route = route
         reply = fallback_reply(route, query, self.settings.routing.fallback_reply) if query is not None else None
         if reply is not None:  # a fixed answer rather than one the plain base makes up
-            note = "answered with [routing] fallback_reply"
+            note = FALLBACK_REPLY_NOTE
             req.route = replace(route, detail=f"{route.detail}; {note}" if route.detail else note)
             raise AnsweredWithoutModel(reply, req.route, len(prompt_ids))
         if req.prompt_ids is None and adapter is not None:
@@ -356,7 +357,7 @@ class Engine:
             if asked is not None:
                 prompt_ids = self.tokenizer.build_chat_input(asked, [])
                 after = f", with {earlier!r} before it" if earlier else ""
-                note = f"asked as its training question {asked!r}{after} ([serving] closest_question)"
+                note = f"{CLOSEST_QUESTION_NOTE} {asked!r}{after} ([serving] closest_question)"
                 route = replace(route, detail=f"{route.detail}; {note}" if route.detail else note)
                 req.route = route
         elif req.prompt_ids is None and prefix is None and query is not None and (

@@ -158,6 +158,11 @@ def small_talk_only(text: str) -> bool:
     return _GREETINGS.search(text.casefold()) is not None and not content_tokens(text)
 
 
+# Notes the engine appends to a route's detail about the message itself (the chat's status line keeps them).
+FALLBACK_REPLY_NOTE = "answered with [routing] fallback_reply"
+CLOSEST_QUESTION_NOTE = "asked as its training question"
+
+
 def fallback_reply(decision: RouteDecision, text: str, reply: str) -> str | None:
     """[routing] fallback_reply, where the engine gives it instead of the plain base: a message the router
     sent to the plain base for want of a domain that is not small talk; else None (also for an empty reply)."""
