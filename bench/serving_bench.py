@@ -37,7 +37,11 @@ p50/p99/max, the rate achieved, end-to-end tokens/s, rows per decode step and ho
 soon as its previous answer ends (answer lengths drawn from [max/2, 3max/2], so they fall out of
 step and prompts arrive while other streams decode): end-to-end tokens/s against the plain decode
 step's figure (--streams rows / the mean step of an all-at-once batch run first on the same
-engine), the mean step while the loop runs, and time to first token p50/p99, once per
+engine), both over the whole run and over its steady part (from a quarter of the requests sent
+until the last is sent: every client busy, no start or drain; decode tokens only, the one
+prefill token of each request left out), the mean step while the loop runs, torch.compile's
+compiles during the loop (0 once the engine's warm-up did its job) and time to first token
+p50/p99, once per
 --prefill-with-decode mode (on: new prompts go through the running rows' decode forward; off: a
 prefill forward of their own) and --prefill-wait-steps value. --arrival-rate compares the modes too.
 
@@ -64,6 +68,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch._dynamo.utils import counters
 from rich.console import Console
 from rich.table import Table
 
@@ -462,7 +467,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                         f"{args.prompt_len}, {args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, "
                         f"prefill {budget} tokens a step", header_style="bold")
     for column in ("with decode", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end",
-                   "of the step figure", "mean step ms in the loop", "steps with prompts", "TTFT p50 / p99 ms"):
+                   "of the step figure", "steady part: tokens/s", "of the step figure", "mean step ms in the loop",
+                   "steps with prompts", "compiles in the loop", "TTFT p50 / p99 ms"):
         table.add_column(column, justify="right")
     for mode, wait in [(m, int(w)) for m in modes(args) for w in args.prefill_wait_steps.split(",")]:
         settings.serving.prefill_with_decode = mode == "on"
@@ -475,8 +481,9 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             plain = best_of(args.repeat, lambda: run_engine(engine, "all at once", batch))  # one prefill forward
             engine.scheduler.prefill_token_budget = budget
             stats = engine.scheduler.stats
-            before = (stats.decode_steps, stats.decode_s, stats.mixed_steps)
+            before = (stats.decode_steps, stats.decode_s, stats.mixed_steps, counters["stats"]["unique_graphs"])
             pending, results, lock = list(reversed(requests)), [], threading.Lock()
+            steady: list[tuple[float, int]] = []  # (time, decode tokens) when the steady part begins and ends
 
             def client() -> None:
                 while True:
@@ -484,6 +491,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                         if not pending:
                             return
                         request = pending.pop()
+                        if len(pending) in (count * 3 // 4, 0):
+                            steady.append((time.perf_counter(), stats.decode_tokens))
                     results.append(engine.generate(request))
 
             clients = [threading.Thread(target=client) for _ in range(args.streams)]
@@ -494,12 +503,14 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                 thread.join()
             seconds = time.perf_counter() - start
             loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
-            mixed = stats.mixed_steps - before[2]
+            mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
+        (t0, n0), (t1, n1) = steady
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
         table.add_row(mode, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
-                      f"{tokens / seconds / figure:.1%}", f"{loop_step:.2f}", str(mixed),
+                      f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
+                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", str(mixed), str(compiles),
                       f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}")
     console.print(table)
 

@@ -130,6 +130,42 @@ def test_compiled_dense_parts_serve_the_eager_tokens(base, tok, prefixes):
     assert compiled == eager and all(eager)
 
 
+@pytest.mark.parametrize("with_decode", [True, False], ids=["prompts-in-decode", "prefill-forwards"])
+def test_the_warm_up_compiles_every_kind_of_forward_before_any_request(base, tok, prefixes, with_decode):
+    """After the engine's warm-up, requests arriving while others decode (prompt chunks alone, in
+    batches, inside decode steps; decode batches of every size) make torch.compile compile nothing:
+    on the GPU those compiles had taken seconds out of the first requests' time. Without the
+    warm-up the same load compiles."""
+    from torch._dynamo.utils import counters
+
+    settings = Settings()
+    settings.serving.prefill_wait_steps = 0
+    settings.serving.prefill_with_decode = with_decode
+    queries = [q + "?" * i for i in range(4) for q in QUERIES]
+    plan = [greedy(q, d, 3 + 5 * (i % 4)) for i, (q, d) in enumerate(zip(queries, ["support", "hr", None, "ads"] * 4))]
+    compiled = {}
+    torch._dynamo.reset()
+    base.compile_dense(backend="eager")  # dynamo's guards and recompiles, without a compiler's time
+    try:
+        for warm_up in (True, False):
+            torch._dynamo.reset()
+            with Engine(base, tok, prefixes=prefixes, settings=settings, max_batch_size=8, max_len=96,
+                        prefill_token_budget=24, warm_up=warm_up) as eng:
+                before = counters["stats"]["unique_graphs"]
+                handles = []
+                for i, request in enumerate(plan):
+                    handles.append(eng.submit(request))
+                    time.sleep(0.01 * (i % 3))  # arrivals spread over the decode steps of earlier ones
+                assert all(h.result().finish_reason == "length" for h in handles)
+                compiled[warm_up] = counters["stats"]["unique_graphs"] - before
+                stats = eng.stats()
+            assert (stats.mixed_steps > 0) == with_decode and stats.prefill_forwards > 0
+    finally:
+        base.uncompile_dense()
+        torch._dynamo.reset()
+    assert compiled[True] == 0 and compiled[False] > 0, compiled
+
+
 def test_static_decode_steps_read_the_shortest_kv_length_that_holds_their_rows(base, tok, prefixes):
     """Static-shape (CUDA-graph) decode steps read 256, 512, ... slots, the fewest that hold the
     rows' prefix and tokens, not every row's whole context; the tokens are those of dynamic steps."""

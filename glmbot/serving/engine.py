@@ -114,7 +114,8 @@ class Engine:
     pipeline: queue each decode step before the previous step's tokens reach the host (default: on
     CUDA), so the host's per-token work overlaps the device's forward. kv_length_buckets: static
     decode steps read the shortest of 256, 512, ... slots that holds their rows (False: always all
-    of them, for comparisons).
+    of them, for comparisons). warm_up: run each kind of forward once before any request, so
+    torch.compile'd parts compile then (default: on CUDA; see Scheduler.warm_up_shapes).
     plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
     filters (register_answer_filters, collected once here) change the answer as it streams, and
     whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
@@ -126,7 +127,8 @@ class Engine:
                  max_prefix_len: int = DEFAULT_MAX_PREFIX_LEN, prefill_token_budget: int | None = None,
                  static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2,
                  plugins: Any = None, pipeline: bool | None = None,
-                 questions: Mapping[str, list[str]] | None = None, kv_length_buckets: bool = True):
+                 questions: Mapping[str, list[str]] | None = None, kv_length_buckets: bool = True,
+                 warm_up: bool | None = None):
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
         self.answer_filters = self._collect_answer_filters(plugins)
@@ -167,7 +169,7 @@ class Engine:
                 max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
                 cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline,
                 prefill_wait_steps=self.settings.serving.prefill_wait_steps,
-                prefill_with_decode=self.settings.serving.prefill_with_decode, kv_length_buckets=kv_length_buckets)
+                prefill_with_decode=self.settings.serving.prefill_with_decode, kv_length_buckets=kv_length_buckets, warm_up=warm_up)
         if self.family.chat_format == "roles":
             self.scheduler.segment_id = tokenizer.special_ids["<|assistant|>"]
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,

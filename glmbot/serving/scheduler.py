@@ -165,7 +165,7 @@ class Scheduler:
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
                  pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = True,
-                 kv_length_buckets: bool = True):
+                 kv_length_buckets: bool = True, warm_up: bool | None = None):
         cfg = model.config
         self.model = model
         # Generation ends at any of the family's stop ids (ChatGLM2: eos; ChatGLM3/GLM-4: eos, <|user|>, <|observation|>)
@@ -199,11 +199,38 @@ class Scheduler:
         self.probe: DecodeProbe | None = None  # teacher forcing + logits capture (glmbot.serving.verify)
         # Static decode shapes read one of these KV lengths: the shortest that holds the step's rows
         self.kv_lengths = kv_buckets(self.slots.length) if kv_length_buckets else [self.slots.length]
+        if self.device.type == "cuda" if warm_up is None else warm_up:
+            self.warm_up_shapes()
         self.graphed = None
         if cuda_graph:
             if self.device.type != "cuda":
                 raise GenerationError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
             self.graphed = GraphedDecode(self._decode, self.buckets, self.kv_lengths, self.slots.scratch, self.device)
+
+    def warm_up_shapes(self) -> None:
+        """Run each kind of forward the steps will run, each at two sizes, before any request:
+        decode queries (n, 1), one prompt chunk (1, T), several (B, T), and chunks inside a decode
+        step (one flat (1, M) axis). torch.compile'd dense parts compile once per kind (sizes 0 and 1
+        are specialised) and once more when a second size turns it dynamic: without this the first
+        requests of each kind waited for those compiles, seconds on the GPU. Every write goes to the
+        scratch slot; nothing is left behind."""
+        rows = len(self.rows)
+
+        def part(batch: int, length: int, decode: bool = False) -> MixedPart:
+            batch = min(batch, rows)
+            idle = [torch.full((batch, length), value, dtype=torch.long, device=self.device)
+                    for value in (self.pad, 0, self.slots.scratch, 1)]
+            slot_rows = None if decode else torch.arange(batch, device=self.device)
+            return (*idle, slot_rows, min(round_up(length), self.slots.length))
+
+        with torch.no_grad():
+            for batch, length in ((1, 1), (2, 1), (3, 1), (1, 2), (1, 3), (2, 3), (3, 5)):
+                ids, positions, write, limit, slot_rows, kv_len = part(batch, length, decode=length == 1)
+                forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len, rows=slot_rows)
+            for decoding, chunk in ((1, 3), (2, 4)):  # (1, 4) and (1, 6) tokens in the mixed axis
+                forward_mixed(self.model, self.slots, [part(decoding, 1, decode=True), part(1, chunk)])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @property
     def active(self) -> list[Row]:
