@@ -1,0 +1,133 @@
+"""What a prompt costs the running streams: one decode step, a prefill forward of its own, and a
+decode step with the prompt chunks inside it ([serving] prefill_with_decode), each timed alone.
+
+    python bench/mixed_step.py --compile                 # ChatGLM2-6B shape, random bf16, CUDA
+    python bench/mixed_step.py --shape tiny --device cpu # the script itself, on the builtin shape
+
+For each kind of forward: the host's time to queue it (the call returning, no sync), the wall time
+with the device synchronised (median of --repeat), and, on CUDA, the kernels' own time in it
+(torch.profiler) and how many kernels ran. Wall far above kernel time is host-bound: Python and
+kernel launches, what a CUDA graph removes. Inputs are idle rows (padding tokens writing to the
+scratch slot): the shapes and kernels are a real step's, the values do not matter for time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernel_table import print_kernel_table  # noqa: E402
+from serving_bench import build_model  # noqa: E402
+
+from glmbot.config import Settings  # noqa: E402
+from glmbot.serving.engine import Engine  # noqa: E402
+from glmbot.serving.kv_slots import forward_mixed, forward_slots, round_up  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="full", choices=("tiny", "full"))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--rows", type=int, default=64, help="decoding rows")
+    ap.add_argument("--prompts", default="1x64,4x64,8x64,1x512,4x512", help="prompt chunks: COUNTxLENGTH,...")
+    ap.add_argument("--prefix-len", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--kernels", type=int, default=12, help="on CUDA, the top kernels of the first mixed step")
+    args = ap.parse_args()
+    args.model, args.family = "", "chatglm2"
+    cuda = args.device.startswith("cuda")
+    model, tok = build_model(args)
+    if args.compile:
+        model.compile_dense()
+    chunks = [tuple(map(int, c.split("x"))) for c in args.prompts.split(",")]
+    longest = max(t for _, t in chunks)
+    console = Console()
+    with Engine(model, tok, settings=Settings(), max_batch_size=max(args.rows, max(k for k, _ in chunks)),
+                max_len=longest + 128, max_prefix_len=args.prefix_len, cuda_graph=cuda, warm_up=True) as engine:
+        s = engine.scheduler
+        dev = s.device
+
+        def idle(batch: int, length: int, reach: int) -> tuple:
+            ids, pos, write, limit = (torch.full((batch, length), v, dtype=torch.long, device=dev)
+                                      for v in (s.pad, 0, s.slots.scratch, 1))
+            return ids, pos, write, limit, round_up(reach)
+
+        def decode_part() -> tuple:
+            ids, pos, write, limit, kv_len = idle(args.rows, 1, args.prefix_len + 64)
+            return ids, pos, write, limit, None, kv_len
+
+        def chunk_part(k: int, t: int) -> tuple:
+            ids, pos, write, limit, kv_len = idle(k, t, args.prefix_len + t)
+            return ids, pos, write, limit, torch.arange(k, device=dev), kv_len
+
+        runs: list[tuple[str, callable]] = []
+        ids, pos, write, limit, _, kv_len = decode_part()
+        if s.graphed is not None:
+            runs.append((f"decode step, {args.rows} rows, CUDA graph", lambda: s.graphed(ids, pos, write, limit, reach=kv_len)))
+        runs.append((f"decode step, {args.rows} rows, eager", lambda: s._decode(ids, pos, write, limit, kv_len)))
+        for k, t in chunks:
+            part = chunk_part(k, t)
+            runs.append((f"prefill forward, {k} x {t} tokens", lambda p=part: forward_slots(
+                model, s.slots, p[0], p[1], p[2], p[3], p[5], rows=p[4])))
+            runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens",
+                         lambda p=part: forward_mixed(model, s.slots, [decode_part(), p])))
+        table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev})",
+                      header_style="bold")
+        for column in ("forward", "host queues it ms", "wall ms", "kernels ms", "kernels"):
+            table.add_column(column, justify="right" if column != "forward" else "left")
+        with torch.no_grad():
+            for name, fn in runs:
+                queue, wall = [], []
+                for i in range(args.repeat + 2):
+                    sync(cuda)
+                    start = time.perf_counter()
+                    fn()
+                    queued = time.perf_counter()
+                    sync(cuda)
+                    if i >= 2:  # the first two warm caches
+                        queue.append(queued - start)
+                        wall.append(time.perf_counter() - start)
+                kernels_ms, count = kernel_time(fn, cuda)
+                table.add_row(name, f"{1e3 * statistics.median(queue):.2f}", f"{1e3 * statistics.median(wall):.2f}",
+                              "-" if kernels_ms is None else f"{kernels_ms:.2f}", "-" if count is None else str(count))
+            if cuda and args.kernels:
+                name, fn = next((n, f) for n, f in runs if "prompt tokens" in n)
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        fn()
+                    torch.cuda.synchronize()
+    console.print(table)
+    if cuda and args.kernels:
+        print(f"\n{name}:")
+        print_kernel_table(prof, 3, "step", args.kernels)
+
+
+def sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def kernel_time(fn, cuda: bool) -> tuple[float | None, int | None]:
+    """The CUDA kernels' own time (ms) and count in one call."""
+    if not cuda:
+        return None, None
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.device_time for e in events) / 1e3, len(events)
+
+
+if __name__ == "__main__":
+    main()
