@@ -577,6 +577,7 @@ def run_verify(args: argparse.Namespace, model, tok) -> bool:
         add(rounding_noise(model, cases[:args.domains + 1], prefixes), None, time.perf_counter() - start)
     # Whole prompts in one forward first; then a budget that has most prompts go in, in chunks, inside
     # the decode steps of the rows already decoding ([serving] prefill_with_decode).
+    settings.serving.prefill_with_decode = True
     for budget in (1 << 15, args.verify_prefill_tokens):
         with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
                     max_len=n + args.verify_tokens + 8, max_prefix_len=args.prefix_len, prefill_token_budget=budget,

@@ -7,9 +7,17 @@ import pytest
 import torch
 from conftest import small_model
 
+from glmbot.config import Settings
 from glmbot.model.tokenizer import ChatGLMTokenizer
 from glmbot.serving.engine import Engine
 from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, random_prefixes, tolerance, verify_engine
+
+
+def with_decode() -> Settings:
+    """Settings with [serving] prefill_with_decode on (off by default)."""
+    settings = Settings()
+    settings.serving.prefill_with_decode = True
+    return settings
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def test_prompts_prefilled_inside_decode_steps_match_a_plain_forward(base, tok, 
     """24 prompt tokens a step: after the first rows, prompts go in (in chunks) through the forward of
     the decode steps of the rows already decoding; every logit vector still matches, and a fault fails."""
     with Engine(base, tok, prefixes=prefixes, max_batch_size=16, max_len=80, max_prefix_len=16,
-                prefill_token_budget=24, pipeline=pipeline) as eng:
+                prefill_token_budget=24, pipeline=pipeline, settings=with_decode()) as eng:
         clean = verify_engine(eng, cases, prefixes)
         mixed = eng.stats().mixed_steps
         stale = verify_engine(eng, cases, prefixes, fault=StaleSlot(9))
@@ -109,7 +117,7 @@ def test_cuda_graph_compiled_decode_matches_a_plain_forward_in_bf16(tok):
             stale = verify_engine(eng, cases, kvs, fault=StaleSlot(7))
         # prompts in chunks of 256 tokens, mostly inside the (then eager) decode steps of earlier rows
         with Engine(model, tok, prefixes=kvs, max_batch_size=64, max_len=96, max_prefix_len=64, cuda_graph=True,
-                    static_shapes=True, prefill_token_budget=256) as eng:
+                    static_shapes=True, prefill_token_budget=256, settings=with_decode()) as eng:
             mixed_clean = verify_engine(eng, cases, kvs)
             mixed_steps = eng.stats().mixed_steps
             mixed_stale = verify_engine(eng, cases, kvs, fault=StaleSlot(7))

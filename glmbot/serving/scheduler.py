@@ -164,7 +164,7 @@ class Scheduler:
     def __init__(self, model: torch.nn.Module, eos_token_id: int | Sequence[int], pad_token_id: int,
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
-                 pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = True,
+                 pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = False,
                  kv_length_buckets: bool = True, warm_up: bool | None = None):
         cfg = model.config
         self.model = model
