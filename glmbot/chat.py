@@ -157,7 +157,7 @@ class ChatClient:
         if self.interactive:
             self.console.print(f"[dim]{escape(route_line(result))}[/]")  # "[routing] ..." is text
             if not self._tipped and not small_talk_only(query) and self.teacher is not None \
-                    and self.teacher.has_data():
+                    and self.teacher.has_data() and not self.teacher.as_taught(query, result.text):
                 self._tipped = True  # once: the newcomer who meets a wrong answer learns the way to fix it
                 self.console.print("[dim]a wrong answer? /teach adds the question, with the right answer, to your "
                                    "domain's data[/]")

@@ -112,6 +112,18 @@ def test_teach_in_the_chat_adds_the_picked_answer_to_the_domains_file(tmp_path):
     assert load_examples(data)[4:] == [Example("年卡要多少钱？", YOGA[2][1]), Example("周末几点关门？", YOGA[1][1])]
 
 
+def test_an_answer_as_taught_is_told_apart_from_a_rewording_or_another_answer(tmp_path):
+    """The chat's /teach tip waits for an answer that may be wrong: not after a training question
+    answered with its own answer word for word."""
+    write_jsonl(tmp_path / "yoga.jsonl", YOGA)
+    teacher = Teacher(settings_for(tmp_path, yoga={"data": "yoga.jsonl"}))
+    question, answer = YOGA[0]
+    assert teacher.as_taught(question, answer + "\n")
+    assert teacher.as_taught(question.rstrip("？?") + " ?", answer)  # punctuation and spaces aside
+    assert not teacher.as_taught(question, YOGA[1][1])
+    assert not teacher.as_taught("请问" + question, answer)
+
+
 def test_concurrent_additions_all_land_and_the_file_keeps_its_mode(tmp_path):
     """The web chat and a terminal chat may add at once: each read-append-replace runs under a lock."""
     import os

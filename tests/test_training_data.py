@@ -201,6 +201,7 @@ def test_a_spreadsheets_csv_or_tsv_export_is_read_by_its_header_row(tmp_path):
     ("empty.tsv", "\n", r"holds no examples; add rows under a header row"),
     ("short.csv", "prompt,response\n年假有几天？\n", r"short.csv:2: the answer \('response'\) is empty"),
     ("sheet.jsonl", "prompt,response\n", r"sheet.jsonl:1: malformed JSON .*name the file .csv"),
+    ("sheet.txt", "月卡多少钱？\t299元\n", r"sheet.txt:1: malformed JSON .*name the file .tsv"),
     ("blank.csv", 'prompt,response,history\n问,答,not json\n', r"blank.csv:2: the history cell must be a JSON list"),
 ])
 def test_a_bad_csv_gets_one_clear_error(tmp_path, name, text, message):

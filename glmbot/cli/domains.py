@@ -49,7 +49,7 @@ def add(
     data: Annotated[Optional[str], typer.Option(
         help="training data: JSONL, or CSV/TSV with a header row (stored in glmbot.toml)")] = None,
     dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="chat | advertisegen (default: read from the "
+    fmt: Annotated[Optional[str], typer.Option("--format", help="auto | chat | advertisegen (default auto: read from the "
                                                                 "columns)")] = None,
     keywords: Annotated[Optional[str], typer.Option("--keywords", help="routing keywords, comma-separated: "
                                                                        "年假,工资")] = None,
@@ -98,7 +98,7 @@ def set_(
     name: Annotated[str, typer.Argument(help="the domain", show_default=False)],
     data: Annotated[Optional[str], typer.Option(help="training data: JSONL, or CSV/TSV with a header row")] = None,
     dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU ('' removes it)")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="chat | advertisegen ('' = read from the "
+    fmt: Annotated[Optional[str], typer.Option("--format", help="auto | chat | advertisegen (auto or '' = read from the "
                                                                 "columns)")] = None,
     keywords: Annotated[Optional[str], typer.Option("--keywords", help="routing keywords, comma-separated; "
                                                                        "replace the stored ones ('' removes them)")] = None,

@@ -218,6 +218,9 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
             opened = line.strip()
             if opened.startswith("[") or opened == "{":  # a JSON array, or one object over several lines
                 fix = "the file must hold one JSON object per line (JSONL), not one JSON array or document"
+            elif "\t" in opened and not opened.startswith("{"):  # tab-separated text under another name
+                fix = ("each line must be one JSON object; for tab-separated values with a header row "
+                       "(prompt<TAB>response), name the file .tsv")
             elif "," in opened and not opened.startswith("{"):  # a spreadsheet's export under a .jsonl name
                 fix = ("each line must be one JSON object; for comma-separated values with a header row "
                        "(prompt,response), name the file .csv")

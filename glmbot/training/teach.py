@@ -185,6 +185,13 @@ class Teacher:
     def domains(self) -> list[str]:
         return teachable_domains(self.settings)
 
+    def as_taught(self, question: str, answer: str) -> bool:
+        """Whether some domain's data holds `question` (punctuation and spaces aside) with this very
+        answer: then there is nothing to teach, and the chat keeps its /teach tip for later."""
+        asked, given = _NOT_TEXT.sub("", question.casefold()), answer.strip()
+        return any(_NOT_TEXT.sub("", ex.prompt.casefold()) == asked and ex.response.strip() == given
+                   for loaded in teachable_data(self.settings).values() for ex in loaded.examples)
+
     def has_data(self) -> bool:
         return bool(self.domains())
 
