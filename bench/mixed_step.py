@@ -74,7 +74,8 @@ def main() -> None:
         runs: list[tuple[str, callable]] = []
         ids, pos, write, limit, _, kv_len = decode_part()
         if s.graphed is not None:
-            runs.append((f"decode step, {args.rows} rows, CUDA graph", lambda: s.graphed(ids, pos, write, limit, reach=kv_len)))
+            runs.append((f"decode step, {args.rows} rows, CUDA graph",
+                         lambda: s.graphed(ids, pos, write, limit, reach=kv_len)))
         runs.append((f"decode step, {args.rows} rows, eager", lambda: s._decode(ids, pos, write, limit, kv_len)))
         for k, t in chunks:
             part = chunk_part(k, t)

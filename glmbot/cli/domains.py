@@ -49,8 +49,8 @@ def add(
     data: Annotated[Optional[str], typer.Option(
         help="training data: JSONL, or CSV/TSV with a header row (stored in glmbot.toml)")] = None,
     dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="auto | chat | advertisegen (default auto: read from the "
-                                                                "columns)")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", help="auto | chat | advertisegen (default auto: read from the columns)")] = None,
     keywords: Annotated[Optional[str], typer.Option("--keywords", help="routing keywords, comma-separated: "
                                                                        "年假,工资")] = None,
     description: Annotated[str, typer.Option("--description", "-d", help="what the domain covers")] = "",
@@ -98,8 +98,8 @@ def set_(
     name: Annotated[str, typer.Argument(help="the domain", show_default=False)],
     data: Annotated[Optional[str], typer.Option(help="training data: JSONL, or CSV/TSV with a header row")] = None,
     dev_data: Annotated[Optional[str], typer.Option(help="dev JSONL for ROUGE/BLEU ('' removes it)")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="auto | chat | advertisegen (auto or '' = read from the "
-                                                                "columns)")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", help="auto | chat | advertisegen (auto or '' = read from the columns)")] = None,
     keywords: Annotated[Optional[str], typer.Option("--keywords", help="routing keywords, comma-separated; "
                                                                        "replace the stored ones ('' removes them)")] = None,
     description: Annotated[Optional[str], typer.Option("--description", "-d", help="what the domain covers")] = None,

@@ -169,7 +169,8 @@ class Engine:
                 max_rows=self.max_batch_size, slot_len=max_prefix_len + self.max_len, static_shapes=static_shapes,
                 cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline,
                 prefill_wait_steps=self.settings.serving.prefill_wait_steps,
-                prefill_with_decode=self.settings.serving.prefill_with_decode, kv_length_buckets=kv_length_buckets, warm_up=warm_up)
+                prefill_with_decode=self.settings.serving.prefill_with_decode, kv_length_buckets=kv_length_buckets,
+                warm_up=warm_up)
         if self.family.chat_format == "roles":
             self.scheduler.segment_id = tokenizer.special_ids["<|assistant|>"]
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,

@@ -209,11 +209,11 @@ class Scheduler:
 
     def warm_up_shapes(self) -> None:
         """Run each kind of forward the steps will run, each at two sizes, before any request:
-        decode queries (n, 1), one prompt chunk (1, T), several (B, T), and chunks inside a decode
-        step (one flat (1, M) axis). torch.compile'd dense parts compile once per kind (sizes 0 and 1
-        are specialised) and once more when a second size turns it dynamic: without this the first
-        requests of each kind waited for those compiles, seconds on the GPU. Every write goes to the
-        scratch slot; nothing is left behind."""
+        decode queries (n, 1), one prompt chunk (1, T), several (B, T), and, with prefill_with_decode,
+        chunks inside a decode step (one flat (1, M) axis). torch.compile'd dense parts compile once
+        per kind (sizes 0 and 1 are specialised) and once more when a second size turns it dynamic:
+        without this the first requests of each kind waited for those compiles, seconds on the GPU.
+        Every write goes to the scratch slot; nothing is left behind."""
         rows = len(self.rows)
 
         def part(batch: int, length: int, decode: bool = False) -> MixedPart:
@@ -227,7 +227,7 @@ class Scheduler:
             for batch, length in ((1, 1), (2, 1), (3, 1), (1, 2), (1, 3), (2, 3), (3, 5)):
                 ids, positions, write, limit, slot_rows, kv_len = part(batch, length, decode=length == 1)
                 forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len, rows=slot_rows)
-            for decoding, chunk in ((1, 3), (2, 4)):  # (1, 4) and (1, 6) tokens in the mixed axis
+            for decoding, chunk in ((1, 3), (2, 4)) if self.prefill_with_decode else ():  # (1, 4), (1, 6) tokens
                 forward_mixed(self.model, self.slots, [part(decoding, 1, decode=True), part(1, chunk)])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
