@@ -156,7 +156,7 @@ def test_the_warm_up_compiles_every_kind_of_forward_before_any_request(base, tok
                 for i, request in enumerate(plan):
                     handles.append(eng.submit(request))
                     time.sleep(0.01 * (i % 3))  # arrivals spread over the decode steps of earlier ones
-                assert all(h.result().finish_reason == "length" for h in handles)
+                assert all(h.result(timeout=60).finish_reason == "length" for h in handles)
                 compiled[warm_up] = counters["stats"]["unique_graphs"] - before
                 stats = eng.stats()
             assert (stats.mixed_steps > 0) == with_decode and stats.prefill_forwards > 0
