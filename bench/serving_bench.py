@@ -455,6 +455,9 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     """--closed-loop: see the module docstring."""
     prefixes = make_prefixes(model, args.domains, args.prefix_len, spread=False)
     names, count = list(prefixes), args.closed_loop
+    if count < args.streams:
+        raise SystemExit(f"--closed-loop {count}: give at least --streams ({args.streams}) requests, so that every "
+                         "client sends one and the loop has a steady part")
     settings = Settings()
     settings.serving.prefix_cache_mib = 1 << 16
     g = torch.Generator().manual_seed(3)

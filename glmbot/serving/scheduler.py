@@ -5,9 +5,10 @@ copies its prefix KV into the row's first slots and queues its prompt for prefil
 prefills at most `prefill_token_budget` queued prompt tokens (oldest requests first, a long prompt
 split into chunks over several steps, so that running streams wait for one bounded forward, not
 for every new prompt), then runs ONE decode forward over all rows whose prompt is in, whatever
-adapter each uses, samples a token per row and ends the rows that are done. While rows decode, the
-prompt chunks ride in that decode forward (one pass over the weights for both, see
-kv_slots.MixedSlots) instead of a prefill forward of their own. It is driven by one
+adapter each uses, samples a token per row and ends the rows that are done. With
+`prefill_with_decode` (off by default: slower on an H100 while such steps run eagerly), the prompt
+chunks of a step ride in its decode forward instead (one pass over the weights for both, see
+kv_slots.MixedSlots). It is driven by one
 thread (the engine's); nothing here takes locks.
 """
 

@@ -65,7 +65,8 @@ class LearningCheck:
     def describe(self) -> str:
         asked = f"{self.samples} of {self.total}" if self.total > self.samples else f"{self.samples}"
         return (f"ROUGE-L on {asked} training questions: prefix {self.prefix_rouge_l:.1f}, plain base "
-                f"{self.base_rouge_l:.1f} ({self.gain:+.1f} over the plain base; {LEARNED_MIN_GAIN:g} or more counts as learned)")
+                f"{self.base_rouge_l:.1f} ({self.gain:+.1f} over the plain base; {LEARNED_MIN_GAIN:g} or more counts "
+                "as learned)")
 
 
 def check_learning(model: ChatGLMForConditionalGeneration, tok: ChatGLMTokenizer, kv: torch.Tensor,
