@@ -81,6 +81,11 @@ def main() -> None:
             part = chunk_part(k, t)
             runs.append((f"prefill forward, {k} x {t} tokens", lambda p=part: forward_slots(
                 model, s.slots, p[0], p[1], p[2], p[3], p[5], rows=p[4])))
+            shape = s._prefill_shape(k, t, part[5])
+            if s.graphed_prefill is not None and shape in s.graphed_prefill.graphs:
+                padded = (*idle(shape[0], shape[1], shape[2])[:4], torch.zeros(shape[0], dtype=torch.long, device=dev))
+                runs.append((f"prefill forward, {k} x {t} tokens, CUDA graph {shape[0]} x {shape[1]}",
+                             lambda shape=shape, padded=padded: s.graphed_prefill(shape, *padded)))
             runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens",
                          lambda p=part: forward_mixed(model, s.slots, [decode_part(), p])))
         table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev})",

@@ -43,7 +43,9 @@ prefill token of each request left out), the mean step while the loop runs, torc
 compiles during the loop (0 once the engine's warm-up did its job) and time to first token
 p50/p99, once per
 --prefill-with-decode mode (on: new prompts go through the running rows' decode forward; off: a
-prefill forward of their own) and --prefill-wait-steps value. --arrival-rate compares the modes too.
+prefill forward of their own), --prefill-graphs mode (on: prompt forwards of up to ~1k tokens
+replay CUDA graphs of a few padded shapes; off: eager) and --prefill-wait-steps value.
+--arrival-rate compares the modes too.
 
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
 rows over --domains domains (prefix lengths P, P, P/2, P/2, ...) and plain-base rows, prompts of
@@ -315,6 +317,9 @@ def parse_args() -> argparse.Namespace:
                         help="instead of the scenarios: this many requests from --streams clients back to back")
     parser.add_argument("--prefill-with-decode", default="on,off",
                         help="with --closed-loop / --arrival-rate: [serving] prefill_with_decode modes to compare")
+    parser.add_argument("--prefill-graphs", default="on",
+                        help="with --cuda-graph, prompt forwards replay captured graphs: on, off or on,off "
+                             "(--closed-loop, --arrival-rate)")
     parser.add_argument("--prefill-wait-steps", default="8",
                         help="with --closed-loop: [serving] prefill_wait_steps values to compare (comma-separated)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
@@ -411,15 +416,15 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
     prompts = make_prompts(count, args.prompt_len, tok)
     table = Table(title=f"Steady arrivals: {count} requests at {args.arrival_rate:g}/s over {args.domains} domains, "
                         f"prompt {args.prompt_len}, {args.max_new_tokens} new tokens", header_style="bold")
-    for column in ("prefill tokens per step", "with decode", "TTFT p50 ms", "TTFT p99 ms",
+    for column in ("prefill tokens per step", "with decode", "prompt graphs", "TTFT p50 ms", "TTFT p99 ms",
                    "step gap p50 / p99 / max ms", "requests/s", "tokens/s end to end", "mean rows per step", "engine busy"):
         table.add_column(column, justify="right")
-    runs = [(int(b), mode) for b in args.prefill_tokens.split(",") for mode in modes(args)]
-    for budget, mode in runs:
+    for mode, graphs, budget in runs_of(args, [int(b) for b in args.prefill_tokens.split(",")]):
         settings.serving.prefill_with_decode = mode == "on"
         with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
                     max_len=args.prompt_len + args.max_new_tokens, max_prefix_len=args.prefix_len,
-                    prefill_token_budget=budget, cuda_graph=args.cuda_graph) as engine:
+                    prefill_token_budget=budget, cuda_graph=args.cuda_graph,
+                    prefill_graphs=graphs == "on") as engine:
             run_engine(engine, "warm-up", requests_for(make_prompts(args.streams, args.prompt_len, tok), names, 4))
             stats = engine.scheduler.stats
             step_gaps = time_decode_steps(engine.scheduler)
@@ -437,7 +442,7 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
         between = sorted(1e3 * g for g in step_gaps) or [float("nan")]
         tokens = sum(r.usage.completion_tokens for r in results)
-        table.add_row(f"{budget:,}", mode, f"{percentile(ttft, 0.5):.1f}", f"{percentile(ttft, 0.99):.1f}",
+        table.add_row(f"{budget:,}", mode, graphs, f"{percentile(ttft, 0.5):.1f}", f"{percentile(ttft, 0.99):.1f}",
                       f"{percentile(between, 0.5):.1f} / {percentile(between, 0.99):.1f} / {between[-1]:.1f}",
                       f"{count / seconds:.1f}", f"{tokens / seconds:,.0f}", f"{row_steps / max(steps, 1):.1f}",
                       f"{busy / seconds:.0%}")
@@ -445,10 +450,20 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
 
 
 def modes(args: argparse.Namespace) -> list[str]:
-    chosen = [m.strip() for m in args.prefill_with_decode.split(",")]
+    return on_off("--prefill-with-decode", args.prefill_with_decode)
+
+
+def on_off(flag: str, value: str) -> list[str]:
+    chosen = [m.strip() for m in value.split(",")]
     if not chosen or any(m not in ("on", "off") for m in chosen):
-        raise SystemExit(f"--prefill-with-decode takes on, off or both (on,off), got {args.prefill_with_decode!r}")
+        raise SystemExit(f"{flag} takes on, off or both (on,off), got {value!r}")
     return chosen
+
+
+def runs_of(args: argparse.Namespace, budgets_or_waits: list[int]) -> list[tuple[str, str, int]]:
+    """(prefill with decode, prompt graphs, budget or wait steps) for every combination asked."""
+    return [(mode, graphs, n) for mode in modes(args) for graphs in on_off("--prefill-graphs", args.prefill_graphs)
+            for n in budgets_or_waits]
 
 
 def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
@@ -469,22 +484,24 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     table = Table(title=f"Closed loop: {args.streams} clients, {count} requests over {args.domains} domains, prompt "
                         f"{args.prompt_len}, {args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, "
                         f"prefill {budget} tokens a step", header_style="bold")
-    for column in ("with decode", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end",
+    for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end",
                    "of the step figure", "steady part: tokens/s", "of the step figure", "mean step ms in the loop",
-                   "steps with prompts", "compiles in the loop", "TTFT p50 / p99 ms"):
+                   "steps with prompts", "prompt forwards (graphed)", "compiles in the loop", "TTFT p50 / p99 ms"):
         table.add_column(column, justify="right")
-    for mode, wait in [(m, int(w)) for m in modes(args) for w in args.prefill_wait_steps.split(",")]:
+    for mode, graphs, wait in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")]):
         settings.serving.prefill_with_decode = mode == "on"
         settings.serving.prefill_wait_steps = wait
         with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
                     max_len=args.prompt_len + args.max_new_tokens * 3 // 2, max_prefix_len=args.prefix_len,
-                    prefill_token_budget=1 << 15, cuda_graph=args.cuda_graph) as engine:
+                    prefill_token_budget=1 << 15, cuda_graph=args.cuda_graph,
+                    prefill_graphs=graphs == "on") as engine:
             batch = requests_for(make_prompts(args.streams, args.prompt_len, tok), names, args.max_new_tokens)
             run_engine(engine, "warm-up", batch)
             plain = best_of(args.repeat, lambda: run_engine(engine, "all at once", batch))  # one prefill forward
             engine.scheduler.prefill_token_budget = budget
             stats = engine.scheduler.stats
-            before = (stats.decode_steps, stats.decode_s, stats.mixed_steps, counters["stats"]["unique_graphs"])
+            before = (stats.decode_steps, stats.decode_s, stats.mixed_steps, counters["stats"]["unique_graphs"],
+                      stats.prefill_forwards, stats.prefill_replays)
             pending, results, lock = list(reversed(requests)), [], threading.Lock()
             steady: list[tuple[float, int]] = []  # (time, decode tokens) when the steady part begins and ends
 
@@ -507,13 +524,14 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             seconds = time.perf_counter() - start
             loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
             mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
+            forwards = f"{stats.prefill_forwards - before[4]} ({stats.prefill_replays - before[5]})"
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
         (t0, n0), (t1, n1) = steady
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
-        table.add_row(mode, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
+        table.add_row(mode, graphs, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
-                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", str(mixed), str(compiles),
+                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", str(mixed), forwards, str(compiles),
                       f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}")
     console.print(table)
 

@@ -110,6 +110,38 @@ def test_mixed_batch_equals_each_request_alone_and_the_oracle(base, tok, prefixe
     assert len({b.token_ids for b in batched}) == len(plan)  # the prefixes really change the answers
 
 
+def test_static_prompt_forwards_are_padded_to_the_captured_shapes(base, tok, prefixes):
+    """With static shapes (CUDA graphs on the GPU) a prompt forward is padded to one of the captured
+    (rows, tokens, kv_len) shapes: more left padding, and idle rows that write only their scratch
+    slot. The answers are the unpadded engine's."""
+    from glmbot.serving.kv_slots import prefill_shapes
+
+    plan = list(zip(["support", "ads", "hr", None, "hr", "support"], QUERIES))
+
+    def run(static: bool):
+        shapes = []
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, static_shapes=static) as eng:
+            real = eng.scheduler._prefill_forward
+
+            def recording(ids, positions, write, limit, slot_rows, kv_len):
+                shapes.append((*ids.shape, kv_len))
+                return real(ids, positions, write, limit, slot_rows, kv_len)
+
+            eng.scheduler._prefill_forward = recording
+            tokens = [r.token_ids for r in eng.generate_many([greedy(q, d, 12) for d, q in plan])]
+            return tokens, shapes, eng.scheduler.prefill_shapes
+
+    dynamic, unpadded, none = run(False)
+    static, padded, captured = run(True)
+    assert static == dynamic and all(dynamic)
+    assert none == [] and len(unpadded) == 1 and unpadded[0][0] == len(plan)
+    assert len(padded) == 1 and padded[0] in captured  # 6 rows -> 8, the longest prompt -> 16 or 32 tokens
+    assert padded[0][0] == 8 and padded[0][1] in (16, 32) and padded[0][1] >= unpadded[0][1]
+    shapes = prefill_shapes(32, [256, 512, 1024, 1104])  # rows of 1,104 slots
+    assert (16, 64, 256) in shapes and (1, 1024, 1024) in shapes and (32, 16, 256) in shapes
+    assert all(rows * width <= 1024 and width <= kv <= 1024 for rows, width, kv in shapes)
+
+
 def test_compiled_dense_parts_serve_the_eager_tokens(base, tok, prefixes):
     """The engine with compiled dense parts (batch buckets, prefill lengths and decode all through
     the same few graphs) gives the eager engine's tokens."""
@@ -697,12 +729,15 @@ def test_cuda_graph_decode_equals_eager_and_the_oracle(tok):
     kvs = {"support": random_kv(model.config, 3, 1).cuda(), "hr": random_kv(model.config, 12, 3).cuda()}
     plan = [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2]), ("hr", QUERIES[3]),
             ("support", QUERIES[4])]
-    outputs = {}
+    outputs, replays = {}, {}
     for mode in ("eager", "static", "graph"):  # eager: synchronous; the others pipelined (the CUDA default)
         with Engine(model, tok, prefixes=kvs, max_batch_size=8, max_len=96, static_shapes=mode == "static",
                     cuda_graph=mode == "graph", pipeline=mode != "eager") as eng:
             outputs[mode] = [r.token_ids for r in eng.generate_many([greedy(q, d, 12) for d, q in plan])]
             late = eng.generate(greedy(QUERIES[5], "support", 12))  # a later batch of another size
+            stats = eng.scheduler.stats
+            replays[mode] = (stats.prefill_replays, stats.prefill_forwards)
+    assert replays["graph"] == (2, 2) and replays["static"] == (0, 2)  # prompt forwards replayed graphs too
     assert outputs["graph"] == outputs["static"] == outputs["eager"]
     for (domain, query), result in zip(plan, outputs["graph"]):
         assert tok.decode(list(result)).strip() == oracle(model, tok, query, kvs.get(domain), 12)

@@ -116,6 +116,9 @@ class Engine:
     decode steps read the shortest of 256, 512, ... slots that holds their rows (False: always all
     of them, for comparisons). warm_up: run each kind of forward once before any request, so
     torch.compile'd parts compile then (default: on CUDA; see Scheduler.warm_up_shapes).
+    prefill_graphs: with static shapes, prompt forwards of up to ~1k tokens are padded to a few
+    (rows, tokens, KV length) shapes, captured in CUDA graphs too with cuda_graph (False: they run
+    as they are, eagerly; for comparisons).
     plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
     filters (register_answer_filters, collected once here) change the answer as it streams, and
     whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
@@ -128,7 +131,7 @@ class Engine:
                  static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2,
                  plugins: Any = None, pipeline: bool | None = None,
                  questions: Mapping[str, list[str]] | None = None, kv_length_buckets: bool = True,
-                 warm_up: bool | None = None):
+                 warm_up: bool | None = None, prefill_graphs: bool = True):
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
         self.answer_filters = self._collect_answer_filters(plugins)
@@ -170,7 +173,7 @@ class Engine:
                 cuda_graph=cuda_graph, prefill_token_budget=prefill_token_budget, pipeline=pipeline,
                 prefill_wait_steps=self.settings.serving.prefill_wait_steps,
                 prefill_with_decode=self.settings.serving.prefill_with_decode, kv_length_buckets=kv_length_buckets,
-                warm_up=warm_up)
+                warm_up=warm_up, prefill_graphs=prefill_graphs)
         if self.family.chat_format == "roles":
             self.scheduler.segment_id = tokenizer.special_ids["<|assistant|>"]
         log.info("engine: %d rows x %d slots, KV slots %.1f MiB on %s%s", self.max_batch_size,

@@ -167,7 +167,37 @@ def forward_mixed(model: torch.nn.Module, slots: KVSlots, parts: list[MixedPart]
     return model.transformer.output_layer(hidden[0, torch.cat(keep)])
 
 
-DecodeOutputs = tuple[torch.Tensor, ...]
+PREFILL_GRAPH_TOKENS = 1024  # prompt forwards padded to at most this many tokens replay a CUDA graph
+PREFILL_GRAPH_KV = 1024  # ... and reading at most this many slots; bigger ones are compute-bound: eager
+PREFILL_GRAPH_WIDTH = 16  # the shortest padded chunk
+
+
+def prefill_shapes(max_rows: int, kv_lengths: list[int], max_tokens: int = PREFILL_GRAPH_TOKENS,
+                   max_kv: int = PREFILL_GRAPH_KV) -> list[tuple[int, int, int]]:
+    """(rows, tokens, kv_len) shapes a prompt forward is padded to, so that it replays a CUDA graph:
+    rows 1, 2, 4, ... (at most max_rows), tokens 16, 32, ... with rows x tokens <= max_tokens, and
+    the decode graphs' KV lengths up to max_kv (at least the tokens: a chunk's last slot is past
+    them). A forward of up to ~1k tokens costs ~18 ms of Python and kernel launches eagerly at
+    ChatGLM2-6B's shape for ~6 ms of kernels; a larger one keeps the GPU busy longer than that."""
+    shapes = []
+    rows = 1
+    while rows <= max_rows:
+        width = PREFILL_GRAPH_WIDTH
+        while rows * width <= max_tokens:
+            shapes += [(rows, width, kv) for kv in kv_lengths if width <= kv <= max_kv]
+            width *= 2
+        rows *= 2
+    return shapes
+
+
+def idle_inputs(batch: int, length: int, pad: int, scratch: int, device: torch.device) -> list[torch.Tensor]:
+    """(ids, positions, write slots, limits), each (batch, length), of queries that change nothing:
+    padding tokens at position 0, written to the scratch slot, seeing slot 0 alone."""
+    return [torch.full((batch, length), value, dtype=torch.long, device=device) for value in (pad, 0, scratch, 1)]
+
+
+Outputs = tuple[torch.Tensor, ...]
+DecodeOutputs = Outputs
 DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], DecodeOutputs]
 
 MIN_KV_BUCKET = 256  # the shortest KV length a decode graph reads (see kv_buckets)
@@ -185,6 +215,23 @@ def kv_buckets(length: int) -> list[int]:
     return buckets + [length]
 
 
+def capture(forward: Callable[..., Outputs], static: list[torch.Tensor], kv_len: int, pool: tuple,
+            device: torch.device) -> tuple[torch.cuda.CUDAGraph, Outputs]:
+    """`forward(*static, kv_len)` captured in a CUDA graph (after two warm-up calls on a side stream:
+    lazy initialisation must not happen during capture) -> the graph and its output tensors."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            forward(*static, kv_len)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: CUDA work of other threads (prefix loads) must not break this capture.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        outputs = forward(*static, kv_len)
+    return graph, outputs
+
+
 class GraphedDecode:
     """The static-shape decode step captured once per (batch bucket, KV length bucket) in a CUDA
     graph, then replayed.
@@ -196,28 +243,16 @@ class GraphedDecode:
     """
 
     def __init__(self, decode: DecodeFn, buckets: list[int], kv_lengths: list[int], scratch: int,
-                 device: torch.device):
+                 device: torch.device, pool: tuple | None = None):
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecodeOutputs]] = {}
         self.kv_lengths = sorted(kv_lengths)
-        pool = torch.cuda.graph_pool_handle()
-        inputs: dict[int, list[torch.Tensor]] = {}
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         # the largest first: smaller ones reuse its pool
         for n in sorted(buckets, reverse=True):
-            # Idle inputs: position 0, writes to scratch, attend to slot 0 only. One set per batch
-            # bucket, shared by its KV lengths.
-            static = inputs[n] = [torch.full((n, 1), value, dtype=torch.long, device=device)
-                                  for value in (0, 0, scratch, 1)]
+            # Idle inputs, one set per batch bucket, shared by its KV lengths.
+            static = idle_inputs(n, 1, 0, scratch, device)
             for kv_len in reversed(self.kv_lengths):
-                side = torch.cuda.Stream(device)
-                side.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(side):
-                    for _ in range(2):  # warm-up: lazy initialisation must not happen during capture
-                        decode(*static, kv_len)
-                torch.cuda.current_stream(device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                # thread_local: CUDA work of other threads (prefix loads) must not break this capture.
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                    outputs = decode(*static, kv_len)
+                graph, outputs = capture(decode, static, kv_len, pool, device)
                 self.graphs[n, kv_len] = (graph, static, outputs)
 
     def kv_bucket(self, reach: int) -> int:
@@ -227,6 +262,33 @@ class GraphedDecode:
     def __call__(self, *inputs: torch.Tensor, reach: int) -> DecodeOutputs:
         n = inputs[0].shape[0]
         graph, static, outputs = self.graphs[n, self.kv_bucket(reach)]
+        for buffer, value in zip(static, inputs):
+            buffer.copy_(value)
+        graph.replay()
+        return outputs  # overwritten by the next replay: read (or copy) them before then
+
+
+class GraphedPrefill:
+    """Prompt forwards captured once per `prefill_shapes` shape (rows, tokens, kv_len) in a CUDA
+    graph, then replayed with the padded inputs copied in (see Scheduler._prefill_inputs).
+
+    `prefill(input_ids, position_ids, write_pos, limit, slot_rows, kv_len)`: inputs (rows, tokens)
+    and slot rows (rows,) -> a tuple of tensors (the scheduler's: the logits of each row's last
+    query). Idle inputs use slot row 0: they write its scratch slot only.
+    """
+
+    def __init__(self, prefill: Callable[..., Outputs], shapes: list[tuple[int, int, int]], pad: int, scratch: int,
+                 device: torch.device, pool: tuple | None = None):
+        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Outputs]] = {}
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        for rows, width, kv_len in sorted(shapes, key=lambda s: (s[0] * s[1], s[2]), reverse=True):
+            static = [*idle_inputs(rows, width, pad, scratch, device),
+                      torch.zeros(rows, dtype=torch.long, device=device)]
+            graph, outputs = capture(prefill, static, kv_len, pool, device)
+            self.graphs[rows, width, kv_len] = (graph, static, outputs)
+
+    def __call__(self, shape: tuple[int, int, int], *inputs: torch.Tensor) -> Outputs:
+        graph, static, outputs = self.graphs[shape]
         for buffer, value in zip(static, inputs):
             buffer.copy_(value)
         graph.replay()

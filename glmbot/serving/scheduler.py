@@ -26,8 +26,8 @@ from glmbot.errors import GenerationError
 from glmbot.model.chat_format import ToolCall
 from glmbot.model.family import GlmFamily
 from glmbot.serving.answer_filters import AnswerFilterError, FilterChain
-from glmbot.serving.kv_slots import (DecodeOutputs, GraphedDecode, KVSlots, MixedPart, forward_mixed, forward_slots,
-                                     kv_buckets, round_up)
+from glmbot.serving.kv_slots import (DecodeOutputs, GraphedDecode, GraphedPrefill, KVSlots, MixedPart, Outputs,
+                                     forward_mixed, forward_slots, idle_inputs, kv_buckets, prefill_shapes, round_up)
 from glmbot.serving.prefix_cache import ResolvedAdapter
 from glmbot.serving.prompts import ToolGate
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
@@ -153,6 +153,7 @@ class SchedulerStats:
     decode_tokens: int = 0  # row-steps that produced a token
     peak_rows: int = 0  # most rows decoded together in one step
     prefill_forwards: int = 0
+    prefill_replays: int = 0  # prefill forwards replayed from a CUDA graph
     mixed_steps: int = 0  # decode steps that prefilled prompt tokens in the same forward
     prefill_s: float = 0.0
     prefill_tokens: int = 0
@@ -166,7 +167,7 @@ class Scheduler:
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
                  pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = False,
-                 kv_length_buckets: bool = True, warm_up: bool | None = None):
+                 kv_length_buckets: bool = True, warm_up: bool | None = None, prefill_graphs: bool = True):
         cfg = model.config
         self.model = model
         # Generation ends at any of the family's stop ids (ChatGLM2: eos; ChatGLM3/GLM-4: eos, <|user|>, <|observation|>)
@@ -202,11 +203,18 @@ class Scheduler:
         self.kv_lengths = kv_buckets(self.slots.length) if kv_length_buckets else [self.slots.length]
         if self.device.type == "cuda" if warm_up is None else warm_up:
             self.warm_up_shapes()
-        self.graphed = None
+        # Static shapes pad a prompt forward to one of these (rows, tokens, kv_len), when one holds it
+        self.prefill_shapes = prefill_shapes(max_rows, self.kv_lengths) if self.static_shapes and prefill_graphs else []
+        self.graphed = self.graphed_prefill = None
         if cuda_graph:
             if self.device.type != "cuda":
                 raise GenerationError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
-            self.graphed = GraphedDecode(self._decode, self.buckets, self.kv_lengths, self.slots.scratch, self.device)
+            pool = torch.cuda.graph_pool_handle()  # one pool: the graphs are replayed one after another
+            self.graphed = GraphedDecode(self._decode, self.buckets, self.kv_lengths, self.slots.scratch, self.device,
+                                         pool)
+            if self.prefill_shapes:
+                self.graphed_prefill = GraphedPrefill(self._prefill_forward, self.prefill_shapes, self.pad,
+                                                      self.slots.scratch, self.device, pool)
 
     def warm_up_shapes(self) -> None:
         """Run each kind of forward the steps will run, each at two sizes, before any request:
@@ -219,8 +227,7 @@ class Scheduler:
 
         def part(batch: int, length: int, decode: bool = False) -> MixedPart:
             batch = min(batch, rows)
-            idle = [torch.full((batch, length), value, dtype=torch.long, device=self.device)
-                    for value in (self.pad, 0, self.slots.scratch, 1)]
+            idle = idle_inputs(batch, length, self.pad, self.slots.scratch, self.device)
             slot_rows = None if decode else torch.arange(batch, device=self.device)
             return (*idle, slot_rows, min(round_up(length), self.slots.length))
 
@@ -322,8 +329,13 @@ class Scheduler:
         """One forward over prompt tokens [start, end) of each chunk's row; rows whose prompt ends
         here sample their first token from its logits."""
         start_time = time.perf_counter()
-        table, kv_len, slots = self._prefill_inputs(chunks)
-        logits = forward_slots(self.model, self.slots, table[0], table[1], table[2], table[3], kv_len, rows=slots)
+        table, kv_len, slots = self._prefill_inputs(chunks, padded=True)
+        shape = (*table.shape[1:], kv_len)
+        if self.graphed_prefill is not None and shape in self.graphed_prefill.graphs:
+            logits = self.graphed_prefill(shape, *table, slots)[0][:len(chunks)].clone()  # the next replay reuses it
+            self.stats.prefill_replays += 1
+        else:
+            logits = self._prefill_forward(*table, slots, kv_len)[0][:len(chunks)]
         for row, _, end in chunks:
             row.prefilled = end
         last = [i for i, (row, _, end) in enumerate(chunks) if end == len(row.job.prompt_ids)]
@@ -333,13 +345,22 @@ class Scheduler:
         self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
         self.stats.prefill_s += time.perf_counter() - start_time
 
-    def _prefill_inputs(self, chunks: list[Chunk]) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def _prefill_inputs(self, chunks: list[Chunk], padded: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
         """A group's chunks as one left-padded (B, T) batch -> table (4, B, T) on the device, kv_len
-        and the rows' slot rows (B,)."""
+        and the rows' slot rows (B,).
+
+        padded: B, T and kv_len grow to the captured prompt shape that holds them, if any (see
+        `_prefill_shape`; static shapes only): more left padding, and idle rows after the real ones
+        (slot row 0, writing its scratch slot only, seeing slot 0)."""
         width = max(end - start for _, start, end in chunks)
+        kv_len = round_up(max(end + row.job.prefix_len for row, _, end in chunks))
+        batch = len(chunks)
+        shape = self._prefill_shape(batch, width, kv_len) if padded else None
+        if shape is not None:
+            batch, width, kv_len = shape
         # Left-padded so every row's last token of the chunk is the last query: (4, B, T) =
         # token ids, positions, write slots (scratch for padding), slots visible (1 for padding).
-        table = torch.zeros(4, len(chunks), width, dtype=torch.long)
+        table = torch.zeros(4, batch, width, dtype=torch.long)
         table[0] = self.pad
         table[2] = self.slots.scratch
         table[3] = 1
@@ -350,8 +371,20 @@ class Scheduler:
             table[1, i, width - n:] = j
             table[2, i, width - n:] = p + j
             table[3, i, width - n:] = p + j + 1
-        kv_len = round_up(max(end + row.job.prefix_len for row, _, end in chunks))
-        return self._to_device(table), kv_len, self._to_device(torch.tensor([row.slot for row, _, _ in chunks]))
+        slot_rows = [row.slot for row, _, _ in chunks] + [0] * (batch - len(chunks))
+        return self._to_device(table), kv_len, self._to_device(torch.tensor(slot_rows))
+
+    def _prefill_shape(self, batch: int, width: int, kv_len: int) -> tuple[int, int, int] | None:
+        """The prompt shape (rows, tokens, kv_len) with the fewest padded tokens that holds a forward of
+        `batch` rows of `width` tokens reading `kv_len` slots (None: none does, it runs as it is). With
+        CUDA graphs each such shape is a captured graph; without, static shapes still pad to them."""
+        fits = [s for s in self.prefill_shapes if s[0] >= batch and s[1] >= width and s[2] >= kv_len]
+        return min(fits, key=lambda s: (s[0] * s[1], s[2]), default=None)
+
+    def _prefill_forward(self, ids: torch.Tensor, positions: torch.Tensor, write: torch.Tensor, limit: torch.Tensor,
+                         slot_rows: torch.Tensor, kv_len: int) -> Outputs:
+        """One prompt forward of (B, T) queries into slot rows (B,) -> (logits of each row's last query,)."""
+        return (forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len, rows=slot_rows),)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """A host tensor on the device without waiting for the device's queued work (pinned, async)."""
