@@ -255,6 +255,17 @@ def test_grouped_kv_decode_attention_gives_the_folded_tokens(base, tok, prefixes
 
 
 def test_requests_arriving_during_decode_join_the_batch(engine, base, tok, prefixes):
+    """Late requests join the running rows; their prompts are queued with a decode step and their
+    first tokens come back with its tokens: the host never waits on a prompt forward alone (it
+    samples on the host only prompts that arrive while nothing decodes)."""
+    host_sampled = []
+    sample_and_advance = engine.scheduler._sample_and_advance
+
+    def recording(rows, logits):
+        host_sampled.extend(row.job.handle.request.query for row in rows)
+        return sample_and_advance(rows, logits)
+
+    engine.scheduler._sample_and_advance = recording
     early = [engine.submit(greedy(q, d, 40, ignore_eos=True))
              for d, q in [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2])]]
     wait_until(lambda: engine.stats().decode_steps >= 3)
@@ -265,6 +276,7 @@ def test_requests_arriving_during_decode_join_the_batch(engine, base, tok, prefi
     assert stats.peak_rows == 6  # the late ones decoded together with the early ones
     # by default ([serving] prefill_with_decode = false) the late ones too had a prefill forward of their own
     assert stats.prefill_forwards >= 2 and stats.mixed_steps == 0
+    assert 1 <= len(host_sampled) <= 3 and not set(host_sampled) & set(QUERIES[3:6])
     for handle, result in zip(early + late, results):
         solo = engine.generate(handle.request)
         assert result.token_ids == solo.token_ids and result.text == solo.text

@@ -1,15 +1,17 @@
 """Iteration-level batching: rows join between decode steps, leave when done, and free their slots.
 
 The scheduler owns the KV slots and the batch rows. `admit` gives each ready request a free row,
-copies its prefix KV into the row's first slots and queues its prompt for prefill; `step` first
-prefills at most `prefill_token_budget` queued prompt tokens (oldest requests first, a long prompt
-split into chunks over several steps, so that running streams wait for one bounded forward, not
-for every new prompt), then runs ONE decode forward over all rows whose prompt is in, whatever
-adapter each uses, samples a token per row and ends the rows that are done. With
-`prefill_with_decode` (off by default: slower on an H100 while such steps run eagerly), the prompt
-chunks of a step ride in its decode forward instead (one pass over the weights for both, see
-kv_slots.MixedSlots). It is driven by one
-thread (the engine's); nothing here takes locks.
+copies its prefix KV into the row's first slots and queues its prompt for prefill; `step` takes at
+most `prefill_token_budget` queued prompt tokens (oldest requests first, a long prompt split into
+chunks over several steps, so that running streams wait for one bounded forward, not for every
+new prompt) and runs ONE decode forward over all rows whose prompt is in, whatever adapter each
+uses, samples a token per row and ends the rows that are done. While rows decode, the prompt
+forwards are queued right after that decode forward and their first tokens chosen with its tokens:
+the host never waits for a prompt. With static shapes, a prompt forward of up to ~1k tokens is
+padded to a captured shape and replays a CUDA graph (kv_slots.GraphedPrefill). With
+`prefill_with_decode` (off by default: slower on an H100, such steps run eagerly), the prompt
+chunks ride in the decode forward itself (one pass over the weights for both, see
+kv_slots.MixedSlots). It is driven by one thread (the engine's); nothing here takes locks.
 """
 
 from __future__ import annotations
@@ -329,6 +331,17 @@ class Scheduler:
         """One forward over prompt tokens [start, end) of each chunk's row; rows whose prompt ends
         here sample their first token from its logits."""
         start_time = time.perf_counter()
+        logits = self._prefill_logits(chunks)
+        for row, _, end in chunks:
+            row.prefilled = end
+        last = [i for i, (row, _, end) in enumerate(chunks) if end == len(row.job.prompt_ids)]
+        if last:
+            self._sample_and_advance([chunks[i][0] for i in last], logits[last] if len(last) < len(chunks) else logits)
+        self.stats.prefill_s += time.perf_counter() - start_time
+
+    def _prefill_logits(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Queue one prompt forward of a group's chunks (a graph replay where a captured shape holds
+        it) -> the logits of each chunk's last token (len(chunks), V)."""
         table, kv_len, slots = self._prefill_inputs(chunks, padded=True)
         shape = (*table.shape[1:], kv_len)
         if self.graphed_prefill is not None and shape in self.graphed_prefill.graphs:
@@ -336,14 +349,9 @@ class Scheduler:
             self.stats.prefill_replays += 1
         else:
             logits = self._prefill_forward(*table, slots, kv_len)[0][:len(chunks)]
-        for row, _, end in chunks:
-            row.prefilled = end
-        last = [i for i, (row, _, end) in enumerate(chunks) if end == len(row.job.prompt_ids)]
-        if last:
-            self._sample_and_advance([chunks[i][0] for i in last], logits[last] if len(last) < len(chunks) else logits)
         self.stats.prefill_forwards += 1
         self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
-        self.stats.prefill_s += time.perf_counter() - start_time
+        return logits
 
     def _prefill_inputs(self, chunks: list[Chunk], padded: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
         """A group's chunks as one left-padded (B, T) batch -> table (4, B, T) on the device, kv_len
@@ -396,16 +404,17 @@ class Scheduler:
 
     def step(self) -> None:
         """Prefill what the budget allows, then one decode forward over every row whose prompt is
-        in (rows 0..n-1; idle ones and those still prefilling write to scratch). While rows decode
-        (and `prefill_with_decode`), the prompt chunks go into that decode forward instead of one of
-        their own (see `_mix_now`).
+        in (rows 0..n-1; idle ones and those still prefilling write to scratch). While rows decode,
+        the prompt chunks are queued with the decode step (see `_ride_now`): their forwards right
+        after its forward, or, with `prefill_with_decode`, inside it; the rows whose prompt ends
+        there get their first token with the decode rows' tokens, so no prompt makes the host wait.
 
         Pipelined, the forward of the next step is queued before this step's tokens are read.
         """
         chunks: list[Chunk] = []
         if self.prefill_due():
-            if self._mix_now():
-                chunks = self._take_chunks()  # they go through the decode step's forward
+            if self._ride_now():
+                chunks = self._take_chunks()  # they are queued with the decode step
             else:
                 self.prefill()
         start = time.perf_counter()
@@ -425,17 +434,17 @@ class Scheduler:
         self._collect(current)
         self.stats.decode_s += time.perf_counter() - start
 
-    def _mix_now(self) -> bool:
-        """Whether this step's prompt chunks ride in the decode forward (`prefill_with_decode`):
-        only while rows decode (else a prefill forward of their own is the same pass), and, with a
-        step in flight, only if the next one may be queued on it."""
-        if not self.prefill_with_decode or not self.decoding:
+    def _ride_now(self) -> bool:
+        """Whether this step's prompt chunks are queued with its decode step: only while rows decode
+        (else a prefill forward alone is the same work), and, with a step in flight, only if the
+        next one may be queued on it (else the first tokens would make the host wait anyway)."""
+        if not self.decoding:
             return False
         return self.inflight is None or (self.pipeline and self._can_run_ahead())
 
     def _launch_mixed(self, rows: list[Row], previous: Launched | None, chunks: list[Chunk]) -> Launched | None:
-        """`_launch` with prompt chunks in the same forward; if that forward fails, the chunks'
-        requests fail alone and the decode step runs without them."""
+        """`_launch` with prompt chunks; if their forwards fail, the chunks' requests fail alone and
+        the decode step runs without them."""
         try:
             return self._launch(rows, previous, chunks)
         except Exception as exc:  # noqa: BLE001 - one prompt's failure must not stop the running streams
@@ -458,11 +467,14 @@ class Scheduler:
 
         previous: the step still in flight; its rows (those still alive) feed it their token from
         the device and query one position further; other rows (new ones) use their last token.
-        chunks: prompt tokens to prefill in the same forward (an eager one, see MixedSlots); rows
-        whose prompt ends there get their first token from it, chosen with the decode rows'.
+        chunks: prompt tokens to prefill with this step: in forwards of their own queued after the
+        decode forward (graph replays where their shapes were captured), or, with
+        prefill_with_decode, in the decode forward itself (an eager one, see MixedSlots). Rows whose
+        prompt ends there get their first token from them, chosen with the decode rows'.
         """
+        mixed = bool(chunks) and self.prefill_with_decode
         hi = max((r.slot for r in rows), default=-1) + 1
-        n = next(b for b in self.buckets if b >= hi) if self.static_shapes and not chunks else hi
+        n = next(b for b in self.buckets if b >= hi) if self.static_shapes and not mixed else hi
         # (5, n): token, position, write slot, slots visible, index of the token in `previous` (-1:
         # the token given here). Idle rows write to scratch and see slot 0.
         columns = [(0, 0, self.slots.scratch, 1, -1)] * n
@@ -489,27 +501,29 @@ class Scheduler:
         if chunks:
             # The decode part (if any) keeps its rows 0..n-1 first; each group of chunks follows.
             offset = n if launched else 0
-            for group in self._prefill_groups(list(chunks)):
-                table, kv_len, slots = self._prefill_inputs(group)
-                parts.append((table[0], table[1], table[2], table[3], slots, kv_len))
+            groups = self._prefill_groups(list(chunks))
+            for group in groups:
                 for i, (row, _, end) in enumerate(group):
-                    if end == len(row.job.prompt_ids):  # its first token is chosen from this forward
+                    if end == len(row.job.prompt_ids):  # its first token is chosen from this step
                         launched.append(row)
                         slot_of.append(offset + i)
                 offset += len(group)
-            logits = forward_mixed(self.model, self.slots, parts)
+            if mixed:
+                for group in groups:
+                    table, kv_len, slots = self._prefill_inputs(group)
+                    parts.append((table[0], table[1], table[2], table[3], slots, kv_len))
+                logits = forward_mixed(self.model, self.slots, parts)
+                self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
+                self.stats.mixed_steps += 1
+            else:
+                outputs = [self._decode_part(parts[0])[0]] if launched else []
+                logits = torch.cat(outputs + [self._prefill_logits(group) for group in groups])
             greedy, finite = logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
             for row, _, end in chunks:
                 row.prefilled = end
             self.waiting = [r for r in self.waiting if not r.decoding]
-            self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
-            self.stats.mixed_steps += 1
-        elif self.graphed is not None:
-            logits, greedy, finite = self.graphed(*parts[0][:4], reach=parts[0][5])
         else:
-            reach = parts[0][5]
-            kv_len = next(k for k in self.kv_lengths if k >= reach) if self.static_shapes else reach
-            logits, greedy, finite = self._decode(*parts[0][:4], kv_len)
+            logits, greedy, finite = self._decode_part(parts[0])
         index = self._to_device(torch.tensor(slot_of))
         params = [r.job.params for r in launched]
         if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
@@ -533,6 +547,13 @@ class Scheduler:
         ready = torch.cuda.Event()
         ready.record()
         return Launched(launched, tokens, host, ready, decoded)
+
+    def _decode_part(self, part: MixedPart) -> DecodeOutputs:
+        """The decode forward of a launch's (n, 1) part: its graph's replay, or an eager forward."""
+        if self.graphed is not None:
+            return self.graphed(*part[:4], reach=part[5])
+        kv_len = next(k for k in self.kv_lengths if k >= part[5]) if self.static_shapes else part[5]
+        return self._decode(*part[:4], kv_len)
 
     def _collect(self, launched: Launched) -> None:
         """Wait for a launched step's tokens and advance its rows that are still alive."""
