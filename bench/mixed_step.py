@@ -53,7 +53,9 @@ def main() -> None:
     chunks = [tuple(map(int, c.split("x"))) for c in args.prompts.split(",")]
     longest = max(t for _, t in chunks)
     console = Console()
-    with Engine(model, tok, settings=Settings(), max_batch_size=max(args.rows, max(k for k, _ in chunks)),
+    settings = Settings()
+    settings.serving.prefill_with_decode = True  # the engine captures decode steps with prompts inside too
+    with Engine(model, tok, settings=settings, max_batch_size=max(args.rows, max(k for k, _ in chunks)),
                 max_len=longest + 128, max_prefix_len=args.prefix_len, cuda_graph=cuda, warm_up=True) as engine:
         s = engine.scheduler
         dev = s.device
@@ -88,6 +90,13 @@ def main() -> None:
                              lambda shape=shape, padded=padded: s.graphed_prefill(shape, *padded)))
             runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens",
                          lambda p=part: forward_mixed(model, s.slots, [decode_part(), p])))
+            shape = min((m for m in s.mixed_shapes if m[0] >= k and m[1] >= t and m[2] >= part[5]),
+                        key=lambda m: (m[0] * m[1], m[2]), default=None)
+            if s.graphed_mixed is not None and shape is not None and args.rows == s.buckets[-1]:
+                padded = (*decode_part()[:4], *idle(shape[0], shape[1], shape[2])[:4],
+                          torch.zeros(shape[0], dtype=torch.long, device=dev))
+                runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens, CUDA graph "
+                             f"{shape[0]} x {shape[1]}", lambda shape=shape, padded=padded: s.graphed_mixed(shape, *padded)))
         table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev})",
                       header_style="bold")
         for column in ("forward", "host queues it ms", "wall ms", "kernels ms", "kernels"):

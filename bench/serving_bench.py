@@ -486,7 +486,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                         f"prefill {budget} tokens a step", header_style="bold")
     for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end",
                    "of the step figure", "steady part: tokens/s", "of the step figure", "mean step ms in the loop",
-                   "steps with prompts", "prompt forwards (graphed)", "compiles in the loop", "TTFT p50 / p99 ms"):
+                   "steps with prompts (graphed)", "prompt forwards (graphed)", "compiles in the loop", "TTFT p50 / p99 ms"):
         table.add_column(column, justify="right")
     for mode, graphs, wait in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")]):
         settings.serving.prefill_with_decode = mode == "on"
@@ -501,7 +501,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             engine.scheduler.prefill_token_budget = budget
             stats = engine.scheduler.stats
             before = (stats.decode_steps, stats.decode_s, stats.mixed_steps, counters["stats"]["unique_graphs"],
-                      stats.prefill_forwards, stats.prefill_replays)
+                      stats.prefill_forwards, stats.prefill_replays, stats.mixed_replays)
             pending, results, lock = list(reversed(requests)), [], threading.Lock()
             steady: list[tuple[float, int]] = []  # (time, decode tokens) when the steady part begins and ends
 
@@ -525,13 +525,14 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
             mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
             forwards = f"{stats.prefill_forwards - before[4]} ({stats.prefill_replays - before[5]})"
+            mixed = f"{mixed} ({stats.mixed_replays - before[6]})"
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
         (t0, n0), (t1, n1) = steady
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
         table.add_row(mode, graphs, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
-                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", str(mixed), forwards, str(compiles),
+                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", mixed, forwards, str(compiles),
                       f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}")
     console.print(table)
 

@@ -72,12 +72,16 @@ def test_a_stale_kv_slot_fails_the_check(engine, cases, prefixes):
     assert report.max_rel > 1e3 * report.tolerance
 
 
+@pytest.mark.parametrize("static_shapes", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("pipeline", [False, True], ids=["sync", "pipelined"])
-def test_prompts_prefilled_inside_decode_steps_match_a_plain_forward(base, tok, prefixes, cases, pipeline):
+def test_prompts_prefilled_inside_decode_steps_match_a_plain_forward(base, tok, prefixes, cases, pipeline,
+                                                                     static_shapes):
     """24 prompt tokens a step: after the first rows, prompts go in (in chunks) through the forward of
-    the decode steps of the rows already decoding; every logit vector still matches, and a fault fails."""
+    the decode steps of the rows already decoding; every logit vector still matches, and a fault fails.
+    With static shapes (CUDA graphs) such a step is padded to all 16 rows and a captured prompt shape."""
     with Engine(base, tok, prefixes=prefixes, max_batch_size=16, max_len=80, max_prefix_len=16,
-                prefill_token_budget=24, pipeline=pipeline, settings=with_decode()) as eng:
+                prefill_token_budget=24, pipeline=pipeline, settings=with_decode(),
+                static_shapes=static_shapes) as eng:
         clean = verify_engine(eng, cases, prefixes)
         mixed = eng.stats().mixed_steps
         stale = verify_engine(eng, cases, prefixes, fault=StaleSlot(9))

@@ -170,6 +170,7 @@ def forward_mixed(model: torch.nn.Module, slots: KVSlots, parts: list[MixedPart]
 PREFILL_GRAPH_TOKENS = 1024  # prompt forwards padded to at most this many tokens replay a CUDA graph
 PREFILL_GRAPH_KV = 1024  # ... and reading at most this many slots; bigger ones are compute-bound: eager
 PREFILL_GRAPH_WIDTH = 16  # the shortest padded chunk
+MIXED_GRAPH_TOKENS = 512  # prompt tokens (padded) a captured decode step takes in ([serving] prefill_with_decode)
 
 
 def prefill_shapes(max_rows: int, kv_lengths: list[int], max_tokens: int = PREFILL_GRAPH_TOKENS,
@@ -268,9 +269,39 @@ class GraphedDecode:
         return outputs  # overwritten by the next replay: read (or copy) them before then
 
 
-class GraphedPrefill:
-    """Prompt forwards captured once per `prefill_shapes` shape (rows, tokens, kv_len) in a CUDA
-    graph, then replayed with the padded inputs copied in (see Scheduler._prefill_inputs).
+class ShapeGraphs:
+    """A forward captured in a CUDA graph per shape key, then replayed with the inputs copied into
+    that graph's static buffers.
+
+    `forward(*static, kv_len)` must read and write only static tensors (the slot buffers and its
+    inputs) and returns a tuple of tensors. shapes: key -> (idle static inputs, kv_len), captured
+    in that order (the largest first: smaller ones reuse the pool's memory). The scheduler's
+    prompt forwards (`GraphedPrefill`) and decode steps with prompt chunks inside are such graphs.
+    """
+
+    def __init__(self, forward: Callable[..., Outputs], shapes: dict, device: torch.device, pool: tuple | None = None):
+        self.graphs: dict = {}
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        for key, (static, kv_len) in shapes.items():
+            graph, outputs = capture(forward, static, kv_len, pool, device)
+            self.graphs[key] = (graph, static, outputs)
+
+    def __call__(self, key, *inputs: torch.Tensor) -> Outputs:  # noqa: ANN001 - a shape key
+        graph, static, outputs = self.graphs[key]
+        for buffer, value in zip(static, inputs):
+            buffer.copy_(value)
+        graph.replay()
+        return outputs  # overwritten by the next replay: read (or copy) them before then
+
+
+def by_size(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """(rows, tokens, kv_len) shapes, the most padded tokens (then slots) first: the capture order."""
+    return sorted(shapes, key=lambda s: (s[0] * s[1], s[2]), reverse=True)
+
+
+class GraphedPrefill(ShapeGraphs):
+    """Prompt forwards captured once per `prefill_shapes` shape (rows, tokens, kv_len), replayed with
+    the padded inputs copied in (see Scheduler._prefill_inputs).
 
     `prefill(input_ids, position_ids, write_pos, limit, slot_rows, kv_len)`: inputs (rows, tokens)
     and slot rows (rows,) -> a tuple of tensors (the scheduler's: the logits of each row's last
@@ -279,17 +310,24 @@ class GraphedPrefill:
 
     def __init__(self, prefill: Callable[..., Outputs], shapes: list[tuple[int, int, int]], pad: int, scratch: int,
                  device: torch.device, pool: tuple | None = None):
-        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Outputs]] = {}
-        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        for rows, width, kv_len in sorted(shapes, key=lambda s: (s[0] * s[1], s[2]), reverse=True):
-            static = [*idle_inputs(rows, width, pad, scratch, device),
-                      torch.zeros(rows, dtype=torch.long, device=device)]
-            graph, outputs = capture(prefill, static, kv_len, pool, device)
-            self.graphs[rows, width, kv_len] = (graph, static, outputs)
+        super().__init__(prefill, {(rows, width, kv): ([*idle_inputs(rows, width, pad, scratch, device),
+                                                         torch.zeros(rows, dtype=torch.long, device=device)], kv)
+                                   for rows, width, kv in by_size(shapes)}, device, pool)
 
-    def __call__(self, shape: tuple[int, int, int], *inputs: torch.Tensor) -> Outputs:
-        graph, static, outputs = self.graphs[shape]
-        for buffer, value in zip(static, inputs):
-            buffer.copy_(value)
-        graph.replay()
-        return outputs  # overwritten by the next replay: read (or copy) them before then
+
+class GraphedMixed(ShapeGraphs):
+    """Decode steps of all `rows` batch rows with one group of prompt chunks inside their forward
+    (see MixedSlots), captured once per prompt shape (rows', tokens, kv_len); both parts read
+    kv_len slots.
+
+    `mixed(decode ids, positions, write slots, limits, each (rows, 1), prompt ids, positions, write
+    slots, limits, each (rows', tokens), prompt slot rows (rows',), kv_len)` -> a tuple of tensors
+    (the scheduler's: logits, greedy tokens, finite flags of the rows + rows' last queries).
+    """
+
+    def __init__(self, mixed: Callable[..., Outputs], shapes: list[tuple[int, int, int]], rows: int, pad: int,
+                 scratch: int, device: torch.device, pool: tuple | None = None):
+        super().__init__(mixed, {(prompts, width, kv): ([*idle_inputs(rows, 1, 0, scratch, device),
+                                                         *idle_inputs(prompts, width, pad, scratch, device),
+                                                         torch.zeros(prompts, dtype=torch.long, device=device)], kv)
+                                 for prompts, width, kv in by_size(shapes)}, device, pool)

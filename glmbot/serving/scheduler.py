@@ -28,8 +28,9 @@ from glmbot.errors import GenerationError
 from glmbot.model.chat_format import ToolCall
 from glmbot.model.family import GlmFamily
 from glmbot.serving.answer_filters import AnswerFilterError, FilterChain
-from glmbot.serving.kv_slots import (DecodeOutputs, GraphedDecode, GraphedPrefill, KVSlots, MixedPart, Outputs,
-                                     forward_mixed, forward_slots, idle_inputs, kv_buckets, prefill_shapes, round_up)
+from glmbot.serving.kv_slots import (MIXED_GRAPH_TOKENS, DecodeOutputs, GraphedDecode, GraphedMixed, GraphedPrefill,
+                                     KVSlots, MixedPart, Outputs, forward_mixed, forward_slots, idle_inputs, kv_buckets,
+                                     prefill_shapes, round_up)
 from glmbot.serving.prefix_cache import ResolvedAdapter
 from glmbot.serving.prompts import ToolGate
 from glmbot.serving.requests import (FinishReason, GenerationResult, RequestHandle, TextStream, Timings,
@@ -156,6 +157,7 @@ class SchedulerStats:
     peak_rows: int = 0  # most rows decoded together in one step
     prefill_forwards: int = 0
     prefill_replays: int = 0  # prefill forwards replayed from a CUDA graph
+    mixed_replays: int = 0  # decode steps with prompt chunks replayed from a CUDA graph
     mixed_steps: int = 0  # decode steps that prefilled prompt tokens in the same forward
     prefill_s: float = 0.0
     prefill_tokens: int = 0
@@ -207,7 +209,11 @@ class Scheduler:
             self.warm_up_shapes()
         # Static shapes pad a prompt forward to one of these (rows, tokens, kv_len), when one holds it
         self.prefill_shapes = prefill_shapes(max_rows, self.kv_lengths) if self.static_shapes and prefill_graphs else []
-        self.graphed = self.graphed_prefill = None
+        # ... and, with prefill_with_decode, a decode step of all rows takes one group of prompt
+        # chunks padded to one of these (both parts read kv_len slots)
+        self.mixed_shapes = [s for s in self.prefill_shapes if s[0] * s[1] <= MIXED_GRAPH_TOKENS] \
+            if prefill_with_decode else []
+        self.graphed = self.graphed_prefill = self.graphed_mixed = None
         if cuda_graph:
             if self.device.type != "cuda":
                 raise GenerationError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
@@ -217,6 +223,9 @@ class Scheduler:
             if self.prefill_shapes:
                 self.graphed_prefill = GraphedPrefill(self._prefill_forward, self.prefill_shapes, self.pad,
                                                       self.slots.scratch, self.device, pool)
+            if self.mixed_shapes:
+                self.graphed_mixed = GraphedMixed(self._mixed_forward, self.mixed_shapes, self.buckets[-1], self.pad,
+                                                  self.slots.scratch, self.device, pool)
 
     def warm_up_shapes(self) -> None:
         """Run each kind of forward the steps will run, each at two sizes, before any request:
@@ -353,17 +362,19 @@ class Scheduler:
         self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
         return logits
 
-    def _prefill_inputs(self, chunks: list[Chunk], padded: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def _prefill_inputs(self, chunks: list[Chunk], padded: bool = False,
+                        shape: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
         """A group's chunks as one left-padded (B, T) batch -> table (4, B, T) on the device, kv_len
         and the rows' slot rows (B,).
 
         padded: B, T and kv_len grow to the captured prompt shape that holds them, if any (see
-        `_prefill_shape`; static shapes only): more left padding, and idle rows after the real ones
-        (slot row 0, writing its scratch slot only, seeing slot 0)."""
+        `_prefill_shape`; static shapes only), or to `shape`: more left padding, and idle rows after
+        the real ones (slot row 0, writing its scratch slot only, seeing slot 0)."""
         width = max(end - start for _, start, end in chunks)
         kv_len = round_up(max(end + row.job.prefix_len for row, _, end in chunks))
         batch = len(chunks)
-        shape = self._prefill_shape(batch, width, kv_len) if padded else None
+        if padded and shape is None:
+            shape = self._prefill_shape(batch, width, kv_len)
         if shape is not None:
             batch, width, kv_len = shape
         # Left-padded so every row's last token of the chunk is the last query: (4, B, T) =
@@ -472,9 +483,17 @@ class Scheduler:
         prefill_with_decode, in the decode forward itself (an eager one, see MixedSlots). Rows whose
         prompt ends there get their first token from them, chosen with the decode rows'.
         """
-        mixed = bool(chunks) and self.prefill_with_decode
+        # With static shapes the prompt chunks go inside the decode forward only where that step,
+        # padded to all rows and a captured prompt shape, replays a graph (all chunks as one group,
+        # padded); else beside it.
+        shape = self._mixed_shape(rows, list(chunks)) if chunks and self.prefill_with_decode else None
+        groups = [list(chunks)] if shape is not None else self._prefill_groups(list(chunks)) if chunks else []
+        mixed = bool(chunks) and self.prefill_with_decode and (shape is not None or not self.static_shapes)
         hi = max((r.slot for r in rows), default=-1) + 1
-        n = next(b for b in self.buckets if b >= hi) if self.static_shapes and not mixed else hi
+        if shape is not None:
+            n = self.buckets[-1]
+        else:
+            n = next(b for b in self.buckets if b >= hi) if self.static_shapes and not mixed else hi
         # (5, n): token, position, write slot, slots visible, index of the token in `previous` (-1:
         # the token given here). Idle rows write to scratch and see slot 0.
         columns = [(0, 0, self.slots.scratch, 1, -1)] * n
@@ -489,7 +508,7 @@ class Scheduler:
         if not launched and not chunks:
             return None
         parts: list[MixedPart] = []
-        if launched:
+        if launched or shape is not None:
             table = self._to_device(torch.tensor(columns, dtype=torch.long).T.contiguous())
             ids = table[0]
             if previous is not None and ahead:
@@ -500,25 +519,34 @@ class Scheduler:
         decoded = len(launched)
         if chunks:
             # The decode part (if any) keeps its rows 0..n-1 first; each group of chunks follows.
-            offset = n if launched else 0
-            groups = self._prefill_groups(list(chunks))
+            offset = n if parts else 0
             for group in groups:
                 for i, (row, _, end) in enumerate(group):
                     if end == len(row.job.prompt_ids):  # its first token is chosen from this step
                         launched.append(row)
                         slot_of.append(offset + i)
                 offset += len(group)
-            if mixed:
+            if shape is not None:  # one group, padded to a captured shape
+                table, _, slots = self._prefill_inputs(groups[0], shape=shape)
+                inputs = (*parts[0][:4], *table, slots)
+                if self.graphed_mixed is not None:
+                    logits, greedy, finite = self.graphed_mixed(shape, *inputs)
+                    self.stats.mixed_replays += 1
+                else:
+                    logits, greedy, finite = self._mixed_forward(*inputs, shape[2])
+            elif mixed:
                 for group in groups:
                     table, kv_len, slots = self._prefill_inputs(group)
                     parts.append((table[0], table[1], table[2], table[3], slots, kv_len))
                 logits = forward_mixed(self.model, self.slots, parts)
+                greedy, finite = logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+            else:
+                outputs = [self._decode_part(parts[0])[0]] if parts else []
+                logits = torch.cat(outputs + [self._prefill_logits(group) for group in groups])
+                greedy, finite = logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+            if mixed:
                 self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
                 self.stats.mixed_steps += 1
-            else:
-                outputs = [self._decode_part(parts[0])[0]] if launched else []
-                logits = torch.cat(outputs + [self._prefill_logits(group) for group in groups])
-            greedy, finite = logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
             for row, _, end in chunks:
                 row.prefilled = end
             self.waiting = [r for r in self.waiting if not r.decoding]
@@ -547,6 +575,27 @@ class Scheduler:
         ready = torch.cuda.Event()
         ready.record()
         return Launched(launched, tokens, host, ready, decoded)
+
+    def _mixed_shape(self, rows: list[Row], group: list[Chunk]) -> tuple[int, int, int] | None:
+        """The captured prompt shape (rows', tokens, kv_len) that holds all chunks of a step, padded
+        as one group, and every decode row's slots (None: no shape does; the chunks go in forwards
+        of their own)."""
+        if not self.mixed_shapes:
+            return None
+        reach = max([end + row.job.prefix_len for row, _, end in group]
+                    + [r.job.prefix_len + len(r.seen) + 1 for r in rows])  # +1: a row a step ahead
+        width = max(end - start for _, start, end in group)
+        fits = [s for s in self.mixed_shapes if s[0] >= len(group) and s[1] >= width and s[2] >= reach]
+        return min(fits, key=lambda s: (s[0] * s[1], s[2]), default=None)
+
+    def _mixed_forward(self, *inputs: torch.Tensor) -> DecodeOutputs:
+        """A decode step of (n, 1) queries (ids, positions, write slots, limits) with one group of
+        prompt chunks (the same four, (B', T'), and their slot rows (B',)) in its forward, both
+        parts reading kv_len slots -> logits, greedy tokens, finite flags of the n + B' last queries."""
+        *tensors, kv_len = inputs
+        decode, prompts, slot_rows = tensors[:4], tensors[4:8], tensors[8]
+        logits = forward_mixed(self.model, self.slots, [(*decode, None, kv_len), (*prompts, slot_rows, kv_len)])
+        return logits, logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
 
     def _decode_part(self, part: MixedPart) -> DecodeOutputs:
         """The decode forward of a launch's (n, 1) part: its graph's replay, or an eager forward."""
