@@ -325,6 +325,23 @@ class Scheduler:
             budget -= n
         return chunks
 
+    def _take_mixed_chunks(self) -> list[Chunk]:
+        """`_take_chunks` for a decode step that takes them into its captured graph: the oldest
+        waiting rows' chunks as long as, padded together, a captured prompt shape holds them (the
+        rest wait for the next step). If the first chunk alone fits none, the step's budget as usual
+        (they get forwards of their own)."""
+        self.waiting = [r for r in self.waiting if self.rows[r.slot] is r]
+        budget, chunks, decoding = self.prefill_token_budget, [], self.decoding
+        for row in self.waiting:
+            n = min(len(row.job.prompt_ids) - row.prefilled, budget)
+            candidate = [*chunks, (row, row.prefilled, row.prefilled + n)]
+            if self._mixed_shape(decoding, candidate) is None:
+                return chunks or self._take_chunks()
+            chunks, budget = candidate, budget - n
+            if budget <= 0:
+                break
+        return chunks
+
     def _prefill_groups(self, chunks: list[Chunk]) -> list[list[Chunk]]:
         """Chunks of similar length together, each group's padded forward within the token budget."""
         groups: list[list[Chunk]] = []
@@ -425,7 +442,7 @@ class Scheduler:
         chunks: list[Chunk] = []
         if self.prefill_due():
             if self._ride_now():
-                chunks = self._take_chunks()  # they are queued with the decode step
+                chunks = self._take_mixed_chunks() if self.mixed_shapes else self._take_chunks()
             else:
                 self.prefill()
         start = time.perf_counter()
