@@ -320,6 +320,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prefill-graphs", default="on",
                         help="with --cuda-graph, prompt forwards replay captured graphs: on, off or on,off "
                              "(--closed-loop, --arrival-rate)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="the interpreter's thread switch interval (sys.setswitchinterval; Python's default is "
+                             "5 ms): with --closed-loop, the clients are threads beside the engine's")
     parser.add_argument("--prefill-wait-steps", default="8",
                         help="with --closed-loop: [serving] prefill_wait_steps values to compare (comma-separated)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
@@ -481,7 +484,9 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                                   do_sample=False, ignore_eos=True)
                 for i, p in enumerate(make_prompts(count, args.prompt_len, tok))]
     budget = int(args.prefill_tokens.split(",")[-1])
-    table = Table(title=f"Closed loop: {args.streams} clients, {count} requests over {args.domains} domains, prompt "
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
+    table = Table(title=f"Closed loop (thread switch interval {sys.getswitchinterval() * 1e3:g} ms): {args.streams} clients, {count} requests over {args.domains} domains, prompt "
                         f"{args.prompt_len}, {args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, "
                         f"prefill {budget} tokens a step", header_style="bold")
     for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end",

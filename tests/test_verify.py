@@ -14,7 +14,7 @@ from glmbot.serving.verify import StaleSlot, SwappedPrefixes, mixed_cases, rando
 
 
 def with_decode() -> Settings:
-    """Settings with [serving] prefill_with_decode on (off by default)."""
+    """Settings with [serving] prefill_with_decode on (the default; said here, as these tests are about it)."""
     settings = Settings()
     settings.serving.prefill_with_decode = True
     return settings

@@ -9,9 +9,10 @@ uses, samples a token per row and ends the rows that are done. While rows decode
 forwards are queued right after that decode forward and their first tokens chosen with its tokens:
 the host never waits for a prompt. With static shapes, a prompt forward of up to ~1k tokens is
 padded to a captured shape and replays a CUDA graph (kv_slots.GraphedPrefill). With
-`prefill_with_decode` (off by default: slower on an H100, such steps run eagerly), the prompt
-chunks ride in the decode forward itself (one pass over the weights for both, see
-kv_slots.MixedSlots). It is driven by one thread (the engine's); nothing here takes locks.
+`prefill_with_decode` (the default), the prompt chunks ride in the decode forward itself (one pass
+over the weights for both, see kv_slots.MixedSlots); with static shapes only where that step
+replays a captured graph (kv_slots.GraphedMixed), else beside it. It is driven by one thread (the
+engine's); nothing here takes locks.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class Scheduler:
     def __init__(self, model: torch.nn.Module, eos_token_id: int | Sequence[int], pad_token_id: int,
                  decode_text: Callable[[Sequence[int]], str], *, max_rows: int, slot_len: int,
                  static_shapes: bool = False, cuda_graph: bool = False, prefill_token_budget: int = 2048,
-                 pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = False,
+                 pipeline: bool | None = None, prefill_wait_steps: int = 0, prefill_with_decode: bool = True,
                  kv_length_buckets: bool = True, warm_up: bool | None = None, prefill_graphs: bool = True):
         cfg = model.config
         self.model = model
