@@ -241,6 +241,9 @@ def test_health_and_metrics_report_requests_tokens_and_the_prefix_cache(server, 
     assert samples["glmbot_engine_prefill_tokens_total"] >= samples["glmbot_engine_prefill_forwards_total"]
     assert samples["glmbot_engine_idle_seconds_total"] > 0  # it waited between this module's requests
     assert "glmbot_engine_mixed_steps_total" in samples  # exported (its count: tests/test_engine.py)
+    # no CUDA graphs on the CPU: none replayed, both kinds exported
+    assert samples['glmbot_engine_graph_replays_total{forward="prefill"}'] == 0
+    assert samples['glmbot_engine_graph_replays_total{forward="mixed"}'] == 0
 
 
 # ---- LangChain over HTTP ----------------------------------------------------------------------------

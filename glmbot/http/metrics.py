@@ -111,6 +111,9 @@ def engine_lines(s: Any) -> list[str]:
                  {"": round(s.prefill_s, 6)}),
         *_family("glmbot_engine_mixed_steps_total", "counter", "decode steps that prefilled prompt tokens in "
                  "the same forward", {"": s.mixed_steps}),
+        *_family("glmbot_engine_graph_replays_total", "counter", "prompt forwards and decode steps with prompt "
+                 "tokens inside replayed from a CUDA graph",
+                 {_labels(forward="prefill"): s.prefill_replays, _labels(forward="mixed"): s.mixed_replays}),
         *_family("glmbot_engine_idle_seconds_total", "counter", "time the engine thread waited with no work",
                  {"": round(s.idle_s, 6)}),
         *_family("glmbot_engine_finished_total", "counter", "requests finished by reason",

@@ -81,14 +81,16 @@ class EngineStats:
     decode_tokens: int
     mean_decode_step_ms: float
     peak_rows: int
-    prefill_forwards: int  # forwards of prompt tokens alone
+    prefill_forwards: int  # forwards of prompt tokens alone (queued with a decode step, or while nothing decodes)
     prefill_tokens: int
-    prefill_s: float  # in prefill forwards (prompt chunks within decode steps count as decode time)
+    prefill_s: float  # in prefill forwards while nothing decodes (those queued with a decode step count in its time)
     mixed_steps: int  # decode steps that took prompt chunks into their forward ([serving] prefill_with_decode)
     idle_s: float  # the engine thread waited with no request to prepare, prefill or decode
     finished: dict[str, int]
     slot_bytes: int
     prefix_cache: PrefixCacheStats | None
+    prefill_replays: int = 0  # prefill forwards replayed from a CUDA graph
+    mixed_replays: int = 0  # decode steps with prompt tokens inside, replayed from a CUDA graph
 
 
 class AnsweredWithoutModel(Exception):
@@ -274,7 +276,8 @@ class Engine:
             prefill_forwards=s.prefill_forwards, prefill_tokens=s.prefill_tokens, prefill_s=s.prefill_s,
             mixed_steps=s.mixed_steps, idle_s=self._idle_s, finished=dict(s.finished),
             slot_bytes=self.scheduler.slots.nbytes,
-            prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None)
+            prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None,
+            prefill_replays=s.prefill_replays, mixed_replays=s.mixed_replays)
 
     def close(self, wait: bool = False) -> None:
         """Stop the engine. wait=False cancels unfinished requests; wait=True lets them finish first."""

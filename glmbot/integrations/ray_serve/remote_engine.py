@@ -189,4 +189,5 @@ def combine_stats(stats: Sequence[EngineStats]) -> EngineStats:
         prefill_tokens=total("prefill_tokens"), prefill_s=total("prefill_s"),
         mixed_steps=total("mixed_steps"), idle_s=total("idle_s"),
         finished=dict(finished),
-        slot_bytes=total("slot_bytes"), prefix_cache=cache)
+        slot_bytes=total("slot_bytes"), prefix_cache=cache, prefill_replays=total("prefill_replays"),
+        mixed_replays=total("mixed_replays"))
