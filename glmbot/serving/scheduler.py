@@ -496,10 +496,11 @@ class Scheduler:
 
         previous: the step still in flight; its rows (those still alive) feed it their token from
         the device and query one position further; other rows (new ones) use their last token.
-        chunks: prompt tokens to prefill with this step: in forwards of their own queued after the
-        decode forward (graph replays where their shapes were captured), or, with
-        prefill_with_decode, in the decode forward itself (an eager one, see MixedSlots). Rows whose
-        prompt ends there get their first token from them, chosen with the decode rows'.
+        chunks: prompt tokens to prefill with this step: with prefill_with_decode, in the decode
+        forward itself (see MixedSlots; with static shapes only as a captured step, see
+        `_mixed_shape`), else in forwards of their own queued after it (graph replays where their
+        shapes were captured). Rows whose prompt ends there get their first token from them, chosen
+        with the decode rows'.
         """
         # With static shapes the prompt chunks go inside the decode forward only where that step,
         # padded to all rows and a captured prompt shape, replays a graph (all chunks as one group,
