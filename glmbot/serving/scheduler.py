@@ -218,6 +218,7 @@ class Scheduler:
         if cuda_graph:
             if self.device.type != "cuda":
                 raise GenerationError(f"cuda_graph needs the model on a CUDA device, it is on {self.device}")
+            start = time.perf_counter()
             pool = torch.cuda.graph_pool_handle()  # one pool: the graphs are replayed one after another
             self.graphed = GraphedDecode(self._decode, self.buckets, self.kv_lengths, self.slots.scratch, self.device,
                                          pool)
@@ -227,6 +228,9 @@ class Scheduler:
             if self.mixed_shapes:
                 self.graphed_mixed = GraphedMixed(self._mixed_forward, self.mixed_shapes, self.buckets[-1], self.pad,
                                                   self.slots.scratch, self.device, pool)
+            log.info("CUDA graphs: %d decode steps, %d prompt forwards, %d decode steps with prompts, captured in "
+                     "%.1f s", len(self.graphed.graphs), len(self.prefill_shapes), len(self.mixed_shapes),
+                     time.perf_counter() - start)
 
     def warm_up_shapes(self) -> None:
         """Run each kind of forward the steps will run, each at two sizes, before any request:
