@@ -142,6 +142,57 @@ def test_static_prompt_forwards_are_padded_to_the_captured_shapes(base, tok, pre
     assert all(rows * width <= 1024 and width <= kv <= 1024 for rows, width, kv in shapes)
 
 
+class EagerGraph:
+    """A stand-in for a captured CUDA graph on the CPU: replay() runs the forward again on the same
+    static inputs and writes into the same output tensors, as a graph's replay does."""
+
+    def __init__(self, forward, static, kv_len):
+        self.forward, self.static, self.kv_len = forward, static, kv_len
+        self.outputs = forward(*static, kv_len)
+
+    def replay(self):
+        for out, new in zip(self.outputs, self.forward(*self.static, self.kv_len)):
+            out.copy_(new)
+
+
+def test_graph_replays_serve_the_dynamic_engines_tokens(base, tok, prefixes):
+    """The CUDA-graph plumbing, on the CPU with graphs that replay eagerly: decode steps, prompt
+    forwards and decode steps with prompts inside, each replayed from its shape's static buffers
+    (inputs copied in, outputs overwritten by the next replay), give the dynamic engine's tokens,
+    for a first batch and for prompts that arrive while it decodes."""
+    from glmbot.serving import kv_slots
+
+    first = [greedy(q, d, 24, ignore_eos=True) for d, q in [("support", QUERIES[0]), ("hr", QUERIES[1]),
+                                                              (None, QUERIES[2])]]
+    late = [greedy(q, d, 8) for d, q in [("ads", QUERIES[3]), ("support", QUERIES[4]), (None, QUERIES[5])]]
+
+    def run(graphs: bool):
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, static_shapes=graphs,
+                    pipeline=True) as eng:
+            s = eng.scheduler
+            if graphs:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(kv_slots, "capture", lambda f, static, kv, pool, device: (
+                        graph := EagerGraph(f, static, kv), graph.outputs))
+                    pool = ("one pool",)
+                    s.graphed = kv_slots.GraphedDecode(s._decode, s.buckets, s.kv_lengths, s.slots.scratch, s.device,
+                                                       pool)
+                    s.graphed_prefill = kv_slots.GraphedPrefill(s._prefill_forward, s.prefill_shapes, s.pad,
+                                                                s.slots.scratch, s.device, pool)
+                    s.graphed_mixed = kv_slots.GraphedMixed(s._mixed_forward, s.mixed_shapes, s.buckets[-1], s.pad,
+                                                            s.slots.scratch, s.device, pool)
+            handles = [eng.submit(r) for r in first]
+            wait_until(lambda: eng.stats().decode_steps >= 3)
+            handles += [eng.submit(r) for r in late]
+            tokens = [h.result(timeout=60).token_ids for h in handles]
+            return tokens, s.stats
+
+    dynamic, _ = run(False)
+    replayed, stats = run(True)
+    assert replayed == dynamic and all(dynamic)
+    assert stats.prefill_replays >= 1 and stats.mixed_replays >= 1  # each kind of graph served
+
+
 def test_compiled_dense_parts_serve_the_eager_tokens(base, tok, prefixes):
     """The engine with compiled dense parts (batch buckets, prefill lengths and decode all through
     the same few graphs) gives the eager engine's tokens."""

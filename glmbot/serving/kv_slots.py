@@ -233,50 +233,16 @@ def capture(forward: Callable[..., Outputs], static: list[torch.Tensor], kv_len:
     return graph, outputs
 
 
-class GraphedDecode:
-    """The static-shape decode step captured once per (batch bucket, KV length bucket) in a CUDA
-    graph, then replayed.
-
-    `decode(input_ids, position_ids, write_pos, limit, kv_len)`, inputs (n, 1), must read and write
-    only static tensors (the slot buffers), so a replay with new inputs copied into the static
-    buffers computes exactly what an eager call would. It returns a tuple of tensors (the
-    scheduler's: logits, greedy tokens, finite flags).
-    """
-
-    def __init__(self, decode: DecodeFn, buckets: list[int], kv_lengths: list[int], scratch: int,
-                 device: torch.device, pool: tuple | None = None):
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecodeOutputs]] = {}
-        self.kv_lengths = sorted(kv_lengths)
-        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        # the largest first: smaller ones reuse its pool
-        for n in sorted(buckets, reverse=True):
-            # Idle inputs, one set per batch bucket, shared by its KV lengths.
-            static = idle_inputs(n, 1, 0, scratch, device)
-            for kv_len in reversed(self.kv_lengths):
-                graph, outputs = capture(decode, static, kv_len, pool, device)
-                self.graphs[n, kv_len] = (graph, static, outputs)
-
-    def kv_bucket(self, reach: int) -> int:
-        """The shortest captured KV length >= reach (the most slots any row of the step sees)."""
-        return next(k for k in self.kv_lengths if k >= reach)
-
-    def __call__(self, *inputs: torch.Tensor, reach: int) -> DecodeOutputs:
-        n = inputs[0].shape[0]
-        graph, static, outputs = self.graphs[n, self.kv_bucket(reach)]
-        for buffer, value in zip(static, inputs):
-            buffer.copy_(value)
-        graph.replay()
-        return outputs  # overwritten by the next replay: read (or copy) them before then
-
-
 class ShapeGraphs:
     """A forward captured in a CUDA graph per shape key, then replayed with the inputs copied into
     that graph's static buffers.
 
     `forward(*static, kv_len)` must read and write only static tensors (the slot buffers and its
-    inputs) and returns a tuple of tensors. shapes: key -> (idle static inputs, kv_len), captured
-    in that order (the largest first: smaller ones reuse the pool's memory). The scheduler's
-    prompt forwards (`GraphedPrefill`) and decode steps with prompt chunks inside are such graphs.
+    inputs), so a replay with new inputs copied in computes exactly what an eager call would; it
+    returns a tuple of tensors. shapes: key -> (idle static inputs, kv_len), captured in that order
+    (the largest first: smaller ones reuse the pool's memory). The scheduler's decode steps
+    (`GraphedDecode`), prompt forwards (`GraphedPrefill`) and decode steps with prompt chunks inside
+    (`GraphedMixed`) are such graphs, sharing one pool.
     """
 
     def __init__(self, forward: Callable[..., Outputs], shapes: dict, device: torch.device, pool: tuple | None = None):
@@ -286,12 +252,38 @@ class ShapeGraphs:
             graph, outputs = capture(forward, static, kv_len, pool, device)
             self.graphs[key] = (graph, static, outputs)
 
-    def __call__(self, key, *inputs: torch.Tensor) -> Outputs:  # noqa: ANN001 - a shape key
+    def replay(self, key, *inputs: torch.Tensor) -> Outputs:  # noqa: ANN001 - a shape key
         graph, static, outputs = self.graphs[key]
         for buffer, value in zip(static, inputs):
             buffer.copy_(value)
         graph.replay()
         return outputs  # overwritten by the next replay: read (or copy) them before then
+
+    __call__ = replay
+
+
+class GraphedDecode(ShapeGraphs):
+    """The static-shape decode step captured once per (batch bucket, KV length bucket), then replayed.
+
+    `decode(input_ids, position_ids, write_pos, limit, kv_len)`, inputs (n, 1) -> a tuple of
+    tensors (the scheduler's: logits, greedy tokens, finite flags). Called with the step's inputs
+    and `reach` (the most slots any row sees), it replays the graph of the shortest KV length that
+    holds them.
+    """
+
+    def __init__(self, decode: DecodeFn, buckets: list[int], kv_lengths: list[int], scratch: int,
+                 device: torch.device, pool: tuple | None = None):
+        self.kv_lengths = sorted(kv_lengths)
+        idle = {n: idle_inputs(n, 1, 0, scratch, device) for n in buckets}  # one set per batch bucket
+        super().__init__(decode, {(n, kv): (idle[n], kv) for n in sorted(buckets, reverse=True)
+                                  for kv in reversed(self.kv_lengths)}, device, pool)
+
+    def kv_bucket(self, reach: int) -> int:
+        """The shortest captured KV length >= reach (the most slots any row of the step sees)."""
+        return next(k for k in self.kv_lengths if k >= reach)
+
+    def __call__(self, *inputs: torch.Tensor, reach: int) -> DecodeOutputs:
+        return self.replay((inputs[0].shape[0], self.kv_bucket(reach)), *inputs)
 
 
 def by_size(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
