@@ -148,7 +148,8 @@ class ServingSettings:
     prefill_wait_steps: int = field(default=8, metadata=_help(
         "while streams decode, a new prompt may wait up to this many decode steps so that arrivals prefill "
         "together in one forward instead of one forward each; it goes at once when the waiting prompts are a "
-        "quarter of the decoding rows or a full prefill_tokens budget. 0 = prefill every arrival at the next step"))
+        "quarter of the decoding rows or a full prefill_tokens budget, or when a decode step's captured graph can "
+        "take it in (CUDA, prefill_with_decode). 0 = prefill every arrival at the next step"))
     prefill_with_decode: bool = field(default=True, metadata=_help(
         "while streams decode, new prompts go through the same forward as their decode step: one pass over the "
         "weights for both (on CUDA a captured graph per prompt shape, up to 512 padded prompt tokens and 1,024 "

@@ -504,6 +504,25 @@ def test_arrivals_wait_a_few_steps_to_prefill_together_without_changing_answers(
         sched.step()
 
 
+def test_a_prompt_a_captured_decode_step_takes_in_does_not_wait(base, tok, prefixes):
+    """With static shapes and prompts inside decode steps (the CUDA defaults), an arrival that a
+    captured decode step can take in goes in at the next step despite prefill_wait_steps: batching
+    would save little there and only delay its first token. Its answer is the oracle's."""
+    sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=20, slot_len=256,
+                      prefill_wait_steps=3, static_shapes=True)
+    assert sched.mixed_shapes
+    sched.admit([scheduler_job(tok, QUERIES[i % 6], prefixes["support"], 40) for i in range(12)])
+    sched.step()
+    assert len(sched.decoding) == 12 and sched.stats.mixed_steps == 0
+    late = scheduler_job(tok, QUERIES[1], prefixes["hr"], 6)
+    sched.admit([late])
+    sched.step()
+    assert sched.stats.mixed_steps == 1 and len(sched.decoding) == 13  # no waiting for company
+    while not late.handle.done:
+        sched.step()
+    assert late.handle.result().text == oracle(base, tok, QUERIES[1], prefixes["hr"], 6)
+
+
 def test_a_request_cancelled_while_its_prompt_goes_in_frees_its_row(base, tok, prefixes):
     sched = Scheduler(base, tok.eos_token_id, tok.pad_token_id, tok.decode, max_rows=2, slot_len=256,
                       prefill_token_budget=8)
