@@ -96,7 +96,8 @@ def main() -> None:
                 padded = (*decode_part()[:4], *idle(shape[0], shape[1], shape[2])[:4],
                           torch.zeros(shape[0], dtype=torch.long, device=dev))
                 runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens, CUDA graph "
-                             f"{shape[0]} x {shape[1]}", lambda shape=shape, padded=padded: s.graphed_mixed(shape, *padded)))
+                             f"{shape[0]} x {shape[1]}",
+                             lambda shape=shape, padded=padded: s.graphed_mixed(shape, *padded)))
         table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev})",
                       header_style="bold")
         for column in ("forward", "host queues it ms", "wall ms", "kernels ms", "kernels"):

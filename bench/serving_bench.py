@@ -44,7 +44,9 @@ compiles during the loop (0 once the engine's warm-up did its job) and time to f
 p50/p99, once per
 --prefill-with-decode mode (on: new prompts go through the running rows' decode forward; off: a
 prefill forward of their own), --prefill-graphs mode (on: prompt forwards of up to ~1k tokens
-replay CUDA graphs of a few padded shapes; off: eager) and --prefill-wait-steps value.
+replay CUDA graphs of a few padded shapes; off: eager) and --prefill-wait-steps value. On CUDA it
+then prints, per run, the GPU's time per kind of step in the loop (decode only, prompts inside,
+prompt forwards beside) and its idle time between steps, from CUDA events around each step's work.
 --arrival-rate compares the modes too.
 
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
@@ -62,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import threading
 import time
@@ -486,12 +489,15 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     budget = int(args.prefill_tokens.split(",")[-1])
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1e3)
-    table = Table(title=f"Closed loop (thread switch interval {sys.getswitchinterval() * 1e3:g} ms): {args.streams} clients, {count} requests over {args.domains} domains, prompt "
-                        f"{args.prompt_len}, {args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, "
-                        f"prefill {budget} tokens a step", header_style="bold")
-    for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step", "tokens/s end to end",
-                   "of the step figure", "steady part: tokens/s", "of the step figure", "mean step ms in the loop",
-                   "steps with prompts (graphed)", "prompt forwards (graphed)", "compiles in the loop", "TTFT p50 / p99 ms"):
+    table = Table(title=f"Closed loop (thread switch interval {sys.getswitchinterval() * 1e3:g} ms): {args.streams} "
+                        f"clients, {count} requests over {args.domains} domains, prompt {args.prompt_len}, "
+                        f"{args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, prefill {budget} "
+                        "tokens a step", header_style="bold")
+    timelines: list[str] = []
+    for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step",
+                   "tokens/s end to end", "of the step figure", "steady part: tokens/s", "of the step figure",
+                   "mean step ms in the loop", "steps with prompts (graphed)", "prompt forwards (graphed)",
+                   "compiles in the loop", "TTFT p50 / p99 ms"):
         table.add_column(column, justify="right")
     for mode, graphs, wait in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")]):
         settings.serving.prefill_with_decode = mode == "on"
@@ -521,12 +527,15 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                     results.append(engine.generate(request))
 
             clients = [threading.Thread(target=client) for _ in range(args.streams)]
+            timeline = StepTimeline(engine.scheduler) if engine.scheduler.device.type == "cuda" else None
             start = time.perf_counter()
             for thread in clients:
                 thread.start()
             for thread in clients:
                 thread.join()
             seconds = time.perf_counter() - start
+            if timeline is not None:
+                timelines.append(f"with decode {mode}, prompt graphs {graphs}, wait {wait}: {timeline.summary()}")
             loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
             mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
             forwards = f"{stats.prefill_forwards - before[4]} ({stats.prefill_replays - before[5]})"
@@ -540,6 +549,49 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                       f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", mixed, forwards, str(compiles),
                       f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}")
     console.print(table)
+    if timelines:
+        console.print("The GPU in the loop (CUDA events around each decode step's queued work):")
+        for line in timelines:
+            console.print(f"  {line}")
+
+
+class StepTimeline:
+    """CUDA events around the work each decode step queues (its launch: the decode forward, prompts
+    inside it or forwards of their own beside it, the token choice and copy), recorded on the
+    engine's stream while the closed loop runs: the GPU's time per kind of step, and how long it
+    sat idle between steps (work queued between launches, such as a row's prefix copy, counts as
+    idle here). Instruments the scheduler's `_launch` until `summary`."""
+
+    def __init__(self, scheduler):  # noqa: ANN001 - a glmbot Scheduler
+        self.scheduler, self.launch = scheduler, scheduler._launch
+        self.marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        scheduler._launch = self._timed
+
+    def _timed(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._launch's
+        stats = self.scheduler.stats
+        before = (stats.mixed_steps, stats.prefill_forwards)
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        launched = self.launch(*args, **kwargs)
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        kind = ("prompts inside" if stats.mixed_steps > before[0] else
+                "prompt forwards beside" if stats.prefill_forwards > before[1] else "decode only")
+        self.marks.append((kind, start, end))
+        return launched
+
+    def summary(self) -> str:
+        self.scheduler._launch = self.launch
+        torch.cuda.synchronize()
+        if not self.marks:
+            return "no decode steps"
+        busy: dict[str, list[float]] = {}
+        for kind, start, end in self.marks:
+            busy.setdefault(kind, []).append(start.elapsed_time(end))
+        idle = sum(end.elapsed_time(start) for (_, _, end), (_, start, _) in zip(self.marks, self.marks[1:]))
+        span = self.marks[0][1].elapsed_time(self.marks[-1][2])
+        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(ms):.2f} ms" for kind, ms in sorted(busy.items()))
+        return f"{kinds}; idle between steps {idle / span:.1%} of {span / 1e3:.1f} s"
 
 
 def best_of(repeat: int, run: Callable[[], Measured]) -> Measured:
