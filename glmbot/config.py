@@ -149,12 +149,13 @@ class ServingSettings:
         "while streams decode, a new prompt may wait up to this many decode steps so that arrivals prefill "
         "together in one forward instead of one forward each; it goes at once when the waiting prompts are a "
         "quarter of the decoding rows or a full prefill_tokens budget, or when a decode step's captured graph can "
-        "take it in (CUDA, prefill_with_decode). 0 = prefill every arrival at the next step"))
+        "take it in (static shapes, as on CUDA; prefill_with_decode). 0 = prefill every arrival at the next step"))
     prefill_with_decode: bool = field(default=True, metadata=_help(
         "while streams decode, new prompts go through the same forward as their decode step: one pass over the "
         "weights for both (on CUDA a captured graph per prompt shape, up to 512 padded prompt tokens and 1,024 "
-        "slots; beyond, or false, a prompt forward of its own right after the step). On an H100 it gave 4% more "
-        "tokens/s in a closed loop and a lower first-token p99 under steady arrivals (docs/PERFORMANCE.md)"))
+        "slots; beyond, or false, a prompt forward of its own right after the step; on the CPU an eager step). On "
+        "an H100 it gave 4% more tokens/s in a closed loop and a lower first-token p99 under steady arrivals "
+        "(docs/PERFORMANCE.md)"))
     engine_process: Literal["auto", "always", "never"] = field(default="auto", metadata=_help(
         "`glmbot serve` runs the engine in a process of its own, so the HTTP layer and the engine do not share one "
         "interpreter lock: 'auto' = on CUDA (at 200 streams one shared process gave 63% of the engine's tokens/s), "

@@ -155,12 +155,17 @@ class EagerGraph:
             out.copy_(new)
 
 
-def test_graph_replays_serve_the_dynamic_engines_tokens(base, tok, prefixes):
+@pytest.mark.parametrize("with_decode", [True, False], ids=["prompts-inside", "prompts-beside"])
+def test_graph_replays_serve_the_dynamic_engines_tokens(base, tok, prefixes, with_decode):
     """The CUDA-graph plumbing, on the CPU with graphs that replay eagerly: decode steps, prompt
-    forwards and decode steps with prompts inside, each replayed from its shape's static buffers
-    (inputs copied in, outputs overwritten by the next replay), give the dynamic engine's tokens,
-    for a first batch and for prompts that arrive while it decodes."""
+    forwards and decode steps with prompts inside (or, without prefill_with_decode, prompt forwards
+    replayed beside the step), each replayed from its shape's static buffers (inputs copied in,
+    outputs overwritten by the next replay), give the dynamic engine's tokens, for a first batch and
+    for prompts that arrive while it decodes."""
     from glmbot.serving import kv_slots
+
+    settings = Settings()
+    settings.serving.prefill_with_decode = with_decode
 
     first = [greedy(q, d, 24, ignore_eos=True) for d, q in [("support", QUERIES[0]), ("hr", QUERIES[1]),
                                                               (None, QUERIES[2])]]
@@ -168,7 +173,7 @@ def test_graph_replays_serve_the_dynamic_engines_tokens(base, tok, prefixes):
 
     def run(graphs: bool):
         with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, static_shapes=graphs,
-                    pipeline=True) as eng:
+                    pipeline=True, settings=settings) as eng:
             s = eng.scheduler
             if graphs:
                 with pytest.MonkeyPatch.context() as mp:
@@ -179,8 +184,9 @@ def test_graph_replays_serve_the_dynamic_engines_tokens(base, tok, prefixes):
                                                        pool)
                     s.graphed_prefill = kv_slots.GraphedPrefill(s._prefill_forward, s.prefill_shapes, s.pad,
                                                                 s.slots.scratch, s.device, pool)
-                    s.graphed_mixed = kv_slots.GraphedMixed(s._mixed_forward, s.mixed_shapes, s.buckets[-1], s.pad,
-                                                            s.slots.scratch, s.device, pool)
+                    if s.mixed_shapes:
+                        s.graphed_mixed = kv_slots.GraphedMixed(s._mixed_forward, s.mixed_shapes, s.buckets[-1],
+                                                                s.pad, s.slots.scratch, s.device, pool)
             handles = [eng.submit(r) for r in first]
             wait_until(lambda: eng.stats().decode_steps >= 3)
             handles += [eng.submit(r) for r in late]
@@ -190,7 +196,10 @@ def test_graph_replays_serve_the_dynamic_engines_tokens(base, tok, prefixes):
     dynamic, _ = run(False)
     replayed, stats = run(True)
     assert replayed == dynamic and all(dynamic)
-    assert stats.prefill_replays >= 1 and stats.mixed_replays >= 1  # each kind of graph served
+    if with_decode:
+        assert stats.prefill_replays >= 1 and stats.mixed_replays >= 1  # each kind of graph served
+    else:  # the late prompts' forwards were replayed beside a decode step
+        assert stats.prefill_replays >= 2 and stats.mixed_replays == stats.mixed_steps == 0
 
 
 def test_compiled_dense_parts_serve_the_eager_tokens(base, tok, prefixes):

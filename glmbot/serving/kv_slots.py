@@ -243,6 +243,10 @@ class ShapeGraphs:
     (the largest first: smaller ones reuse the pool's memory). The scheduler's decode steps
     (`GraphedDecode`), prompt forwards (`GraphedPrefill`) and decode steps with prompt chunks inside
     (`GraphedMixed`) are such graphs, sharing one pool.
+
+    Sharing is safe as the scheduler uses them: every graph's outputs stay referenced here, so no
+    graph captured later computes in their memory; a later graph's outputs may lie in an earlier
+    one's scratch memory, so they are read (indexed, cloned) before any other replay.
     """
 
     def __init__(self, forward: Callable[..., Outputs], shapes: dict, device: torch.device, pool: tuple | None = None):

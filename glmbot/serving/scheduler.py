@@ -515,10 +515,12 @@ class Scheduler:
         """
         # With static shapes the prompt chunks go inside the decode forward only where that step,
         # padded to all rows and a captured prompt shape, replays a graph (all chunks as one group,
-        # padded); else beside it.
+        # padded); else beside it. Dynamic shapes mix eagerly on the CPU only: on CUDA an eager
+        # mixed step costs more host time than its forward saves (docs/PERFORMANCE.md).
         shape = self._mixed_shape(rows, list(chunks)) if chunks and self.prefill_with_decode else None
         groups = [list(chunks)] if shape is not None else self._prefill_groups(list(chunks)) if chunks else []
-        mixed = bool(chunks) and self.prefill_with_decode and (shape is not None or not self.static_shapes)
+        eager_mix = not self.static_shapes and self.device.type != "cuda"
+        mixed = bool(chunks) and self.prefill_with_decode and (shape is not None or eager_mix)
         hi = max((r.slot for r in rows), default=-1) + 1
         if shape is not None:
             n = self.buckets[-1]
