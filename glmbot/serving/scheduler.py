@@ -136,6 +136,11 @@ class DecodeProbe(Protocol):
         step's own copy: they stay valid after the next step."""
 
 
+def choices(logits: torch.Tensor) -> DecodeOutputs:
+    """logits (B, V) -> the logits, greedy tokens (B,) and whether each row is finite (B,)."""
+    return logits, logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+
+
 Chunk = tuple["Row", int, int]  # a row and the [start, end) of its prompt tokens prefilled in one forward
 
 
@@ -206,14 +211,17 @@ class Scheduler:
         self.probe: DecodeProbe | None = None  # teacher forcing + logits capture (glmbot.serving.verify)
         # Static decode shapes read one of these KV lengths: the shortest that holds the step's rows
         self.kv_lengths = kv_buckets(self.slots.length) if kv_length_buckets else [self.slots.length]
-        if self.device.type == "cuda" if warm_up is None else warm_up:
-            self.warm_up_shapes()
         # Static shapes pad a prompt forward to one of these (rows, tokens, kv_len), when one holds it
         self.prefill_shapes = prefill_shapes(max_rows, self.kv_lengths) if self.static_shapes and prefill_graphs else []
         # ... and, with prefill_with_decode, a decode step of all rows takes one group of prompt
         # chunks padded to one of these (both parts read kv_len slots)
         self.mixed_shapes = [s for s in self.prefill_shapes if s[0] * s[1] <= MIXED_GRAPH_TOKENS] \
             if prefill_with_decode else []
+        # Dynamic shapes mix prompts into decode steps eagerly on the CPU only: on CUDA an eager mixed
+        # step costs more host time than its forward saves (docs/PERFORMANCE.md); prompts go beside it.
+        self.eager_mix = prefill_with_decode and not self.static_shapes and self.device.type != "cuda"
+        if self.device.type == "cuda" if warm_up is None else warm_up:
+            self.warm_up_shapes()
         self.graphed = self.graphed_prefill = self.graphed_mixed = None
         if cuda_graph:
             if self.device.type != "cuda":
@@ -251,7 +259,8 @@ class Scheduler:
             for batch, length in ((1, 1), (2, 1), (3, 1), (1, 2), (1, 3), (2, 3), (3, 5)):
                 ids, positions, write, limit, slot_rows, kv_len = part(batch, length, decode=length == 1)
                 forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len, rows=slot_rows)
-            for decoding, chunk in ((1, 3), (2, 4)) if self.prefill_with_decode else ():  # (1, 4), (1, 6) tokens
+            mixes = self.mixed_shapes or self.eager_mix
+            for decoding, chunk in ((1, 3), (2, 4)) if mixes else ():  # (1, 4), (1, 6) tokens
                 forward_mixed(self.model, self.slots, [part(decoding, 1, decode=True), part(1, chunk)])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -325,33 +334,24 @@ class Scheduler:
                         self._finish(row, "error", GenerationError(f"prefill failed: {type(exc).__name__}: {exc}"))
         self.waiting = [r for r in self.waiting if self.rows[r.slot] is r and not r.decoding]
 
-    def _take_chunks(self) -> list[Chunk]:
-        """The next `prefill_token_budget` prompt tokens of the waiting rows, oldest rows first."""
+    def _take_chunks(self, into_graph: bool = False) -> list[Chunk]:
+        """The next `prefill_token_budget` prompt tokens of the waiting rows, oldest rows first.
+
+        into_graph: for a decode step that takes them into its captured graph, only as long as,
+        padded together, a captured prompt shape holds them (the rest wait for the next step); if
+        the first chunk alone fits none, the budget as usual (they get forwards of their own)."""
         self.waiting = [r for r in self.waiting if self.rows[r.slot] is r]  # finished (cancelled) meanwhile
         budget, chunks = self.prefill_token_budget, []
+        decoding = self.decoding if into_graph else []
         for row in self.waiting:
             if budget <= 0:
                 break
             n = min(len(row.job.prompt_ids) - row.prefilled, budget)
-            chunks.append((row, row.prefilled, row.prefilled + n))
-            budget -= n
-        return chunks
-
-    def _take_mixed_chunks(self) -> list[Chunk]:
-        """`_take_chunks` for a decode step that takes them into its captured graph: the oldest
-        waiting rows' chunks as long as, padded together, a captured prompt shape holds them (the
-        rest wait for the next step). If the first chunk alone fits none, the step's budget as usual
-        (they get forwards of their own)."""
-        self.waiting = [r for r in self.waiting if self.rows[r.slot] is r]
-        budget, chunks, decoding = self.prefill_token_budget, [], self.decoding
-        for row in self.waiting:
-            n = min(len(row.job.prompt_ids) - row.prefilled, budget)
-            candidate = [*chunks, (row, row.prefilled, row.prefilled + n)]
-            if self._mixed_shape(decoding, candidate) is None:
+            chunk = (row, row.prefilled, row.prefilled + n)
+            if into_graph and self._mixed_shape(decoding, [*chunks, chunk]) is None:
                 return chunks or self._take_chunks()
-            chunks, budget = candidate, budget - n
-            if budget <= 0:
-                break
+            chunks.append(chunk)
+            budget -= n
         return chunks
 
     def _prefill_groups(self, chunks: list[Chunk]) -> list[list[Chunk]]:
@@ -454,7 +454,7 @@ class Scheduler:
         chunks: list[Chunk] = []
         if self.prefill_due():
             if self._ride_now():
-                chunks = self._take_mixed_chunks() if self.mixed_shapes else self._take_chunks()
+                chunks = self._take_chunks(into_graph=bool(self.mixed_shapes))
             else:
                 self.prefill()
         start = time.perf_counter()
@@ -515,12 +515,10 @@ class Scheduler:
         """
         # With static shapes the prompt chunks go inside the decode forward only where that step,
         # padded to all rows and a captured prompt shape, replays a graph (all chunks as one group,
-        # padded); else beside it. Dynamic shapes mix eagerly on the CPU only: on CUDA an eager
-        # mixed step costs more host time than its forward saves (docs/PERFORMANCE.md).
-        shape = self._mixed_shape(rows, list(chunks)) if chunks and self.prefill_with_decode else None
+        # padded); else beside it (see also eager_mix).
+        shape = self._mixed_shape(rows, list(chunks)) if chunks else None
         groups = [list(chunks)] if shape is not None else self._prefill_groups(list(chunks)) if chunks else []
-        eager_mix = not self.static_shapes and self.device.type != "cuda"
-        mixed = bool(chunks) and self.prefill_with_decode and (shape is not None or eager_mix)
+        mixed = bool(chunks) and (shape is not None or self.eager_mix)
         hi = max((r.slot for r in rows), default=-1) + 1
         if shape is not None:
             n = self.buckets[-1]
@@ -570,12 +568,11 @@ class Scheduler:
                 for group in groups:
                     table, kv_len, slots = self._prefill_inputs(group)
                     parts.append((table[0], table[1], table[2], table[3], slots, kv_len))
-                logits = forward_mixed(self.model, self.slots, parts)
-                greedy, finite = logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
-            else:
-                outputs = [self._decode_part(parts[0])[0]] if parts else []
-                logits = torch.cat(outputs + [self._prefill_logits(group) for group in groups])
-                greedy, finite = logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+                logits, greedy, finite = choices(forward_mixed(self.model, self.slots, parts))
+            else:  # the decode part's outputs (greedy tokens chosen in its graph), then the prompts'
+                outputs = [self._decode_part(parts[0])] if parts else []
+                outputs.append(choices(torch.cat([self._prefill_logits(group) for group in groups])))
+                logits, greedy, finite = (torch.cat(column) for column in zip(*outputs))
             if mixed:
                 self.stats.prefill_tokens += sum(end - start for _, start, end in chunks)
                 self.stats.mixed_steps += 1
@@ -626,8 +623,7 @@ class Scheduler:
         parts reading kv_len slots -> logits, greedy tokens, finite flags of the n + B' last queries."""
         *tensors, kv_len = inputs
         decode, prompts, slot_rows = tensors[:4], tensors[4:8], tensors[8]
-        logits = forward_mixed(self.model, self.slots, [(*decode, None, kv_len), (*prompts, slot_rows, kv_len)])
-        return logits, logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+        return choices(forward_mixed(self.model, self.slots, [(*decode, None, kv_len), (*prompts, slot_rows, kv_len)]))
 
     def _decode_part(self, part: MixedPart) -> DecodeOutputs:
         """The decode forward of a launch's (n, 1) part: its graph's replay, or an eager forward."""
@@ -658,8 +654,7 @@ class Scheduler:
         Greedy tokens are chosen here so that, in a CUDA graph, the common all-greedy step needs no
         (n, V) work outside it (`choose_tokens_on_device` picks the same tokens from the logits).
         """
-        logits = forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len)
-        return logits, logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+        return choices(forward_slots(self.model, self.slots, ids, positions, write, limit, kv_len))
 
     # ---- tokens, text and endings ---------------------------------------------------------------
 
