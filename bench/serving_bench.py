@@ -446,6 +446,8 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
             steps, row_steps = stats.decode_steps - before[0], stats.decode_tokens - before[2]
             busy = stats.decode_s - before[1] + stats.prefill_s - before[3]
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
+        admitted = sorted(1e3 * r.timings.queued_s for r in results)
+        wakes = sorted(1e3 * w for w in wakes)
         between = sorted(1e3 * g for g in step_gaps) or [float("nan")]
         tokens = sum(r.usage.completion_tokens for r in results)
         table.add_row(f"{budget:,}", mode, graphs, f"{percentile(ttft, 0.5):.1f}", f"{percentile(ttft, 0.99):.1f}",
@@ -496,8 +498,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     timelines: list[str] = []
     for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step",
                    "tokens/s end to end", "of the step figure", "steady part: tokens/s", "of the step figure",
-                   "mean step ms in the loop", "steps with prompts (graphed)", "prompt forwards (graphed)",
-                   "compiles in the loop", "TTFT p50 / p99 ms"):
+                   "mean step ms in the loop", "rows per step (steady)", "steps with prompts (graphed)", "prompt forwards (graphed)",
+                   "compiles in the loop", "TTFT p50 / p99 ms", "to a row p50 / p99 ms", "result to client p50 / p99 ms"):
         table.add_column(column, justify="right")
     for mode, graphs, wait in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")]):
         settings.serving.prefill_with_decode = mode == "on"
@@ -513,8 +515,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             stats = engine.scheduler.stats
             before = (stats.decode_steps, stats.decode_s, stats.mixed_steps, counters["stats"]["unique_graphs"],
                       stats.prefill_forwards, stats.prefill_replays, stats.mixed_replays)
-            pending, results, lock = list(reversed(requests)), [], threading.Lock()
-            steady: list[tuple[float, int]] = []  # (time, decode tokens) when the steady part begins and ends
+            pending, results, wakes, lock = list(reversed(requests)), [], [], threading.Lock()
+            steady: list[tuple[float, int, int]] = []  # (time, decode tokens, decode steps) as the steady part begins, ends
 
             def client() -> None:
                 while True:
@@ -523,8 +525,12 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                             return
                         request = pending.pop()
                         if len(pending) in (count * 3 // 4, 0):
-                            steady.append((time.perf_counter(), stats.decode_tokens))
-                    results.append(engine.generate(request))
+                            steady.append((time.perf_counter(), stats.decode_tokens, stats.decode_steps))
+                    submitted = time.perf_counter()
+                    result = engine.generate(request)
+                    results.append(result)
+                    # the result's way to the client: from the engine finishing the row to generate() returning
+                    wakes.append(time.perf_counter() - submitted - result.timings.total_s)
 
             clients = [threading.Thread(target=client) for _ in range(args.streams)]
             timeline = StepTimeline(engine.scheduler) if engine.scheduler.device.type == "cuda" else None
@@ -542,12 +548,16 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             mixed = f"{mixed} ({stats.mixed_replays - before[6]})"
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
-        (t0, n0), (t1, n1) = steady
+        (t0, n0, s0), (t1, n1, s1) = steady
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
+        admitted = sorted(1e3 * r.timings.queued_s for r in results)
+        wakes = sorted(1e3 * w for w in wakes)
         table.add_row(mode, graphs, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
-                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", mixed, forwards, str(compiles),
-                      f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}")
+                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", f"{(n1 - n0) / max(s1 - s0, 1):.1f}", mixed, forwards, str(compiles),
+                      f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}",
+                      f"{percentile(admitted, 0.5):.1f} / {percentile(admitted, 0.99):.1f}",
+                      f"{percentile(wakes, 0.5):.1f} / {percentile(wakes, 0.99):.1f}")
     console.print(table)
     if timelines:
         console.print("The GPU in the loop (CUDA events around each decode step's queued work):")
