@@ -96,7 +96,7 @@ from glmbot.serving.verify import (  # noqa: E402
     verify_engine,
 )
 
-console = Console(width=None if sys.stdout.isatty() else 160)  # tables unwrapped in logs
+console = Console(width=None if sys.stdout.isatty() else 300)  # tables unwrapped in logs
 
 
 @dataclass
@@ -498,8 +498,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     timelines: list[str] = []
     for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step",
                    "tokens/s end to end", "of the step figure", "steady part: tokens/s", "of the step figure",
-                   "mean step ms in the loop", "rows per step (steady)", "steps with prompts (graphed)", "prompt forwards (graphed)",
-                   "compiles in the loop", "TTFT p50 / p99 ms", "to a row p50 / p99 ms", "result to client p50 / p99 ms"):
+                   "mean step ms in the loop", "rows per step (steady)", "wall ms per step (steady)", "steps with prompts (graphed)", "prompt forwards (graphed)",
+                   "compiles in the loop", "TTFT mean / p50 / p99 ms", "to a row p50 / p99 ms", "result to client p50 / p99 ms"):
         table.add_column(column, justify="right")
     for mode, graphs, wait in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")]):
         settings.serving.prefill_with_decode = mode == "on"
@@ -554,8 +554,9 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
         wakes = sorted(1e3 * w for w in wakes)
         table.add_row(mode, graphs, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
-                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", f"{(n1 - n0) / max(s1 - s0, 1):.1f}", mixed, forwards, str(compiles),
-                      f"{percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}",
+                      f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", f"{(n1 - n0) / max(s1 - s0, 1):.1f}",
+                      f"{1e3 * (t1 - t0) / max(s1 - s0, 1):.2f}", mixed, forwards, str(compiles),
+                      f"{statistics.mean(ttft):.1f} / {percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}",
                       f"{percentile(admitted, 0.5):.1f} / {percentile(admitted, 0.99):.1f}",
                       f"{percentile(wakes, 0.5):.1f} / {percentile(wakes, 0.99):.1f}")
     console.print(table)
