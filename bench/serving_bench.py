@@ -44,7 +44,9 @@ compiles during the loop (0 once the engine's warm-up did its job) and time to f
 p50/p99, once per
 --prefill-with-decode mode (on: new prompts go through the running rows' decode forward; off: a
 prefill forward of their own), --prefill-graphs mode (on: prompt forwards of up to ~1k tokens
-replay CUDA graphs of a few padded shapes; off: eager) and --prefill-wait-steps value. On CUDA it
+replay CUDA graphs of a few padded shapes; off: eager), --handoff-wait mode (the engine's
+handoff_wait: a client's next request joins the step queued right after its answer) and
+--prefill-wait-steps value. On CUDA it
 then prints, per run, the GPU's time per kind of step in the loop (decode only, prompts inside,
 prompt forwards beside) and its idle time between steps, from CUDA events around each step's work.
 --arrival-rate compares the modes too.
@@ -326,6 +328,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--switch-interval-ms", type=float, default=None,
                         help="the interpreter's thread switch interval (sys.setswitchinterval; Python's default is "
                              "5 ms): with --closed-loop, the clients are threads beside the engine's")
+    parser.add_argument("--handoff-wait", default="on",
+                        help="with --closed-loop: the engine's handoff_wait (a request sent right back after an "
+                             "answer joins the next step): on, off or on,off")
     parser.add_argument("--prefill-wait-steps", default="8",
                         help="with --closed-loop: [serving] prefill_wait_steps values to compare (comma-separated)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
@@ -496,18 +501,20 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                         f"{args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, prefill {budget} "
                         "tokens a step", header_style="bold")
     timelines: list[str] = []
-    for column in ("with decode", "prompt graphs", "wait steps", "plain step ms", "tokens/s at that step",
+    for column in ("with decode", "prompt graphs", "wait steps", "hand-off wait", "plain step ms", "tokens/s at that step",
                    "tokens/s end to end", "of the step figure", "steady part: tokens/s", "of the step figure",
                    "mean step ms in the loop", "rows per step (steady)", "wall ms per step (steady)", "steps with prompts (graphed)", "prompt forwards (graphed)",
                    "compiles in the loop", "TTFT mean / p50 / p99 ms", "to a row p50 / p99 ms", "result to client p50 / p99 ms"):
         table.add_column(column, justify="right")
-    for mode, graphs, wait in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")]):
+    runs = [(*run, handoff) for run in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")])
+            for handoff in on_off("--handoff-wait", args.handoff_wait)]
+    for mode, graphs, wait, handoff in runs:
         settings.serving.prefill_with_decode = mode == "on"
         settings.serving.prefill_wait_steps = wait
         with Engine(model, tok, prefixes=prefixes, settings=settings, max_batch_size=args.streams,
                     max_len=args.prompt_len + args.max_new_tokens * 3 // 2, max_prefix_len=args.prefix_len,
                     prefill_token_budget=1 << 15, cuda_graph=args.cuda_graph,
-                    prefill_graphs=graphs == "on") as engine:
+                    prefill_graphs=graphs == "on", handoff_wait=handoff == "on") as engine:
             batch = requests_for(make_prompts(args.streams, args.prompt_len, tok), names, args.max_new_tokens)
             run_engine(engine, "warm-up", batch)
             plain = best_of(args.repeat, lambda: run_engine(engine, "all at once", batch))  # one prefill forward
@@ -541,7 +548,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                 thread.join()
             seconds = time.perf_counter() - start
             if timeline is not None:
-                timelines.append(f"with decode {mode}, prompt graphs {graphs}, wait {wait}: {timeline.summary()}")
+                timelines.append(f"with decode {mode}, prompt graphs {graphs}, wait {wait}, hand-off wait {handoff}: "
+                                 f"{timeline.summary()}")
             loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
             mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
             forwards = f"{stats.prefill_forwards - before[4]} ({stats.prefill_replays - before[5]})"
@@ -552,7 +560,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
         admitted = sorted(1e3 * r.timings.queued_s for r in results)
         wakes = sorted(1e3 * w for w in wakes)
-        table.add_row(mode, graphs, str(wait), f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
+        table.add_row(mode, graphs, str(wait), handoff, f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
                       f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", f"{(n1 - n0) / max(s1 - s0, 1):.1f}",
                       f"{1e3 * (t1 - t0) / max(s1 - s0, 1):.2f}", mixed, forwards, str(compiles),

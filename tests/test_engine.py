@@ -384,6 +384,30 @@ def test_pipelined_decode_equals_synchronous_decode(base, tok, prefixes):
     assert runs[True][1] == runs[False][1]  # tokens computed for rows that had ended are not counted
 
 
+def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, tok, prefixes, monkeypatch):
+    """handoff_wait: after a step in which a request finished, with the next step queued, the
+    engine waits for that client's next request (here up to 1 s, so the test does not race the
+    client): it is admitted before another decode step completes, and its answer is unchanged.
+    With nothing sent back, the wait ends at its limit and the running stream goes on."""
+    import glmbot.serving.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "HANDOFF_MAX_S", 1.0)
+    monkeypatch.setattr(engine_module, "HANDOFF_SHARE", 1e9)
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, pipeline=True,
+                handoff_wait=True) as eng:
+        expected = eng.generate(greedy(QUERIES[2], "ads", 6, ignore_eos=True))
+        running = eng.submit(greedy(QUERIES[0], "support", 40, ignore_eos=True))
+        first = eng.generate(greedy(QUERIES[1], "hr", 3, ignore_eos=True))
+        finished_at = eng.stats().decode_steps  # the engine thread waits for this client meanwhile
+        follow_up = eng.submit(greedy(QUERIES[2], "ads", 6, ignore_eos=True))
+        rows = []
+        wait_until(lambda: rows.extend(r for r in eng.scheduler.rows if r is not None and r.job.handle is follow_up)
+                   or bool(rows))
+        assert rows[0].admitted_step == finished_at
+        assert follow_up.result(timeout=60).token_ids == expected.token_ids
+        assert len(first.token_ids) == 3 and len(running.result(timeout=60).token_ids) == 40
+
+
 # ---------------------------------------------------------------------------- chunked prefill
 
 def scheduler_job(tok, query: str, prefix, max_new_tokens: int) -> Job:

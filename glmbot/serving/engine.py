@@ -102,6 +102,10 @@ class AnsweredWithoutModel(Exception):
         self.text, self.route, self.prompt_tokens = text, route, prompt_tokens
 
 
+# Engine handoff_wait: at most this share of a mean decode step, and at most this many seconds.
+HANDOFF_SHARE, HANDOFF_MAX_S = 0.25, 0.002
+
+
 class Engine:
     """Continuous batching over one base model with per-row P-Tuning v2 prefixes.
 
@@ -121,6 +125,12 @@ class Engine:
     prefill_graphs: with static shapes, prompt forwards of up to ~1k tokens are padded to a few
     (rows, tokens, KV length) shapes, captured in CUDA graphs too with cuda_graph (False: they run
     as they are, eagerly; for comparisons).
+    handoff_wait: after a step in which requests finished, while the next step is already queued
+    on the device, wait a little (a quarter of a mean step, at most 2 ms) for their clients' next
+    requests, so that one sent right back (a closed loop: agents, chains, benchmarks) goes into
+    the step queued next instead of the one after it; the device stays busy with the queued step
+    meanwhile (default: on where steps are pipelined on CUDA; on CPU a queued step is already
+    computed, so waiting would only delay the next).
     plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
     filters (register_answer_filters, collected once here) change the answer as it streams, and
     whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
@@ -133,7 +143,7 @@ class Engine:
                  static_shapes: bool = False, cuda_graph: bool = False, prepare_workers: int = 2,
                  plugins: Any = None, pipeline: bool | None = None,
                  questions: Mapping[str, list[str]] | None = None, kv_length_buckets: bool = True,
-                 warm_up: bool | None = None, prefill_graphs: bool = True):
+                 warm_up: bool | None = None, prefill_graphs: bool = True, handoff_wait: bool | None = None):
         self.settings = settings or Settings()
         self.plugins = plugins  # a glmbot.plugins.PluginManager: before/after_generate hooks
         self.answer_filters = self._collect_answer_filters(plugins)
@@ -191,6 +201,8 @@ class Engine:
         self._handles: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
         self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="glmbot-prepare")
         self._idle_s = 0.0
+        self._handoff_wait = (self.scheduler.pipeline and self.scheduler.device.type == "cuda"
+                              if handoff_wait is None else handoff_wait)
         self._thread = threading.Thread(target=self._run, name="glmbot-engine", daemon=True)
         self._thread.start()
 
@@ -574,7 +586,27 @@ class Engine:
                         return
                     take = min(len(self._ready), self.scheduler.free_rows)
                     jobs = [self._ready.popleft() for _ in range(take)]
+                finished = self._finished_count()
                 self._iterate(jobs)
+                if self._handoff_wait and self.scheduler.inflight is not None:
+                    self._await_handoff(self._finished_count() - finished)
+
+    def _finished_count(self) -> int:
+        return sum(self.scheduler.stats.finished.values())
+
+    def _await_handoff(self, finished: int) -> None:
+        """Give the clients of the `finished` requests a moment to send their next ones (see
+        handoff_wait), while the device runs the step already queued."""
+        steps = self.scheduler.stats.decode_steps
+        if not finished or not steps or not self.scheduler.free_rows:
+            return
+        deadline = time.perf_counter() + min(HANDOFF_MAX_S, HANDOFF_SHARE * self.scheduler.stats.decode_s / steps)
+        with self._cond:
+            while len(self._ready) < finished and not self._closing:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
 
     def _iterate(self, jobs: list[Job]) -> None:
         """Admit `jobs` between steps, then run one decode step; errors fail the batch, not the engine."""
