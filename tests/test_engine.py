@@ -408,6 +408,29 @@ def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, t
         assert len(first.token_ids) == 3 and len(running.result(timeout=60).token_ids) == 40
 
 
+def test_handoff_wait_ends_when_the_queued_step_is_done(base, tok, prefixes, monkeypatch):
+    """The hand-off wait never keeps the device idle: once the step queued on it is done (its
+    token copy's event has completed), the engine stops waiting for clients, whatever the limit."""
+    import types
+
+    import glmbot.serving.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "HANDOFF_MAX_S", 5.0)
+    monkeypatch.setattr(engine_module, "HANDOFF_SHARE", 1e9)
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, pipeline=True,
+                handoff_wait=True) as eng:
+        eng.generate(greedy(QUERIES[0], "support", 3))  # a mean step to scale the limit by
+        done = types.SimpleNamespace(query=lambda: True)
+        for ready, least, most in ((done, 0.0, 0.5), (None, 0.3, 5.0)):
+            monkeypatch.setattr(eng.scheduler, "inflight", types.SimpleNamespace(ready=ready))
+            if ready is None:
+                monkeypatch.setattr(engine_module, "HANDOFF_MAX_S", 0.3)
+            started = time.perf_counter()
+            eng._await_handoff(1)
+            assert least <= time.perf_counter() - started < most
+        monkeypatch.undo()
+
+
 # ---------------------------------------------------------------------------- chunked prefill
 
 def scheduler_job(tok, query: str, prefix, max_new_tokens: int) -> Job:

@@ -102,8 +102,9 @@ class AnsweredWithoutModel(Exception):
         self.text, self.route, self.prompt_tokens = text, route, prompt_tokens
 
 
-# Engine handoff_wait: at most this share of a mean decode step, and at most this many seconds.
-HANDOFF_SHARE, HANDOFF_MAX_S = 0.25, 0.002
+# Engine handoff_wait: at most this share of a mean decode step and this many seconds, checking
+# every HANDOFF_POLL_S whether the queued step is done.
+HANDOFF_SHARE, HANDOFF_MAX_S, HANDOFF_POLL_S = 0.25, 0.002, 0.0002
 
 
 class Engine:
@@ -126,11 +127,12 @@ class Engine:
     (rows, tokens, KV length) shapes, captured in CUDA graphs too with cuda_graph (False: they run
     as they are, eagerly; for comparisons).
     handoff_wait: after a step in which requests finished, while the next step is already queued
-    on the device, wait a little (a quarter of a mean step, at most 2 ms) for their clients' next
-    requests, so that one sent right back (a closed loop: agents, chains, benchmarks) goes into
-    the step queued next instead of the one after it; the device stays busy with the queued step
-    meanwhile (default: on where steps are pipelined on CUDA; on CPU a queued step is already
-    computed, so waiting would only delay the next).
+    on the device, wait a little (a quarter of a mean step, at most 2 ms, and never past the end
+    of the queued step) for their clients' next requests, so that one sent right back (a closed
+    loop: agents, chains, benchmarks) goes into the step queued next instead of the one after
+    it; the device stays busy with the queued step meanwhile (default: on where steps are
+    pipelined on CUDA; on CPU a queued step is already computed, so waiting would only delay the
+    next).
     plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
     filters (register_answer_filters, collected once here) change the answer as it streams, and
     whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
@@ -588,7 +590,7 @@ class Engine:
                     jobs = [self._ready.popleft() for _ in range(take)]
                 finished = self._finished_count()
                 self._iterate(jobs)
-                if self._handoff_wait and self.scheduler.inflight is not None:
+                if self._handoff_wait:
                     self._await_handoff(self._finished_count() - finished)
 
     def _finished_count(self) -> int:
@@ -596,17 +598,18 @@ class Engine:
 
     def _await_handoff(self, finished: int) -> None:
         """Give the clients of the `finished` requests a moment to send their next ones (see
-        handoff_wait), while the device runs the step already queued."""
-        steps = self.scheduler.stats.decode_steps
-        if not finished or not steps or not self.scheduler.free_rows:
+        handoff_wait), while the device runs the step already queued: the wait ends when they
+        are prepared, at its limit, or as soon as that step is done (the device must not run dry)."""
+        steps, queued = self.scheduler.stats.decode_steps, self.scheduler.inflight
+        if not finished or not steps or not self.scheduler.free_rows or queued is None:
             return
         deadline = time.perf_counter() + min(HANDOFF_MAX_S, HANDOFF_SHARE * self.scheduler.stats.decode_s / steps)
         with self._cond:
             while len(self._ready) < finished and not self._closing:
                 left = deadline - time.perf_counter()
-                if left <= 0:
+                if left <= 0 or (queued.ready is not None and queued.ready.query()):
                     return
-                self._cond.wait(left)
+                self._cond.wait(min(left, HANDOFF_POLL_S))
 
     def _iterate(self, jobs: list[Job]) -> None:
         """Admit `jobs` between steps, then run one decode step; errors fail the batch, not the engine."""
