@@ -96,6 +96,7 @@ def concat_kernel_options() -> dict:
 COMPILE_VARIANTS = {
     "trainer": {},  # the trainer's CUDA settings
     "flash attention": {"attention": "flash"},
+    "flex attention": {"attention": "flex"},
     "pack x64": {"pack": 64},
     "pack x128": {"pack": 128},
     "compiled swiglu/rotary": {"kernels": False},  # no glmbot.model.kernels ops: torch.compile's own
@@ -198,6 +199,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also run with the dense parts compiled (the trainer's CUDA default)")
     ap.add_argument("--variants", default="trainer",
                     help=f"comma-separated compiled variants: {', '.join(COMPILE_VARIANTS)}")
+    ap.add_argument("--skip-eager", action="store_true", help="leave out the uncompiled glmbot layout")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -210,13 +212,20 @@ def main() -> None:
     rate = matmul_tflops(device)
     rows = [run_scenario(model, "official", batches_for("official", examples, 1), args.official_steps, args.P, device)]
     model.set_training_attention(training_attention(None, device))  # as the trainer does
-    rows.append(run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P, device))
+    if not args.skip_eager:
+        rows.append(run_scenario(model, "glmbot", batches_for("glmbot", examples, args.batch), args.steps, args.P,
+                                 device))
     for name in (args.variants.split(",") if args.compile else []):
         multiple = apply_variant(model, name, device)
-        # extra warm-up: the first lengths compile (dynamic shapes: once, then a few specialisations)
-        rows.append(run_scenario(model, f"glmbot+compile ({name})",
-                                 batches_for("glmbot", examples, args.batch, multiple), args.steps, args.P, device,
-                                 warmup=6))
+        started = time.perf_counter()
+        try:  # extra warm-up: the first lengths compile (dynamic shapes: once, then a few specialisations)
+            rows.append(run_scenario(model, f"glmbot+compile ({name})",
+                                     batches_for("glmbot", examples, args.batch, multiple), args.steps, args.P, device,
+                                     warmup=6))
+        except Exception as exc:  # noqa: BLE001 - a variant this torch or GPU cannot run is a result too
+            print(f"variant {name!r} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        print(f"variant {name!r}: {time.perf_counter() - started:.0f} s with its warm-up and compiles", flush=True)
     # The GPU's matmul rate drifts over a run (clocks, heat): the ceiling is the mean of a
     # measurement before the scenarios and one after them.
     rates = (rate, matmul_tflops(device))

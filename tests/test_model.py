@@ -367,8 +367,47 @@ def test_cudnn_training_attention_uses_the_additive_form_of_the_lower_right_mask
     torch.testing.assert_close(results[0][1], results[1][1])
 
 
+def test_flex_training_attention_masks_like_the_lower_right_causal_bias(model):
+    """set_training_attention("flex"): the training layout's forward through FlexAttention's
+    block mask (query t sees the P prefix slots and tokens <= t) gives the flash path's logits on
+    the real tokens (CPU runs the forward; its backward is checked on CUDA below)."""
+    enc = random_encoder(model.config, 5, seed=8)
+    ids, mask = right_padded([9, 4, 7], seed=16)
+    logits = []
+    with torch.no_grad():
+        for attention in ("flash", "flex"):
+            model.set_training_attention(attention)
+            logits.append(model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), 3)).logits[mask.bool()])
+    model.set_training_attention("flash")
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
+def test_flex_training_attention_gives_the_flash_paths_loss_and_prefix_gradient(model):
+    """set_training_attention("flex") on CUDA: the training layout's lower-right mask as a
+    FlexAttention block mask; loss and prefix gradient equal the flash path's (fp32, one model)."""
+    import copy
+
+    gpu = copy.deepcopy(model).cuda()
+    enc = random_encoder(model.config, 5, seed=8).cuda()
+    ids, mask = right_padded([9, 4, 7], seed=16)
+    ids, mask = ids.cuda(), mask.cuda()
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :2] = -100
+    results = []
+    for attention in ("flash", "flex"):
+        gpu.set_training_attention(attention)
+        enc.zero_grad()
+        loss = modeling.answer_loss(gpu, ids, mask, labels, PrefixKV.repeat(enc.kv(), 3))
+        loss.backward()
+        results.append((loss.detach(), enc.embedding.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)
+
+
 def test_training_attention_names_the_kinds_it_takes(model):
-    with pytest.raises(ValueError, match="'cudnn2' is not one of flash, cudnn"):
+    with pytest.raises(ValueError, match="'cudnn2' is not one of flash, cudnn, flex"):
         model.set_training_attention("cudnn2")
 
 
