@@ -451,8 +451,6 @@ def run_arrivals(args: argparse.Namespace, model, tok) -> None:
             steps, row_steps = stats.decode_steps - before[0], stats.decode_tokens - before[2]
             busy = stats.decode_s - before[1] + stats.prefill_s - before[3]
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
-        admitted = sorted(1e3 * r.timings.queued_s for r in results)
-        wakes = sorted(1e3 * w for w in wakes)
         between = sorted(1e3 * g for g in step_gaps) or [float("nan")]
         tokens = sum(r.usage.completion_tokens for r in results)
         table.add_row(f"{budget:,}", mode, graphs, f"{percentile(ttft, 0.5):.1f}", f"{percentile(ttft, 0.99):.1f}",

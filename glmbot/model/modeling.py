@@ -527,7 +527,7 @@ class ChatGLMModel(nn.Module):
         cos, sin = rotary_tables(*rotary_cos_sin(position_ids, self.rot_pairs, x.dtype, self.rotary), self.config.kv_channels)
         return self.encoder(x, cos, sin, mask, cache, prefix)  # (B, T, hidden)
 
-    def _training_mask(self, bias: CausalBias, x: torch.Tensor) -> CausalBias | CudnnCausal:
+    def _training_mask(self, bias: CausalBias, x: torch.Tensor) -> CausalBias | CudnnCausal | FlexCausal:
         if self.training_attention == "flash":
             return bias
         if self.training_attention == "flex":
