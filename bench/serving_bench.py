@@ -330,7 +330,8 @@ def parse_args() -> argparse.Namespace:
                              "5 ms): with --closed-loop, the clients are threads beside the engine's")
     parser.add_argument("--handoff-wait", default="on",
                         help="with --closed-loop: the engine's handoff_wait (a request sent right back after an "
-                             "answer joins the next step): on, off or on,off")
+                             "answer joins the next step): on, off or on,off (no effect on CPU: steps are not "
+                             "pipelined there)")
     parser.add_argument("--prefill-wait-steps", default="8",
                         help="with --closed-loop: [serving] prefill_wait_steps values to compare (comma-separated)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")

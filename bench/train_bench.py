@@ -223,7 +223,7 @@ def main() -> None:
                                      batches_for("glmbot", examples, args.batch, multiple), args.steps, args.P, device,
                                      warmup=6))
         except Exception as exc:  # noqa: BLE001 - a variant this torch or GPU cannot run is a result too
-            print(f"variant {name!r} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            print(f"variant {name!r} failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}")
             continue
         print(f"variant {name!r}: {time.perf_counter() - started:.0f} s with its warm-up and compiles", flush=True)
     # The GPU's matmul rate drifts over a run (clocks, heat): the ceiling is the mean of a

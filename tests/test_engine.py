@@ -408,26 +408,33 @@ def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, t
         assert len(first.token_ids) == 3 and len(running.result(timeout=60).token_ids) == 40
 
 
-def test_handoff_wait_ends_when_the_queued_step_is_done(base, tok, prefixes, monkeypatch):
-    """The hand-off wait never keeps the device idle: once the step queued on it is done (its
-    token copy's event has completed), the engine stops waiting for clients, whatever the limit."""
+def test_handoff_wait_comes_out_of_the_hosts_slack_and_ends_with_the_queued_step(base, tok, prefixes, monkeypatch):
+    """The hand-off wait never delays the device: on CUDA it lasts at most half the time the host
+    has lately spent blocked on the device per step (none in a host-bound loop), and it ends as
+    soon as the queued step is done (its token copy's event has completed), whatever the limit.
+    Without events (CPU, asked for explicitly) it lasts up to a quarter of a mean step."""
     import types
 
     import glmbot.serving.engine as engine_module
 
     monkeypatch.setattr(engine_module, "HANDOFF_MAX_S", 5.0)
-    monkeypatch.setattr(engine_module, "HANDOFF_SHARE", 1e9)
     with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, pipeline=True,
                 handoff_wait=True) as eng:
-        eng.generate(greedy(QUERIES[0], "support", 3))  # a mean step to scale the limit by
-        done = types.SimpleNamespace(query=lambda: True)
-        for ready, least, most in ((done, 0.0, 0.5), (None, 0.3, 5.0)):
+        eng.generate(greedy(QUERIES[0], "support", 3))  # a mean step for the CPU rule
+        done, pending = (types.SimpleNamespace(query=lambda v=v: v) for v in (True, False))
+        cases = [(done, 10.0, 1.0, 0.0, 0.5),  # the queued step is done: stop at once
+                 (pending, 0.0, 1.0, 0.0, 0.5),  # host-bound: no slack, no wait
+                 (pending, 0.6, 1.0, 0.25, 2.0),  # half of 0.6 s of slack
+                 (None, 0.0, 1e9, 0.3, 2.0)]  # CPU: a quarter of the (huge) mean step, capped at 0.3 s below
+        for ready, blocked, share, least, most in cases:
             monkeypatch.setattr(eng.scheduler, "inflight", types.SimpleNamespace(ready=ready))
+            monkeypatch.setattr(eng.scheduler, "blocked_s", blocked)
+            monkeypatch.setattr(engine_module, "HANDOFF_SHARE", share)
             if ready is None:
                 monkeypatch.setattr(engine_module, "HANDOFF_MAX_S", 0.3)
             started = time.perf_counter()
             eng._await_handoff(1)
-            assert least <= time.perf_counter() - started < most
+            assert least <= time.perf_counter() - started < most, (ready, blocked)
         monkeypatch.undo()
 
 

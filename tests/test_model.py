@@ -374,11 +374,16 @@ def test_flex_training_attention_masks_like_the_lower_right_causal_bias(model):
     enc = random_encoder(model.config, 5, seed=8)
     ids, mask = right_padded([9, 4, 7], seed=16)
     logits = []
-    with torch.no_grad():
-        for attention in ("flash", "flex"):
-            model.set_training_attention(attention)
-            logits.append(model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), 3)).logits[mask.bool()])
-    model.set_training_attention("flash")
+    masks_before = modeling._flex_block_mask.cache_info()
+    try:
+        with torch.no_grad():
+            for attention in ("flash", "flex"):
+                model.set_training_attention(attention)
+                logits.append(model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), 3)).logits[mask.bool()])
+    finally:
+        model.set_training_attention("flash")
+    masks = modeling._flex_block_mask.cache_info()
+    assert masks.hits + masks.misses == masks_before.hits + masks_before.misses + 1  # the flex path ran, once
     torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
 
 

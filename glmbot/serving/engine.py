@@ -102,9 +102,13 @@ class AnsweredWithoutModel(Exception):
         self.text, self.route, self.prompt_tokens = text, route, prompt_tokens
 
 
-# Engine handoff_wait: at most this share of a mean decode step and this many seconds, checking
-# every HANDOFF_POLL_S whether the queued step is done.
-HANDOFF_SHARE, HANDOFF_MAX_S, HANDOFF_POLL_S = 0.25, 0.002, 0.0002
+# Engine handoff_wait: on CUDA at most half the time the host has lately spent blocked on the
+# device's tokens per step (its slack: waiting longer would delay the next launch), checking every
+# HANDOFF_POLL_S whether the queued step is done; without device events (CPU, asked for
+# explicitly) a quarter of a mean step; never more than HANDOFF_MAX_S.
+HANDOFF_SLACK_SHARE, HANDOFF_SHARE, HANDOFF_MAX_S, HANDOFF_POLL_S = 0.5, 0.25, 0.002, 0.0002
+# Requests ending so may have a client that sends the next one at once (not cancelled or failed ones).
+_ANSWERED = ("stop", "length", "loop")
 
 
 class Engine:
@@ -126,13 +130,14 @@ class Engine:
     prefill_graphs: with static shapes, prompt forwards of up to ~1k tokens are padded to a few
     (rows, tokens, KV length) shapes, captured in CUDA graphs too with cuda_graph (False: they run
     as they are, eagerly; for comparisons).
-    handoff_wait: after a step in which requests finished, while the next step is already queued
-    on the device, wait a little (a quarter of a mean step, at most 2 ms, and never past the end
-    of the queued step) for their clients' next requests, so that one sent right back (a closed
-    loop: agents, chains, benchmarks) goes into the step queued next instead of the one after
-    it; the device stays busy with the queued step meanwhile (default: on where steps are
-    pipelined on CUDA; on CPU a queued step is already computed, so waiting would only delay the
-    next).
+    handoff_wait: after a step in which requests were answered, while the next step is already
+    queued on the device, wait a little for their clients' next requests, so that one sent right
+    back (a closed loop: agents, chains, benchmarks) goes into the step queued next instead of the
+    one after it. The wait comes out of the host's slack: at most half the time it has lately
+    spent blocked on the device's tokens per step (none when the loop is host-bound), at most 2 ms,
+    and it ends when the queued step is done (default: on where steps are pipelined on CUDA; on
+    CPU a queued step is already computed, so waiting only delays the next: when asked for there,
+    it lasts up to a quarter of a mean step).
     plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
     filters (register_answer_filters, collected once here) change the answer as it streams, and
     whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
@@ -594,16 +599,21 @@ class Engine:
                     self._await_handoff(self._finished_count() - finished)
 
     def _finished_count(self) -> int:
-        return sum(self.scheduler.stats.finished.values())
+        """Requests answered so far (see _ANSWERED)."""
+        finished = self.scheduler.stats.finished
+        return sum(finished.get(reason, 0) for reason in _ANSWERED)
 
     def _await_handoff(self, finished: int) -> None:
         """Give the clients of the `finished` requests a moment to send their next ones (see
         handoff_wait), while the device runs the step already queued: the wait ends when they
-        are prepared, at its limit, or as soon as that step is done (the device must not run dry)."""
-        steps, queued = self.scheduler.stats.decode_steps, self.scheduler.inflight
-        if not finished or not steps or not self.scheduler.free_rows or queued is None:
+        are prepared, at its limit, or as soon as that step is done."""
+        scheduler = self.scheduler
+        steps, queued = scheduler.stats.decode_steps, scheduler.inflight
+        if not finished or not steps or not scheduler.free_rows or queued is None:
             return
-        deadline = time.perf_counter() + min(HANDOFF_MAX_S, HANDOFF_SHARE * self.scheduler.stats.decode_s / steps)
+        limit = (HANDOFF_SLACK_SHARE * scheduler.blocked_s if queued.ready is not None
+                 else HANDOFF_SHARE * scheduler.stats.decode_s / steps)
+        deadline = time.perf_counter() + min(HANDOFF_MAX_S, limit)
         with self._cond:
             while len(self._ready) < finished and not self._closing:
                 left = deadline - time.perf_counter()

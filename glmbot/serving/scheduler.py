@@ -208,6 +208,7 @@ class Scheduler:
         # asynchronously (CUDA); on CPU it only reorders work (tests turn it on to check it).
         self.pipeline = self.device.type == "cuda" if pipeline is None else pipeline
         self.inflight: Launched | None = None
+        self.blocked_s = 0.0  # the host's recent wait per step for the device's tokens (CUDA; see _collect)
         self.probe: DecodeProbe | None = None  # teacher forcing + logits capture (glmbot.serving.verify)
         # Static decode shapes read one of these KV lengths: the shortest that holds the step's rows
         self.kv_lengths = kv_buckets(self.slots.length) if kv_length_buckets else [self.slots.length]
@@ -635,7 +636,10 @@ class Scheduler:
     def _collect(self, launched: Launched) -> None:
         """Wait for a launched step's tokens and advance its rows that are still alive."""
         if launched.ready is not None:
+            blocked = time.perf_counter()
             launched.ready.synchronize()
+            # how long the host sat waiting for the device (smoothed): time it could spend without delaying it
+            self.blocked_s += 0.2 * (time.perf_counter() - blocked - self.blocked_s)
         tokens, finite = launched.host.tolist()
         now = time.perf_counter()
         alive = 0
