@@ -401,12 +401,14 @@ def test_flex_training_attention_gives_the_flash_paths_loss_and_prefix_gradient(
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :2] = -100
     results = []
+    calls_before = sum(modeling._flex_block_mask.cache_info()[:2])
     for attention in ("flash", "flex"):
         gpu.set_training_attention(attention)
         enc.zero_grad()
         loss = modeling.answer_loss(gpu, ids, mask, labels, PrefixKV.repeat(enc.kv(), 3))
         loss.backward()
         results.append((loss.detach(), enc.embedding.weight.grad.clone()))
+    assert sum(modeling._flex_block_mask.cache_info()[:2]) == calls_before + 1  # the flex path ran
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)
 

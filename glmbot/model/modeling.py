@@ -394,16 +394,11 @@ class FlexCausal:
     block_mask: object  # torch.nn.attention.flex_attention.BlockMask
 
 
-_FLEX: Callable | None = None
-
-
+@functools.cache
 def _flex_attention() -> Callable:
     """torch.compile'd flex_attention (uncompiled it runs a slow reference), compiled once per process."""
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-        _FLEX = torch.compile(flex_attention)
-    return _FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention)
 
 
 def flex_causal(bias: CausalBias, device: torch.device) -> FlexCausal:
