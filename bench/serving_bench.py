@@ -503,7 +503,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
     for column in ("with decode", "prompt graphs", "wait steps", "hand-off wait", "plain step ms", "tokens/s at that step",
                    "tokens/s end to end", "of the step figure", "steady part: tokens/s", "of the step figure",
                    "mean step ms in the loop", "rows per step (steady)", "wall ms per step (steady)", "steps with prompts (graphed)", "prompt forwards (graphed)",
-                   "compiles in the loop", "TTFT mean / p50 / p99 ms", "to a row p50 / p99 ms", "result to client p50 / p99 ms"):
+                   "compiles in the loop", "hand-offs taken / waits (µs each)", "TTFT mean / p50 / p99 ms",
+                   "to a row p50 / p99 ms", "result to client p50 / p99 ms"):
         table.add_column(column, justify="right")
     runs = [(*run, handoff) for run in runs_of(args, [int(w) for w in args.prefill_wait_steps.split(",")])
             for handoff in on_off("--handoff-wait", args.handoff_wait)]
@@ -521,6 +522,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             stats = engine.scheduler.stats
             before = (stats.decode_steps, stats.decode_s, stats.mixed_steps, counters["stats"]["unique_graphs"],
                       stats.prefill_forwards, stats.prefill_replays, stats.mixed_replays)
+            handoffs_before = engine.stats()
             pending, results, wakes, lock = list(reversed(requests)), [], [], threading.Lock()
             steady: list[tuple[float, int, int]] = []  # (time, decode tokens, decode steps) as the steady part begins, ends
 
@@ -553,6 +555,10 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
             forwards = f"{stats.prefill_forwards - before[4]} ({stats.prefill_replays - before[5]})"
             mixed = f"{mixed} ({stats.mixed_replays - before[6]})"
+            after = engine.stats()
+            waits = after.handoff_waits - handoffs_before.handoff_waits
+            handoffs = (f"{after.handoff_taken - handoffs_before.handoff_taken} / {waits} "
+                        f"({1e6 * (after.handoff_s - handoffs_before.handoff_s) / max(waits, 1):.0f})")
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
         (t0, n0, s0), (t1, n1, s1) = steady
@@ -562,7 +568,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
         table.add_row(mode, graphs, str(wait), handoff, f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
                       f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", f"{(n1 - n0) / max(s1 - s0, 1):.1f}",
-                      f"{1e3 * (t1 - t0) / max(s1 - s0, 1):.2f}", mixed, forwards, str(compiles),
+                      f"{1e3 * (t1 - t0) / max(s1 - s0, 1):.2f}", mixed, forwards, str(compiles), handoffs,
                       f"{statistics.mean(ttft):.1f} / {percentile(ttft, 0.5):.1f} / {percentile(ttft, 0.99):.1f}",
                       f"{percentile(admitted, 0.5):.1f} / {percentile(admitted, 0.99):.1f}",
                       f"{percentile(wakes, 0.5):.1f} / {percentile(wakes, 0.99):.1f}")

@@ -406,6 +406,8 @@ def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, t
         assert rows[0].admitted_step == finished_at
         assert follow_up.result(timeout=60).token_ids == expected.token_ids
         assert len(first.token_ids) == 3 and len(running.result(timeout=60).token_ids) == 40
+        stats = eng.stats()  # the follow-up came in time; after its own answer nothing came, for the whole limit
+        assert stats.handoff_taken >= 1 and stats.handoff_waits - stats.handoff_taken >= 1 and stats.handoff_s >= 1.0
 
 
 def test_handoff_wait_comes_out_of_the_hosts_slack_and_ends_with_the_queued_step(base, tok, prefixes, monkeypatch):

@@ -116,6 +116,11 @@ def engine_lines(s: Any) -> list[str]:
                  {_labels(forward="prefill"): s.prefill_replays, _labels(forward="mixed"): s.mixed_replays}),
         *_family("glmbot_engine_idle_seconds_total", "counter", "time the engine thread waited with no work",
                  {"": round(s.idle_s, 6)}),
+        *_family("glmbot_engine_handoff_waits_total", "counter", "waits after a step for its answered requests' "
+                 "clients to send their next ones, by whether all of them came in time",
+                 {_labels(outcome="taken"): s.handoff_taken, _labels(outcome="missed"): s.handoff_waits - s.handoff_taken}),
+        *_family("glmbot_engine_handoff_seconds_total", "counter", "time spent in those waits",
+                 {"": round(s.handoff_s, 6)}),
         *_family("glmbot_engine_finished_total", "counter", "requests finished by reason",
                  {_labels(reason=r): n for r, n in sorted(s.finished.items())}),
     ]

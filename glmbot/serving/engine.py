@@ -91,6 +91,9 @@ class EngineStats:
     prefix_cache: PrefixCacheStats | None
     prefill_replays: int = 0  # prefill forwards replayed from a CUDA graph
     mixed_replays: int = 0  # decode steps with prompt tokens inside, replayed from a CUDA graph
+    handoff_waits: int = 0  # waits for answered requests' clients to send their next ones (handoff_wait)
+    handoff_taken: int = 0  # of those, waits that ended with all those requests prepared
+    handoff_s: float = 0.0  # time spent in those waits
 
 
 class AnsweredWithoutModel(Exception):
@@ -208,6 +211,8 @@ class Engine:
         self._handles: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
         self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="glmbot-prepare")
         self._idle_s = 0.0
+        self._handoff_waits = self._handoff_taken = 0
+        self._handoff_s = 0.0
         self._handoff_wait = (self.scheduler.pipeline and self.scheduler.device.type == "cuda"
                               if handoff_wait is None else handoff_wait)
         self._thread = threading.Thread(target=self._run, name="glmbot-engine", daemon=True)
@@ -296,7 +301,8 @@ class Engine:
             mixed_steps=s.mixed_steps, idle_s=self._idle_s, finished=dict(s.finished),
             slot_bytes=self.scheduler.slots.nbytes,
             prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None,
-            prefill_replays=s.prefill_replays, mixed_replays=s.mixed_replays)
+            prefill_replays=s.prefill_replays, mixed_replays=s.mixed_replays,
+            handoff_waits=self._handoff_waits, handoff_taken=self._handoff_taken, handoff_s=self._handoff_s)
 
     def close(self, wait: bool = False) -> None:
         """Stop the engine. wait=False cancels unfinished requests; wait=True lets them finish first."""
@@ -615,13 +621,18 @@ class Engine:
             return
         limit = (HANDOFF_SLACK_SHARE * scheduler.blocked_s if queued.ready is not None
                  else HANDOFF_SHARE * scheduler.stats.decode_s / steps)
-        deadline = time.perf_counter() + min(HANDOFF_MAX_S, limit)
+        start = time.perf_counter()
+        deadline = start + min(HANDOFF_MAX_S, limit)
         with self._cond:
             while len(self._ready) < finished and not self._closing:
                 left = deadline - time.perf_counter()
                 if left <= 0 or (queued.ready is not None and queued.ready.query()):
-                    return
+                    break
                 self._cond.wait(min(left, HANDOFF_POLL_S))
+            taken = len(self._ready) >= finished
+        self._handoff_waits += 1
+        self._handoff_taken += taken
+        self._handoff_s += time.perf_counter() - start
 
     def _iterate(self, jobs: list[Job]) -> None:
         """Admit `jobs` between steps, then run one decode step; errors fail the batch, not the engine."""
