@@ -96,7 +96,6 @@ def concat_kernel_options() -> dict:
 COMPILE_VARIANTS = {
     "trainer": {},  # the trainer's CUDA settings
     "flash attention": {"attention": "flash"},
-    "flex attention": {"attention": "flex"},
     "pack x64": {"pack": 64},
     "pack x128": {"pack": 128},
     "compiled swiglu/rotary": {"kernels": False},  # no glmbot.model.kernels ops: torch.compile's own

@@ -367,54 +367,8 @@ def test_cudnn_training_attention_uses_the_additive_form_of_the_lower_right_mask
     torch.testing.assert_close(results[0][1], results[1][1])
 
 
-def test_flex_training_attention_masks_like_the_lower_right_causal_bias(model):
-    """set_training_attention("flex"): the training layout's forward through FlexAttention's
-    block mask (query t sees the P prefix slots and tokens <= t) gives the flash path's logits on
-    the real tokens (CPU runs the forward; its backward is checked on CUDA below)."""
-    enc = random_encoder(model.config, 5, seed=8)
-    ids, mask = right_padded([9, 4, 7], seed=16)
-    logits = []
-    masks_before = modeling._flex_block_mask.cache_info()
-    try:
-        with torch.no_grad():
-            for attention in ("flash", "flex"):
-                model.set_training_attention(attention)
-                logits.append(model(ids, attention_mask=mask, prefix=PrefixKV.repeat(enc.kv(), 3)).logits[mask.bool()])
-    finally:
-        model.set_training_attention("flash")
-    masks = modeling._flex_block_mask.cache_info()
-    assert masks.hits + masks.misses == masks_before.hits + masks_before.misses + 1  # the flex path ran, once
-    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
-def test_flex_training_attention_gives_the_flash_paths_loss_and_prefix_gradient(model):
-    """set_training_attention("flex") on CUDA: the training layout's lower-right mask as a
-    FlexAttention block mask; loss and prefix gradient equal the flash path's (fp32, one model)."""
-    import copy
-
-    gpu = copy.deepcopy(model).cuda()
-    enc = random_encoder(model.config, 5, seed=8).cuda()
-    ids, mask = right_padded([9, 4, 7], seed=16)
-    ids, mask = ids.cuda(), mask.cuda()
-    labels = ids.masked_fill(mask == 0, -100)
-    labels[:, :2] = -100
-    results = []
-    calls_before = sum(modeling._flex_block_mask.cache_info()[:2])
-    for attention in ("flash", "flex"):
-        gpu.set_training_attention(attention)
-        enc.zero_grad()
-        loss = modeling.answer_loss(gpu, ids, mask, labels, PrefixKV.repeat(enc.kv(), 3))
-        loss.backward()
-        results.append((loss.detach(), enc.embedding.weight.grad.clone()))
-    assert sum(modeling._flex_block_mask.cache_info()[:2]) == calls_before + 1  # the flex path ran
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)
-
-
 def test_training_attention_names_the_kinds_it_takes(model):
-    with pytest.raises(ValueError, match="'cudnn2' is not one of flash, cudnn, flex"):
+    with pytest.raises(ValueError, match="'cudnn2' is not one of flash, cudnn"):
         model.set_training_attention("cudnn2")
 
 

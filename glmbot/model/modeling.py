@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 from typing import Callable
 
@@ -45,7 +44,7 @@ _CUDNN_FIRST = ([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBack
                  SDPBackend.MATH] if "set_priority" in inspect.signature(sdpa_kernel).parameters else None)
 
 
-TRAINING_ATTENTION = ("flash", "cudnn", "flex")
+TRAINING_ATTENTION = ("flash", "cudnn")
 
 
 class RMSNorm(nn.Module):
@@ -230,12 +229,6 @@ class SelfAttention(nn.Module):
         gqa = self.groups != self.num_heads
         if isinstance(mask, CudnnCausal):
             return self._attend_cudnn(q, k, v, mask, dropout)
-        if isinstance(mask, FlexCausal):
-            if dropout:
-                raise ValueError(f"flex training attention has no attention dropout (this model's is {dropout}); "
-                                 "use set_training_attention('flash')")
-            out = _flex_attention()(q, k, v, block_mask=mask.block_mask, enable_gqa=gqa)  # (B, H, T, D)
-            return out.transpose(1, 2).reshape(B, T, self.q_size)
         if gqa and T == 1 and self.grouped_decode and _CUDNN_FIRST is not None and mask is not None:
             with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
@@ -386,36 +379,6 @@ class CudnnCausal:
     additive: torch.Tensor
 
 
-@dataclasses.dataclass(frozen=True)
-class FlexCausal:
-    """The training layout's lower-right causal mask as a FlexAttention block mask (query t sees
-    keys <= P + t): computed inside the kernel from the indices, fully masked blocks skipped."""
-
-    block_mask: object  # torch.nn.attention.flex_attention.BlockMask
-
-
-@functools.cache
-def _flex_attention() -> Callable:
-    """torch.compile'd flex_attention (uncompiled it runs a slow reference), compiled once per process."""
-    from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention)
-
-
-def flex_causal(bias: CausalBias, device: torch.device) -> FlexCausal:
-    """A lower-right CausalBias as a FlexAttention block mask (one per shape, kept: a training run
-    sees a few dozen padded lengths)."""
-    if bias.variant is not CausalVariant.LOWER_RIGHT:
-        raise ValueError(f"only a lower-right CausalBias has a flex form here, got {bias.variant}")
-    return _flex_block_mask(bias.seq_len_q, bias.seq_len_kv, torch.device(device))
-
-
-@functools.lru_cache(maxsize=256)
-def _flex_block_mask(T: int, keys: int, device: torch.device) -> FlexCausal:
-    from torch.nn.attention.flex_attention import create_block_mask
-    offset = keys - T
-    return FlexCausal(create_block_mask(lambda b, h, q, k: k <= q + offset, None, None, T, keys, device=device))
-
-
 def additive_causal(bias: CausalBias, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A lower-right CausalBias as the additive (1, 1, T, keys) mask it stands for (0 where
     allowed, dtype min elsewhere)."""
@@ -522,11 +485,9 @@ class ChatGLMModel(nn.Module):
         cos, sin = rotary_tables(*rotary_cos_sin(position_ids, self.rot_pairs, x.dtype, self.rotary), self.config.kv_channels)
         return self.encoder(x, cos, sin, mask, cache, prefix)  # (B, T, hidden)
 
-    def _training_mask(self, bias: CausalBias, x: torch.Tensor) -> CausalBias | CudnnCausal | FlexCausal:
+    def _training_mask(self, bias: CausalBias, x: torch.Tensor) -> CausalBias | CudnnCausal:
         if self.training_attention == "flash":
             return bias
-        if self.training_attention == "flex":
-            return flex_causal(bias, x.device)
         return CudnnCausal(additive_causal(bias, x.dtype, x.device))
 
     def _packed(self, x, position_ids, attention_mask, bias: CausalBias, prefix: PrefixKV | None) -> torch.Tensor:
@@ -611,9 +572,6 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         whole training step). cuDNN, like flash's backward, does not promise bit-equal results
         from run to run; where it cannot run (CPU, other dtypes, older GPUs) SDPA takes the next
         backend that can.
-        "flex": FlexAttention (Triton kernels torch.compile generates, the mask computed from the
-        indices in the kernel, grouped KV read in place); CUDA for training (its backward does
-        not run on CPU), no attention dropout.
         """
         if kind not in TRAINING_ATTENTION:
             raise ValueError(f"training attention {kind!r} is not one of {', '.join(TRAINING_ATTENTION)}")
