@@ -328,9 +328,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--switch-interval-ms", type=float, default=None,
                         help="the interpreter's thread switch interval (sys.setswitchinterval; Python's default is "
                              "5 ms): with --closed-loop, the clients are threads beside the engine's")
-    parser.add_argument("--handoff-wait", default="on",
+    parser.add_argument("--handoff-wait", default="off",
                         help="with --closed-loop: the engine's handoff_wait (a request sent right back after an "
-                             "answer joins the next step): on, off or on,off (no effect on CPU: steps are not "
+                             "answer joins the next step; off by default): on, off or on,off (no effect on CPU: steps are not "
                              "pipelined there)")
     parser.add_argument("--prefill-wait-steps", default="8",
                         help="with --closed-loop: [serving] prefill_wait_steps values to compare (comma-separated)")

@@ -244,7 +244,7 @@ def test_health_and_metrics_report_requests_tokens_and_the_prefix_cache(server, 
     # no CUDA graphs on the CPU: none replayed, both kinds exported
     assert samples['glmbot_engine_graph_replays_total{forward="prefill"}'] == 0
     assert samples['glmbot_engine_graph_replays_total{forward="mixed"}'] == 0
-    # the CPU engine does not wait for hand-offs (it is not pipelined): none counted, both outcomes exported
+    # the engine does not wait for hand-offs unless asked (Engine(handoff_wait=True)): none counted, both outcomes exported
     assert samples['glmbot_engine_handoff_waits_total{outcome="taken"}'] == 0
     assert samples['glmbot_engine_handoff_waits_total{outcome="missed"}'] == 0
     assert samples["glmbot_engine_handoff_seconds_total"] == 0
