@@ -65,6 +65,7 @@ Timings on a shared machine are noisy: run it alone; each scenario reports the f
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import statistics
 import sys
@@ -584,38 +585,55 @@ class StepTimeline:
     inside it or forwards of their own beside it, the token choice and copy), recorded on the
     engine's stream while the closed loop runs: the GPU's time per kind of step, and how long it
     sat idle between steps (work queued between launches, such as a row's prefix copy, counts as
-    idle here). Instruments the scheduler's `_launch` until `summary`."""
+    idle here). Also the host's time inside each launch (a GPU that finished the step before waits
+    for it, inside the step's events) and the captured (rows, tokens, KV length) shapes of the steps
+    with prompts inside. Instruments the scheduler's `_launch` until `summary`."""
 
     def __init__(self, scheduler):  # noqa: ANN001 - a glmbot Scheduler
-        self.scheduler, self.launch = scheduler, scheduler._launch
-        self.marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
-        scheduler._launch = self._timed
+        self.scheduler, self.launch, self.mixed_shape = scheduler, scheduler._launch, scheduler._mixed_shape
+        self.marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, float, tuple | None]] = []
+        self.shape = None
+        scheduler._launch, scheduler._mixed_shape = self._timed, self._shaped
+
+    def _shaped(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._mixed_shape's
+        self.shape = self.mixed_shape(*args, **kwargs)
+        return self.shape
 
     def _timed(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._launch's
         stats = self.scheduler.stats
         before = (stats.mixed_steps, stats.prefill_forwards)
+        self.shape = None
         start = torch.cuda.Event(enable_timing=True)
         start.record()
+        host = time.perf_counter()
         launched = self.launch(*args, **kwargs)
+        host = time.perf_counter() - host
         end = torch.cuda.Event(enable_timing=True)
         end.record()
         kind = ("prompts inside" if stats.mixed_steps > before[0] else
                 "prompt forwards beside" if stats.prefill_forwards > before[1] else "decode only")
-        self.marks.append((kind, start, end))
+        self.marks.append((kind, start, end, host, self.shape if kind == "prompts inside" else None))
         return launched
 
     def summary(self) -> str:
-        self.scheduler._launch = self.launch
+        self.scheduler._launch, self.scheduler._mixed_shape = self.launch, self.mixed_shape
         torch.cuda.synchronize()
         if not self.marks:
             return "no decode steps"
-        busy: dict[str, list[float]] = {}
-        for kind, start, end in self.marks:
-            busy.setdefault(kind, []).append(start.elapsed_time(end))
-        idle = sum(end.elapsed_time(start) for (_, _, end), (_, start, _) in zip(self.marks, self.marks[1:]))
+        busy: dict[str, list[tuple[float, float]]] = {}
+        shapes: dict[tuple, list[float]] = collections.defaultdict(list)
+        for kind, start, end, host, shape in self.marks:
+            busy.setdefault(kind, []).append((start.elapsed_time(end), 1e3 * host))
+            if shape is not None:
+                shapes[shape].append(start.elapsed_time(end))
+        idle = sum(end.elapsed_time(start) for (_, _, end, *_), (_, start, *_) in zip(self.marks, self.marks[1:]))
         span = self.marks[0][1].elapsed_time(self.marks[-1][2])
-        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(ms):.2f} ms" for kind, ms in sorted(busy.items()))
-        return f"{kinds}; idle between steps {idle / span:.1%} of {span / 1e3:.1f} s"
+        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(m for m, _ in ms):.2f} ms "
+                          f"(host in launch {statistics.mean(h for _, h in ms):.2f} ms)" for kind, ms in sorted(busy.items()))
+        common = sorted(shapes.items(), key=lambda item: -len(item[1]))[:6]
+        inside = ", ".join(f"{shape} {len(ms)} x {statistics.mean(ms):.2f} ms" for shape, ms in common)
+        return (f"{kinds}; idle between steps {idle / span:.1%} of {span / 1e3:.1f} s"
+                + (f"; steps with prompts inside by (rows, tokens, KV slots): {inside}" if inside else ""))
 
 
 def best_of(repeat: int, run: Callable[[], Measured]) -> Measured:
