@@ -117,14 +117,17 @@ def main() -> None:
                 kernels_ms, count = kernel_time(fn, cuda)
                 table.add_row(name, f"{1e3 * statistics.median(queue):.2f}", f"{1e3 * statistics.median(wall):.2f}",
                               "-" if kernels_ms is None else f"{kernels_ms:.2f}", "-" if count is None else str(count))
-            if cuda and args.kernels:
-                name, fn = next((n, f) for n, f in runs if "prompt tokens" in n)
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                    for _ in range(3):
-                        fn()
-                    torch.cuda.synchronize()
+            profiles = []
+            if cuda and args.kernels:  # what the prompt adds: the eager decode step's kernels, then the mixed step's
+                for name, fn in (next((n, f) for n, f in runs if "eager" in n),
+                                 next((n, f) for n, f in runs if "prompt tokens" in n)):
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                        for _ in range(3):
+                            fn()
+                        torch.cuda.synchronize()
+                    profiles.append((name, prof))
     console.print(table)
-    if cuda and args.kernels:
+    for name, prof in profiles:
         print(f"\n{name}:")
         print_kernel_table(prof, 3, "step", args.kernels)
 
