@@ -44,6 +44,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--kernels", type=int, default=12, help="on CUDA, the top kernels of the first mixed step")
+    ap.add_argument("--real", action="store_true",
+                    help="inputs as in a running engine: decode rows at positions up to --reach slots, each writing "
+                         "its own slot and seeing its own; prompt chunks in the last rows, at their own slots (else "
+                         "idle rows: padding written to scratch, seeing slot 0)")
+    ap.add_argument("--reach", type=int, default=0, help="with --real: the slots the decode rows reach "
+                    "(default prefix + 64)")
     args = ap.parse_args()
     args.model, args.family = "", "chatglm2"
     cuda = args.device.startswith("cuda")
@@ -56,7 +62,7 @@ def main() -> None:
     settings = Settings()
     settings.serving.prefill_with_decode = True  # the engine captures decode steps with prompts inside too
     with Engine(model, tok, settings=settings, max_batch_size=max(args.rows, max(k for k, _ in chunks)),
-                max_len=longest + 128, max_prefix_len=args.prefix_len, cuda_graph=cuda, warm_up=True) as engine:
+                max_len=max(longest + 128, args.reach - args.prefix_len), max_prefix_len=args.prefix_len, cuda_graph=cuda, warm_up=True) as engine:
         s = engine.scheduler
         dev = s.device
 
@@ -65,16 +71,33 @@ def main() -> None:
                                       for v in (s.pad, 0, s.slots.scratch, 1))
             return ids, pos, write, limit, round_up(reach)
 
-        def decode_part() -> tuple:
-            ids, pos, write, limit, kv_len = idle(args.rows, 1, args.prefix_len + 64)
-            return ids, pos, write, limit, None, kv_len
+        reach = args.reach or args.prefix_len + 64
+        g = torch.Generator().manual_seed(0)
+
+        def decode_part(prompts: int = 0) -> tuple:
+            if not args.real:
+                ids, pos, write, limit, kv_len = idle(args.rows, 1, args.prefix_len + 64)
+                return ids, pos, write, limit, None, kv_len
+            # rows 0..rows-prompts-1 decode at positions up to reach; the last `prompts` rows are prefilling (idle here)
+            live = args.rows - prompts
+            pos = torch.randint(max(1, reach - args.prefix_len - 128), reach - args.prefix_len, (args.rows, 1), generator=g)
+            ids = torch.randint(3, 60000, (args.rows, 1), generator=g)
+            write, limit = pos + args.prefix_len, pos + args.prefix_len + 1
+            ids[live:], pos[live:], write[live:], limit[live:] = s.pad, 0, s.slots.scratch, 1
+            return (*(x.to(dev) for x in (ids, pos, write, limit)), None, round_up(reach))
 
         def chunk_part(k: int, t: int) -> tuple:
-            ids, pos, write, limit, kv_len = idle(k, t, args.prefix_len + t)
-            return ids, pos, write, limit, torch.arange(k, device=dev), kv_len
+            if not args.real:
+                ids, pos, write, limit, kv_len = idle(k, t, args.prefix_len + t)
+                return ids, pos, write, limit, torch.arange(k, device=dev), kv_len
+            pos = torch.arange(t).repeat(k, 1)
+            ids = torch.randint(3, 60000, (k, t), generator=g)
+            write, limit = pos + args.prefix_len, pos + args.prefix_len + 1
+            rows = torch.arange(args.rows - k, args.rows)
+            return (*(x.to(dev) for x in (ids, pos, write, limit, rows)), round_up(max(reach, args.prefix_len + t)))
 
         runs: list[tuple[str, callable]] = []
-        ids, pos, write, limit, _, kv_len = decode_part()
+        ids, pos, write, limit, _, kv_len = decode_part()  # all rows decoding
         if s.graphed is not None:
             runs.append((f"decode step, {args.rows} rows, CUDA graph",
                          lambda: s.graphed(ids, pos, write, limit, reach=kv_len)))
@@ -88,13 +111,15 @@ def main() -> None:
                 padded = (*idle(shape[0], shape[1], shape[2])[:4], torch.zeros(shape[0], dtype=torch.long, device=dev))
                 runs.append((f"prefill forward, {k} x {t} tokens, CUDA graph {shape[0]} x {shape[1]}",
                              lambda shape=shape, padded=padded: s.graphed_prefill(shape, *padded)))
+            beside = decode_part(k)
             runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens",
-                         lambda p=part: forward_mixed(model, s.slots, [decode_part(), p])))
+                         lambda p=part, d=beside: forward_mixed(model, s.slots, [d, p])))
             shape = min((m for m in s.mixed_shapes if m[0] >= k and m[1] >= t and m[2] >= part[5]),
                         key=lambda m: (m[0] * m[1], m[2]), default=None)
             if s.graphed_mixed is not None and shape is not None and args.rows == s.buckets[-1]:
-                padded = (*decode_part()[:4], *idle(shape[0], shape[1], shape[2])[:4],
-                          torch.zeros(shape[0], dtype=torch.long, device=dev))
+                padded = ((*beside[:4], *part[:5]) if args.real and shape[:2] == (k, t) else
+                          (*decode_part()[:4], *idle(shape[0], shape[1], shape[2])[:4],
+                           torch.zeros(shape[0], dtype=torch.long, device=dev)))
                 runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens, CUDA graph "
                              f"{shape[0]} x {shape[1]}",
                              lambda shape=shape, padded=padded: s.graphed_mixed(shape, *padded)))
