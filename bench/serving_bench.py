@@ -585,51 +585,68 @@ class StepTimeline:
     inside it or forwards of their own beside it, the token choice and copy), recorded on the
     engine's stream while the closed loop runs: the GPU's time per kind of step, and how long it
     sat idle between steps (work queued between launches, such as a row's prefix copy, counts as
-    idle here). Also the host's time inside each launch (a GPU that finished the step before waits
-    for it, inside the step's events) and the captured (rows, tokens, KV length) shapes of the steps
-    with prompts inside. Instruments the scheduler's `_launch` until `summary`."""
+    idle here). Inside a step, an event queued just before its graph replay tells how long the GPU,
+    done with the step before, waited there for the host to finish preparing the launch (a host
+    late by less than its launch time shows there, not as idle). Also the host's time inside each
+    launch, and the steps with prompts inside by captured (rows, tokens, KV length) shape.
+    Instruments the scheduler's `_launch`, `_mixed_shape` and graph replays until `summary`."""
 
     def __init__(self, scheduler):  # noqa: ANN001 - a glmbot Scheduler
-        self.scheduler, self.launch, self.mixed_shape = scheduler, scheduler._launch, scheduler._mixed_shape
-        self.marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, float, tuple | None]] = []
-        self.shape = None
+        self.scheduler = scheduler
+        self.saved = {name: getattr(scheduler, name) for name in ("_launch", "_mixed_shape", "graphed", "graphed_mixed")}
+        self.marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, torch.cuda.Event | None, float, tuple | None]] = []
+        self.shape = self.replay = None
         scheduler._launch, scheduler._mixed_shape = self._timed, self._shaped
+        for name in ("graphed", "graphed_mixed"):
+            if self.saved[name] is not None:
+                setattr(scheduler, name, self._marked(self.saved[name]))
+
+    def _marked(self, graphs):  # noqa: ANN001, ANN202 - a GraphedDecode / GraphedMixed
+        def replay(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if self.replay is None:
+                self.replay = torch.cuda.Event(enable_timing=True)
+                self.replay.record()
+            return graphs(*args, **kwargs)
+        return replay
 
     def _shaped(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._mixed_shape's
-        self.shape = self.mixed_shape(*args, **kwargs)
+        self.shape = self.saved["_mixed_shape"](*args, **kwargs)
         return self.shape
 
     def _timed(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._launch's
         stats = self.scheduler.stats
         before = (stats.mixed_steps, stats.prefill_forwards)
-        self.shape = None
+        self.shape = self.replay = None
         start = torch.cuda.Event(enable_timing=True)
         start.record()
         host = time.perf_counter()
-        launched = self.launch(*args, **kwargs)
+        launched = self.saved["_launch"](*args, **kwargs)
         host = time.perf_counter() - host
         end = torch.cuda.Event(enable_timing=True)
         end.record()
         kind = ("prompts inside" if stats.mixed_steps > before[0] else
                 "prompt forwards beside" if stats.prefill_forwards > before[1] else "decode only")
-        self.marks.append((kind, start, end, host, self.shape if kind == "prompts inside" else None))
+        self.marks.append((kind, start, end, self.replay, host, self.shape if kind == "prompts inside" else None))
         return launched
 
     def summary(self) -> str:
-        self.scheduler._launch, self.scheduler._mixed_shape = self.launch, self.mixed_shape
+        for name, value in self.saved.items():
+            setattr(self.scheduler, name, value)
         torch.cuda.synchronize()
         if not self.marks:
             return "no decode steps"
-        busy: dict[str, list[tuple[float, float]]] = {}
+        busy: dict[str, list[tuple[float, float, float]]] = {}
         shapes: dict[tuple, list[float]] = collections.defaultdict(list)
-        for kind, start, end, host, shape in self.marks:
-            busy.setdefault(kind, []).append((start.elapsed_time(end), 1e3 * host))
+        for kind, start, end, replay, host, shape in self.marks:
+            waited = start.elapsed_time(replay) if replay is not None else 0.0
+            busy.setdefault(kind, []).append((start.elapsed_time(end), 1e3 * host, waited))
             if shape is not None:
                 shapes[shape].append(start.elapsed_time(end))
         idle = sum(end.elapsed_time(start) for (_, _, end, *_), (_, start, *_) in zip(self.marks, self.marks[1:]))
         span = self.marks[0][1].elapsed_time(self.marks[-1][2])
-        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(m for m, _ in ms):.2f} ms "
-                          f"(host in launch {statistics.mean(h for _, h in ms):.2f} ms)" for kind, ms in sorted(busy.items()))
+        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(m for m, _, _ in ms):.2f} ms (host in launch "
+                          f"{statistics.mean(h for _, h, _ in ms):.2f} ms, GPU waiting for it "
+                          f"{statistics.mean(w for _, _, w in ms):.2f})" for kind, ms in sorted(busy.items()))
         common = sorted(shapes.items(), key=lambda item: -len(item[1]))[:6]
         inside = ", ".join(f"{shape} {len(ms)} x {statistics.mean(ms):.2f} ms" for shape, ms in common)
         return (f"{kinds}; idle between steps {idle / span:.1%} of {span / 1e3:.1f} s"
