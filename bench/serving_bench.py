@@ -594,8 +594,8 @@ class StepTimeline:
     def __init__(self, scheduler):  # noqa: ANN001 - a glmbot Scheduler
         self.scheduler = scheduler
         self.saved = {name: getattr(scheduler, name) for name in ("_launch", "_mixed_shape", "graphed", "graphed_mixed")}
-        self.marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, torch.cuda.Event | None, float, tuple | None]] = []
-        self.shape = self.replay = None
+        self.marks: list[tuple] = []  # (kind, start, end, replay, replayed, host s, shape)
+        self.shape = self.replay = self.replayed = None
         scheduler._launch, scheduler._mixed_shape = self._timed, self._shaped
         for name in ("graphed", "graphed_mixed"):
             if self.saved[name] is not None:
@@ -603,10 +603,15 @@ class StepTimeline:
 
     def _marked(self, graphs):  # noqa: ANN001, ANN202 - a GraphedDecode / GraphedMixed
         def replay(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            if self.replay is None:
+            first = self.replay is None
+            if first:
                 self.replay = torch.cuda.Event(enable_timing=True)
                 self.replay.record()
-            return graphs(*args, **kwargs)
+            out = graphs(*args, **kwargs)
+            if first:
+                self.replayed = torch.cuda.Event(enable_timing=True)
+                self.replayed.record()
+            return out
         return replay
 
     def _shaped(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._mixed_shape's
@@ -616,7 +621,7 @@ class StepTimeline:
     def _timed(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._launch's
         stats = self.scheduler.stats
         before = (stats.mixed_steps, stats.prefill_forwards)
-        self.shape = self.replay = None
+        self.shape = self.replay = self.replayed = None
         start = torch.cuda.Event(enable_timing=True)
         start.record()
         host = time.perf_counter()
@@ -626,7 +631,8 @@ class StepTimeline:
         end.record()
         kind = ("prompts inside" if stats.mixed_steps > before[0] else
                 "prompt forwards beside" if stats.prefill_forwards > before[1] else "decode only")
-        self.marks.append((kind, start, end, self.replay, host, self.shape if kind == "prompts inside" else None))
+        self.marks.append((kind, start, end, self.replay, self.replayed, host,
+                           self.shape if kind == "prompts inside" else None))
         return launched
 
     def summary(self) -> str:
@@ -635,20 +641,23 @@ class StepTimeline:
         torch.cuda.synchronize()
         if not self.marks:
             return "no decode steps"
-        busy: dict[str, list[tuple[float, float, float]]] = {}
-        shapes: dict[tuple, list[float]] = collections.defaultdict(list)
-        for kind, start, end, replay, host, shape in self.marks:
+        busy: dict[str, list[tuple[float, float, float, float]]] = {}
+        shapes: dict[tuple, list[tuple[float, float]]] = collections.defaultdict(list)
+        for kind, start, end, replay, replayed, host, shape in self.marks:
             waited = start.elapsed_time(replay) if replay is not None else 0.0
-            busy.setdefault(kind, []).append((start.elapsed_time(end), 1e3 * host, waited))
+            graph = replay.elapsed_time(replayed) if replay is not None else 0.0
+            busy.setdefault(kind, []).append((start.elapsed_time(end), 1e3 * host, waited, graph))
             if shape is not None:
-                shapes[shape].append(start.elapsed_time(end))
+                shapes[shape].append((start.elapsed_time(end), graph))
         idle = sum(end.elapsed_time(start) for (_, _, end, *_), (_, start, *_) in zip(self.marks, self.marks[1:]))
         span = self.marks[0][1].elapsed_time(self.marks[-1][2])
-        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(m for m, _, _ in ms):.2f} ms (host in launch "
-                          f"{statistics.mean(h for _, h, _ in ms):.2f} ms, GPU waiting for it "
-                          f"{statistics.mean(w for _, _, w in ms):.2f})" for kind, ms in sorted(busy.items()))
+        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(m[0] for m in ms):.2f} ms (host in launch "
+                          f"{statistics.mean(m[1] for m in ms):.2f} ms, GPU waiting for it "
+                          f"{statistics.mean(m[2] for m in ms):.2f}, graph replay {statistics.mean(m[3] for m in ms):.2f})"
+                          for kind, ms in sorted(busy.items()))
         common = sorted(shapes.items(), key=lambda item: -len(item[1]))[:6]
-        inside = ", ".join(f"{shape} {len(ms)} x {statistics.mean(ms):.2f} ms" for shape, ms in common)
+        inside = ", ".join(f"{shape} {len(ms)} x {statistics.mean(m for m, _ in ms):.2f} ms (replay "
+                           f"{statistics.mean(g for _, g in ms):.2f})" for shape, ms in common)
         return (f"{kinds}; idle between steps {idle / span:.1%} of {span / 1e3:.1f} s"
                 + (f"; steps with prompts inside by (rows, tokens, KV slots): {inside}" if inside else ""))
 
