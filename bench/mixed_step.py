@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--kernels", type=int, default=12, help="on CUDA, the top kernels of the first mixed step")
+    ap.add_argument("--interleave", type=int, default=0,
+                    help="on CUDA: also time each graphed mixed step after this many graphed decode steps")
     ap.add_argument("--real", action="store_true",
                     help="inputs as in a running engine: decode rows at positions up to --reach slots, each writing "
                          "its own slot and seeing its own; prompt chunks in the last rows, at their own slots (else "
@@ -151,10 +153,41 @@ def main() -> None:
                             fn()
                         torch.cuda.synchronize()
                     profiles.append((name, prof))
+            if cuda and args.interleave:
+                interleaved = interleave(runs, args.interleave)
     console.print(table)
+    if cuda and args.interleave:
+        print(f"\nInterleaved as in a running engine (each graphed mixed step after {args.interleave} graphed "
+              "decode steps, no sync between; CUDA events around each replay, mean ms):")
+        for name, alone, among in interleaved:
+            print(f"  {name}: {among:.2f} interleaved against {alone:.2f} back to back")
     for name, prof in profiles:
         print(f"\n{name}:")
         print_kernel_table(prof, 3, "step", args.kernels)
+
+
+def interleave(runs: list, decodes: int, rounds: int = 20) -> list[tuple[str, float, float]]:
+    """Each graphed mixed step's mean time replayed back to back, and replayed after `decodes`
+    graphed decode steps each round, as the engine alternates them (no sync in between)."""
+    decode = next(fn for name, fn in runs if name.startswith("decode step,") and "CUDA graph" in name)
+    out = []
+    for name, fn in runs:
+        if "prompt tokens, CUDA graph" not in name:
+            continue
+        times = {False: [], True: []}
+        for among in (False, True):
+            for _ in range(rounds):
+                for _ in range(decodes if among else 0):
+                    decode()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                times[among].append((start, end))
+            torch.cuda.synchronize()
+        alone, among = (statistics.mean(a.elapsed_time(b) for a, b in times[k][2:]) for k in (False, True))
+        out.append((name, alone, among))
+    return out
 
 
 def sync(cuda: bool) -> None:
