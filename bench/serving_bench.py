@@ -326,6 +326,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prefill-graphs", default="on",
                         help="with --cuda-graph, prompt forwards replay captured graphs: on, off or on,off "
                              "(--closed-loop, --arrival-rate)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="with --closed-loop on CUDA: torch.profiler over this many decode steps from the "
+                             "300th on; prints their kernels (ms per step, µs per call)")
     parser.add_argument("--switch-interval-ms", type=float, default=None,
                         help="the interpreter's thread switch interval (sys.setswitchinterval; Python's default is "
                              "5 ms): with --closed-loop, the clients are threads beside the engine's")
@@ -542,7 +545,7 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                     wakes.append(time.perf_counter() - submitted - result.timings.total_s)
 
             clients = [threading.Thread(target=client) for _ in range(args.streams)]
-            timeline = StepTimeline(engine.scheduler) if engine.scheduler.device.type == "cuda" else None
+            timeline = StepTimeline(engine.scheduler, args.profile_steps) if engine.scheduler.device.type == "cuda" else None
             start = time.perf_counter()
             for thread in clients:
                 thread.start()
@@ -591,8 +594,11 @@ class StepTimeline:
     launch, and the steps with prompts inside by captured (rows, tokens, KV length) shape.
     Instruments the scheduler's `_launch`, `_mixed_shape` and graph replays until `summary`."""
 
-    def __init__(self, scheduler):  # noqa: ANN001 - a glmbot Scheduler
+    PROFILE_FROM = 300  # launches before the profiled window (past the loop's start)
+
+    def __init__(self, scheduler, profile_steps: int = 0):  # noqa: ANN001 - a glmbot Scheduler
         self.scheduler = scheduler
+        self.profile_steps, self.profile, self.profiled = profile_steps, None, collections.Counter()
         self.saved = {name: getattr(scheduler, name) for name in ("_launch", "_mixed_shape", "graphed", "graphed_mixed")}
         self.marks: list[tuple] = []  # (kind, start, end, replay, replayed, host s, shape)
         self.shape = self.replay = self.replayed = None
@@ -622,6 +628,11 @@ class StepTimeline:
         stats = self.scheduler.stats
         before = (stats.mixed_steps, stats.prefill_forwards)
         self.shape = self.replay = self.replayed = None
+        if self.profile_steps and len(self.marks) == self.PROFILE_FROM:
+            self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.profile.start()
+        elif self.profile is not None and len(self.marks) == self.PROFILE_FROM + self.profile_steps:
+            self.profile.stop()
         start = torch.cuda.Event(enable_timing=True)
         start.record()
         host = time.perf_counter()
@@ -633,6 +644,8 @@ class StepTimeline:
                 "prompt forwards beside" if stats.prefill_forwards > before[1] else "decode only")
         self.marks.append((kind, start, end, self.replay, self.replayed, host,
                            self.shape if kind == "prompts inside" else None))
+        if self.PROFILE_FROM <= len(self.marks) - 1 < self.PROFILE_FROM + self.profile_steps:
+            self.profiled[kind if kind != "prompts inside" else f"{kind} {self.shape}"] += 1
         return launched
 
     def summary(self) -> str:
@@ -658,6 +671,15 @@ class StepTimeline:
         common = sorted(shapes.items(), key=lambda item: -len(item[1]))[:6]
         inside = ", ".join(f"{shape} {len(ms)} x {statistics.mean(m for m, _ in ms):.2f} ms (replay "
                            f"{statistics.mean(g for _, g in ms):.2f})" for shape, ms in common)
+        if self.profile is not None and self.profiled:
+            print(f"Kernels of {sum(self.profiled.values())} steps in the loop ({dict(self.profiled)}):")
+            events = [e for e in self.profile.key_averages() if e.self_device_time_total > 0]
+            steps = sum(self.profiled.values())
+            total = sum(e.self_device_time_total for e in events) / steps / 1e3
+            print(f"{total:.2f} ms of kernels per step\n| kernel | ms per step | calls per step | µs per call |\n|---|---|---|---|")
+            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:30]:
+                print(f"| {e.key[:100]} | {e.self_device_time_total / steps / 1e3:.3f} | {e.count / steps:.1f} | "
+                      f"{e.self_device_time_total / e.count:.1f} |")
         return (f"{kinds}; idle between steps {idle / span:.1%} of {span / 1e3:.1f} s"
                 + (f"; steps with prompts inside by (rows, tokens, KV slots): {inside}" if inside else ""))
 
