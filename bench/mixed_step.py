@@ -4,11 +4,17 @@ decode step with the prompt chunks inside it ([serving] prefill_with_decode), ea
     python bench/mixed_step.py --compile                 # ChatGLM2-6B shape, random bf16, CUDA
     python bench/mixed_step.py --shape tiny --device cpu # the script itself, on the builtin shape
 
+    python bench/mixed_step.py --compile --prompts 1x64,2x64,4x64 --real --reach 384 --interleave 2
+
 For each kind of forward: the host's time to queue it (the call returning, no sync), the wall time
 with the device synchronised (median of --repeat), and, on CUDA, the kernels' own time in it
 (torch.profiler) and how many kernels ran. Wall far above kernel time is host-bound: Python and
 kernel launches, what a CUDA graph removes. Inputs are idle rows (padding tokens writing to the
-scratch slot): the shapes and kernels are a real step's, the values do not matter for time.
+scratch slot): the shapes and kernels are a real step's. --real gives inputs as in a running
+engine instead: decode rows writing and reading their own slots, up to --reach slots (the rows'
+slot length, so the graphs read what a closed loop's do), prompt chunks in rows of their own.
+--kernels prints the kernel tables of the eager decode step and the first mixed step; --interleave
+N times each graphed mixed step after N graphed decode steps, without syncs, as an engine runs them.
 """
 
 from __future__ import annotations
@@ -43,15 +49,16 @@ def main() -> None:
     ap.add_argument("--prefix-len", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--kernels", type=int, default=12, help="on CUDA, the top kernels of the first mixed step")
+    ap.add_argument("--kernels", type=int, default=12,
+                    help="on CUDA, the top kernels of the eager decode step and of the first mixed step")
     ap.add_argument("--interleave", type=int, default=0,
                     help="on CUDA: also time each graphed mixed step after this many graphed decode steps")
     ap.add_argument("--real", action="store_true",
                     help="inputs as in a running engine: decode rows at positions up to --reach slots, each writing "
                          "its own slot and seeing its own; prompt chunks in the last rows, at their own slots (else "
                          "idle rows: padding written to scratch, seeing slot 0)")
-    ap.add_argument("--reach", type=int, default=0, help="with --real: the slots the decode rows reach "
-                    "(default prefix + 64)")
+    ap.add_argument("--reach", type=int, default=0, help="with --real: the rows' slot length, which the decode "
+                    "rows reach (default prefix + the longest prompt + 128)")
     args = ap.parse_args()
     args.model, args.family = "", "chatglm2"
     cuda = args.device.startswith("cuda")
@@ -60,11 +67,13 @@ def main() -> None:
         model.compile_dense()
     chunks = [tuple(map(int, c.split("x"))) for c in args.prompts.split(",")]
     longest = max(t for _, t in chunks)
+    reach = check_real(args, chunks, longest)
     console = Console()
     settings = Settings()
     settings.serving.prefill_with_decode = True  # the engine captures decode steps with prompts inside too
     with Engine(model, tok, settings=settings, max_batch_size=max(args.rows, max(k for k, _ in chunks)),
-                max_len=max(longest + 128, args.reach - args.prefix_len), max_prefix_len=args.prefix_len, cuda_graph=cuda, warm_up=True) as engine:
+                max_len=reach - args.prefix_len, max_prefix_len=args.prefix_len, cuda_graph=cuda,
+                warm_up=True) as engine:
         s = engine.scheduler
         dev = s.device
 
@@ -73,16 +82,16 @@ def main() -> None:
                                       for v in (s.pad, 0, s.slots.scratch, 1))
             return ids, pos, write, limit, round_up(reach)
 
-        reach = args.reach or args.prefix_len + 64
         g = torch.Generator().manual_seed(0)
 
         def decode_part(prompts: int = 0) -> tuple:
             if not args.real:
                 ids, pos, write, limit, kv_len = idle(args.rows, 1, args.prefix_len + 64)
                 return ids, pos, write, limit, None, kv_len
-            # rows 0..rows-prompts-1 decode at positions up to reach; the last `prompts` rows are prefilling (idle here)
+            # rows 0..rows-prompts-1 decode at positions up to reach; the last `prompts` rows prefill (idle here)
             live = args.rows - prompts
-            pos = torch.randint(max(1, reach - args.prefix_len - 128), reach - args.prefix_len, (args.rows, 1), generator=g)
+            pos = torch.randint(max(1, reach - args.prefix_len - 128), reach - args.prefix_len, (args.rows, 1),
+                                generator=g)
             ids = torch.randint(3, 60000, (args.rows, 1), generator=g)
             write, limit = pos + args.prefix_len, pos + args.prefix_len + 1
             ids[live:], pos[live:], write[live:], limit[live:] = s.pad, 0, s.slots.scratch, 1
@@ -96,7 +105,7 @@ def main() -> None:
             ids = torch.randint(3, 60000, (k, t), generator=g)
             write, limit = pos + args.prefix_len, pos + args.prefix_len + 1
             rows = torch.arange(args.rows - k, args.rows)
-            return (*(x.to(dev) for x in (ids, pos, write, limit, rows)), round_up(max(reach, args.prefix_len + t)))
+            return (*(x.to(dev) for x in (ids, pos, write, limit, rows)), round_up(args.prefix_len + t))
 
         runs: list[tuple[str, callable]] = []
         ids, pos, write, limit, _, kv_len = decode_part()  # all rows decoding
@@ -116,14 +125,15 @@ def main() -> None:
             beside = decode_part(k)
             runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens",
                          lambda p=part, d=beside: forward_mixed(model, s.slots, [d, p])))
-            shape = min((m for m in s.mixed_shapes if m[0] >= k and m[1] >= t and m[2] >= part[5]),
+            # both parts read one KV length: the longest either needs (Scheduler._mixed_shape)
+            shape = min((m for m in s.mixed_shapes if m[0] >= k and m[1] >= t and m[2] >= max(part[5], beside[5])),
                         key=lambda m: (m[0] * m[1], m[2]), default=None)
             if s.graphed_mixed is not None and shape is not None and args.rows == s.buckets[-1]:
-                padded = ((*beside[:4], *part[:5]) if args.real and shape[:2] == (k, t) else
+                padded = ((*beside[:4], *part[:5]) if args.real else
                           (*decode_part()[:4], *idle(shape[0], shape[1], shape[2])[:4],
                            torch.zeros(shape[0], dtype=torch.long, device=dev)))
                 runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens, CUDA graph "
-                             f"{shape[0]} x {shape[1]}",
+                             f"{shape[0]} x {shape[1]}, KV {shape[2]}",
                              lambda shape=shape, padded=padded: s.graphed_mixed(shape, *padded)))
         table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev})",
                       header_style="bold")
@@ -164,6 +174,23 @@ def main() -> None:
     for name, prof in profiles:
         print(f"\n{name}:")
         print_kernel_table(prof, 3, "step", args.kernels)
+
+
+def check_real(args: argparse.Namespace, chunks: list[tuple[int, int]], longest: int) -> int:
+    """The rows' slot length; --real's and --reach's values checked (SystemExit naming the bad one)."""
+    if not args.real:
+        if args.reach:
+            raise SystemExit(f"--reach {args.reach} sets the decode rows' reach with --real only (add --real)")
+        return args.prefix_len + longest + 128
+    reach = args.reach or args.prefix_len + longest + 128
+    if reach < args.prefix_len + longest + 1:
+        raise SystemExit(f"--reach {reach} leaves no room for a {longest}-token chunk behind the {args.prefix_len} "
+                         f"prefix slots: give at least {args.prefix_len + longest + 1}")
+    for k, t in chunks:
+        if k > args.rows or k & (k - 1) or t < 16 or t & (t - 1):
+            raise SystemExit(f"--real needs prompt chunks of a captured shape, at most --rows {args.rows} rows, a "
+                             f"power of two, of 16, 32, 64, ... tokens: got {k}x{t}")
+    return reach
 
 
 def interleave(runs: list, decodes: int, rounds: int = 20) -> list[tuple[str, float, float]]:

@@ -48,7 +48,10 @@ replay CUDA graphs of a few padded shapes; off: eager), --handoff-wait mode (the
 handoff_wait: a client's next request joins the step queued right after its answer) and
 --prefill-wait-steps value. On CUDA it
 then prints, per run, the GPU's time per kind of step in the loop (decode only, prompts inside,
-prompt forwards beside) and its idle time between steps, from CUDA events around each step's work.
+prompt forwards beside), the host's time in each launch, how long the GPU waited for it and how
+long the step's graph ran, the steps with prompts inside by captured shape, and the GPU's idle time
+between steps, from CUDA events around each step's work (StepTimeline); --profile-steps N adds the
+kernels of N steps of the loop (torch.profiler). --blas picks cuBLAS or cuBLASLt for the whole run.
 --arrival-rate compares the modes too.
 
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
@@ -81,6 +84,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's glmbot, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernel_table import print_kernel_table  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.model import ChatGLMConfig, ChatGLMForConditionalGeneration, load_base  # noqa: E402
@@ -557,15 +563,16 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                 thread.join()
             seconds = time.perf_counter() - start
             if timeline is not None:
-                timelines.append(f"with decode {mode}, prompt graphs {graphs}, wait {wait}, hand-off wait {handoff}: "
-                                 f"{timeline.summary()}")
+                label = f"with decode {mode}, prompt graphs {graphs}, wait {wait}, hand-off wait {handoff}"
+                timelines.append(f"{label}: {timeline.summary(label)}")
             loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
             mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
             forwards = f"{stats.prefill_forwards - before[4]} ({stats.prefill_replays - before[5]})"
             mixed = f"{mixed} ({stats.mixed_replays - before[6]})"
             after = engine.stats()
-            waits = after.handoff_waits - handoffs_before.handoff_waits
-            handoffs = (f"{after.handoff_taken - handoffs_before.handoff_taken} / {waits} "
+            taken = after.handoff_taken - handoffs_before.handoff_taken
+            waits = taken + after.handoff_missed - handoffs_before.handoff_missed
+            handoffs = (f"{taken} / {waits} "
                         f"({1e6 * (after.handoff_s - handoffs_before.handoff_s) / max(waits, 1):.0f})")
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
@@ -587,29 +594,46 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             console.print(f"  {line}")
 
 
+@dataclasses.dataclass
+class StepMark:
+    """One launch in StepTimeline: its kind, CUDA events at its start and end and around its first
+    graph replay (None without one), the host's seconds in it, and its captured prompt shape."""
+
+    kind: str
+    start: torch.cuda.Event
+    end: torch.cuda.Event
+    replay: torch.cuda.Event | None
+    replayed: torch.cuda.Event | None
+    host_s: float
+    shape: tuple | None
+
+
 class StepTimeline:
     """CUDA events around the work each decode step queues (its launch: the decode forward, prompts
     inside it or forwards of their own beside it, the token choice and copy), recorded on the
     engine's stream while the closed loop runs: the GPU's time per kind of step, and how long it
     sat idle between steps (work queued between launches, such as a row's prefix copy, counts as
-    idle here). Inside a step, an event queued just before its graph replay tells how long the GPU,
-    done with the step before, waited there for the host to finish preparing the launch (a host
-    late by less than its launch time shows there, not as idle). Also the host's time inside each
-    launch, and the steps with prompts inside by captured (rows, tokens, KV length) shape.
-    Instruments the scheduler's `_launch`, `_mixed_shape` and graph replays until `summary`."""
+    idle here). Around the launch's first decode or mixed graph replay, two more events: from the
+    step's start to the first, the GPU (done with the step before) waiting for the host to finish
+    preparing the launch (a host late by less than its launch time shows there, not as idle); from
+    the first to the second, the graph's own run (prompt forwards beside, replayed from their own
+    graphs, are not in it). Also the host's time inside each launch, the steps with prompts inside
+    by captured (rows, tokens, KV length) shape, and with profile_steps a torch.profiler window of
+    that many launches from the PROFILE_FROM-th. Instruments the scheduler's `_launch`,
+    `_mixed_shape` and graph replays until `summary`."""
 
     PROFILE_FROM = 300  # launches before the profiled window (past the loop's start)
 
     def __init__(self, scheduler, profile_steps: int = 0):  # noqa: ANN001 - a glmbot Scheduler
         self.scheduler = scheduler
         self.profile_steps, self.profile, self.profiled = profile_steps, None, collections.Counter()
-        self.saved = {name: getattr(scheduler, name) for name in ("_launch", "_mixed_shape", "graphed", "graphed_mixed")}
-        self.marks: list[tuple] = []  # (kind, start, end, replay, replayed, host s, shape)
+        self.graphs = {name: getattr(scheduler, name) for name in ("graphed", "graphed_mixed")}
+        self.marks: list[StepMark] = []
         self.shape = self.replay = self.replayed = None
-        scheduler._launch, scheduler._mixed_shape = self._timed, self._shaped
-        for name in ("graphed", "graphed_mixed"):
-            if self.saved[name] is not None:
-                setattr(scheduler, name, self._marked(self.saved[name]))
+        scheduler._launch, scheduler._mixed_shape = self._timed, self._shaped  # shadow the methods until summary
+        for name, graphs in self.graphs.items():
+            if graphs is not None:
+                setattr(scheduler, name, self._marked(graphs))
 
     def _marked(self, graphs):  # noqa: ANN001, ANN202 - a GraphedDecode / GraphedMixed
         def replay(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -625,67 +649,88 @@ class StepTimeline:
         return replay
 
     def _shaped(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._mixed_shape's
-        self.shape = self.saved["_mixed_shape"](*args, **kwargs)
+        self.shape = type(self.scheduler)._mixed_shape(self.scheduler, *args, **kwargs)
         return self.shape
 
     def _timed(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Scheduler._launch's
         stats = self.scheduler.stats
         before = (stats.mixed_steps, stats.prefill_forwards)
         self.shape = self.replay = self.replayed = None
-        if self.profile_steps and len(self.marks) == self.PROFILE_FROM:
+        if self.profile_steps and len(self.marks) == self.PROFILE_FROM and self.profile is None:
             self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
             self.profile.start()
         elif self.profile is not None and len(self.marks) == self.PROFILE_FROM + self.profile_steps:
-            self.profile.stop()
+            self._stop_profile()
         start = torch.cuda.Event(enable_timing=True)
         start.record()
         host = time.perf_counter()
-        launched = self.saved["_launch"](*args, **kwargs)
+        launched = type(self.scheduler)._launch(self.scheduler, *args, **kwargs)
         host = time.perf_counter() - host
+        if launched is None:  # nothing was launched: not a step
+            return None
         end = torch.cuda.Event(enable_timing=True)
         end.record()
         kind = ("prompts inside" if stats.mixed_steps > before[0] else
                 "prompt forwards beside" if stats.prefill_forwards > before[1] else "decode only")
-        self.marks.append((kind, start, end, self.replay, self.replayed, host,
-                           self.shape if kind == "prompts inside" else None))
-        if self.PROFILE_FROM <= len(self.marks) - 1 < self.PROFILE_FROM + self.profile_steps:
-            self.profiled[kind if kind != "prompts inside" else f"{kind} {self.shape}"] += 1
+        shape = self.shape if kind == "prompts inside" else None
+        self.marks.append(StepMark(kind, start, end, self.replay, self.replayed, host, shape))
+        if self.profile is not None and self.profile_steps and len(self.marks) - 1 >= self.PROFILE_FROM:
+            self.profiled[kind if shape is None else f"{kind} {shape}"] += 1
         return launched
 
-    def summary(self) -> str:
-        for name, value in self.saved.items():
-            setattr(self.scheduler, name, value)
+    def _stop_profile(self) -> None:
+        if self.profile is not None and self.profile_steps:
+            self.profile.stop()
+            self.profile_steps = 0  # stopped: no more launches counted
+
+    def summary(self, label: str) -> str:
+        """Restore the scheduler; the timeline as one line (and, with profile_steps, print the
+        window's kernels under `label`)."""
+        for name in ("_launch", "_mixed_shape"):
+            vars(self.scheduler).pop(name, None)
+        for name, graphs in self.graphs.items():
+            setattr(self.scheduler, name, graphs)
         torch.cuda.synchronize()
+        if self.profile is not None:
+            self._stop_profile()
+            steps = sum(self.profiled.values())
+            print(f"Kernels of {steps} steps of the loop ({label}; {dict(self.profiled)}):")
+            print_kernel_table(self.profile, steps, "step", 30, per_call=True)
+        elif self.profile_steps:
+            print(f"No kernel table ({label}): the loop had {len(self.marks)} launches, the profiled window starts "
+                  f"at launch {self.PROFILE_FROM}")
         if not self.marks:
             return "no decode steps"
-        busy: dict[str, list[tuple[float, float, float, float]]] = {}
-        shapes: dict[tuple, list[tuple[float, float]]] = collections.defaultdict(list)
-        for kind, start, end, replay, replayed, host, shape in self.marks:
-            waited = start.elapsed_time(replay) if replay is not None else 0.0
-            graph = replay.elapsed_time(replayed) if replay is not None else 0.0
-            busy.setdefault(kind, []).append((start.elapsed_time(end), 1e3 * host, waited, graph))
-            if shape is not None:
-                shapes[shape].append((start.elapsed_time(end), graph))
-        idle = sum(end.elapsed_time(start) for (_, _, end, *_), (_, start, *_) in zip(self.marks, self.marks[1:]))
-        span = self.marks[0][1].elapsed_time(self.marks[-1][2])
-        kinds = ", ".join(f"{kind} {len(ms)} x {statistics.mean(m[0] for m in ms):.2f} ms (host in launch "
-                          f"{statistics.mean(m[1] for m in ms):.2f} ms, GPU waiting for it "
-                          f"{statistics.mean(m[2] for m in ms):.2f}, graph replay {statistics.mean(m[3] for m in ms):.2f})"
-                          for kind, ms in sorted(busy.items()))
+        busy: dict[str, list[StepMark]] = collections.defaultdict(list)
+        shapes: dict[tuple, list[StepMark]] = collections.defaultdict(list)
+        for mark in self.marks:
+            busy[mark.kind].append(mark)
+            if mark.shape is not None:
+                shapes[mark.shape].append(mark)
+        idle = sum(a.end.elapsed_time(b.start) for a, b in zip(self.marks, self.marks[1:]))
+        span = self.marks[0].start.elapsed_time(self.marks[-1].end)
+        kinds = ", ".join(f"{kind} {len(marks)} x {self._ms(marks)} ms (host in launch "
+                          f"{statistics.mean(1e3 * m.host_s for m in marks):.2f} ms{self._graph_ms(marks)})"
+                          for kind, marks in sorted(busy.items()))
         common = sorted(shapes.items(), key=lambda item: -len(item[1]))[:6]
-        inside = ", ".join(f"{shape} {len(ms)} x {statistics.mean(m for m, _ in ms):.2f} ms (replay "
-                           f"{statistics.mean(g for _, g in ms):.2f})" for shape, ms in common)
-        if self.profile is not None and self.profiled:
-            print(f"Kernels of {sum(self.profiled.values())} steps in the loop ({dict(self.profiled)}):")
-            events = [e for e in self.profile.key_averages() if e.self_device_time_total > 0]
-            steps = sum(self.profiled.values())
-            total = sum(e.self_device_time_total for e in events) / steps / 1e3
-            print(f"{total:.2f} ms of kernels per step\n| kernel | ms per step | calls per step | µs per call |\n|---|---|---|---|")
-            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:30]:
-                print(f"| {e.key[:100]} | {e.self_device_time_total / steps / 1e3:.3f} | {e.count / steps:.1f} | "
-                      f"{e.self_device_time_total / e.count:.1f} |")
+        inside = ", ".join(f"{shape} {len(marks)} x {self._ms(marks)} ms{self._graph_ms(marks)}"
+                           for shape, marks in common)
         return (f"{kinds}; idle between steps {idle / span:.1%} of {span / 1e3:.1f} s"
                 + (f"; steps with prompts inside by (rows, tokens, KV slots): {inside}" if inside else ""))
+
+    @staticmethod
+    def _ms(marks: list[StepMark]) -> str:
+        return f"{statistics.mean(m.start.elapsed_time(m.end) for m in marks):.2f}"
+
+    @staticmethod
+    def _graph_ms(marks: list[StepMark]) -> str:
+        """Over the steps with a graph replay: GPU waiting for the host before it, and its run."""
+        graphed = [m for m in marks if m.replay is not None]
+        if not graphed:
+            return ""
+        return (f", {len(graphed)} graphed: GPU waiting for the launch "
+                f"{statistics.mean(m.start.elapsed_time(m.replay) for m in graphed):.2f} ms, graph replay "
+                f"{statistics.mean(m.replay.elapsed_time(m.replayed) for m in graphed):.2f} ms")
 
 
 def best_of(repeat: int, run: Callable[[], Measured]) -> Measured:
@@ -776,7 +821,9 @@ def run_verify(args: argparse.Namespace, model, tok) -> bool:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    if args.blas is not None and torch.cuda.is_available():
+    if args.blas is not None:
+        if not args.device.startswith("cuda"):
+            raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} (leave --blas out)")
         torch.backends.cuda.preferred_blas_library(args.blas)  # before any graph capture: graphs keep their kernels
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)
@@ -788,7 +835,8 @@ def main() -> None:
             if args.shape else args.model)
     console.print(f"{what} on {model.device} | "
                   f"{args.streams} streams, {args.domains} domains, P={args.prefix_len}, prompt {args.prompt_len}, "
-                  f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}")
+                  f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}"
+                  f"{f', BLAS {args.blas}' if args.blas else ''}")
     if args.verify:
         sys.exit(0 if run_verify(args, model, tok) else 1)
     if args.arrival_rate > 0:

@@ -81,7 +81,7 @@ def stats(steps: int, step_ms: float, peak: int, finished: dict, hits: int) -> E
     return EngineStats(active_rows=1, queued=2, decode_steps=steps, decode_tokens=steps * 2,
                        mean_decode_step_ms=step_ms, peak_rows=peak, prefill_forwards=1, prefill_tokens=10,
                        prefill_s=0.5, mixed_steps=3, idle_s=1.5, finished=finished, slot_bytes=1 << 20, prefix_cache=cache,
-                       handoff_waits=4, handoff_taken=steps // 10, handoff_s=0.25)
+                       handoff_taken=steps // 10, handoff_missed=4, handoff_s=0.25)
 
 
 def test_replica_stats_are_summed():
@@ -89,7 +89,7 @@ def test_replica_stats_are_summed():
     assert (total.active_rows, total.queued, total.decode_steps, total.decode_tokens) == (2, 4, 40, 80)
     assert total.mean_decode_step_ms == pytest.approx((10 * 2.0 + 30 * 4.0) / 40)
     assert total.idle_s == 3.0 and total.mixed_steps == 6 and total.peak_rows == 7 and total.finished == {"stop": 3, "length": 4} and total.slot_bytes == 2 << 20
-    assert (total.handoff_waits, total.handoff_taken, total.handoff_s) == (8, 4, 0.5)
+    assert (total.handoff_taken, total.handoff_missed, total.handoff_s) == (4, 8, 0.5)
     assert (total.prefix_cache.hits, total.prefix_cache.entries, total.prefix_cache.capacity_bytes) == (6, 2, 2000)
     empty = combine_stats([])
     assert (empty.decode_steps, empty.mean_decode_step_ms, empty.prefix_cache) == (0, 0.0, None)

@@ -118,7 +118,7 @@ def engine_lines(s: Any) -> list[str]:
                  {"": round(s.idle_s, 6)}),
         *_family("glmbot_engine_handoff_waits_total", "counter", "waits after a step for its answered requests' "
                  "clients to send their next ones, by whether all of them came in time",
-                 {_labels(outcome="taken"): s.handoff_taken, _labels(outcome="missed"): s.handoff_waits - s.handoff_taken}),
+                 {_labels(outcome="taken"): s.handoff_taken, _labels(outcome="missed"): s.handoff_missed}),
         *_family("glmbot_engine_handoff_seconds_total", "counter", "time spent in those waits",
                  {"": round(s.handoff_s, 6)}),
         *_family("glmbot_engine_finished_total", "counter", "requests finished by reason",

@@ -91,8 +91,10 @@ class EngineStats:
     prefix_cache: PrefixCacheStats | None
     prefill_replays: int = 0  # prefill forwards replayed from a CUDA graph
     mixed_replays: int = 0  # decode steps with prompt tokens inside, replayed from a CUDA graph
-    handoff_waits: int = 0  # waits for answered requests' clients to send their next ones (handoff_wait)
-    handoff_taken: int = 0  # of those, waits that ended with all those requests prepared
+    # handoff_wait: waits for answered requests' clients to send their next ones that ended with as many
+    # prepared requests as were answered (taken), or at their limit or the queued step's end (missed)
+    handoff_taken: int = 0
+    handoff_missed: int = 0
     handoff_s: float = 0.0  # time spent in those waits
 
 
@@ -139,11 +141,11 @@ class Engine:
     one after it. The wait comes out of the host's slack: at most half the time it has lately
     spent blocked on the device's tokens per step (none when the loop is host-bound), at most 2 ms,
     and it ends when the queued step is done; on CPU (a queued step is already computed, so
-    waiting only delays the next) up to a quarter of a mean step. Off by default: in an H100 closed
-    loop of in-process clients it caught 92% of the next requests and cut TTFT (mean 24.5 -> 22.3
-    ms, p99 144 -> 123), but the GPU sat idle 1.0% of the loop against 0.2% and the steady
-    throughput fell 77.4% -> 76.5% of the step figure (docs/PERFORMANCE.md); HTTP clients, a
-    network round trip away, seldom come back within its 2 ms.
+    waiting only delays the next) up to a quarter of a mean step. Off by default: in an H100
+    closed loop of in-process clients 92% of its waits caught the next requests and TTFT fell
+    (mean 24.5 -> 22.3 ms, p99 144 -> 123), but the GPU sat idle 1.0% of the loop against 0.2%
+    and the steady throughput fell 77.4% -> 76.5% of the step figure (docs/PERFORMANCE.md); HTTP
+    clients, a network round trip away, seldom come back within its 2 ms.
     plugins: a PluginManager whose before_generate may answer or edit a request, whose answer
     filters (register_answer_filters, collected once here) change the answer as it streams, and
     whose after_generate may rewrite the whole answer (then every stream is sent at the end, whole).
@@ -214,7 +216,7 @@ class Engine:
         self._handles: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
         self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="glmbot-prepare")
         self._idle_s = 0.0
-        self._handoff_waits = self._handoff_taken = 0
+        self._handoff_taken = self._handoff_missed = 0
         self._handoff_s = 0.0
         self._handoff_wait = handoff_wait
         self._thread = threading.Thread(target=self._run, name="glmbot-engine", daemon=True)
@@ -295,6 +297,8 @@ class Engine:
 
     def stats(self) -> EngineStats:
         s = self.scheduler.stats
+        with self._cond:
+            taken, missed, handoff_s = self._handoff_taken, self._handoff_missed, self._handoff_s
         return EngineStats(
             active_rows=len(self.scheduler.active), queued=len(self._ready), decode_steps=s.decode_steps,
             decode_tokens=s.decode_tokens, mean_decode_step_ms=1e3 * s.decode_s / max(s.decode_steps, 1),
@@ -304,7 +308,7 @@ class Engine:
             slot_bytes=self.scheduler.slots.nbytes,
             prefix_cache=self.prefix_cache.stats() if self.prefix_cache is not None else None,
             prefill_replays=s.prefill_replays, mixed_replays=s.mixed_replays,
-            handoff_waits=self._handoff_waits, handoff_taken=self._handoff_taken, handoff_s=self._handoff_s)
+            handoff_taken=taken, handoff_missed=missed, handoff_s=handoff_s)
 
     def close(self, wait: bool = False) -> None:
         """Stop the engine. wait=False cancels unfinished requests; wait=True lets them finish first."""
@@ -626,15 +630,18 @@ class Engine:
         start = time.perf_counter()
         deadline = start + min(HANDOFF_MAX_S, limit)
         with self._cond:
+            if limit <= 0 or len(self._ready) >= finished:  # no slack, or enough requests queued already: no wait
+                return
             while len(self._ready) < finished and not self._closing:
                 left = deadline - time.perf_counter()
                 if left <= 0 or (queued.ready is not None and queued.ready.query()):
                     break
                 self._cond.wait(min(left, HANDOFF_POLL_S))
             taken = len(self._ready) >= finished
-        self._handoff_waits += 1
-        self._handoff_taken += taken
-        self._handoff_s += time.perf_counter() - start
+            # counted under the lock, where stats() reads them: a scrape never sees a wait half counted
+            self._handoff_taken += taken
+            self._handoff_missed += not taken
+            self._handoff_s += time.perf_counter() - start
 
     def _iterate(self, jobs: list[Job]) -> None:
         """Admit `jobs` between steps, then run one decode step; errors fail the batch, not the engine."""

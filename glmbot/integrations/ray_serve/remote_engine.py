@@ -190,5 +190,5 @@ def combine_stats(stats: Sequence[EngineStats]) -> EngineStats:
         mixed_steps=total("mixed_steps"), idle_s=total("idle_s"),
         finished=dict(finished),
         slot_bytes=total("slot_bytes"), prefix_cache=cache, prefill_replays=total("prefill_replays"),
-        mixed_replays=total("mixed_replays"), handoff_waits=total("handoff_waits"),
-        handoff_taken=total("handoff_taken"), handoff_s=total("handoff_s"))
+        mixed_replays=total("mixed_replays"), handoff_taken=total("handoff_taken"),
+        handoff_missed=total("handoff_missed"), handoff_s=total("handoff_s"))
