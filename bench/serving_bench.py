@@ -340,8 +340,8 @@ def parse_args() -> argparse.Namespace:
                              "5 ms): with --closed-loop, the clients are threads beside the engine's")
     parser.add_argument("--handoff-wait", default="off",
                         help="with --closed-loop: the engine's handoff_wait (a request sent right back after an "
-                             "answer joins the next step; off by default): on, off or on,off (no effect on CPU: steps are not "
-                             "pipelined there)")
+                             "answer joins the next step; off by default): on, off or on,off (no effect on CPU: "
+                             "steps are not pipelined there)")
     parser.add_argument("--prefill-wait-steps", default="8",
                         help="with --closed-loop: [serving] prefill_wait_steps values to compare (comma-separated)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block's norms and MLP")
@@ -555,7 +555,8 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                     wakes.append(time.perf_counter() - submitted - result.timings.total_s)
 
             clients = [threading.Thread(target=client) for _ in range(args.streams)]
-            timeline = StepTimeline(engine.scheduler, args.profile_steps) if engine.scheduler.device.type == "cuda" else None
+            cuda = engine.scheduler.device.type == "cuda"
+            timeline = StepTimeline(engine.scheduler, args.profile_steps) if cuda else None
             start = time.perf_counter()
             for thread in clients:
                 thread.start()
@@ -823,7 +824,8 @@ def main() -> None:
     torch.manual_seed(0)
     if args.blas is not None:
         if not args.device.startswith("cuda"):
-            raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} (leave --blas out)")
+            raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} "
+                             "(leave --blas out)")
         torch.backends.cuda.preferred_blas_library(args.blas)  # before any graph capture: graphs keep their kernels
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)

@@ -80,8 +80,8 @@ def stats(steps: int, step_ms: float, peak: int, finished: dict, hits: int) -> E
     cache = PrefixCacheStats(hits=hits, misses=1, evictions=0, bytes=100, entries=1, capacity_bytes=1000, pinned=0)
     return EngineStats(active_rows=1, queued=2, decode_steps=steps, decode_tokens=steps * 2,
                        mean_decode_step_ms=step_ms, peak_rows=peak, prefill_forwards=1, prefill_tokens=10,
-                       prefill_s=0.5, mixed_steps=3, idle_s=1.5, finished=finished, slot_bytes=1 << 20, prefix_cache=cache,
-                       handoff_taken=steps // 10, handoff_missed=4, handoff_s=0.25)
+                       prefill_s=0.5, mixed_steps=3, idle_s=1.5, finished=finished, slot_bytes=1 << 20,
+                       prefix_cache=cache, handoff_taken=steps // 10, handoff_missed=4, handoff_s=0.25)
 
 
 def test_replica_stats_are_summed():

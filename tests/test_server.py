@@ -244,7 +244,8 @@ def test_health_and_metrics_report_requests_tokens_and_the_prefix_cache(server, 
     # no CUDA graphs on the CPU: none replayed, both kinds exported
     assert samples['glmbot_engine_graph_replays_total{forward="prefill"}'] == 0
     assert samples['glmbot_engine_graph_replays_total{forward="mixed"}'] == 0
-    # hand-off waits: both outcomes exported (none here: glmbot serve's engine does not wait; tests/test_engine.py counts them)
+    # hand-off waits: both outcomes exported (none here: glmbot serve's engine does not wait;
+    # tests/test_engine.py counts them)
     assert samples['glmbot_engine_handoff_waits_total{outcome="taken"}'] == 0
     assert samples['glmbot_engine_handoff_waits_total{outcome="missed"}'] == 0
     assert samples["glmbot_engine_handoff_seconds_total"] == 0
