@@ -514,9 +514,10 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
                         f"{args.max_new_tokens // 2}-{args.max_new_tokens * 3 // 2} new tokens, prefill {budget} "
                         "tokens a step", header_style="bold")
     timelines: list[str] = []
-    for column in ("with decode", "prompt graphs", "wait steps", "hand-off wait", "plain step ms", "tokens/s at that step",
-                   "tokens/s end to end", "of the step figure", "steady part: tokens/s", "of the step figure",
-                   "mean step ms in the loop", "rows per step (steady)", "wall ms per step (steady)", "steps with prompts (graphed)", "prompt forwards (graphed)",
+    for column in ("with decode", "prompt graphs", "wait steps", "hand-off wait", "plain step ms",
+                   "tokens/s at that step", "tokens/s end to end", "of the step figure", "steady part: tokens/s",
+                   "of the step figure", "mean step ms in the loop", "rows per step (steady)",
+                   "wall ms per step (steady)", "steps with prompts (graphed)", "prompt forwards (graphed)",
                    "compiles in the loop", "hand-offs taken / waits (µs each)", "TTFT mean / p50 / p99 ms",
                    "to a row p50 / p99 ms", "result to client p50 / p99 ms"):
         table.add_column(column, justify="right")
@@ -533,12 +534,10 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             run_engine(engine, "warm-up", batch)
             plain = best_of(args.repeat, lambda: run_engine(engine, "all at once", batch))  # one prefill forward
             engine.scheduler.prefill_token_budget = budget
-            stats = engine.scheduler.stats
-            before = (stats.decode_steps, stats.decode_s, stats.mixed_steps, counters["stats"]["unique_graphs"],
-                      stats.prefill_forwards, stats.prefill_replays, stats.mixed_replays)
-            handoffs_before = engine.stats()
+            stats = engine.scheduler.stats  # live: the clients read the steady part's marks from it
+            before, compiled, decode_s = engine.stats(), counters["stats"]["unique_graphs"], stats.decode_s
             pending, results, wakes, lock = list(reversed(requests)), [], [], threading.Lock()
-            steady: list[tuple[float, int, int]] = []  # (time, decode tokens, decode steps) as the steady part begins, ends
+            steady: list[tuple[float, int, int]] = []  # (time, decode tokens, decode steps): steady part's start, end
 
             def client() -> None:
                 while True:
@@ -566,22 +565,25 @@ def run_closed_loop(args: argparse.Namespace, model, tok) -> None:
             if timeline is not None:
                 label = f"with decode {mode}, prompt graphs {graphs}, wait {wait}, hand-off wait {handoff}"
                 timelines.append(f"{label}: {timeline.summary(label)}")
-            loop_step = 1e3 * (stats.decode_s - before[1]) / max(stats.decode_steps - before[0], 1)
-            mixed, compiles = stats.mixed_steps - before[2], counters["stats"]["unique_graphs"] - before[3]
-            forwards = f"{stats.prefill_forwards - before[4]} ({stats.prefill_replays - before[5]})"
-            mixed = f"{mixed} ({stats.mixed_replays - before[6]})"
             after = engine.stats()
-            taken = after.handoff_taken - handoffs_before.handoff_taken
-            waits = taken + after.handoff_missed - handoffs_before.handoff_missed
-            handoffs = (f"{taken} / {waits} "
-                        f"({1e6 * (after.handoff_s - handoffs_before.handoff_s) / max(waits, 1):.0f})")
+
+            def delta(name: str) -> float:
+                return getattr(after, name) - getattr(before, name)
+
+            loop_step = 1e3 * (stats.decode_s - decode_s) / max(delta("decode_steps"), 1)
+            compiles = counters["stats"]["unique_graphs"] - compiled
+            forwards = f"{delta('prefill_forwards')} ({delta('prefill_replays')})"
+            mixed = f"{delta('mixed_steps')} ({delta('mixed_replays')})"
+            waits = delta("handoff_taken") + delta("handoff_missed")
+            handoffs = f"{delta('handoff_taken')} / {waits} ({1e6 * delta('handoff_s') / max(waits, 1):.0f})"
         tokens = sum(r.usage.completion_tokens for r in results)
         figure = 1e3 * args.streams / plain.step_ms
         (t0, n0, s0), (t1, n1, s1) = steady
         ttft = sorted(1e3 * r.timings.first_token_s for r in results if r.timings.first_token_s is not None)
         admitted = sorted(1e3 * r.timings.queued_s for r in results)
         wakes = sorted(1e3 * w for w in wakes)
-        table.add_row(mode, graphs, str(wait), handoff, f"{plain.step_ms:.2f}", f"{figure:,.0f}", f"{tokens / seconds:,.0f}",
+        table.add_row(mode, graphs, str(wait), handoff, f"{plain.step_ms:.2f}", f"{figure:,.0f}",
+                      f"{tokens / seconds:,.0f}",
                       f"{tokens / seconds / figure:.1%}", f"{(n1 - n0) / (t1 - t0):,.0f}",
                       f"{(n1 - n0) / (t1 - t0) / figure:.1%}", f"{loop_step:.2f}", f"{(n1 - n0) / max(s1 - s0, 1):.1f}",
                       f"{1e3 * (t1 - t0) / max(s1 - s0, 1):.2f}", mixed, forwards, str(compiles), handoffs,

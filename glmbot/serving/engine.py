@@ -605,12 +605,10 @@ class Engine:
                         return
                     take = min(len(self._ready), self.scheduler.free_rows)
                     jobs = [self._ready.popleft() for _ in range(take)]
-                if not self._handoff_wait:
-                    self._iterate(jobs)
-                    continue
-                finished = self._finished_count()
+                finished = self._finished_count() if self._handoff_wait else 0
                 self._iterate(jobs)
-                self._await_handoff(self._finished_count() - finished)
+                if self._handoff_wait:
+                    self._await_handoff(self._finished_count() - finished)
 
     def _finished_count(self) -> int:
         """Requests answered so far (see _ANSWERED)."""
