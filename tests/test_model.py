@@ -506,3 +506,38 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
         torch._dynamo.reset()
     compiled_again = graphs[4:]
     assert compiled_again and not any("flip" in g.code for g in compiled_again)  # the pair swap runs eagerly
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_masked_grouped_attention_runs_fused_whatever_the_process_wide_backend_order():
+    """The serving engine's prompt parts (grouped KV, an additive mask tensor) run a fused kernel on
+    CUDA even when the process-wide SDPA order ends in the math kernel (what torch restores after
+    grouped decode's sdpa_kernel(set_priority=True) exits), and give math's values within bf16
+    rounding: math computes them in fp32, ~1.5 ms more per 64-token prompt step on an H100."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = small_config(hidden_size=1024, kv_channels=128, num_attention_heads=8, multi_query_group_num=2)
+    attention = modeling.SelfAttention(config, 0)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 64, 8, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    kv = torch.randn(2, 64, 2, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    visible = torch.ones(64, 64, device="cuda", dtype=torch.bool).tril()
+    visible[1, :, :5] = False  # row 1: five left-padding keys nobody sees
+    visible[1, :5, 0] = True  # ... but the padding queries see one key (the engine's scratch reads)
+    mask = torch.zeros(2, 1, 64, 64, device="cuda", dtype=torch.bfloat16)
+    mask.masked_fill_(~visible[:, None], torch.finfo(torch.bfloat16).min)
+    math_last = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+                 SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(math_last, set_priority=True), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out = attention.attend(q, kv, mask, None, None)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert not any("softmax" in name for name in kernels), kernels  # the math kernel's fp32 softmax
+    assert any("sdpa" in name or "fmha" in name or "flash" in name for name in kernels), kernels
+
+    k, v = (t.float().transpose(1, 2).repeat_interleave(4, dim=1) for t in kv.unbind(2))  # (B, H, keys, D)
+    scores = q.float().transpose(1, 2) @ k.transpose(-1, -2) / 128 ** 0.5 + mask.float()
+    expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 64, 8 * 128)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
