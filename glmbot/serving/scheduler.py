@@ -304,8 +304,9 @@ class Scheduler:
         together (each forward has a fixed cost: a pass over every layer's weights), unless nothing
         decodes, a prompt is half in, they are a quarter of the decoding rows or a full budget, the
         oldest has waited prefill_wait_steps steps, or a captured decode step can take the oldest in
-        (mixed shapes: a prompt costs that step little, ~1.3 ms for 64 tokens on an H100, about what
-        it would cost batched with others; waiting only delays its first token)."""
+        (mixed shapes: a 64-token prompt adds 1.24 ms to that step on an H100, two together 0.9 ms
+        each; waiting for company would save ~0.3 ms a prompt but delay its first token by whole
+        5.6 ms steps)."""
         if not self.waiting or self.prefill_wait_steps <= 0:
             return bool(self.waiting)
         decoding = len(self.decoding)
