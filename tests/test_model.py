@@ -513,8 +513,8 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
 def test_masked_grouped_attention_runs_fused_whatever_the_process_wide_backend_order():
     """The serving engine's prompt parts (grouped KV, an additive mask tensor) run a fused kernel on
     CUDA even when the process-wide SDPA order ends in the math kernel (what torch restores after
-    grouped decode's sdpa_kernel(set_priority=True) exits), and give math's values within bf16
-    rounding (math computes them in fp32, 5x cuDNN's time on an H100)."""
+    grouped decode's sdpa_kernel(set_priority=True) exits), and give an fp32 reference's values within
+    bf16 rounding (math computes in fp32, 5x cuDNN's time on an H100)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     config = small_config(hidden_size=1024, kv_channels=128, num_attention_heads=8, multi_query_group_num=2)
@@ -524,12 +524,12 @@ def test_masked_grouped_attention_runs_fused_whatever_the_process_wide_backend_o
     kv = torch.randn(2, 64, 2, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     visible = torch.ones(64, 64, device="cuda", dtype=torch.bool).tril().repeat(2, 1, 1)  # (B, T, keys)
     visible[1, :, :5] = False  # row 1: five left-padding keys nobody sees
-    visible[1, :5, 0] = True  # ... but the padding queries see one key (the engine's scratch reads)
+    visible[1, :5, 0] = True  # ... and its padding queries see key 0 alone, as the engine's do
     mask = torch.zeros(2, 1, 64, 64, device="cuda", dtype=torch.bfloat16)
     mask.masked_fill_(~visible[:, None], torch.finfo(torch.bfloat16).min)
-    math_last = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
-                 SDPBackend.CUDNN_ATTENTION]
-    with sdpa_kernel(math_last, set_priority=True), torch.profiler.profile(
+    engine_order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+                    SDPBackend.CUDNN_ATTENTION]  # math before cuDNN
+    with sdpa_kernel(engine_order, set_priority=True), torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         out = attention.attend(q, kv, mask, None, None)
         torch.cuda.synchronize()
