@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,9 @@ from rich.table import Table
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's glmbot, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from attention_decode import timed  # noqa: E402  (µs per call, replayed from a CUDA graph of 10 calls)
 
 from glmbot.model import ChatGLMConfig  # noqa: E402
 from glmbot.model.modeling import SelfAttention  # noqa: E402
@@ -61,24 +63,6 @@ def probe(inside: bool, tokens: int, slots: int) -> str:
     code = PROBE.format(tokens=tokens, slots=slots, inside=inside)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return done.stdout.strip()
-
-
-def timed(fn, reps: int = 200) -> float:
-    """Microseconds per call, replayed from a CUDA graph of 10 calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(10):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps // 10):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps * 1e6
 
 
 def main() -> None:
