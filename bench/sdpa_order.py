@@ -40,7 +40,7 @@ PROBE = """
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 ALL = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-names = {{int(b.value): b.name for b in ALL}}
+names = {{int(b.value): b.name for b in ALL + [getattr(SDPBackend, "OVERRIDEABLE", SDPBackend.MATH)]}}
 q = torch.randn(1, 32, {tokens}, 128, device="cuda", dtype=torch.bfloat16)
 kv = torch.randn(1, 2, {slots}, 128, device="cuda", dtype=torch.bfloat16)
 mask = torch.zeros(1, 1, {tokens}, {slots}, device="cuda", dtype=torch.bfloat16)
@@ -61,7 +61,9 @@ print(start, "->", order, "| prompt gets", names.get(int(choice), choice))
 def probe(inside: bool, tokens: int, slots: int) -> str:
     """Order and choice in a fresh process whose first SDPA call runs inside a set_priority context or not."""
     code = PROBE.format(tokens=tokens, slots=slots, inside=inside)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the probe failed:\n{done.stderr}")
     return done.stdout.strip()
 
 

@@ -508,13 +508,33 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
     assert compiled_again and not any("flip" in g.code for g in compiled_again)  # the pair swap runs eagerly
 
 
+def test_cudnn_first_puts_cudnn_in_front_and_keeps_switched_off_backends_off():
+    """The grouped-KV attention paths ask for cuDNN first, but a backend the user switched off (an
+    outer sdpa_kernel, torch.backends.cuda.enable_*_sdp) stays off, and all come back afterwards."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if modeling._CUDNN_FIRST is None:
+        pytest.skip("this torch cannot reorder the SDPA backends")
+    enabled = (torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.flash_sdp_enabled,
+               torch.backends.cuda.mem_efficient_sdp_enabled, torch.backends.cuda.math_sdp_enabled)
+    with modeling.cudnn_first():
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+        assert all(on() for on in enabled)
+    with sdpa_kernel([SDPBackend.MATH]):  # e.g. a math-only reference run
+        with modeling.cudnn_first():
+            assert [on() for on in enabled] == [False, False, False, True]
+    assert all(on() for on in enabled)
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="needs a CUDA device on which cuDNN attention runs (Ampere or newer)")
+@pytest.mark.skipif(modeling._CUDNN_FIRST is None, reason="this torch cannot reorder the SDPA backends")
 def test_masked_grouped_attention_runs_fused_whatever_the_process_wide_backend_order():
     """The serving engine's prompt parts (grouped KV, an additive mask tensor) run a fused kernel on
     CUDA even when the process-wide SDPA order ends in the math kernel (what torch restores after
     grouped decode's sdpa_kernel(set_priority=True) exits), and give an fp32 reference's values within
-    bf16 rounding (math computes in fp32, 5x cuDNN's time on an H100)."""
+    bf16 rounding (math computes in fp32, 5-12x cuDNN's time on an H100 for 1-4 prompts of 64 tokens)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     config = small_config(hidden_size=1024, kv_channels=128, num_attention_heads=8, multi_query_group_num=2)

@@ -42,6 +42,17 @@ _CAUSAL_BIAS_GQA = "enable_gqa" in inspect.signature(CausalBias._dispatch).param
 # backends keep the folded form.
 _CUDNN_FIRST = ([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                  SDPBackend.MATH] if "set_priority" in inspect.signature(sdpa_kernel).parameters else None)
+_SDPA_ENABLED = {SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled,
+                 SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled,
+                 SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled,
+                 SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled}
+
+
+def cudnn_first() -> contextlib.AbstractContextManager:
+    """SDPA with cuDNN tried first; backends switched off (torch.backends.cuda.enable_*_sdp, an outer
+    sdpa_kernel) stay off. A no-op on torch releases that cannot reorder the backends."""
+    enabled = [b for b in _CUDNN_FIRST or () if _SDPA_ENABLED[b]()]
+    return sdpa_kernel(enabled, set_priority=True) if enabled else contextlib.nullcontext()
 
 
 TRAINING_ATTENTION = ("flash", "cudnn")
@@ -230,7 +241,7 @@ class SelfAttention(nn.Module):
         if isinstance(mask, CudnnCausal):
             return self._attend_cudnn(q, k, v, mask, dropout)
         if gqa and T == 1 and self.grouped_decode and _CUDNN_FIRST is not None and mask is not None:
-            with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
+            with cudnn_first():
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
             return out.reshape(B, 1, self.q_size)  # (B, H, 1, D) -> (B, 1, H*D)
         if gqa and T == 1:
@@ -249,8 +260,8 @@ class SelfAttention(nn.Module):
         # process's first SDPA call, unless that call runs inside sdpa_kernel(set_priority=True), as
         # grouped decode's does: the order restored on exit ends in the fp32 math kernel, 71 against
         # 14 us a layer for a 64-token prompt over 384 slots on an H100 (bench/sdpa_order.py).
-        cudnn_first = gqa and q.is_cuda and isinstance(mask, torch.Tensor) and _CUDNN_FIRST is not None
-        with sdpa_kernel(_CUDNN_FIRST, set_priority=True) if cudnn_first else contextlib.nullcontext():
+        masked = isinstance(mask, torch.Tensor) and not isinstance(mask, CausalBias)  # a CausalBias is a Tensor
+        with cudnn_first() if gqa and masked and q.is_cuda else contextlib.nullcontext():
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout,
                 **({"enable_gqa": True} if gqa else {}))  # (B, H, T, D); no enable_gqa kwarg for such a CausalBias
@@ -259,7 +270,7 @@ class SelfAttention(nn.Module):
     def _attend_cudnn(self, q, k, v, mask: CudnnCausal, dropout: float) -> torch.Tensor:
         """q (B, H, T, D), k/v (B, G, keys, D) -> (B, T, H*D) through SDPA asking cuDNN first."""
         B, H, T, _ = q.shape
-        with sdpa_kernel(_CUDNN_FIRST, set_priority=True) if _CUDNN_FIRST else contextlib.nullcontext():
+        with cudnn_first():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.additive, dropout_p=dropout,
                                                  enable_gqa=self.groups != H)
         return out.transpose(1, 2).reshape(B, T, self.q_size)
