@@ -59,10 +59,14 @@ def main() -> None:
                          "idle rows: padding written to scratch, seeing slot 0)")
     ap.add_argument("--reach", type=int, default=0, help="with --real: the rows' slot length, which the decode "
                     "rows reach (default prefix + the longest prompt + 128)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="as [serving] deterministic = true: decode attention with the query heads folded onto "
+                         "the groups (default: cuDNN grouped KV, as glmbot serve and serving_bench.py run on CUDA)")
     args = ap.parse_args()
     args.model, args.family = "", "chatglm2"
     cuda = args.device.startswith("cuda")
     model, tok = build_model(args)
+    model.set_deterministic_decode(args.deterministic)  # its sdpa_kernel context shapes the prompts' kernel too
     if args.compile:
         model.compile_dense()
     chunks = [tuple(map(int, c.split("x"))) for c in args.prompts.split(",")]
