@@ -509,8 +509,9 @@ def test_compiled_dense_parts_are_one_graph_for_all_layers_and_equal_eager():
 
 
 def test_cudnn_first_puts_cudnn_in_front_and_keeps_switched_off_backends_off():
-    """The grouped-KV attention paths ask for cuDNN first, but a backend the user switched off (an
-    outer sdpa_kernel, torch.backends.cuda.enable_*_sdp) stays off, and all come back afterwards."""
+    """The grouped-KV attention paths ask for cuDNN first and deterministic decode for anything but
+    cuDNN, but a backend the user switched off (an outer sdpa_kernel, torch.backends.cuda.enable_*_sdp)
+    stays off, and all come back afterwards."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if modeling._CUDNN_FIRST is None:
@@ -523,6 +524,8 @@ def test_cudnn_first_puts_cudnn_in_front_and_keeps_switched_off_backends_off():
     with sdpa_kernel([SDPBackend.MATH]):  # e.g. a math-only reference run
         with modeling.cudnn_first():
             assert [on() for on in enabled] == [False, False, False, True]
+    with modeling.reproducible_first():  # deterministic decode: never cuDNN, whose bits vary per call
+        assert [on() for on in enabled] == [False, True, True, True]
     assert all(on() for on in enabled)
 
 
@@ -561,3 +564,46 @@ def test_masked_grouped_attention_runs_fused_whatever_the_process_wide_backend_o
     scores = q.float().transpose(1, 2) @ k.transpose(-1, -2) / 128 ** 0.5 + mask.float()
     expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 64, 8 * 128)
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="needs a CUDA device on which cuDNN attention runs (Ampere or newer)")
+@pytest.mark.skipif(modeling._CUDNN_FIRST is None, reason="this torch cannot reorder the SDPA backends")
+def test_deterministic_decode_attention_keeps_out_of_cudnn_whatever_the_process_wide_backend_order(monkeypatch):
+    """Folded decode (`[serving] deterministic = true`) gives the same bits on every call even when
+    the process-wide SDPA order puts cuDNN first (torch's own pick on Hopper at the first SDPA call):
+    it never lands in cuDNN, whose results vary in the last bit, and matches an fp32 reference."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = small_config(hidden_size=1024, kv_channels=128, num_attention_heads=8, multi_query_group_num=2)
+    attention = modeling.SelfAttention(config, 0)  # grouped_decode False: the deterministic, folded form
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(64, 1, 8, 128, device="cuda", dtype=torch.bfloat16, generator=g)  # 64 decode rows
+    kv_new = torch.randn(64, 1, 2, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    past = torch.randn(64, 2, 2, 383, 128, device="cuda", dtype=torch.bfloat16, generator=g)  # (B, 2, G, slots, D)
+    limit = torch.randint(1, 384, (64,), device="cuda", generator=g)
+    mask = torch.zeros(64, 1, 1, 384, device="cuda", dtype=torch.bfloat16)
+    mask.masked_fill_(torch.arange(384, device="cuda") >= limit[:, None, None, None], torch.finfo(torch.bfloat16).min)
+
+    class Cache:  # the engine's slots, reduced: the past slots then the new query's
+        def update_kv(self, kv, layer_idx):
+            everything = torch.cat((past, kv.permute(0, 2, 3, 1, 4)), dim=3)  # (B, 2, G, 384, D)
+            return everything[:, 0], everything[:, 1]
+
+    chosen, sdpa = [], modeling.F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        chosen.append(SDPBackend(torch._fused_sdp_choice(q, k, v, attn_mask, kwargs.get("dropout_p", 0.0), False)))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", recording)
+    with sdpa_kernel(modeling._CUDNN_FIRST, set_priority=True):
+        outs = [attention.attend(q, kv_new, mask, Cache(), None) for _ in range(20)]
+    assert chosen and SDPBackend.CUDNN_ATTENTION not in chosen, chosen
+    assert all(torch.equal(out, outs[0]) for out in outs[1:])
+
+    k, v = (t.float().repeat_interleave(4, dim=1) for t in Cache().update_kv(kv_new, 0))  # (B, H, keys, D)
+    scores = q.float().transpose(1, 2) @ k.transpose(-1, -2) / 128 ** 0.5 + mask.float()
+    expected = (scores.softmax(-1) @ v).reshape(64, 1, 8 * 128)
+    torch.testing.assert_close(outs[0].float(), expected, atol=2e-2, rtol=2e-2)

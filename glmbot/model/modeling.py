@@ -48,11 +48,30 @@ _SDPA_ENABLED = {SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabl
                  SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled}
 
 
-def cudnn_first() -> contextlib.AbstractContextManager:
-    """SDPA with cuDNN tried first; backends switched off (torch.backends.cuda.enable_*_sdp, an outer
-    sdpa_kernel) stay off. A no-op on torch releases that cannot reorder the backends."""
-    enabled = [b for b in _CUDNN_FIRST or () if _SDPA_ENABLED[b]()]
+# Folded decode (`[serving] deterministic = true`) leaves out cuDNN, whose results vary in the last bit
+# from call to call. It is named explicitly because otherwise the kernel depends on the process's first
+# SDPA call: torch puts cuDNN first lazily there on Hopper, unless that call sits inside an
+# sdpa_kernel(set_priority=True), whose exit restores an order ending in math.
+_REPRODUCIBLE = ([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+                 if _CUDNN_FIRST is not None else None)
+
+
+def _prefer(order: list[SDPBackend] | None) -> contextlib.AbstractContextManager:
+    """SDPA trying `order`'s backends in turn, those not named off; backends switched off
+    (torch.backends.cuda.enable_*_sdp, an outer sdpa_kernel) stay off. A no-op on torch releases
+    that cannot reorder the backends, or when none of `order` is on."""
+    enabled = [b for b in order or () if _SDPA_ENABLED[b]()]
     return sdpa_kernel(enabled, set_priority=True) if enabled else contextlib.nullcontext()
+
+
+def cudnn_first() -> contextlib.AbstractContextManager:
+    """SDPA with cuDNN tried first (see `_prefer`)."""
+    return _prefer(_CUDNN_FIRST)
+
+
+def reproducible_first() -> contextlib.AbstractContextManager:
+    """SDPA without cuDNN: flash, then mem-efficient, then math (see `_prefer`)."""
+    return _prefer(_REPRODUCIBLE)
 
 
 TRAINING_ATTENTION = ("flash", "cudnn")
@@ -246,10 +265,12 @@ class SelfAttention(nn.Module):
             return out.reshape(B, 1, self.q_size)  # (B, H, 1, D) -> (B, 1, H*D)
         if gqa and T == 1:
             # Decode: fold each group's query heads into the query axis, a plain attention over G
-            # heads that takes a mask in the fused kernels (grouped KV + a mask falls back to math).
-            out = F.scaled_dot_product_attention(
-                q.reshape(B, self.groups, self.num_heads // self.groups, self.head_dim), k, v, attn_mask=mask,
-                dropout_p=dropout)
+            # heads that takes a mask in the fused kernels (grouped KV + a mask falls back to math),
+            # and never cuDNN's (see _REPRODUCIBLE).
+            with reproducible_first() if q.is_cuda else contextlib.nullcontext():
+                out = F.scaled_dot_product_attention(
+                    q.reshape(B, self.groups, self.num_heads // self.groups, self.head_dim), k, v, attn_mask=mask,
+                    dropout_p=dropout)
             return out.reshape(B, 1, self.q_size)  # heads g*H/G.. are consecutive: (B, 1, H*D)
         if isinstance(mask, CausalBias) and gqa and not _CAUSAL_BIAS_GQA:
             k = k.repeat_interleave(self.num_heads // self.groups, dim=1)  # this torch's CausalBias has no GQA
