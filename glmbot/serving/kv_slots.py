@@ -76,10 +76,13 @@ class SlotCache:
     def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """kv: (B, T, 2, G, D) keys (after rotary) and values of the new queries, written in one
         scatter -> all readable key and value slots of these rows, each (B, G, kv_len, D)."""
-        layer = self.slots.kv[layer_idx]  # (R, 2, G, S+1, D)
         # Advanced indices around slices put the indexed dims first: the target is (B, T, 2, G, D).
-        layer[self.row_index, :, :, self.write_pos] = kv
-        readable = layer[..., :self.kv_len, :]  # a view: the gather below copies only the slots read
+        self.slots.kv[layer_idx][self.row_index, :, :, self.write_pos] = kv
+        return self.read_kv(layer_idx)
+
+    def read_kv(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All readable key and value slots of these rows, each (B, G, kv_len, D)."""
+        readable = self.slots.kv[layer_idx][..., :self.kv_len, :]  # a view: the gather below copies only the slots read
         rows = readable[:self.write_pos.shape[0]] if self.rows is None else readable[self.rows]
         return rows[:, 0], rows[:, 1]
 
@@ -121,25 +124,42 @@ class Part:
         self.cache, self.mask, self.batch, self.length = cache, mask, batch, length
 
 
+class _ReadOnly:
+    """A part's SlotCache whose new keys and values are already written (MixedSlots.attend)."""
+
+    def __init__(self, cache: SlotCache):
+        self.cache = cache
+
+    def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.read_kv(layer_idx)
+
+
 class MixedSlots:
     """The cache of a forward whose tokens are several parts in one flat (1, M) axis: the decode
     queries of the running rows (B, 1) and prompt chunks (B', T') of rows being prefilled. The
     dense parts of every block (norms, projections, MLP: all the weight reads) run once over all M
-    tokens; attention runs per part, each over its own rows' slots with its own mask."""
+    tokens, and so does the write of their keys and values to the slots (one scatter a layer);
+    attention runs per part, each over its own rows' slots with its own mask. A row is in one part
+    only, or idle in the decode part (then its query writes the row's scratch slot, never read)."""
 
     owns_masks = True  # ChatGLMModel.forward builds no mask: each part carries its own
 
     def __init__(self, parts: list[Part]):
         self.parts = parts
+        caches = [part.cache for part in parts]
+        self.slots = caches[0].slots
+        # Every token's (slot row, slot), flat in the forward's token order.
+        self.row_index = torch.cat([c.row_index.expand_as(c.write_pos).reshape(-1) for c in caches])
+        self.write_pos = torch.cat([c.write_pos.reshape(-1) for c in caches])
 
     def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """q (1, M, H, D), kv (1, M, 2, G, D) -> (1, M, H*D), each part through `attention.attend`."""
+        self.slots.kv[attention.layer_idx][self.row_index, :, :, self.write_pos] = kv[0]  # (M, 2, G, D)
         out, start = [], 0
         for part in self.parts:
             n = part.batch * part.length
             q_part = q[0, start:start + n].view(part.batch, part.length, *q.shape[2:])
-            kv_part = kv[0, start:start + n].view(part.batch, part.length, *kv.shape[2:])
-            out.append(attention.attend(q_part, kv_part, part.mask, part.cache, None).view(n, -1))
+            out.append(attention.attend(q_part, None, part.mask, _ReadOnly(part.cache), None).view(n, -1))
             start += n
         return torch.cat(out)[None]
 
