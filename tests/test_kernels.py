@@ -62,6 +62,32 @@ def test_rotary_scatter_equals_rotary_then_padding_forward_and_backward(device):
     assert bool((own[len(index):] == 0).all())  # filler rows get no gradient
 
 
+def new_tokens(device, dtype, heads=4, groups=2, d=16, tokens=6, rows=5, slots=12, seed=0):
+    """Serving's new tokens: projections (N, W), tables (N, D), one layer's view of a 3-layer slot
+    buffer (L, R, 2, G, S + 1, D) with random contents, each token's own (row, slot)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(tokens, (heads + 2 * groups) * d, generator=g).to(device, dtype)
+    positions = torch.randint(0, 200, (tokens,), generator=g)
+    cos, sin = rotary_tables(*rotary_cos_sin(positions[None].to(device), d // 4, dtype), d)
+    buffer = torch.randn(3, rows, 2, groups, slots + 1, d, generator=g).to(device, dtype)
+    where = torch.randperm(rows * slots, generator=g)[:tokens]
+    return qkv, cos[0, :, 0], sin[0, :, 0], buffer, (where // slots).to(device), (where % slots).to(device), heads, groups
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_to_slots_equals_rotary_then_the_slot_write_and_touches_nothing_else(device):
+    qkv, cos, sin, buffer, rows, pos, heads, groups = new_tokens(device, torch.float32)
+    expected_buffer = buffer.clone()
+    d = cos.shape[-1]
+    q, k, v = qkv.split([heads * d, groups * d, groups * d], dim=-1)
+    expected_q = apply_rotary(q.reshape(-1, heads, d), cos[:, None], sin[:, None])
+    expected_buffer[1, rows, 0, :, pos] = apply_rotary(k.reshape(-1, groups, d), cos[:, None], sin[:, None])
+    expected_buffer[1, rows, 1, :, pos] = v.reshape(-1, groups, d)
+    got = kernels.rotary_to_slots(qkv, cos, sin, buffer[1], rows, pos, heads, groups)
+    torch.testing.assert_close(got, expected_q, rtol=0, atol=0)
+    torch.testing.assert_close(buffer, expected_buffer, rtol=0, atol=0)  # layers 0 and 2, other slots: as they were
+
+
 def test_op_registrations_are_consistent():
     """torch.library.opcheck: the fake (meta) implementations give the real outputs' shapes and
     the autograd registrations are sound, as torch.compile relies on."""
@@ -72,6 +98,8 @@ def test_op_registrations_are_consistent():
     torch.library.opcheck(kernels.rotary_scatter, (qkv.requires_grad_(), cos, sin, index, rows, heads, groups))
     dq, dkv = torch.randn(rows, heads, 16), torch.randn(rows, 2, groups, 16)
     torch.library.opcheck(kernels.rotary_gather, (dq, dkv, cos, sin, index))
+    qkv, cos, sin, buffer, rows, pos, heads, groups = new_tokens("cpu", torch.float32)
+    torch.library.opcheck(kernels.rotary_to_slots, (qkv, cos, sin, buffer[1], rows, pos, heads, groups))
 
 
 @pytest.mark.gpu
@@ -95,3 +123,15 @@ def test_triton_kernels_equal_the_torch_implementations(dtype):
     dq, dkv = torch.randn_like(got[0]), torch.randn_like(got[1])
     torch.testing.assert_close(torch.ops.glmbot.rotary_gather(dq, dkv, cos, sin, index),
                                kernels._rotary_gather_torch(dq, dkv, cos, sin, index), **tol)
+    # a 64-row decode step's tokens into one layer of a slot buffer
+    qkv, cos, sin, buffer, rows, pos, heads, groups = new_tokens("cuda", dtype, heads=32, groups=2, d=128, tokens=64,
+                                                                 rows=64, slots=40)
+    expected = buffer.clone()
+    q_torch = kernels._rotary_to_slots_torch(qkv, cos, sin, expected[1], rows, pos, heads, groups)
+    q_triton = torch.ops.glmbot.rotary_to_slots(qkv, cos, sin, buffer[1], rows, pos, heads, groups)
+    torch.testing.assert_close(q_triton, q_torch, **tol)
+    torch.testing.assert_close(buffer, expected, **tol)
+    untouched = torch.ones(buffer.shape[1], buffer.shape[4], dtype=torch.bool, device="cuda")
+    untouched[rows, pos] = False
+    assert torch.equal(buffer[1].permute(0, 3, 1, 2, 4)[untouched], expected[1].permute(0, 3, 1, 2, 4)[untouched])
+    assert torch.equal(buffer[0], expected[0]) and torch.equal(buffer[2], expected[2])

@@ -383,9 +383,9 @@ def test_training_layout_runs_the_dense_parts_on_the_real_tokens_only(model, tra
     rows_seen = []
 
     def recording(fn):
-        def wrapped(x, *args):
+        def wrapped(x, *args, **kwargs):
             rows_seen.append(tuple(x.shape))
-            return fn(x, *args)
+            return fn(x, *args, **kwargs)
         return wrapped
 
     kernels = modeling.BlockKernels(recording(modeling.attention_inputs), recording(modeling.block_outputs))

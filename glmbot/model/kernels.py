@@ -1,4 +1,5 @@
-"""Hand-written CUDA kernels (Triton) for two memory-bound steps of prefix training on packed tokens.
+"""Hand-written CUDA kernels (Triton) for two memory-bound steps of prefix training on packed tokens,
+and for the serving engine's write of new keys and values to their slots.
 
 torch.compile's own kernels for these ran at a fraction of the memory bandwidth on an H200 (the
 train bench's 6B shape, batch 32): the SwiGLU backward, whose result [da | db] it wrote as one
@@ -13,6 +14,9 @@ to torch.compile, with a plain-torch implementation that runs wherever Triton or
 - `rotary_scatter(qkv, cos, sin, index, rows, heads, groups)`: rotary on the queries and keys of
   packed tokens, scattered with the values to their rows of the zero-padded attention layout;
   its backward is the inverse rotation gathered back into the packed (M, (H + 2G) D) layout.
+- `rotary_to_slots(qkv, cos, sin, slots, rows, write_pos, heads, groups)`: the serving engine's new
+  tokens: rotary on queries and keys, the keys and values written straight to their KV slots (one
+  kernel a layer where rotary and the slot write were two). No autograd (serving only).
 """
 
 from __future__ import annotations
@@ -81,6 +85,17 @@ def _rotary_gather_torch(dq, dkv, cos, sin, index):
     dq, dkv = dq[index], dkv[index]
     rows = torch.cat((_rotate(dq, c, s).flatten(1), _rotate(dkv[:, 0], c, s).flatten(1), dkv[:, 1].flatten(1)), dim=-1)
     return _zero_rows_to(rows, cos.shape[0])
+
+
+def _rotary_to_slots_torch(qkv, cos, sin, slots, rows, write_pos, heads: int, groups: int):
+    # The eager model's own rotary (apply_rotary, in the model dtype): the same bits as before this op.
+    n, d = qkv.shape[0], cos.shape[-1]
+    q, k, v = qkv.split([heads * d, groups * d, groups * d], dim=-1)
+    c, s = cos[:, None], sin[:, None]
+    # Advanced indices around slices put the indexed dims first: the target is (N, 2, G, D).
+    slots[rows, :, :, write_pos] = torch.stack((apply_rotary(k.reshape(n, groups, d), c, s),
+                                                v.reshape(n, groups, d)), dim=1)
+    return apply_rotary(q.reshape(n, heads, d), c, s)
 
 
 def _qkv_width(dq: torch.Tensor, dkv: torch.Tensor) -> int:
@@ -164,6 +179,22 @@ def _rotary_grad(ctx, dq, dkv):
 rotary_scatter.register_autograd(_rotary_grad, setup_context=_rotary_setup)
 
 
+@torch.library.custom_op(f"{_LIB}::rotary_to_slots", mutates_args=("slots",))
+def rotary_to_slots(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor,
+                    write_pos: torch.Tensor, heads: int, groups: int) -> torch.Tensor:
+    """N new tokens' projections qkv (N, (H + 2G) D), their full-width rotary tables cos/sin (N, D)
+    (see modeling.rotary_tables), one layer's KV slots (R, 2, G, S, D) -> the rotated queries
+    (N, H, D); token n's rotated key and its value are written to slots[rows[n], :, :, write_pos[n]].
+    The Triton kernel rotates in fp32 and rounds once (as the compiled model does); elsewhere the
+    eager model's rotary. Tokens sharing a slot (padding on a scratch slot) may land in any order."""
+    return _rotary_to_slots_torch(qkv, cos, sin, slots, rows, write_pos, heads, groups)
+
+
+@rotary_to_slots.register_fake
+def _(qkv, cos, sin, slots, rows, write_pos, heads, groups):
+    return qkv.new_empty((qkv.shape[0], heads, cos.shape[-1]))
+
+
 # -- Triton implementations (CUDA) --------------------------------------------------------------
 
 if triton is not None:
@@ -218,6 +249,28 @@ if triton is not None:
         v = tl.load(src + (H + G) * D + hk + d[None, :])
         tl.store(kv_ptr + dest * 2 * G * D + hk + d[None, :], k.to(kv_ptr.dtype.element_ty))
         tl.store(kv_ptr + dest * 2 * G * D + G * D + hk + d[None, :], v)
+
+    @triton.jit
+    def _rotary_to_slots_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, pos_ptr, q_ptr, slots_ptr,
+                                row_stride, kv_stride, group_stride, slot_stride,
+                                H: tl.constexpr, G: tl.constexpr, D: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        row = tl.load(rows_ptr + n).to(tl.int64)
+        slot = tl.load(pos_ptr + n).to(tl.int64)
+        d = tl.arange(0, D)
+        c = tl.load(cos_ptr + n * D + d).to(tl.float32)[None, :]
+        s = tl.load(sin_ptr + n * D + d).to(tl.float32)[None, :]
+        pair = d ^ 1
+        src = qkv_ptr + n * (H + 2 * G) * D
+        hq = tl.arange(0, H)[:, None] * D
+        q = _rotate_tile(src, hq + d[None, :], hq + pair[None, :], c, s)
+        tl.store(q_ptr + n * H * D + hq + d[None, :], q.to(q_ptr.dtype.element_ty))
+        hk = tl.arange(0, G)[:, None] * D
+        k = _rotate_tile(src + H * D, hk + d[None, :], hk + pair[None, :], c, s)
+        v = tl.load(src + (H + G) * D + hk + d[None, :])
+        dst = slots_ptr + row * row_stride + slot * slot_stride + tl.arange(0, G)[:, None] * group_stride + d[None, :]
+        tl.store(dst, k.to(slots_ptr.dtype.element_ty))
+        tl.store(dst + kv_stride, v.to(slots_ptr.dtype.element_ty))
 
     @triton.jit
     def _rotary_gather_kernel(dq_ptr, dkv_ptr, cos_ptr, sin_ptr, index_ptr, out_ptr, N,
@@ -284,6 +337,18 @@ if triton is not None:
         if index.shape[0]:
             _rotary_scatter_kernel[(index.shape[0],)](qkv, cos, sin, index, q_pad, kv_pad, heads, groups, d)
         return q_pad, kv_pad
+
+    @rotary_to_slots.register_kernel("cuda")
+    def _(qkv, cos, sin, slots, rows, write_pos, heads, groups):
+        d = cos.shape[-1]
+        if not (_triton_ok(qkv, cos, sin, rows, write_pos) and slots.is_cuda and slots.stride(-1) == 1
+                and qkv.dtype == slots.dtype and _pow2(heads) and _pow2(groups) and _pow2(d)):
+            return _rotary_to_slots_torch(qkv, cos, sin, slots, rows, write_pos, heads, groups)
+        q = qkv.new_empty((qkv.shape[0], heads, d))
+        if qkv.shape[0]:
+            _rotary_to_slots_kernel[(qkv.shape[0],)](qkv, cos, sin, rows, write_pos, q, slots, *slots.stride()[:4],
+                                                     heads, groups, d)
+        return q
 
     @rotary_gather.register_kernel("cuda")
     def _(dq, dkv, cos, sin, index):

@@ -147,8 +147,8 @@ class Packing:
 
 def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, cos, sin, heads: int, groups: int,
                      head_dim: int, rotary: Callable = rotary_inverse_backward, pad_index: torch.Tensor | None = None,
-                     padded_rows: int = 0,
-                     scatter: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     padded_rows: int = 0, scatter: Callable | None = None,
+                     qkv_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The previous block's last residual add, RMSNorm, QKV projection and rotary of one block.
 
     x (..., hidden) + delta (the previous block's MLP output; zeros for the first block) -> the
@@ -157,6 +157,8 @@ def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, co
     the norm. x is (B, T, hidden), or packed tokens (M, hidden) with `pad_index` (N,): then the
     first N rows of q and kv come back scattered to rows `pad_index` of zero-filled
     (padded_rows, ...) tensors, by `scatter` (kernels.rotary_scatter, rotary included) if given.
+    qkv_only: -> (x, the projection (..., (H + 2G) D), None), rotary left to the caller (the serving
+    engine's slots do it in the kernel that writes them, see kernels.rotary_to_slots).
 
     A plain function of tensors (weights passed in), so one compiled graph serves every layer. It
     keeps the projection's own (..., heads, D) layout: the caller's transpose to (B, heads, T, D)
@@ -166,6 +168,8 @@ def attention_inputs(x, delta, norm_weight, eps: float, qkv_weight, qkv_bias, co
     lead = x.shape[:-1]
     x = x + delta
     qkv = F.linear(rms_norm(x, norm_weight, eps), qkv_weight, qkv_bias)
+    if qkv_only:
+        return x, qkv, None
     if pad_index is not None and scatter is not None:
         q, kv = scatter(qkv, cos, sin, pad_index, padded_rows, heads, groups)
         return x, q, kv
@@ -236,6 +240,7 @@ class SelfAttention(nn.Module):
 
     def attend(self, q, kv, mask, cache: Cache | None, prefix: PrefixKV | None) -> torch.Tensor:
         """Rotated q (B, T, H, D) and kv (B, T, 2, G, D) -> attention output (B, T, H*D), before `dense`.
+        kv is None when the cache already holds it (the serving engine's `write_new`).
 
         mask: None (causal), an additive (B or 1, 1, T, keys) tensor, or a lower-right CausalBias.
         """
@@ -324,10 +329,15 @@ class GLMBlock(nn.Module):
         packed tokens with `packing`."""
         attn, norm1, norm2, mlp = self.self_attention, self.input_layernorm, self.post_attention_layernorm, self.mlp
         index = None if packing is None else packing.index
+        # The serving engine's slots take the new keys and values with rotary in one kernel.
+        write = getattr(cache, "write_new", None) if packing is None else None
         x, q, kv = self.kernels.attention_inputs(
             x, delta, norm1.weight, norm1.eps, attn.query_key_value.weight, attn.query_key_value.bias, cos, sin,
             attn.num_heads, attn.groups, attn.head_dim, self.kernels.rotary, index,
-            0 if packing is None else packing.batch * packing.length, self.kernels.rotary_scatter)
+            0 if packing is None else packing.batch * packing.length, self.kernels.rotary_scatter,
+            qkv_only=write is not None)
+        if write is not None:  # q was the projection; kv stays None: already in the slots
+            q = write(q, cos, sin, attn.layer_idx, attn.num_heads, attn.groups)
         if packing is not None:  # (B*T, ...) -> (B, T, ...) views
             q, kv = (t.view(packing.batch, packing.length, *t.shape[1:]) for t in (q, kv))
         out = attn.attend(q, kv, mask, cache, prefix)

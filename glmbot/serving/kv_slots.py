@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from glmbot.model import kernels
+
 SLOT_ALIGN = 16  # KV lengths are padded to a multiple of this (kernels and CUDA graphs like it)
 
 
@@ -72,12 +74,28 @@ class SlotCache:
         batch = write_pos.shape[0]
         index = rows if rows is not None else torch.arange(batch, device=write_pos.device)
         self.row_index = index[:, None]  # (B, 1), broadcast against write_pos (B, T)
+        self.flat_rows = self.row_index.expand_as(write_pos).reshape(-1)  # each query's slot row and slot
+        self.flat_pos = write_pos.reshape(-1)
 
-    def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def write_new(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer_idx: int, heads: int,
+                  groups: int) -> torch.Tensor:
+        """The new queries' projections qkv (..., (H + 2G) D) and full-width rotary tables (..., 1, D)
+        -> rotated queries (..., H, D); their rotated keys and values go to their slots, in one kernel
+        on CUDA (kernels.rotary_to_slots), so `update_kv` then gets kv=None."""
+        d = cos.shape[-1]
+        lead = qkv.shape[:-1]
+        q = kernels.rotary_to_slots(qkv.reshape(-1, qkv.shape[-1]), cos.expand(*lead, 1, d).reshape(-1, d),
+                                    sin.expand(*lead, 1, d).reshape(-1, d), self.slots.kv[layer_idx], self.flat_rows,
+                                    self.flat_pos, heads, groups)
+        return q.view(*lead, heads, d)
+
+    def update_kv(self, kv: torch.Tensor | None, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """kv: (B, T, 2, G, D) keys (after rotary) and values of the new queries, written in one
-        scatter -> all readable key and value slots of these rows, each (B, G, kv_len, D)."""
-        # Advanced indices around slices put the indexed dims first: the target is (B, T, 2, G, D).
-        self.slots.kv[layer_idx][self.row_index, :, :, self.write_pos] = kv
+        scatter (None: `write_new` wrote them) -> all readable key and value slots of these rows,
+        each (B, G, kv_len, D)."""
+        if kv is not None:
+            # Advanced indices around slices put the indexed dims first: the target is (B, T, 2, G, D).
+            self.slots.kv[layer_idx][self.row_index, :, :, self.write_pos] = kv
         return self.read_kv(layer_idx)
 
     def read_kv(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,12 +143,12 @@ class Part:
 
 
 class _ReadOnly:
-    """A part's SlotCache whose new keys and values are already written (MixedSlots.attend)."""
+    """A part's SlotCache whose new keys and values are already written (MixedSlots)."""
 
     def __init__(self, cache: SlotCache):
         self.cache = cache
 
-    def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update_kv(self, kv: torch.Tensor | None, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.read_kv(layer_idx)
 
 
@@ -138,23 +156,31 @@ class MixedSlots:
     """The cache of a forward whose tokens are several parts in one flat (1, M) axis: the decode
     queries of the running rows (B, 1) and prompt chunks (B', T') of rows being prefilled. The
     dense parts of every block (norms, projections, MLP: all the weight reads) run once over all M
-    tokens, and so does the write of their keys and values to the slots (one scatter a layer);
-    attention runs per part, each over its own rows' slots with its own mask. A row is in one part
-    only, or idle in the decode part (then its query writes the row's scratch slot, never read)."""
+    tokens, and so do rotary and the write of their keys and values to the slots (`write_new`, one
+    kernel a layer on CUDA); attention runs per part, each over its own rows' slots with its own
+    mask. A row is in one part only, or idle in the decode part (then its query writes the row's
+    scratch slot, never read), so the order of the writes does not matter."""
 
     owns_masks = True  # ChatGLMModel.forward builds no mask: each part carries its own
 
     def __init__(self, parts: list[Part]):
         self.parts = parts
         caches = [part.cache for part in parts]
-        self.slots = caches[0].slots
-        # Every token's (slot row, slot), flat in the forward's token order.
-        self.row_index = torch.cat([c.row_index.expand_as(c.write_pos).reshape(-1) for c in caches])
-        self.write_pos = torch.cat([c.write_pos.reshape(-1) for c in caches])
+        # Every token's slot row and slot, flat in the forward's token order: one SlotCache writes them.
+        self.writer = SlotCache(caches[0].slots, torch.cat([c.flat_rows for c in caches]),
+                                torch.cat([c.flat_pos for c in caches])[:, None], caches[0].kv_len)
 
-    def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """q (1, M, H, D), kv (1, M, 2, G, D) -> (1, M, H*D), each part through `attention.attend`."""
-        self.slots.kv[attention.layer_idx][self.row_index, :, :, self.write_pos] = kv[0]  # (M, 2, G, D)
+    def write_new(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer_idx: int, heads: int,
+                  groups: int) -> torch.Tensor:
+        """qkv (1, M, (H + 2G) D) -> rotated q (1, M, H, D), every token's key and value in its slot."""
+        return self.writer.write_new(qkv[0][:, None], cos[0][:, None], sin[0][:, None], layer_idx, heads,
+                                     groups).transpose(0, 1)
+
+    def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: torch.Tensor | None) -> torch.Tensor:
+        """q (1, M, H, D), kv (1, M, 2, G, D) or None (`write_new` wrote it) -> (1, M, H*D), each part
+        through `attention.attend`."""
+        if kv is not None:
+            self.writer.update_kv(kv[0][:, None], attention.layer_idx)
         out, start = [], 0
         for part in self.parts:
             n = part.batch * part.length
