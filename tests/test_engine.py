@@ -16,7 +16,7 @@ from glmbot.errors import GenerationError, UnknownAdapterError
 from glmbot.model.generate import generate_answers
 from glmbot.model.prefix import PrefixEncoder
 from glmbot.model.tokenizer import ChatGLMTokenizer
-from glmbot.serving.engine import Engine
+from glmbot.serving.engine import Engine, _Group
 from glmbot.serving.requests import GenerationRequest, RequestHandle, TextStream, batched_wakeups, chat_turns
 from glmbot.serving.sampling import SamplingParams, choose_tokens
 from glmbot.serving.scheduler import Job, Scheduler
@@ -326,11 +326,13 @@ def test_requests_arriving_during_decode_join_the_batch(engine, base, tok, prefi
         return sample_and_advance(rows, logits)
 
     engine.scheduler._sample_and_advance = recording
-    early = [engine.submit(greedy(q, d, 40, ignore_eos=True))
-             for d, q in [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2])]]
+    # Each three are queued together, as generate_many's are: on a loaded machine their preparation (a
+    # thread pool's) could otherwise spread their arrivals over more steps than their answers take.
+    early = engine._submit([greedy(q, d, 40, ignore_eos=True)
+                            for d, q in [("support", QUERIES[0]), ("hr", QUERIES[1]), (None, QUERIES[2])]], _Group(3))
     wait_until(lambda: engine.stats().decode_steps >= 3)
-    late = [engine.submit(greedy(q, d, 6)) for d, q in [("ads", QUERIES[3]), ("support", QUERIES[4]),
-                                                          (None, QUERIES[5])]]
+    late = engine._submit([greedy(q, d, 6) for d, q in [("ads", QUERIES[3]), ("support", QUERIES[4]),
+                                                         (None, QUERIES[5])]], _Group(3))
     results = [h.result(timeout=60) for h in early + late]
     stats = engine.stats()
     assert stats.peak_rows == 6  # the late ones decoded together with the early ones
@@ -396,14 +398,23 @@ def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, t
     with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, pipeline=True,
                 handoff_wait=True) as eng:
         expected = eng.generate(greedy(QUERIES[2], "ads", 6, ignore_eos=True))
+        waiting, await_handoff, steps_at_wait = threading.Event(), eng._await_handoff, []
+
+        def entering(finished):  # the follow-up is sent once the wait has begun, as a slow client's would
+            if finished and not waiting.is_set():
+                steps_at_wait.append(eng.stats().decode_steps)
+                waiting.set()
+            return await_handoff(finished)
+
+        eng._await_handoff = entering
         running = eng.submit(greedy(QUERIES[0], "support", 40, ignore_eos=True))
         first = eng.generate(greedy(QUERIES[1], "hr", 3, ignore_eos=True))
-        finished_at = eng.stats().decode_steps  # the engine thread waits for this client meanwhile
+        assert waiting.wait(timeout=20)  # the engine thread waits for this client now
         follow_up = eng.submit(greedy(QUERIES[2], "ads", 6, ignore_eos=True))
         rows = []
         wait_until(lambda: rows.extend(r for r in eng.scheduler.rows if r is not None and r.job.handle is follow_up)
                    or bool(rows))
-        assert rows[0].admitted_step == finished_at
+        assert rows[0].admitted_step == steps_at_wait[0]
         assert follow_up.result(timeout=60).token_ids == expected.token_ids
         assert len(first.token_ids) == 3 and len(running.result(timeout=60).token_ids) == 40
         stats = eng.stats()  # the follow-up came in time; after its own answer nothing came, for the whole limit
