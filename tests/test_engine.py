@@ -397,16 +397,17 @@ def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, t
     monkeypatch.setattr(engine_module, "HANDOFF_SHARE", 1e9)
     with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, pipeline=True,
                 handoff_wait=True) as eng:
-        expected = eng.generate(greedy(QUERIES[2], "ads", 6, ignore_eos=True))
         waiting, await_handoff, steps_at_wait = threading.Event(), eng._await_handoff, []
 
         def entering(finished):  # the follow-up is sent once the wait has begun, as a slow client's would
-            if finished and not waiting.is_set():
+            if finished:
                 steps_at_wait.append(eng.stats().decode_steps)
-                waiting.set()
+                if len(steps_at_wait) == 2:  # after `expected`, `first` finished
+                    waiting.set()
             return await_handoff(finished)
 
         eng._await_handoff = entering
+        expected = eng.generate(greedy(QUERIES[2], "ads", 6, ignore_eos=True))
         running = eng.submit(greedy(QUERIES[0], "support", 40, ignore_eos=True))
         first = eng.generate(greedy(QUERIES[1], "hr", 3, ignore_eos=True))
         assert waiting.wait(timeout=20)  # the engine thread waits for this client now
@@ -414,7 +415,7 @@ def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, t
         rows = []
         wait_until(lambda: rows.extend(r for r in eng.scheduler.rows if r is not None and r.job.handle is follow_up)
                    or bool(rows))
-        assert rows[0].admitted_step == steps_at_wait[0]
+        assert rows[0].admitted_step == steps_at_wait[1]
         assert follow_up.result(timeout=60).token_ids == expected.token_ids
         assert len(first.token_ids) == 3 and len(running.result(timeout=60).token_ids) == 40
         stats = eng.stats()  # the follow-up came in time; after its own answer nothing came, for the whole limit

@@ -88,6 +88,20 @@ def test_rotary_to_slots_equals_rotary_then_the_slot_write_and_touches_nothing_e
     torch.testing.assert_close(buffer, expected_buffer, rtol=0, atol=0)  # layers 0 and 2, other slots: as they were
 
 
+@pytest.mark.parametrize("rows", [None, torch.tensor([3]), torch.tensor([3, 1])])
+def test_slot_caches_hand_the_kernel_contiguous_indices(rows):
+    """The Triton kernel takes contiguous indices only (else the multi-kernel torch path runs): one
+    prompt row's (1, T) expansion must not reach it as a stride-0 view."""
+    from glmbot.serving.kv_slots import KVSlots, SlotCache
+
+    slots = KVSlots(2, 4, 2, 16, 32, torch.float32, "cpu")
+    batch = 1 if rows is None else len(rows)
+    cache = SlotCache(slots, rows, torch.arange(5 * batch).view(batch, 5), 32)
+    assert cache.flat_rows.is_contiguous() and cache.flat_pos.is_contiguous()
+    expected = (torch.zeros(batch, dtype=torch.long) if rows is None else rows)[:, None].expand(batch, 5).reshape(-1)
+    assert torch.equal(cache.flat_rows, expected)
+
+
 def test_op_registrations_are_consistent():
     """torch.library.opcheck: the fake (meta) implementations give the real outputs' shapes and
     the autograd registrations are sound, as torch.compile relies on."""

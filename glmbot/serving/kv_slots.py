@@ -74,8 +74,10 @@ class SlotCache:
         batch = write_pos.shape[0]
         index = rows if rows is not None else torch.arange(batch, device=write_pos.device)
         self.row_index = index[:, None]  # (B, 1), broadcast against write_pos (B, T)
-        self.flat_rows = self.row_index.expand_as(write_pos).reshape(-1)  # each query's slot row and slot
-        self.flat_pos = write_pos.reshape(-1)
+        # Each query's slot row and slot, contiguous as the Triton kernel needs (else its torch fallback
+        # runs): one row's (1, T) expansion flattens to a stride-0 view.
+        self.flat_rows = self.row_index.expand_as(write_pos).reshape(-1).contiguous()
+        self.flat_pos = write_pos.reshape(-1).contiguous()
 
     def write_new(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer_idx: int, heads: int,
                   groups: int) -> torch.Tensor:
