@@ -36,9 +36,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--quantize", default="none", choices=("none", "int8", "int4"), help="the base's products (issue 24)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="as [serving] deterministic = true: folded decode attention, never cuDNN (default: cuDNN "
+                         "grouped KV, as glmbot serve runs on CUDA)")
     args = ap.parse_args()
     args.full_size, args.device, args.model, args.family, args.shape = True, "cuda", "", "chatglm2", "full"
     model, tok = build_model(args)
+    model.set_deterministic_decode(args.deterministic)
     if args.quantize != "none":
         quantize_model(model, args.quantize)
     if args.compile:
