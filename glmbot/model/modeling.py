@@ -604,9 +604,10 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
     def set_deterministic_decode(self, deterministic: bool) -> None:
         """Deterministic (the model's default; the serving engine on CUDA follows `[serving]
         deterministic`): decode attention folds each KV group's query heads onto its query axis,
-        and the same inputs give the same bits every time. False: one grouped-KV call
-        that prefers cuDNN, ~0.2 ms less per 64-row step on an H200 (8 vs 14 us per layer), but
-        cuDNN's kernel varies in the last bit from run to run, which can flip a near-tied token.
+        and the same inputs give the same bits every time (never in cuDNN: flash, mem-efficient or
+        math; mem-efficient took 22 us a layer at 64 rows on an H100). False: one grouped-KV call
+        that prefers cuDNN (8 us a layer on an H200), but cuDNN's kernel varies in the last bit from
+        run to run, which can flip a near-tied token.
         """
         for layer in self.transformer.encoder.layers:
             layer.self_attention.grouped_decode = not deterministic
