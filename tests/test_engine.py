@@ -398,15 +398,24 @@ def test_handoff_wait_takes_a_request_sent_right_back_into_the_next_step(base, t
     with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, pipeline=True,
                 handoff_wait=True) as eng:
         waiting, await_handoff, steps_at_wait = threading.Event(), eng._await_handoff, []
+        armed, cond_wait = threading.Event(), eng._cond.wait
 
-        def entering(finished):  # the follow-up is sent once the wait has begun, as a slow client's would
+        def entering(finished):
             if finished:
                 steps_at_wait.append(eng.stats().decode_steps)
                 if len(steps_at_wait) == 2:  # after `expected`, `first` finished
-                    waiting.set()
-            return await_handoff(finished)
+                    armed.set()
+            try:
+                return await_handoff(finished)
+            finally:
+                armed.clear()
 
-        eng._await_handoff = entering
+        def polling(timeout=None):  # the follow-up is sent once the wait is under way, as a slow client's would
+            if armed.is_set() and timeout is not None:
+                waiting.set()
+            return cond_wait(timeout)
+
+        eng._await_handoff, eng._cond.wait = entering, polling
         expected = eng.generate(greedy(QUERIES[2], "ads", 6, ignore_eos=True))
         running = eng.submit(greedy(QUERIES[0], "support", 40, ignore_eos=True))
         first = eng.generate(greedy(QUERIES[1], "hr", 3, ignore_eos=True))

@@ -6,7 +6,8 @@ train bench's 6B shape, batch 32): the SwiGLU backward, whose result [da | db] i
 concatenation with masked loads (0.25 ms per layer), and the rotary backward gathered from the
 padded attention layout (0.14 ms per layer). Each op here is a `torch.library` custom op: opaque
 to torch.compile, with a plain-torch implementation that runs wherever Triton or CUDA is missing
-(CPU, the tests); both compute in fp32 and round once (checked equal on an H200: tests/test_kernels.py).
+(CPU, the tests); both compute in fp32 and round once (checked equal on an H200: tests/test_kernels.py),
+except `rotary_to_slots`'s torch form, which keeps the eager model's rotary in the model dtype.
 
 - `scatter_rows` / `gather_rows`: packed rows to their places in a zero-filled padded layout and
   back (plain torch; the model's packed training layout uses them as each other's backward).
@@ -16,7 +17,9 @@ to torch.compile, with a plain-torch implementation that runs wherever Triton or
   its backward is the inverse rotation gathered back into the packed (M, (H + 2G) D) layout.
 - `rotary_to_slots(qkv, cos, sin, slots, rows, write_pos, heads, groups)`: the serving engine's new
   tokens: rotary on queries and keys, the keys and values written straight to their KV slots (one
-  kernel a layer where rotary and the slot write were two). No autograd (serving only).
+  kernel a layer where rotary and the slot write were two). No autograd (serving only). On CUDA
+  this replaces the serving path's rotary even without torch.compile (fp32, one rounding, where
+  eager bf16 rounds three times) and whatever `compile_dense(rotary=...)` names.
 """
 
 from __future__ import annotations

@@ -52,16 +52,17 @@ _SDPA_ENABLED = {SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabl
 # from call to call. It is named explicitly because otherwise the kernel depends on the process's first
 # SDPA call: torch puts cuDNN first lazily there on Hopper, unless that call sits inside an
 # sdpa_kernel(set_priority=True), whose exit restores an order ending in math.
-_REPRODUCIBLE = ([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-                 if _CUDNN_FIRST is not None else None)
+_REPRODUCIBLE = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def _prefer(order: list[SDPBackend] | None) -> contextlib.AbstractContextManager:
-    """SDPA trying `order`'s backends in turn, those not named off; backends switched off
-    (torch.backends.cuda.enable_*_sdp, an outer sdpa_kernel) stay off. A no-op on torch releases
-    that cannot reorder the backends, or when none of `order` is on."""
+    """SDPA with only `order`'s backends on, tried in that order where this torch can reorder them;
+    backends switched off (torch.backends.cuda.enable_*_sdp, an outer sdpa_kernel) stay off. A no-op
+    when none of `order` is on."""
     enabled = [b for b in order or () if _SDPA_ENABLED[b]()]
-    return sdpa_kernel(enabled, set_priority=True) if enabled else contextlib.nullcontext()
+    if not enabled:
+        return contextlib.nullcontext()
+    return sdpa_kernel(enabled, set_priority=True) if _CUDNN_FIRST is not None else sdpa_kernel(enabled)
 
 
 def cudnn_first() -> contextlib.AbstractContextManager:
@@ -604,10 +605,10 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
     def set_deterministic_decode(self, deterministic: bool) -> None:
         """Deterministic (the model's default; the serving engine on CUDA follows `[serving]
         deterministic`): decode attention folds each KV group's query heads onto its query axis,
-        and the same inputs give the same bits every time (never in cuDNN: flash, mem-efficient or
-        math; mem-efficient took 22 us a layer at 64 rows on an H100). False: one grouped-KV call
-        that prefers cuDNN (8 us a layer on an H200), but cuDNN's kernel varies in the last bit from
-        run to run, which can flip a near-tied token.
+        and the same inputs give the same bits every time (never in cuDNN: it runs mem-efficient,
+        22 us a layer at 64 rows on an H100). False: one grouped-KV call that prefers cuDNN (8 us a
+        layer on an H200; the two were not timed on one card), but cuDNN's kernel varies in the last
+        bit from run to run, which can flip a near-tied token.
         """
         for layer in self.transformer.encoder.layers:
             layer.self_attention.grouped_decode = not deterministic
