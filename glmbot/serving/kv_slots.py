@@ -144,16 +144,6 @@ class Part:
         self.cache, self.mask, self.batch, self.length = cache, mask, batch, length
 
 
-class _ReadOnly:
-    """A part's SlotCache whose new keys and values are already written (MixedSlots)."""
-
-    def __init__(self, cache: SlotCache):
-        self.cache = cache
-
-    def update_kv(self, kv: torch.Tensor | None, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cache.read_kv(layer_idx)
-
-
 class MixedSlots:
     """The cache of a forward whose tokens are several parts in one flat (1, M) axis: the decode
     queries of the running rows (B, 1) and prompt chunks (B', T') of rows being prefilled. The
@@ -178,16 +168,14 @@ class MixedSlots:
         return self.writer.write_new(qkv[0][:, None], cos[0][:, None], sin[0][:, None], layer_idx, heads,
                                      groups).transpose(0, 1)
 
-    def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: torch.Tensor | None) -> torch.Tensor:
-        """q (1, M, H, D), kv (1, M, 2, G, D) or None (`write_new` wrote it) -> (1, M, H*D), each part
-        through `attention.attend`."""
-        if kv is not None:
-            self.writer.update_kv(kv[0][:, None], attention.layer_idx)
+    def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: None) -> torch.Tensor:
+        """q (1, M, H, D) -> (1, M, H*D), each part through `attention.attend` over its slots. kv is
+        None: the model hands a cache with `write_new` the new keys and values there."""
         out, start = [], 0
         for part in self.parts:
             n = part.batch * part.length
             q_part = q[0, start:start + n].view(part.batch, part.length, *q.shape[2:])
-            out.append(attention.attend(q_part, None, part.mask, _ReadOnly(part.cache), None).view(n, -1))
+            out.append(attention.attend(q_part, None, part.mask, part.cache, None).view(n, -1))  # reads only
             start += n
         return torch.cat(out)[None]
 
