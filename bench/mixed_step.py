@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_table import print_kernel_table  # noqa: E402
-from serving_bench import add_flat_attention, apply_flat_attention, build_model  # noqa: E402
+from serving_bench import build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
@@ -62,10 +62,8 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true",
                     help="as [serving] deterministic = true: decode attention with the query heads folded onto "
                          "the groups (default: cuDNN grouped KV, as glmbot serve and serving_bench.py run on CUDA)")
-    add_flat_attention(ap)
     args = ap.parse_args()
     args.model, args.family = "", "chatglm2"
-    apply_flat_attention(args)
     cuda = args.device.startswith("cuda")
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)  # its sdpa_kernel context shapes the prompts' kernel too

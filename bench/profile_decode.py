@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_table import print_kernel_table  # noqa: E402
-from serving_bench import add_flat_attention, apply_flat_attention, build_model  # noqa: E402
+from serving_bench import build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.model.quantization import quantize_model  # noqa: E402
@@ -39,9 +39,7 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true",
                     help="as [serving] deterministic = true: folded decode attention, never cuDNN (default: cuDNN "
                          "grouped KV, as glmbot serve runs on CUDA)")
-    add_flat_attention(ap)
     args = ap.parse_args()
-    apply_flat_attention(args)
     args.full_size, args.device, args.model, args.family, args.shape = True, "cuda", "", "chatglm2", "full"
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)

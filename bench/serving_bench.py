@@ -95,7 +95,6 @@ from glmbot.model.loading import resolve_base  # noqa: E402
 from glmbot.model.prefix import PrefixKV  # noqa: E402
 from glmbot.model.tokenizer import ChatGLMTokenizer  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
-from glmbot.serving.kv_slots import set_flat_attention  # noqa: E402
 from glmbot.serving.requests import GenerationRequest  # noqa: E402
 from glmbot.serving.verify import (  # noqa: E402
     StaleSlot,
@@ -354,23 +353,10 @@ def parse_args() -> argparse.Namespace:
                         help="on CUDA: torch.backends.cuda.preferred_blas_library for the whole run (default: "
                              "torch's); bench/gemm_shapes.py found cuBLASLt 7-13%% faster on the MLP's 4h->h product "
                              "at 64-192 rows on an H100 (no split-K), equal elsewhere")
-    add_flat_attention(parser)
     args = parser.parse_args()
     if args.full_size:
         args.shape = "full"
     return args
-
-
-def add_flat_attention(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flat-attention", choices=("auto", "on", "off"), default="auto",
-                        help="the engine's attention over its KV slots: auto (the default: one flash call a layer "
-                             "for all queries of a step where flash takes seqused_k, kv_slots.FlatAttention), off "
-                             "(per part, with a mask: grouped cuDNN decode, cuDNN prompts), on (also off CUDA)")
-
-
-def apply_flat_attention(args: argparse.Namespace) -> None:
-    """--flat-attention, before any engine captures its graphs."""
-    set_flat_attention({"auto": None, "on": True, "off": False}[args.flat_attention])
 
 
 def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured], Callable[[], list]]:
@@ -843,7 +829,6 @@ def main() -> None:
             raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} "
                              "(leave --blas out)")
         torch.backends.cuda.preferred_blas_library(args.blas)  # before any graph capture: graphs keep their kernels
-    apply_flat_attention(args)
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)
     if args.compile:

@@ -246,11 +246,6 @@ class SelfAttention(nn.Module):
 
         mask: None (causal), an additive (B or 1, 1, T, keys) tensor, or a lower-right CausalBias.
         """
-        flat = getattr(cache, "flat", None)
-        if flat is not None and kv is None:
-            # The serving engine's slots (kv_slots.FlatAttention): all queries of the forward, decode
-            # rows and prompt chunks alike, in one flash call over their rows' slots; no mask.
-            return flat(q, self.layer_idx).reshape(*q.shape[:2], self.q_size)
         if hasattr(cache, "attend"):  # the engine's mixed forward: the cache splits it into its parts
             return cache.attend(self, q, kv)
         B, T = q.shape[:2]

@@ -15,25 +15,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from glmbot.model import kernels
 
 SLOT_ALIGN = 16  # KV lengths are padded to a multiple of this (kernels and CUDA graphs like it)
-
-# Flash attention's variable-length form with a per-entry key count (`seqused_k`): torch 2.5 and newer
-# have it, as a private op; `FlatAttention` reads the slots through it with no gather and no mask.
-_FLASH = getattr(torch.ops.aten, "_flash_attention_forward", None)
-_FLASH_SEQUSED = _FLASH is not None and "seqused_k" in str(_FLASH.default._schema)
-_flat_setting: bool | None = None  # None: on where it runs (see flat_attention_ok)
-
-
-def set_flat_attention(on: bool | None) -> None:
-    """True: forwards over the slots take `FlatAttention` even where flash does not run (the CPU:
-    its reference form, for tests) and in the deterministic form; False: never (the per-part masked
-    attention, as before); None: the default (see flat_attention_ok)."""
-    global _flat_setting
-    _flat_setting = on
 
 
 def round_up(n: int, multiple: int = SLOT_ALIGN) -> int:
@@ -81,10 +66,8 @@ class SlotCache:
     kv_len: how many slots attention reads, a multiple of SLOT_ALIGN.
     """
 
-    def __init__(self, slots: KVSlots, rows: torch.Tensor | None, write_pos: torch.Tensor, kv_len: int,
-                 flat: FlatAttention | None = None):
+    def __init__(self, slots: KVSlots, rows: torch.Tensor | None, write_pos: torch.Tensor, kv_len: int):
         self.slots = slots
-        self.flat = flat  # set: every layer's attention is this one call (the model asks for it)
         self.rows = rows
         self.write_pos = write_pos
         self.kv_len = kv_len
@@ -128,83 +111,6 @@ class SlotCache:
         return 0
 
 
-def flat_attention_ok(model: torch.nn.Module, slots: KVSlots) -> bool:
-    """Whether forwards over `slots` take `FlatAttention`: on CUDA in fp16/bf16 on Ampere or newer,
-    with this torch's flash taking `seqused_k`, unless `set_flat_attention` says otherwise. Only
-    grouped decode (`[serving] deterministic = false`, the CUDA default) takes it: the deterministic
-    form keeps its folded, mask-taking attention."""
-    if _flat_setting is not None:
-        return _flat_setting
-    kv = slots.kv
-    return (model.transformer.encoder.layers[0].self_attention.grouped_decode and _FLASH_SEQUSED and kv.is_cuda and kv.dtype in (torch.float16, torch.bfloat16)
-            and torch.cuda.get_device_capability(kv.device) >= (8, 0) and kv.shape[-1] % 8 == 0 and kv.shape[-1] <= 256)
-
-
-class FlatAttention:
-    """Every query of a forward over its rows' slots in one flash-attention call a layer.
-
-    The forward's queries are flat, entry after entry (an entry: one row's T queries, the last of
-    them its newest token); entry e reads the first `used[e]` slots of slot row `rows[e]`, its
-    queries causal from the end (query j of T sees slots [0, used - T + j + 1)). That is the same
-    `slot < limit` rule as `slot_mask` for every real query (left padding aside: a padding query's
-    output is never used, and its key went to the scratch slot, past every `used`). So decode rows
-    and prompt chunks of a mixed step share one call, and none gathers its rows' slots or builds a
-    mask: flash's variable-length form is given, per entry, where its slot row's keys start in a
-    strided view of the layer's buffer (keys of row r, group g, slot s at (r 2G(S+1) + s) D + g (S+1) D)
-    and how many it uses (`seqused_k`).
-
-    entries: per part, its slot rows (B,) (None: rows 0..B-1) and limits (B, T); each row's last
-    query sees the most. Off CUDA the same metadata runs a per-entry reference (tests).
-    """
-
-    def __init__(self, slots: KVSlots, entries: list[tuple[torch.Tensor | None, torch.Tensor]], kv_len: int):
-        self.slots = slots
-        device = slots.kv.device
-        lengths, rows, used, start = [], [], [], 0
-        for part_rows, limit in entries:
-            batch, length = limit.shape
-            lengths.append(start + length * torch.arange(batch, device=device))
-            rows.append(part_rows if part_rows is not None else torch.arange(batch, device=device))
-            used.append(limit[:, -1])
-            start += batch * length
-        tokens_per_row = slots.kv.stride(1) // slots.kv.shape[-1]  # 2 G (S + 1): one slot row, in slot units
-        self.cu_q = torch.cat(lengths + [torch.full((1,), start, device=device)]).int()
-        self.k_start = torch.cat([torch.cat(rows) * tokens_per_row, torch.zeros(1, dtype=torch.long, device=device)]).int()
-        self.rows = torch.cat(rows)
-        self.used = torch.cat(used).int()
-        self.max_q = max(limit.shape[1] for _, limit in entries)
-        self.max_k = kv_len
-
-    def __call__(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
-        """q (..., H, D), the forward's queries in entry order -> attention output (N, H, D)."""
-        kv = self.slots.kv[layer_idx]  # (R, 2, G, S + 1, D)
-        rows, _, groups, width, dim = kv.shape
-        q = q.reshape(-1, *q.shape[-2:])
-        if not kv.is_cuda:
-            return self._reference(q, kv)
-        # (slot-row units, G, D) views of the keys and values; the last row's slots end the view
-        size = ((rows - 1) * 2 * groups * width + width, groups, dim)
-        stride = (dim, width * dim, 1)
-        k = kv.as_strided(size, stride, kv.storage_offset())
-        v = kv.as_strided(size, stride, kv.storage_offset() + groups * width * dim)
-        return _FLASH(q, k, v, self.cu_q, self.k_start, self.max_q, self.max_k, 0.0, True, False,
-                      seqused_k=self.used)[0]
-
-    def _reference(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """The same attention entry by entry, in plain SDPA (any device; a host sync per entry)."""
-        out = torch.empty_like(q)
-        bounds, rows, used = self.cu_q.tolist(), self.rows.tolist(), self.used.tolist()
-        for e, (row, n) in enumerate(zip(rows, used)):
-            a, b = bounds[e], bounds[e + 1]
-            k, v = kv[row, 0, :, :n], kv[row, 1, :, :n]  # (G, n, D)
-            # query j sees [0, n - T + j + 1); a left-padding query that would see nothing sees slot 0
-            limits = (n - (b - a) + 1 + torch.arange(b - a, device=q.device)).clamp_(min=1)
-            visible = torch.arange(n, device=q.device) < limits[:, None]
-            out[a:b] = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k, v, attn_mask=visible,
-                                                      enable_gqa=True).transpose(0, 1)
-        return out
-
-
 def slot_mask(limit: torch.Tensor, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
     """limit (B, T): each query sees slots [0, limit) -> additive mask (B, 1, T, kv_len), 0 / finfo.min."""
     visible = torch.arange(kv_len, device=limit.device) < limit[..., None]  # (B, T, kv_len)
@@ -221,9 +127,8 @@ def forward_slots(model: torch.nn.Module, slots: KVSlots, input_ids: torch.Tenso
     already sits in the slots, so the model gets prefix=None.
     """
     dtype = slots.kv.dtype
-    flat = FlatAttention(slots, [(rows, limit)], kv_len) if flat_attention_ok(model, slots) else None
     out = model(input_ids=input_ids, attention_mask=slot_mask(limit, kv_len, dtype), position_ids=position_ids,
-                cache=SlotCache(slots, rows, write_pos, kv_len, flat), use_cache=True, prefix=None, logits_to_keep=1)
+                cache=SlotCache(slots, rows, write_pos, kv_len), use_cache=True, prefix=None, logits_to_keep=1)
     return out.logits[:, -1]  # (B, V)
 
 
@@ -250,9 +155,8 @@ class MixedSlots:
 
     owns_masks = True  # ChatGLMModel.forward builds no mask: each part carries its own
 
-    def __init__(self, parts: list[Part], flat: FlatAttention | None = None):
+    def __init__(self, parts: list[Part]):
         self.parts = parts
-        self.flat = flat  # set: all parts' attention in this one call a layer, instead of `attend`'s per part
         caches = [part.cache for part in parts]
         # Every token's slot row and slot, flat in the forward's token order: one SlotCache writes them.
         self.writer = SlotCache(caches[0].slots, torch.cat([c.flat_rows for c in caches]),
@@ -295,9 +199,7 @@ def forward_mixed(model: torch.nn.Module, slots: KVSlots, parts: list[MixedPart]
         start += batch * length
     input_ids = torch.cat([p[0].reshape(-1) for p in parts])[None]
     position_ids = torch.cat([p[1].reshape(-1) for p in parts])[None]
-    flat = (FlatAttention(slots, [(p[4], p[3]) for p in parts], max(p[5] for p in parts))
-            if flat_attention_ok(model, slots) else None)
-    hidden = model.transformer(input_ids, position_ids, None, MixedSlots(mixed, flat), None)  # (1, M, hidden)
+    hidden = model.transformer(input_ids, position_ids, None, MixedSlots(mixed), None)  # (1, M, hidden)
     return model.transformer.output_layer(hidden[0, torch.cat(keep)])
 
 
