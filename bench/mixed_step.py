@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_table import print_kernel_table  # noqa: E402
-from serving_bench import build_model  # noqa: E402
+from serving_bench import add_slot_attention, build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
-from glmbot.serving.kv_slots import forward_mixed, forward_slots, round_up  # noqa: E402
+from glmbot.serving.kv_slots import forward_mixed, forward_slots, round_up, set_slot_attention  # noqa: E402
 
 
 def main() -> None:
@@ -62,8 +62,10 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true",
                     help="as [serving] deterministic = true: decode attention with the query heads folded onto "
                          "the groups (default: cuDNN grouped KV, as glmbot serve and serving_bench.py run on CUDA)")
+    add_slot_attention(ap)
     args = ap.parse_args()
     args.model, args.family = "", "chatglm2"
+    set_slot_attention(args.slot_attention)
     cuda = args.device.startswith("cuda")
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)  # its sdpa_kernel context shapes the prompts' kernel too

@@ -20,11 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_table import print_kernel_table  # noqa: E402
-from serving_bench import build_model  # noqa: E402
+from serving_bench import add_slot_attention, build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.model.quantization import quantize_model  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
+from glmbot.serving.kv_slots import set_slot_attention  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +40,9 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true",
                     help="as [serving] deterministic = true: folded decode attention, never cuDNN (default: cuDNN "
                          "grouped KV, as glmbot serve runs on CUDA)")
+    add_slot_attention(ap)
     args = ap.parse_args()
+    set_slot_attention(args.slot_attention)
     args.full_size, args.device, args.model, args.family, args.shape = True, "cuda", "", "chatglm2", "full"
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)

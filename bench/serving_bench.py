@@ -95,6 +95,7 @@ from glmbot.model.loading import resolve_base  # noqa: E402
 from glmbot.model.prefix import PrefixKV  # noqa: E402
 from glmbot.model.tokenizer import ChatGLMTokenizer  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
+from glmbot.serving.kv_slots import SLOT_ATTENTION_MODES, set_slot_attention  # noqa: E402
 from glmbot.serving.requests import GenerationRequest  # noqa: E402
 from glmbot.serving.verify import (  # noqa: E402
     StaleSlot,
@@ -353,10 +354,18 @@ def parse_args() -> argparse.Namespace:
                         help="on CUDA: torch.backends.cuda.preferred_blas_library for the whole run (default: "
                              "torch's); bench/gemm_shapes.py found cuBLASLt 7-13%% faster on the MLP's 4h->h product "
                              "at 64-192 rows on an H100 (no split-K), equal elsewhere")
+    add_slot_attention(parser)
     args = parser.parse_args()
     if args.full_size:
         args.shape = "full"
     return args
+
+
+def add_slot_attention(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slot-attention", choices=SLOT_ATTENTION_MODES, default="mixed",
+                        help="which forwards attend in one kernels.slot_attention call a layer (CUDA, Triton): "
+                             "mixed (the default: decode steps with prompts inside), all, off (each part gathers "
+                             "its rows' slots and attends with a mask: grouped cuDNN)")
 
 
 def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured], Callable[[], list]]:
@@ -829,6 +838,7 @@ def main() -> None:
             raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} "
                              "(leave --blas out)")
         torch.backends.cuda.preferred_blas_library(args.blas)  # before any graph capture: graphs keep their kernels
+    set_slot_attention(args.slot_attention)  # before any engine captures its graphs
     model, tok = build_model(args)
     model.set_deterministic_decode(args.deterministic)
     if args.compile:

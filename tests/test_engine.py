@@ -503,6 +503,45 @@ def test_prompts_prefilled_in_chunks_give_the_whole_prompt_tokens(base, tok, pre
         assert result.text == oracle(base, tok, query, prefixes.get(domain), 8), (domain, query)
 
 
+@pytest.mark.parametrize("mode", ["mixed", "all"])
+@pytest.mark.parametrize("static_shapes", [False, True], ids=["dynamic", "static"])
+def test_one_attention_call_over_all_parts_gives_the_oracles_answers(base, tok, prefixes, mode, static_shapes,
+                                                                     monkeypatch):
+    """kernels.slot_attention in place of each part's gather, mask and attention (what CUDA runs by
+    default for decode steps with prompts inside; "all": every forward), its torch form here:
+    prompts in chunks of at most 5 tokens inside decode steps, padded to static shapes or not, over
+    three prefix lengths and the plain base give the oracle's answers."""
+    from glmbot.model import kernels
+    from glmbot.serving import kv_slots
+
+    calls = []
+    real = kernels.slot_attention
+
+    def counted(q, slots, rows, limits):
+        calls.append(q.shape[0])
+        return real(q, slots, rows, limits)
+
+    kv_slots.set_slot_attention(mode)
+    monkeypatch.setattr(kernels, "slot_attention", counted)
+    monkeypatch.setattr(kv_slots, "fused_attention_ok", lambda model, slots, mixed: mode == "all" or mixed)
+    settings = Settings()
+    settings.serving.prefill_with_decode = True
+    plan = [("support", QUERIES[0]), ("hr", QUERIES[1] * 2), (None, QUERIES[2]), ("ads", QUERIES[4])]
+    try:
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=8, max_len=96, prefill_token_budget=5,
+                    static_shapes=static_shapes, settings=settings) as eng:
+            results = eng.generate_many([greedy(q, d, 8) for d, q in plan])
+            mixed_steps = eng.stats().mixed_steps
+    finally:
+        kv_slots.set_slot_attention("mixed")
+    layers = base.config.num_layers
+    # once per layer of each decode step with prompts inside; with "all", of every other forward too
+    assert mixed_steps > 0 and len(calls) % layers == 0
+    assert (len(calls) // layers > mixed_steps + 2) == (mode == "all")  # + 2: the warm-up's mixed forwards
+    for (domain, query), result in zip(plan, results):
+        assert result.text == oracle(base, tok, query, prefixes.get(domain), 8), (domain, query)
+
+
 def test_a_long_prompt_does_not_stall_streams_that_are_decoding(base, tok, prefixes):
     """While a 100+-token prompt goes in over steps of at most 16 prompt tokens, the stream already
     decoding gets a token every step, and the new row joins the decode steps once its prompt is in."""

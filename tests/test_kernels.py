@@ -104,6 +104,56 @@ def test_slot_caches_hand_the_kernel_contiguous_indices(rows):
     assert torch.equal(cache.flat_rows, expected)
 
 
+def slot_queries(device, dtype, heads=4, groups=2, d=16, seed=0):
+    """A mixed step's queries over one layer of slots (L, R, 2, G, S + 1, D) with random contents:
+    5 decode rows (row 1 idle: it sees slot 0 alone), then prompt chunks of 4 on rows 6 (left-padded by
+    two: padding sees slot 0) and 2 (behind 4 earlier slots), key counts growing along a chunk."""
+    from glmbot.serving.kv_slots import KVSlots
+
+    slots = KVSlots(2, 8, groups, d, 40, dtype, device)
+    g = torch.Generator().manual_seed(seed)
+    slots.kv.copy_(torch.randn(slots.kv.shape, generator=g))
+    parts = [(None, [[9], [1], [14], [3], [20]]), ([6, 2], [[1, 1, 11, 12], [5, 6, 7, 8]])]
+    parts = [(None if r is None else torch.tensor(r, device=device), torch.tensor(lim, device=device)) for r, lim in parts]
+    q = torch.randn(sum(lim.numel() for _, lim in parts), heads, d, generator=g).to(device, dtype)
+    return slots, parts, q
+
+
+def masked_parts(slots, parts, q, layer: int, kv_len: int = 32) -> torch.Tensor:
+    """The per-part path: each part's rows gathered, its slot_mask, grouped SDPA (fp32)."""
+    from glmbot.serving.kv_slots import SlotCache, slot_mask
+
+    out, start = [], 0
+    for rows, limit in parts:
+        batch, length = limit.shape
+        k, v = SlotCache(slots, rows, torch.zeros_like(limit), kv_len).read_kv(layer)  # (B, G, kv_len, D)
+        q_part = q[start:start + batch * length].view(batch, length, *q.shape[1:]).transpose(1, 2)
+        got = F.scaled_dot_product_attention(q_part.float(), k.float(), v.float(),
+                                             attn_mask=slot_mask(limit, kv_len, torch.float32), enable_gqa=True)
+        out.append(got.transpose(1, 2).reshape(-1, *q.shape[1:]))
+        start += batch * length
+    return torch.cat(out)
+
+
+def slot_rows_and_limits(parts) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.cat([(torch.arange(lim.shape[0], device=lim.device) if r is None else r)[:, None].expand_as(lim).reshape(-1)
+                      for r, lim in parts])
+    return rows.contiguous(), torch.cat([lim.reshape(-1) for _, lim in parts])
+
+
+def test_slot_attention_equals_each_parts_masked_attention():
+    """kernels.slot_attention (its torch form here) over decode rows and prompt chunks at once gives
+    what each part's own gather + slot_mask + SDPA gives, padding included; another layer's (or
+    row's) slots give something else entirely."""
+    slots, parts, q = slot_queries("cpu", torch.float32)
+    rows, limits = slot_rows_and_limits(parts)
+    for layer in range(2):
+        got = kernels.slot_attention(q, slots.kv[layer], rows, limits)
+        torch.testing.assert_close(got, masked_parts(slots, parts, q, layer), rtol=1e-5, atol=1e-5)
+        assert (got - masked_parts(slots, parts, q, 1 - layer)).abs().max() > 0.1
+        assert (got - kernels.slot_attention(q, slots.kv[layer], rows.roll(1), limits)).abs().max() > 0.1
+
+
 def test_op_registrations_are_consistent():
     """torch.library.opcheck: the fake (meta) implementations give the real outputs' shapes and
     the autograd registrations are sound, as torch.compile relies on."""
@@ -116,6 +166,8 @@ def test_op_registrations_are_consistent():
     torch.library.opcheck(kernels.rotary_gather, (dq, dkv, cos, sin, index))
     qkv, cos, sin, buffer, rows, pos, heads, groups = new_tokens("cpu", torch.float32)
     torch.library.opcheck(kernels.rotary_to_slots, (qkv, cos, sin, buffer[1], rows, pos, heads, groups))
+    slots, parts, q = slot_queries("cpu", torch.float32)
+    torch.library.opcheck(kernels.slot_attention, (q, slots.kv[0], *slot_rows_and_limits(parts)))
 
 
 @pytest.mark.gpu
@@ -156,3 +208,23 @@ def test_triton_kernels_equal_the_torch_implementations(dtype, monkeypatch):
     untouched[rows, pos] = False
     assert torch.equal(buffer[1].permute(0, 3, 1, 2, 4)[untouched], expected[1].permute(0, 3, 1, 2, 4)[untouched])
     assert torch.equal(buffer[0], expected[0]) and torch.equal(buffer[2], expected[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or kernels.triton is None, reason="needs CUDA and Triton")
+def test_triton_slot_attention_equals_the_masked_attention_at_the_6b_shape(monkeypatch):
+    """32 heads over 2 groups, head_dim 128, bf16: the Triton kernel gives the per-part masked
+    attention (fp32 from the same bf16 inputs) within bf16's rounding of the output (2^-8 relative
+    of values |v| < ~4), on real queries and padding alike; the torch form must not run."""
+    slots, parts, q = slot_queries("cuda", torch.bfloat16, heads=32, groups=2, d=128)
+    rows, limits = slot_rows_and_limits(parts)
+
+    def no_fallback(*args):
+        raise AssertionError("the CUDA op fell back to its torch form")
+
+    expected = [masked_parts(slots, parts, q, layer) for layer in range(2)]
+    monkeypatch.setattr(kernels, "_slot_attention_torch", no_fallback)
+    for layer in range(2):
+        got = torch.ops.glmbot.slot_attention(q, slots.kv[layer], rows, limits).float()
+        torch.testing.assert_close(got, expected[layer], rtol=2 ** -7, atol=2 ** -6)
+        assert (got - expected[1 - layer]).abs().max() > 0.1

@@ -20,6 +20,10 @@ except `rotary_to_slots`'s torch form, which keeps the eager model's rotary in t
   kernel a layer where rotary and the slot write were two). No autograd (serving only). On CUDA
   this replaces the serving path's rotary even without torch.compile (fp32, one rounding, where
   eager bf16 rounds three times) and whatever `compile_dense(rotary=...)` names.
+- `slot_attention(q, slots, rows, limits)`: attention of any mix of queries (decode rows, prompt
+  chunks) over their rows' KV slots, query n seeing slots [0, limits[n]) of row rows[n]: one kernel
+  for a serving step's parts, where each part took a gather of its rows' slots, a mask and an
+  attention call of its own. A query's group of heads shares one pass over the keys.
 """
 
 from __future__ import annotations
@@ -99,6 +103,16 @@ def _rotary_to_slots_torch(qkv, cos, sin, slots, rows, write_pos, heads: int, gr
     slots[rows, :, :, write_pos] = torch.stack((apply_rotary(k.reshape(n, groups, d), c, s),
                                                 v.reshape(n, groups, d)), dim=1)
     return apply_rotary(q.reshape(n, heads, d), c, s)
+
+
+def _slot_attention_torch(q, slots, rows, limits):
+    # Each query alone: its row's readable slots, its own key count (SDPA's math; fp32 inside).
+    groups, out = slots.shape[2], torch.empty_like(q)
+    for n, (row, limit) in enumerate(zip(rows.tolist(), limits.tolist())):
+        k, v = slots[row, 0, :, :limit], slots[row, 1, :, :limit]  # (G, limit, D)
+        out[n] = F.scaled_dot_product_attention(q[n].view(groups, -1, q.shape[-1]).float(), k.float(),
+                                                v.float()).view(q.shape[1:]).to(q.dtype)
+    return out
 
 
 def _qkv_width(dq: torch.Tensor, dkv: torch.Tensor) -> int:
@@ -196,6 +210,21 @@ def rotary_to_slots(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slo
 @rotary_to_slots.register_fake
 def _(qkv, cos, sin, slots, rows, write_pos, heads, groups):
     return qkv.new_empty((qkv.shape[0], heads, cos.shape[-1]))
+
+
+@torch.library.custom_op(f"{_LIB}::slot_attention", mutates_args=())
+def slot_attention(q: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """Queries q (N, H, D), one layer's KV slots (R, 2, G, S, D), each query's slot row rows (N,) and
+    key count limits (N,) -> attention output (N, H, D): query n attends over keys and values
+    [0, limits[n]) of row rows[n], heads g*H/G.. of it over group g, scaled by D^-0.5, as SDPA with
+    `kv_slots.slot_mask` computes it. The Triton kernel keeps scores and sums in fp32 (flash-style
+    online softmax); elsewhere a loop over the queries (tests, the CPU)."""
+    return _slot_attention_torch(q, slots, rows, limits)
+
+
+@slot_attention.register_fake
+def _(q, slots, rows, limits):
+    return torch.empty_like(q)
 
 
 # -- Triton implementations (CUDA) --------------------------------------------------------------
@@ -302,6 +331,41 @@ if triton is not None:
             tl.store(dst + H * D + hk + d[None, :], zk)
             tl.store(dst + (H + G) * D + hk + d[None, :], zk)
 
+    @triton.jit
+    def _slot_attention_kernel(q_ptr, slots_ptr, rows_ptr, limits_ptr, out_ptr,
+                               row_stride, kv_stride, group_stride, slot_stride, scale,
+                               HG: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """One (query, group): the group's HG heads are the rows of the tile, so its keys and values
+        are read once for all of them; keys [0, limit) of the query's slot row, BLOCK_N at a time."""
+        n = tl.program_id(0).to(tl.int64)
+        g = tl.program_id(1).to(tl.int64)
+        groups = tl.num_programs(1).to(tl.int64)
+        row = tl.load(rows_ptr + n).to(tl.int64)
+        limit = tl.load(limits_ptr + n)
+        h = tl.arange(0, HG)
+        d = tl.arange(0, D)
+        offs_q = n * groups * HG * D + (g * HG + h)[:, None] * D + d[None, :]
+        q = tl.load(q_ptr + offs_q)
+        base = slots_ptr + row * row_stride + g * group_stride
+        m_i = tl.full((HG,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((HG,), dtype=tl.float32)
+        acc = tl.zeros((HG, D), dtype=tl.float32)
+        for start in range(0, limit, BLOCK_N):
+            j = start + tl.arange(0, BLOCK_N)
+            seen = j < limit
+            kv_offs = j[:, None] * slot_stride + d[None, :]
+            k = tl.load(base + kv_offs, mask=seen[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale  # (HG, BLOCK_N), fp32
+            s = tl.where(seen[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(base + kv_stride + kv_offs, mask=seen[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        tl.store(out_ptr + offs_q, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty))
+
     _SWIGLU_BLOCK = 1024
 
     def _triton_ok(*tensors: torch.Tensor) -> bool:
@@ -362,4 +426,19 @@ if triton is not None:
         out = dq.new_empty((cos.shape[0], _qkv_width(dq, dkv)))
         if cos.shape[0]:
             _rotary_gather_kernel[(cos.shape[0],)](dq, dkv, cos, sin, index, out, index.shape[0], heads, groups, d)
+        return out
+
+    @slot_attention.register_kernel("cuda")
+    def _(q, slots, rows, limits):
+        heads, d = q.shape[1], q.shape[2]
+        groups = slots.shape[2]
+        per_group = heads // groups
+        if not (_triton_ok(q, rows, limits) and slots.is_cuda and slots.stride(-1) == 1 and q.dtype == slots.dtype
+                and q.dtype in (torch.float16, torch.bfloat16) and heads % groups == 0 and per_group >= 16
+                and _pow2(per_group) and _pow2(d) and d >= 16):
+            return _slot_attention_torch(q, slots, rows, limits)
+        out = torch.empty_like(q)
+        if q.shape[0]:
+            _slot_attention_kernel[(q.shape[0], groups)](q, slots, rows, limits, out, *slots.stride()[:4], d ** -0.5,
+                                                         per_group, d, 64)
         return out

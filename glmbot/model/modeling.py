@@ -249,6 +249,9 @@ class SelfAttention(nn.Module):
         if hasattr(cache, "attend"):  # the engine's mixed forward: the cache splits it into its parts
             return cache.attend(self, q, kv)
         B, T = q.shape[:2]
+        if getattr(cache, "limits", None) is not None and kv is None:
+            # The engine's slots with each query's key count: one kernel (kernels.slot_attention)
+            return cache.fused(q, self.layer_idx).view(B, T, self.q_size)
         q = q.transpose(1, 2)  # (B, H, T, D), a view
         if hasattr(cache, "update_kv"):  # the serving engine's slots: keys and values in one write
             k, v = cache.update_kv(kv, self.layer_idx)  # (B, G, slots, D)

@@ -20,6 +20,32 @@ from glmbot.model import kernels
 
 SLOT_ALIGN = 16  # KV lengths are padded to a multiple of this (kernels and CUDA graphs like it)
 
+# Which forwards over the slots run their attention as one `kernels.slot_attention` call a layer (on
+# CUDA with Triton, half precision, grouped decode): "mixed" (the default) decode steps with prompts
+# inside, whose parts otherwise each gather their rows' slots and attend with a mask of their own;
+# "all" every forward; "off" none. `set_slot_attention` changes it (benches compare them).
+SLOT_ATTENTION_MODES = ("mixed", "all", "off")
+_slot_attention = "mixed"
+
+
+def set_slot_attention(mode: str) -> None:
+    """See SLOT_ATTENTION_MODES; forwards captured in CUDA graphs keep the mode they were captured with."""
+    global _slot_attention
+    if mode not in SLOT_ATTENTION_MODES:
+        raise ValueError(f"slot attention mode {mode!r}: use one of {', '.join(SLOT_ATTENTION_MODES)}")
+    _slot_attention = mode
+
+
+def fused_attention_ok(model: torch.nn.Module, slots: KVSlots, mixed: bool) -> bool:
+    """Whether a forward over `slots` (a mixed one or not) takes `kernels.slot_attention`: where its
+    Triton kernel runs (CUDA, fp16/bf16) and decode attention is grouped (`[serving] deterministic =
+    false`, the CUDA default), as `_slot_attention` says."""
+    if _slot_attention == "off" or (_slot_attention == "mixed" and not mixed):
+        return False
+    kv = slots.kv
+    return (kernels.triton is not None and kv.is_cuda and kv.dtype in (torch.float16, torch.bfloat16)
+            and model.transformer.encoder.layers[0].self_attention.grouped_decode)
+
 
 def round_up(n: int, multiple: int = SLOT_ALIGN) -> int:
     return -(-n // multiple) * multiple
@@ -66,8 +92,11 @@ class SlotCache:
     kv_len: how many slots attention reads, a multiple of SLOT_ALIGN.
     """
 
-    def __init__(self, slots: KVSlots, rows: torch.Tensor | None, write_pos: torch.Tensor, kv_len: int):
+    def __init__(self, slots: KVSlots, rows: torch.Tensor | None, write_pos: torch.Tensor, kv_len: int,
+                 limits: torch.Tensor | None = None):
         self.slots = slots
+        # each query's key count (B * T,): given, attention is one kernels.slot_attention call (`fused`)
+        self.limits = None if limits is None else limits.reshape(-1).contiguous()
         self.rows = rows
         self.write_pos = write_pos
         self.kv_len = kv_len
@@ -100,6 +129,12 @@ class SlotCache:
             self.slots.kv[layer_idx][self.row_index, :, :, self.write_pos] = kv
         return self.read_kv(layer_idx)
 
+    def fused(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """Rotated queries q (..., H, D), their keys and values already in the slots -> attention
+        output (N, H, D), each query over its row's slots [0, limit), in one kernel."""
+        return kernels.slot_attention(q.reshape(-1, *q.shape[-2:]), self.slots.kv[layer_idx], self.flat_rows,
+                                      self.limits)
+
     def read_kv(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """All readable key and value slots of these rows, each (B, G, kv_len, D)."""
         readable = self.slots.kv[layer_idx][..., :self.kv_len, :]  # a view: the gather below copies only the slots read
@@ -127,8 +162,9 @@ def forward_slots(model: torch.nn.Module, slots: KVSlots, input_ids: torch.Tenso
     already sits in the slots, so the model gets prefix=None.
     """
     dtype = slots.kv.dtype
+    fused = limit if fused_attention_ok(model, slots, mixed=False) else None
     out = model(input_ids=input_ids, attention_mask=slot_mask(limit, kv_len, dtype), position_ids=position_ids,
-                cache=SlotCache(slots, rows, write_pos, kv_len), use_cache=True, prefix=None, logits_to_keep=1)
+                cache=SlotCache(slots, rows, write_pos, kv_len, fused), use_cache=True, prefix=None, logits_to_keep=1)
     return out.logits[:, -1]  # (B, V)
 
 
@@ -138,9 +174,10 @@ MixedPart = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, "torch
 
 class Part:
     """One part of a mixed forward: `batch` rows of `length` queries each, laid out one after the
-    other in the forward's flat token axis, with their own slots (cache) and mask."""
+    other in the forward's flat token axis, with their own slots (cache) and mask (None when
+    MixedSlots attends to all parts in one call)."""
 
-    def __init__(self, cache: SlotCache, mask: torch.Tensor, batch: int, length: int):
+    def __init__(self, cache: SlotCache, mask: torch.Tensor | None, batch: int, length: int):
         self.cache, self.mask, self.batch, self.length = cache, mask, batch, length
 
 
@@ -151,16 +188,19 @@ class MixedSlots:
     tokens, and so do rotary and the write of their keys and values to the slots (`write_new`, one
     kernel a layer on CUDA); attention runs per part, each over its own rows' slots with its own
     mask. A row is in one part only, or idle in the decode part (then its query writes the row's
-    scratch slot, never read), so the order of the writes does not matter."""
+    scratch slot, never read), so the order of the writes does not matter.
+
+    With `limits` (every token's key count, flat), attention too is one call for all parts
+    (kernels.slot_attention): no part gathers its rows' slots, builds a mask or needs its own call."""
 
     owns_masks = True  # ChatGLMModel.forward builds no mask: each part carries its own
 
-    def __init__(self, parts: list[Part]):
+    def __init__(self, parts: list[Part], limits: torch.Tensor | None = None):
         self.parts = parts
         caches = [part.cache for part in parts]
         # Every token's slot row and slot, flat in the forward's token order: one SlotCache writes them.
         self.writer = SlotCache(caches[0].slots, torch.cat([c.flat_rows for c in caches]),
-                                torch.cat([c.flat_pos for c in caches])[:, None], caches[0].kv_len)
+                                torch.cat([c.flat_pos for c in caches])[:, None], caches[0].kv_len, limits)
 
     def write_new(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer_idx: int, heads: int,
                   groups: int) -> torch.Tensor:
@@ -171,6 +211,8 @@ class MixedSlots:
     def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: None) -> torch.Tensor:
         """q (1, M, H, D) -> (1, M, H*D), each part through `attention.attend` over its slots. kv is
         None: the model hands a cache with `write_new` the new keys and values there."""
+        if self.writer.limits is not None:
+            return self.writer.fused(q, attention.layer_idx).view(1, q.shape[1], -1)
         out, start = [], 0
         for part in self.parts:
             n = part.batch * part.length
@@ -191,15 +233,18 @@ def forward_mixed(model: torch.nn.Module, slots: KVSlots, parts: list[MixedPart]
     None for rows 0..B-1 (a decode part); and kv_len, the slots its queries read (>= limit).
     """
     dtype = slots.kv.dtype
+    fused = fused_attention_ok(model, slots, mixed=True)
     mixed, keep, start = [], [], 0
     for ids, _, write, limit, rows, kv_len in parts:
         batch, length = ids.shape
-        mixed.append(Part(SlotCache(slots, rows, write, kv_len), slot_mask(limit, kv_len, dtype), batch, length))
+        mask = None if fused else slot_mask(limit, kv_len, dtype)
+        mixed.append(Part(SlotCache(slots, rows, write, kv_len), mask, batch, length))
         keep.append(start + length - 1 + length * torch.arange(batch, device=ids.device))
         start += batch * length
     input_ids = torch.cat([p[0].reshape(-1) for p in parts])[None]
     position_ids = torch.cat([p[1].reshape(-1) for p in parts])[None]
-    hidden = model.transformer(input_ids, position_ids, None, MixedSlots(mixed), None)  # (1, M, hidden)
+    limits = torch.cat([p[3].reshape(-1) for p in parts]) if fused else None
+    hidden = model.transformer(input_ids, position_ids, None, MixedSlots(mixed, limits), None)  # (1, M, hidden)
     return model.transformer.output_layer(hidden[0, torch.cat(keep)])
 
 
