@@ -523,7 +523,7 @@ def test_one_attention_call_over_all_parts_gives_the_oracles_answers(base, tok, 
 
     kv_slots.set_slot_attention(mode)
     monkeypatch.setattr(kernels, "slot_attention", counted)
-    monkeypatch.setattr(kv_slots, "fused_attention_ok", lambda model, slots, mixed: mode == "all" or mixed)
+    monkeypatch.setattr(kv_slots, "fused_attention_ok", lambda model, slots, mixed, **kw: mode == "all" or mixed)
     settings = Settings()
     settings.serving.prefill_with_decode = True
     plan = [("support", QUERIES[0]), ("hr", QUERIES[1] * 2), (None, QUERIES[2]), ("ads", QUERIES[4])]

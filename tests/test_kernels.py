@@ -104,26 +104,32 @@ def test_slot_caches_hand_the_kernel_contiguous_indices(rows):
     assert torch.equal(cache.flat_rows, expected)
 
 
-def slot_queries(device, dtype, heads=4, groups=2, d=16, seed=0):
-    """A mixed step's queries over one layer of slots (L, R, 2, G, S + 1, D) with random contents:
-    5 decode rows (row 1 idle: it sees slot 0 alone), then prompt chunks of 4 on rows 6 (left-padded by
-    two: padding sees slot 0) and 2 (behind 4 earlier slots), key counts growing along a chunk."""
+# A mixed step: 5 decode rows (row 1 idle: it sees slot 0 alone), then prompt chunks of 4 on rows 6
+# (left-padded by two: padding sees slot 0) and 2 (behind 4 earlier slots), key counts growing along a chunk.
+MIXED_STEP = [(None, [[9], [1], [14], [3], [20]]), ([6, 2], [[1, 1, 11, 12], [5, 6, 7, 8]])]
+# The same over up to 1,000 slots: key counts at and around the kernel's 64-key blocks, the last row.
+LONG_STEP = [(None, [[1], [63], [64], [65], [128], [129], [400], [1000]]), ([7], [[997, 998, 999, 1000]])]
+
+
+def slot_queries(device, dtype, heads=4, groups=2, d=16, seed=0, parts=MIXED_STEP, length=40):
+    """Queries of `parts` (slot rows or None for 0..B-1, key counts (B, T)) over one layer of a
+    2-layer slot buffer (L, R, 2, G, S + 1, D) of 8 rows with random contents."""
     from glmbot.serving.kv_slots import KVSlots
 
-    slots = KVSlots(2, 8, groups, d, 40, dtype, device)
+    slots = KVSlots(2, 8, groups, d, length, dtype, device)
     g = torch.Generator().manual_seed(seed)
     slots.kv.copy_(torch.randn(slots.kv.shape, generator=g))
-    parts = [(None, [[9], [1], [14], [3], [20]]), ([6, 2], [[1, 1, 11, 12], [5, 6, 7, 8]])]
     parts = [(None if r is None else torch.tensor(r, device=device), torch.tensor(lim, device=device)) for r, lim in parts]
     q = torch.randn(sum(lim.numel() for _, lim in parts), heads, d, generator=g).to(device, dtype)
     return slots, parts, q
 
 
-def masked_parts(slots, parts, q, layer: int, kv_len: int = 32) -> torch.Tensor:
+def masked_parts(slots, parts, q, layer: int) -> torch.Tensor:
     """The per-part path: each part's rows gathered, its slot_mask, grouped SDPA (fp32)."""
     from glmbot.serving.kv_slots import SlotCache, slot_mask
 
     out, start = [], 0
+    kv_len = slots.length
     for rows, limit in parts:
         batch, length = limit.shape
         k, v = SlotCache(slots, rows, torch.zeros_like(limit), kv_len).read_kv(layer)  # (B, G, kv_len, D)
@@ -212,11 +218,16 @@ def test_triton_kernels_equal_the_torch_implementations(dtype, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or kernels.triton is None, reason="needs CUDA and Triton")
-def test_triton_slot_attention_equals_the_masked_attention_at_the_6b_shape(monkeypatch):
-    """32 heads over 2 groups, head_dim 128, bf16: the Triton kernel gives the per-part masked
-    attention (fp32 from the same bf16 inputs) within bf16's rounding of the output (2^-8 relative
-    of values |v| < ~4), on real queries and padding alike; the torch form must not run."""
-    slots, parts, q = slot_queries("cuda", torch.bfloat16, heads=32, groups=2, d=128)
+@pytest.mark.parametrize(("heads", "groups", "d", "parts", "length"), [
+    (32, 2, 128, MIXED_STEP, 40),  # ChatGLM2-6B / ChatGLM3-6B / GLM-4-9B: 16 heads a group
+    (32, 2, 128, LONG_STEP, 1000),  # many 64-key blocks, the last slot row
+    (32, 4, 128, LONG_STEP, 1000),  # glm-4-9b-chat-1m: 8 heads a group, padded to the 16-row tile
+], ids=["6b", "6b-long", "8-heads-a-group"])
+def test_triton_slot_attention_equals_the_masked_attention(heads, groups, d, parts, length, monkeypatch):
+    """bf16: the Triton kernel gives the per-part masked attention (fp32 from the same bf16 inputs)
+    within bf16's rounding of the output (2^-8 relative of values |v| < ~4), on real queries and
+    padding alike; the torch form must not run."""
+    slots, parts, q = slot_queries("cuda", torch.bfloat16, heads=heads, groups=groups, d=d, parts=parts, length=length)
     rows, limits = slot_rows_and_limits(parts)
 
     def no_fallback(*args):

@@ -217,14 +217,26 @@ def slot_attention(q: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, lim
     """Queries q (N, H, D), one layer's KV slots (R, 2, G, S, D), each query's slot row rows (N,) and
     key count limits (N,) -> attention output (N, H, D): query n attends over keys and values
     [0, limits[n]) of row rows[n], heads g*H/G.. of it over group g, scaled by D^-0.5, as SDPA with
-    `kv_slots.slot_mask` computes it. The Triton kernel keeps scores and sums in fp32 (flash-style
-    online softmax); elsewhere a loop over the queries (tests, the CPU)."""
+    `kv_slots.slot_mask` computes it. The Triton kernel (CUDA, the shapes `slot_attention_supported`
+    takes) keeps scores and sums in fp32 (flash-style online softmax); elsewhere a loop over the
+    queries with a host sync (tests, the CPU). Limits are not checked against the slot count."""
     return _slot_attention_torch(q, slots, rows, limits)
 
 
 @slot_attention.register_fake
 def _(q, slots, rows, limits):
     return torch.empty_like(q)
+
+
+def slot_attention_supported(heads: int, groups: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether `slot_attention`'s Triton kernel takes these shapes (else, even on CUDA, the slow
+    per-query torch form runs, with a host sync: callers keep their own path instead)."""
+    return (triton is not None and dtype in (torch.float16, torch.bfloat16) and heads % groups == 0
+            and 16 <= head_dim <= 256 and _pow2(head_dim))
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 # -- Triton implementations (CUDA) --------------------------------------------------------------
@@ -334,22 +346,24 @@ if triton is not None:
     @triton.jit
     def _slot_attention_kernel(q_ptr, slots_ptr, rows_ptr, limits_ptr, out_ptr,
                                row_stride, kv_stride, group_stride, slot_stride, scale,
-                               HG: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
-        """One (query, group): the group's HG heads are the rows of the tile, so its keys and values
-        are read once for all of them; keys [0, limit) of the query's slot row, BLOCK_N at a time."""
+                               HG: tl.constexpr, HP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """One (query, group): the group's HG heads are the rows of the tile (padded to HP >= 16, as
+        tl.dot needs), so its keys and values are read once for all of them; keys [0, limit) of the
+        query's slot row, BLOCK_N at a time."""
         n = tl.program_id(0).to(tl.int64)
         g = tl.program_id(1).to(tl.int64)
         groups = tl.num_programs(1).to(tl.int64)
         row = tl.load(rows_ptr + n).to(tl.int64)
         limit = tl.load(limits_ptr + n)
-        h = tl.arange(0, HG)
+        h = tl.arange(0, HP)
+        head = h < HG
         d = tl.arange(0, D)
         offs_q = n * groups * HG * D + (g * HG + h)[:, None] * D + d[None, :]
-        q = tl.load(q_ptr + offs_q)
+        q = tl.load(q_ptr + offs_q, mask=head[:, None], other=0.0)
         base = slots_ptr + row * row_stride + g * group_stride
-        m_i = tl.full((HG,), float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros((HG,), dtype=tl.float32)
-        acc = tl.zeros((HG, D), dtype=tl.float32)
+        m_i = tl.full((HP,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((HP,), dtype=tl.float32)
+        acc = tl.zeros((HP, D), dtype=tl.float32)
         for start in range(0, limit, BLOCK_N):
             j = start + tl.arange(0, BLOCK_N)
             seen = j < limit
@@ -364,15 +378,13 @@ if triton is not None:
             v = tl.load(base + kv_stride + kv_offs, mask=seen[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        tl.store(out_ptr + offs_q, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty))
+        l_i = tl.where(l_i > 0, l_i, 1.0)  # a query with no keys (limit 0; the engine never has one): zeros
+        tl.store(out_ptr + offs_q, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=head[:, None])
 
     _SWIGLU_BLOCK = 1024
 
     def _triton_ok(*tensors: torch.Tensor) -> bool:
         return all(t.is_cuda and t.is_contiguous() for t in tensors)
-
-    def _pow2(n: int) -> bool:
-        return n > 0 and n & (n - 1) == 0
 
     @swiglu.register_kernel("cuda")
     def _(h):
@@ -432,13 +444,13 @@ if triton is not None:
     def _(q, slots, rows, limits):
         heads, d = q.shape[1], q.shape[2]
         groups = slots.shape[2]
-        per_group = heads // groups
         if not (_triton_ok(q, rows, limits) and slots.is_cuda and slots.stride(-1) == 1 and q.dtype == slots.dtype
-                and q.dtype in (torch.float16, torch.bfloat16) and heads % groups == 0 and per_group >= 16
-                and _pow2(per_group) and _pow2(d) and d >= 16):
+                and slot_attention_supported(heads, groups, d, q.dtype) and slots.shape[1] == 2
+                and slots.shape[-1] == d and rows.shape == limits.shape == q.shape[:1]):
             return _slot_attention_torch(q, slots, rows, limits)
         out = torch.empty_like(q)
         if q.shape[0]:
+            per_group = heads // groups
             _slot_attention_kernel[(q.shape[0], groups)](q, slots, rows, limits, out, *slots.stride()[:4], d ** -0.5,
-                                                         per_group, d, 64)
+                                                         per_group, max(16, triton.next_power_of_2(per_group)), d, 64)
         return out

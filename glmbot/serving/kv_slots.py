@@ -26,6 +26,10 @@ SLOT_ALIGN = 16  # KV lengths are padded to a multiple of this (kernels and CUDA
 # "all" every forward; "off" none. `set_slot_attention` changes it (benches compare them).
 SLOT_ATTENTION_MODES = ("mixed", "all", "off")
 _slot_attention = "mixed"
+# The kernel reads a query's keys once per query (one program per query and KV group): a prompt chunk
+# re-reads its row's slots per token. Up to this many prompt tokens x slots (128 tokens over 1,024
+# slots) that costs less than the per-part path's gather, mask and extra call; bigger chunks keep it.
+FUSED_PROMPT_READS = 128 * 1024
 
 
 def set_slot_attention(mode: str) -> None:
@@ -36,15 +40,17 @@ def set_slot_attention(mode: str) -> None:
     _slot_attention = mode
 
 
-def fused_attention_ok(model: torch.nn.Module, slots: KVSlots, mixed: bool) -> bool:
-    """Whether a forward over `slots` (a mixed one or not) takes `kernels.slot_attention`: where its
-    Triton kernel runs (CUDA, fp16/bf16) and decode attention is grouped (`[serving] deterministic =
-    false`, the CUDA default), as `_slot_attention` says."""
-    if _slot_attention == "off" or (_slot_attention == "mixed" and not mixed):
+def fused_attention_ok(model: torch.nn.Module, slots: KVSlots, mixed: bool, prompt_reads: int = 0) -> bool:
+    """Whether a forward over `slots` (a mixed one or not; its prompt tokens x slots read) takes
+    `kernels.slot_attention`: as `_slot_attention` says, where its Triton kernel takes the model's
+    shapes on CUDA, with grouped decode attention (`[serving] deterministic = false`, the CUDA
+    default), and (outside "all") for prompts of up to FUSED_PROMPT_READS."""
+    if _slot_attention == "off" or (_slot_attention == "mixed" and (not mixed or prompt_reads > FUSED_PROMPT_READS)):
         return False
+    attention = model.transformer.encoder.layers[0].self_attention
     kv = slots.kv
-    return (kernels.triton is not None and kv.is_cuda and kv.dtype in (torch.float16, torch.bfloat16)
-            and model.transformer.encoder.layers[0].self_attention.grouped_decode)
+    return (kv.is_cuda and attention.grouped_decode
+            and kernels.slot_attention_supported(attention.num_heads, attention.groups, attention.head_dim, kv.dtype))
 
 
 def round_up(n: int, multiple: int = SLOT_ALIGN) -> int:
@@ -193,7 +199,7 @@ class MixedSlots:
     With `limits` (every token's key count, flat), attention too is one call for all parts
     (kernels.slot_attention): no part gathers its rows' slots, builds a mask or needs its own call."""
 
-    owns_masks = True  # ChatGLMModel.forward builds no mask: each part carries its own
+    owns_masks = True  # ChatGLMModel.forward builds no mask: each part carries its own, or `limits` rule
 
     def __init__(self, parts: list[Part], limits: torch.Tensor | None = None):
         self.parts = parts
@@ -209,8 +215,9 @@ class MixedSlots:
                                      groups).transpose(0, 1)
 
     def attend(self, attention: torch.nn.Module, q: torch.Tensor, kv: None) -> torch.Tensor:
-        """q (1, M, H, D) -> (1, M, H*D), each part through `attention.attend` over its slots. kv is
-        None: the model hands a cache with `write_new` the new keys and values there."""
+        """q (1, M, H, D) -> (1, M, H*D): all parts in one kernels.slot_attention call (with `limits`),
+        else each part through `attention.attend` over its slots. kv is None: the model hands a cache
+        with `write_new` the new keys and values there."""
         if self.writer.limits is not None:
             return self.writer.fused(q, attention.layer_idx).view(1, q.shape[1], -1)
         out, start = [], 0
@@ -233,7 +240,8 @@ def forward_mixed(model: torch.nn.Module, slots: KVSlots, parts: list[MixedPart]
     None for rows 0..B-1 (a decode part); and kv_len, the slots its queries read (>= limit).
     """
     dtype = slots.kv.dtype
-    fused = fused_attention_ok(model, slots, mixed=True)
+    prompt_reads = sum(p[0].numel() * p[5] for p in parts if p[4] is not None)  # prompt parts have slot rows
+    fused = fused_attention_ok(model, slots, mixed=True, prompt_reads=prompt_reads)
     mixed, keep, start = [], [], 0
     for ids, _, write, limit, rows, kv_len in parts:
         batch, length = ids.shape
