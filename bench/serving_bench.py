@@ -95,7 +95,7 @@ from glmbot.model.loading import resolve_base  # noqa: E402
 from glmbot.model.prefix import PrefixKV  # noqa: E402
 from glmbot.model.tokenizer import ChatGLMTokenizer  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
-from glmbot.serving.kv_slots import SLOT_ATTENTION_MODES, set_slot_attention  # noqa: E402
+from glmbot.serving.kv_slots import DEFAULT_SLOT_ATTENTION, SLOT_ATTENTION_MODES, set_slot_attention  # noqa: E402
 from glmbot.serving.requests import GenerationRequest  # noqa: E402
 from glmbot.serving.verify import (  # noqa: E402
     StaleSlot,
@@ -362,10 +362,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def add_slot_attention(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--slot-attention", choices=SLOT_ATTENTION_MODES, default="mixed",
+    parser.add_argument("--slot-attention", choices=SLOT_ATTENTION_MODES, default=DEFAULT_SLOT_ATTENTION,
                         help="which forwards attend in one kernels.slot_attention call a layer (CUDA, Triton): "
-                             "mixed (the default: decode steps with prompts inside), all, off (each part gathers "
-                             "its rows' slots and attends with a mask: grouped cuDNN)")
+                             "mixed (decode steps with prompts inside), all, off (the default, as glmbot serve: "
+                             "each part gathers its rows' slots and attends with a mask, grouped cuDNN)")
 
 
 def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured], Callable[[], list]]:

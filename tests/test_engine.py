@@ -507,8 +507,8 @@ def test_prompts_prefilled_in_chunks_give_the_whole_prompt_tokens(base, tok, pre
 @pytest.mark.parametrize("static_shapes", [False, True], ids=["dynamic", "static"])
 def test_one_attention_call_over_all_parts_gives_the_oracles_answers(base, tok, prefixes, mode, static_shapes,
                                                                      monkeypatch):
-    """kernels.slot_attention in place of each part's gather, mask and attention (what CUDA runs by
-    default for decode steps with prompts inside; "all": every forward), its torch form here:
+    """kernels.slot_attention in place of each part's gather, mask and attention ("mixed": for decode
+    steps with prompts inside; "all": every forward), its torch form here:
     prompts in chunks of at most 5 tokens inside decode steps, padded to static shapes or not, over
     three prefix lengths and the plain base give the oracle's answers."""
     from glmbot.model import kernels
@@ -533,7 +533,7 @@ def test_one_attention_call_over_all_parts_gives_the_oracles_answers(base, tok, 
             results = eng.generate_many([greedy(q, d, 8) for d, q in plan])
             mixed_steps = eng.stats().mixed_steps
     finally:
-        kv_slots.set_slot_attention("mixed")
+        kv_slots.set_slot_attention(kv_slots.DEFAULT_SLOT_ATTENTION)
     layers = base.config.num_layers
     # once per layer of each decode step with prompts inside; with "all", of every other forward too
     assert mixed_steps > 0 and len(calls) % layers == 0

@@ -22,8 +22,9 @@ except `rotary_to_slots`'s torch form, which keeps the eager model's rotary in t
   eager bf16 rounds three times) and whatever `compile_dense(rotary=...)` names.
 - `slot_attention(q, slots, rows, limits)`: attention of any mix of queries (decode rows, prompt
   chunks) over their rows' KV slots, query n seeing slots [0, limits[n]) of row rows[n]: one kernel
-  for a serving step's parts, where each part took a gather of its rows' slots, a mask and an
-  attention call of its own. A query's group of heads shares one pass over the keys.
+  for a serving step's parts, where each part takes a gather of its rows' slots, a mask and an
+  attention call of its own. A query's group of heads shares one pass over the keys. Opt-in
+  (`kv_slots.set_slot_attention`) until it is timed on a GPU.
 """
 
 from __future__ import annotations

@@ -21,11 +21,14 @@ from glmbot.model import kernels
 SLOT_ALIGN = 16  # KV lengths are padded to a multiple of this (kernels and CUDA graphs like it)
 
 # Which forwards over the slots run their attention as one `kernels.slot_attention` call a layer (on
-# CUDA with Triton, half precision, grouped decode): "mixed" (the default) decode steps with prompts
-# inside, whose parts otherwise each gather their rows' slots and attend with a mask of their own;
-# "all" every forward; "off" none. `set_slot_attention` changes it (benches compare them).
+# CUDA with Triton, half precision, grouped decode): "mixed" decode steps with prompts inside, whose
+# parts otherwise each gather their rows' slots and attend with a mask of their own; "all" every
+# forward; "off" (the default) none. The kernel is checked on the CPU (its torch form, and the Triton
+# kernel under TRITON_INTERPRET) but not yet timed on a GPU, so serving keeps the measured per-part
+# path until it is. `set_slot_attention` changes it (benches: --slot-attention).
 SLOT_ATTENTION_MODES = ("mixed", "all", "off")
-_slot_attention = "mixed"
+DEFAULT_SLOT_ATTENTION = "off"
+_slot_attention = DEFAULT_SLOT_ATTENTION
 # The kernel reads a query's keys once per query (one program per query and KV group): a prompt chunk
 # re-reads its row's slots per token. Up to this many prompt tokens x slots (128 tokens over 1,024
 # slots) that costs less than the per-part path's gather, mask and extra call; bigger chunks keep it.
