@@ -370,7 +370,7 @@ if triton is not None:
             seen = j < limit
             kv_offs = j[:, None] * slot_stride + d[None, :]
             k = tl.load(base + kv_offs, mask=seen[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale  # (HG, BLOCK_N), fp32
+            s = tl.dot(q, tl.trans(k)) * scale  # (HP, BLOCK_N), fp32
             s = tl.where(seen[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.exp(s - m_new[:, None])
