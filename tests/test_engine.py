@@ -534,12 +534,51 @@ def test_one_attention_call_over_all_parts_gives_the_oracles_answers(base, tok, 
             mixed_steps = eng.stats().mixed_steps
     finally:
         kv_slots.set_slot_attention(kv_slots.DEFAULT_SLOT_ATTENTION)
-    layers = base.config.num_layers
+    layers = base.config.num_layers  # (no warm-up forwards on the CPU)
     # once per layer of each decode step with prompts inside; with "all", of every other forward too
     assert mixed_steps > 0 and len(calls) % layers == 0
-    assert (len(calls) // layers > mixed_steps + 2) == (mode == "all")  # + 2: the warm-up's mixed forwards
+    assert len(calls) // layers == mixed_steps if mode == "mixed" else len(calls) // layers > mixed_steps
     for (domain, query), result in zip(plan, results):
         assert result.text == oracle(base, tok, query, prefixes.get(domain), 8), (domain, query)
+
+
+def test_which_forwards_take_the_one_call_attention(monkeypatch):
+    """kv_slots.fused_attention_ok: off by default; "mixed" takes steps with prompts inside up to
+    FUSED_PROMPT_READS, "all" every forward; never the deterministic (folded) decode, the CPU, fp32,
+    or head sizes the Triton kernel does not take (8 heads a group are padded: taken)."""
+    from types import SimpleNamespace
+
+    from glmbot.model import kernels
+    from glmbot.serving import kv_slots
+
+    monkeypatch.setattr(kernels, "triton", object())  # as where Triton is installed
+
+    def model(heads=32, groups=2, head_dim=128, grouped=True):
+        attention = SimpleNamespace(num_heads=heads, groups=groups, head_dim=head_dim, grouped_decode=grouped)
+        return SimpleNamespace(transformer=SimpleNamespace(encoder=SimpleNamespace(
+            layers=[SimpleNamespace(self_attention=attention)])))
+
+    def slots(cuda=True, dtype=torch.bfloat16):
+        return SimpleNamespace(kv=SimpleNamespace(is_cuda=cuda, dtype=dtype))
+
+    ok, limit = kv_slots.fused_attention_ok, kv_slots.FUSED_PROMPT_READS
+    assert kv_slots.DEFAULT_SLOT_ATTENTION == "off" and not ok(model(), slots(), mixed=True, prompt_reads=64 * 384)
+    try:
+        kv_slots.set_slot_attention("mixed")
+        assert ok(model(), slots(), mixed=True, prompt_reads=limit)
+        assert not ok(model(), slots(), mixed=True, prompt_reads=limit + 1)  # a big chunk re-reads too much
+        assert not ok(model(), slots(), mixed=False)
+        assert ok(model(groups=4), slots(), mixed=True)  # glm-4-9b-chat-1m: 8 heads a group
+        for other in (model(grouped=False), model(head_dim=96)):
+            assert not ok(other, slots(), mixed=True)
+        for other in (slots(cuda=False), slots(dtype=torch.float32)):
+            assert not ok(model(), other, mixed=True)
+        kv_slots.set_slot_attention("all")
+        assert ok(model(), slots(), mixed=False) and ok(model(), slots(), mixed=True, prompt_reads=limit + 1)
+        with pytest.raises(ValueError, match="'fast'.*mixed, all, off"):
+            kv_slots.set_slot_attention("fast")
+    finally:
+        kv_slots.set_slot_attention(kv_slots.DEFAULT_SLOT_ATTENTION)
 
 
 def test_a_long_prompt_does_not_stall_streams_that_are_decoding(base, tok, prefixes):

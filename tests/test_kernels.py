@@ -223,18 +223,15 @@ def test_triton_kernels_equal_the_torch_implementations(dtype, monkeypatch):
     (32, 2, 128, LONG_STEP, 1000),  # many 64-key blocks, the last slot row
     (32, 4, 128, LONG_STEP, 1000),  # glm-4-9b-chat-1m: 8 heads a group, padded to the 16-row tile
 ], ids=["6b", "6b-long", "8-heads-a-group"])
-def test_triton_slot_attention_equals_the_masked_attention(heads, groups, d, parts, length, monkeypatch):
+def test_triton_slot_attention_equals_the_masked_attention(heads, groups, d, parts, length):
     """bf16: the Triton kernel gives the per-part masked attention (fp32 from the same bf16 inputs)
     within bf16's rounding of the output (2^-8 relative of values |v| < ~4), on real queries and
-    padding alike; the torch form must not run."""
+    padding alike. Inputs it does not take are refused on CUDA, never run the slow torch form."""
     slots, parts, q = slot_queries("cuda", torch.bfloat16, heads=heads, groups=groups, d=d, parts=parts, length=length)
     rows, limits = slot_rows_and_limits(parts)
-
-    def no_fallback(*args):
-        raise AssertionError("the CUDA op fell back to its torch form")
-
+    with pytest.raises(ValueError, match="slot_attention on CUDA takes"):
+        torch.ops.glmbot.slot_attention(q.float(), slots.kv[0].float(), rows, limits)
     expected = [masked_parts(slots, parts, q, layer) for layer in range(2)]
-    monkeypatch.setattr(kernels, "_slot_attention_torch", no_fallback)
     for layer in range(2):
         got = torch.ops.glmbot.slot_attention(q, slots.kv[layer], rows, limits).float()
         torch.testing.assert_close(got, expected[layer], rtol=2 ** -7, atol=2 ** -6)

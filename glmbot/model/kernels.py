@@ -219,8 +219,8 @@ def slot_attention(q: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, lim
     key count limits (N,) -> attention output (N, H, D): query n attends over keys and values
     [0, limits[n]) of row rows[n], heads g*H/G.. of it over group g, scaled by D^-0.5, as SDPA with
     `kv_slots.slot_mask` computes it. The Triton kernel (CUDA, the shapes `slot_attention_supported`
-    takes) keeps scores and sums in fp32 (flash-style online softmax); elsewhere a loop over the
-    queries with a host sync (tests, the CPU). Limits are not checked against the slot count."""
+    takes; other CUDA inputs are refused) keeps scores and sums in fp32 (flash-style online softmax);
+    off CUDA a loop over the queries (tests, the CPU). Limits are not checked against the slot count."""
     return _slot_attention_torch(q, slots, rows, limits)
 
 
@@ -230,8 +230,8 @@ def _(q, slots, rows, limits):
 
 
 def slot_attention_supported(heads: int, groups: int, head_dim: int, dtype: torch.dtype) -> bool:
-    """Whether `slot_attention`'s Triton kernel takes these shapes (else, even on CUDA, the slow
-    per-query torch form runs, with a host sync: callers keep their own path instead)."""
+    """Whether `slot_attention`'s Triton kernel takes these shapes (on CUDA the op refuses others:
+    callers keep their own path for them)."""
     return (triton is not None and dtype in (torch.float16, torch.bfloat16) and heads % groups == 0
             and 16 <= head_dim <= 256 and _pow2(head_dim))
 
@@ -448,7 +448,13 @@ if triton is not None:
         if not (_triton_ok(q, rows, limits) and slots.is_cuda and slots.stride(-1) == 1 and q.dtype == slots.dtype
                 and slot_attention_supported(heads, groups, d, q.dtype) and slots.shape[1] == 2
                 and slots.shape[-1] == d and rows.shape == limits.shape == q.shape[:1]):
-            return _slot_attention_torch(q, slots, rows, limits)
+            # No quiet fallback: the torch form syncs with the host per query, which breaks CUDA-graph
+            # capture and is far slower; callers check slot_attention_supported (kv_slots.fused_attention_ok).
+            raise ValueError(
+                f"slot_attention on CUDA takes contiguous q (N, H, D) and rows/limits (N,), fp16/bf16 slots "
+                f"(R, 2, G, S, D) of q's dtype and head size, shapes slot_attention_supported accepts; got q "
+                f"{tuple(q.shape)} {q.dtype}, slots {tuple(slots.shape)} {slots.dtype}, rows {tuple(rows.shape)}, "
+                f"limits {tuple(limits.shape)}: keep the per-part attention for these (set_slot_attention('off'))")
         out = torch.empty_like(q)
         if q.shape[0]:
             per_group = heads // groups
