@@ -7,7 +7,7 @@
 #   slot    bench/mixed_step.py, --slot-attention mixed against off (graphed steps with prompts inside)
 #   decode  the decode step at 64 and 128 streams and batch 1, --slot-attention all against off
 #   blas    the same step under cuBLAS and cuBLASLt
-#   loop    the closed loop (768 requests, 64 clients), --slot-attention mixed against off
+#   loop    the closed loop (768 requests, 64 clients), --slot-attention all (the default) against off
 #   train   bench/train_bench.py at the 6B shape, compiled (~7 minutes)
 #
 # Full logs go to $OUT (or /tmp/gpu_round); a few summary lines each go to stdout. Put the jieba and
@@ -52,7 +52,7 @@ for what in "${@:-tests slot loop}"; do for part in $what; do case $part in
       table "blas_$b" "^ engine"
     done ;;
   loop)
-    for m in mixed off; do
+    for m in all off; do
       step "loop_$m" python $SB --closed-loop 768 --prefill-with-decode on --prefill-wait-steps 0 --slot-attention $m
       table "loop_$m" "^ on "
       grep -A1 "with decode on, prompt graphs on" "$logs/loop_$m.log" | cut -c1-400

@@ -364,8 +364,8 @@ def parse_args() -> argparse.Namespace:
 def add_slot_attention(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slot-attention", choices=SLOT_ATTENTION_MODES, default=DEFAULT_SLOT_ATTENTION,
                         help="which forwards attend in one kernels.slot_attention call a layer (CUDA, Triton): "
-                             "mixed (decode steps with prompts inside), all, off (the default, as glmbot serve: "
-                             "each part gathers its rows' slots and attends with a mask, grouped cuDNN)")
+                             "all (the default, as glmbot serve), mixed (decode steps with prompts inside only), "
+                             "off (each part gathers its rows' slots and attends with a mask, grouped cuDNN)")
 
 
 def run_scenarios(args: argparse.Namespace, model, tok) -> tuple[list[Measured], Callable[[], list]]:

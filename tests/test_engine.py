@@ -543,7 +543,7 @@ def test_one_attention_call_over_all_parts_gives_the_oracles_answers(base, tok, 
 
 
 def test_which_forwards_take_the_one_call_attention(monkeypatch):
-    """kv_slots.fused_attention_ok: off by default; "mixed" takes steps with prompts inside up to
+    """kv_slots.fused_attention_ok: every forward by default ("all"); "mixed" takes steps with prompts inside up to
     FUSED_PROMPT_READS, "all" every forward; never the deterministic (folded) decode, the CPU, fp32,
     or head sizes the Triton kernel does not take (8 heads a group are padded: taken)."""
     from types import SimpleNamespace
@@ -562,8 +562,10 @@ def test_which_forwards_take_the_one_call_attention(monkeypatch):
         return SimpleNamespace(kv=SimpleNamespace(is_cuda=cuda, dtype=dtype))
 
     ok, limit = kv_slots.fused_attention_ok, kv_slots.FUSED_PROMPT_READS
-    assert kv_slots.DEFAULT_SLOT_ATTENTION == "off" and not ok(model(), slots(), mixed=True, prompt_reads=64 * 384)
+    assert kv_slots.DEFAULT_SLOT_ATTENTION == "all" and ok(model(), slots(), mixed=False)
     try:
+        kv_slots.set_slot_attention("off")
+        assert not ok(model(), slots(), mixed=True, prompt_reads=64 * 384)
         kv_slots.set_slot_attention("mixed")
         assert ok(model(), slots(), mixed=True, prompt_reads=limit)
         assert not ok(model(), slots(), mixed=True, prompt_reads=limit + 1)  # a big chunk re-reads too much
