@@ -6,7 +6,7 @@
 #   tests   GPU-marked tests of the kernels, the verification and the engine
 #   slot    bench/mixed_step.py, --slot-attention mixed against off (graphed steps with prompts inside)
 #   decode  the decode step at 64 and 128 streams and batch 1, --slot-attention all against off
-#   blas    the same step under cuBLAS and cuBLASLt
+#   blas    the same step under cuBLAS, cuBLASLt and the timed choice (auto, the default)
 #   loop    the closed loop (768 requests, 64 clients), --slot-attention all (the default) against off
 #   train   bench/train_bench.py at the 6B shape, compiled (~7 minutes)
 #
@@ -47,7 +47,7 @@ for what in "${@:-tests slot loop}"; do for part in $what; do case $part in
       table "decode_${s}_$m" "^ engine"
     done; done ;;
   blas)
-    for b in cublas cublaslt; do
+    for b in cublas cublaslt auto; do
       step "blas_$b" python $SB --baseline-streams 1 --blas $b
       table "blas_$b" "^ engine"
     done ;;

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_table import print_kernel_table  # noqa: E402
-from serving_bench import add_slot_attention, build_model  # noqa: E402
+from serving_bench import add_blas, add_slot_attention, apply_blas, build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
@@ -63,11 +63,13 @@ def main() -> None:
                     help="as [serving] deterministic = true: decode attention with the query heads folded onto "
                          "the groups (default: cuDNN grouped KV, as glmbot serve and serving_bench.py run on CUDA)")
     add_slot_attention(ap)
+    add_blas(ap)
     args = ap.parse_args()
     args.model, args.family = "", "chatglm2"
     set_slot_attention(args.slot_attention)
     cuda = args.device.startswith("cuda")
     model, tok = build_model(args)
+    blas = apply_blas(args, model, args.rows)
     model.set_deterministic_decode(args.deterministic)  # its sdpa_kernel context shapes the prompts' kernel too
     if args.compile:
         model.compile_dense()
@@ -141,7 +143,7 @@ def main() -> None:
                 runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens, CUDA graph "
                              f"{shape[0]} x {shape[1]}, KV {shape[2]}",
                              lambda shape=shape, padded=padded: s.graphed_mixed(shape, *padded)))
-        table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev})",
+        table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev}{', ' + blas if blas else ''})",
                       header_style="bold")
         for column in ("forward", "host queues it ms", "wall ms", "kernels ms", "kernels"):
             table.add_column(column, justify="right" if column != "forward" else "left")

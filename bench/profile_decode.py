@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_table import print_kernel_table  # noqa: E402
-from serving_bench import add_slot_attention, build_model  # noqa: E402
+from serving_bench import add_blas, add_slot_attention, apply_blas, build_model  # noqa: E402
 
 from glmbot.config import Settings  # noqa: E402
 from glmbot.model.quantization import quantize_model  # noqa: E402
@@ -41,10 +41,12 @@ def main() -> None:
                     help="as [serving] deterministic = true: folded decode attention, never cuDNN (default: cuDNN "
                          "grouped KV, as glmbot serve runs on CUDA)")
     add_slot_attention(ap)
+    add_blas(ap)
     args = ap.parse_args()
     set_slot_attention(args.slot_attention)
     args.full_size, args.device, args.model, args.family, args.shape = True, "cuda", "", "chatglm2", "full"
     model, tok = build_model(args)
+    print(apply_blas(args, model, max(map(int, args.batches.split(",")))))
     model.set_deterministic_decode(args.deterministic)
     if args.quantize != "none":
         quantize_model(model, args.quantize)

@@ -51,7 +51,8 @@ then prints, per run, the GPU's time per kind of step in the loop (decode only, 
 prompt forwards beside), the host's time in each launch, how long the GPU waited for it and how
 long the step's graph ran, the steps with prompts inside by captured shape, and the GPU's idle time
 between steps, from CUDA events around each step's work (StepTimeline); --profile-steps N adds the
-kernels of N steps of the loop (torch.profiler). --blas picks cuBLAS or cuBLASLt for the whole run.
+kernels of N steps of the loop (torch.profiler). --blas picks cuBLAS or cuBLASLt for the whole run (default: timed,
+as glmbot serve).
 --arrival-rate compares the modes too.
 
 --verify runs a check that can fail instead of the scenarios (glmbot.serving.verify): --streams
@@ -95,6 +96,7 @@ from glmbot.model.loading import resolve_base  # noqa: E402
 from glmbot.model.prefix import PrefixKV  # noqa: E402
 from glmbot.model.tokenizer import ChatGLMTokenizer  # noqa: E402
 from glmbot.serving.engine import Engine  # noqa: E402
+from glmbot.serving.blas import BLAS_LIBRARIES, choose_blas  # noqa: E402
 from glmbot.serving.kv_slots import DEFAULT_SLOT_ATTENTION, SLOT_ATTENTION_MODES, set_slot_attention  # noqa: E402
 from glmbot.serving.requests import GenerationRequest  # noqa: E402
 from glmbot.serving.verify import (  # noqa: E402
@@ -350,15 +352,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true",
                         help="as [serving] deterministic = true: bit-reproducible decode attention (default: "
                              "cuDNN grouped KV, as glmbot serve runs on CUDA)")
-    parser.add_argument("--blas", choices=("cublas", "cublaslt"), default=None,
-                        help="on CUDA: torch.backends.cuda.preferred_blas_library for the whole run (default: "
-                             "torch's); bench/gemm_shapes.py found cuBLASLt 7-13%% faster on the MLP's 4h->h product "
-                             "at 64-192 rows on an H100 (no split-K), equal elsewhere")
     add_slot_attention(parser)
+    add_blas(parser)
     args = parser.parse_args()
     if args.full_size:
         args.shape = "full"
     return args
+
+
+def add_blas(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blas", choices=("auto", *BLAS_LIBRARIES), default="auto",
+                        help="on CUDA, the BLAS library for the whole run, as [serving] blas: auto (the default, as "
+                             "glmbot serve: the faster of the two over the decode products at --streams rows), "
+                             "cublas, cublaslt")
+
+
+def apply_blas(args: argparse.Namespace, model, rows: int) -> str:
+    """Set --blas for `model` before any graph capture (graphs keep their kernels); what was chosen, in words."""
+    if not args.device.startswith("cuda"):
+        if args.blas != "auto":
+            raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} (leave --blas out)")
+        return ""
+    choice = choose_blas(model, rows, args.blas)
+    return choice.describe() if choice else ""
 
 
 def add_slot_attention(parser: argparse.ArgumentParser) -> None:
@@ -833,13 +849,9 @@ def run_verify(args: argparse.Namespace, model, tok) -> bool:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    if args.blas is not None:
-        if not args.device.startswith("cuda"):
-            raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} "
-                             "(leave --blas out)")
-        torch.backends.cuda.preferred_blas_library(args.blas)  # before any graph capture: graphs keep their kernels
     set_slot_attention(args.slot_attention)  # before any engine captures its graphs
     model, tok = build_model(args)
+    blas = apply_blas(args, model, args.streams)
     model.set_deterministic_decode(args.deterministic)
     if args.compile:
         model.compile_dense()  # fused rmsnorm and silu*mul; captured inside the CUDA graphs
@@ -850,7 +862,7 @@ def main() -> None:
     console.print(f"{what} on {model.device} | "
                   f"{args.streams} streams, {args.domains} domains, P={args.prefix_len}, prompt {args.prompt_len}, "
                   f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}"
-                  f"{f', BLAS {args.blas}' if args.blas else ''}")
+                  f"{f' | {blas}' if blas else ''}")
     if args.verify:
         sys.exit(0 if run_verify(args, model, tok) else 1)
     if args.arrival_rate > 0:
