@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -143,7 +144,9 @@ def main() -> None:
                 runs.append((f"decode step of {args.rows} rows + {k} x {t} prompt tokens, CUDA graph "
                              f"{shape[0]} x {shape[1]}, KV {shape[2]}",
                              lambda shape=shape, padded=padded: s.graphed_mixed(shape, *padded)))
-        table = Table(title=f"One forward alone ({model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev}{', ' + blas if blas else ''})",
+        blas_note = f", {escape(blas)}" if blas else ""
+        what = f"{model.config.num_layers} layers, {str(model.dtype)[6:]}, {dev}{blas_note}"
+        table = Table(title=f"One forward alone ({what})",
                       header_style="bold")
         for column in ("forward", "host queues it ms", "wall ms", "kernels ms", "kernels"):
             table.add_column(column, justify="right" if column != "forward" else "left")

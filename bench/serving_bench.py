@@ -82,6 +82,7 @@ from typing import Callable
 import torch
 from torch._dynamo.utils import counters
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's glmbot, installed or not
@@ -862,7 +863,7 @@ def main() -> None:
     console.print(f"{what} on {model.device} | "
                   f"{args.streams} streams, {args.domains} domains, P={args.prefix_len}, prompt {args.prompt_len}, "
                   f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}"
-                  f"{f' | {blas}' if blas else ''}")
+                  f"{f' | {escape(blas)}' if blas else ''}")
     if args.verify:
         sys.exit(0 if run_verify(args, model, tok) else 1)
     if args.arrival_rate > 0:
