@@ -3,8 +3,8 @@
 #
 #   bash bench/gpu_round.sh [tests] [slot] [decode] [blas] [loop] [train]   (default: tests slot loop)
 #
-#   tests   GPU-marked tests of the kernels, the verification and the engine
-#   slot    bench/mixed_step.py, --slot-attention mixed against off (graphed steps with prompts inside)
+#   tests   GPU-marked tests of the kernels, the verification, the engine and the BLAS choice
+#   slot    bench/mixed_step.py, --slot-attention all (the default) against off (graphed steps with prompts inside)
 #   decode  the decode step at 64 and 128 streams and batch 1, --slot-attention all against off
 #   blas    the same step under cuBLAS, cuBLASLt and the timed choice (auto, the default)
 #   loop    the closed loop (768 requests, 64 clients), --slot-attention all (the default) against off
@@ -33,10 +33,10 @@ table() { tr -s '│ ' ' ' < "$logs/$1.log" | grep -E "$2" | cut -c1-200; echo "
 for what in "${@:-tests slot loop}"; do for part in $what; do case $part in
   tests)
     step tests python -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_verify.py \
-      tests/test_engine.py tests/test_model.py
+      tests/test_engine.py tests/test_model.py tests/test_blas.py
     table tests "passed|failed|skipped|Error" ;;
   slot)
-    for m in mixed off; do
+    for m in all off; do
       step "mixed_step_$m" python bench/mixed_step.py --compile --prompts 1x64,2x64,4x64 --real --reach 384 \
         --interleave 2 --kernels 0 --slot-attention $m
       table "mixed_step_$m" "^ (decode|prefill)|interleaved"

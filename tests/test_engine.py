@@ -543,9 +543,10 @@ def test_one_attention_call_over_all_parts_gives_the_oracles_answers(base, tok, 
 
 
 def test_which_forwards_take_the_one_call_attention(monkeypatch):
-    """kv_slots.fused_attention_ok: every forward by default ("all"); "mixed" takes steps with prompts inside up to
-    FUSED_PROMPT_READS, "all" every forward; never the deterministic (folded) decode, the CPU, fp32,
-    or head sizes the Triton kernel does not take (8 heads a group are padded: taken)."""
+    """kv_slots.fused_attention_ok: "all" (the default) takes every forward, "mixed" decode steps with
+    prompts inside, both only up to FUSED_PROMPT_READS prompt tokens x slots (the measured range); never
+    the deterministic (folded) decode, the CPU, fp32, or head sizes the Triton kernel does not take (8
+    heads a group are padded: taken)."""
     from types import SimpleNamespace
 
     from glmbot.model import kernels
@@ -576,11 +577,33 @@ def test_which_forwards_take_the_one_call_attention(monkeypatch):
         for other in (slots(cuda=False), slots(dtype=torch.float32)):
             assert not ok(model(), other, mixed=True)
         kv_slots.set_slot_attention("all")
-        assert ok(model(), slots(), mixed=False) and ok(model(), slots(), mixed=True, prompt_reads=limit + 1)
+        assert ok(model(), slots(), mixed=False) and ok(model(), slots(), mixed=True, prompt_reads=limit)
+        for mixed in (False, True):  # a long prompt, alone or inside a decode step, keeps flash / cuDNN tiles
+            assert not ok(model(), slots(), mixed=mixed, prompt_reads=limit + 1)
         with pytest.raises(ValueError, match="'fast'.*mixed, all, off"):
             kv_slots.set_slot_attention("fast")
     finally:
         kv_slots.set_slot_attention(kv_slots.DEFAULT_SLOT_ATTENTION)
+
+
+def test_prompt_forwards_tell_the_one_call_attention_how_much_they_would_read(base, tok, prefixes, monkeypatch):
+    """forward_slots hands fused_attention_ok each prompt's tokens x slots (decode steps: none), so
+    that a long prompt keeps the per-part attention in every mode."""
+    from glmbot.serving import kv_slots
+
+    asked = []
+
+    def record(model, slots, mixed, prompt_reads=0):
+        asked.append((mixed, prompt_reads))
+        return False
+
+    monkeypatch.setattr(kv_slots, "fused_attention_ok", record)
+    with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, static_shapes=False) as eng:
+        eng.generate_many([greedy(QUERIES[0], "support", 4)])
+    prompt = [reads for mixed, reads in asked if not mixed and reads]
+    prompt_tokens = len(tok.encode(tok.build_prompt(QUERIES[0])))
+    assert len(prompt) == 1 and prompt[0] >= prompt_tokens * prompt_tokens  # a row's tokens x its slots
+    assert sum(1 for mixed, reads in asked if not mixed and reads == 0) >= 3  # the decode steps
 
 
 def test_a_long_prompt_does_not_stall_streams_that_are_decoding(base, tok, prefixes):

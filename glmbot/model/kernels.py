@@ -23,8 +23,8 @@ except `rotary_to_slots`'s torch form, which keeps the eager model's rotary in t
 - `slot_attention(q, slots, rows, limits)`: attention of any mix of queries (decode rows, prompt
   chunks) over their rows' KV slots, query n seeing slots [0, limits[n]) of row rows[n]: one kernel
   for a serving step's parts, where each part takes a gather of its rows' slots, a mask and an
-  attention call of its own. A query's group of heads shares one pass over the keys. Opt-in
-  (`kv_slots.set_slot_attention`) until it is timed on a GPU.
+  attention call of its own. A query's group of heads shares one pass over the keys. Serving's
+  default for decode steps and short prompts (`kv_slots.DEFAULT_SLOT_ATTENTION`; timed on an H100).
 """
 
 from __future__ import annotations

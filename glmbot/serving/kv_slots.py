@@ -23,15 +23,16 @@ SLOT_ALIGN = 16  # KV lengths are padded to a multiple of this (kernels and CUDA
 # Which forwards over the slots run their attention as one `kernels.slot_attention` call a layer (on
 # CUDA with Triton, half precision, grouped decode): "all" (the default) every forward; "mixed" only
 # decode steps with prompts inside, whose parts otherwise each gather their rows' slots and attend
-# with a mask of their own; "off" none. On an H100 "all" made a step with a 64-token prompt inside
-# 0.7 ms (10%) faster and a plain 64-row decode step 1% faster (docs/PERFORMANCE.md, "One Triton
-# kernel for all parts' attention"). `set_slot_attention` changes it (benches: --slot-attention).
+# with a mask of their own; "off" none. On an H100 a step of 64 decode rows with a 64-token prompt
+# inside was 0.7 ms (10%) faster and a plain 64-row decode step 1% faster (docs/PERFORMANCE.md, "One
+# Triton kernel for all parts' attention"). `set_slot_attention` changes it (benches: --slot-attention).
 SLOT_ATTENTION_MODES = ("mixed", "all", "off")
 DEFAULT_SLOT_ATTENTION = "all"
 _slot_attention = DEFAULT_SLOT_ATTENTION
-# The kernel reads a query's keys once per query (one program per query and KV group): a prompt chunk
-# re-reads its row's slots per token. Up to this many prompt tokens x slots (128 tokens over 1,024
-# slots) that costs less than the per-part path's gather, mask and extra call; bigger chunks keep it.
+# The kernel reads a query's keys once per query (one program per query and KV group): a prompt
+# re-reads its row's slots once per token. Up to this many prompt tokens x slots (128 tokens over
+# 1,024 slots), the measured range, that costs less than the per-part path's gather, mask and extra
+# call; forwards with more prompt reads keep the per-part path (flash or cuDNN tiles) in every mode.
 FUSED_PROMPT_READS = 128 * 1024
 
 
@@ -45,10 +46,10 @@ def set_slot_attention(mode: str) -> None:
 
 def fused_attention_ok(model: torch.nn.Module, slots: KVSlots, mixed: bool, prompt_reads: int = 0) -> bool:
     """Whether a forward over `slots` (a mixed one or not; its prompt tokens x slots read) takes
-    `kernels.slot_attention`: as `_slot_attention` says, where its Triton kernel takes the model's
-    shapes on CUDA, with grouped decode attention (`[serving] deterministic = false`, the CUDA
-    default), and (outside "all") for prompts of up to FUSED_PROMPT_READS."""
-    if _slot_attention == "off" or (_slot_attention == "mixed" and (not mixed or prompt_reads > FUSED_PROMPT_READS)):
+    `kernels.slot_attention`: as `_slot_attention` says, for prompts of up to FUSED_PROMPT_READS,
+    where its Triton kernel takes the model's shapes on CUDA, with grouped decode attention
+    (`[serving] deterministic = false`, the CUDA default)."""
+    if _slot_attention == "off" or (_slot_attention == "mixed" and not mixed) or prompt_reads > FUSED_PROMPT_READS:
         return False
     attention = model.transformer.encoder.layers[0].self_attention
     kv = slots.kv
@@ -106,6 +107,7 @@ class SlotCache:
         self.slots = slots
         # each query's key count (B * T,): given, attention is one kernels.slot_attention call (`fused`)
         self.limits = None if limits is None else limits.reshape(-1).contiguous()
+        self.owns_masks = limits is not None  # the model builds no mask: `limits` rule each query's keys
         self.rows = rows
         self.write_pos = write_pos
         self.kv_len = kv_len
@@ -170,10 +172,13 @@ def forward_slots(model: torch.nn.Module, slots: KVSlots, input_ids: torch.Tenso
     Prefill (T = prompt length, left-padded) and decode (T = 1) both run through here. The prefix
     already sits in the slots, so the model gets prefix=None.
     """
-    dtype = slots.kv.dtype
-    fused = limit if fused_attention_ok(model, slots, mixed=False) else None
-    out = model(input_ids=input_ids, attention_mask=slot_mask(limit, kv_len, dtype), position_ids=position_ids,
-                cache=SlotCache(slots, rows, write_pos, kv_len, fused), use_cache=True, prefix=None, logits_to_keep=1)
+    prompt_reads = input_ids.numel() * kv_len if input_ids.shape[1] > 1 else 0
+    if fused_attention_ok(model, slots, mixed=False, prompt_reads=prompt_reads):
+        cache, mask = SlotCache(slots, rows, write_pos, kv_len, limit), None  # the kernel takes each query's limit
+    else:
+        cache, mask = SlotCache(slots, rows, write_pos, kv_len), slot_mask(limit, kv_len, slots.kv.dtype)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
+                prefix=None, logits_to_keep=1)
     return out.logits[:, -1]  # (B, V)
 
 
