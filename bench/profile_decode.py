@@ -46,10 +46,10 @@ def main() -> None:
     set_slot_attention(args.slot_attention)
     args.full_size, args.device, args.model, args.family, args.shape = True, "cuda", "", "chatglm2", "full"
     model, tok = build_model(args)
-    print(apply_blas(args, model, max(map(int, args.batches.split(",")))))
     model.set_deterministic_decode(args.deterministic)
     if args.quantize != "none":
         quantize_model(model, args.quantize)
+    print(apply_blas(args, model, max(map(int, args.batches.split(",")))) or "BLAS: torch's default")
     if args.compile:
         model.compile_dense()
     with Engine(model, tok, settings=Settings(), max_batch_size=max(map(int, args.batches.split(","))),

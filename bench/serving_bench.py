@@ -374,7 +374,7 @@ def apply_blas(args: argparse.Namespace, model, rows: int) -> str:
         if args.blas != "auto":
             raise SystemExit(f"--blas {args.blas} chooses a CUDA library; the run is on {args.device} (leave --blas out)")
         return ""
-    choice = choose_blas(model, rows, args.blas)
+    choice = choose_blas(model, rows, args.blas, deterministic=args.deterministic, source="--blas")
     return choice.describe() if choice else ""
 
 

@@ -164,9 +164,10 @@ class ServingSettings:
     compile: bool = field(default=True, metadata=_help(
         "on CUDA, torch.compile each block's dense parts before the decode step is captured; ignored on CPU"))
     blas: Literal["auto", "cublas", "cublaslt"] = field(default="auto", metadata=_help(
-        "on CUDA, the BLAS library for the model's matrix products: 'auto' times a decode step's products under "
-        "cuBLAS and cuBLASLt once at start-up and keeps the faster (cuBLASLt was 2.5-2.9% faster a step on an "
-        "H100, 4% slower on an H200 with an older torch), or name one; ignored on CPU"))
+        "on CUDA, the BLAS library for the model's matrix products, for the whole process: 'auto' times a decode "
+        "step's products under cuBLAS and cuBLASLt once at start-up and keeps the faster (cuBLASLt was 2-2.9% "
+        "faster on an H100, 4% slower a step on an H200 with an older torch; with deterministic = true, 'auto' is "
+        "cuBLAS, untimed), or name one; ignored on CPU"))
     deterministic: bool = field(default=False, metadata=_help(
         "on CUDA, true keeps decode bit-reproducible (same inputs, same tokens, run after run); false uses "
         "cuDNN's grouped-KV decode attention (fp16/bf16 on Ampere or newer), ~4% faster per step on an H200, "

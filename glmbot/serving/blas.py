@@ -5,7 +5,9 @@ split-K reduction cuBLAS adds); one H200 run on an older torch had it 4% slower.
 right on every card and torch release, so `[serving] blas = "auto"` times the model's own products at
 the engine's row count under both, once, before any CUDA graph is captured (graphs keep the kernels
 they were captured with), and keeps the faster. The preference is process-wide
-(`torch.backends.cuda.preferred_blas_library`): serving processes own their device.
+(`torch.backends.cuda.preferred_blas_library`): whatever else runs in the process afterwards (a
+notebook's training, a second engine) uses it too. With `[serving] deterministic = true`, "auto" is
+cuBLAS without timing, so that every start runs the same kernels.
 """
 
 from __future__ import annotations
@@ -30,14 +32,12 @@ TIMED_PASSES = 5  # per library, interleaved; the fastest pass counts (clocks an
 @dataclass(frozen=True)
 class BlasChoice:
     library: str  # "cublas" or "cublaslt"
-    reason: str  # "timed" or "set in [serving] blas"
+    reason: str  # why: "timed over a decode step's products", "named", "deterministic decode"
     ms: dict[str, float] = field(default_factory=dict)  # per library: one pass over the products, when timed
 
     def describe(self) -> str:
-        if not self.ms:
-            return f"BLAS {self.library} ({self.reason})"
-        times = ", ".join(f"{lib} {ms:.3f} ms" for lib, ms in self.ms.items())
-        return f"BLAS {self.library} (timed over a decode step's products: {times})"
+        times = "".join(f", {lib} {ms:.3f} ms" for lib, ms in self.ms.items())
+        return f"BLAS {self.library} ({self.reason}{times})"
 
 
 def pick_library(ms: dict[str, float]) -> str:
@@ -74,32 +74,42 @@ def time_products(products: Sequence[torch.nn.Linear], rows: int, library: str) 
     first = products[0].weight
     inputs = {m.in_features: torch.randn(rows, m.in_features, device=first.device, dtype=first.dtype)
               for m in products}
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    with torch.no_grad():
+    with torch.cuda.device(first.device), torch.no_grad():  # events record on the products' device
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for m in products:
             F.linear(inputs[m.in_features], m.weight, m.bias)
         end.record()
-    end.synchronize()
+        end.synchronize()
     return start.elapsed_time(end)
 
 
-def choose_blas(model: torch.nn.Module, rows: int, setting: str = "auto") -> BlasChoice | None:
+def choose_blas(model: torch.nn.Module, rows: int, setting: str = "auto", deterministic: bool = False,
+                source: str = "[serving] blas") -> BlasChoice | None:
     """Set the process's BLAS library for serving `model` at `rows` decode rows, as `setting`
-    ([serving] blas: "auto", "cublas", "cublaslt") says. None where there is no choice to make: not
-    on CUDA, or no half-precision products."""
+    ("auto", "cublas", "cublaslt", named in `source`) says; "auto" with `deterministic` decode is
+    cuBLAS, untimed. None where there is no choice to make: not on CUDA, or no half-precision
+    products."""
     if setting not in ("auto", *BLAS_LIBRARIES):
-        raise ValueError(f"[serving] blas = {setting!r}: use 'auto', 'cublas' or 'cublaslt'")
+        raise ValueError(f"{source} = {setting!r}: use 'auto', 'cublas' or 'cublaslt'")
     if model.device.type != "cuda":
         return None
-    if setting != "auto":
-        torch.backends.cuda.preferred_blas_library(setting)
-        return BlasChoice(setting, "set in [serving] blas")
+    if setting != "auto" or deterministic:
+        choice = BlasChoice("cublas" if setting == "auto" else setting,
+                            "deterministic decode: the same kernels every start" if setting == "auto" else
+                            f"named in {source}")
+        torch.backends.cuda.preferred_blas_library(choice.library)
+        return choice
     products = decode_products(model)
     if not products:
         return None
-    ms = fastest_passes(lambda library: time_products(products, rows, library))
-    choice = BlasChoice(pick_library(ms), "timed", ms)
+    before = torch.backends.cuda.preferred_blas_library()
+    try:
+        ms = fastest_passes(lambda library: time_products(products, rows, library))
+    except BaseException:
+        torch.backends.cuda.preferred_blas_library(before)  # not whichever library was being timed
+        raise
+    choice = BlasChoice(pick_library(ms), "timed over a decode step's products", ms)
     torch.backends.cuda.preferred_blas_library(choice.library)
     log.info("%s", choice.describe())
     return choice

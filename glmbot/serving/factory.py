@@ -17,8 +17,7 @@ def build_engine(settings: Settings, model: Any, tokenizer: Any, registry: Any, 
     """An Engine over `model` serving the registry's active adapters, routed as configured, with
     the device's fast path (`fast_path_options`) unless the caller says otherwise in engine_kwargs."""
     router = build_router(settings, registry, plugins)
-    rows = engine_kwargs.get("max_batch_size") or settings.serving.max_batch_size
-    engine_kwargs = fast_path_options(settings, model, rows) | engine_kwargs
+    engine_kwargs = fast_path_options(settings, model, engine_kwargs.get("max_batch_size")) | engine_kwargs
     return Engine(model, tokenizer, registry=registry, router=router, settings=settings, plugins=plugins,
                   **engine_kwargs)
 
@@ -33,7 +32,8 @@ def fast_path_options(settings: Settings, model: Any, rows: int | None = None) -
     """
     if model.device.type != "cuda":
         return {}
-    choose_blas(model, rows or settings.serving.max_batch_size, settings.serving.blas)  # before any capture
+    choose_blas(model, rows or settings.serving.max_batch_size, settings.serving.blas,  # before any capture
+                deterministic=settings.serving.deterministic)
     # cuDNN's attention needs fp16/bf16 on an Ampere or newer GPU; elsewhere the grouped call
     # would fall back to the math kernel, slower than the folded form.
     half = model.dtype in (torch.float16, torch.bfloat16)
