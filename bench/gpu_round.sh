@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements issue 20 keeps asking for, in one device call, each comparison inside it.
 #
-#   bash bench/gpu_round.sh [tests] [slot] [decode] [blas] [loop] [train]   (default: tests slot loop)
+#   bash bench/gpu_round.sh [tests] [slot] [decode] [blas] [loop] [train] [prefetch] [l2]   (default: tests slot loop)
 #
 #   tests   GPU-marked tests of the kernels, the verification, the engine and the BLAS choice
 #   slot    bench/mixed_step.py, --slot-attention all (the default) against off (graphed steps with prompts inside)
@@ -9,6 +9,8 @@
 #   blas    the same step under cuBLAS, cuBLASLt and the timed choice (auto, the default)
 #   loop    the closed loop (768 requests, 64 clients), --slot-attention all (the default) against off
 #   train   bench/train_bench.py at the 6B shape, compiled (~7 minutes)
+#   prefetch bench/l2_prefetch.py: weights asked into L2 while attention runs, against not asking
+#   l2      the decode step with --l2-prefetch 32 / 48 MiB a layer against 0, alternated
 #
 # Full logs go to $OUT (or /tmp/gpu_round); a few summary lines each go to stdout. Put the jieba and
 # rouge_chinese packages on PYTHONPATH where the device has no network (docs/PERFORMANCE.md).
@@ -60,6 +62,16 @@ for what in "${@:-tests slot loop}"; do for part in $what; do case $part in
   train)
     step train python bench/train_bench.py --full-size --steps 12 --official-steps 2 --compile --skip-eager
     tail -25 "$logs/train.log"; echo "  (t=$((SECONDS - start)) s)" ;;
+  prefetch)
+    step prefetch python bench/l2_prefetch.py
+    grep -E "^\||rows|Error" "$logs/prefetch.log" | cut -c1-200; echo "  (t=$((SECONDS - start)) s)" ;;
+  l2)
+    n=0
+    for m in 0 32 48 0 32; do
+      n=$((n + 1))
+      step "l2_${n}_$m" python $SB --baseline-streams 1 --l2-prefetch $m
+      table "l2_${n}_$m" "^ engine"
+    done ;;
   *)
-    echo "unknown part $part: use tests, slot, decode, blas, loop or train" >&2; exit 2 ;;
+    echo "unknown part $part: use tests, slot, decode, blas, loop, train, prefetch or l2" >&2; exit 2 ;;
 esac; done; done

@@ -355,6 +355,9 @@ def parse_args() -> argparse.Namespace:
                              "cuDNN grouped KV, as glmbot serve runs on CUDA)")
     add_slot_attention(parser)
     add_blas(parser)
+    parser.add_argument("--l2-prefetch", type=float, default=0,
+                        help="MiB of each layer's dense (then h->4h) weight asked into L2 before its attention "
+                             "(model.set_l2_prefetch; 0: off)")
     args = parser.parse_args()
     if args.full_size:
         args.shape = "full"
@@ -854,6 +857,7 @@ def main() -> None:
     model, tok = build_model(args)
     blas = apply_blas(args, model, args.streams)
     model.set_deterministic_decode(args.deterministic)
+    model.set_l2_prefetch(int(args.l2_prefetch * (1 << 20)))
     if args.compile:
         model.compile_dense()  # fused rmsnorm and silu*mul; captured inside the CUDA graphs
     family = family_named(args.family)
@@ -863,7 +867,8 @@ def main() -> None:
     console.print(f"{what} on {model.device} | "
                   f"{args.streams} streams, {args.domains} domains, P={args.prefix_len}, prompt {args.prompt_len}, "
                   f"{args.max_new_tokens} new tokens{', CUDA graphs' if args.cuda_graph else ''}"
-                  f"{f' | {escape(blas)}' if blas else ''}")
+                  f"{f' | {escape(blas)}' if blas else ''}"
+                  f"{f' | L2 prefetch {args.l2_prefetch:g} MiB a layer' if args.l2_prefetch else ''}")
     if args.verify:
         sys.exit(0 if run_verify(args, model, tok) else 1)
     if args.arrival_rate > 0:

@@ -606,6 +606,39 @@ def test_prompt_forwards_tell_the_one_call_attention_how_much_they_would_read(ba
     assert sum(1 for mixed, reads in asked if not mixed and reads == 0) >= 3  # the decode steps
 
 
+def test_l2_prefetch_asks_for_each_layers_next_weights_before_its_attention(base, tok, prefixes, monkeypatch):
+    """model.set_l2_prefetch(n): every serving forward asks, in each layer before its attention, for the
+    first n bytes of the dense weight and the rest of n from the h->4h weight; the answers stay the
+    oracle's; plain forwards (generate, training) and n = 0 ask for nothing; a negative n is refused."""
+    from glmbot.model import modeling
+
+    asked = []
+    monkeypatch.setattr(modeling.kernels, "l2_prefetch", lambda t, n: asked.append((t, n)))
+    layers = base.transformer.encoder.layers
+    dense = layers[0].self_attention.dense.weight.nbytes
+    try:
+        base.set_l2_prefetch(dense + 100)
+        expected = oracle(base, tok, QUERIES[0], prefixes["support"], 6)
+        assert asked == []  # the plain forward has no slots: nothing to ask before
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, static_shapes=False) as eng:
+            assert eng.generate_many([greedy(QUERIES[0], "support", 6)])[0].text == expected
+        per_forward = [(layer.self_attention.dense.weight, dense + 100) for layer in layers]
+        per_forward = [x for pair in zip(per_forward, [(layer.mlp.dense_h_to_4h.weight, 100) for layer in layers])
+                       for x in pair]
+        forwards = len(asked) // len(per_forward)
+        assert forwards >= 6 and len(asked) == forwards * len(per_forward)
+        assert all(got[0] is want[0] and got[1] == want[1] for got, want in zip(asked, per_forward * forwards))
+        base.set_l2_prefetch(0)
+        asked.clear()
+        with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, static_shapes=False) as eng:
+            assert eng.generate_many([greedy(QUERIES[0], "support", 6)])[0].text == expected
+        assert asked == []
+        with pytest.raises(ValueError, match="-1 bytes"):
+            base.set_l2_prefetch(-1)
+    finally:
+        base.set_l2_prefetch(0)
+
+
 def test_a_long_prompt_does_not_stall_streams_that_are_decoding(base, tok, prefixes):
     """While a 100+-token prompt goes in over steps of at most 16 prompt tokens, the stream already
     decoding gets a token every step, and the new row joins the decode steps once its prompt is in."""

@@ -236,3 +236,25 @@ def test_triton_slot_attention_equals_the_masked_attention(heads, groups, d, par
         got = torch.ops.glmbot.slot_attention(q, slots.kv[layer], rows, limits).float()
         torch.testing.assert_close(got, expected[layer], rtol=2 ** -7, atol=2 ** -6)
         assert (got - expected[1 - layer]).abs().max() > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or kernels.triton is None, reason="needs CUDA and Triton")
+def test_l2_prefetch_is_a_hint_that_changes_nothing_and_captures_in_a_graph():
+    """Asking for a weight in L2 (part of it, all of it, past its end: clamped) leaves the weight and a
+    product over it bit-for-bit as they were, also replayed from a CUDA graph as serving runs it."""
+    w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)
+    copy, expected = w.clone(), x @ w.T
+    sizes = (1 << 20, w.nbytes, w.nbytes + 999, 0)
+    for n in sizes:  # compile each specialisation outside the capture
+        kernels.l2_prefetch(w, n)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for n in sizes:
+            kernels.l2_prefetch(w, n)
+        out = x @ w.T
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(w, copy) and torch.equal(out, expected)

@@ -25,6 +25,10 @@ except `rotary_to_slots`'s torch form, which keeps the eager model's rotary in t
   for a serving step's parts, where each part takes a gather of its rows' slots, a mask and an
   attention call of its own. A query's group of heads shares one pass over the keys. Serving's
   default for decode steps and short prompts (`kv_slots.DEFAULT_SLOT_ATTENTION`; timed on an H100).
+- `l2_prefetch(t, nbytes)`: asks the memory system to bring the first `nbytes` of `t` into the L2
+  cache and returns at once (one `prefetch.global.L2` per 128-byte line; no result, nothing read
+  into registers). Serving issues it for a layer's dense weight before that layer's attention,
+  whose kernels leave HBM mostly idle (`set_l2_prefetch`). A no-op off CUDA or without Triton.
 """
 
 from __future__ import annotations
@@ -236,6 +240,18 @@ def slot_attention_supported(heads: int, groups: int, head_dim: int, dtype: torc
             and 16 <= head_dim <= 256 and _pow2(head_dim))
 
 
+def l2_prefetch(t: torch.Tensor, nbytes: int) -> None:
+    """See the module docstring: a hint, so it never changes a result; a no-op off CUDA/Triton. A
+    quantized weight (glmbot.model.quantization) is asked for by its stored values."""
+    t = getattr(t, "qdata", t)
+    nbytes = min(nbytes, t.numel() * t.element_size())
+    if triton is None or not t.is_cuda or nbytes <= 0 or not t.is_contiguous():
+        return
+    lines = triton.cdiv(nbytes, 128)
+    _l2_prefetch_kernel[(triton.cdiv(lines, _PREFETCH_BLOCK),)](t.view(-1).view(torch.uint8), nbytes,
+                                                                 BLOCK=_PREFETCH_BLOCK)
+
+
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -383,6 +399,16 @@ if triton is not None:
         tl.store(out_ptr + offs_q, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=head[:, None])
 
     _SWIGLU_BLOCK = 1024
+    _PREFETCH_BLOCK = 256  # lines a program asks for
+
+    @triton.jit
+    def _l2_prefetch_kernel(base, nbytes, BLOCK: tl.constexpr):
+        offs = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64) * 128
+        # The asm needs an output for Triton to emit it; is_pure=False keeps it without a use.
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.lt.s64 p, $2, $3; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+            "=r,l,l,l", [base + offs, offs, tl.full([BLOCK], nbytes, tl.int64)], dtype=tl.int32, is_pure=False,
+            pack=1)
 
     def _triton_ok(*tensors: torch.Tensor) -> bool:
         return all(t.is_cuda and t.is_contiguous() for t in tensors)
