@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements issue 20 keeps asking for, in one device call, each comparison inside it.
 #
-#   bash bench/gpu_round.sh [tests] [slot] [decode] [blas] [loop] [train] [prefetch] [l2]   (default: tests slot loop)
+#   bash bench/gpu_round.sh [tests] [slot] [decode] [blas] [loop] [train] [prefetch] [l2] [longloop]   (default: tests slot loop)
 #
 #   tests   GPU-marked tests of the kernels, the verification, the engine and the BLAS choice
 #   slot    bench/mixed_step.py, --slot-attention all (the default) against off (graphed steps with prompts inside)
@@ -10,6 +10,7 @@
 #   loop    the closed loop (768 requests, 64 clients), --slot-attention all (the default) against off
 #   train   bench/train_bench.py at the 6B shape, compiled (~7 minutes)
 #   prefetch bench/l2_prefetch.py: weights asked into L2 while attention runs, against not asking
+#   longloop the closed loop over 3,072 requests (the default settings): its start and drain weigh a quarter as much
 #   l2      the decode step with --l2-prefetch 32 / 48 MiB a layer against 0, alternated
 #
 # Full logs go to $OUT (or /tmp/gpu_round); a few summary lines each go to stdout. Put the jieba and
@@ -65,6 +66,10 @@ for what in "${@:-tests slot loop}"; do for part in $what; do case $part in
   prefetch)
     step prefetch python bench/l2_prefetch.py
     grep -E "^\||rows|Error" "$logs/prefetch.log" | cut -c1-200; echo "  (t=$((SECONDS - start)) s)" ;;
+  longloop)
+    step longloop python $SB --closed-loop 3072 --prefill-with-decode on --prefill-wait-steps 0
+    table longloop "^ on "
+    grep -A1 "with decode on, prompt graphs on" "$logs/longloop.log" | cut -c1-400 ;;
   l2)
     n=0
     for m in 0 32 48 0 32; do
@@ -73,5 +78,5 @@ for what in "${@:-tests slot loop}"; do for part in $what; do case $part in
       table "l2_${n}_$m" "^ engine"
     done ;;
   *)
-    echo "unknown part $part: use tests, slot, decode, blas, loop, train, prefetch or l2" >&2; exit 2 ;;
+    echo "unknown part $part: use tests, slot, decode, blas, loop, train, prefetch, l2 or longloop" >&2; exit 2 ;;
 esac; done; done
