@@ -37,36 +37,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serving_bench import copy_bandwidth  # noqa: E402
 
 HIDDEN, FFN, HEADS, GROUPS, HEAD_DIM, LAYERS = 4096, 13696, 32, 2, 128, 28
-CHUNK = 16384  # bytes per bulk request (written into _bulk_prefetch's instruction too)
+CHUNK = 16384  # bytes per bulk request
+
+
+# The request each kind issues for one address $1 (in the tensor while $2 < $3, the byte count)
+ASKS = {"line": "prefetch.global.L2 [$1]", "line_last": "prefetch.global.L2::evict_last [$1]",
+        "bulk": f"cp.async.bulk.prefetch.L2.global [$1], {CHUNK}"}
 
 
 @triton.jit
-def _line_prefetch(base, nbytes, sink, BLOCK: tl.constexpr):
-    offs = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64) * 128
-    ptrs = base + offs
-    ok = tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.lt.s64 p, $2, $3; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-        "=r,l,l,l", [ptrs, offs, tl.full([BLOCK], nbytes, tl.int64)], dtype=tl.int32, is_pure=False, pack=1)
-    tl.store(sink + tl.program_id(0), tl.sum(ok, 0))
-
-
-@triton.jit
-def _line_last_prefetch(base, nbytes, sink, BLOCK: tl.constexpr):
-    offs = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64) * 128
-    ptrs = base + offs
-    ok = tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.lt.s64 p, $2, $3; @p prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0; }",
-        "=r,l,l,l", [ptrs, offs, tl.full([BLOCK], nbytes, tl.int64)], dtype=tl.int32, is_pure=False, pack=1)
-    tl.store(sink + tl.program_id(0), tl.sum(ok, 0))
-
-
-@triton.jit
-def _bulk_prefetch(base, nbytes, sink, BLOCK: tl.constexpr, CHUNK_BYTES: tl.constexpr):
-    offs = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64) * CHUNK_BYTES
-    ptrs = base + offs
-    ok = tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.lt.s64 p, $2, $3; @p cp.async.bulk.prefetch.L2.global [$1], 16384; mov.u32 $0, 0; }",
-        "=r,l,l,l", [ptrs, offs, tl.full([BLOCK], nbytes, tl.int64)], dtype=tl.int32, is_pure=False, pack=1)
+def _ask_kernel(base, nbytes, sink, ASM: tl.constexpr, STEP: tl.constexpr, BLOCK: tl.constexpr):
+    """BLOCK requests a program, one per STEP bytes from base, each the instruction in ASM."""
+    offs = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64) * STEP
+    ok = tl.inline_asm_elementwise(ASM, "=r,l,l,l", [base + offs, offs, tl.full([BLOCK], nbytes, tl.int64)],
+                                   dtype=tl.int32, is_pure=False, pack=1)
     tl.store(sink + tl.program_id(0), tl.sum(ok, 0))
 
 
@@ -83,13 +67,15 @@ def _load_prefetch(base, n_words, sink, BLOCK: tl.constexpr):
 def requester(mode: str, sink: torch.Tensor, load_programs: int):
     def ask(tensor: torch.Tensor, nbytes: int) -> None:
         nbytes = min(nbytes, tensor.numel() * tensor.element_size())
-        if mode in ("line", "line_last"):
-            kernel = _line_prefetch if mode == "line" else _line_last_prefetch
-            kernel[(triton.cdiv(triton.cdiv(nbytes, 128), 256),)](tensor.view(torch.uint8), nbytes, sink, BLOCK=256)
-        elif mode == "bulk":
-            chunks = nbytes // CHUNK  # whole chunks only: a request may not run past the tensor
-            _bulk_prefetch[(triton.cdiv(chunks, 64),)](tensor.view(torch.uint8), chunks * CHUNK, sink,
-                                                       BLOCK=64, CHUNK_BYTES=CHUNK)
+        if mode in ASKS:
+            step = CHUNK if mode == "bulk" else 128
+            if mode == "bulk":
+                nbytes -= nbytes % CHUNK  # whole chunks only: a request may not run past the tensor
+            if nbytes <= 0:
+                return
+            asm = "{ .reg .pred p; setp.lt.s64 p, $2, $3; @p " + ASKS[mode] + "; mov.u32 $0, 0; }"
+            _ask_kernel[(triton.cdiv(triton.cdiv(nbytes, step), 256),)](tensor.view(torch.uint8), nbytes, sink, asm,
+                                                                       step, BLOCK=256)
         elif mode == "load":
             _load_prefetch[(load_programs,)](tensor.view(torch.int32), nbytes // 4, sink, BLOCK=4096)
     return ask
