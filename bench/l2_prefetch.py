@@ -34,6 +34,7 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gemm_shapes import time_us  # noqa: E402
 from serving_bench import copy_bandwidth  # noqa: E402
 
 HIDDEN, FFN, HEADS, GROUPS, HEAD_DIM, LAYERS = 4096, 13696, 32, 2, 128, 28
@@ -116,27 +117,6 @@ def step(layers, x, ask, dense_bytes: int, up_bytes: int, next_bytes: int) -> to
     return x
 
 
-def graph_ms(fn, replays: int = 30) -> tuple[float, torch.Tensor]:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return begin.elapsed_time(end) / replays, out.clone()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=64)
@@ -168,7 +148,8 @@ def main() -> None:
             mode = variant[0]
             ask = None if mode == "none" else requester(mode, sink, load_programs=16)
             try:
-                ms, out = graph_ms(lambda: step(layers, x, ask, *variant[1:]))
+                ms = time_us(lambda: step(layers, x, ask, *variant[1:])) / 1e3  # graph replays
+                out = step(layers, x, ask, *variant[1:])
             except Exception as error:  # an instruction this card or Triton lacks: say so, go on
                 print(f"{variant}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
                 results.setdefault(variant, [])
