@@ -11,7 +11,7 @@
 #   train   bench/train_bench.py at the 6B shape, compiled (~7 minutes)
 #   prefetch bench/l2_prefetch.py: weights asked into L2 while attention runs, against not asking
 #   longloop the closed loop over 3,072 requests (the default settings): its start and drain weigh a quarter as much
-#   l2      the decode step with --l2-prefetch 32 / 48 MiB a layer against 0, alternated
+#   l2      the decode step with --l2-prefetch 16 / 32 MiB a layer against 0, alternated, under cuBLASLt
 #
 # Full logs go to $OUT (or /tmp/gpu_round); a few summary lines each go to stdout. Put the jieba and
 # rouge_chinese packages on PYTHONPATH where the device has no network (docs/PERFORMANCE.md).
@@ -72,9 +72,10 @@ for what in "${@:-tests slot loop}"; do for part in $what; do case $part in
     grep -A1 "with decode on, prompt graphs on" "$logs/longloop.log" | cut -c1-400 ;;
   l2)
     n=0
-    for m in 0 32 48 0 32; do
+    for m in 0 16 32 0 16 32; do  # BLAS pinned: auto's pick could differ between runs by as much as the effect
       n=$((n + 1))
-      step "l2_${n}_$m" python $SB --baseline-streams 1 --l2-prefetch $m
+      echo "--l2-prefetch $m"
+      step "l2_${n}_$m" python $SB --baseline-streams 1 --blas cublaslt --l2-prefetch $m
       table "l2_${n}_$m" "^ engine"
     done ;;
   *)

@@ -608,12 +608,15 @@ def test_prompt_forwards_tell_the_one_call_attention_how_much_they_would_read(ba
 
 def test_l2_prefetch_asks_for_each_layers_next_weights_before_its_attention(base, tok, prefixes, monkeypatch):
     """model.set_l2_prefetch(n): every serving forward asks, in each layer before its attention, for the
-    first n bytes of the dense weight and the rest of n from the h->4h weight; the answers stay the
-    oracle's; plain forwards (generate, training) and n = 0 ask for nothing; a negative n is refused."""
+    first n bytes of the dense weight and the rest of n from the h->4h weight, before the layer's
+    rotary and slot write (then attention); the answers stay the oracle's; a plain forward (generate)
+    and n = 0 ask for nothing; a negative n is refused."""
     from glmbot.model import modeling
 
-    asked = []
-    monkeypatch.setattr(modeling.kernels, "l2_prefetch", lambda t, n: asked.append((t, n)))
+    asked, order = [], []
+    monkeypatch.setattr(modeling.kernels, "l2_prefetch", lambda t, n: (asked.append((t, n)), order.append("ask")))
+    write = modeling.kernels.rotary_to_slots
+    monkeypatch.setattr(modeling.kernels, "rotary_to_slots", lambda *a: (order.append("write"), write(*a))[1])
     layers = base.transformer.encoder.layers
     dense = layers[0].self_attention.dense.weight.nbytes
     try:
@@ -628,6 +631,7 @@ def test_l2_prefetch_asks_for_each_layers_next_weights_before_its_attention(base
         forwards = len(asked) // len(per_forward)
         assert forwards >= 6 and len(asked) == forwards * len(per_forward)
         assert all(got[0] is want[0] and got[1] == want[1] for got, want in zip(asked, per_forward * forwards))
+        assert order == ["ask", "ask", "write"] * (forwards * len(layers))  # each layer asks before its attention
         base.set_l2_prefetch(0)
         asked.clear()
         with Engine(base, tok, prefixes=prefixes, max_batch_size=4, max_len=96, static_shapes=False) as eng:

@@ -27,8 +27,9 @@ except `rotary_to_slots`'s torch form, which keeps the eager model's rotary in t
   default for decode steps and short prompts (`kv_slots.DEFAULT_SLOT_ATTENTION`; timed on an H100).
 - `l2_prefetch(t, nbytes)`: asks the memory system to bring the first `nbytes` of `t` into the L2
   cache and returns at once (one `prefetch.global.L2` per 128-byte line; no result, nothing read
-  into registers). Serving issues it for a layer's dense weight before that layer's attention,
-  whose kernels leave HBM mostly idle (`set_l2_prefetch`). A no-op off CUDA or without Triton.
+  into registers). Serving can issue it for a layer's dense weight before that layer's attention, so
+  the product after attention need not start cold (`set_l2_prefetch`; off until measured on a GPU,
+  bench/l2_prefetch.py). A no-op off CUDA or without Triton.
 """
 
 from __future__ import annotations

@@ -327,7 +327,7 @@ class GLMBlock(nn.Module):
         self.mlp = MLP(config)
         self.hidden_dropout = config.hidden_dropout
         self.kernels = EAGER_KERNELS
-        self.l2_prefetch = 0  # bytes of this block's next weights asked into L2 before attention (serving)
+        self.l2_prefetch_bytes = 0  # bytes of this block's next weights asked into L2 before attention (serving)
 
     def forward(self, x, delta, cos, sin, mask, cache, prefix, packing: Packing | None = None):
         """(x, delta) -> (x, delta): the block's input and output are each x + delta (delta: zeros or
@@ -343,10 +343,10 @@ class GLMBlock(nn.Module):
             0 if packing is None else packing.batch * packing.length, self.kernels.rotary_scatter,
             qkv_only=write is not None)
         if write is not None:  # q was the projection; kv stays None: already in the slots
-            if self.l2_prefetch:  # attention reads little from HBM: have the next weights arrive meanwhile
-                kernels.l2_prefetch(attn.dense.weight, self.l2_prefetch)
+            if self.l2_prefetch_bytes:  # the next products' weights asked for while attention runs
+                kernels.l2_prefetch(attn.dense.weight, self.l2_prefetch_bytes)
                 dense = getattr(attn.dense.weight, "qdata", attn.dense.weight)  # quantized: its stored values
-                kernels.l2_prefetch(mlp.dense_h_to_4h.weight, self.l2_prefetch - dense.nbytes)
+                kernels.l2_prefetch(mlp.dense_h_to_4h.weight, self.l2_prefetch_bytes - dense.nbytes)
             q = write(q, cos, sin, attn.layer_idx, attn.num_heads, attn.groups)
         if packing is not None:  # (B*T, ...) -> (B, T, ...) views
             q, kv = (t.view(packing.batch, packing.length, *t.shape[1:]) for t in (q, kv))
@@ -625,11 +625,14 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
     def set_l2_prefetch(self, nbytes: int) -> None:
         """Serving forwards over KV slots: before each layer's attention, ask for the first `nbytes` of
         its dense weight, then of its h->4h weight, to be brought into L2 (kernels.l2_prefetch), so the
-        products after attention read them from the cache. A hint: results are unchanged. 0: off."""
+        products after attention read them from the cache. A hint: results are unchanged. 0: off. Set
+        it before the engine captures its CUDA graphs (they keep what they captured). The requests run
+        on the forward's stream, before rotary and attention (bench/l2_prefetch.py also times them
+        on a side stream)."""
         if nbytes < 0:
             raise ValueError(f"L2 prefetch of {nbytes} bytes: give 0 (off) or a positive byte count")
         for layer in self.transformer.encoder.layers:
-            layer.l2_prefetch = nbytes
+            layer.l2_prefetch_bytes = nbytes
 
     def set_training_attention(self, kind: str) -> None:
         """How the training layout's attention runs (a shared prefix on right-padded rows, no cache).
