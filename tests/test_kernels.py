@@ -238,6 +238,20 @@ def test_triton_slot_attention_equals_the_masked_attention(heads, groups, d, par
         assert (got - expected[1 - layer]).abs().max() > 0.1
 
 
+def test_l2_prefetch_reports_the_stored_bytes_it_asks_for():
+    """The count serving subtracts before asking for the next weight: nbytes clamped to the tensor's
+    stored bytes (a quantized weight's int8 / int4 values, not the float size it stands for), 0 for
+    none or a negative count; the same on every device."""
+    from glmbot.model.quantization import RowQuantizedWeight, quantize_rows
+
+    w = torch.randn(64, 32)
+    assert kernels.l2_prefetch(w, 100) == 100 and kernels.l2_prefetch(w, 1 << 20) == w.nbytes
+    assert kernels.l2_prefetch(w, 0) == 0 and kernels.l2_prefetch(w, -5) == 0
+    for bits in (8, 4):
+        q = RowQuantizedWeight(*quantize_rows(w, bits), bits, torch.float32)
+        assert kernels.l2_prefetch(q, 1 << 20) == q.qdata.nbytes < q.nbytes  # stored values, not the float size
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or kernels.triton is None, reason="needs CUDA and Triton")
 def test_l2_prefetch_is_a_hint_that_changes_nothing_and_captures_in_a_graph():

@@ -241,16 +241,21 @@ def slot_attention_supported(heads: int, groups: int, head_dim: int, dtype: torc
             and 16 <= head_dim <= 256 and _pow2(head_dim))
 
 
-def l2_prefetch(t: torch.Tensor, nbytes: int) -> None:
+def l2_prefetch(t: torch.Tensor, nbytes: int) -> int:
     """See the module docstring: a hint, so it never changes a result; a no-op off CUDA/Triton. A
-    quantized weight (glmbot.model.quantization) is asked for by its stored values."""
+    quantized weight (glmbot.model.quantization) is asked for by its stored values. Returns the bytes
+    of `t` asked for (nbytes clamped to its stored size, 0 for nbytes <= 0), on every device alike."""
     t = getattr(t, "qdata", t)
-    nbytes = min(nbytes, t.numel() * t.element_size())
-    if triton is None or not t.is_cuda or nbytes <= 0 or not t.is_contiguous():
-        return
+    nbytes = max(0, min(nbytes, t.numel() * t.element_size()))
+    if triton is None or not t.is_cuda or nbytes == 0:
+        return nbytes
+    if not t.is_contiguous():
+        raise ValueError(f"l2_prefetch asks for a contiguous span; got a tensor of shape {tuple(t.shape)} and "
+                         f"strides {t.stride()}: pass a contiguous weight (or .contiguous() it once at load)")
     lines = triton.cdiv(nbytes, 128)
     _l2_prefetch_kernel[(triton.cdiv(lines, _PREFETCH_BLOCK),)](t.view(-1).view(torch.uint8), nbytes,
                                                                  BLOCK=_PREFETCH_BLOCK)
+    return nbytes
 
 
 def _pow2(n: int) -> bool:

@@ -344,9 +344,8 @@ class GLMBlock(nn.Module):
             qkv_only=write is not None)
         if write is not None:  # q was the projection; kv stays None: already in the slots
             if self.l2_prefetch_bytes:  # the next products' weights asked for while attention runs
-                kernels.l2_prefetch(attn.dense.weight, self.l2_prefetch_bytes)
-                dense = getattr(attn.dense.weight, "qdata", attn.dense.weight)  # quantized: its stored values
-                kernels.l2_prefetch(mlp.dense_h_to_4h.weight, self.l2_prefetch_bytes - dense.nbytes)
+                asked = kernels.l2_prefetch(attn.dense.weight, self.l2_prefetch_bytes)
+                kernels.l2_prefetch(mlp.dense_h_to_4h.weight, self.l2_prefetch_bytes - asked)
             q = write(q, cos, sin, attn.layer_idx, attn.num_heads, attn.groups)
         if packing is not None:  # (B*T, ...) -> (B, T, ...) views
             q, kv = (t.view(packing.batch, packing.length, *t.shape[1:]) for t in (q, kv))
